@@ -1,0 +1,39 @@
+// Adam (Kingma & Ba) over a job's own parameters. Written here rather than
+// taken from LibTorch's C++ frontend so that core/ needs only torch/script.h
+// and so that each job in a shared batch owns its optimiser state.
+#ifndef FEATVIZ_CORE_ADAM_H_
+#define FEATVIZ_CORE_ADAM_H_
+
+#include <cstdint>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+namespace featviz::core {
+
+struct AdamOptions {
+  double lr = 0.05;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+};
+
+class Adam {
+ public:
+  Adam(std::vector<at::Tensor> parameters, AdamOptions options);
+
+  // One update from the parameters' current .grad(), which it then zeroes.
+  // Parameters without a gradient are left alone.
+  void Step();
+  int64_t steps() const { return step_; }
+
+ private:
+  std::vector<at::Tensor> parameters_;
+  std::vector<at::Tensor> m_, v_;
+  AdamOptions options_;
+  int64_t step_ = 0;
+};
+
+}  // namespace featviz::core
+
+#endif  // FEATVIZ_CORE_ADAM_H_

@@ -1,0 +1,427 @@
+#include "core/model.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/status_macros.h"
+#include "core/torch_status.h"
+#include "spdlog/spdlog.h"
+
+namespace featviz::core {
+namespace {
+
+using torch::jit::Graph;
+using torch::jit::Node;
+using torch::jit::Value;
+
+bool IsModule(const Value* v) {
+  auto cls = v->type()->cast<c10::ClassType>();
+  return cls && cls->is_module();
+}
+
+// The forward graph with the outputs of `wanted` submodules appended.
+struct TapGraph {
+  std::shared_ptr<Graph> graph;
+  // Paths whose outputs the graph returns, in tuple order after the output.
+  std::vector<std::string> tapped;
+  // Paths that could not be tapped (not called at the top level of forward).
+  std::vector<std::string> missing;
+};
+
+// Copies forward's graph and inlines the forward of every submodule that is
+// a strict prefix of a wanted path, until every wanted submodule's call sits
+// in the top-level block; then returns (output, taps...) as one tuple.
+// Values found while inlining are parked as extra graph outputs, because
+// inlining a child later replaces all *uses* of a value, and a graph output
+// is a use: so the parked values stay correct.
+TapGraph BuildTapGraph(const torch::jit::Module& module,
+                       const std::vector<std::string>& wanted_paths) {
+  std::shared_ptr<Graph> graph = module.get_method("forward").graph()->copy();
+  const std::set<std::string> wanted(wanted_paths.begin(), wanted_paths.end());
+  auto is_strict_prefix_of_wanted = [&](const std::string& path) {
+    const std::string prefix = path + ".";
+    return std::any_of(wanted.begin(), wanted.end(), [&](const auto& w) {
+      return absl::StartsWith(w, prefix);
+    });
+  };
+  std::map<std::string, size_t> parked;  // path -> graph output index
+
+  std::map<std::string, Value*> found;
+  while (true) {
+    std::unordered_map<const Value*, std::string> module_path;
+    module_path[graph->inputs()[0]] = "";
+    found.clear();
+    Node* to_inline = nullptr;
+    std::string inline_path;
+    for (Node* node : graph->nodes()) {
+      if (node->kind() == c10::prim::GetAttr) {
+        auto it = module_path.find(node->input(0));
+        if (it != module_path.end() && IsModule(node->output())) {
+          const std::string name = node->s(c10::attr::name);
+          module_path[node->output()] =
+              it->second.empty() ? name : absl::StrCat(it->second, ".", name);
+        }
+      } else if (node->kind() == c10::prim::CallMethod &&
+                 node->s(c10::attr::name) == "forward") {
+        auto it = module_path.find(node->input(0));
+        if (it == module_path.end()) continue;
+        if (is_strict_prefix_of_wanted(it->second)) {
+          to_inline = node;
+          inline_path = it->second;
+          break;
+        }
+        if (wanted.count(it->second) && node->outputs().size() == 1) {
+          found[it->second] = node->output();  // Last call wins.
+        }
+      }
+    }
+    if (to_inline == nullptr) break;
+    auto cls = to_inline->input(0)->type()->expect<c10::ClassType>();
+    // The callee's own graph, not its optimised one: optimisation inlines
+    // the callee's children, and their calls are what the next scan taps.
+    std::vector<Value*> outputs = torch::jit::inlineCallTo(
+        to_inline, &torch::jit::toGraphFunction(cls->getMethod("forward")),
+        /*use_graph=*/false);
+    if (wanted.count(inline_path) && outputs.size() == 1) {
+      parked[inline_path] = graph->registerOutput(outputs[0]);
+    }
+  }
+
+  std::vector<Value*> values = {graph->outputs()[0]};
+  TapGraph result;
+  for (const std::string& path : wanted) {
+    if (auto p = parked.find(path); p != parked.end()) {
+      values.push_back(graph->outputs()[p->second]);
+    } else if (auto f = found.find(path); f != found.end()) {
+      values.push_back(f->second);
+    } else {
+      result.missing.push_back(path);
+      continue;
+    }
+    result.tapped.push_back(path);
+  }
+  {
+    torch::jit::WithInsertPoint guard(graph->return_node());
+    Value* tuple = graph->insertNode(graph->createTuple(values))->output();
+    while (!graph->outputs().empty()) graph->eraseOutput(0);
+    graph->registerOutput(tuple);
+  }
+  result.graph = std::move(graph);
+  return result;
+}
+
+std::string Sha256Hex(const std::string& bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(),
+             nullptr);
+  static const char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 15]);
+  }
+  return hex;
+}
+
+std::string ShortTypeName(const c10::TypePtr& type) {
+  if (auto cls = type->cast<c10::ClassType>(); cls && cls->name()) {
+    return cls->name()->name();
+  }
+  return type->str();
+}
+
+// The model's output for `input` must be a [B, classes] tensor.
+absl::StatusOr<int64_t> CheckOutput(torch::jit::Module& module,
+                                    const at::Tensor& input,
+                                    const std::string& name) {
+  c10::IValue out = module.forward({input});
+  if (!out.isTensor()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", name, ": forward() returns ", out.type()->str(),
+        ", expected a tensor of logits"));
+  }
+  const at::Tensor logits = out.toTensor();
+  if (logits.dim() != 2 || logits.size(0) != input.size(0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", name, ": forward() returns a tensor of shape ",
+        c10::str(logits.sizes()), ", expected [batch, classes]"));
+  }
+  return logits.size(1);
+}
+
+}  // namespace
+
+Taps Taps::Slice(int64_t start, int64_t length) const {
+  Taps out;
+  for (const auto& [path, t] : activations) {
+    out.activations[path] = t.narrow(0, start, length);
+  }
+  out.logits = logits.narrow(0, start, length);
+  out.probs = probs.narrow(0, start, length);
+  return out;
+}
+
+Model::Model(torch::jit::Module module, ModelCard card, c10::Device device)
+    : module_(std::move(module)), card_(std::move(card)), device_(device) {}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
+                                                   const c10::Device& device) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read model ", path));
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  const std::string content = bytes.str();
+
+  torch::jit::Module module;
+  try {
+    std::istringstream stream(content);
+    module = torch::jit::load(stream, device);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is not a TorchScript model: ",
+                     FirstLine(e.what())));
+  }
+
+  std::filesystem::path card_path(path);
+  card_path.replace_extension(".card.json");
+  ModelCard card;
+  const bool card_found = std::filesystem::exists(card_path);
+  if (card_found) {
+    FEATVIZ_ASSIGN_OR_RETURN(card, ModelCard::Load(card_path.string()));
+  }
+  if (card.name.empty()) card.name = std::filesystem::path(path).stem();
+  FEATVIZ_ASSIGN_OR_RETURN(auto model,
+                           Create(std::move(module), card, device, card_found));
+  model->content_hash_ = Sha256Hex(content);
+  return model;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Create(torch::jit::Module module,
+                                                     ModelCard card,
+                                                     const c10::Device& device,
+                                                     bool card_found) {
+  if (card.name.empty()) card.name = "model";
+  std::unique_ptr<Model> model;
+  try {
+    torch::jit::Module copy = module.clone();
+    copy.eval();
+    for (at::Tensor p : copy.parameters()) p.set_requires_grad(false);
+    copy.to(device);
+    if (!copy.find_method("forward")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model ", card.name, " has no forward() method"));
+    }
+    model.reset(new Model(std::move(copy), std::move(card), device));
+  } catch (const std::exception& e) {
+    return TorchError(e, absl::StrCat("model ", card.name));
+  }
+  ModelCard& c = model->card_;
+
+  // Without a card the input shape is a guess: the first convolution's
+  // weight gives the channels; the side is tried from common sizes.
+  std::vector<std::vector<int64_t>> shapes = {{c.channels, c.height, c.width}};
+  if (!card_found) {
+    int64_t channels = c.channels;
+    for (const at::Tensor& p : model->module_.parameters()) {
+      if (p.dim() == 4) {
+        channels = p.size(1);
+        break;
+      }
+    }
+    for (int64_t side : {224, 28, 32, 64, 8, 16, 96, 128, 256, 299}) {
+      shapes.push_back({channels, side, side});
+    }
+  }
+  absl::Status last;
+  for (const auto& s : shapes) {
+    try {
+      at::NoGradGuard no_grad;
+      at::Tensor probe = at::zeros({1, s[0], s[1], s[2]},
+                                   at::TensorOptions().device(device));
+      absl::StatusOr<int64_t> classes =
+          CheckOutput(model->module_, probe, c.name);
+      if (!classes.ok()) return classes.status();
+      c.channels = s[0];
+      c.height = s[1];
+      c.width = s[2];
+      if (!c.classes.empty() &&
+          static_cast<int64_t>(c.classes.size()) != *classes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model ", c.name, ": the card names ", c.classes.size(),
+            " classes but the model has ", *classes, " outputs"));
+      }
+      if (c.classes.empty()) {
+        for (int64_t i = 0; i < *classes; ++i) {
+          c.classes.push_back(absl::StrCat(i));
+        }
+      }
+      last = absl::OkStatus();
+      break;
+    } catch (const std::exception& e) {
+      last = absl::InvalidArgumentError(absl::StrCat(
+          "model ", c.name, " does not run on input [1, ", s[0], ", ", s[1],
+          ", ", s[2], "]: ", FirstLine(e.what())));
+    }
+  }
+  FEATVIZ_RETURN_IF_ERROR(last);
+
+  std::vector<float> scale(c.channels), shift(c.channels);
+  for (int64_t i = 0; i < c.channels; ++i) {
+    const double mean = c.mean.empty() ? 0.0 : c.mean[i];
+    const double sd = c.std.empty() ? 1.0 : c.std[i];
+    scale[i] = static_cast<float>((c.range_max - c.range_min) / sd);
+    shift[i] = static_cast<float>((c.range_min - mean) / sd);
+  }
+  model->norm_scale_ =
+      at::tensor(scale).view({1, c.channels, 1, 1}).to(device);
+  model->norm_shift_ =
+      at::tensor(shift).view({1, c.channels, 1, 1}).to(device);
+  FEATVIZ_RETURN_IF_ERROR(model->BuildCatalogue());
+  return model;
+}
+
+absl::Status Model::BuildCatalogue() {
+  std::vector<std::string> paths;
+  std::map<std::string, std::string> kinds;
+  for (const auto& named : module_.named_modules()) {
+    if (named.name.empty()) continue;
+    paths.push_back(named.name);
+    kinds[named.name] = ShortTypeName(named.value.type());
+  }
+  TapGraph probe = BuildTapGraph(module_, paths);
+  for (const auto& path : probe.missing) {
+    spdlog::debug("model {}: layer {} is not tappable (not called at the top "
+                  "level of forward)", card_.name, path);
+  }
+  absl::StatusOr<Taps> taps;
+  try {
+    at::NoGradGuard no_grad;
+    at::Tensor zeros = at::zeros({1, card_.channels, card_.height, card_.width},
+                                 at::TensorOptions().device(device_));
+    // Layers whose output is not a tensor are dropped from the catalogue.
+    std::vector<std::string> tensor_paths;
+    auto fn = std::make_shared<torch::jit::GraphFunction>(
+        "featviz_catalogue", probe.graph, nullptr);
+    torch::jit::Stack stack{module_._ivalue(), Normalise(zeros)};
+    torch::jit::GraphOptimizerEnabledGuard plain(false);
+    fn->run(stack);
+    const auto& elements = stack.back().toTupleRef().elements();
+    for (size_t i = 0; i < probe.tapped.size(); ++i) {
+      const c10::IValue& v = elements[i + 1];
+      if (!v.isTensor()) continue;
+      const at::Tensor& t = v.toTensor();
+      LayerInfo info;
+      info.path = probe.tapped[i];
+      info.kind = kinds[info.path];
+      info.shape = t.sizes().vec();
+      info.channels = t.dim() >= 2 ? t.size(1) : 0;
+      layers_.push_back(std::move(info));
+    }
+  } catch (const std::exception& e) {
+    return TorchError(e, absl::StrCat("model ", card_.name,
+                                      ": building the layer catalogue"));
+  }
+  // named_modules() order is the order a reader of the model expects.
+  std::map<std::string, size_t> order;
+  for (size_t i = 0; i < paths.size(); ++i) order[paths[i]] = i;
+  std::sort(layers_.begin(), layers_.end(), [&](const auto& a, const auto& b) {
+    return order[a.path] < order[b.path];
+  });
+  return absl::OkStatus();
+}
+
+ModelShape Model::shape() const {
+  return ModelShape{layers_, static_cast<int64_t>(card_.classes.size())};
+}
+
+absl::StatusOr<LayerInfo> Model::FindLayer(const std::string& path) const {
+  for (const LayerInfo& layer : layers_) {
+    if (layer.path == path) return layer;
+  }
+  std::vector<std::string> names;
+  for (const LayerInfo& layer : layers_) names.push_back(layer.path);
+  return absl::NotFoundError(absl::StrCat("unknown layer '", path, "' in model ",
+                                          card_.name, "; layers are: ",
+                                          absl::StrJoin(names, ", ")));
+}
+
+at::Tensor Model::Normalise(const at::Tensor& images) const {
+  return images * norm_scale_ + norm_shift_;
+}
+
+absl::StatusOr<std::shared_ptr<torch::jit::GraphFunction>> Model::TapFunction(
+    const std::vector<std::string>& layers) const {
+  // BuildTapGraph returns taps in sorted order; the key is that order.
+  std::set<std::string> sorted(layers.begin(), layers.end());
+  const std::string key = absl::StrJoin(sorted, "\n");
+  absl::MutexLock lock(&mu_);
+  if (auto it = tap_functions_.find(key); it != tap_functions_.end()) {
+    return it->second;
+  }
+  for (const std::string& path : sorted) {
+    FEATVIZ_RETURN_IF_ERROR(FindLayer(path).status());
+  }
+  TapGraph tap = BuildTapGraph(module_, {sorted.begin(), sorted.end()});
+  if (!tap.missing.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "layer ", tap.missing.front(), " of model ", card_.name,
+        " is not called at the top level of forward() and cannot be tapped"));
+  }
+  auto fn = std::make_shared<torch::jit::GraphFunction>("featviz_taps",
+                                                        tap.graph, nullptr);
+  tap_functions_[key] = fn;
+  return fn;
+}
+
+absl::StatusOr<Taps> Model::Forward(
+    const at::Tensor& images, const std::vector<std::string>& layers) const {
+  if (images.dim() != 4 || images.size(1) != card_.channels ||
+      images.size(2) != card_.height || images.size(3) != card_.width) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", card_.name, " takes images of shape [B, ", card_.channels,
+        ", ", card_.height, ", ", card_.width, "], got ",
+        c10::str(images.sizes())));
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(auto fn, TapFunction(layers));
+  std::set<std::string> sorted(layers.begin(), layers.end());
+  try {
+    torch::jit::Stack stack{module_._ivalue(), Normalise(images)};
+    // The plain interpreter: autograd records every op, and the graph is not
+    // re-optimised between calls, so the same inputs give the same bits.
+    torch::jit::GraphOptimizerEnabledGuard plain(false);
+    fn->run(stack);
+    const auto& elements = stack.back().toTupleRef().elements();
+    Taps taps;
+    taps.logits = elements[0].toTensor();
+    size_t i = 1;
+    for (const std::string& path : sorted) {
+      const c10::IValue& v = elements[i++];
+      if (!v.isTensor()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("layer ", path, " of model ", card_.name,
+                         " outputs ", v.type()->str(), ", not a tensor"));
+      }
+      taps.activations[path] = v.toTensor();
+    }
+    taps.probs = at::softmax(taps.logits, 1);
+    return taps;
+  } catch (const std::exception& e) {
+    return TorchError(e, absl::StrCat("model ", card_.name, ": forward"));
+  }
+}
+
+}  // namespace featviz::core

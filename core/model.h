@@ -1,0 +1,107 @@
+// A TorchScript model loaded for feature visualisation: its card, its layer
+// catalogue, and one forward pass that returns the activations of any set of
+// submodules together with logits and probabilities.
+//
+// Layers are tapped without hooks and without changing the user's file: the
+// forward graph is copied, the calls of the modules on the way to each
+// requested path are inlined, and the requested submodules' outputs become
+// extra graph outputs. This works for scripted and traced models, nested
+// containers, residual blocks and functional ops in forward. A submodule that
+// forward() calls only inside control flow (if/loop) cannot be tapped.
+#ifndef FEATVIZ_CORE_MODEL_H_
+#define FEATVIZ_CORE_MODEL_H_
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/script.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "core/layer_info.h"
+#include "core/model_card.h"
+
+namespace featviz::core {
+
+// The result of one forward pass with taps.
+struct Taps {
+  // Requested layer path -> activation, batch first.
+  std::map<std::string, at::Tensor> activations;
+  at::Tensor logits;  // [B, classes], the model's output.
+  at::Tensor probs;   // softmax(logits) over dim 1.
+
+  // Rows [start, start + length) of every tensor (for cross-job batches).
+  Taps Slice(int64_t start, int64_t length) const;
+};
+
+class Model {
+ public:
+  // Loads a TorchScript file onto `device`, with the card `<stem>.card.json`
+  // beside it when present (defaults otherwise). Errors: NotFound for a
+  // missing file, InvalidArgument for a file that is not TorchScript, whose
+  // forward does not return a tensor, or that does not run on the card's
+  // input shape.
+  static absl::StatusOr<std::unique_ptr<Model>> Load(
+      const std::string& path, const c10::Device& device = c10::kCPU);
+
+  // Wraps an already loaded module (copied, put in eval mode, parameters
+  // frozen). `card_found` says whether `card` came from a file; when false
+  // and the card's input shape does not run, common input shapes are tried.
+  static absl::StatusOr<std::unique_ptr<Model>> Create(
+      torch::jit::Module module, ModelCard card, const c10::Device& device,
+      bool card_found = true);
+
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelCard& card() const { return card_; }
+  const c10::Device& device() const { return device_; }
+  // Every tappable submodule in named_modules() order.
+  const std::vector<LayerInfo>& layers() const { return layers_; }
+  // Layers plus class count, for objective validation.
+  ModelShape shape() const;
+  // NotFound naming the path and the available layers.
+  absl::StatusOr<LayerInfo> FindLayer(const std::string& path) const;
+  // SHA-256 of the model file's bytes (hex); empty for Create()d models.
+  const std::string& content_hash() const { return content_hash_; }
+
+  // One forward pass of `images` ([B, C, H, W] in the card's [0, 1] pixel
+  // space, on device()) with the card's normalisation applied first.
+  // Gradients flow back to `images` when it requires them. Thread-safe.
+  absl::StatusOr<Taps> Forward(const at::Tensor& images,
+                               const std::vector<std::string>& layers) const;
+
+ private:
+  Model(torch::jit::Module module, ModelCard card, c10::Device device);
+
+  // The forward graph with `layers` tapped, built once per distinct set.
+  absl::StatusOr<std::shared_ptr<torch::jit::GraphFunction>> TapFunction(
+      const std::vector<std::string>& layers) const;
+  absl::StatusOr<Taps> RunTapped(const at::Tensor& input,
+                                 const std::vector<std::string>& layers) const;
+  absl::Status BuildCatalogue();
+  at::Tensor Normalise(const at::Tensor& images) const;
+
+  torch::jit::Module module_;
+  ModelCard card_;
+  c10::Device device_;
+  std::string content_hash_;
+  std::vector<LayerInfo> layers_;
+  at::Tensor norm_scale_;  // [1, C, 1, 1]
+  at::Tensor norm_shift_;  // [1, C, 1, 1]
+
+  mutable absl::Mutex mu_;
+  mutable absl::flat_hash_map<std::string,
+                              std::shared_ptr<torch::jit::GraphFunction>>
+      tap_functions_ ABSL_GUARDED_BY(mu_);
+};
+
+using ModelPtr = std::unique_ptr<Model>;
+
+}  // namespace featviz::core
+
+#endif  // FEATVIZ_CORE_MODEL_H_

@@ -1,0 +1,161 @@
+#include "core/model_card.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+
+namespace featviz::core {
+namespace {
+
+using Json = nlohmann::json;
+
+absl::Status FieldError(absl::string_view field, absl::string_view what) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("model card field '", field, "' ", what));
+}
+
+absl::Status ReadString(const Json& obj, const char* key, std::string* out) {
+  if (!obj.contains(key)) return absl::OkStatus();
+  const Json& v = obj.at(key);
+  if (v.is_string()) {
+    *out = v.get<std::string>();
+  } else if (v.is_number()) {
+    *out = v.dump();  // "version": 2 is common enough to accept.
+  } else {
+    return FieldError(key, "must be a string");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadPositive(const Json& obj, const char* key, int64_t* out) {
+  if (!obj.contains(key)) return absl::OkStatus();
+  const Json& v = obj.at(key);
+  if (!v.is_number_integer() || v.get<int64_t>() <= 0 ||
+      v.get<int64_t>() > 65536) {
+    return FieldError(absl::StrCat("input.", key),
+                      absl::StrCat("must be an integer in [1, 65536], got ",
+                                   v.dump()));
+  }
+  *out = v.get<int64_t>();
+  return absl::OkStatus();
+}
+
+absl::Status ReadNumbers(const Json& obj, const char* key,
+                         std::vector<double>* out) {
+  if (!obj.contains(key)) return absl::OkStatus();
+  const Json& v = obj.at(key);
+  if (!v.is_array()) {
+    return FieldError(absl::StrCat("input.", key), "must be a list of numbers");
+  }
+  out->clear();
+  for (const Json& x : v) {
+    if (!x.is_number()) {
+      return FieldError(absl::StrCat("input.", key),
+                        absl::StrCat("must hold numbers, got ", x.dump()));
+    }
+    out->push_back(x.get<double>());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ModelCard> ModelCard::Parse(absl::string_view text) {
+  Json root = Json::parse(text.begin(), text.end(), nullptr,
+                          /*allow_exceptions=*/false);
+  if (root.is_discarded()) {
+    return absl::InvalidArgumentError("model card is not valid JSON");
+  }
+  if (!root.is_object()) {
+    return absl::InvalidArgumentError("model card must be a JSON object");
+  }
+  ModelCard card;
+  absl::Status s;
+  if (!(s = ReadString(root, "name", &card.name)).ok()) return s;
+  if (!(s = ReadString(root, "version", &card.version)).ok()) return s;
+  if (!(s = ReadString(root, "description", &card.description)).ok()) return s;
+  if (root.contains("output")) {
+    const Json& out = root.at("output");
+    if (!out.is_string() || out.get<std::string>() != "logits") {
+      return FieldError("output", absl::StrCat("must be \"logits\", got ",
+                                               out.dump()));
+    }
+  }
+  if (root.contains("input")) {
+    const Json& in = root.at("input");
+    if (!in.is_object()) return FieldError("input", "must be an object");
+    if (!(s = ReadPositive(in, "channels", &card.channels)).ok()) return s;
+    if (!(s = ReadPositive(in, "height", &card.height)).ok()) return s;
+    if (!(s = ReadPositive(in, "width", &card.width)).ok()) return s;
+    std::vector<double> range;
+    if (!(s = ReadNumbers(in, "range", &range)).ok()) return s;
+    if (in.contains("range")) {
+      if (range.size() != 2 || !(range[0] < range[1])) {
+        return FieldError("input.range", "must be [low, high] with low < high");
+      }
+      card.range_min = range[0];
+      card.range_max = range[1];
+    }
+    if (!(s = ReadNumbers(in, "mean", &card.mean)).ok()) return s;
+    if (!(s = ReadNumbers(in, "std", &card.std)).ok()) return s;
+  }
+  const size_t c = static_cast<size_t>(card.channels);
+  if (!card.mean.empty() && card.mean.size() != c) {
+    return FieldError("input.mean",
+                      absl::StrCat("has ", card.mean.size(),
+                                   " values for ", c, " channels"));
+  }
+  if (!card.std.empty() && card.std.size() != c) {
+    return FieldError("input.std", absl::StrCat("has ", card.std.size(),
+                                                " values for ", c,
+                                                " channels"));
+  }
+  for (double sd : card.std) {
+    if (!(sd > 0)) return FieldError("input.std", "values must be > 0");
+  }
+  if (root.contains("classes")) {
+    const Json& classes = root.at("classes");
+    if (!classes.is_array()) return FieldError("classes", "must be a list");
+    for (const Json& name : classes) {
+      if (!name.is_string()) {
+        return FieldError("classes", "must hold strings");
+      }
+      card.classes.push_back(name.get<std::string>());
+    }
+  }
+  return card;
+}
+
+absl::StatusOr<ModelCard> ModelCard::Load(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  absl::StatusOr<ModelCard> card = Parse(buffer.str());
+  if (!card.ok()) {
+    return absl::Status(card.status().code(),
+                        absl::StrCat(path, ": ", card.status().message()));
+  }
+  return card;
+}
+
+std::string ModelCard::ToJson() const {
+  Json root;
+  root["name"] = name;
+  root["version"] = version;
+  root["description"] = description;
+  root["input"] = {{"channels", channels},
+                   {"height", height},
+                   {"width", width},
+                   {"range", {range_min, range_max}},
+                   {"mean", mean},
+                   {"std", std}};
+  root["output"] = "logits";
+  root["classes"] = classes;
+  return root.dump(2);
+}
+
+}  // namespace featviz::core

@@ -1,0 +1,1142 @@
+#include "core/objective.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+#include "core/layer_info.h"
+#include "core/status_macros.h"
+
+namespace featviz::core {
+namespace {
+
+// Parentheses and unary signs recurse; the limit keeps hostile text (a
+// request carrying thousands of '(') from overflowing the stack.
+constexpr int kMaxNesting = 100;
+
+// std::to_chars without a format is specified to give the shortest text that
+// reads back to the same double, which is what makes ToString() round-trip.
+std::string FormatNumber(double value) {
+  char buffer[64];
+  const std::to_chars_result result =
+      std::to_chars(buffer, buffer + sizeof(buffer), value);
+  return std::string(buffer, result.ptr);
+}
+
+// Concatenates in order. Pairwise rather than left to right, so that a sum of
+// n terms costs n log n term copies instead of n^2 (operator+ copies).
+Objective Concat(std::vector<Objective> parts) {
+  if (parts.empty()) return Objective();
+  while (parts.size() > 1) {
+    std::vector<Objective> merged;
+    merged.reserve((parts.size() + 1) / 2);
+    for (size_t i = 0; i + 1 < parts.size(); i += 2) {
+      merged.push_back(parts[i] + parts[i + 1]);
+    }
+    if (parts.size() % 2 == 1) merged.push_back(std::move(parts.back()));
+    parts = std::move(merged);
+  }
+  return std::move(parts.front());
+}
+
+bool AllWeightsFinite(const Objective& objective) {
+  for (const WeightedTerm& weighted : objective.terms()) {
+    if (!std::isfinite(weighted.weight)) return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Lexer.
+
+enum class TokenKind {
+  kEnd,
+  kNumber,
+  kPath,  // identifiers and dotted layer paths: conv2, layer1.0.conv1
+  kPunct,
+  kInvalid,          // a character that starts no token
+  kMalformedNumber,  // "1e", "2.5e+", "5abc"
+};
+
+struct Token {
+  TokenKind kind = TokenKind::kEnd;
+  absl::string_view text;
+  size_t offset = 0;  // byte offset; the column is offset + 1
+};
+
+bool IsDigit(char c) { return c >= '0' && c <= '9'; }
+bool IsLetter(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+}
+bool IsWordChar(char c) { return IsLetter(c) || IsDigit(c); }
+bool IsSpace(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
+         c == '\v';
+}
+
+std::vector<Token> Tokenize(absl::string_view text) {
+  std::vector<Token> tokens;
+  const size_t n = text.size();
+  size_t i = 0;
+  while (i < n) {
+    const char c = text[i];
+    if (IsSpace(c)) {
+      ++i;
+      continue;
+    }
+    const size_t start = i;
+    TokenKind kind;
+    if (IsDigit(c) || (c == '.' && i + 1 < n && IsDigit(text[i + 1]))) {
+      kind = TokenKind::kNumber;
+      while (i < n && IsDigit(text[i])) ++i;
+      if (i < n && text[i] == '.') {
+        ++i;
+        while (i < n && IsDigit(text[i])) ++i;
+      }
+      if (i < n && (text[i] == 'e' || text[i] == 'E')) {
+        size_t j = i + 1;
+        if (j < n && (text[j] == '+' || text[j] == '-')) ++j;
+        if (j < n && IsDigit(text[j])) {
+          while (j < n && IsDigit(text[j])) ++j;
+        } else {
+          kind = TokenKind::kMalformedNumber;
+        }
+        i = j;
+      }
+      // Letters glued to a number ("5abc", "1.5.2") are one typo, reported
+      // whole, rather than a number followed by a surprising second token.
+      if (i < n && (IsWordChar(text[i]) || text[i] == '.')) {
+        kind = TokenKind::kMalformedNumber;
+        while (i < n && (IsWordChar(text[i]) || text[i] == '.')) ++i;
+      }
+    } else if (IsLetter(c)) {
+      kind = TokenKind::kPath;
+      while (i < n && IsWordChar(text[i])) ++i;
+      while (i + 1 < n && text[i] == '.' && IsWordChar(text[i + 1])) {
+        ++i;
+        while (i < n && IsWordChar(text[i])) ++i;
+      }
+    } else if (absl::string_view("+-*/()[],:=").find(c) !=
+               absl::string_view::npos) {
+      kind = TokenKind::kPunct;
+      ++i;
+    } else {
+      kind = TokenKind::kInvalid;
+      ++i;
+      // Quote a whole UTF-8 character in messages, not a broken first byte.
+      while (i < n && (static_cast<unsigned char>(text[i]) & 0xC0) == 0x80) ++i;
+    }
+    tokens.push_back({kind, text.substr(start, i - start), start});
+  }
+  tokens.push_back({TokenKind::kEnd, absl::string_view(), n});
+  return tokens;
+}
+
+// ---------------------------------------------------------------------------
+// Function signatures of the text syntax.
+
+enum class Arg { kLayer, kChannel, kClass, kX, kY, kVector, kDecay, kConstant };
+
+struct Signature {
+  const char* name;
+  TermKind kind;
+  int min_args;
+  int max_args;
+  Arg args[4];
+  const char* usage;
+};
+
+constexpr Signature kSignatures[] = {
+    {"neuron",
+     TermKind::kNeuron,
+     2,
+     4,
+     {Arg::kLayer, Arg::kChannel, Arg::kX, Arg::kY},
+     "neuron(layer, c[, x, y])"},
+    {"channel",
+     TermKind::kChannel,
+     2,
+     2,
+     {Arg::kLayer, Arg::kChannel},
+     "channel(layer, c)"},
+    {"layer", TermKind::kLayer, 1, 1, {Arg::kLayer}, "layer(layer)"},
+    {"logit", TermKind::kLogit, 1, 1, {Arg::kClass}, "logit(c)"},
+    {"prob", TermKind::kProb, 1, 1, {Arg::kClass}, "prob(c)"},
+    {"direction",
+     TermKind::kDirection,
+     2,
+     2,
+     {Arg::kLayer, Arg::kVector},
+     "direction(layer, [v1, v2, ...])"},
+    {"diversity",
+     TermKind::kDiversity,
+     1,
+     1,
+     {Arg::kLayer},
+     "diversity(layer)"},
+    {"alignment",
+     TermKind::kAlignment,
+     1,
+     2,
+     {Arg::kLayer, Arg::kDecay},
+     "alignment(layer[, decay])"},
+    {"tv", TermKind::kTotalVariation, 0, 0, {}, "tv()"},
+    {"l1", TermKind::kL1, 0, 1, {Arg::kConstant}, "l1([c])"},
+    {"l2", TermKind::kL2, 0, 1, {Arg::kConstant}, "l2([c])"},
+};
+
+const Signature* FindSignature(absl::string_view name) {
+  for (const Signature& signature : kSignatures) {
+    if (name == signature.name) return &signature;
+  }
+  return nullptr;
+}
+
+std::string FunctionNames() {
+  std::vector<absl::string_view> names;
+  for (const Signature& signature : kSignatures) {
+    names.push_back(signature.name);
+  }
+  return absl::StrJoin(names, ", ");
+}
+
+// How an argument is called in "expected ',' or ')' after ..." messages.
+const char* ArgDescription(Arg arg) {
+  switch (arg) {
+    case Arg::kLayer:
+      return "layer path";
+    case Arg::kChannel:
+      return "channel index";
+    case Arg::kClass:
+      return "class index";
+    case Arg::kX:
+      return "x";
+    case Arg::kY:
+      return "y";
+    case Arg::kVector:
+      return "direction vector";
+    case Arg::kDecay:
+      return "decay";
+    case Arg::kConstant:
+      return "constant";
+  }
+  return "argument";
+}
+
+// ---------------------------------------------------------------------------
+// Parser: recursive descent over the grammar
+//   expr    := product (('+' | '-') product)*
+//   product := unary (('*' | '/') unary)*
+//   unary   := ('-' | '+') unary | primary
+//   primary := NUMBER | call | path ':' INT | '(' expr ')'
+// Every sub-expression evaluates to either a number or an objective, which
+// keeps the result linear by construction.
+
+class Parser {
+ public:
+  explicit Parser(absl::string_view text)
+      : text_(text), tokens_(Tokenize(text)) {}
+
+  absl::StatusOr<Objective> Parse() {
+    FEATVIZ_ASSIGN_OR_RETURN(Operand result, ParseExpr(0));
+    if (Peek().kind != TokenKind::kEnd) {
+      return Expected(Peek(), "'+', '-', '*', '/' or end of input");
+    }
+    if (result.is_number) {
+      return ErrorAt(result.begin,
+                     absl::StrCat("expected an objective, found the bare "
+                                  "number '",
+                                  Source(result), "'"));
+    }
+    return std::move(result.objective);
+  }
+
+ private:
+  struct Operand {
+    bool is_number = false;
+    double number = 0;
+    Objective objective;
+    // Byte span in the text, for messages that quote the operand.
+    size_t begin = 0;
+    size_t end = 0;
+  };
+
+  const Token& Peek(size_t ahead = 0) const {
+    return tokens_[std::min(next_ + ahead, tokens_.size() - 1)];
+  }
+  const Token& Next() {
+    const Token& token = tokens_[next_];
+    if (next_ + 1 < tokens_.size()) ++next_;
+    return token;
+  }
+  static bool IsPunct(const Token& token, char c) {
+    return token.kind == TokenKind::kPunct && token.text[0] == c;
+  }
+  static size_t EndOf(const Token& token) {
+    return token.offset + token.text.size();
+  }
+  absl::string_view Source(const Operand& operand) const {
+    return text_.substr(operand.begin, operand.end - operand.begin);
+  }
+
+  static absl::Status ErrorAt(size_t offset, absl::string_view message) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("column ", offset + 1, ": ", message));
+  }
+  static std::string Describe(const Token& token) {
+    switch (token.kind) {
+      case TokenKind::kEnd:
+        return "end of input";
+      case TokenKind::kMalformedNumber:
+        return absl::StrCat("malformed number '", token.text, "'");
+      default:
+        return absl::StrCat("'", token.text, "'");
+    }
+  }
+  static absl::Status Expected(const Token& token, absl::string_view what) {
+    return ErrorAt(token.offset, absl::StrCat("expected ", what, ", found ",
+                                              Describe(token)));
+  }
+
+  absl::Status BareNumberInSum(const Operand& operand) const {
+    return ErrorAt(operand.begin,
+                   absl::StrCat("expected an objective term, found the bare "
+                                "number '",
+                                Source(operand),
+                                "'; a constant cannot be added to an "
+                                "objective"));
+  }
+
+  absl::StatusOr<Operand> ParseExpr(int depth) {
+    FEATVIZ_ASSIGN_OR_RETURN(Operand first, ParseProduct(depth));
+    if (!IsPunct(Peek(), '+') && !IsPunct(Peek(), '-')) return first;
+    if (first.is_number) return BareNumberInSum(first);
+    Operand sum;
+    sum.begin = first.begin;
+    std::vector<Objective> parts;
+    parts.push_back(std::move(first.objective));
+    while (IsPunct(Peek(), '+') || IsPunct(Peek(), '-')) {
+      const bool subtract = IsPunct(Next(), '-');
+      FEATVIZ_ASSIGN_OR_RETURN(Operand summand, ParseProduct(depth));
+      if (summand.is_number) return BareNumberInSum(summand);
+      parts.push_back(subtract ? -summand.objective
+                               : std::move(summand.objective));
+      sum.end = summand.end;
+    }
+    sum.objective = Concat(std::move(parts));
+    return sum;
+  }
+
+  absl::StatusOr<Operand> ParseProduct(int depth) {
+    FEATVIZ_ASSIGN_OR_RETURN(Operand left, ParseUnary(depth));
+    while (IsPunct(Peek(), '*') || IsPunct(Peek(), '/')) {
+      const bool divide = IsPunct(Next(), '/');
+      FEATVIZ_ASSIGN_OR_RETURN(Operand right, ParseUnary(depth));
+      if (divide) {
+        if (!right.is_number) {
+          return ErrorAt(right.begin,
+                         absl::StrCat("expected a number to divide by, found "
+                                      "the objective '",
+                                      Source(right), "'"));
+        }
+        if (right.number == 0) {
+          return ErrorAt(right.begin,
+                         absl::StrCat("expected a non-zero divisor, found '",
+                                      Source(right), "' (division by zero)"));
+        }
+        if (left.is_number) {
+          left.number /= right.number;
+        } else {
+          // Divide each weight rather than scale by 1/d: w / d is what the
+          // user wrote, and 1/d is often not exactly representable.
+          std::vector<Objective> parts;
+          for (const WeightedTerm& weighted : left.objective.terms()) {
+            parts.push_back(Objective(weighted.term) *
+                            (weighted.weight / right.number));
+          }
+          left.objective = Concat(std::move(parts));
+        }
+      } else if (left.is_number && right.is_number) {
+        left.number *= right.number;
+      } else if (left.is_number) {
+        left.objective = right.objective * left.number;
+        left.is_number = false;
+      } else if (right.is_number) {
+        left.objective = left.objective * right.number;
+      } else {
+        return ErrorAt(right.begin,
+                       absl::StrCat("expected a number, found the objective '",
+                                    Source(right),
+                                    "'; an objective can only be multiplied "
+                                    "by a number"));
+      }
+      const bool finite = left.is_number ? std::isfinite(left.number)
+                                         : AllWeightsFinite(left.objective);
+      if (!finite) {
+        return ErrorAt(right.begin, absl::StrCat("weight is not finite after ",
+                                                 divide ? "dividing by '"
+                                                        : "multiplying by '",
+                                                 Source(right), "'"));
+      }
+      left.end = right.end;
+    }
+    return left;
+  }
+
+  absl::StatusOr<Operand> ParseUnary(int depth) {
+    if (!IsPunct(Peek(), '-') && !IsPunct(Peek(), '+')) {
+      return ParsePrimary(depth);
+    }
+    const Token& sign = Next();
+    if (depth >= kMaxNesting) {
+      return ErrorAt(sign.offset, absl::StrCat("expression nested more than ",
+                                               kMaxNesting, " levels deep"));
+    }
+    FEATVIZ_ASSIGN_OR_RETURN(Operand operand, ParseUnary(depth + 1));
+    if (IsPunct(sign, '-')) {
+      if (operand.is_number) {
+        operand.number = -operand.number;
+      } else {
+        operand.objective = -operand.objective;
+      }
+    }
+    operand.begin = sign.offset;
+    return operand;
+  }
+
+  absl::StatusOr<Operand> ParsePrimary(int depth) {
+    const Token& token = Peek();
+    Operand operand;
+    operand.begin = token.offset;
+    if (token.kind == TokenKind::kNumber) {
+      FEATVIZ_ASSIGN_OR_RETURN(operand.number, ReadNumber(Next()));
+      operand.is_number = true;
+      operand.end = EndOf(token);
+      return operand;
+    }
+    if (IsPunct(token, '(')) {
+      Next();
+      if (depth >= kMaxNesting) {
+        return ErrorAt(token.offset,
+                       absl::StrCat("expression nested more than ", kMaxNesting,
+                                    " levels deep"));
+      }
+      FEATVIZ_ASSIGN_OR_RETURN(operand, ParseExpr(depth + 1));
+      if (!IsPunct(Peek(), ')')) {
+        return Expected(Peek(), absl::StrCat("')' to close '(' at column ",
+                                             token.offset + 1));
+      }
+      operand.begin = token.offset;
+      operand.end = EndOf(Next());
+      return operand;
+    }
+    if (token.kind == TokenKind::kPath) {
+      Next();
+      if (IsPunct(Peek(), '(')) {
+        FEATVIZ_ASSIGN_OR_RETURN(Term term, ParseCall(token));
+        operand.objective = Objective(std::move(term));
+      } else if (IsPunct(Peek(), ':')) {
+        Next();
+        Term term;
+        term.kind = TermKind::kChannel;
+        term.layer = std::string(token.text);
+        FEATVIZ_ASSIGN_OR_RETURN(term.index,
+                                 ReadNonNegativeInt("channel index"));
+        operand.objective = Objective(std::move(term));
+      } else {
+        return Expected(Peek(),
+                        absl::StrCat("'(' after a function name or ':' after "
+                                     "the layer path '",
+                                     token.text, "'"));
+      }
+      operand.end = EndOf(tokens_[next_ - 1]);
+      return operand;
+    }
+    return Expected(token,
+                    "a number, a term such as channel(layer, c), or '('");
+  }
+
+  absl::StatusOr<double> ReadNumber(const Token& token) const {
+    double value = 0;
+    // The lexer only lets through digits, '.', and an exponent, so the text
+    // always parses; out-of-range text reads as infinity or zero.
+    if (!absl::SimpleAtod(token.text, &value) || !std::isfinite(value)) {
+      return ErrorAt(token.offset,
+                     absl::StrCat("number '", token.text, "' is not finite"));
+    }
+    return value;
+  }
+
+  absl::StatusOr<int64_t> ReadNonNegativeInt(absl::string_view what) {
+    const Token& token = Peek();
+    const std::string expected = absl::StrCat("a non-negative integer ", what);
+    if ((IsPunct(token, '-') || IsPunct(token, '+')) &&
+        (Peek(1).kind == TokenKind::kNumber ||
+         Peek(1).kind == TokenKind::kMalformedNumber) &&
+        Peek(1).offset == token.offset + 1) {
+      // Quote "-1" whole: the sign is what makes it wrong.
+      return ErrorAt(token.offset,
+                     absl::StrCat("expected ", expected, ", found '",
+                                  token.text, Peek(1).text, "'"));
+    }
+    bool digits = token.kind == TokenKind::kNumber;
+    for (char c : token.text) digits = digits && IsDigit(c);
+    if (!digits) return Expected(token, expected);
+    int64_t value = 0;
+    if (!absl::SimpleAtoi(token.text, &value)) {
+      return ErrorAt(token.offset,
+                     absl::StrCat(what, " '", token.text, "' is too large"));
+    }
+    Next();
+    return value;
+  }
+
+  absl::StatusOr<double> ReadSignedNumber(absl::string_view what) {
+    const Token& start = Peek();
+    bool negative = false;
+    if (IsPunct(start, '-') || IsPunct(start, '+')) {
+      negative = IsPunct(start, '-');
+      Next();
+    }
+    const Token& token = Peek();
+    if (token.kind != TokenKind::kNumber) {
+      return Expected(token, absl::StrCat("a number for the ", what));
+    }
+    FEATVIZ_ASSIGN_OR_RETURN(double value, ReadNumber(token));
+    Next();
+    return negative ? -value : value;
+  }
+
+  absl::StatusOr<std::vector<double>> ReadVector() {
+    if (!IsPunct(Peek(), '[')) {
+      return Expected(Peek(), "'[' to start the direction vector");
+    }
+    Next();
+    std::vector<double> values;
+    if (IsPunct(Peek(), ']')) {
+      Next();
+      return values;
+    }
+    while (true) {
+      FEATVIZ_ASSIGN_OR_RETURN(double value,
+                               ReadSignedNumber("direction value"));
+      values.push_back(value);
+      if (IsPunct(Peek(), ']')) {
+        Next();
+        return values;
+      }
+      if (!IsPunct(Peek(), ',')) {
+        return Expected(Peek(), "',' or ']' after a direction value");
+      }
+      Next();
+    }
+  }
+
+  absl::Status ReadPositional(Arg arg, Term& term) {
+    switch (arg) {
+      case Arg::kLayer: {
+        const Token& token = Peek();
+        if (token.kind != TokenKind::kPath) {
+          return Expected(token, "a layer path");
+        }
+        term.layer = std::string(Next().text);
+        return absl::OkStatus();
+      }
+      case Arg::kChannel:
+      case Arg::kClass: {
+        FEATVIZ_ASSIGN_OR_RETURN(term.index,
+                                 ReadNonNegativeInt(ArgDescription(arg)));
+        return absl::OkStatus();
+      }
+      case Arg::kX: {
+        FEATVIZ_ASSIGN_OR_RETURN(term.x, ReadNonNegativeInt("x"));
+        return absl::OkStatus();
+      }
+      case Arg::kY: {
+        FEATVIZ_ASSIGN_OR_RETURN(term.y, ReadNonNegativeInt("y"));
+        return absl::OkStatus();
+      }
+      case Arg::kVector: {
+        FEATVIZ_ASSIGN_OR_RETURN(term.vector, ReadVector());
+        return absl::OkStatus();
+      }
+      case Arg::kDecay:
+      case Arg::kConstant: {
+        FEATVIZ_ASSIGN_OR_RETURN(term.param,
+                                 ReadSignedNumber(ArgDescription(arg)));
+        return absl::OkStatus();
+      }
+    }
+    return absl::InternalError("unhandled argument kind");
+  }
+
+  // Reads `name=value` with the cursor on `name`; `after` is set to what was
+  // read, for the message about the separator that should follow.
+  absl::Status ReadKeyword(const Signature& signature, Term& term,
+                           std::optional<size_t>& x_offset,
+                           std::optional<size_t>& y_offset,
+                           const char*& after) {
+    const Token& name = Next();
+    Next();  // '='
+    const bool is_neuron = signature.kind == TermKind::kNeuron;
+    if (name.text == "batch") {
+      if (term.batch.has_value()) {
+        return ErrorAt(name.offset, "batch given twice");
+      }
+      FEATVIZ_ASSIGN_OR_RETURN(term.batch, ReadNonNegativeInt("batch index"));
+      after = "batch index";
+      return absl::OkStatus();
+    }
+    if (is_neuron && (name.text == "x" || name.text == "y")) {
+      const bool is_x = name.text == "x";
+      std::optional<int64_t>& slot = is_x ? term.x : term.y;
+      if (slot.has_value()) {
+        return ErrorAt(name.offset, absl::StrCat(name.text, " given twice"));
+      }
+      FEATVIZ_ASSIGN_OR_RETURN(slot, ReadNonNegativeInt(name.text));
+      (is_x ? x_offset : y_offset) = name.offset;
+      after = is_x ? "x" : "y";
+      return absl::OkStatus();
+    }
+    return ErrorAt(
+        name.offset,
+        absl::StrCat("unknown keyword '", name.text, "' for ", signature.name,
+                     "; expected ", is_neuron ? "x=, y= or batch=" : "batch="));
+  }
+
+  // Cursor on the '(' after the function name.
+  absl::StatusOr<Term> ParseCall(const Token& name) {
+    const Signature* signature = FindSignature(name.text);
+    if (signature == nullptr) {
+      return ErrorAt(name.offset,
+                     absl::StrCat("unknown function '", name.text,
+                                  "'; functions are: ", FunctionNames()));
+    }
+    Next();  // '('
+    Term term;
+    term.kind = signature->kind;
+    int positional = 0;
+    std::optional<size_t> x_offset;
+    std::optional<size_t> y_offset;
+    bool positional_done = false;
+    auto finish_positional = [&](const Token& at) -> absl::Status {
+      if (positional_done) return absl::OkStatus();
+      positional_done = true;
+      if (positional < signature->min_args) {
+        return ErrorAt(at.offset,
+                       absl::StrCat("too few arguments to ", signature->name,
+                                    "; expected ", signature->usage, ", found ",
+                                    Describe(at)));
+      }
+      return absl::OkStatus();
+    };
+
+    if (IsPunct(Peek(), ')')) {
+      FEATVIZ_RETURN_IF_ERROR(finish_positional(Peek()));
+      Next();
+    } else {
+      while (true) {
+        const Token& arg = Peek();
+        const char* after = nullptr;
+        if (arg.kind == TokenKind::kPath && IsPunct(Peek(1), '=')) {
+          FEATVIZ_RETURN_IF_ERROR(finish_positional(arg));
+          FEATVIZ_RETURN_IF_ERROR(
+              ReadKeyword(*signature, term, x_offset, y_offset, after));
+        } else {
+          if (positional_done) {
+            return Expected(arg,
+                            "name=value (positional arguments come before "
+                            "keyword arguments)");
+          }
+          if (positional == signature->max_args) {
+            return ErrorAt(
+                arg.offset,
+                absl::StrCat("too many arguments to ", signature->name,
+                             "; expected ", signature->usage, ", found ",
+                             Describe(arg)));
+          }
+          const Arg kind = signature->args[positional];
+          if (kind == Arg::kX) x_offset = arg.offset;
+          if (kind == Arg::kY) y_offset = arg.offset;
+          FEATVIZ_RETURN_IF_ERROR(ReadPositional(kind, term));
+          after = ArgDescription(kind);
+          ++positional;
+        }
+        if (IsPunct(Peek(), ',')) {
+          Next();
+          if (IsPunct(Peek(), ')')) {
+            return Expected(Peek(), "an argument after ','");
+          }
+          continue;
+        }
+        if (IsPunct(Peek(), ')')) {
+          FEATVIZ_RETURN_IF_ERROR(finish_positional(Peek()));
+          Next();
+          break;
+        }
+        return Expected(Peek(), absl::StrCat("',' or ')' after ", after));
+      }
+    }
+
+    if (term.x.has_value() != term.y.has_value()) {
+      const bool has_x = term.x.has_value();
+      return ErrorAt(
+          has_x ? *x_offset : *y_offset,
+          absl::StrCat("neuron needs both x and y or neither, as "
+                       "in ",
+                       signature->usage, "; found only ", has_x ? "x" : "y"));
+    }
+    return term;
+  }
+
+  absl::string_view text_;
+  std::vector<Token> tokens_;
+  size_t next_ = 0;
+};
+
+// ---------------------------------------------------------------------------
+// Validation.
+
+const LayerInfo* FindLayer(const ModelShape& model, absl::string_view path) {
+  for (const LayerInfo& layer : model.layers) {
+    if (layer.path == path) return &layer;
+  }
+  return nullptr;
+}
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+absl::Status ValidateTerm(const Term& term, const ModelShape& model,
+                          int64_t batch_size) {
+  const LayerInfo* layer = nullptr;
+  if (term.UsesLayer()) {
+    layer = FindLayer(model, term.layer);
+    if (layer == nullptr) {
+      std::vector<absl::string_view> paths;
+      for (const LayerInfo& info : model.layers) paths.push_back(info.path);
+      return absl::NotFoundError(
+          paths.empty()
+              ? absl::StrCat("unknown layer '", term.layer,
+                             "'; the model has no layers")
+              : absl::StrCat("unknown layer '", term.layer,
+                             "'; layers are: ", absl::StrJoin(paths, ", ")));
+    }
+    if (layer->channels <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", layer->path, " has no channels (output shape ",
+          ShapeText(layer->shape),
+          "); only tensor outputs of rank 2 or more can be used in ",
+          term.ToString()));
+    }
+  }
+
+  switch (term.kind) {
+    case TermKind::kNeuron:
+    case TermKind::kChannel:
+      if (term.index < 0 || term.index >= layer->channels) {
+        return absl::OutOfRangeError(
+            absl::StrCat("channel ", term.index, " out of range for layer ",
+                         layer->path, " with ", layer->channels, " channels"));
+      }
+      if (term.kind != TermKind::kNeuron) break;
+      if (term.x.has_value() != term.y.has_value()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            term.ToString(), " sets only ", term.x.has_value() ? "x" : "y",
+            "; a neuron position needs both x and y or neither"));
+      }
+      if (term.x.has_value()) {
+        if (layer->shape.size() != 4) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              term.ToString(), " gives a position (", *term.x, ", ", *term.y,
+              "), but layer ", layer->path, " has no spatial map (shape ",
+              ShapeText(layer->shape), ")"));
+        }
+        const int64_t height = layer->shape[2];
+        const int64_t width = layer->shape[3];
+        if (*term.x < 0 || *term.x >= width) {
+          return absl::OutOfRangeError(
+              absl::StrCat("neuron x ", *term.x, " out of range for layer ",
+                           layer->path, " with width ", width));
+        }
+        if (*term.y < 0 || *term.y >= height) {
+          return absl::OutOfRangeError(
+              absl::StrCat("neuron y ", *term.y, " out of range for layer ",
+                           layer->path, " with height ", height));
+        }
+      }
+      break;
+    case TermKind::kLogit:
+    case TermKind::kProb:
+      if (term.index < 0 || term.index >= model.num_classes) {
+        return absl::OutOfRangeError(absl::StrCat(
+            "class ", term.index, " out of range for a model with ",
+            model.num_classes, " classes"));
+      }
+      break;
+    case TermKind::kDirection:
+      if (static_cast<int64_t>(term.vector.size()) != layer->channels) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "direction vector has ", term.vector.size(), " values but layer ",
+            layer->path, " has ", layer->channels, " channels"));
+      }
+      for (size_t i = 0; i < term.vector.size(); ++i) {
+        if (!std::isfinite(term.vector[i])) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("direction value ", FormatNumber(term.vector[i]),
+                           " at position ", i, " is not finite"));
+        }
+      }
+      break;
+    case TermKind::kDiversity:
+    case TermKind::kAlignment:
+      // Both compare images of the batch with each other, so they need at
+      // least two and cannot be narrowed to one.
+      if (batch_size < 2) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(term.ToString(),
+                         " compares the images of a batch and needs at "
+                         "least 2, but the batch has ",
+                         batch_size));
+      }
+      if (term.batch.has_value()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(term.ToString(),
+                         " compares the images of a batch and cannot be "
+                         "restricted to image ",
+                         *term.batch));
+      }
+      if (term.kind == TermKind::kAlignment && term.param.has_value() &&
+          !(std::isfinite(*term.param) && *term.param > 0)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("alignment decay ", FormatNumber(*term.param),
+                         " must be a positive finite number"));
+      }
+      break;
+    case TermKind::kL1:
+    case TermKind::kL2:
+      if (term.param.has_value() && !std::isfinite(*term.param)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(TermKindName(term.kind), " constant ",
+                         FormatNumber(*term.param), " is not finite"));
+      }
+      break;
+    case TermKind::kLayer:
+    case TermKind::kTotalVariation:
+      break;
+  }
+
+  if (term.batch.has_value() &&
+      (*term.batch < 0 || *term.batch >= batch_size)) {
+    return absl::OutOfRangeError(absl::StrCat("batch index ", *term.batch,
+                                              " out of range for a batch of ",
+                                              batch_size));
+  }
+  return absl::OkStatus();
+}
+
+Term MakeTerm(TermKind kind, std::string layer = "", int64_t index = 0) {
+  Term term;
+  term.kind = kind;
+  term.layer = std::move(layer);
+  term.index = index;
+  return term;
+}
+
+}  // namespace
+
+const char* TermKindName(TermKind kind) {
+  switch (kind) {
+    case TermKind::kNeuron:
+      return "neuron";
+    case TermKind::kChannel:
+      return "channel";
+    case TermKind::kLayer:
+      return "layer";
+    case TermKind::kLogit:
+      return "logit";
+    case TermKind::kProb:
+      return "prob";
+    case TermKind::kDirection:
+      return "direction";
+    case TermKind::kDiversity:
+      return "diversity";
+    case TermKind::kAlignment:
+      return "alignment";
+    case TermKind::kTotalVariation:
+      return "tv";
+    case TermKind::kL1:
+      return "l1";
+    case TermKind::kL2:
+      return "l2";
+  }
+  return "unknown";
+}
+
+bool Term::UsesLayer() const {
+  switch (kind) {
+    case TermKind::kNeuron:
+    case TermKind::kChannel:
+    case TermKind::kLayer:
+    case TermKind::kDirection:
+    case TermKind::kDiversity:
+    case TermKind::kAlignment:
+      return true;
+    case TermKind::kLogit:
+    case TermKind::kProb:
+    case TermKind::kTotalVariation:
+    case TermKind::kL1:
+    case TermKind::kL2:
+      return false;
+  }
+  return false;
+}
+
+// Fields that `kind` does not use are ignored: they do not appear in the
+// text, so comparing them would make Parse(ToString()) differ from a term
+// built in code with a stray value.
+bool Term::operator==(const Term& other) const {
+  if (kind != other.kind || batch != other.batch) return false;
+  if (UsesLayer() && layer != other.layer) return false;
+  switch (kind) {
+    case TermKind::kNeuron:
+      return index == other.index && x == other.x && y == other.y;
+    case TermKind::kChannel:
+    case TermKind::kLogit:
+    case TermKind::kProb:
+      return index == other.index;
+    case TermKind::kDirection:
+      return vector == other.vector;
+    case TermKind::kAlignment:
+    case TermKind::kL1:
+    case TermKind::kL2:
+      return param == other.param;
+    case TermKind::kLayer:
+    case TermKind::kDiversity:
+    case TermKind::kTotalVariation:
+      return true;
+  }
+  return true;
+}
+
+std::string Term::ToString() const {
+  std::vector<std::string> args;
+  switch (kind) {
+    case TermKind::kNeuron:
+      args = {layer, absl::StrCat(index)};
+      if (x.has_value() && y.has_value()) {
+        args.push_back(absl::StrCat(*x));
+        args.push_back(absl::StrCat(*y));
+      } else if (x.has_value()) {
+        // Not valid, but say what the term holds rather than hide it.
+        args.push_back(absl::StrCat("x=", *x));
+      } else if (y.has_value()) {
+        args.push_back(absl::StrCat("y=", *y));
+      }
+      break;
+    case TermKind::kChannel:
+      args = {layer, absl::StrCat(index)};
+      break;
+    case TermKind::kLayer:
+    case TermKind::kDiversity:
+      args = {layer};
+      break;
+    case TermKind::kLogit:
+    case TermKind::kProb:
+      args = {absl::StrCat(index)};
+      break;
+    case TermKind::kDirection:
+      args = {layer,
+              absl::StrCat("[",
+                           absl::StrJoin(vector, ", ",
+                                         [](std::string* out, double value) {
+                                           out->append(FormatNumber(value));
+                                         }),
+                           "]")};
+      break;
+    case TermKind::kAlignment:
+      args = {layer};
+      if (param.has_value()) args.push_back(FormatNumber(*param));
+      break;
+    case TermKind::kTotalVariation:
+      break;
+    case TermKind::kL1:
+    case TermKind::kL2:
+      if (param.has_value()) args.push_back(FormatNumber(*param));
+      break;
+  }
+  if (batch.has_value()) args.push_back(absl::StrCat("batch=", *batch));
+  return absl::StrCat(TermKindName(kind), "(", absl::StrJoin(args, ", "), ")");
+}
+
+absl::StatusOr<Objective> Objective::Parse(absl::string_view text) {
+  bool blank = true;
+  for (char c : text) blank = blank && IsSpace(c);
+  if (blank) return absl::InvalidArgumentError("objective is empty");
+  return Parser(text).Parse();
+}
+
+std::string Objective::ToString() const {
+  std::string out;
+  for (size_t i = 0; i < terms_.size(); ++i) {
+    const double weight = terms_[i].weight;
+    const std::string term = terms_[i].term.ToString();
+    if (i == 0) {
+      if (weight == 1) {
+        out = term;
+      } else if (weight == -1) {
+        out = absl::StrCat("-", term);
+      } else {
+        out = absl::StrCat(FormatNumber(weight), " * ", term);
+      }
+      continue;
+    }
+    // signbit rather than < 0 so that -0.0 keeps its sign through the text.
+    const bool negative = std::signbit(weight);
+    const double magnitude = negative ? -weight : weight;
+    absl::StrAppend(&out, negative ? " - " : " + ");
+    if (magnitude != 1) absl::StrAppend(&out, FormatNumber(magnitude), " * ");
+    absl::StrAppend(&out, term);
+  }
+  return out;
+}
+
+absl::Status Objective::Validate(const ModelShape& model,
+                                 int64_t batch_size) const {
+  if (terms_.empty()) return absl::InvalidArgumentError("objective is empty");
+  if (batch_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch size ", batch_size, " must be at least 1"));
+  }
+  for (const WeightedTerm& weighted : terms_) {
+    if (!std::isfinite(weighted.weight)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weight ", FormatNumber(weighted.weight), " of ",
+                       weighted.term.ToString(), " is not finite"));
+    }
+    FEATVIZ_RETURN_IF_ERROR(ValidateTerm(weighted.term, model, batch_size));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::string> Objective::Layers() const {
+  std::vector<std::string> layers;
+  for (const WeightedTerm& weighted : terms_) {
+    if (!weighted.term.UsesLayer()) continue;
+    bool seen = false;
+    for (const std::string& layer : layers) {
+      if (layer == weighted.term.layer) {
+        seen = true;
+        break;
+      }
+    }
+    if (!seen) layers.push_back(weighted.term.layer);
+  }
+  return layers;
+}
+
+Objective Objective::operator+(const Objective& other) const {
+  Objective sum = *this;
+  sum.terms_.insert(sum.terms_.end(), other.terms_.begin(), other.terms_.end());
+  return sum;
+}
+
+Objective Objective::operator-(const Objective& other) const {
+  Objective difference = *this;
+  difference.terms_.reserve(terms_.size() + other.terms_.size());
+  for (const WeightedTerm& weighted : other.terms_) {
+    difference.terms_.push_back({-weighted.weight, weighted.term});
+  }
+  return difference;
+}
+
+Objective Objective::operator-() const {
+  Objective negated = *this;
+  for (WeightedTerm& weighted : negated.terms_)
+    weighted.weight = -weighted.weight;
+  return negated;
+}
+
+Objective Objective::operator*(double scale) const {
+  Objective scaled = *this;
+  for (WeightedTerm& weighted : scaled.terms_) weighted.weight *= scale;
+  return scaled;
+}
+
+Objective Neuron(std::string layer, int64_t channel) {
+  return Objective(MakeTerm(TermKind::kNeuron, std::move(layer), channel));
+}
+
+Objective Neuron(std::string layer, int64_t channel, int64_t x, int64_t y) {
+  Term term = MakeTerm(TermKind::kNeuron, std::move(layer), channel);
+  term.x = x;
+  term.y = y;
+  return Objective(std::move(term));
+}
+
+Objective Channel(std::string layer, int64_t channel) {
+  return Objective(MakeTerm(TermKind::kChannel, std::move(layer), channel));
+}
+
+Objective LayerObjective(std::string layer) {
+  return Objective(MakeTerm(TermKind::kLayer, std::move(layer)));
+}
+
+Objective Logit(int64_t class_index) {
+  return Objective(MakeTerm(TermKind::kLogit, "", class_index));
+}
+
+Objective Prob(int64_t class_index) {
+  return Objective(MakeTerm(TermKind::kProb, "", class_index));
+}
+
+Objective Direction(std::string layer, std::vector<double> vector) {
+  Term term = MakeTerm(TermKind::kDirection, std::move(layer));
+  term.vector = std::move(vector);
+  return Objective(std::move(term));
+}
+
+Objective Diversity(std::string layer) {
+  return Objective(MakeTerm(TermKind::kDiversity, std::move(layer)));
+}
+
+Objective Alignment(std::string layer) {
+  return Objective(MakeTerm(TermKind::kAlignment, std::move(layer)));
+}
+
+Objective TotalVariation() {
+  return Objective(MakeTerm(TermKind::kTotalVariation));
+}
+
+Objective L1() { return Objective(MakeTerm(TermKind::kL1)); }
+
+Objective L2() { return Objective(MakeTerm(TermKind::kL2)); }
+
+Objective ForBatch(Objective objective, int64_t batch_index) {
+  std::vector<Objective> parts;
+  parts.reserve(objective.terms().size());
+  for (const WeightedTerm& weighted : objective.terms()) {
+    Term term = weighted.term;
+    term.batch = batch_index;
+    // Objective(term) has weight exactly 1, so the product is exactly the
+    // original weight.
+    parts.push_back(Objective(std::move(term)) * weighted.weight);
+  }
+  return Concat(std::move(parts));
+}
+
+}  // namespace featviz::core

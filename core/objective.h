@@ -1,0 +1,153 @@
+// Objectives: what a render maximises. An objective is a weighted sum of
+// terms (a linear combination), built from the text syntax or in code, and
+// prints back to the canonical text it parses from:
+//
+//   channel(conv2, 5) + 0.5 * prob(7) - 0.01 * tv()
+//   conv2:5                          (Lucid's shorthand for channel(conv2, 5))
+//   channel(conv2, 3, batch=1)       (only image 1 of the batch)
+//
+// Terms (each may take `batch=N` to target one image of the batch):
+//   neuron(layer, c[, x, y])   one unit; the centre of the map when x, y unset
+//   channel(layer, c)          spatial mean of channel c
+//   layer(layer)               mean of squared activations (DeepDream)
+//   logit(c), prob(c)          pre-softmax logit / post-softmax probability
+//   direction(layer, [v...])   spatial mean of the dot product with v
+//   diversity(layer)           negative mean cosine similarity of the images'
+//                              Gram matrices across the batch
+//   alignment(layer[, decay])  negative distance between consecutive images'
+//                              activations (for interpolations)
+//   tv(), l1([c]), l2([c])     image regularisers: total variation, mean |x-c|,
+//                              root mean square of (x-c); c defaults to 0.5
+//
+// Parsing checks syntax only; Validate() checks the objective against a
+// model's layer catalogue.
+#ifndef FEATVIZ_CORE_OBJECTIVE_H_
+#define FEATVIZ_CORE_OBJECTIVE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/layer_info.h"
+
+namespace featviz::core {
+
+enum class TermKind {
+  kNeuron,
+  kChannel,
+  kLayer,
+  kLogit,
+  kProb,
+  kDirection,
+  kDiversity,
+  kAlignment,
+  kTotalVariation,
+  kL1,
+  kL2,
+};
+
+// The function name of a term kind in the text syntax ("neuron", "tv", ...).
+const char* TermKindName(TermKind kind);
+
+// One term of an objective. Which fields matter depends on `kind`.
+struct Term {
+  TermKind kind = TermKind::kChannel;
+  // neuron, channel, layer, direction, diversity, alignment.
+  std::string layer;
+  // neuron, channel: the channel; logit, prob: the class index.
+  int64_t index = 0;
+  // neuron: position in the map; the centre when unset. Both or neither.
+  std::optional<int64_t> x;
+  std::optional<int64_t> y;
+  // direction: one weight per channel of `layer`.
+  std::vector<double> vector;
+  // alignment: decay ratio (default 2); l1, l2: the constant (default 0.5).
+  std::optional<double> param;
+  // Only this image of the batch; every image when unset.
+  std::optional<int64_t> batch;
+
+  bool operator==(const Term& other) const;
+  bool operator!=(const Term& other) const { return !(*this == other); }
+
+  // Canonical text, e.g. "channel(conv2, 3, batch=1)".
+  std::string ToString() const;
+
+  // True for terms that read a layer's activations (not logit/prob/regularisers).
+  bool UsesLayer() const;
+};
+
+struct WeightedTerm {
+  double weight = 1.0;
+  Term term;
+  bool operator==(const WeightedTerm& other) const {
+    return weight == other.weight && term == other.term;
+  }
+};
+
+class Objective {
+ public:
+  Objective() = default;
+  explicit Objective(Term term) { terms_.push_back({1.0, std::move(term)}); }
+
+  // Parses the text syntax above. Errors are InvalidArgument and name the
+  // 1-based column and what was expected there, e.g.
+  // "column 12: expected ',' or ')' after channel index".
+  // Weights must be finite; an empty text is an error.
+  static absl::StatusOr<Objective> Parse(absl::string_view text);
+
+  // Canonical text: terms in order, joined by " + " / " - ", weights other
+  // than 1 written as "w * term" with the shortest text that reads back to
+  // the same double. Parse(x.ToString()) == x for every objective.
+  std::string ToString() const;
+
+  // Checks every term against a model: unknown layer, channel or class out
+  // of range, neuron position outside the map, direction length different
+  // from the channel count, batch index >= batch_size. The message names the
+  // offending value, e.g. "channel 70 out of range for layer conv2 with 64
+  // channels". Returns NotFound for unknown layers, OutOfRange for indices,
+  // InvalidArgument otherwise.
+  absl::Status Validate(const ModelShape& model, int64_t batch_size) const;
+
+  // Every distinct layer path the terms read, in first-use order.
+  std::vector<std::string> Layers() const;
+
+  const std::vector<WeightedTerm>& terms() const { return terms_; }
+  bool empty() const { return terms_.empty(); }
+
+  Objective operator+(const Objective& other) const;
+  Objective operator-(const Objective& other) const;
+  Objective operator-() const;
+  Objective operator*(double scale) const;
+  bool operator==(const Objective& other) const { return terms_ == other.terms_; }
+
+ private:
+  std::vector<WeightedTerm> terms_;
+};
+
+inline Objective operator*(double scale, const Objective& objective) {
+  return objective * scale;
+}
+
+// Convenience constructors for code (tests, tools).
+Objective Neuron(std::string layer, int64_t channel);
+Objective Neuron(std::string layer, int64_t channel, int64_t x, int64_t y);
+Objective Channel(std::string layer, int64_t channel);
+Objective LayerObjective(std::string layer);
+Objective Logit(int64_t class_index);
+Objective Prob(int64_t class_index);
+Objective Direction(std::string layer, std::vector<double> vector);
+Objective Diversity(std::string layer);
+Objective Alignment(std::string layer);
+Objective TotalVariation();
+Objective L1();
+Objective L2();
+// The same objective restricted to one image of the batch (every term).
+Objective ForBatch(Objective objective, int64_t batch_index);
+
+}  // namespace featviz::core
+
+#endif  // FEATVIZ_CORE_OBJECTIVE_H_

@@ -1,0 +1,135 @@
+#include "core/objective_eval.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/torch_status.h"
+
+namespace featviz::core {
+namespace {
+
+// Per-image values [B] of a term that is defined image by image.
+at::Tensor PerImage(const Term& term, const Taps& taps,
+                    const at::Tensor& images) {
+  switch (term.kind) {
+    case TermKind::kNeuron: {
+      const at::Tensor& a = taps.activations.at(term.layer);
+      at::Tensor c = a.select(1, term.index);
+      if (a.dim() == 2) return c;
+      const int64_t y = term.y.value_or(a.size(2) / 2);
+      const int64_t x = term.x.value_or(a.size(3) / 2);
+      return c.select(1, y).select(1, x);
+    }
+    case TermKind::kChannel: {
+      const at::Tensor& a = taps.activations.at(term.layer);
+      at::Tensor c = a.select(1, term.index);
+      return c.dim() == 1 ? c : c.flatten(1).mean(1);
+    }
+    case TermKind::kLayer:
+      return taps.activations.at(term.layer).flatten(1).pow(2).mean(1);
+    case TermKind::kLogit:
+      return taps.logits.select(1, term.index);
+    case TermKind::kProb:
+      return taps.probs.select(1, term.index);
+    case TermKind::kDirection: {
+      const at::Tensor& a = taps.activations.at(term.layer);
+      at::Tensor v = at::tensor(std::vector<float>(term.vector.begin(),
+                                                   term.vector.end()))
+                         .to(a.device(), a.scalar_type());
+      std::vector<int64_t> shape(a.dim(), 1);
+      shape[1] = v.size(0);
+      at::Tensor dot = (a * v.view(shape)).sum(1);
+      return dot.dim() == 1 ? dot : dot.flatten(1).mean(1);
+    }
+    case TermKind::kTotalVariation: {
+      at::Tensor dy = (images.narrow(2, 1, images.size(2) - 1) -
+                       images.narrow(2, 0, images.size(2) - 1))
+                          .abs()
+                          .flatten(1)
+                          .mean(1);
+      at::Tensor dx = (images.narrow(3, 1, images.size(3) - 1) -
+                       images.narrow(3, 0, images.size(3) - 1))
+                          .abs()
+                          .flatten(1)
+                          .mean(1);
+      return dx + dy;
+    }
+    case TermKind::kL1:
+      return (images - term.param.value_or(0.5)).abs().flatten(1).mean(1);
+    case TermKind::kL2:
+      return (images - term.param.value_or(0.5)).pow(2).flatten(1).mean(1).sqrt();
+    case TermKind::kDiversity:
+    case TermKind::kAlignment:
+      break;
+  }
+  return at::Tensor();
+}
+
+// Negative mean cosine similarity between the images' Gram matrices: higher
+// when the images of a batch differ in style, not just in position.
+at::Tensor Diversity(const at::Tensor& a) {
+  const int64_t b = a.size(0);
+  at::Tensor f = a.dim() == 2 ? a.unsqueeze(2) : a.flatten(2);  // [B, C, N]
+  at::Tensor gram = at::bmm(f, f.transpose(1, 2)) / f.size(2);
+  at::Tensor g = gram.flatten(1);
+  g = g / g.norm(2, {1}, true).clamp_min(1e-12);
+  at::Tensor sim = at::mm(g, g.t());
+  return -(sim.sum() - sim.diagonal().sum()) / static_cast<double>(b * (b - 1));
+}
+
+// Negative squared distance between images i and i + d, weighted by
+// decay^-d: keeps neighbours of an interpolation alike.
+at::Tensor Alignment(const at::Tensor& a, double decay) {
+  const int64_t b = a.size(0);
+  at::Tensor total = at::zeros({}, a.options());
+  for (int64_t d = 1; d < b; ++d) {
+    at::Tensor diff = a.narrow(0, 0, b - d) - a.narrow(0, d, b - d);
+    total = total - diff.pow(2).flatten(1).mean(1).sum() / std::pow(decay, d);
+  }
+  return total;
+}
+
+}  // namespace
+
+absl::StatusOr<ObjectiveValue> EvaluateObjective(const Objective& objective,
+                                                 const Taps& taps,
+                                                 const at::Tensor& images) {
+  if (objective.empty()) {
+    return absl::InvalidArgumentError("objective is empty");
+  }
+  try {
+    std::vector<at::Tensor> values;
+    at::Tensor total;
+    for (const WeightedTerm& wt : objective.terms()) {
+      const Term& term = wt.term;
+      if (term.UsesLayer() && !taps.activations.count(term.layer)) {
+        return absl::InternalError(
+            absl::StrCat("layer ", term.layer, " was not tapped"));
+      }
+      at::Tensor summed, mean;
+      if (term.kind == TermKind::kDiversity ||
+          term.kind == TermKind::kAlignment) {
+        const at::Tensor& a = taps.activations.at(term.layer);
+        if (a.size(0) < 2) {
+          summed = at::zeros({}, a.options());
+        } else if (term.kind == TermKind::kDiversity) {
+          summed = Diversity(a);
+        } else {
+          summed = Alignment(a, term.param.value_or(2.0));
+        }
+        mean = summed;
+      } else {
+        at::Tensor v = PerImage(term, taps, images);
+        if (term.batch.has_value()) v = v.narrow(0, *term.batch, 1);
+        summed = v.sum();
+        mean = v.mean();
+      }
+      values.push_back(mean.to(at::kFloat));
+      at::Tensor weighted = summed * wt.weight;
+      total = total.defined() ? total + weighted : weighted;
+    }
+    return ObjectiveValue{at::stack(values), total};
+  } catch (const std::exception& e) {
+    return TorchError(e, "evaluating the objective");
+  }
+}
+
+}  // namespace featviz::core

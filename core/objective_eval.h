@@ -1,0 +1,33 @@
+// Turns an Objective into numbers: the value of each term on a batch, from
+// one forward pass's taps and the (untransformed) images.
+#ifndef FEATVIZ_CORE_OBJECTIVE_EVAL_H_
+#define FEATVIZ_CORE_OBJECTIVE_EVAL_H_
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+#include "core/model.h"
+#include "core/objective.h"
+
+namespace featviz::core {
+
+struct ObjectiveValue {
+  // [T] value of each term (unweighted): the mean over the images it
+  // targets, or the batch-level value for diversity and alignment.
+  at::Tensor terms;
+  // Scalar to maximise: sum over terms of weight * (sum over targeted images
+  // of the per-image value). Summing, not averaging, keeps each image's
+  // gradient independent of how many images share the batch.
+  at::Tensor total;
+};
+
+// `taps` must hold every layer objective.Layers() names; `images` are the
+// [B, C, H, W] images in [0, 1] that the regularisers read. Assumes the
+// objective was validated against the model and batch.
+absl::StatusOr<ObjectiveValue> EvaluateObjective(const Objective& objective,
+                                                 const Taps& taps,
+                                                 const at::Tensor& images);
+
+}  // namespace featviz::core
+
+#endif  // FEATVIZ_CORE_OBJECTIVE_EVAL_H_

@@ -1,0 +1,77 @@
+// Image parameterisations: how the optimiser's variables become images.
+// Pixel: the image is sigmoid(v) of a per-pixel variable. FFT: the variable is
+// a 2-D spectrum scaled by 1/f^decay (so the optimiser moves low frequencies
+// as easily as high ones), turned into an image by an inverse real FFT and a
+// sigmoid. RGB images go through a decorrelated colour space (the square root
+// of ImageNet's colour covariance) first; grayscale images need none.
+#ifndef FEATVIZ_CORE_PARAM_H_
+#define FEATVIZ_CORE_PARAM_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace featviz::core {
+
+enum class ParamKind { kPixel, kFft };
+
+const char* ParamKindName(ParamKind kind);
+// "pixel" or "fft"; InvalidArgument otherwise.
+absl::StatusOr<ParamKind> ParseParamKind(absl::string_view name);
+
+struct ParamOptions {
+  ParamKind kind = ParamKind::kFft;
+  int64_t batch = 1;
+  // Image size; 0 means "the model's input size" (filled in by the render).
+  int64_t channels = 0;
+  int64_t height = 0;
+  int64_t width = 0;
+  // FFT: spectrum amplitude falls as 1/f^decay_power. 1 is Lucid's choice.
+  double decay_power = 1.0;
+  // RGB only: optimise in a decorrelated colour space.
+  bool decorrelate = true;
+  // Standard deviation of the random initial variables.
+  double init_std = 0.01;
+  // Optional start image, [C, H, W] or [1 or batch, C, H, W] in [0, 1].
+  at::Tensor init_image;
+};
+
+class ImageParam {
+ public:
+  // InvalidArgument for non-positive sizes, a bad decay or init image shape.
+  static absl::StatusOr<std::unique_ptr<ImageParam>> Create(
+      const ParamOptions& options, uint64_t seed, const c10::Device& device);
+
+  ImageParam(const ImageParam&) = delete;
+  ImageParam& operator=(const ImageParam&) = delete;
+
+  // The leaf tensors the optimiser updates.
+  const std::vector<at::Tensor>& parameters() const { return parameters_; }
+  // The images, [B, C, H, W] in (0, 1), differentiable w.r.t. parameters().
+  at::Tensor Image() const;
+  const ParamOptions& options() const { return options_; }
+
+ private:
+  ImageParam(ParamOptions options, const c10::Device& device);
+  // Pre-sigmoid values in the (possibly decorrelated) colour space -> image.
+  at::Tensor ToImage(const at::Tensor& pre) const;
+  // Inverse of ToImage, for start images.
+  at::Tensor FromImage(const at::Tensor& image) const;
+
+  ParamOptions options_;
+  std::vector<at::Tensor> parameters_;
+  at::Tensor spectrum_scale_;  // FFT: [H, W/2 + 1]
+  at::Tensor colour_;          // RGB decorrelation matrix [3, 3], or undefined
+};
+
+using ImageParamPtr = std::unique_ptr<ImageParam>;
+
+}  // namespace featviz::core
+
+#endif  // FEATVIZ_CORE_PARAM_H_

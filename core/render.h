@@ -1,0 +1,133 @@
+// The render loop: optimise a batch of images so that a model maximises an
+// objective. A RenderSession is one job's state (parameterisation, random
+// stream, optimiser, trace) and exposes the step in pieces, so that a worker
+// can stack several sessions' inputs into one forward/backward pass; Render()
+// runs one session alone.
+#ifndef FEATVIZ_CORE_RENDER_H_
+#define FEATVIZ_CORE_RENDER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+#include "core/adam.h"
+#include "core/model.h"
+#include "core/objective.h"
+#include "core/param.h"
+#include "core/transform.h"
+
+namespace featviz::core {
+
+struct RenderOptions {
+  // Batch, kind and size of the images; a size of 0 takes the model's.
+  ParamOptions param;
+  // Transforms before each forward pass; unset means DefaultTransforms for
+  // the image size, an empty list means none.
+  std::optional<TransformList> transforms;
+  double lr = 0.05;
+  int64_t steps = 256;
+  // Seeds the initial images and the transforms' random stream.
+  uint64_t seed = 0;
+  // Progress events every this many steps (and after the last); 0: none.
+  int64_t progress_every = 0;
+  // Whether progress events carry the current images.
+  bool progress_images = false;
+};
+
+struct ProgressEvent {
+  int64_t step = 0;            // Steps done, 1..steps.
+  std::vector<double> values;  // Value of each term at that step.
+  at::Tensor images;           // [B, C, H, W] on the CPU, when asked for.
+};
+
+// Called with each progress event; returning false cancels the render.
+using ProgressCallback = std::function<bool(const ProgressEvent&)>;
+
+struct LayerStats {
+  std::string layer;
+  at::Tensor mean;  // [B, C] spatial mean of each channel (or the neuron).
+  at::Tensor max;   // [B, C] spatial max.
+};
+
+struct RenderResult {
+  std::string objective;           // Canonical text.
+  std::vector<std::string> terms;  // Each term's text, unweighted.
+  std::vector<double> weights;
+  at::Tensor images;               // [B, C, H, W] float32 CPU in [0, 1].
+  at::Tensor trace;                // [steps, T] term values while optimising.
+  // Measured on the final images without transforms:
+  std::vector<double> final_values;  // Each term.
+  double final_total = 0;            // Weighted sum to maximise.
+  at::Tensor logits;                 // [B, classes]
+  at::Tensor probs;                  // [B, classes]
+  std::vector<LayerStats> layer_stats;  // Each layer the objective names.
+  uint64_t seed = 0;
+  int64_t steps = 0;
+  std::string transforms;  // Text form of the transforms used.
+};
+
+class RenderSession {
+ public:
+  // Validates the objective against the model and the options (steps >= 1,
+  // lr > 0, batch >= 1, a well-formed init image), fills sizes from the model
+  // card, and draws the initial images.
+  static absl::StatusOr<std::unique_ptr<RenderSession>> Create(
+      const Model& model, Objective objective, RenderOptions options);
+
+  RenderSession(const RenderSession&) = delete;
+  RenderSession& operator=(const RenderSession&) = delete;
+
+  int64_t batch() const { return options_.param.batch; }
+  int64_t steps_done() const { return step_; }
+  bool done() const { return step_ >= options_.steps; }
+  const Objective& objective() const { return objective_; }
+  const RenderOptions& options() const { return options_; }
+
+  // The transformed images for this step's forward pass, at the model's
+  // input size, differentiable w.r.t. this session's parameters.
+  at::Tensor PrepareInput();
+  // The loss to minimise (minus the objective) from this session's rows of
+  // the taps. Records the step's term values in the trace.
+  absl::StatusOr<at::Tensor> Loss(const Taps& taps);
+  // After backward(): one optimiser update; advances the step.
+  void Update();
+  // Progress event for the current step (term values of the last Loss()).
+  ProgressEvent Progress(bool with_images) const;
+  // Final images and statistics, measured without transforms.
+  absl::StatusOr<RenderResult> Finish();
+
+ private:
+  RenderSession(const Model& model, Objective objective, RenderOptions options);
+
+  const Model& model_;
+  Objective objective_;
+  RenderOptions options_;
+  TransformList transforms_;
+  std::vector<std::string> layers_;
+  ImageParamPtr param_;
+  std::unique_ptr<Adam> adam_;
+  std::mt19937_64 rng_;
+  at::Tensor images_;      // Untransformed images of the current step.
+  at::Tensor last_terms_;  // [T]
+  at::Tensor trace_;       // [steps, T], filled on the session's device.
+  int64_t step_ = 0;
+};
+
+// Renders alone: the whole loop of one session, one forward/backward per
+// step for the whole batch. Errors: the objective's validation status,
+// InvalidArgument for bad options, Cancelled when `progress` returns false.
+absl::StatusOr<RenderResult> Render(const Model& model,
+                                    const Objective& objective,
+                                    const RenderOptions& options,
+                                    const ProgressCallback& progress = nullptr);
+
+}  // namespace featviz::core
+
+#endif  // FEATVIZ_CORE_RENDER_H_

@@ -1,0 +1,214 @@
+#include "core/transform.h"
+
+#include <cmath>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+
+namespace featviz::core {
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+
+// Uniform integer in [0, n); the modulo bias is irrelevant for tiny n, and
+// unlike std::uniform_int_distribution the result is the same everywhere.
+int64_t Draw(std::mt19937_64& rng, int64_t n) {
+  return n <= 1 ? 0 : static_cast<int64_t>(rng() % static_cast<uint64_t>(n));
+}
+
+double Pick(std::mt19937_64& rng, const std::vector<double>& values) {
+  return values[Draw(rng, static_cast<int64_t>(values.size()))];
+}
+
+const char* KindName(Transform::Kind kind) {
+  switch (kind) {
+    case Transform::Kind::kPad:
+      return "pad";
+    case Transform::Kind::kJitter:
+      return "jitter";
+    case Transform::Kind::kScale:
+      return "scale";
+    case Transform::Kind::kRotate:
+      return "rotate";
+  }
+  return "?";
+}
+
+std::string FormatNumber(double v) {
+  std::string s = absl::StrFormat("%.6g", v);
+  return s;
+}
+
+at::Tensor Resize(const at::Tensor& x, int64_t h, int64_t w) {
+  if (x.size(2) == h && x.size(3) == w) return x;
+  return at::upsample_bilinear2d(x, {h, w}, /*align_corners=*/false);
+}
+
+}  // namespace
+
+std::string Transform::ToString() const {
+  if (kind == Kind::kPad || kind == Kind::kJitter) {
+    return absl::StrCat(KindName(kind), "(", pixels, ")");
+  }
+  std::vector<std::string> parts;
+  for (double v : values) parts.push_back(FormatNumber(v));
+  return absl::StrCat(KindName(kind), "(", absl::StrJoin(parts, ", "), ")");
+}
+
+TransformList DefaultTransforms(int64_t height, int64_t width) {
+  const double side = static_cast<double>(std::min(height, width));
+  auto pixels = [&](double fraction_of_side) {
+    return std::max<int64_t>(1, std::llround(side * fraction_of_side));
+  };
+  std::vector<double> scales;
+  for (int i = -5; i <= 5; ++i) scales.push_back(1.0 + i / 50.0);
+  std::vector<double> angles;
+  for (int a = -10; a <= 10; ++a) angles.push_back(a);
+  // 12/224, 8/224 and 4/224 are Lucid's amounts for its 224-pixel photos.
+  return {
+      {Transform::Kind::kPad, pixels(12.0 / 224), {}},
+      {Transform::Kind::kJitter, pixels(8.0 / 224), {}},
+      {Transform::Kind::kScale, 0, scales},
+      {Transform::Kind::kRotate, 0, angles},
+      {Transform::Kind::kJitter, pixels(4.0 / 224), {}},
+  };
+}
+
+std::string TransformsToString(const TransformList& transforms) {
+  if (transforms.empty()) return "none";
+  std::vector<std::string> parts;
+  for (const Transform& t : transforms) parts.push_back(t.ToString());
+  return absl::StrJoin(parts, ", ");
+}
+
+absl::StatusOr<TransformList> ParseTransforms(absl::string_view text,
+                                              int64_t height, int64_t width) {
+  const absl::string_view trimmed = absl::StripAsciiWhitespace(text);
+  if (trimmed == "default") return DefaultTransforms(height, width);
+  if (trimmed == "none" || trimmed.empty()) return TransformList{};
+  TransformList out;
+  absl::string_view rest = trimmed;
+  while (!rest.empty()) {
+    const size_t open = rest.find('(');
+    const size_t close = rest.find(')');
+    if (open == absl::string_view::npos || close == absl::string_view::npos ||
+        close < open) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "transforms: expected name(args) at '", rest, "'"));
+    }
+    const std::string name =
+        std::string(absl::StripAsciiWhitespace(rest.substr(0, open)));
+    const absl::string_view args = rest.substr(open + 1, close - open - 1);
+    std::vector<double> values;
+    for (absl::string_view a : absl::StrSplit(args, ',', absl::SkipWhitespace())) {
+      double v;
+      if (!absl::SimpleAtod(absl::StripAsciiWhitespace(a), &v) ||
+          !std::isfinite(v)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "transforms: ", name, ": '", absl::StripAsciiWhitespace(a),
+            "' is not a finite number"));
+      }
+      values.push_back(v);
+    }
+    Transform t;
+    if (name == "pad" || name == "jitter") {
+      t.kind = name == "pad" ? Transform::Kind::kPad : Transform::Kind::kJitter;
+      if (values.size() != 1 || values[0] < 0 || values[0] > 4096 ||
+          values[0] != std::floor(values[0])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "transforms: ", name, " takes one whole number of pixels in [0, "
+            "4096], got (", args, ")"));
+      }
+      t.pixels = static_cast<int64_t>(values[0]);
+      if (t.kind == Transform::Kind::kJitter &&
+          t.pixels >= std::min(height, width)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "transforms: jitter(", t.pixels, ") must be smaller than the ",
+            height, "x", width, " image"));
+      }
+    } else if (name == "scale" || name == "rotate") {
+      t.kind =
+          name == "scale" ? Transform::Kind::kScale : Transform::Kind::kRotate;
+      if (values.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("transforms: ", name, " needs at least one value"));
+      }
+      for (double v : values) {
+        if (t.kind == Transform::Kind::kScale && !(v >= 0.1 && v <= 10)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "transforms: scale factor ", v, " outside [0.1, 10]"));
+        }
+        if (t.kind == Transform::Kind::kRotate && !(std::abs(v) <= 360)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "transforms: rotate angle ", v, " outside [-360, 360]"));
+        }
+      }
+      t.values = values;
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "transforms: unknown transform '", name,
+          "'; expected pad, jitter, scale or rotate"));
+    }
+    out.push_back(std::move(t));
+    rest = absl::StripLeadingAsciiWhitespace(rest.substr(close + 1));
+    if (!rest.empty() && (rest[0] == ',' || rest[0] == ';')) {
+      rest = absl::StripLeadingAsciiWhitespace(rest.substr(1));
+    }
+  }
+  return out;
+}
+
+at::Tensor ApplyTransforms(const TransformList& transforms,
+                           const at::Tensor& images, std::mt19937_64& rng,
+                           int64_t out_height, int64_t out_width) {
+  at::Tensor x = images;
+  for (const Transform& t : transforms) {
+    const int64_t h = x.size(2), w = x.size(3);
+    switch (t.kind) {
+      case Transform::Kind::kPad: {
+        if (t.pixels == 0) break;
+        const std::vector<int64_t> pad(4, t.pixels);
+        x = t.pixels < std::min(h, w) ? at::reflection_pad2d(x, pad)
+                                      : at::replication_pad2d(x, pad);
+        break;
+      }
+      case Transform::Kind::kJitter: {
+        const int64_t d = std::min<int64_t>(t.pixels, std::min(h, w) - 1);
+        if (d <= 0) break;
+        const int64_t dy = Draw(rng, d + 1), dx = Draw(rng, d + 1);
+        x = x.narrow(2, dy, h - d).narrow(3, dx, w - d);
+        break;
+      }
+      case Transform::Kind::kScale: {
+        const double f = Pick(rng, t.values);
+        const int64_t nh = std::max<int64_t>(1, std::llround(h * f));
+        const int64_t nw = std::max<int64_t>(1, std::llround(w * f));
+        x = Resize(x, nh, nw);
+        break;
+      }
+      case Transform::Kind::kRotate: {
+        const double a = Pick(rng, t.values) * kPi / 180.0;
+        if (a == 0) break;
+        const float c = static_cast<float>(std::cos(a));
+        const float s = static_cast<float>(std::sin(a));
+        at::Tensor theta = at::tensor({c, -s, 0.0f, s, c, 0.0f})
+                               .view({1, 2, 3})
+                               .expand({x.size(0), 2, 3})
+                               .to(x.device(), x.scalar_type());
+        at::Tensor grid = at::affine_grid_generator(
+            theta, {x.size(0), x.size(1), h, w}, /*align_corners=*/false);
+        // Bilinear, border padding: corners show the edge colour rather
+        // than a black wedge the objective could learn to use.
+        x = at::grid_sampler(x, grid, 0, 1, /*align_corners=*/false);
+        break;
+      }
+    }
+  }
+  return Resize(x, out_height, out_width);
+}
+
+}  // namespace featviz::core
