@@ -85,6 +85,13 @@ absl::Status Run(const std::string& model_path, const std::string& text) {
                    ? absl::GetFlag(FLAGS_scale)
                    : std::max<int64_t>(1, 112 / result.images.size(3));
   grid.columns = std::min<int64_t>(result.images.size(0), 8);
+  // Each cell says what the classifier makes of the image.
+  for (int64_t b = 0; b < result.probs.size(0); ++b) {
+    const int64_t top = result.probs[b].argmax().item<int64_t>();
+    grid.labels.push_back(absl::StrFormat("%s %.2f",
+                                          model->card().classes[top],
+                                          result.probs[b][top].item<double>()));
+  }
   FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, MakeGrid(result.images, grid));
   FEATVIZ_RETURN_IF_ERROR(WritePng(sheet, absl::GetFlag(FLAGS_out)));
   if (!absl::GetFlag(FLAGS_npy).empty()) {

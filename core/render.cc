@@ -156,11 +156,16 @@ absl::StatusOr<RenderResult> RenderSession::Finish() {
 absl::StatusOr<RenderResult> Render(const Model& model,
                                     const Objective& objective,
                                     const RenderOptions& options,
-                                    const ProgressCallback& progress) {
+                                    const ProgressCallback& progress,
+                                    const std::atomic<bool>* cancelled) {
   FEATVIZ_ASSIGN_OR_RETURN(auto session,
                            RenderSession::Create(model, objective, options));
   const std::vector<std::string> layers = objective.Layers();
   while (!session->done()) {
+    if (cancelled != nullptr && cancelled->load(std::memory_order_relaxed)) {
+      return absl::CancelledError(absl::StrCat(
+          "render cancelled after step ", session->steps_done()));
+    }
     try {
       FEATVIZ_ASSIGN_OR_RETURN(Taps taps,
                                model.Forward(session->PrepareInput(), layers));

@@ -6,6 +6,7 @@
 #ifndef FEATVIZ_CORE_RENDER_H_
 #define FEATVIZ_CORE_RENDER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -122,11 +123,12 @@ class RenderSession {
 
 // Renders alone: the whole loop of one session, one forward/backward per
 // step for the whole batch. Errors: the objective's validation status,
-// InvalidArgument for bad options, Cancelled when `progress` returns false.
-absl::StatusOr<RenderResult> Render(const Model& model,
-                                    const Objective& objective,
-                                    const RenderOptions& options,
-                                    const ProgressCallback& progress = nullptr);
+// InvalidArgument for bad options, Cancelled when `progress` returns false
+// or when `cancelled` (checked before every step) becomes true.
+absl::StatusOr<RenderResult> Render(
+    const Model& model, const Objective& objective,
+    const RenderOptions& options, const ProgressCallback& progress = nullptr,
+    const std::atomic<bool>* cancelled = nullptr);
 
 }  // namespace featviz::core
 

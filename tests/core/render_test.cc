@@ -138,6 +138,23 @@ TEST(Render, ProgressArrivesInOrderAndCanCancel) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
 }
 
+TEST(Render, StopsWithinOneStepOfACancelFlag) {
+  std::atomic<bool> cancelled{false};
+  int64_t last_step = 0;
+  RenderOptions o = Quick(100);
+  o.progress_every = 1;
+  absl::StatusOr<RenderResult> r = Render(
+      Mnist(), Prob(1), o,
+      [&](const ProgressEvent& e) {
+        last_step = e.step;
+        if (e.step == 7) cancelled = true;
+        return true;
+      },
+      &cancelled);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(last_step, 7);
+}
+
 TEST(Render, RejectsBadOptionsAndObjectives) {
   EXPECT_EQ(Render(Mnist(), Prob(1), Quick(0)).status().code(),
             absl::StatusCode::kInvalidArgument);

@@ -1,0 +1,198 @@
+// Throughput of one render step (transform, forward with taps, objective,
+// backward, Adam) on the MNIST classifier, at batch 1, 8 and 64, next to the
+// same optimisation written as a plain LibTorch loop, the floor that featviz's
+// machinery adds to. Prints figures, asserts nothing; see docs/performance.md.
+//
+//   build/tests/benchmarks/render_benchmark --benchmark_min_time=0.5
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+#include <torch/script.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "core/adam.h"
+#include "core/model.h"
+#include "core/objective.h"
+#include "core/param.h"
+#include "core/render.h"
+#include "core/transform.h"
+
+namespace featviz::core {
+namespace {
+
+// Steps run before timing starts, so that the TorchScript profiling executor
+// has specialised its graphs and the allocator has warmed up.
+constexpr int kWarmupSteps = 5;
+// Large enough that a session does not finish inside one benchmark run; the
+// loop recreates it (untimed) if it ever does. The trace is steps x terms.
+constexpr int64_t kSessionSteps = 20000;
+
+std::string ModelPath() {
+  return std::string(FEATVIZ_MODELS_DIR) + "/mnist_classifier.pt";
+}
+
+const Model* Mnist() {
+  static const Model* model = [] {
+    absl::StatusOr<ModelPtr> m = Model::Load(ModelPath());
+    return m.ok() ? m->release() : nullptr;
+  }();
+  return model;
+}
+
+// The file the dynamic loader resolved libblas.so.3 to (the alternatives link
+// picks reference BLAS or OpenBLAS), so each report says what it measured.
+std::string LoadedBlas() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    const size_t pos = line.find('/');
+    if (pos != std::string::npos &&
+        line.find("libblas.so", pos) != std::string::npos) {
+      return line.substr(pos);
+    }
+  }
+  return "not loaded";
+}
+
+void AddCounters(benchmark::State& state, int64_t batch) {
+  const double steps = static_cast<double>(state.iterations());
+  state.counters["steps/s"] =
+      benchmark::Counter(steps, benchmark::Counter::kIsRate);
+  state.counters["images*steps/s"] =
+      benchmark::Counter(steps * batch, benchmark::Counter::kIsRate);
+}
+
+enum class Variant { kFftDefaultTransforms, kFftNoTransforms, kPixelLogit };
+
+absl::StatusOr<std::unique_ptr<RenderSession>> NewSession(const Model& model,
+                                                          Variant variant,
+                                                          int64_t batch) {
+  Objective objective;
+  for (int64_t b = 0; b < batch; ++b) {
+    objective = objective + (variant == Variant::kPixelLogit
+                                 ? ForBatch(Logit(b % 10), b)
+                                 : ForBatch(Channel("conv2", b % 32), b));
+  }
+  RenderOptions options;
+  options.param.batch = batch;
+  options.param.kind =
+      variant == Variant::kPixelLogit ? ParamKind::kPixel : ParamKind::kFft;
+  if (variant != Variant::kFftDefaultTransforms) {
+    options.transforms = TransformList{};
+  }
+  options.steps = kSessionSteps;
+  return RenderSession::Create(model, std::move(objective), options);
+}
+
+// One step exactly as core::Render() runs it.
+absl::Status Step(const Model& model, RenderSession& session,
+                  const std::vector<std::string>& layers) {
+  absl::StatusOr<Taps> taps = model.Forward(session.PrepareInput(), layers);
+  if (!taps.ok()) return taps.status();
+  absl::StatusOr<at::Tensor> loss = session.Loss(*taps);
+  if (!loss.ok()) return loss.status();
+  loss->backward();
+  session.Update();
+  return absl::OkStatus();
+}
+
+void BM_RenderStep(benchmark::State& state, Variant variant) {
+  const int64_t batch = state.range(0);
+  const Model* model = Mnist();
+  if (model == nullptr) {
+    state.SkipWithError(("cannot load " + ModelPath()).c_str());
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<RenderSession>> session =
+      NewSession(*model, variant, batch);
+  if (!session.ok()) {
+    state.SkipWithError(session.status().ToString().c_str());
+    return;
+  }
+  const std::vector<std::string> layers = (*session)->objective().Layers();
+  for (int i = 0; i < kWarmupSteps; ++i) {
+    absl::Status s = Step(*model, **session, layers);
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      return;
+    }
+  }
+  for (auto _ : state) {
+    if ((*session)->done()) {
+      state.PauseTiming();
+      session = NewSession(*model, variant, batch);
+      state.ResumeTiming();
+    }
+    absl::Status s = Step(*model, **session, layers);
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      break;
+    }
+  }
+  AddCounters(state, batch);
+}
+
+BENCHMARK_CAPTURE(BM_RenderStep, fft_default_transforms,
+                  Variant::kFftDefaultTransforms)
+    ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_RenderStep, fft_no_transforms, Variant::kFftNoTransforms)
+    ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_RenderStep, pixel_logit_no_transforms,
+                  Variant::kPixelLogit)
+    ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The floor for pixel_logit_no_transforms: the same optimisation (pixel
+// parameterisation, sigmoid, the card's normalisation, the sum of
+// logits[b, b % 10], Adam) with no featviz machinery: the module's own
+// forward, no taps, no objective evaluation, no trace.
+void BM_PlainLibTorchLoop(benchmark::State& state) {
+  const int64_t batch = state.range(0);
+  torch::jit::Module module;
+  try {
+    module = torch::jit::load(ModelPath());
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  module.eval();
+  for (at::Tensor p : module.parameters()) p.requires_grad_(false);
+
+  at::Tensor pixels = (at::randn({batch, 1, 28, 28}) * 0.01).requires_grad_();
+  Adam adam({pixels}, AdamOptions{});
+  const at::Tensor classes = at::arange(batch, at::kLong).remainder(10).view(
+      {batch, 1});
+  auto step = [&] {
+    at::Tensor input = (at::sigmoid(pixels) - 0.1307) / 0.3081;
+    at::Tensor logits = module.forward({input}).toTensor();
+    at::Tensor loss = -logits.gather(1, classes).sum();
+    loss.backward();
+    adam.Step();
+  };
+  try {
+    for (int i = 0; i < kWarmupSteps; ++i) step();
+    for (auto _ : state) step();
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+    return;
+  }
+  AddCounters(state, batch);
+}
+BENCHMARK(BM_PlainLibTorchLoop)
+    ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// Printed in the report's header.
+const bool kContextAdded = [] {
+  benchmark::AddCustomContext("at::get_num_threads",
+                              absl::StrCat(at::get_num_threads()));
+  benchmark::AddCustomContext("libblas.so.3", LoadedBlas());
+  return true;
+}();
+
+}  // namespace
+}  // namespace featviz::core
