@@ -1,0 +1,351 @@
+#include "client/commands.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <system_error>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "absl/time/clock.h"
+#include "client/json.h"
+#include "client/progress_bar.h"
+#include "client/proto_convert.h"
+#include "client/table.h"
+#include "core/image.h"
+#include "core/objective.h"
+#include "core/status_macros.h"
+
+namespace featviz::client {
+
+namespace v1 = featviz::v1;
+
+namespace {
+
+// Grid cells are magnified until they are at least this many pixels wide, so
+// that a 28x28 digit can be seen.
+constexpr int64_t kMinCellPixels = 112;
+
+absl::Status MakeDirectories(const std::string& dir) {
+  if (dir.empty()) return absl::OkStatus();
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot create directory ", dir, ": ", error.message()));
+  }
+  return absl::OkStatus();
+}
+
+// Makes the directory a file is to be written into.
+absl::Status MakeParent(const std::string& path) {
+  return MakeDirectories(std::filesystem::path(path).parent_path().string());
+}
+
+absl::Status WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  file.close();
+  if (!file) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  }
+  return absl::OkStatus();
+}
+
+// "dir/name" ("out/" and "out" give the same path).
+std::string JoinPath(const std::string& dir, const std::string& name) {
+  return (std::filesystem::path(dir) / name).string();
+}
+
+void Print(std::FILE* out, const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), out);
+}
+
+std::string InputShape(const v1::InputSpec& input) {
+  return absl::StrCat(input.channels(), "x", input.height(), "x",
+                      input.width());
+}
+
+// Index of the largest value of each row.
+std::vector<int64_t> ArgMaxRows(const std::vector<std::vector<float>>& rows) {
+  std::vector<int64_t> out;
+  for (const std::vector<float>& row : rows) {
+    out.push_back(row.empty() ? 0
+                              : std::max_element(row.begin(), row.end()) -
+                                    row.begin());
+  }
+  return out;
+}
+
+std::string ClassName(const std::vector<std::string>& names, int64_t index) {
+  return index >= 0 && index < static_cast<int64_t>(names.size())
+             ? names[index]
+             : std::to_string(index);
+}
+
+}  // namespace
+
+absl::Status RunModels(VisualizerClient& client, bool json, std::FILE* out) {
+  FEATVIZ_ASSIGN_OR_RETURN(std::vector<v1::Model> models, client.ListModels());
+  if (json) {
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
+    for (const v1::Model& m : models) list.push_back(ModelToJson(m));
+    Print(out, list.dump() + "\n");
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Model& m : models) {
+    rows.push_back({m.name(), m.version(), m.content_hash().substr(0, 12),
+                    InputShape(m.input()),
+                    absl::StrCat(m.class_names_size()),
+                    absl::StrCat(m.layers_size())});
+  }
+  Print(out, FormatTable({"name", "version", "hash", "input", "classes", "layers"},
+                         rows));
+  return absl::OkStatus();
+}
+
+absl::Status RunLayers(VisualizerClient& client, const std::string& model,
+                       bool json, std::FILE* out) {
+  FEATVIZ_ASSIGN_OR_RETURN(v1::Model m, client.GetModel(model));
+  if (json) {
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
+    for (const v1::Layer& layer : m.layers()) list.push_back(LayerToJson(layer));
+    Print(out, list.dump() + "\n");
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Layer& layer : m.layers()) {
+    rows.push_back({layer.path(), layer.kind(),
+                    ShapeToString(layer.output_shape()),
+                    absl::StrCat(layer.channels())});
+  }
+  Print(out, FormatTable({"path", "kind", "output", "channels"}, rows));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
+    const RenderCommandOptions& options) {
+  if (options.model.empty()) {
+    return absl::InvalidArgumentError("MODEL is empty");
+  }
+  if (options.objective.empty()) {
+    return absl::InvalidArgumentError("OBJECTIVE is empty");
+  }
+  auto non_negative = [](absl::string_view flag,
+                         int64_t value) -> absl::Status {
+    if (value >= 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " must not be negative, got ", value));
+  };
+  FEATVIZ_RETURN_IF_ERROR(non_negative("steps", options.steps));
+  FEATVIZ_RETURN_IF_ERROR(non_negative("size", options.size));
+  FEATVIZ_RETURN_IF_ERROR(non_negative("scale", options.scale));
+  FEATVIZ_RETURN_IF_ERROR(non_negative("columns", options.columns));
+  FEATVIZ_RETURN_IF_ERROR(non_negative("progress_every", options.progress_every));
+  if (options.batch < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--batch must be at least 1, got ", options.batch));
+  }
+  if (!std::isfinite(options.lr) || options.lr < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--lr must be a finite number >= 0, got ", options.lr));
+  }
+  if (!std::isfinite(options.decay) || options.decay < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--decay must be a finite number >= 0, got ", options.decay));
+  }
+  if (!options.labels.empty() &&
+      static_cast<int64_t>(options.labels.size()) != options.batch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--labels has ", options.labels.size(), " labels for --batch ",
+        options.batch));
+  }
+
+  v1::RenderRequest request;
+  request.set_model(options.model);
+  request.set_objective_text(options.objective);
+  v1::ImageSpec* image = request.mutable_image();
+  absl::StatusOr<v1::Parameterization> param =
+      ParameterizationFromText(options.param);
+  if (!param.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--param: ", param.status().message()));
+  }
+  image->set_parameterization(*param);
+  image->set_size(options.size);
+  image->set_batch(options.batch);
+  image->set_decay_power(options.decay);
+  absl::StatusOr<v1::Transforms> transforms =
+      TransformsFromText(options.transforms);
+  if (!transforms.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--transforms: ",
+        absl::StripPrefix(transforms.status().message(), "transforms: ")));
+  }
+  *request.mutable_transforms() = *std::move(transforms);
+  request.mutable_optimizer()->set_lr(options.lr);
+  request.mutable_optimizer()->set_steps(options.steps);
+  if (options.seed >= 0) request.set_seed(static_cast<uint64_t>(options.seed));
+  v1::OutputSpec* output = request.mutable_output();
+  output->set_tensor(!options.out.empty() || !options.npy.empty());
+  output->set_png(!options.png_dir.empty());
+  output->set_preview_png(!options.previews.empty());
+  output->set_progress_every(options.progress_every);
+  return request;
+}
+
+absl::Status RunRender(VisualizerClient& client,
+                       const RenderCommandOptions& options,
+                       const v1::RenderRequest& request, std::FILE* out,
+                       std::FILE* err) {
+  // The bar names the terms the way the server will; the server still
+  // parses the text and is the one to reject it.
+  std::vector<std::string> term_labels;
+  std::vector<double> term_weights;
+  if (absl::StatusOr<core::Objective> objective =
+          core::Objective::Parse(options.objective);
+      objective.ok()) {
+    for (const core::WeightedTerm& t : objective->terms()) {
+      term_labels.push_back(t.term.ToString());
+      term_weights.push_back(t.weight);
+    }
+  }
+  FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.previews));
+
+  nlohmann::ordered_json files = nlohmann::ordered_json::object();
+  std::vector<std::string> previews;
+  const absl::Time start = absl::Now();
+  absl::StatusOr<v1::RenderResult> rendered;
+  {
+    ProgressBar bar(err, options.progress_bar, term_labels, term_weights);
+    rendered = client.Render(
+        request, [&](const v1::RenderProgress& progress) -> absl::Status {
+          bar.Update(progress);
+          if (options.previews.empty() || progress.preview_png().empty()) {
+            return absl::OkStatus();
+          }
+          const std::string path = JoinPath(
+              options.previews,
+              absl::StrFormat("step_%05d.png", progress.step()));
+          FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, progress.preview_png()));
+          previews.push_back(path);
+          return absl::OkStatus();
+        });
+  }
+  if (!rendered.ok()) return rendered.status();
+  const double wall_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  const v1::RenderResult& result = *rendered;
+
+  FEATVIZ_ASSIGN_OR_RETURN(std::vector<std::vector<float>> probs,
+                           MatrixFromProto(result.probs()));
+  const std::vector<int64_t> top = ArgMaxRows(probs);
+  // Class names label the grid and the JSON; a model that vanished since the
+  // render only costs the names.
+  std::vector<std::string> class_names;
+  if (options.json || (!options.out.empty() && options.labels.empty())) {
+    absl::StatusOr<v1::Model> model = client.GetModel(result.model());
+    if (model.ok()) {
+      class_names.assign(model->class_names().begin(),
+                         model->class_names().end());
+    }
+  }
+
+  at::Tensor images;
+  if (!options.out.empty() || !options.npy.empty()) {
+    FEATVIZ_ASSIGN_OR_RETURN(images, TensorFromProto(result.images()));
+    if (images.dim() != 4) {
+      return absl::InternalError(absl::StrCat(
+          "the server sent images of shape ", ShapeToString(result.images().shape()),
+          ", not [B, C, H, W]"));
+    }
+  }
+  if (!options.out.empty()) {
+    const int64_t batch = images.size(0);
+    core::GridOptions grid;
+    grid.scale = options.scale > 0
+                     ? options.scale
+                     : std::max<int64_t>(
+                           1, (kMinCellPixels + images.size(3) - 1) /
+                                  std::max<int64_t>(images.size(3), 1));
+    grid.columns = options.columns > 0 ? options.columns
+                   : batch <= 10
+                       ? batch
+                       : static_cast<int64_t>(std::ceil(std::sqrt(batch)));
+    if (!options.labels.empty()) {
+      grid.labels = options.labels;
+    } else {
+      for (size_t b = 0; b < top.size(); ++b) {
+        grid.labels.push_back(absl::StrFormat(
+            "%s %.2f", ClassName(class_names, top[b]), probs[b][top[b]]));
+      }
+    }
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(images, grid));
+    FEATVIZ_RETURN_IF_ERROR(MakeParent(options.out));
+    FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, options.out));
+    files["out"] = options.out;
+  }
+  if (!options.npy.empty()) {
+    FEATVIZ_RETURN_IF_ERROR(MakeParent(options.npy));
+    FEATVIZ_RETURN_IF_ERROR(core::WriteNpy(images, options.npy));
+    files["npy"] = options.npy;
+  }
+  if (!options.png_dir.empty()) {
+    FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.png_dir));
+    std::vector<std::string> pngs;
+    for (int b = 0; b < result.png_size(); ++b) {
+      const std::string path =
+          JoinPath(options.png_dir, absl::StrFormat("image_%d.png", b));
+      FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, result.png(b)));
+      pngs.push_back(path);
+    }
+    files["png"] = pngs;
+  }
+  if (!previews.empty()) files["previews"] = previews;
+
+  if (options.json) {
+    FEATVIZ_ASSIGN_OR_RETURN(nlohmann::ordered_json report,
+                             RenderResultToJson(result, class_names));
+    report["timings"]["wall_seconds"] = wall_seconds;
+    report["files"] = std::move(files);
+    Print(out, report.dump() + "\n");
+    return absl::OkStatus();
+  }
+  std::vector<std::string> tops;
+  for (size_t b = 0; b < top.size(); ++b) {
+    tops.push_back(absl::StrFormat("%s (%.3f)", ClassName(class_names, top[b]),
+                                   probs[b][top[b]]));
+  }
+  std::vector<std::string> written;
+  for (const char* key : {"out", "npy"}) {
+    if (files.contains(key)) written.push_back(files[key].get<std::string>());
+  }
+  if (files.contains("png")) {
+    written.push_back(absl::StrCat(JoinPath(options.png_dir, "image_*.png"),
+                                   " (", files["png"].size(), ")"));
+  }
+  if (files.contains("previews")) {
+    written.push_back(absl::StrCat(JoinPath(options.previews, "step_*.png"),
+                                   " (", files["previews"].size(), ")"));
+  }
+  Print(out,
+        absl::StrFormat(
+            "%s on %s: %d steps in %.2f s (%.1f steps/s), seed %d, total "
+            "%.5g, top %s %s%s\n",
+            result.objective(), result.model(), result.steps(), wall_seconds,
+            wall_seconds > 0 ? result.steps() / wall_seconds : 0.0,
+            result.seed(), result.final_total(),
+            tops.size() == 1 ? "class" : "classes", absl::StrJoin(tops, ", "),
+            written.empty() ? ""
+                            : absl::StrCat("; wrote ",
+                                           absl::StrJoin(written, ", "))));
+  return absl::OkStatus();
+}
+
+}  // namespace featviz::client

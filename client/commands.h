@@ -1,0 +1,75 @@
+// The `featviz` subcommands over a VisualizerClient: list models, list a
+// model's layers, render. Each writes its report to `out` (a table, a summary
+// line, or with `json` exactly one JSON document and nothing else) and
+// returns the first error: the server's status, or a local file error.
+#ifndef FEATVIZ_CLIENT_COMMANDS_H_
+#define FEATVIZ_CLIENT_COMMANDS_H_
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "client/visualizer_client.h"
+#include "featviz/v1/featviz.pb.h"
+
+namespace featviz::client {
+
+// `featviz models`: name, version, hash (12 characters), input CxHxW,
+// classes, layers; with `json`, a JSON array of models.
+absl::Status RunModels(VisualizerClient& client, bool json, std::FILE* out);
+
+// `featviz layers MODEL`: path, kind, output shape, channels; with `json`, a
+// JSON array of layers.
+absl::Status RunLayers(VisualizerClient& client, const std::string& model,
+                       bool json, std::FILE* out);
+
+// `featviz render MODEL OBJECTIVE [...]`. Zero and empty values leave the
+// choice to the server, whose defaults are noted.
+struct RenderCommandOptions {
+  std::string model;
+  // Objective text, sent as objective_text (the server parses it).
+  std::string objective;
+  int64_t steps = 0;        // 0: the server's default (256).
+  int64_t size = 0;         // 0: the model's input size.
+  std::string param;        // "fft", "pixel", or "": the server's (FFT).
+  int64_t batch = 1;        // Images rendered together.
+  int64_t seed = -1;        // Negative: the server picks one and reports it.
+  double lr = 0;            // 0: the server's default (0.05).
+  double decay = 0;         // FFT decay power; 0: the server's (1.0).
+  std::string transforms = "default";  // "default", "none", or a list.
+  int64_t progress_every = 0;          // 0: the server's default (16).
+
+  // Outputs; empty means not written.
+  std::string out;       // Labelled grid PNG of all images.
+  std::string npy;       // float32 [B, C, H, W].
+  std::string png_dir;   // DIR/image_<b>.png, the server's PNGs.
+  std::string previews;  // DIR/step_<NNNNN>.png, one per progress event.
+  // Grid labels, one per image; empty: each image's top class and its
+  // probability ("7 0.99").
+  std::vector<std::string> labels;
+  int64_t scale = 0;    // Grid magnification; 0: cells of at least 112 px.
+  int64_t columns = 0;  // Grid columns; 0: one row up to 10 images, else square.
+
+  bool json = false;          // One JSON object on `out` instead of a summary.
+  bool progress_bar = false;  // Draw a progress bar on `err`.
+};
+
+// The request `options` describe. InvalidArgument naming the option for
+// values the server need not see (bad --param, --transforms, --labels count,
+// negative sizes): usage errors.
+absl::StatusOr<featviz::v1::RenderRequest> BuildRenderRequest(
+    const RenderCommandOptions& options);
+
+// Runs `request` (from BuildRenderRequest(options)) and writes the files and
+// the report that `options` ask for.
+absl::Status RunRender(VisualizerClient& client,
+                       const RenderCommandOptions& options,
+                       const featviz::v1::RenderRequest& request,
+                       std::FILE* out, std::FILE* err);
+
+}  // namespace featviz::client
+
+#endif  // FEATVIZ_CLIENT_COMMANDS_H_

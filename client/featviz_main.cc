@@ -1,0 +1,296 @@
+// featviz: the command-line client of a featviz server.
+//
+//   featviz models
+//   featviz layers mnist_classifier
+//   featviz render mnist_classifier 'prob(3)' --steps 256 --out three.png
+//
+// Exit codes: 0 success; 1 an error from the server, an unreachable server,
+// or a file that could not be written; 2 a usage error.
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/flags/commandlineflag.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/time/time.h"
+#include "client/commands.h"
+#include "client/progress_bar.h"
+#include "client/visualizer_client.h"
+
+ABSL_FLAG(std::string, server, "",
+          "Server address host:port; default $FEATVIZ_SERVER, else "
+          "127.0.0.1:8980");
+ABSL_FLAG(double, timeout, 0,
+          "Deadline in seconds; 0: none for render, 30 s for models/layers");
+ABSL_FLAG(bool, json, false, "Print JSON on stdout instead of text");
+ABSL_FLAG(int64_t, steps, 0, "Optimisation steps; 0: the server's (256)");
+ABSL_FLAG(int64_t, size, 0, "Image side in pixels; 0: the model's input size");
+ABSL_FLAG(std::string, param, "", "Parameterisation: fft or pixel; default fft");
+ABSL_FLAG(int64_t, batch, 1, "Images rendered together");
+ABSL_FLAG(int64_t, seed, -1, "Random seed; -1: the server picks (and reports) one");
+ABSL_FLAG(double, lr, 0, "Adam learning rate; 0: the server's (0.05)");
+ABSL_FLAG(double, decay, 0, "FFT spectrum decay power; 0: the server's (1.0)");
+ABSL_FLAG(std::string, transforms, "default",
+          "default, none, or a list like 'pad(2), jitter(1), scale(0.9, 1.1), "
+          "rotate(-5, 5)'");
+ABSL_FLAG(int64_t, progress_every, 0,
+          "Progress event every N steps; 0: the server's (16)");
+ABSL_FLAG(std::string, out, "", "Labelled grid PNG of all images");
+ABSL_FLAG(std::string, npy, "", ".npy file of the float images [B, C, H, W]");
+ABSL_FLAG(std::string, png_dir, "", "Directory for one PNG per image, image_<b>.png");
+ABSL_FLAG(std::string, previews, "",
+          "Directory for a preview PNG per progress event, step_<NNNNN>.png");
+ABSL_FLAG(std::string, labels, "",
+          "Comma-separated grid labels, one per image; default: top class and "
+          "probability");
+ABSL_FLAG(int64_t, scale, 0, "Grid magnification; 0: cells of at least 112 px");
+ABSL_FLAG(int64_t, columns, 0, "Grid columns; 0: one row up to 10 images");
+
+namespace featviz::client {
+namespace {
+
+constexpr char kUsage[] = R"(usage: featviz [--server ADDR] [--timeout S] COMMAND ...
+
+commands:
+  models [--json]                 the hosted models
+  layers MODEL [--json]           a model's layer catalogue
+  render MODEL 'OBJECTIVE' [options]
+                                  render a feature visualisation
+
+global options:
+  --server ADDR     host:port (default $FEATVIZ_SERVER, else 127.0.0.1:8980)
+  --timeout S       deadline in seconds (0: none for render, 30 s otherwise)
+
+render options:
+  --steps N  --size N  --param fft|pixel  --batch N  --seed N  --lr X
+  --decay X  --transforms default|none|'pad(2), jitter(1), scale(0.9, 1.1), rotate(-5, 5)'
+  --progress_every N
+  --out grid.png  --labels 'a,b,c'  --scale N  --columns N
+  --npy images.npy  --png_dir DIR  --previews DIR
+  --json            print the result's statistics as one JSON object
+
+objectives: neuron(conv2, 5)  channel(conv2, 5)  conv2:5  layer(conv2)
+  logit(7)  prob(7)  direction(fc1, [...])  diversity(conv2)  alignment(conv2)
+  tv()  l1()  l2()  any term with batch=N;  channel(conv2, 5) + 0.5 * prob(7) - 0.01 * tv()
+
+exit status: 0 ok, 1 server or file error, 2 usage error
+)";
+
+constexpr char kDefaultServer[] = "127.0.0.1:8980";
+
+// Which flags each command takes, besides the global ones.
+const std::map<std::string, std::set<std::string>>& CommandFlags() {
+  static const auto* flags = new std::map<std::string, std::set<std::string>>{
+      {"models", {"json"}},
+      {"layers", {"json"}},
+      {"render",
+       {"json", "steps", "size", "param", "batch", "seed", "lr", "decay",
+        "transforms", "progress_every", "out", "npy", "png_dir", "previews",
+        "labels", "scale", "columns"}},
+  };
+  return *flags;
+}
+const std::set<std::string>& GlobalFlags() {
+  static const auto* flags = new std::set<std::string>{"server", "timeout"};
+  return *flags;
+}
+
+struct Args {
+  std::vector<std::string> positional;
+  std::vector<std::string> flags;  // Names, as set.
+  bool help = false;
+};
+
+// Parses argv into the flags above and positional arguments. Unlike
+// absl::ParseCommandLine, an error is returned (a usage error, exit 2)
+// rather than exiting with 1. Flags may come anywhere; "--" ends them.
+// Arguments starting with a single '-' are positional, so an objective may
+// read '-0.01 * tv() + prob(3)'.
+absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
+  Args args;
+  bool flags_done = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (flags_done || !absl::StartsWith(arg, "--")) {
+      if (!flags_done && (arg == "-h")) {
+        args.help = true;
+        continue;
+      }
+      args.positional.push_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      flags_done = true;
+      continue;
+    }
+    absl::string_view body = absl::StripPrefix(arg, "--");
+    std::string name(body.substr(0, body.find('=')));
+    const bool has_value = body.find('=') != absl::string_view::npos;
+    std::string value =
+        has_value ? std::string(body.substr(body.find('=') + 1)) : "";
+    if (name == "help" || name == "helpfull") {
+      args.help = true;
+      continue;
+    }
+    absl::CommandLineFlag* flag = nullptr;
+    const bool known = GlobalFlags().count(name) > 0 ||
+                       CommandFlags().at("render").count(name) > 0;
+    if (known) flag = absl::FindCommandLineFlag(name);
+    bool negated = false;
+    if (flag == nullptr && absl::StartsWith(name, "no")) {
+      const std::string positive = name.substr(2);
+      if (GlobalFlags().count(positive) > 0 ||
+          CommandFlags().at("render").count(positive) > 0) {
+        flag = absl::FindCommandLineFlag(positive);
+        if (flag != nullptr && flag->IsOfType<bool>()) {
+          negated = true;
+          name = positive;
+        } else {
+          flag = nullptr;
+        }
+      }
+    }
+    if (flag == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    }
+    if (flag->IsOfType<bool>()) {
+      if (negated && has_value) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--no", name, " takes no value"));
+      }
+      if (!has_value) value = negated ? "false" : "true";
+    } else if (!has_value) {
+      if (i + 1 >= argc) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--", name, " needs a value"));
+      }
+      value = argv[++i];
+    }
+    std::string error;
+    if (!flag->ParseFrom(value, &error)) {
+      return absl::InvalidArgumentError(absl::StrCat("--", name, ": ", error));
+    }
+    args.flags.push_back(name);
+  }
+  return args;
+}
+
+std::string ServerAddress() {
+  std::string server = absl::GetFlag(FLAGS_server);
+  if (!server.empty()) return server;
+  const char* env = std::getenv("FEATVIZ_SERVER");
+  if (env != nullptr && env[0] != '\0') return env;
+  return kDefaultServer;
+}
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "featviz: %s\nrun 'featviz --help' for usage\n",
+               message.c_str());
+  return 2;
+}
+
+int Fail(const absl::Status& status) {
+  std::fprintf(stderr, "featviz: %s: %s\n",
+               absl::StatusCodeToString(status.code()).c_str(),
+               std::string(status.message()).c_str());
+  return 1;
+}
+
+int Main(int argc, char** argv) {
+  absl::StatusOr<Args> args = ParseArgs(argc, argv);
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (args->help || (!args->positional.empty() && args->positional[0] == "help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (args->positional.empty()) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string command = args->positional[0];
+  const auto allowed = CommandFlags().find(command);
+  if (allowed == CommandFlags().end()) {
+    return UsageError(absl::StrCat("unknown command '", command,
+                                   "' (models, layers, render)"));
+  }
+  for (const std::string& flag : args->flags) {
+    if (GlobalFlags().count(flag) == 0 && allowed->second.count(flag) == 0) {
+      return UsageError(
+          absl::StrCat("featviz ", command, " takes no flag --", flag));
+    }
+  }
+  const std::vector<std::string> operands(args->positional.begin() + 1,
+                                          args->positional.end());
+
+  const double timeout = absl::GetFlag(FLAGS_timeout);
+  if (!(timeout >= 0)) {
+    return UsageError(absl::StrCat("--timeout must be >= 0, got ", timeout));
+  }
+  ClientOptions client_options;
+  if (timeout > 0) {
+    client_options.call_timeout = absl::Seconds(timeout);
+    client_options.render_timeout = absl::Seconds(timeout);
+  }
+  const std::string address = ServerAddress();
+  absl::StatusOr<VisualizerClientPtr> client =
+      VisualizerClient::Create(address, client_options);
+  if (!client.ok()) return UsageError(std::string(client.status().message()));
+
+  absl::Status status;
+  if (command == "models") {
+    if (!operands.empty()) {
+      return UsageError("featviz models takes no arguments");
+    }
+    status = RunModels(**client, absl::GetFlag(FLAGS_json), stdout);
+  } else if (command == "layers") {
+    if (operands.size() != 1) return UsageError("usage: featviz layers MODEL");
+    status = RunLayers(**client, operands[0], absl::GetFlag(FLAGS_json), stdout);
+  } else {
+    if (operands.size() != 2) {
+      return UsageError("usage: featviz render MODEL 'OBJECTIVE' [options]");
+    }
+    RenderCommandOptions options;
+    options.model = operands[0];
+    options.objective = operands[1];
+    options.steps = absl::GetFlag(FLAGS_steps);
+    options.size = absl::GetFlag(FLAGS_size);
+    options.param = absl::GetFlag(FLAGS_param);
+    options.batch = absl::GetFlag(FLAGS_batch);
+    options.seed = absl::GetFlag(FLAGS_seed);
+    options.lr = absl::GetFlag(FLAGS_lr);
+    options.decay = absl::GetFlag(FLAGS_decay);
+    options.transforms = absl::GetFlag(FLAGS_transforms);
+    options.progress_every = absl::GetFlag(FLAGS_progress_every);
+    options.out = absl::GetFlag(FLAGS_out);
+    options.npy = absl::GetFlag(FLAGS_npy);
+    options.png_dir = absl::GetFlag(FLAGS_png_dir);
+    options.previews = absl::GetFlag(FLAGS_previews);
+    const std::string labels = absl::GetFlag(FLAGS_labels);
+    if (!labels.empty()) options.labels = absl::StrSplit(labels, ',');
+    options.scale = absl::GetFlag(FLAGS_scale);
+    options.columns = absl::GetFlag(FLAGS_columns);
+    options.json = absl::GetFlag(FLAGS_json);
+    options.progress_bar = ProgressBar::IsTerminal(stderr);
+    absl::StatusOr<featviz::v1::RenderRequest> request =
+        BuildRenderRequest(options);
+    if (!request.ok()) return UsageError(std::string(request.status().message()));
+    status = RunRender(**client, options, *request, stdout, stderr);
+  }
+  std::fflush(stdout);
+  if (!status.ok()) return Fail(status);
+  return 0;
+}
+
+}  // namespace
+}  // namespace featviz::client
+
+int main(int argc, char** argv) { return featviz::client::Main(argc, argv); }

@@ -1,0 +1,151 @@
+#include "client/json.h"
+
+#include <cmath>
+#include <cstdlib>
+
+#include "absl/strings/str_format.h"
+#include "client/proto_convert.h"
+
+namespace featviz::client {
+
+namespace v1 = featviz::v1;
+using json = nlohmann::ordered_json;
+
+namespace {
+
+json MatrixToJson(const std::vector<std::vector<float>>& rows) {
+  json out = json::array();
+  for (const std::vector<float>& row : rows) {
+    json r = json::array();
+    for (float v : row) {
+      // JSON has no NaN or infinity; null says "no number" honestly.
+      if (std::isfinite(v)) {
+        r.push_back(ShortestFloat(v));
+      } else {
+        r.push_back(nullptr);
+      }
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+json DoubleToJson(double v) {
+  return std::isfinite(v) ? json(v) : json(nullptr);
+}
+
+}  // namespace
+
+double ShortestFloat(float value) {
+  if (!std::isfinite(value)) return value;
+  for (int precision = 6; precision < 9; ++precision) {
+    const std::string text = absl::StrFormat("%.*g", precision, value);
+    if (std::strtof(text.c_str(), nullptr) == value) {
+      return std::strtod(text.c_str(), nullptr);
+    }
+  }
+  return std::strtod(absl::StrFormat("%.9g", value).c_str(), nullptr);
+}
+
+json LayerToJson(const v1::Layer& layer) {
+  return json{{"path", layer.path()},
+              {"kind", layer.kind()},
+              {"output_shape", json(std::vector<int64_t>(
+                                   layer.output_shape().begin(),
+                                   layer.output_shape().end()))},
+              {"channels", layer.channels()}};
+}
+
+json ModelToJson(const v1::Model& model) {
+  const v1::InputSpec& in = model.input();
+  json layers = json::array();
+  for (const v1::Layer& layer : model.layers()) {
+    layers.push_back(LayerToJson(layer));
+  }
+  return json{
+      {"name", model.name()},
+      {"version", model.version()},
+      {"content_hash", model.content_hash()},
+      {"description", model.description()},
+      {"device", model.device()},
+      {"input",
+       {{"channels", in.channels()},
+        {"height", in.height()},
+        {"width", in.width()},
+        {"range", {in.range_min(), in.range_max()}},
+        {"mean", std::vector<double>(in.mean().begin(), in.mean().end())},
+        {"std", std::vector<double>(in.std().begin(), in.std().end())}}},
+      {"class_names", std::vector<std::string>(model.class_names().begin(),
+                                               model.class_names().end())},
+      {"layers", std::move(layers)}};
+}
+
+absl::StatusOr<json> RenderResultToJson(
+    const v1::RenderResult& result,
+    const std::vector<std::string>& class_names) {
+  json terms = json::array();
+  for (const v1::TermResult& t : result.terms()) {
+    terms.push_back({{"term", t.term()},
+                     {"weight", DoubleToJson(t.weight())},
+                     {"final_value", DoubleToJson(t.final_value())}});
+  }
+  absl::StatusOr<std::vector<std::vector<float>>> logits =
+      MatrixFromProto(result.logits());
+  if (!logits.ok()) return logits.status();
+  absl::StatusOr<std::vector<std::vector<float>>> probs =
+      MatrixFromProto(result.probs());
+  if (!probs.ok()) return probs.status();
+
+  json top_class = json::array();
+  json top_class_name = json::array();
+  for (const std::vector<float>& row : *probs) {
+    int64_t top = 0;
+    for (size_t c = 1; c < row.size(); ++c) {
+      if (row[c] > row[top]) top = static_cast<int64_t>(c);
+    }
+    top_class.push_back(top);
+    top_class_name.push_back(top < static_cast<int64_t>(class_names.size())
+                                 ? class_names[top]
+                                 : std::to_string(top));
+  }
+
+  json layer_stats = json::array();
+  for (const v1::LayerStats& s : result.layer_stats()) {
+    absl::StatusOr<std::vector<std::vector<float>>> mean =
+        MatrixFromProto(s.mean());
+    if (!mean.ok()) return mean.status();
+    absl::StatusOr<std::vector<std::vector<float>>> max =
+        MatrixFromProto(s.max());
+    if (!max.ok()) return max.status();
+    layer_stats.push_back({{"layer", s.layer()},
+                           {"mean", MatrixToJson(*mean)},
+                           {"max", MatrixToJson(*max)}});
+  }
+
+  json out = {
+      {"model", result.model()},
+      {"model_version", result.model_version()},
+      {"model_hash", result.model_hash()},
+      {"objective", result.objective()},
+      {"seed", result.seed()},
+      {"steps", result.steps()},
+      {"transforms", result.transforms()},
+      {"terms", std::move(terms)},
+      {"final_total", DoubleToJson(result.final_total())},
+      {"logits", MatrixToJson(*logits)},
+      {"probs", MatrixToJson(*probs)},
+      {"top_class", std::move(top_class)},
+      {"top_class_name", std::move(top_class_name)},
+      {"layer_stats", std::move(layer_stats)},
+      {"timings",
+       {{"queue_seconds", result.timings().queue_seconds()},
+        {"compute_seconds", result.timings().compute_seconds()}}},
+  };
+  if (result.has_images()) {
+    out["image_shape"] = std::vector<int64_t>(result.images().shape().begin(),
+                                              result.images().shape().end());
+  }
+  return out;
+}
+
+}  // namespace featviz::client

@@ -1,0 +1,117 @@
+#include "client/proto_convert.h"
+
+#include <cstring>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/transform.h"
+
+namespace featviz::client {
+
+namespace v1 = featviz::v1;
+
+absl::StatusOr<v1::Transforms> TransformsFromText(absl::string_view text) {
+  const std::string trimmed =
+      absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+  v1::Transforms out;
+  if (trimmed == "default") {
+    out.set_preset(v1::Transforms::PRESET_DEFAULT);
+    return out;
+  }
+  if (trimmed.empty() || trimmed == "none") {
+    out.set_preset(v1::Transforms::PRESET_NONE);
+    return out;
+  }
+  // The syntax is checked here; the limits that depend on the image size
+  // (jitter smaller than the image) are the server's to check, so the size
+  // given is one that no limit reaches.
+  constexpr int64_t kAnySide = int64_t{1} << 30;
+  absl::StatusOr<core::TransformList> list =
+      core::ParseTransforms(text, kAnySide, kAnySide);
+  if (!list.ok()) return list.status();
+  out.set_preset(v1::Transforms::PRESET_CUSTOM);
+  for (const core::Transform& t : *list) {
+    v1::Transform* p = out.add_list();
+    switch (t.kind) {
+      case core::Transform::Kind::kPad:
+        p->set_kind(v1::Transform::KIND_PAD);
+        break;
+      case core::Transform::Kind::kJitter:
+        p->set_kind(v1::Transform::KIND_JITTER);
+        break;
+      case core::Transform::Kind::kScale:
+        p->set_kind(v1::Transform::KIND_SCALE);
+        break;
+      case core::Transform::Kind::kRotate:
+        p->set_kind(v1::Transform::KIND_ROTATE);
+        break;
+    }
+    p->set_pixels(t.pixels);
+    for (double v : t.values) p->add_values(v);
+  }
+  return out;
+}
+
+absl::StatusOr<v1::Parameterization> ParameterizationFromText(
+    absl::string_view text) {
+  const std::string name =
+      absl::AsciiStrToLower(absl::StripAsciiWhitespace(text));
+  if (name.empty()) return v1::PARAMETERIZATION_UNSPECIFIED;
+  if (name == "fft") return v1::PARAMETERIZATION_FFT;
+  if (name == "pixel") return v1::PARAMETERIZATION_PIXEL;
+  return absl::InvalidArgumentError(
+      absl::StrCat("parameterisation must be fft or pixel, got '", text, "'"));
+}
+
+absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor) {
+  if (tensor.dtype() != v1::Tensor::DTYPE_FLOAT32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor dtype ", v1::Tensor::DType_Name(tensor.dtype()),
+                     " is not DTYPE_FLOAT32"));
+  }
+  std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
+  int64_t count = 1;
+  for (int64_t d : shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor shape ", ShapeToString(tensor.shape()), " has a negative dimension"));
+    }
+    count *= d;
+  }
+  if (tensor.data().size() != static_cast<size_t>(count) * sizeof(float)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor of shape ", ShapeToString(tensor.shape()), " needs ",
+        count * sizeof(float), " bytes, got ", tensor.data().size()));
+  }
+  at::Tensor out = at::empty(shape, at::kFloat);
+  if (count > 0) {
+    // The wire format is little-endian, as is every host we build for.
+    std::memcpy(out.data_ptr<float>(), tensor.data().data(),
+                tensor.data().size());
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> MatrixFromProto(
+    const v1::Tensor& tensor) {
+  if (tensor.shape_size() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected a [rows, cols] tensor, got shape ", ShapeToString(tensor.shape())));
+  }
+  absl::StatusOr<at::Tensor> t = TensorFromProto(tensor);
+  if (!t.ok()) return t.status();
+  std::vector<std::vector<float>> rows(tensor.shape(0));
+  const float* data = t->data_ptr<float>();
+  for (int64_t r = 0; r < tensor.shape(0); ++r) {
+    rows[r].assign(data + r * tensor.shape(1), data + (r + 1) * tensor.shape(1));
+  }
+  return rows;
+}
+
+std::string ShapeToString(
+    const google::protobuf::RepeatedField<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+}  // namespace featviz::client

@@ -1,0 +1,44 @@
+// Conversions between the CLI's words, core/ types and featviz.v1 messages,
+// in one place: transform text to Transforms, parameterisation names, and
+// Tensor messages to at::Tensor.
+#ifndef FEATVIZ_CLIENT_PROTO_CONVERT_H_
+#define FEATVIZ_CLIENT_PROTO_CONVERT_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "featviz/v1/featviz.pb.h"
+
+namespace featviz::client {
+
+// "default" -> PRESET_DEFAULT (the server scales the set to the image),
+// "none" or "" -> PRESET_NONE, else a list in core::ParseTransforms' syntax
+// ("pad(2), jitter(1), scale(0.9, 1.1), rotate(-5, 5)") -> PRESET_CUSTOM.
+// InvalidArgument names the bad transform or value.
+absl::StatusOr<featviz::v1::Transforms> TransformsFromText(
+    absl::string_view text);
+
+// "fft" or "pixel" (any case); "" is the server's default.
+absl::StatusOr<featviz::v1::Parameterization> ParameterizationFromText(
+    absl::string_view text);
+
+// A float32 Tensor message as an owning at::Tensor of its shape.
+// InvalidArgument when the dtype is not float32, a dimension is negative or
+// the byte count does not match the shape.
+absl::StatusOr<at::Tensor> TensorFromProto(const featviz::v1::Tensor& tensor);
+
+// Rows of a [rows, cols] float32 Tensor message, for JSON and tables.
+absl::StatusOr<std::vector<std::vector<float>>> MatrixFromProto(
+    const featviz::v1::Tensor& tensor);
+
+// "[1, 32, 8, 8]".
+std::string ShapeToString(const google::protobuf::RepeatedField<int64_t>& shape);
+
+}  // namespace featviz::client
+
+#endif  // FEATVIZ_CLIENT_PROTO_CONVERT_H_

@@ -1,0 +1,388 @@
+"""The featviz.v1 client: models, and renders whose tensors come back as numpy.
+
+Everything the server can refuse raises `FeatvizError`, which carries the gRPC
+status code's name ("NOT_FOUND") and the server's message, which names the
+offending field or value.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import grpc
+import numpy as np
+
+try:
+    from featviz.v1 import featviz_pb2, featviz_pb2_grpc
+except ImportError:
+    # Running from a checkout whose build/ holds the generated stubs.
+    _BUILD_STUBS = Path(__file__).resolve().parents[3] / "build" / "python"
+    if not (_BUILD_STUBS / "featviz" / "v1" / "featviz_pb2.py").is_file():
+        raise ImportError(
+            "featviz.v1 stubs not found: build the featviz_python_stubs target "
+            "and put <build>/python on PYTHONPATH") from None
+    sys.path.append(str(_BUILD_STUBS))
+    from featviz.v1 import featviz_pb2, featviz_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:8980"
+"""Used when neither the `address` argument nor $FEATVIZ_SERVER is given."""
+
+# Results carry float32 image batches; gRPC's default 4 MiB is too small for
+# a batch of large RGB images.
+_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+_PARAMETERIZATIONS = {
+    None: featviz_pb2.PARAMETERIZATION_UNSPECIFIED,
+    "fft": featviz_pb2.PARAMETERIZATION_FFT,
+    "pixel": featviz_pb2.PARAMETERIZATION_PIXEL,
+}
+_TERM_FIELDS = frozenset({"layer", "index", "x", "y", "vector", "param", "batch"})
+
+ObjectiveSpec = Union[str, Mapping[str, Any], Sequence[Mapping[str, Any]],
+                  "featviz_pb2.Objective"]
+TransformSpec = Union[str, Sequence[tuple], "featviz_pb2.Transforms"]
+
+
+class FeatvizError(Exception):
+    """A call the server (or the client, before sending) refused.
+
+    `code` is the gRPC status code's name, e.g. "INVALID_ARGUMENT";
+    `message` is the server's description, naming the offending value.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def _from_rpc(cls, err: grpc.RpcError) -> "FeatvizError":
+        code = err.code() if hasattr(err, "code") else None
+        details = err.details() if hasattr(err, "details") else None
+        return cls(code.name if code is not None else "UNKNOWN",
+                   details or str(err))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event of a render: steps done and each term's value."""
+
+    step: int
+    total_steps: int
+    term_values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class TermOutcome:
+    """One objective term: canonical text, weight, value on the final images."""
+
+    term: str
+    weight: float
+    final_value: float
+
+
+@dataclass
+class RenderResult:
+    """The outcome of `Client.render`.
+
+    Arrays are float32. `images` is [B, C, H, W] in [0, 1] (None unless
+    tensors were asked for); `logits` and `probs` are [B, classes]; `trace`
+    is [terms, steps], row i the value of `terms[i]` at each step;
+    `layer_stats` maps each layer the objective names to its ([B, C] spatial
+    mean, [B, C] spatial max) of every channel.
+    """
+
+    model: str
+    model_version: str
+    model_hash: str
+    objective: str
+    seed: int
+    steps: int
+    transforms: str
+    terms: list[TermOutcome]
+    final_total: float
+    images: Optional[np.ndarray]
+    png: list[bytes]
+    logits: Optional[np.ndarray]
+    probs: Optional[np.ndarray]
+    trace: np.ndarray
+    layer_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    queue_seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+    def to_pil(self) -> list:
+        """The images as PIL images ("L" or "RGB"), one per batch entry.
+
+        Converts `images` when present, otherwise decodes `png`. Raises
+        ImportError without Pillow.
+        """
+        try:
+            from PIL import Image
+        except ImportError as err:
+            raise ImportError("RenderResult.to_pil() needs Pillow (python3-pil)") from err
+        if self.images is None:
+            decoded = []
+            for data in self.png:
+                image = Image.open(io.BytesIO(data))
+                image.load()
+                decoded.append(image)
+            return decoded
+        pixels = np.rint(np.clip(self.images, 0.0, 1.0) * 255.0).astype(np.uint8)
+        channels = pixels.shape[1]
+        if channels == 1:
+            return [Image.fromarray(image[0], "L") for image in pixels]
+        if channels == 3:
+            return [Image.fromarray(image.transpose(1, 2, 0), "RGB") for image in pixels]
+        raise ValueError(f"cannot make PIL images with {channels} channels")
+
+
+class Client:
+    """A connection to one featviz server. Use as a context manager or `close()`."""
+
+    def __init__(self, address: Optional[str] = None) -> None:
+        """Connects (lazily) to `address`, else $FEATVIZ_SERVER, else 127.0.0.1:8980."""
+        self.address = address or os.environ.get("FEATVIZ_SERVER") or DEFAULT_ADDRESS
+        self._channel = grpc.insecure_channel(
+            self.address,
+            options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES)])
+        self._stub = featviz_pb2_grpc.VisualizerStub(self._channel)
+
+    def close(self) -> None:
+        """Closes the channel; the client cannot be used afterwards."""
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def list_models(self, *, timeout: Optional[float] = None) -> list:
+        """Every hosted model (featviz.v1.Model messages), ordered by name."""
+        models = []
+        request = featviz_pb2.ListModelsRequest()
+        while True:
+            response = self._call(self._stub.ListModels, request, timeout)
+            models.extend(response.models)
+            if not response.next_page_token:
+                return models
+            request.page_token = response.next_page_token
+
+    def get_model(self, name: str, *, timeout: Optional[float] = None):
+        """The hosted model `name` (a featviz.v1.Model); NOT_FOUND when unknown."""
+        return self._call(self._stub.GetModel,
+                          featviz_pb2.GetModelRequest(name=name), timeout)
+
+    def layers(self, name: str, *, timeout: Optional[float] = None) -> list:
+        """The layer catalogue (featviz.v1.Layer messages) of model `name`."""
+        return list(self.get_model(name, timeout=timeout).layers)
+
+    def render(self, model: str, objective: ObjectiveSpec, *,
+               steps: Optional[int] = None,
+               size: Optional[int] = None,
+               batch: Optional[int] = None,
+               param: Optional[str] = "fft",
+               seed: Optional[int] = None,
+               lr: Optional[float] = None,
+               decay: Optional[float] = None,
+               transforms: TransformSpec = "default",
+               init_image: Optional[np.ndarray] = None,
+               png: bool = True,
+               tensor: bool = True,
+               progress_every: Optional[int] = None,
+               on_progress: Optional[Callable[[Progress], Any]] = None,
+               timeout: Optional[float] = None) -> RenderResult:
+        """Renders images that maximise `objective` on `model`.
+
+        `objective` is the text syntax ("conv2:5 - 0.01 * tv()") or a
+        structure: one term as a dict ({"kind": "channel", "layer": "conv2",
+        "index": 5, "weight": 1.0}; keys as in featviz.v1.Term, weight 1 by
+        default), a list of such dicts, or {"terms": [...]}.
+        `transforms` is "default", "none", or a list such as
+        [("pad", 2), ("jitter", 4), ("scale", [0.9, 1.1]), ("rotate", [-5, 5])].
+        `param` is "fft" or "pixel"; None (like every other None here) leaves
+        the choice to the server. `init_image` is float32 [C, H, W] or
+        [B, C, H, W] in [0, 1]. `on_progress` gets a `Progress` every
+        `progress_every` steps; if it raises, the render is cancelled and the
+        exception propagates. `timeout` is the whole render's deadline in
+        seconds.
+        """
+        request = self._render_request(
+            model, objective, steps=steps, size=size, batch=batch, param=param,
+            seed=seed, lr=lr, decay=decay, transforms=transforms,
+            init_image=init_image, png=png, tensor=tensor,
+            progress_every=progress_every)
+        result = None
+        call = self._stub.Render(request, timeout=timeout)
+        try:
+            for event in call:
+                kind = event.WhichOneof("event")
+                if kind == "progress" and on_progress is not None:
+                    p = event.progress
+                    on_progress(Progress(p.step, p.total_steps, tuple(p.term_values)))
+                elif kind == "result":
+                    result = event.result
+        except grpc.RpcError as err:
+            raise FeatvizError._from_rpc(err) from None
+        except BaseException:
+            call.cancel()
+            raise
+        if result is None:
+            raise FeatvizError("INTERNAL", "render stream ended without a result")
+        return _render_result(result)
+
+    @staticmethod
+    def _render_request(model: str, objective: ObjectiveSpec, *, steps, size, batch,
+                        param, seed, lr, decay, transforms, init_image, png,
+                        tensor, progress_every) -> "featviz_pb2.RenderRequest":
+        request = featviz_pb2.RenderRequest(model=model)
+        if isinstance(objective, str):
+            request.objective_text = objective
+        else:
+            request.objective_tree.CopyFrom(_objective_tree(objective))
+        if param not in _PARAMETERIZATIONS:
+            raise ValueError(f"param must be 'fft', 'pixel' or None, not {param!r}")
+        request.image.parameterization = _PARAMETERIZATIONS[param]
+        if size is not None:
+            request.image.size = size
+        if batch is not None:
+            request.image.batch = batch
+        if decay is not None:
+            request.image.decay_power = decay
+        if init_image is not None:
+            request.image.init_image.CopyFrom(_to_tensor(init_image))
+        request.transforms.CopyFrom(_transforms(transforms))
+        if lr is not None:
+            request.optimizer.lr = lr
+        if steps is not None:
+            request.optimizer.steps = steps
+        if seed is not None:
+            request.seed = seed
+        request.output.png = png
+        request.output.tensor = tensor
+        if progress_every is not None:
+            request.output.progress_every = progress_every
+        return request
+
+    @staticmethod
+    def _call(method, request, timeout: Optional[float]):
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as err:
+            raise FeatvizError._from_rpc(err) from None
+
+
+def _objective_tree(spec: ObjectiveSpec) -> "featviz_pb2.Objective":
+    """The structured form of a dict / list-of-dicts objective."""
+    if isinstance(spec, featviz_pb2.Objective):
+        return spec
+    if isinstance(spec, Mapping):
+        terms: Iterable = spec["terms"] if "terms" in spec else [spec]
+    elif isinstance(spec, Sequence):
+        terms = spec
+    else:
+        raise TypeError(f"objective must be text, a dict or a list, not {type(spec).__name__}")
+    tree = featviz_pb2.Objective()
+    for term_spec in terms:
+        term_spec = dict(term_spec)
+        weighted = tree.terms.add(weight=float(term_spec.pop("weight", 1.0)))
+        if "kind" not in term_spec:
+            raise ValueError(f"objective term {term_spec!r} has no 'kind'")
+        weighted.term.kind = _term_kind(term_spec.pop("kind"))
+        for key, value in term_spec.items():
+            if key not in _TERM_FIELDS:
+                raise ValueError(f"unknown objective term field {key!r}")
+            if key == "vector":
+                weighted.term.vector.extend(float(v) for v in value)
+            else:
+                setattr(weighted.term, key, value)
+    return tree
+
+
+def _term_kind(kind: Union[str, int]) -> int:
+    if isinstance(kind, int):
+        return kind
+    name = kind.upper()
+    if not name.startswith("TERM_KIND_"):
+        name = "TERM_KIND_" + name
+    try:
+        return featviz_pb2.TermKind.Value(name)
+    except ValueError:
+        raise ValueError(f"unknown objective term kind {kind!r}") from None
+
+
+def _transforms(spec: TransformSpec) -> "featviz_pb2.Transforms":
+    """The Transforms message for "default", "none" or a [(name, arg), ...] list."""
+    Transforms, Transform = featviz_pb2.Transforms, featviz_pb2.Transform
+    if isinstance(spec, Transforms):
+        return spec
+    if spec is None or spec == "default":
+        return Transforms(preset=Transforms.PRESET_DEFAULT)
+    if spec == "none":
+        return Transforms(preset=Transforms.PRESET_NONE)
+    if isinstance(spec, str):
+        raise ValueError(f"transforms must be 'default', 'none' or a list, not {spec!r}")
+    out = Transforms(preset=Transforms.PRESET_CUSTOM)
+    for name, arg in spec:
+        try:
+            kind = Transform.Kind.Value("KIND_" + name.upper())
+        except ValueError:
+            raise ValueError(f"unknown transform {name!r}") from None
+        transform = out.list.add(kind=kind)
+        if kind in (Transform.KIND_PAD, Transform.KIND_JITTER):
+            transform.pixels = int(arg)
+        else:
+            values = arg if isinstance(arg, Iterable) else [arg]
+            transform.values.extend(float(v) for v in values)
+    return out
+
+
+def _to_tensor(array: np.ndarray) -> "featviz_pb2.Tensor":
+    data = np.ascontiguousarray(array, dtype="<f4")
+    if data.ndim not in (3, 4):
+        raise ValueError(f"init_image must be [C, H, W] or [B, C, H, W], not shape {data.shape}")
+    return featviz_pb2.Tensor(shape=data.shape, dtype=featviz_pb2.Tensor.DTYPE_FLOAT32,
+                              data=data.tobytes())
+
+
+def _from_tensor(tensor: "featviz_pb2.Tensor") -> np.ndarray:
+    """A float32 array from a Tensor (little-endian float32, C order)."""
+    if tensor.dtype != featviz_pb2.Tensor.DTYPE_FLOAT32:
+        raise FeatvizError("INTERNAL", f"unsupported tensor dtype {tensor.dtype}")
+    shape = tuple(tensor.shape)
+    flat = np.frombuffer(tensor.data, dtype="<f4")
+    if flat.size != int(np.prod(shape)):
+        raise FeatvizError("INTERNAL",
+                           f"tensor of shape {shape} carries {flat.size} values")
+    # astype copies: a writable array in native byte order.
+    return flat.reshape(shape).astype(np.float32)
+
+
+def _render_result(result: "featviz_pb2.RenderResult") -> RenderResult:
+    return RenderResult(
+        model=result.model,
+        model_version=result.model_version,
+        model_hash=result.model_hash,
+        objective=result.objective,
+        seed=result.seed,
+        steps=result.steps,
+        transforms=result.transforms,
+        terms=[TermOutcome(t.term, t.weight, t.final_value) for t in result.terms],
+        final_total=result.final_total,
+        images=_from_tensor(result.images) if result.HasField("images") else None,
+        png=list(result.png),
+        logits=_from_tensor(result.logits) if result.HasField("logits") else None,
+        probs=_from_tensor(result.probs) if result.HasField("probs") else None,
+        trace=np.array([list(t.trace) for t in result.terms], dtype=np.float32),
+        layer_stats={s.layer: (_from_tensor(s.mean), _from_tensor(s.max))
+                     for s in result.layer_stats},
+        queue_seconds=result.timings.queue_seconds,
+        compute_seconds=result.timings.compute_seconds,
+    )

@@ -1,0 +1,127 @@
+#include "client/visualizer_client.h"
+
+#include <chrono>
+#include <limits>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+
+namespace featviz::client {
+
+namespace v1 = featviz::v1;
+
+absl::StatusOr<std::unique_ptr<VisualizerClient>> VisualizerClient::Create(
+    const std::string& address, const ClientOptions& options) {
+  if (address.empty()) {
+    return absl::InvalidArgumentError("server address is empty");
+  }
+  grpc::ChannelArguments args;
+  // Results carry float tensors and PNGs of whole batches; gRPC's 4 MiB
+  // default would reject a batch of large RGB images.
+  args.SetMaxReceiveMessageSize(std::numeric_limits<int>::max());
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
+      address, grpc::InsecureChannelCredentials(), args);
+  if (channel == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot make a channel to '", address, "'"));
+  }
+  return std::unique_ptr<VisualizerClient>(
+      new VisualizerClient(address, options, std::move(channel)));
+}
+
+VisualizerClient::VisualizerClient(std::string address, ClientOptions options,
+                                   std::shared_ptr<grpc::Channel> channel)
+    : address_(std::move(address)),
+      options_(options),
+      channel_(std::move(channel)),
+      stub_(v1::Visualizer::NewStub(channel_)) {}
+
+absl::Status VisualizerClient::FromGrpc(const grpc::Status& status) const {
+  if (status.ok()) return absl::OkStatus();
+  // Messages are shown on one line.
+  std::string message = absl::StrReplaceAll(
+      status.error_message(), {{"\r\n", "; "}, {"\n", "; "}, {"\r", "; "}});
+  // gRPC's codes and absl's share their numbering.
+  const auto code = static_cast<absl::StatusCode>(status.error_code());
+  // UNAVAILABLE also means "the server is shutting down"; only a channel that
+  // never got a connection is a server we cannot reach.
+  if (code == absl::StatusCode::kUnavailable &&
+      channel_->GetState(/*try_to_connect=*/false) != GRPC_CHANNEL_READY) {
+    message = absl::StrCat("cannot reach server at ", address_, " (", message,
+                           ")");
+  }
+  return absl::Status(code, message);
+}
+
+void VisualizerClient::SetDeadline(grpc::ClientContext& context,
+                                   absl::Duration timeout) const {
+  if (timeout <= absl::ZeroDuration()) return;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       absl::ToChronoMilliseconds(timeout));
+}
+
+absl::StatusOr<std::vector<v1::Model>> VisualizerClient::ListModels() {
+  std::vector<v1::Model> models;
+  v1::ListModelsRequest request;
+  // A server that hands back the same token forever must not hang us.
+  for (int page = 0; page < 10000; ++page) {
+    grpc::ClientContext context;
+    SetDeadline(context, options_.call_timeout);
+    v1::ListModelsResponse response;
+    absl::Status status =
+        FromGrpc(stub_->ListModels(&context, request, &response));
+    if (!status.ok()) return status;
+    for (v1::Model& model : *response.mutable_models()) {
+      models.push_back(std::move(model));
+    }
+    if (response.next_page_token().empty()) return models;
+    request.set_page_token(response.next_page_token());
+  }
+  return absl::InternalError("ListModels: the server never ended its pages");
+}
+
+absl::StatusOr<v1::Model> VisualizerClient::GetModel(const std::string& name) {
+  grpc::ClientContext context;
+  SetDeadline(context, options_.call_timeout);
+  v1::GetModelRequest request;
+  request.set_name(name);
+  v1::Model model;
+  absl::Status status = FromGrpc(stub_->GetModel(&context, request, &model));
+  if (!status.ok()) return status;
+  return model;
+}
+
+absl::StatusOr<v1::RenderResult> VisualizerClient::Render(
+    const v1::RenderRequest& request, const ProgressCallback& on_progress) {
+  grpc::ClientContext context;
+  SetDeadline(context, options_.render_timeout);
+  std::unique_ptr<grpc::ClientReader<v1::RenderEvent>> reader =
+      stub_->Render(&context, request);
+  v1::RenderEvent event;
+  absl::Status callback_status;
+  std::optional<v1::RenderResult> result;
+  while (reader->Read(&event)) {
+    if (event.has_progress()) {
+      if (result.has_value()) continue;  // Nothing may follow the result.
+      if (on_progress && callback_status.ok()) {
+        callback_status = on_progress(event.progress());
+        if (!callback_status.ok()) context.TryCancel();
+      }
+    } else if (event.has_result()) {
+      result = std::move(*event.mutable_result());
+    }
+  }
+  const grpc::Status finish = reader->Finish();
+  if (!callback_status.ok()) return callback_status;
+  absl::Status status = FromGrpc(finish);
+  if (!status.ok()) return status;
+  if (!result.has_value()) {
+    return absl::InternalError(
+        "the server ended the render stream without a result");
+  }
+  return *std::move(result);
+}
+
+}  // namespace featviz::client

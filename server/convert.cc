@@ -1,0 +1,589 @@
+#include "server/convert.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "absl/base/config.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/image.h"
+#include "core/status_macros.h"
+#include "core/torch_status.h"
+#include "server/model_registry.h"
+
+#ifndef ABSL_IS_LITTLE_ENDIAN
+#error "featviz.v1 tensors are little-endian; this host would need byte swaps"
+#endif
+
+namespace featviz::server {
+namespace {
+
+constexpr int64_t kDefaultSteps = 256;
+constexpr double kDefaultLr = 0.05;
+constexpr double kDefaultDecayPower = 1.0;
+constexpr double kMaxDecayPower = 4.0;  // core's bound too.
+// Scale factors and rotation angles a custom transform may draw from.
+constexpr double kMinScale = 0.1;
+constexpr double kMaxScale = 10.0;
+constexpr double kMaxRotateDegrees = 360.0;
+constexpr int kMaxTransformValues = 1024;
+constexpr int kMaxTransforms = 64;
+
+std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+absl::Status OutsideRange(absl::string_view field, int64_t low, int64_t high,
+                          absl::string_view zero_means, int64_t got) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, " must be in [", low, ", ", high, "]",
+      zero_means.empty() ? "" : absl::StrCat(" (0 means ", zero_means, ")"),
+      ", got ", got));
+}
+
+absl::StatusOr<core::TermKind> TermKindFromProto(int kind,
+                                                 absl::string_view field) {
+  switch (kind) {
+    case v1::TERM_KIND_NEURON:
+      return core::TermKind::kNeuron;
+    case v1::TERM_KIND_CHANNEL:
+      return core::TermKind::kChannel;
+    case v1::TERM_KIND_LAYER:
+      return core::TermKind::kLayer;
+    case v1::TERM_KIND_LOGIT:
+      return core::TermKind::kLogit;
+    case v1::TERM_KIND_PROB:
+      return core::TermKind::kProb;
+    case v1::TERM_KIND_DIRECTION:
+      return core::TermKind::kDirection;
+    case v1::TERM_KIND_DIVERSITY:
+      return core::TermKind::kDiversity;
+    case v1::TERM_KIND_ALIGNMENT:
+      return core::TermKind::kAlignment;
+    case v1::TERM_KIND_TV:
+      return core::TermKind::kTotalVariation;
+    case v1::TERM_KIND_L1:
+      return core::TermKind::kL1;
+    case v1::TERM_KIND_L2:
+      return core::TermKind::kL2;
+    case v1::TERM_KIND_UNSPECIFIED:
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, " must be set, got TERM_KIND_UNSPECIFIED"));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, " has unknown value ", kind));
+}
+
+// The objective, either form, checked against the model and the batch.
+absl::StatusOr<core::Objective> PlanObjective(const v1::RenderRequest& request,
+                                              const core::Model& model,
+                                              int64_t batch) {
+  switch (request.objective_case()) {
+    case v1::RenderRequest::kObjectiveText: {
+      absl::StatusOr<core::Objective> objective =
+          core::Objective::Parse(request.objective_text());
+      if (!objective.ok()) {
+        return Prefixed("objective_text", objective.status());
+      }
+      const absl::Status valid = objective->Validate(model.shape(), batch);
+      if (!valid.ok()) return Prefixed("objective_text", valid);
+      return objective;
+    }
+    case v1::RenderRequest::kObjectiveTree: {
+      FEATVIZ_ASSIGN_OR_RETURN(core::Objective objective,
+                               ObjectiveFromProto(request.objective_tree()));
+      // Term by term, so that the message says which one is wrong.
+      const core::ModelShape shape = model.shape();
+      for (size_t i = 0; i < objective.terms().size(); ++i) {
+        const absl::Status valid =
+            core::Objective(objective.terms()[i].term).Validate(shape, batch);
+        if (!valid.ok()) {
+          return Prefixed(absl::StrCat("objective_tree.terms[", i, "].term"),
+                          valid);
+        }
+      }
+      return objective;
+    }
+    case v1::RenderRequest::OBJECTIVE_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      "objective: set objective_text or objective_tree; neither was given");
+}
+
+// Sizes of the images to optimise: the request's square side, or the
+// model's input size.
+struct ImageSize {
+  int64_t height = 0;
+  int64_t width = 0;
+};
+
+absl::StatusOr<at::Tensor> PlanInitImage(const v1::Tensor& tensor,
+                                         int64_t channels, ImageSize size,
+                                         int64_t batch) {
+  constexpr absl::string_view kField = "image.init_image";
+  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor image, TensorFromProto(tensor, kField));
+  const std::vector<int64_t> shape(image.sizes().begin(), image.sizes().end());
+  const bool rank3 = shape.size() == 3 && shape[0] == channels &&
+                     shape[1] == size.height && shape[2] == size.width;
+  const bool rank4 = shape.size() == 4 &&
+                     (shape[0] == 1 || shape[0] == batch) &&
+                     shape[1] == channels && shape[2] == size.height &&
+                     shape[3] == size.width;
+  if (!rank3 && !rank4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kField, ".shape must be [", channels, ", ", size.height, ", ",
+        size.width, "] or [N, ", channels, ", ", size.height, ", ", size.width,
+        "] with N 1 or the batch (", batch, "), got ", ShapeText(shape)));
+  }
+  const at::Tensor bad = image.isnan().logical_or(image < 0).logical_or(image > 1);
+  if (bad.any().item<bool>()) {
+    const int64_t at = bad.flatten().nonzero()[0][0].item<int64_t>();
+    return absl::InvalidArgumentError(
+        absl::StrCat(kField, ".data must hold values in [0, 1], found ",
+                     image.flatten()[at].item<float>(), " at element ", at));
+  }
+  return image;
+}
+
+absl::StatusOr<core::TransformList> PlanTransforms(const v1::Transforms& spec,
+                                                   ImageSize size,
+                                                   const Limits& limits) {
+  switch (spec.preset()) {
+    case v1::Transforms::PRESET_DEFAULT:
+    case v1::Transforms::PRESET_NONE:
+      if (spec.list_size() > 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "transforms.list is only used with PRESET_CUSTOM, but preset is ",
+            v1::Transforms::Preset_Name(spec.preset()), " and the list has ",
+            spec.list_size(), " transforms"));
+      }
+      return spec.preset() == v1::Transforms::PRESET_NONE
+                 ? core::TransformList{}
+                 : core::DefaultTransforms(size.height, size.width);
+    case v1::Transforms::PRESET_CUSTOM:
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "transforms.preset has unknown value ", spec.preset()));
+  }
+  if (spec.list_size() > kMaxTransforms) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("transforms.list may hold at most ", kMaxTransforms,
+                     " transforms, got ", spec.list_size()));
+  }
+  const int64_t side = std::min(size.height, size.width);
+  core::TransformList list;
+  for (int i = 0; i < spec.list_size(); ++i) {
+    const v1::Transform& t = spec.list(i);
+    const std::string field = absl::StrCat("transforms.list[", i, "]");
+    core::Transform out;
+    switch (t.kind()) {
+      case v1::Transform::KIND_PAD:
+        // Padding by more than the image is only a way to use memory.
+        if (t.pixels() < 0 || t.pixels() > limits.max_image_side) {
+          return OutsideRange(absl::StrCat(field, ".pixels (pad)"), 0,
+                              limits.max_image_side, "", t.pixels());
+        }
+        out.kind = core::Transform::Kind::kPad;
+        out.pixels = t.pixels();
+        break;
+      case v1::Transform::KIND_JITTER:
+        if (t.pixels() < 0 || t.pixels() >= side) {
+          return OutsideRange(absl::StrCat(field, ".pixels (jitter)"), 0,
+                              side - 1, "", t.pixels());
+        }
+        out.kind = core::Transform::Kind::kJitter;
+        out.pixels = t.pixels();
+        break;
+      case v1::Transform::KIND_SCALE:
+      case v1::Transform::KIND_ROTATE: {
+        const bool scale = t.kind() == v1::Transform::KIND_SCALE;
+        const char* what = scale ? "scale" : "rotate";
+        if (t.values_size() == 0 || t.values_size() > kMaxTransformValues) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              field, ".values (", what, ") must hold 1 to ",
+              kMaxTransformValues, " values, got ", t.values_size()));
+        }
+        for (int j = 0; j < t.values_size(); ++j) {
+          const double v = t.values(j);
+          const bool ok = scale ? (v >= kMinScale && v <= kMaxScale)
+                                : std::abs(v) <= kMaxRotateDegrees;
+          if (!ok) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                field, ".values[", j, "] (", what, ") must be in [",
+                scale ? kMinScale : -kMaxRotateDegrees, ", ",
+                scale ? kMaxScale : kMaxRotateDegrees, "], got ", v));
+          }
+        }
+        out.kind = scale ? core::Transform::Kind::kScale
+                         : core::Transform::Kind::kRotate;
+        out.values.assign(t.values().begin(), t.values().end());
+        break;
+      }
+      case v1::Transform::KIND_UNSPECIFIED:
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".kind must be set, got KIND_UNSPECIFIED"));
+      default:
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".kind has unknown value ", t.kind()));
+    }
+    list.push_back(std::move(out));
+  }
+  return list;
+}
+
+// Upper bound of the result message's size, so that a render whose result
+// gRPC would refuse to send is refused before it runs.
+int64_t ResultBytesBound(const RenderPlan& plan, int64_t channels) {
+  const core::ParamOptions& p = plan.options.param;
+  const int64_t pixels = p.batch * channels * p.height * p.width;
+  int64_t bytes = 64 * 1024;  // Names, logits, statistics.
+  if (plan.tensor) bytes += 4 * pixels;
+  // PNG stores 8-bit rows with a filter byte each; deflate never grows data
+  // by more than a few bytes per 16 KiB block.
+  if (plan.png) bytes += pixels + pixels / 8 + p.batch * (p.height + 1024);
+  bytes += 4 * plan.options.steps *
+           static_cast<int64_t>(plan.objective.terms().size());
+  if (plan.preview_png) {
+    // Each progress event's preview is an RGB grid with padding; at worst
+    // stored uncompressed.
+    constexpr int64_t kCellPadding = 8;
+    const int64_t preview = 3 * p.batch * (p.height + kCellPadding) *
+                                (p.width + kCellPadding) * 9 / 8 +
+                            64 * 1024;
+    bytes = std::max(bytes, preview);
+  }
+  return bytes;
+}
+
+}  // namespace
+
+absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(),
+                      absl::StrCat(prefix, ": ", status.message()));
+}
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  const int code = static_cast<int>(status.code());
+  // absl and gRPC share the canonical codes 1..16.
+  const grpc::StatusCode grpc_code =
+      code >= 1 && code <= 16 ? static_cast<grpc::StatusCode>(code)
+                              : grpc::StatusCode::UNKNOWN;
+  return grpc::Status(grpc_code, std::string(status.message()));
+}
+
+absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
+  if (tree.terms_size() == 0) {
+    return absl::InvalidArgumentError(
+        "objective_tree.terms must hold at least one term, got none");
+  }
+  core::Objective objective;
+  for (int i = 0; i < tree.terms_size(); ++i) {
+    const v1::WeightedTerm& weighted = tree.terms(i);
+    const std::string field = absl::StrCat("objective_tree.terms[", i, "]");
+    if (!std::isfinite(weighted.weight())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".weight must be finite, got ", weighted.weight()));
+    }
+    const v1::Term& t = weighted.term();
+    core::Term term;
+    FEATVIZ_ASSIGN_OR_RETURN(
+        term.kind, TermKindFromProto(t.kind(), absl::StrCat(field, ".term.kind")));
+    term.layer = t.layer();
+    term.index = t.index();
+    if (t.has_x() != t.has_y()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".term sets only ", t.has_x() ? "x" : "y",
+          "; set both x and y or neither"));
+    }
+    if (t.has_x()) {
+      term.x = t.x();
+      term.y = t.y();
+    }
+    term.vector.assign(t.vector().begin(), t.vector().end());
+    if (t.has_param()) term.param = t.param();
+    if (t.has_batch()) term.batch = t.batch();
+    objective = objective + core::Objective(std::move(term)) * weighted.weight();
+  }
+  return objective;
+}
+
+absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
+                                      const ModelRegistry& models,
+                                      const Limits& limits) {
+  RenderPlan plan;
+  if (request.model().empty()) {
+    const std::vector<std::string> names = models.Names();
+    return absl::InvalidArgumentError(
+        absl::StrCat("model must name a hosted model; models are: ",
+                     absl::StrJoin(names, ", ")));
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(plan.model, models.Find(request.model()));
+  const core::ModelCard& card = plan.model->card();
+
+  // image
+  const v1::ImageSpec& image = request.image();
+  core::ParamOptions& param = plan.options.param;
+  switch (image.parameterization()) {
+    case v1::PARAMETERIZATION_UNSPECIFIED:
+    case v1::PARAMETERIZATION_FFT:
+      param.kind = core::ParamKind::kFft;
+      break;
+    case v1::PARAMETERIZATION_PIXEL:
+      param.kind = core::ParamKind::kPixel;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "image.parameterization has unknown value ", image.parameterization()));
+  }
+  if (image.size() < 0 || image.size() > limits.max_image_side) {
+    return OutsideRange("image.size", 0, limits.max_image_side,
+                        "the model's input size", image.size());
+  }
+  if (image.batch() < 0 || image.batch() > limits.max_batch) {
+    return OutsideRange("image.batch", 0, limits.max_batch, "1", image.batch());
+  }
+  param.batch = image.batch() == 0 ? 1 : image.batch();
+  param.channels = card.channels;
+  const ImageSize size = image.size() == 0
+                             ? ImageSize{card.height, card.width}
+                             : ImageSize{image.size(), image.size()};
+  param.height = size.height;
+  param.width = size.width;
+  if (image.decay_power() == 0) {
+    param.decay_power = kDefaultDecayPower;
+  } else if (!(image.decay_power() > 0 && image.decay_power() <= kMaxDecayPower)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image.decay_power must be in (0, ", kMaxDecayPower,
+                     "] (0 means ", kDefaultDecayPower, "), got ",
+                     image.decay_power()));
+  } else {
+    param.decay_power = image.decay_power();
+  }
+  if (image.has_init_image()) {
+    FEATVIZ_ASSIGN_OR_RETURN(
+        param.init_image,
+        PlanInitImage(image.init_image(), card.channels, size, param.batch));
+  }
+
+  // objective, now that the batch is known
+  FEATVIZ_ASSIGN_OR_RETURN(plan.objective,
+                           PlanObjective(request, *plan.model, param.batch));
+
+  // transforms
+  FEATVIZ_ASSIGN_OR_RETURN(plan.options.transforms,
+                           PlanTransforms(request.transforms(), size, limits));
+
+  // optimizer
+  const v1::Optimizer& optimizer = request.optimizer();
+  if (optimizer.steps() < 0 || optimizer.steps() > limits.max_steps) {
+    return OutsideRange("optimizer.steps", 1, limits.max_steps,
+                        absl::StrCat(kDefaultSteps), optimizer.steps());
+  }
+  plan.options.steps = optimizer.steps() == 0 ? kDefaultSteps : optimizer.steps();
+  if (plan.options.steps > limits.max_steps) {
+    // Only when a server's max_steps is below the default.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "optimizer.steps is 0, meaning ", kDefaultSteps,
+        ", more than this server's max_steps ", limits.max_steps));
+  }
+  if (optimizer.lr() == 0) {
+    plan.options.lr = kDefaultLr;
+  } else if (!std::isfinite(optimizer.lr()) || optimizer.lr() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("optimizer.lr must be a positive finite number (0 means ",
+                     kDefaultLr, "), got ", optimizer.lr()));
+  } else {
+    plan.options.lr = optimizer.lr();
+  }
+
+  // seed and output
+  if (request.has_seed()) {
+    plan.seed = request.seed();
+    plan.options.seed = request.seed();
+  }
+  const v1::OutputSpec& output = request.output();
+  if (output.progress_every() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "output.progress_every must be >= 0 (0 means ",
+        limits.default_progress_every, "), got ", output.progress_every()));
+  }
+  plan.options.progress_every = output.progress_every() == 0
+                                    ? limits.default_progress_every
+                                    : output.progress_every();
+  plan.tensor = output.tensor();
+  plan.png = output.png();
+  plan.preview_png = output.preview_png();
+  plan.options.progress_images = output.preview_png();
+
+  const int64_t bound = ResultBytesBound(plan, card.channels);
+  if (bound > limits.max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the result would be up to ", bound,
+        " bytes, more than this server's max_message_bytes ",
+        limits.max_message_bytes,
+        "; ask for fewer or smaller images (image.batch ", param.batch,
+        ", image.size ", image.size(), "), or leave out output.tensor"));
+  }
+  return plan;
+}
+
+absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor,
+                                           absl::string_view field) {
+  if (tensor.dtype() != v1::Tensor::DTYPE_FLOAT32) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".dtype must be DTYPE_FLOAT32, got ",
+        v1::Tensor::DType_IsValid(tensor.dtype())
+            ? v1::Tensor::DType_Name(tensor.dtype())
+            : absl::StrCat(tensor.dtype())));
+  }
+  if (tensor.shape_size() == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".shape must have at least one dimension, got []"));
+  }
+  // Shapes come from the wire: multiply without overflowing.
+  const uint64_t have = tensor.data().size();
+  uint64_t need = sizeof(float);
+  bool overflow = false;
+  for (int64_t dim : tensor.shape()) {
+    if (dim <= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".shape must have positive dimensions, got ",
+                       ShapeText(tensor.shape())));
+    }
+    overflow = overflow || __builtin_mul_overflow(
+                               need, static_cast<uint64_t>(dim), &need);
+  }
+  if (overflow || need != have) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".data has ", have, " bytes, but shape ",
+        ShapeText(tensor.shape()), " of float32 needs ",
+        overflow ? "more bytes than fit in 64 bits" : absl::StrCat(need)));
+  }
+  try {
+    const std::vector<int64_t> shape(tensor.shape().begin(),
+                                     tensor.shape().end());
+    at::Tensor out = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
+    std::memcpy(out.data_ptr<float>(), tensor.data().data(),
+                tensor.data().size());
+    return out;
+  } catch (const std::exception& e) {
+    return core::TorchError(e, absl::StrCat("decoding ", field));
+  }
+}
+
+v1::Tensor TensorToProto(const at::Tensor& tensor) {
+  v1::Tensor out;
+  const at::Tensor t = tensor.detach().to(at::kCPU, at::kFloat).contiguous();
+  for (int64_t dim : t.sizes()) out.add_shape(dim);
+  out.set_dtype(v1::Tensor::DTYPE_FLOAT32);
+  out.set_data(reinterpret_cast<const char*>(t.data_ptr<float>()),
+               static_cast<size_t>(t.numel()) * sizeof(float));
+  return out;
+}
+
+v1::Model ModelToProto(const core::Model& model) {
+  const core::ModelCard& card = model.card();
+  v1::Model out;
+  out.set_name(card.name);
+  out.set_version(card.version);
+  out.set_content_hash(model.content_hash());
+  out.set_description(card.description);
+  v1::InputSpec* input = out.mutable_input();
+  input->set_channels(card.channels);
+  input->set_height(card.height);
+  input->set_width(card.width);
+  input->set_range_min(card.range_min);
+  input->set_range_max(card.range_max);
+  for (double m : card.mean) input->add_mean(m);
+  for (double s : card.std) input->add_std(s);
+  const int64_t classes = model.shape().num_classes;
+  for (int64_t i = 0; i < classes; ++i) {
+    out.add_class_names(i < static_cast<int64_t>(card.classes.size())
+                            ? card.classes[i]
+                            : absl::StrCat(i));
+  }
+  for (const core::LayerInfo& info : model.layers()) {
+    v1::Layer* layer = out.add_layers();
+    layer->set_path(info.path);
+    layer->set_kind(info.kind);
+    for (int64_t dim : info.shape) layer->add_output_shape(dim);
+    layer->set_channels(info.channels);
+  }
+  out.set_device(model.device().str());
+  return out;
+}
+
+absl::StatusOr<v1::RenderProgress> ProgressToProto(
+    const core::ProgressEvent& event, int64_t total_steps, bool preview_png) {
+  v1::RenderProgress out;
+  out.set_step(event.step);
+  out.set_total_steps(total_steps);
+  for (double v : event.values) out.add_term_values(v);
+  if (preview_png && event.images.defined()) {
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor grid, core::MakeGrid(event.images));
+    FEATVIZ_ASSIGN_OR_RETURN(*out.mutable_preview_png(), core::EncodePng(grid));
+  }
+  return out;
+}
+
+absl::StatusOr<v1::RenderResult> ResultToProto(const core::RenderResult& result,
+                                               const RenderPlan& plan,
+                                               double queue_seconds,
+                                               double compute_seconds) {
+  const core::ModelCard& card = plan.model->card();
+  v1::RenderResult out;
+  out.set_model(card.name);
+  out.set_model_version(card.version);
+  out.set_model_hash(plan.model->content_hash());
+  out.set_objective(result.objective);
+  try {
+    const at::Tensor trace = result.trace.to(at::kCPU, at::kFloat).contiguous();
+    for (size_t i = 0; i < result.terms.size(); ++i) {
+      v1::TermResult* term = out.add_terms();
+      term->set_term(result.terms[i]);
+      term->set_weight(result.weights[i]);
+      term->set_final_value(result.final_values[i]);
+      const at::Tensor column = trace.select(1, static_cast<int64_t>(i)).contiguous();
+      term->mutable_trace()->Add(column.data_ptr<float>(),
+                                 column.data_ptr<float>() + column.numel());
+    }
+    out.set_final_total(result.final_total);
+    if (plan.tensor) *out.mutable_images() = TensorToProto(result.images);
+    if (plan.png) {
+      for (int64_t b = 0; b < result.images.size(0); ++b) {
+        FEATVIZ_ASSIGN_OR_RETURN(*out.add_png(),
+                                 core::EncodePng(result.images[b]));
+      }
+    }
+    *out.mutable_logits() = TensorToProto(result.logits);
+    *out.mutable_probs() = TensorToProto(result.probs);
+    for (const core::LayerStats& stats : result.layer_stats) {
+      v1::LayerStats* s = out.add_layer_stats();
+      s->set_layer(stats.layer);
+      *s->mutable_mean() = TensorToProto(stats.mean);
+      *s->mutable_max() = TensorToProto(stats.max);
+    }
+  } catch (const std::exception& e) {
+    return core::TorchError(e, "converting the result");
+  }
+  out.set_seed(result.seed);
+  out.set_steps(result.steps);
+  out.set_transforms(result.transforms);
+  out.mutable_timings()->set_queue_seconds(queue_seconds);
+  out.mutable_timings()->set_compute_seconds(compute_seconds);
+  return out;
+}
+
+}  // namespace featviz::server

@@ -1,0 +1,100 @@
+// The one place where protobuf meets core/: a RenderRequest becomes a
+// validated RenderPlan (a hosted model, a core::Objective and
+// core::RenderOptions), core results become RenderEvents, and absl::Status
+// becomes grpc::Status. Nothing else in featviz reads or writes featviz.v1
+// messages field by field.
+//
+// Status codes of request errors; every message names the field and the
+// value, e.g. "optimizer.steps must be in [1, 10000], got 1000000000":
+//   NOT_FOUND          an unknown model, or a layer the model does not have.
+//   OUT_OF_RANGE       an index into the model or the batch that does not
+//                      exist (channel, class, neuron x/y, batch index): the
+//                      request is well formed, this model just has fewer.
+//   INVALID_ARGUMENT   everything else a request can get wrong, including
+//                      numbers outside the server's Limits (steps, size,
+//                      batch): they are wrong whatever the server is doing,
+//                      so retrying cannot help.
+//   RESOURCE_EXHAUSTED is kept for capacity that frees up over time (the
+//                      render queue is full; gRPC's own message size limit),
+//                      which a client may retry later.
+#ifndef FEATVIZ_SERVER_CONVERT_H_
+#define FEATVIZ_SERVER_CONVERT_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <grpcpp/support/status.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "core/model.h"
+#include "core/objective.h"
+#include "core/render.h"
+#include "featviz/v1/featviz.pb.h"
+#include "server/limits.h"
+
+namespace featviz::server {
+
+class ModelRegistry;
+
+// A render request after validation, in core's terms.
+struct RenderPlan {
+  // The hosted model; owned by the registry, which outlives every render.
+  const core::Model* model = nullptr;
+  core::Objective objective;
+  // Defaults filled in (steps, lr, sizes, progress_every); options.seed is
+  // meaningful only when `seed` is set.
+  core::RenderOptions options;
+  // The request's seed; unset when the server is to pick one.
+  std::optional<uint64_t> seed;
+  // What the result carries (OutputSpec).
+  bool tensor = false;
+  bool png = false;
+  bool preview_png = false;
+};
+
+// Validates `request` against `limits` and the hosted models and converts
+// it. Errors use the codes listed at the top of this file.
+absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
+                                      const ModelRegistry& models,
+                                      const Limits& limits);
+
+// The structured objective in core's terms, checked for what the proto can
+// express but core cannot (unset kinds, non-finite weights, x without y).
+// Validation against a model is separate (core::Objective::Validate).
+absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree);
+
+// A float32 tensor from the wire: dtype, shape and byte length are checked;
+// errors name `field`. The result is a CPU float tensor that owns its data.
+absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor,
+                                           absl::string_view field);
+// Any numeric tensor as float32 little-endian bytes in C order.
+v1::Tensor TensorToProto(const at::Tensor& tensor);
+
+// A hosted model as the API describes it.
+v1::Model ModelToProto(const core::Model& model);
+
+// One progress event; `preview_png` attaches the current images as a PNG
+// grid (the event must carry images then).
+absl::StatusOr<v1::RenderProgress> ProgressToProto(
+    const core::ProgressEvent& event, int64_t total_steps, bool preview_png);
+
+// The final result, with the outputs the plan asked for.
+absl::StatusOr<v1::RenderResult> ResultToProto(const core::RenderResult& result,
+                                               const RenderPlan& plan,
+                                               double queue_seconds,
+                                               double compute_seconds);
+
+// `status` with `prefix` and ": " in front of its message, code kept.
+absl::Status Prefixed(absl::string_view prefix, const absl::Status& status);
+
+// The one mapping from absl::Status to grpc::Status: the codes are the same
+// numbers, and the message is kept.
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+}  // namespace featviz::server
+
+#endif  // FEATVIZ_SERVER_CONVERT_H_

@@ -1,0 +1,234 @@
+// featviz-server: serves featviz.v1.Visualizer for the TorchScript models of
+// a directory.
+//
+//   featviz-server --listen 127.0.0.1:8980 --model_dir models
+//
+// Once it listens it prints one line to stdout, "featviz-server listening on
+// HOST:PORT" with the port actually bound (--listen HOST:0 picks a free
+// one); logs go to stderr. SIGTERM or SIGINT drains: health turns
+// NOT_SERVING, new renders are refused with UNAVAILABLE, waiting renders end
+// with UNAVAILABLE, running ones get --shutdown_grace_seconds and are then
+// cancelled; the process exits 0.
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <cstdio>
+#include <string>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "core/status_macros.h"
+#include "server/limits.h"
+#include "server/model_registry.h"
+#include "server/visualizer_service.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:8980",
+          "Address to listen on, HOST:PORT; port 0 picks a free port");
+ABSL_FLAG(std::string, model_dir, "models",
+          "Directory of TorchScript models (*.pt, with <stem>.card.json)");
+ABSL_FLAG(std::string, device, "cpu",
+          "Device the models run on: cpu, or cuda:N with a CUDA LibTorch");
+ABSL_FLAG(int64_t, max_image_side, featviz::server::Limits{}.max_image_side,
+          "Largest image side a render may ask for, in pixels");
+ABSL_FLAG(int64_t, max_steps, featviz::server::Limits{}.max_steps,
+          "Most optimisation steps a render may ask for");
+ABSL_FLAG(int64_t, max_batch, featviz::server::Limits{}.max_batch,
+          "Most images a render may optimise together");
+ABSL_FLAG(int64_t, max_message_bytes, featviz::server::Limits{}.max_message_bytes,
+          "Largest gRPC message received or sent, in bytes");
+ABSL_FLAG(int, max_concurrent_renders,
+          featviz::server::Limits{}.max_concurrent_renders,
+          "Renders running at once (worker threads)");
+ABSL_FLAG(int, max_queued_renders, featviz::server::Limits{}.max_queued_renders,
+          "Renders waiting for a worker; beyond this, RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, progress_every,
+          featviz::server::Limits{}.default_progress_every,
+          "Steps between progress events when a request does not say");
+ABSL_FLAG(double, shutdown_grace_seconds, 10,
+          "On SIGTERM/SIGINT, how long running renders may go on");
+
+namespace featviz::server {
+namespace {
+
+constexpr char kServiceName[] = "featviz.v1.Visualizer";
+// After the renders are done, how long the last events may take to send.
+constexpr absl::Duration kSendGrace = absl::Seconds(5);
+
+absl::StatusOr<c10::Device> ParseDevice(const std::string& text) {
+  if (text == "cpu") return c10::Device(c10::kCPU);
+  if (!absl::StartsWith(text, "cuda")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be cpu or cuda:N, got '", text, "'"));
+  }
+  if (!torch::cuda::is_available()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--device ", text, ": this LibTorch has no CUDA or sees no GPU"));
+  }
+  try {
+    c10::Device device(text);
+    const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
+    if (device.has_index() && device.index() >= count) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--device ", text, ": there are only ", count, " CUDA devices"));
+    }
+    return device;
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--device must be cpu or cuda:N, got '", text, "'"));
+  }
+}
+
+absl::StatusOr<Limits> LimitsFromFlags() {
+  Limits limits;
+  limits.max_image_side = absl::GetFlag(FLAGS_max_image_side);
+  limits.max_steps = absl::GetFlag(FLAGS_max_steps);
+  limits.max_batch = absl::GetFlag(FLAGS_max_batch);
+  limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  limits.max_concurrent_renders = absl::GetFlag(FLAGS_max_concurrent_renders);
+  limits.max_queued_renders = absl::GetFlag(FLAGS_max_queued_renders);
+  limits.default_progress_every = absl::GetFlag(FLAGS_progress_every);
+  if (limits.max_message_bytes < 1 || limits.max_message_bytes > INT_MAX) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_message_bytes must be in [1, ", INT_MAX, "], got ",
+                     limits.max_message_bytes));
+  }
+  return limits;
+}
+
+// "HOST:PORT" with the port replaced by the one actually bound.
+std::string ListeningAddress(const std::string& listen, int port) {
+  const size_t colon = listen.rfind(':');
+  const std::string host =
+      colon == std::string::npos ? listen : listen.substr(0, colon);
+  return absl::StrCat(host, ":", port);
+}
+
+// The self-pipe: the handler only writes the signal's number, which is
+// async-signal-safe, and a thread reads it. (Blocking the signals and using
+// sigwait would not do: a library starts a thread before main() runs, with
+// the signals unblocked.)
+int g_signal_pipe[2] = {-1, -1};
+
+extern "C" void OnSignal(int signal_number) {
+  const unsigned char byte = static_cast<unsigned char>(signal_number);
+  const int saved_errno = errno;
+  [[maybe_unused]] ssize_t n = write(g_signal_pipe[1], &byte, 1);
+  errno = saved_errno;
+}
+
+absl::Status InstallSignalHandlers() {
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
+    return absl::InternalError(absl::StrCat("pipe2: ", std::strerror(errno)));
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  action.sa_flags = SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  for (int signal_number : {SIGTERM, SIGINT}) {
+    if (sigaction(signal_number, &action, nullptr) != 0) {
+      return absl::InternalError(
+          absl::StrCat("sigaction: ", std::strerror(errno)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Blocks until SIGTERM or SIGINT; returns its number.
+int WaitForSignal() {
+  unsigned char byte = 0;
+  while (read(g_signal_pipe[0], &byte, 1) != 1) {
+    if (errno != EINTR) return 0;
+  }
+  return byte;
+}
+
+absl::Status Serve() {
+  FEATVIZ_ASSIGN_OR_RETURN(const Limits limits, LimitsFromFlags());
+  const double grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);
+  if (!(grace_seconds >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--shutdown_grace_seconds must be >= 0, got ", grace_seconds));
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(const c10::Device device,
+                           ParseDevice(absl::GetFlag(FLAGS_device)));
+  FEATVIZ_ASSIGN_OR_RETURN(
+      ModelRegistryPtr models,
+      ModelRegistry::Create(absl::GetFlag(FLAGS_model_dir), device));
+  FEATVIZ_ASSIGN_OR_RETURN(VisualizerServicePtr service,
+                           VisualizerService::Create(models.get(), limits));
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  int port = 0;
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(service.get());
+  builder.SetMaxReceiveMessageSize(static_cast<int>(limits.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(limits.max_message_bytes));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on '", listen, "'"));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kServiceName, true);
+
+  const std::string address = ListeningAddress(listen, port);
+  spdlog::info("serving {} models on {} with {} workers, queue {}",
+               models->size(), address, limits.max_concurrent_renders,
+               limits.max_queued_renders);
+  // Tests and scripts parse this line: keep it exactly so.
+  std::printf("featviz-server listening on %s\n", address.c_str());
+  std::fflush(stdout);
+
+  const int signal_number = WaitForSignal();
+
+  spdlog::info("signal {}: draining, running renders may go on for {}s",
+               signal_number, grace_seconds);
+  health->Shutdown();  // Everything NOT_SERVING, and it stays so.
+  service->Shutdown(absl::Now() + absl::Seconds(grace_seconds));
+  server->Shutdown(absl::ToChronoTime(absl::Now() + kSendGrace));
+  server->Wait();
+  spdlog::info("stopped");
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace featviz::server
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Serves featviz.v1.Visualizer.\n"
+      "  featviz-server --listen 127.0.0.1:8980 --model_dir models");
+  absl::ParseCommandLine(argc, argv);
+  // stdout carries only the "listening on" line.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("featviz-server"));
+
+  absl::Status status = featviz::server::InstallSignalHandlers();
+  if (status.ok()) status = featviz::server::Serve();
+  if (!status.ok()) {
+    spdlog::critical("{}", status.ToString());
+    return 1;
+  }
+  return 0;
+}

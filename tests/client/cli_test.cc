@@ -1,0 +1,313 @@
+// End-to-end tests of the `featviz` CLI against the real featviz-server,
+// started on a free loopback port with the bundled MNIST classifier.
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "tests/client/process.h"
+
+namespace featviz::testing {
+namespace {
+
+using nlohmann::json;
+
+const char kCli[] = FEATVIZ_CLI_BINARY;
+const char kServer[] = FEATVIZ_SERVER_BINARY;
+const char kModels[] = FEATVIZ_MODELS_DIR;
+
+std::string ScratchDir(const std::string& name) {
+  const std::string dir =
+      absl::StrCat(::testing::TempDir(), "featviz_cli_test_", getpid(), "_", name);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// Runs the CLI with `args`; stdout and stderr are pipes, not terminals.
+CommandResult Cli(const std::vector<std::string>& args,
+                  const std::vector<std::string>& env = {}) {
+  std::vector<std::string> argv = {kCli};
+  argv.insert(argv.end(), args.begin(), args.end());
+  absl::StatusOr<CommandResult> result = RunCommand(argv, env);
+  EXPECT_TRUE(result.ok()) << result.status();
+  return result.ok() ? *result : CommandResult{};
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  return absl::StrSplit(text, '\n', absl::SkipEmpty());
+}
+
+// One server for every test of the suite.
+class CliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    log_path_ = new std::string(
+        absl::StrCat(::testing::TempDir(), "featviz_cli_test_server_", getpid(), ".log"));
+    absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+        ServerProcess::Start(kServer, kModels, *log_path_);
+    if (!server.ok()) {
+      start_error_ = new std::string(server.status().ToString());
+      return;
+    }
+    server_ = server->release();
+  }
+  static void TearDownTestSuite() {
+    if (server_ != nullptr) {
+      const int code = server_->Stop();
+      EXPECT_EQ(code, 0) << "featviz-server did not exit cleanly on SIGTERM; log:\n"
+                         << ReadFileOrEmpty(*log_path_);
+      delete server_;
+      server_ = nullptr;
+    }
+  }
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr) << (start_error_ ? *start_error_ : "no server");
+  }
+
+  // The CLI pointed at the test server.
+  static CommandResult Run(std::vector<std::string> args) {
+    args.insert(args.begin(), {"--server", server_->address()});
+    return Cli(args);
+  }
+
+  static ServerProcess* server_;
+  static std::string* log_path_;
+  static std::string* start_error_;
+};
+
+ServerProcess* CliTest::server_ = nullptr;
+std::string* CliTest::log_path_ = nullptr;
+std::string* CliTest::start_error_ = nullptr;
+
+TEST_F(CliTest, ModelsListsTheMnistClassifier) {
+  const CommandResult r = Run({"models"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<std::string> lines = Lines(r.out);
+  ASSERT_GE(lines.size(), 2u) << r.out;
+  EXPECT_TRUE(absl::StartsWith(lines[0], "NAME")) << lines[0];
+  bool found = false;
+  for (const std::string& line : lines) {
+    if (!absl::StartsWith(line, "mnist_classifier ")) continue;
+    found = true;
+    std::vector<std::string> cells =
+        absl::StrSplit(line, ' ', absl::SkipEmpty());
+    ASSERT_EQ(cells.size(), 6u) << line;
+    EXPECT_EQ(cells[2].size(), 12u) << "hash column: " << line;
+    EXPECT_EQ(cells[3], "1x28x28");
+    EXPECT_EQ(cells[4], "10");
+  }
+  EXPECT_TRUE(found) << r.out;
+  EXPECT_EQ(r.err, "");
+}
+
+TEST_F(CliTest, ModelsJsonIsAListOfModels) {
+  const CommandResult r = Run({"models", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json models = json::parse(r.out);
+  ASSERT_TRUE(models.is_array());
+  bool found = false;
+  for (const json& m : models) {
+    if (m["name"] != "mnist_classifier") continue;
+    found = true;
+    EXPECT_EQ(m["content_hash"].get<std::string>().size(), 64u);
+    EXPECT_EQ(m["input"]["height"], 28);
+    EXPECT_EQ(m["class_names"].size(), 10u);
+  }
+  EXPECT_TRUE(found) << r.out;
+}
+
+TEST_F(CliTest, ServerAddressComesFromTheEnvironment) {
+  const CommandResult r =
+      Cli({"models"}, {absl::StrCat("FEATVIZ_SERVER=", server_->address())});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "mnist_classifier")) << r.out;
+}
+
+TEST_F(CliTest, LayersListsConv2With32Channels) {
+  const CommandResult r = Run({"layers", "mnist_classifier"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  bool found = false;
+  for (const std::string& line : Lines(r.out)) {
+    if (!absl::StartsWith(line, "conv2 ")) continue;
+    found = true;
+    std::vector<std::string> cells =
+        absl::StrSplit(line, ' ', absl::SkipEmpty());
+    EXPECT_EQ(cells.back(), "32") << line;
+    EXPECT_TRUE(absl::StrContains(line, "[1, 32, 8, 8]")) << line;
+  }
+  EXPECT_TRUE(found) << r.out;
+
+  const CommandResult j = Run({"layers", "mnist_classifier", "--json"});
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  const json layers = json::parse(j.out);
+  bool conv2 = false;
+  for (const json& layer : layers) {
+    if (layer["path"] == "conv2") {
+      conv2 = true;
+      EXPECT_EQ(layer["channels"], 32);
+    }
+  }
+  EXPECT_TRUE(conv2) << j.out;
+}
+
+TEST_F(CliTest, RenderProbJsonReachesTheClassAndWritesFiles) {
+  const std::string dir = ScratchDir("render_prob");
+  const std::string png = dir + "/tmp.png";
+  const std::string npy = dir + "/tmp.npy";
+  const CommandResult r =
+      Run({"render", "mnist_classifier", "prob(3)", "--steps", "256", "--seed",
+           "0", "--json", "--out", png, "--npy", npy});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Exactly one JSON document on stdout.
+  ASSERT_EQ(Lines(r.out).size(), 1u) << r.out;
+  const json report = json::parse(r.out);
+  EXPECT_EQ(report["model"], "mnist_classifier");
+  EXPECT_EQ(report["objective"], "prob(3)");
+  EXPECT_EQ(report["seed"], 0);
+  EXPECT_EQ(report["steps"], 256);
+  EXPECT_EQ(report["model_hash"].get<std::string>().size(), 64u);
+  ASSERT_EQ(report["terms"].size(), 1u);
+  EXPECT_EQ(report["terms"][0]["term"], "prob(3)");
+  EXPECT_GE(report["probs"][0][3].get<double>(), 0.99) << r.out;
+  EXPECT_EQ(report["top_class"][0], 3);
+  EXPECT_EQ(report["logits"][0].size(), 10u);
+  EXPECT_EQ(report["files"]["out"], png);
+  EXPECT_EQ(report["files"]["npy"], npy);
+
+  ASSERT_TRUE(std::filesystem::exists(png));
+  EXPECT_EQ(ReadFileOrEmpty(png).substr(1, 3), "PNG");
+  const std::string npy_bytes = ReadFileOrEmpty(npy);
+  ASSERT_GT(npy_bytes.size(), 128u);
+  EXPECT_EQ(npy_bytes.substr(0, 6), "\x93NUMPY");
+  EXPECT_TRUE(absl::StrContains(npy_bytes.substr(0, 128), "'shape': (1, 1, 28, 28)"))
+      << npy_bytes.substr(0, 128);
+  // 1 * 1 * 28 * 28 float32 after the header.
+  EXPECT_GT(npy_bytes.size(), 28u * 28 * 4);
+  // Piped: no progress bar.
+  EXPECT_FALSE(absl::StrContains(r.err, "\033")) << r.err;
+  EXPECT_FALSE(absl::StrContains(r.err, "\r")) << r.err;
+}
+
+TEST_F(CliTest, PipedRenderPrintsOnlyASummaryLine) {
+  const CommandResult r =
+      Run({"render", "mnist_classifier", "channel(conv2, 5)", "--steps", "32",
+           "--progress_every", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(Lines(r.out).size(), 1u) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "32 steps")) << r.out;
+  EXPECT_FALSE(absl::StrContains(r.out + r.err, "\033")) << r.out << r.err;
+  EXPECT_FALSE(absl::StrContains(r.out + r.err, "\r")) << r.out << r.err;
+  EXPECT_EQ(r.err, "");
+}
+
+TEST_F(CliTest, RenderWritesOnePngPerImageAndPreviews) {
+  const std::string dir = ScratchDir("render_batch");
+  const CommandResult r =
+      Run({"render", "mnist_classifier", "logit(0, batch=0) + logit(1, batch=1)",
+           "--batch", "2", "--steps", "32", "--progress_every", "16", "--seed",
+           "1", "--transforms", "pad(1), jitter(1), rotate(-5, 5)", "--out",
+           dir + "/grid.png", "--labels", "zero,one", "--png_dir", dir,
+           "--previews", dir + "/previews", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json report = json::parse(r.out);
+  EXPECT_EQ(report["probs"].size(), 2u);
+  EXPECT_TRUE(absl::StrContains(report["transforms"].get<std::string>(), "rotate"))
+      << report["transforms"];
+  EXPECT_EQ(report["files"]["png"].size(), 2u);
+  for (const char* name : {"/image_0.png", "/image_1.png", "/grid.png",
+                           "/previews/step_00016.png",
+                           "/previews/step_00032.png"}) {
+    const std::string path = dir + name;
+    EXPECT_TRUE(std::filesystem::exists(path)) << path;
+    EXPECT_EQ(ReadFileOrEmpty(path).substr(1, 3), "PNG") << path;
+  }
+}
+
+TEST_F(CliTest, UnknownModelIsOneNotFoundLine) {
+  const CommandResult r = Run({"render", "no_such_model", "prob(3)"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out, "");
+  ASSERT_EQ(Lines(r.err).size(), 1u) << r.err;
+  EXPECT_TRUE(absl::StartsWith(r.err, "featviz: NOT_FOUND: ")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "no_such_model")) << r.err;
+
+  const CommandResult layers = Run({"layers", "no_such_model"});
+  EXPECT_EQ(layers.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(layers.err, "NOT_FOUND")) << layers.err;
+  EXPECT_TRUE(absl::StrContains(layers.err, "no_such_model")) << layers.err;
+}
+
+TEST_F(CliTest, MalformedObjectiveNamesTheColumn) {
+  const CommandResult r = Run({"render", "mnist_classifier", "prob(3"});
+  EXPECT_EQ(r.exit_code, 1);
+  ASSERT_EQ(Lines(r.err).size(), 1u) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "INVALID_ARGUMENT")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "column")) << r.err;
+}
+
+TEST_F(CliTest, ObjectiveOutOfRangeIsAnError) {
+  const CommandResult r = Run({"render", "mnist_classifier", "channel(conv2, 70)"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "70")) << r.err;
+}
+
+// Needs no server.
+TEST(CliNoServer, UnreachableServerIsUnavailable) {
+  absl::StatusOr<int> port = UnusedPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  const std::string address = absl::StrCat("127.0.0.1:", *port);
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"models"},
+        std::vector<std::string>{"render", "mnist_classifier", "prob(3)"}}) {
+    std::vector<std::string> with_server = {"--server", address};
+    with_server.insert(with_server.end(), args.begin(), args.end());
+    const CommandResult r = Cli(with_server);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    ASSERT_EQ(Lines(r.err).size(), 1u) << r.err;
+    EXPECT_TRUE(absl::StartsWith(
+        r.err, absl::StrCat("featviz: UNAVAILABLE: cannot reach server at ", address)))
+        << r.err;
+  }
+}
+
+TEST(CliNoServer, UsageErrorsExitWithTwo) {
+  const std::vector<std::vector<std::string>> cases = {
+      {},
+      {"bogus"},
+      {"models", "--no_such_flag"},
+      {"models", "--steps", "3"},
+      {"layers"},
+      {"render", "mnist_classifier"},
+      {"render", "mnist_classifier", "prob(3)", "--steps", "many"},
+      {"render", "mnist_classifier", "prob(3)", "--param", "wavelet"},
+      {"render", "mnist_classifier", "prob(3)", "--transforms", "spin(3)"},
+      {"render", "mnist_classifier", "prob(3)", "--batch", "2", "--labels", "a"},
+      {"render", "mnist_classifier", "prob(3)", "--steps"},
+  };
+  for (const std::vector<std::string>& args : cases) {
+    std::vector<std::string> with_server = {"--server", "127.0.0.1:1"};
+    with_server.insert(with_server.end(), args.begin(), args.end());
+    const CommandResult r = Cli(with_server);
+    EXPECT_EQ(r.exit_code, 2) << absl::StrJoin(args, " ") << "\n" << r.err;
+    EXPECT_NE(r.err, "") << absl::StrJoin(args, " ");
+  }
+}
+
+TEST(CliNoServer, HelpPrintsUsage) {
+  const CommandResult r = Cli({"--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(r.out, "usage: featviz")) << r.out;
+}
+
+}  // namespace
+}  // namespace featviz::testing

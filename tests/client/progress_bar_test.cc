@@ -1,0 +1,53 @@
+#include "client/progress_bar.h"
+
+#include <cstdio>
+
+#include <gtest/gtest.h>
+
+#include "absl/time/clock.h"
+
+namespace featviz::client {
+namespace {
+
+featviz::v1::RenderProgress Progress(int64_t step, int64_t total,
+                                     std::vector<double> values) {
+  featviz::v1::RenderProgress p;
+  p.set_step(step);
+  p.set_total_steps(total);
+  for (double v : values) p.add_term_values(v);
+  return p;
+}
+
+TEST(ProgressBar, ShowsStepsTermsAndTheWeightedTotal) {
+  ProgressBar bar(stderr, /*enabled=*/false, {"prob(3)", "tv()"}, {1.0, -0.5});
+  const std::string line =
+      bar.Line(Progress(128, 256, {0.75, 0.5}), absl::Now() + absl::Seconds(2));
+  EXPECT_NE(line.find("[##########..........]"), std::string::npos) << line;
+  EXPECT_NE(line.find("128/256"), std::string::npos) << line;
+  EXPECT_NE(line.find("prob(3)=0.75"), std::string::npos) << line;
+  EXPECT_NE(line.find("total=0.5"), std::string::npos) << line;
+  EXPECT_NE(line.find("steps/s"), std::string::npos) << line;
+}
+
+TEST(ProgressBar, ShowsRawValuesWhenTheTermsAreUnknown) {
+  ProgressBar bar(stderr, /*enabled=*/false, {}, {});
+  const std::string line = bar.Line(Progress(1, 2, {0.25}), absl::Now());
+  EXPECT_NE(line.find("0.25"), std::string::npos) << line;
+  EXPECT_EQ(line.find("total"), std::string::npos) << line;
+}
+
+TEST(ProgressBar, WritesNothingWhenDisabled) {
+  std::FILE* file = std::tmpfile();
+  ASSERT_NE(file, nullptr);
+  {
+    ProgressBar bar(file, /*enabled=*/false, {"x"}, {1});
+    bar.Update(Progress(1, 2, {1}));
+    bar.Finish();
+  }
+  EXPECT_EQ(std::ftell(file), 0);
+  EXPECT_FALSE(ProgressBar::IsTerminal(file));
+  std::fclose(file);
+}
+
+}  // namespace
+}  // namespace featviz::client

@@ -1,0 +1,136 @@
+#include "server/convert.h"
+
+#include <cmath>
+#include <memory>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "server/model_registry.h"
+
+namespace featviz::server {
+namespace {
+
+class ConvertTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    absl::StatusOr<ModelRegistryPtr> registry =
+        ModelRegistry::Create(FEATVIZ_MODELS_DIR, c10::kCPU);
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    registry_ = registry->release();
+  }
+  static void TearDownTestSuite() {
+    delete registry_;
+    registry_ = nullptr;
+  }
+
+  static v1::RenderRequest Request(const std::string& objective) {
+    v1::RenderRequest request;
+    request.set_model("mnist_classifier");
+    request.set_objective_text(objective);
+    return request;
+  }
+
+  static ModelRegistry* registry_;
+  Limits limits_;
+};
+
+ModelRegistry* ConvertTest::registry_ = nullptr;
+
+TEST(ToGrpcStatus, KeepsEveryCodeAndTheMessage) {
+  for (int code = 1; code <= 16; ++code) {
+    const grpc::Status status = ToGrpcStatus(
+        absl::Status(static_cast<absl::StatusCode>(code), "what went wrong"));
+    EXPECT_EQ(static_cast<int>(status.error_code()), code);
+    EXPECT_EQ(status.error_message(), "what went wrong");
+  }
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+}
+
+TEST(Prefixed, KeepsTheCode) {
+  const absl::Status status =
+      Prefixed("objective_text", absl::OutOfRangeError("channel 70"));
+  EXPECT_EQ(status.code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(status.message(), "objective_text: channel 70");
+}
+
+TEST(TensorFromProto, RoundTripsTensorToProto) {
+  const at::Tensor tensor = at::arange(24, at::kFloat).view({2, 3, 4}) / 24;
+  const v1::Tensor proto = TensorToProto(tensor);
+  EXPECT_EQ(proto.data().size(), 24 * sizeof(float));
+  absl::StatusOr<at::Tensor> back = TensorFromProto(proto, "t");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(at::equal(*back, tensor));
+}
+
+TEST(TensorFromProto, RefusesAShapeWhoseSizeOverflows) {
+  v1::Tensor proto;
+  proto.set_dtype(v1::Tensor::DTYPE_FLOAT32);
+  for (int i = 0; i < 4; ++i) proto.add_shape(int64_t{1} << 40);
+  proto.set_data(std::string(16, '\0'));
+  const absl::Status status = TensorFromProto(proto, "image.init_image").status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("needs more bytes than fit in 64 bits"), std::string::npos)
+      << status;
+}
+
+TEST_F(ConvertTest, PlanFillsTheDocumentedDefaults) {
+  absl::StatusOr<RenderPlan> plan =
+      PlanRender(Request("channel(conv2, 5)"), *registry_, limits_);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->options.steps, 256);
+  EXPECT_EQ(plan->options.lr, 0.05);
+  EXPECT_EQ(plan->options.progress_every, 16);
+  EXPECT_EQ(plan->options.param.batch, 1);
+  EXPECT_EQ(plan->options.param.height, 28);
+  EXPECT_EQ(plan->options.param.kind, core::ParamKind::kFft);
+  EXPECT_EQ(plan->options.param.decay_power, 1.0);
+  ASSERT_TRUE(plan->options.transforms.has_value());
+  EXPECT_EQ(*plan->options.transforms, core::DefaultTransforms(28, 28));
+  EXPECT_FALSE(plan->seed.has_value());
+  EXPECT_EQ(plan->objective.ToString(), "channel(conv2, 5)");
+}
+
+TEST_F(ConvertTest, PlanAppliesTheServersLimits) {
+  limits_.max_steps = 100;
+  v1::RenderRequest request = Request("logit(1)");
+  request.mutable_optimizer()->set_steps(101);
+  const absl::Status status = PlanRender(request, *registry_, limits_).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(),
+            "optimizer.steps must be in [1, 100] (0 means 256), got 101");
+}
+
+TEST_F(ConvertTest, ObjectiveTreeBecomesTheSameObjectiveAsItsText) {
+  v1::Objective tree;
+  v1::WeightedTerm* neuron = tree.add_terms();
+  neuron->set_weight(2);
+  neuron->mutable_term()->set_kind(v1::TERM_KIND_NEURON);
+  neuron->mutable_term()->set_layer("conv2");
+  neuron->mutable_term()->set_index(3);
+  neuron->mutable_term()->set_x(1);
+  neuron->mutable_term()->set_y(2);
+  v1::WeightedTerm* l2 = tree.add_terms();
+  l2->set_weight(-0.5);
+  l2->mutable_term()->set_kind(v1::TERM_KIND_L2);
+  l2->mutable_term()->set_param(0.25);
+  l2->mutable_term()->set_batch(0);
+  absl::StatusOr<core::Objective> objective = ObjectiveFromProto(tree);
+  ASSERT_TRUE(objective.ok()) << objective.status();
+  EXPECT_EQ(*objective,
+            *core::Objective::Parse(
+                "2 * neuron(conv2, 3, 1, 2) - 0.5 * l2(0.25, batch=0)"));
+}
+
+TEST_F(ConvertTest, ModelToProtoNamesEveryClassAndLayer) {
+  absl::StatusOr<const core::Model*> model = registry_->Find("mnist_classifier");
+  ASSERT_TRUE(model.ok());
+  const v1::Model proto = ModelToProto(**model);
+  EXPECT_EQ(proto.class_names_size(), 10);
+  EXPECT_EQ(proto.layers_size(), 4);
+  EXPECT_EQ(proto.input().mean_size(), 1);
+  EXPECT_EQ(proto.device(), "cpu");
+}
+
+}  // namespace
+}  // namespace featviz::server
