@@ -9,8 +9,10 @@
 #include <sstream>
 #include <unordered_map>
 
+#include <torch/csrc/api/include/torch/jit.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include "absl/strings/match.h"
@@ -30,6 +32,53 @@ using torch::jit::Value;
 bool IsModule(const Value* v) {
   auto cls = v->type()->cast<c10::ClassType>();
   return cls && cls->is_module();
+}
+
+// A linear layer computed row by row: every row is one [1, K] x [K, N]
+// product, whatever the batch size. BLAS picks its kernels and blocking by
+// the number of rows, so a plain addmm gives a row different low bits
+// depending on how many other rows share the batch; that would make a job's
+// images depend on which other jobs it was batched with.
+constexpr char kRowwiseLinear[] = R"JIT(
+def featviz_rowwise_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    k = x.size(-1)
+    rows = x.reshape([-1, 1, k])
+    w = weight.t().unsqueeze(0).expand([rows.size(0), k, weight.size(0)])
+    out_shape = x.size()[:-1]
+    out_shape.append(weight.size(0))
+    y = torch.bmm(rows, w).reshape(out_shape)
+    if bias is not None:
+        y = y + bias
+    return y
+)JIT";
+
+const torch::jit::Graph& RowwiseLinearGraph() {
+  static const std::shared_ptr<Graph> graph = [] {
+    std::shared_ptr<torch::jit::CompilationUnit> unit =
+        torch::jit::compile(kRowwiseLinear);
+    return torch::jit::toGraphFunction(
+               unit->get_function("featviz_rowwise_linear"))
+        .graph()
+        ->copy();
+  }();
+  return *graph;
+}
+
+void RewriteLinearsRowwise(torch::jit::Block* block) {
+  for (auto it = block->nodes().begin(); it != block->nodes().end();) {
+    Node* node = *it;
+    ++it;
+    for (torch::jit::Block* sub : node->blocks()) RewriteLinearsRowwise(sub);
+    if (node->kind() != c10::aten::linear || node->inputs().size() != 3) {
+      continue;
+    }
+    torch::jit::WithInsertPoint guard(node);
+    Graph& graph = *node->owningGraph();
+    std::vector<Value*> outputs = torch::jit::insertGraph(
+        graph, const_cast<Graph&>(RowwiseLinearGraph()), node->inputs());
+    node->output()->replaceAllUsesWith(outputs[0]);
+    node->destroy();
+  }
 }
 
 // The forward graph with the outputs of `wanted` submodules appended.
@@ -119,6 +168,10 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
     while (!graph->outputs().empty()) graph->eraseOutput(0);
     graph->registerOutput(tuple);
   }
+  // Everything left is inlined so that every linear layer is visible, then
+  // linear layers become batch-invariant (see kRowwiseLinear).
+  torch::jit::Inline(*graph);
+  RewriteLinearsRowwise(graph->block());
   result.graph = std::move(graph);
   return result;
 }

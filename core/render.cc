@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/batch.h"
 #include "core/objective_eval.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
@@ -160,21 +161,14 @@ absl::StatusOr<RenderResult> Render(const Model& model,
                                     const std::atomic<bool>* cancelled) {
   FEATVIZ_ASSIGN_OR_RETURN(auto session,
                            RenderSession::Create(model, objective, options));
-  const std::vector<std::string> layers = objective.Layers();
   while (!session->done()) {
     if (cancelled != nullptr && cancelled->load(std::memory_order_relaxed)) {
       return absl::CancelledError(absl::StrCat(
           "render cancelled after step ", session->steps_done()));
     }
-    try {
-      FEATVIZ_ASSIGN_OR_RETURN(Taps taps,
-                               model.Forward(session->PrepareInput(), layers));
-      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor loss, session->Loss(taps));
-      loss.backward();
-      session->Update();
-    } catch (const std::exception& e) {
-      return TorchError(e, absl::StrCat("render step ", session->steps_done()));
-    }
+    // The same step a worker runs for a batch of jobs, with a batch of one:
+    // so a job renders the same alone and batched.
+    FEATVIZ_RETURN_IF_ERROR(StepTogether(model, {session.get()}));
     const int64_t every = options.progress_every;
     if (progress && every > 0 &&
         (session->steps_done() % every == 0 || session->done())) {

@@ -215,3 +215,32 @@ TEST(ModelForward, RejectsImagesOfTheWrongShape) {
 
 }  // namespace
 }  // namespace featviz::core
+
+namespace featviz::core {
+namespace {
+
+// BLAS gives a row of a matrix product different low bits depending on how
+// many rows share it; the tapped forward computes linear layers row by row
+// so a job's numbers do not depend on who shares its batch.
+TEST(ModelForward, GivesEachImageTheSameBitsAloneAndInABatch) {
+  auto model = MustLoad(featviz::testing::MnistModel());
+  ASSERT_NE(model, nullptr);
+  at::manual_seed(3);
+  at::Tensor images = at::rand({64, 1, 28, 28}).requires_grad_(true);
+  absl::StatusOr<Taps> batch = model->Forward(images, {"fc1", "conv2"});
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  (batch->logits.select(1, 3).sum() + batch->activations.at("fc1").sum()).backward();
+  for (int64_t i : {0, 17, 63}) {
+    at::Tensor one = images.detach()[i].unsqueeze(0).clone().requires_grad_(true);
+    absl::StatusOr<Taps> alone = model->Forward(one, {"fc1", "conv2"});
+    ASSERT_TRUE(alone.ok());
+    (alone->logits.select(1, 3).sum() + alone->activations.at("fc1").sum()).backward();
+    EXPECT_TRUE(at::equal(alone->logits[0], batch->logits[i])) << i;
+    EXPECT_TRUE(at::equal(alone->activations.at("fc1")[0],
+                          batch->activations.at("fc1")[i])) << i;
+    EXPECT_TRUE(at::equal(one.grad()[0], images.grad()[i])) << i;
+  }
+}
+
+}  // namespace
+}  // namespace featviz::core
