@@ -106,6 +106,9 @@ class RenderSession {
 
  private:
   RenderSession(const Model& model, Objective objective, RenderOptions options);
+  // Steps many sessions at once, reaching into their images and streams.
+  friend absl::Status StepTogether(const Model& model,
+                                   const std::vector<RenderSession*>& sessions);
 
   const Model& model_;
   Objective objective_;

@@ -1,6 +1,7 @@
 #include "core/transform.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -43,10 +44,6 @@ std::string FormatNumber(double v) {
   return s;
 }
 
-at::Tensor Resize(const at::Tensor& x, int64_t h, int64_t w) {
-  if (x.size(2) == h && x.size(3) == w) return x;
-  return at::upsample_bilinear2d(x, {h, w}, /*align_corners=*/false);
-}
 
 }  // namespace
 
@@ -162,53 +159,90 @@ absl::StatusOr<TransformList> ParseTransforms(absl::string_view text,
   return out;
 }
 
-at::Tensor ApplyTransforms(const TransformList& transforms,
-                           const at::Tensor& images, std::mt19937_64& rng,
-                           int64_t out_height, int64_t out_width) {
-  at::Tensor x = images;
+at::Tensor TransformMatrices(const TransformList& transforms, int64_t batch,
+                             int64_t height, int64_t width,
+                             std::mt19937_64& rng) {
+  // m maps output coordinates to input coordinates. The image goes through
+  // the transforms in order, so the input coordinate of an output point is
+  // g_1(g_2(...g_n(u))): each transform's map multiplies on the right.
+  double m[2][3] = {{1, 0, 0}, {0, 1, 0}};
+  auto then = [&m](double a, double b, double c, double d, double tx,
+                   double ty) {
+    // m <- m * [[a, b, tx], [c, d, ty], [0, 0, 1]]
+    double r[2][3];
+    for (int i = 0; i < 2; ++i) {
+      r[i][0] = m[i][0] * a + m[i][1] * c;
+      r[i][1] = m[i][0] * b + m[i][1] * d;
+      r[i][2] = m[i][0] * tx + m[i][1] * ty + m[i][2];
+    }
+    std::memcpy(m, r, sizeof(m));
+  };
+  const double h = static_cast<double>(height);
+  const double w = static_cast<double>(width);
   for (const Transform& t : transforms) {
-    const int64_t h = x.size(2), w = x.size(3);
     switch (t.kind) {
       case Transform::Kind::kPad: {
-        if (t.pixels == 0) break;
-        const std::vector<int64_t> pad(4, t.pixels);
-        x = t.pixels < std::min(h, w) ? at::reflection_pad2d(x, pad)
-                                      : at::replication_pad2d(x, pad);
+        const double n = static_cast<double>(t.pixels);
+        then((w + 2 * n) / w, 0, 0, (h + 2 * n) / h, 0, 0);
         break;
       }
       case Transform::Kind::kJitter: {
-        const int64_t d = std::min<int64_t>(t.pixels, std::min(h, w) - 1);
-        if (d <= 0) break;
-        const int64_t dy = Draw(rng, d + 1), dx = Draw(rng, d + 1);
-        x = x.narrow(2, dy, h - d).narrow(3, dx, w - d);
+        const int64_t d = t.pixels;
+        // Whole-pixel shifts, centred on zero as far as whole pixels allow,
+        // in normalised units.
+        const double dx = static_cast<double>(Draw(rng, d + 1) - d / 2);
+        const double dy = static_cast<double>(Draw(rng, d + 1) - d / 2);
+        then(1, 0, 0, 1, 2 * dx / w, 2 * dy / h);
         break;
       }
       case Transform::Kind::kScale: {
         const double f = Pick(rng, t.values);
-        const int64_t nh = std::max<int64_t>(1, std::llround(h * f));
-        const int64_t nw = std::max<int64_t>(1, std::llround(w * f));
-        x = Resize(x, nh, nw);
+        then(1 / f, 0, 0, 1 / f, 0, 0);
         break;
       }
       case Transform::Kind::kRotate: {
         const double a = Pick(rng, t.values) * kPi / 180.0;
-        if (a == 0) break;
-        const float c = static_cast<float>(std::cos(a));
-        const float s = static_cast<float>(std::sin(a));
-        at::Tensor theta = at::tensor({c, -s, 0.0f, s, c, 0.0f})
-                               .view({1, 2, 3})
-                               .expand({x.size(0), 2, 3})
-                               .to(x.device(), x.scalar_type());
-        at::Tensor grid = at::affine_grid_generator(
-            theta, {x.size(0), x.size(1), h, w}, /*align_corners=*/false);
-        // Bilinear, border padding: corners show the edge colour rather
-        // than a black wedge the objective could learn to use.
-        x = at::grid_sampler(x, grid, 0, 1, /*align_corners=*/false);
+        // Rotation in pixel space: normalised x and y have different units
+        // when the image is not square.
+        const double c = std::cos(a), s = std::sin(a);
+        then(c, -s * h / w, s * w / h, c, 0, 0);
         break;
       }
     }
   }
-  return Resize(x, out_height, out_width);
+  at::Tensor theta = at::empty({1, 2, 3}, at::kFloat);
+  float* p = theta.data_ptr<float>();
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 3; ++j) p[i * 3 + j] = static_cast<float>(m[i][j]);
+  }
+  return theta.expand({batch, 2, 3}).contiguous();
+}
+
+at::Tensor SampleAffine(const at::Tensor& images, const at::Tensor& matrices,
+                        int64_t out_height, int64_t out_width) {
+  at::Tensor theta = matrices.to(images.device(), images.scalar_type());
+  at::Tensor grid = at::affine_grid_generator(
+      theta, {images.size(0), images.size(1), out_height, out_width},
+      /*align_corners=*/false);
+  // Bilinear; reflection at the border, so padding and rotation show mirrored
+  // content rather than a constant the objective could learn to exploit.
+  return at::grid_sampler(images, grid, /*interpolation_mode=*/0,
+                          /*padding_mode=*/2, /*align_corners=*/false);
+}
+
+bool IsIdentity(const TransformList& transforms, int64_t height,
+                int64_t width, int64_t out_height, int64_t out_width) {
+  return transforms.empty() && height == out_height && width == out_width;
+}
+
+at::Tensor ApplyTransforms(const TransformList& transforms,
+                           const at::Tensor& images, std::mt19937_64& rng,
+                           int64_t out_height, int64_t out_width) {
+  const int64_t h = images.size(2), w = images.size(3);
+  if (IsIdentity(transforms, h, w, out_height, out_width)) return images;
+  return SampleAffine(images,
+                      TransformMatrices(transforms, images.size(0), h, w, rng),
+                      out_height, out_width);
 }
 
 }  // namespace featviz::core

@@ -21,10 +21,12 @@
 namespace featviz::core {
 
 struct Transform {
+  // Every transform keeps the image size: the whole list becomes one
+  // affine map per image, sampled once (bilinear, reflected at the border).
   enum class Kind {
-    kPad,     // Reflect-pad every side by `pixels`.
-    kJitter,  // Random crop losing up to `pixels` rows and columns.
-    kScale,   // Resize by a factor drawn from `values`.
+    kPad,     // Zoom out so a reflected border of `pixels` appears.
+    kJitter,  // Shift by a whole number of pixels in [-pixels/2, pixels/2].
+    kScale,   // Zoom about the centre by a factor drawn from `values`.
     kRotate,  // Rotate by an angle in degrees drawn from `values`.
   };
   Kind kind = Kind::kPad;
@@ -51,9 +53,29 @@ absl::StatusOr<TransformList> ParseTransforms(absl::string_view text,
                                               int64_t height, int64_t width);
 std::string TransformsToString(const TransformList& transforms);
 
-// Applies the list to [B, C, H, W] images (one random draw per transform,
-// shared by the batch), then resizes the result back to out_height x
-// out_width, the model's input size.
+// Draws the list's random parameters (one draw per transform, shared by the
+// `batch` images) and composes them into [batch, 2, 3] affine matrices that
+// map output coordinates to input coordinates (normalised to [-1, 1]), as
+// at::affine_grid_generator takes them. `height` and `width` are the input
+// image's size, which the pixel amounts refer to.
+at::Tensor TransformMatrices(const TransformList& transforms, int64_t batch,
+                             int64_t height, int64_t width,
+                             std::mt19937_64& rng);
+
+// Samples [B, C, H, W] images through [B, 2, 3] matrices into
+// [B, C, out_height, out_width] (bilinear, border reflected). Each image is
+// sampled on its own, so the result for an image does not depend on the
+// others in the stack.
+at::Tensor SampleAffine(const at::Tensor& images, const at::Tensor& matrices,
+                        int64_t out_height, int64_t out_width);
+
+// True when the list is empty and the sizes agree: nothing to sample.
+bool IsIdentity(const TransformList& transforms, int64_t height,
+                int64_t width, int64_t out_height, int64_t out_width);
+
+// The list applied to [B, C, H, W] images, resampled to out_height x
+// out_width (the model's input size): TransformMatrices then SampleAffine,
+// or the images themselves when IsIdentity.
 at::Tensor ApplyTransforms(const TransformList& transforms,
                            const at::Tensor& images, std::mt19937_64& rng,
                            int64_t out_height, int64_t out_width);

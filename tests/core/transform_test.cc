@@ -1,5 +1,7 @@
 #include "core/transform.h"
 
+#include <set>
+
 #include <gtest/gtest.h>
 
 namespace featviz::core {
@@ -49,27 +51,68 @@ TEST(Transforms, NoneLeavesTheImageAlone) {
   EXPECT_TRUE(at::equal(ApplyTransforms({}, images, rng, 28, 28), images));
 }
 
-TEST(Transforms, JitterCropsAndPadGrows) {
-  std::mt19937_64 rng(3);
-  at::Tensor images = at::rand({1, 1, 20, 20});
-  Transform pad{Transform::Kind::kPad, 3, {}};
-  Transform jitter{Transform::Kind::kJitter, 4, {}};
-  // out size equal to the intermediate size, so nothing is resized.
-  EXPECT_EQ(ApplyTransforms({pad}, images, rng, 26, 26).size(3), 26);
-  EXPECT_EQ(ApplyTransforms({jitter}, images, rng, 16, 16).size(3), 16);
+// A single lit pixel, to see where transforms move things.
+at::Tensor Dot(int64_t size, int64_t y, int64_t x) {
+  at::Tensor images = at::zeros({1, 1, size, size});
+  images[0][0][y][x] = 1.0;
+  return images;
 }
 
-TEST(Transforms, RotateByZeroIsIdentityAndByNinetyTurnsTheImage) {
-  std::mt19937_64 rng(5);
-  at::Tensor images = at::zeros({1, 1, 9, 9});
-  images[0][0][0].fill_(1.0);  // Top row lit.
-  Transform rotate{Transform::Kind::kRotate, 0, {90}};
-  at::Tensor out = ApplyTransforms({rotate}, images, rng, 9, 9);
-  // A quarter turn moves the lit row to a column.
-  EXPECT_GT(out[0][0].select(1, 0).mean().item<double>() +
-                out[0][0].select(1, 8).mean().item<double>(),
-            0.5);
-  EXPECT_LT(out[0][0][0].mean().item<double>(), 0.5);
+std::pair<int64_t, int64_t> Brightest(const at::Tensor& image) {
+  const int64_t index = image.flatten().argmax().item<int64_t>();
+  return {index / image.size(-1), index % image.size(-1)};
+}
+
+TEST(Transforms, JitterShiftsByWholePixels) {
+  Transform jitter{Transform::Kind::kJitter, 4, {}};
+  std::set<std::pair<int64_t, int64_t>> seen;
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 40; ++i) {
+    at::Tensor out = ApplyTransforms({jitter}, Dot(21, 10, 10), rng, 21, 21);
+    // A whole-pixel shift moves the dot without blurring it.
+    EXPECT_NEAR(out.max().item<double>(), 1.0, 1e-5);
+    auto [y, x] = Brightest(out);
+    EXPECT_LE(std::abs(y - 10), 2);
+    EXPECT_LE(std::abs(x - 10), 2);
+    seen.insert({y, x});
+  }
+  EXPECT_GT(seen.size(), 5u);
+}
+
+TEST(Transforms, PadZoomsOutAndScaleZoomsIn) {
+  std::mt19937_64 rng(1);
+  // A dot 8 px right of the centre of a 33 px image.
+  at::Tensor dot = Dot(33, 16, 24);
+  Transform pad{Transform::Kind::kPad, 8, {}};  // 33 -> 49 px of content
+  Transform zoom{Transform::Kind::kScale, 0, {2.0}};
+  EXPECT_EQ(Brightest(ApplyTransforms({pad}, dot, rng, 33, 33)).second,
+            16 + 5);  // 8 * 33 / 49 = 5.4
+  EXPECT_EQ(Brightest(ApplyTransforms({zoom}, dot, rng, 33, 33)).second,
+            16 + 16);
+}
+
+TEST(Transforms, ComposeIntoOneMatrixPerImage) {
+  std::mt19937_64 a(9), b(9);
+  const TransformList t = DefaultTransforms(28, 28);
+  at::Tensor m = TransformMatrices(t, 3, 28, 28, a);
+  EXPECT_EQ(m.sizes(), (std::vector<int64_t>{3, 2, 3}));
+  // The batch shares one draw.
+  EXPECT_TRUE(at::equal(m[0], m[2]));
+  at::Tensor images = at::rand({3, 1, 28, 28});
+  EXPECT_TRUE(at::equal(SampleAffine(images, m, 28, 28),
+                        ApplyTransforms(t, images, b, 28, 28)));
+}
+
+TEST(Transforms, SampleEachImageIndependentlyOfTheStack) {
+  std::mt19937_64 rng(4);
+  at::Tensor images = at::rand({16, 3, 24, 24});
+  at::Tensor m = at::cat({TransformMatrices(DefaultTransforms(24, 24), 8, 24, 24, rng),
+                          TransformMatrices(DefaultTransforms(24, 24), 8, 24, 24, rng)});
+  at::Tensor all = SampleAffine(images, m, 20, 20);
+  for (int64_t i : {0, 9, 15}) {
+    EXPECT_TRUE(at::equal(all[i], SampleAffine(images.narrow(0, i, 1),
+                                               m.narrow(0, i, 1), 20, 20)[0]));
+  }
 }
 
 TEST(TransformText, ParsesAndPrintsLists) {
