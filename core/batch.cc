@@ -1,5 +1,6 @@
 #include "core/batch.h"
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -34,9 +35,40 @@ absl::Status StepTogether(const Model& model,
     std::vector<at::Tensor> inputs(sessions.size());
     std::map<std::vector<int64_t>, std::vector<size_t>> by_size;
     std::vector<at::Tensor> thetas(sessions.size());
+    // Sessions whose images come from same-shaped variables get them from
+    // one parameterisation call over their concatenated variables.
+    std::vector<std::vector<size_t>> param_groups;
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      auto same = std::find_if(
+          param_groups.begin(), param_groups.end(), [&](const auto& group) {
+            return sessions[group[0]]->param_->SameShape(*sessions[i]->param_);
+          });
+      if (same == param_groups.end()) {
+        param_groups.push_back({i});
+      } else {
+        same->push_back(i);
+      }
+    }
+    for (const std::vector<size_t>& group : param_groups) {
+      const ImageParam& param = *sessions[group[0]]->param_;
+      if (group.size() == 1) {
+        sessions[group[0]]->images_ = param.Image();
+        continue;
+      }
+      std::vector<at::Tensor> variables;
+      std::vector<int64_t> sizes;
+      for (size_t i : group) {
+        variables.push_back(sessions[i]->param_->parameters()[0]);
+        sizes.push_back(sessions[i]->batch());
+      }
+      std::vector<at::Tensor> images =
+          param.ImageFrom(at::cat(variables)).split_with_sizes(sizes);
+      for (size_t k = 0; k < group.size(); ++k) {
+        sessions[group[k]]->images_ = images[k];
+      }
+    }
     for (size_t i = 0; i < sessions.size(); ++i) {
       RenderSession* s = sessions[i];
-      s->images_ = s->param_->Image();
       const int64_t h = s->images_.size(2), w = s->images_.size(3);
       if (IsIdentity(s->transforms_, h, w, card.height, card.width)) {
         inputs[i] = s->images_;
@@ -63,12 +95,25 @@ absl::Status StepTogether(const Model& model,
     }
     at::Tensor stacked = inputs.size() == 1 ? inputs[0] : at::cat(inputs);
     FEATVIZ_ASSIGN_OR_RETURN(Taps taps, model.Forward(stacked, layers));
+    // One split per tapped tensor, not a slice per session: each slice's
+    // backward would materialise a zero gradient of the whole batch.
+    std::vector<int64_t> sizes;
+    for (const RenderSession* s : sessions) sizes.push_back(s->batch());
+    std::vector<Taps> parts(sessions.size());
+    auto split = [&](const at::Tensor& t, auto assign) {
+      std::vector<at::Tensor> pieces = t.split_with_sizes(sizes);
+      for (size_t i = 0; i < sessions.size(); ++i) assign(parts[i], pieces[i]);
+    };
+    split(taps.logits, [](Taps& p, at::Tensor t) { p.logits = std::move(t); });
+    split(taps.probs, [](Taps& p, at::Tensor t) { p.probs = std::move(t); });
+    for (const auto& [layer, activation] : taps.activations) {
+      split(activation, [&layer = layer](Taps& p, at::Tensor t) {
+        p.activations[layer] = std::move(t);
+      });
+    }
     at::Tensor total;
-    int64_t offset = 0;
-    for (RenderSession* s : sessions) {
-      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor loss,
-                               s->Loss(taps.Slice(offset, s->batch())));
-      offset += s->batch();
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor loss, sessions[i]->Loss(parts[i]));
       total = total.defined() ? total + loss : loss;
     }
     total.backward();

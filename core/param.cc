@@ -146,13 +146,22 @@ at::Tensor ImageParam::FromImage(const at::Tensor& image) const {
   return x;
 }
 
-at::Tensor ImageParam::Image() const {
-  const at::Tensor& v = parameters_[0];
-  if (options_.kind == ParamKind::kPixel) return ToImage(v);
-  at::Tensor spectrum = at::view_as_complex(v) * spectrum_scale_;
-  at::Tensor pre = at::fft_irfft2(spectrum, c10::IntArrayRef{options_.height, options_.width},
-                                  {-2, -1}, "ortho");
+at::Tensor ImageParam::ImageFrom(const at::Tensor& variable) const {
+  if (options_.kind == ParamKind::kPixel) return ToImage(variable);
+  at::Tensor spectrum = at::view_as_complex(variable) * spectrum_scale_;
+  at::Tensor pre = at::fft_irfft2(
+      spectrum, c10::IntArrayRef{options_.height, options_.width}, {-2, -1},
+      "ortho");
   return ToImage(pre / kFftImageDivisor);
+}
+
+bool ImageParam::SameShape(const ImageParam& other) const {
+  const ParamOptions& a = options_;
+  const ParamOptions& b = other.options_;
+  return a.kind == b.kind && a.channels == b.channels &&
+         a.height == b.height && a.width == b.width &&
+         a.decay_power == b.decay_power &&
+         colour_.defined() == other.colour_.defined();
 }
 
 }  // namespace featviz::core

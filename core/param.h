@@ -54,7 +54,14 @@ class ImageParam {
   // The leaf tensors the optimiser updates.
   const std::vector<at::Tensor>& parameters() const { return parameters_; }
   // The images, [B, C, H, W] in (0, 1), differentiable w.r.t. parameters().
-  at::Tensor Image() const;
+  at::Tensor Image() const { return ImageFrom(parameters_[0]); }
+  // The images for a variable of this parameterisation's shape, or for
+  // several such variables concatenated along the batch: params whose
+  // SameShape() is true can be turned into images in one call.
+  at::Tensor ImageFrom(const at::Tensor& variable) const;
+  // True when `other` makes images from variables of the same shape and
+  // with the same spectrum scale and colour space.
+  bool SameShape(const ImageParam& other) const;
   const ParamOptions& options() const { return options_; }
 
  private:
