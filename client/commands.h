@@ -1,7 +1,8 @@
 // The `featviz` subcommands over a VisualizerClient: list models, list a
-// model's layers, render. Each writes its report to `out` (a table, a summary
-// line, or with `json` exactly one JSON document and nothing else) and
-// returns the first error: the server's status, or a local file error.
+// model's layers, render (`featviz bench` is in client/bench.h). Each writes
+// its report to `out` (a table, a summary line, or with `json` exactly one
+// JSON document and nothing else) and returns the first error: the server's
+// status, or a local file error.
 #ifndef FEATVIZ_CLIENT_COMMANDS_H_
 #define FEATVIZ_CLIENT_COMMANDS_H_
 

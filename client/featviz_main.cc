@@ -3,6 +3,7 @@
 //   featviz models
 //   featviz layers mnist_classifier
 //   featviz render mnist_classifier 'prob(3)' --steps 256 --out three.png
+//   featviz bench --clients 8 --jobs 8
 //
 // Exit codes: 0 success; 1 an error from the server, an unreachable server,
 // or a file that could not be written; 2 a usage error.
@@ -22,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "client/bench.h"
 #include "client/commands.h"
 #include "client/progress_bar.h"
 #include "client/visualizer_client.h"
@@ -54,6 +56,17 @@ ABSL_FLAG(std::string, labels, "",
           "probability");
 ABSL_FLAG(int64_t, scale, 0, "Grid magnification; 0: cells of at least 112 px");
 ABSL_FLAG(int64_t, columns, 0, "Grid columns; 0: one row up to 10 images");
+ABSL_FLAG(int64_t, clients, 8, "bench: client threads");
+ABSL_FLAG(int64_t, jobs, 4, "bench: renders each client sends in turn");
+ABSL_FLAG(std::string, model, "mnist_classifier", "bench: the hosted model");
+ABSL_FLAG(std::string, objectives, "channel(conv2, {i%32})|logit({i%10})",
+          "bench: '|'-separated objective templates; {i} is the job's index, "
+          "{i%K} its index mod K");
+ABSL_FLAG(int64_t, seed_base, 0,
+          "bench: job g's seed is seed_base + g (a server's result cache "
+          "answers seeds it has seen)");
+ABSL_FLAG(bool, sequential, false,
+          "bench: the same jobs one after another from one thread");
 
 namespace featviz::client {
 namespace {
@@ -65,6 +78,7 @@ commands:
   layers MODEL [--json]           a model's layer catalogue
   render MODEL 'OBJECTIVE' [options]
                                   render a feature visualisation
+  bench [options]                 load-test the server with many renders
 
 global options:
   --server ADDR     host:port (default $FEATVIZ_SERVER, else 127.0.0.1:8980)
@@ -77,6 +91,16 @@ render options:
   --out grid.png  --labels 'a,b,c'  --scale N  --columns N
   --npy images.npy  --png_dir DIR  --previews DIR
   --json            print the result's statistics as one JSON object
+
+bench options:
+  --clients N (8)  --jobs M per client (4)  --model NAME (mnist_classifier)
+  --objectives 'channel(conv2, {i%32})|logit({i%10})'   job g uses template
+                    g % T with {i} -> g and {i%K} -> g mod K
+  --steps N (256)  --batch N (1)  --param fft|pixel (fft)
+  --seed_base S (0) job g's seed is S + g; a server's result cache answers
+                    seeds it has seen, so change S to rerun against it
+  --sequential      the same jobs one after another (the baseline)
+  --json            one JSON object: jobs, failures, jobs/s, latency, ...
 
 objectives: neuron(conv2, 5)  channel(conv2, 5)  conv2:5  layer(conv2)
   logit(7)  prob(7)  direction(fc1, [...])  diversity(conv2)  alignment(conv2)
@@ -96,12 +120,24 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
        {"json", "steps", "size", "param", "batch", "seed", "lr", "decay",
         "transforms", "progress_every", "out", "npy", "png_dir", "previews",
         "labels", "scale", "columns"}},
+      {"bench",
+       {"json", "steps", "batch", "param", "clients", "jobs", "model",
+        "objectives", "sequential", "seed_base"}},
   };
   return *flags;
 }
 const std::set<std::string>& GlobalFlags() {
   static const auto* flags = new std::set<std::string>{"server", "timeout"};
   return *flags;
+}
+
+// Whether some command takes flag `name`.
+bool KnownFlag(const std::string& name) {
+  if (GlobalFlags().count(name) > 0) return true;
+  for (const auto& [command, flags] : CommandFlags()) {
+    if (flags.count(name) > 0) return true;
+  }
+  return false;
 }
 
 struct Args {
@@ -142,14 +178,11 @@ absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
       continue;
     }
     absl::CommandLineFlag* flag = nullptr;
-    const bool known = GlobalFlags().count(name) > 0 ||
-                       CommandFlags().at("render").count(name) > 0;
-    if (known) flag = absl::FindCommandLineFlag(name);
+    if (KnownFlag(name)) flag = absl::FindCommandLineFlag(name);
     bool negated = false;
     if (flag == nullptr && absl::StartsWith(name, "no")) {
       const std::string positive = name.substr(2);
-      if (GlobalFlags().count(positive) > 0 ||
-          CommandFlags().at("render").count(positive) > 0) {
+      if (KnownFlag(positive)) {
         flag = absl::FindCommandLineFlag(positive);
         if (flag != nullptr && flag->IsOfType<bool>()) {
           negated = true;
@@ -220,7 +253,7 @@ int Main(int argc, char** argv) {
   const auto allowed = CommandFlags().find(command);
   if (allowed == CommandFlags().end()) {
     return UsageError(absl::StrCat("unknown command '", command,
-                                   "' (models, layers, render)"));
+                                   "' (models, layers, render, bench)"));
   }
   for (const std::string& flag : args->flags) {
     if (GlobalFlags().count(flag) == 0 && allowed->second.count(flag) == 0) {
@@ -254,6 +287,28 @@ int Main(int argc, char** argv) {
   } else if (command == "layers") {
     if (operands.size() != 1) return UsageError("usage: featviz layers MODEL");
     status = RunLayers(**client, operands[0], absl::GetFlag(FLAGS_json), stdout);
+  } else if (command == "bench") {
+    if (!operands.empty()) return UsageError("featviz bench takes no arguments");
+    BenchOptions options;
+    options.model = absl::GetFlag(FLAGS_model);
+    options.objectives = absl::GetFlag(FLAGS_objectives);
+    options.clients = absl::GetFlag(FLAGS_clients);
+    options.jobs_per_client = absl::GetFlag(FLAGS_jobs);
+    // --steps and --param default to "the server's" for render; the bench
+    // states its own so that runs compare.
+    options.steps = absl::GetFlag(FLAGS_steps) != 0 ? absl::GetFlag(FLAGS_steps)
+                                                    : 256;
+    options.batch = absl::GetFlag(FLAGS_batch);
+    if (!absl::GetFlag(FLAGS_param).empty()) {
+      options.param = absl::GetFlag(FLAGS_param);
+    }
+    options.seed_base = absl::GetFlag(FLAGS_seed_base);
+    options.sequential = absl::GetFlag(FLAGS_sequential);
+    options.json = absl::GetFlag(FLAGS_json);
+    if (absl::Status valid = ValidateBenchOptions(options); !valid.ok()) {
+      return UsageError(std::string(valid.message()));
+    }
+    status = RunBench(**client, options, stdout, stderr);
   } else {
     if (operands.size() != 2) {
       return UsageError("usage: featviz render MODEL 'OBJECTIVE' [options]");

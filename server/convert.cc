@@ -427,6 +427,23 @@ absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
   plan.preview_png = output.preview_png();
   plan.options.progress_images = output.preview_png();
 
+  // scheduling
+  if (request.priority() < kMinPriority || request.priority() > kMaxPriority) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("priority must be in [", kMinPriority, ", ", kMaxPriority,
+                     "], got ", request.priority()));
+  }
+  plan.priority = request.priority();
+  plan.owner = request.owner();
+  const double timeout = request.queue_timeout_seconds();
+  if (!std::isfinite(timeout) || timeout < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "queue_timeout_seconds must be a finite number >= 0 (0 means the "
+        "server's default), got ",
+        timeout));
+  }
+  if (timeout > 0) plan.queue_timeout = absl::Seconds(timeout);
+
   const int64_t bound = ResultBytesBound(plan, card.channels);
   if (bound > limits.max_message_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -437,6 +454,30 @@ absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
         ", image.size ", image.size(), "), or leave out output.tensor"));
   }
   return plan;
+}
+
+v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
+                                   const RenderPlan& plan) {
+  v1::RenderRequest canonical = request;
+  canonical.clear_owner();
+  canonical.clear_priority();
+  canonical.clear_queue_timeout_seconds();
+  canonical.set_objective_text(plan.objective.ToString());  // Drops the tree.
+  const core::ParamOptions& param = plan.options.param;
+  v1::ImageSpec* image = canonical.mutable_image();
+  image->set_parameterization(param.kind == core::ParamKind::kPixel
+                                  ? v1::PARAMETERIZATION_PIXEL
+                                  : v1::PARAMETERIZATION_FFT);
+  if (image->size() == 0 && param.height == param.width) {
+    image->set_size(param.height);
+  }
+  image->set_batch(param.batch);
+  image->set_decay_power(param.decay_power);
+  canonical.mutable_optimizer()->set_steps(plan.options.steps);
+  canonical.mutable_optimizer()->set_lr(plan.options.lr);
+  canonical.mutable_output()->set_progress_every(plan.options.progress_every);
+  if (plan.seed.has_value()) canonical.set_seed(*plan.seed);
+  return canonical;
 }
 
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor,

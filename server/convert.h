@@ -30,6 +30,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/render.h"
@@ -54,13 +55,30 @@ struct RenderPlan {
   bool tensor = false;
   bool png = false;
   bool preview_png = false;
+  // Scheduling, as requested: the owner ("" means the caller's address), the
+  // priority (checked to be in [-10, 10]) and the queue timeout (unset when
+  // the request leaves it to the server).
+  std::string owner;
+  int priority = 0;
+  std::optional<absl::Duration> queue_timeout;
 };
+
+// Bounds of RenderRequest.priority.
+inline constexpr int kMinPriority = -10;
+inline constexpr int kMaxPriority = 10;
 
 // Validates `request` against `limits` and the hosted models and converts
 // it. Errors use the codes listed at the top of this file.
 absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
                                       const ModelRegistry& models,
                                       const Limits& limits);
+
+// `request` in the one form that every equivalent request shares, for the
+// result cache: the objective as canonical text, every default filled in from
+// `plan` (PlanRender's result for it), and the scheduling fields (owner,
+// priority, queue timeout) cleared. Serialize it deterministically to compare.
+v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
+                                   const RenderPlan& plan);
 
 // The structured objective in core's terms, checked for what the proto can
 // express but core cannot (unset kinds, non-finite weights, x without y).

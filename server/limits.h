@@ -1,7 +1,7 @@
 // What one featviz server accepts: the bounds every RenderRequest is checked
-// against and the size of the render worker pool and its queue. The defaults
-// suit a lab server shared by a few researchers; featviz-server sets each
-// from a flag of the same name.
+// against, and the sizes of the job engine (queue, batch, records, results).
+// The defaults suit a lab server shared by a few researchers; featviz-server
+// sets each from a flag of the same name.
 #ifndef FEATVIZ_SERVER_LIMITS_H_
 #define FEATVIZ_SERVER_LIMITS_H_
 
@@ -22,14 +22,26 @@ struct Limits {
   // RESOURCE_EXHAUSTED, and a render whose result could not be sent is
   // refused up front.
   int64_t max_message_bytes = int64_t{64} << 20;
-  // Renders running at once: the number of worker threads. Each render uses
-  // LibTorch's intra-op threads as well, so keep this small.
-  int max_concurrent_renders = 2;
-  // Renders accepted but not yet started. One more is refused at once with
-  // RESOURCE_EXHAUSTED rather than queued without bound.
-  int max_queued_renders = 64;
   // Steps between progress events when OutputSpec.progress_every is 0.
   int64_t default_progress_every = 16;
+
+  // Jobs accepted but not yet running, in all. One more is refused at once
+  // with RESOURCE_EXHAUSTED rather than queued without bound.
+  int64_t max_queued_jobs = 4096;
+  // The same bound for one owner, so that one user cannot fill the queue.
+  int64_t max_queued_per_owner = 1024;
+  // Longest a job may wait in the queue before it ends EXPIRED; a request's
+  // queue_timeout_seconds may shorten it but not extend it.
+  double default_queue_timeout_seconds = 600;
+  // Most images one worker steps together (the sum of its running jobs'
+  // batches). A job larger than this still runs, alone.
+  int64_t max_batch_images = 256;
+  // Job records kept; beyond this the oldest finished ones are forgotten.
+  int64_t max_job_records = 100000;
+  // How long a finished job's result is kept.
+  double result_ttl_seconds = 3600;
+  // Most bytes of results kept (512 MiB); the oldest go first.
+  int64_t result_store_bytes = int64_t{512} << 20;
 };
 
 }  // namespace featviz::server

@@ -5,10 +5,11 @@
 //
 // Once it listens it prints one line to stdout, "featviz-server listening on
 // HOST:PORT" with the port actually bound (--listen HOST:0 picks a free
-// one); logs go to stderr. SIGTERM or SIGINT drains: health turns
-// NOT_SERVING, new renders are refused with UNAVAILABLE, waiting renders end
-// with UNAVAILABLE, running ones get --shutdown_grace_seconds and are then
-// cancelled; the process exits 0.
+// one); logs go to stderr. One worker per --devices entry runs the jobs,
+// stepping up to --max_batch_images images of one model together. SIGTERM or
+// SIGINT drains: health turns NOT_SERVING, new jobs are refused with
+// UNAVAILABLE, queued jobs end with UNAVAILABLE, running ones get
+// --shutdown_grace_seconds and are then cancelled; the process exits 0.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
@@ -31,6 +33,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/status_macros.h"
@@ -44,8 +49,9 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:8980",
           "Address to listen on, HOST:PORT; port 0 picks a free port");
 ABSL_FLAG(std::string, model_dir, "models",
           "Directory of TorchScript models (*.pt, with <stem>.card.json)");
-ABSL_FLAG(std::string, device, "cpu",
-          "Device the models run on: cpu, or cuda:N with a CUDA LibTorch");
+ABSL_FLAG(std::string, devices, "cpu",
+          "Devices to run jobs on, one worker each, comma-separated: cpu, "
+          "cuda:N, or cuda for every visible GPU (needs a CUDA LibTorch)");
 ABSL_FLAG(int64_t, max_image_side, featviz::server::Limits{}.max_image_side,
           "Largest image side a render may ask for, in pixels");
 ABSL_FLAG(int64_t, max_steps, featviz::server::Limits{}.max_steps,
@@ -54,11 +60,25 @@ ABSL_FLAG(int64_t, max_batch, featviz::server::Limits{}.max_batch,
           "Most images a render may optimise together");
 ABSL_FLAG(int64_t, max_message_bytes, featviz::server::Limits{}.max_message_bytes,
           "Largest gRPC message received or sent, in bytes");
-ABSL_FLAG(int, max_concurrent_renders,
-          featviz::server::Limits{}.max_concurrent_renders,
-          "Renders running at once (worker threads)");
-ABSL_FLAG(int, max_queued_renders, featviz::server::Limits{}.max_queued_renders,
-          "Renders waiting for a worker; beyond this, RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_queued_jobs, featviz::server::Limits{}.max_queued_jobs,
+          "Jobs waiting for a worker, all owners; beyond this, "
+          "RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_queued_per_owner,
+          featviz::server::Limits{}.max_queued_per_owner,
+          "Jobs one owner may have waiting; beyond this, RESOURCE_EXHAUSTED");
+ABSL_FLAG(double, default_queue_timeout_seconds,
+          featviz::server::Limits{}.default_queue_timeout_seconds,
+          "Longest a job waits in the queue before it expires; a request may "
+          "ask for less, not more");
+ABSL_FLAG(int64_t, max_batch_images, featviz::server::Limits{}.max_batch_images,
+          "Most images a worker steps together (continuous batching)");
+ABSL_FLAG(int64_t, max_job_records, featviz::server::Limits{}.max_job_records,
+          "Job records kept; the oldest finished ones are forgotten beyond");
+ABSL_FLAG(double, result_ttl_seconds, featviz::server::Limits{}.result_ttl_seconds,
+          "How long a finished job's result is kept");
+ABSL_FLAG(int64_t, result_store_bytes,
+          featviz::server::Limits{}.result_store_bytes,
+          "Most bytes of results kept; the oldest go first");
 ABSL_FLAG(int64_t, progress_every,
           featviz::server::Limits{}.default_progress_every,
           "Steps between progress events when a request does not say");
@@ -75,25 +95,61 @@ constexpr absl::Duration kSendGrace = absl::Seconds(5);
 absl::StatusOr<c10::Device> ParseDevice(const std::string& text) {
   if (text == "cpu") return c10::Device(c10::kCPU);
   if (!absl::StartsWith(text, "cuda")) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--device must be cpu or cuda:N, got '", text, "'"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--devices: each device must be cpu or cuda:N, got '", text, "'"));
   }
   if (!torch::cuda::is_available()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--device ", text, ": this LibTorch has no CUDA or sees no GPU"));
+        "--devices ", text, ": this LibTorch has no CUDA or sees no GPU"));
   }
   try {
     c10::Device device(text);
     const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
-    if (device.has_index() && device.index() >= count) {
+    if (!device.has_index()) device.set_index(0);
+    if (device.index() >= count) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--device ", text, ": there are only ", count, " CUDA devices"));
+          "--devices ", text, ": there are only ", count, " CUDA devices"));
     }
     return device;
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--device must be cpu or cuda:N, got '", text, "'"));
+        "--devices: each device must be cpu or cuda:N, got '", text, "'"));
   }
+}
+
+// The --devices list: "cuda" alone stands for every visible GPU.
+absl::StatusOr<std::vector<c10::Device>> ParseDevices(const std::string& text) {
+  std::vector<c10::Device> devices;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    const std::string name(absl::StripAsciiWhitespace(part));
+    if (name == "cuda") {
+      const int64_t count = torch::cuda::is_available()
+                                ? static_cast<int64_t>(torch::cuda::device_count())
+                                : 0;
+      if (count == 0) {
+        return absl::InvalidArgumentError(
+            "--devices cuda: this LibTorch has no CUDA or sees no GPU");
+      }
+      for (int64_t i = 0; i < count; ++i) {
+        devices.emplace_back(c10::kCUDA, static_cast<c10::DeviceIndex>(i));
+      }
+      continue;
+    }
+    FEATVIZ_ASSIGN_OR_RETURN(c10::Device device, ParseDevice(name));
+    devices.push_back(device);
+  }
+  if (devices.empty()) {
+    return absl::InvalidArgumentError("--devices must name at least one device");
+  }
+  for (size_t i = 0; i < devices.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (devices[i] == devices[j]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--devices names ", devices[i].str(), " twice"));
+      }
+    }
+  }
+  return devices;
 }
 
 absl::StatusOr<Limits> LimitsFromFlags() {
@@ -102,8 +158,14 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
-  limits.max_concurrent_renders = absl::GetFlag(FLAGS_max_concurrent_renders);
-  limits.max_queued_renders = absl::GetFlag(FLAGS_max_queued_renders);
+  limits.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
+  limits.max_queued_per_owner = absl::GetFlag(FLAGS_max_queued_per_owner);
+  limits.default_queue_timeout_seconds =
+      absl::GetFlag(FLAGS_default_queue_timeout_seconds);
+  limits.max_batch_images = absl::GetFlag(FLAGS_max_batch_images);
+  limits.max_job_records = absl::GetFlag(FLAGS_max_job_records);
+  limits.result_ttl_seconds = absl::GetFlag(FLAGS_result_ttl_seconds);
+  limits.result_store_bytes = absl::GetFlag(FLAGS_result_store_bytes);
   limits.default_progress_every = absl::GetFlag(FLAGS_progress_every);
   if (limits.max_message_bytes < 1 || limits.max_message_bytes > INT_MAX) {
     return absl::InvalidArgumentError(
@@ -167,13 +229,21 @@ absl::Status Serve() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--shutdown_grace_seconds must be >= 0, got ", grace_seconds));
   }
-  FEATVIZ_ASSIGN_OR_RETURN(const c10::Device device,
-                           ParseDevice(absl::GetFlag(FLAGS_device)));
-  FEATVIZ_ASSIGN_OR_RETURN(
-      ModelRegistryPtr models,
-      ModelRegistry::Create(absl::GetFlag(FLAGS_model_dir), device));
+  FEATVIZ_ASSIGN_OR_RETURN(const std::vector<c10::Device> devices,
+                           ParseDevices(absl::GetFlag(FLAGS_devices)));
+  // The models once per device: each device's worker runs its own copies.
+  std::vector<ModelRegistryPtr> registries;
+  std::vector<DeviceModels> device_models;
+  for (const c10::Device& device : devices) {
+    FEATVIZ_ASSIGN_OR_RETURN(
+        ModelRegistryPtr models,
+        ModelRegistry::Create(absl::GetFlag(FLAGS_model_dir), device));
+    device_models.push_back(DeviceModels{device.str(), models.get()});
+    registries.push_back(std::move(models));
+  }
+  const ModelRegistry& models = *registries.front();
   FEATVIZ_ASSIGN_OR_RETURN(VisualizerServicePtr service,
-                           VisualizerService::Create(models.get(), limits));
+                           VisualizerService::Create(device_models, limits));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -194,9 +264,12 @@ absl::Status Serve() {
   health->SetServingStatus(kServiceName, true);
 
   const std::string address = ListeningAddress(listen, port);
-  spdlog::info("serving {} models on {} with {} workers, queue {}",
-               models->size(), address, limits.max_concurrent_renders,
-               limits.max_queued_renders);
+  spdlog::info(
+      "serving {} models on {}, devices {}, max_batch_images {}, queue {} "
+      "({} per owner)",
+      models.size(), address, absl::GetFlag(FLAGS_devices),
+      limits.max_batch_images, limits.max_queued_jobs,
+      limits.max_queued_per_owner);
   // Tests and scripts parse this line: keep it exactly so.
   std::printf("featviz-server listening on %s\n", address.c_str());
   std::fflush(stdout);

@@ -1,15 +1,20 @@
 #include "server/visualizer_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <random>
 #include <string>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
@@ -24,93 +29,104 @@ namespace {
 // does not read cannot make the server hold every preview PNG.
 constexpr size_t kMaxPendingEvents = 64;
 constexpr absl::string_view kPageTokenPrefix = "after:";
+constexpr absl::Duration kStatsLogEvery = absl::Seconds(30);
 
 uint64_t RandomSeed() {
   std::random_device device;
   return (static_cast<uint64_t>(device()) << 32) | device();
 }
 
-// Why a running render was asked to stop; the first reason wins.
-enum class StopReason : int { kNone, kClient, kDeadline, kShutdown };
+// The caller's address without its port ("ipv4:10.0.0.7"), so that one
+// client machine is one owner however many connections it opens.
+std::string PeerOwner(const std::string& peer) {
+  if (absl::StartsWith(peer, "ipv4:") || absl::StartsWith(peer, "ipv6:")) {
+    const size_t colon = peer.rfind(':');
+    if (colon != std::string::npos && colon > 5) {
+      const absl::string_view port = absl::string_view(peer).substr(colon + 1);
+      if (!port.empty() &&
+          std::all_of(port.begin(), port.end(), absl::ascii_isdigit)) {
+        return peer.substr(0, colon);
+      }
+    }
+  }
+  return peer;
+}
+
+// Hears a job's end and hands it to `done`; ignores progress.
+class EndWatcher final : public JobWatcher {
+ public:
+  explicit EndWatcher(std::function<void()> done) : done_(std::move(done)) {}
+  void OnProgress(const v1::RenderProgress&) override {}
+  void OnFinished(const absl::Status&,
+                  std::shared_ptr<const v1::RenderResult>) override {
+    done_();
+  }
+
+ private:
+  std::function<void()> done_;
+};
 
 }  // namespace
 
-class RenderStream;
-
-// One accepted render: the plan and the flag that stops it, run by the
-// worker pool. It reports to its stream until Complete(), its last call.
-class RenderJob final : public Job {
+// The reactor of one Render or WatchJob call, and the job's watcher. Events
+// are queued and written one at a time, each StartWrite only after the
+// previous OnWriteDone; the stream ends with Finish once the job has ended
+// and every queued event is written. gRPC operations are started outside
+// mu_ because their reactions may run inline on the calling thread.
+//
+// The job manager holds the stream (as a watcher) by shared_ptr until the
+// job's final call, so the object may outlive OnDone: once finished_, it
+// starts no more gRPC operations and only collects late calls.
+class EventStream final : public grpc::ServerWriteReactor<v1::RenderEvent>,
+                          public JobWatcher {
  public:
-  RenderJob(RenderStream* stream, RenderPlan plan, absl::Time accepted)
-      : stream_(stream), plan_(std::move(plan)), accepted_(accepted) {}
-
-  void Run() override;
-  void Drop(const absl::Status& why) override;
-  void Stop() override { RequestStop(StopReason::kShutdown); }
-
-  void RequestStop(StopReason reason) {
-    int none = static_cast<int>(StopReason::kNone);
-    reason_.compare_exchange_strong(none, static_cast<int>(reason));
-    cancelled_.store(true);
+  static EventStream* New(VisualizerService* service,
+                          grpc::CallbackServerContext* context) {
+    std::shared_ptr<EventStream> stream(new EventStream(service, context));
+    stream->self_ = stream;
+    return stream.get();
   }
-  // The status of a render stopped after `steps_done` steps.
-  absl::Status StopStatus(int64_t steps_done) const;
 
- private:
-  RenderStream* const stream_;  // Valid until stream_->Complete().
-  const RenderPlan plan_;
-  const absl::Time accepted_;
-  // Checked by core::Render before every step.
-  std::atomic<bool> cancelled_{false};
-  std::atomic<int> reason_{static_cast<int>(StopReason::kNone)};
-};
+  // Render: validates and submits the request, then streams the job; the
+  // client's cancel or deadline cancels the job.
+  void StartRender(const v1::RenderRequest& request);
+  // WatchJob: streams job `id`; the client's cancel only stops watching.
+  void StartWatch(const std::string& id);
 
-// The reactor of one Render call. Events from the job are queued and written
-// one at a time, each StartWrite only after the previous OnWriteDone; the
-// stream ends with Finish once the job is complete and every queued event
-// is written. gRPC operations are started outside mu_ because their
-// reactions may run inline on the calling thread.
-class RenderStream final : public grpc::ServerWriteReactor<v1::RenderEvent> {
- public:
-  RenderStream(VisualizerService* service, grpc::CallbackServerContext* context)
-      : service_(*service),
-        context_(context),
-        peer_(context->peer()),
-        id_(service->next_job_id_.fetch_add(1)),
-        accepted_(absl::Now()) {}
-
-  // Validates and queues the request, or finishes the call with the error.
-  void Start(const v1::RenderRequest& request);
-
-  // A progress event, written after those before it.
-  void Send(v1::RenderEvent event);
-  // The job's last call: the result (when OK) is written, then the status.
-  void Complete(const absl::Status& status,
-                std::optional<v1::RenderEvent> result, int64_t steps_done);
+  void OnProgress(const v1::RenderProgress& progress) override;
+  void OnFinished(const absl::Status& status,
+                  std::shared_ptr<const v1::RenderResult> result) override;
 
   void OnSendInitialMetadataDone(bool ok) override { OpDone(ok); }
   void OnWriteDone(bool ok) override { OpDone(ok); }
   void OnCancel() override;
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    // The last reference may be the manager's; this may be deleted here.
+    std::shared_ptr<EventStream> self = std::move(self_);
+  }
 
  private:
+  EventStream(VisualizerService* service, grpc::CallbackServerContext* context)
+      : service_(*service), context_(context), peer_(context->peer()) {}
+
+  // Lets Pump() start operations; `status`, when set, is the call's end.
+  void Begin(bool send_metadata, std::optional<grpc::Status> status);
+  // The client is gone or stopped reading: stop the job (Render) or stop
+  // watching it (WatchJob).
+  void LetGo(StopReason reason);
   void OpDone(bool ok);
   // Starts the next gRPC operation, if one is due and none is in flight.
   void Pump();
 
   VisualizerService& service_;
-  grpc::CallbackServerContext* const context_;
+  grpc::CallbackServerContext* const context_;  // Valid until OnDone.
   const std::string peer_;
-  const uint64_t id_;
-  const absl::Time accepted_;
-  // For the log line; written by Start() before the job exists.
-  std::string model_;
-  std::string objective_;
-  int64_t steps_ = 0;
-  // Set by Start() before the job is queued, then only read.
-  std::shared_ptr<RenderJob> job_;
+  std::shared_ptr<EventStream> self_;  // Until OnDone.
+  bool render_ = false;                // Set before Begin(), then read only.
+  JobRecordPtr job_;                   // Likewise.
 
   absl::Mutex mu_;
+  bool started_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<v1::RenderEvent> pending_ ABSL_GUARDED_BY(mu_);
   bool send_metadata_ ABSL_GUARDED_BY(mu_) = false;
   bool metadata_sent_ ABSL_GUARDED_BY(mu_) = false;
@@ -122,174 +138,113 @@ class RenderStream final : public grpc::ServerWriteReactor<v1::RenderEvent> {
   v1::RenderEvent writing_;
 };
 
-// ------------------------------------------------------------- RenderJob
+// ----------------------------------------------------------- EventStream
 
-absl::Status RenderJob::StopStatus(int64_t steps_done) const {
-  const std::string where =
-      absl::StrCat("after step ", steps_done, " of ", plan_.options.steps);
-  switch (static_cast<StopReason>(reason_.load())) {
-    case StopReason::kShutdown:
-      return absl::CancelledError(absl::StrCat(
-          "server shut down before the render finished (", where, ")"));
-    case StopReason::kDeadline:
-      return absl::DeadlineExceededError(
-          absl::StrCat("deadline exceeded ", where));
-    case StopReason::kClient:
-    case StopReason::kNone:
-      break;
-  }
-  return absl::CancelledError(
-      absl::StrCat("render cancelled by the client ", where));
-}
-
-void RenderJob::Run() {
-  const absl::Time start = absl::Now();
-  int64_t steps_done = 0;
-  absl::Status progress_error;
-  auto progress = [&](const core::ProgressEvent& e) {
-    steps_done = e.step;
-    absl::StatusOr<v1::RenderProgress> proto =
-        ProgressToProto(e, plan_.options.steps, plan_.preview_png);
-    if (!proto.ok()) {
-      progress_error = proto.status();
-      return false;
-    }
-    v1::RenderEvent event;
-    *event.mutable_progress() = *std::move(proto);
-    stream_->Send(std::move(event));
-    return true;
-  };
-  absl::StatusOr<core::RenderResult> result =
-      cancelled_.load() ? absl::CancelledError("stopped before it started")
-                        : core::Render(*plan_.model, plan_.objective,
-                                       plan_.options, progress, &cancelled_);
-  const double compute_seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  const double queue_seconds = absl::ToDoubleSeconds(start - accepted_);
-
-  absl::Status status;
-  std::optional<v1::RenderEvent> event;
-  if (result.ok()) {
-    steps_done = result->steps;
-    absl::StatusOr<v1::RenderResult> proto =
-        ResultToProto(*result, plan_, queue_seconds, compute_seconds);
-    if (proto.ok()) {
-      event.emplace();
-      *event->mutable_result() = *std::move(proto);
-    } else {
-      status = proto.status();
-    }
-  } else if (!progress_error.ok()) {
-    status = progress_error;
-  } else if (absl::IsCancelled(result.status()) && cancelled_.load()) {
-    status = StopStatus(steps_done);
-  } else {
-    status = result.status();
-  }
-  stream_->Complete(status, std::move(event), steps_done);
-}
-
-void RenderJob::Drop(const absl::Status& why) {
-  stream_->Complete(why, std::nullopt, 0);
-}
-
-// ---------------------------------------------------------- RenderStream
-
-void RenderStream::Start(const v1::RenderRequest& request) {
-  model_ = request.model();
-  objective_ = request.has_objective_tree()
-                   ? absl::StrCat("<tree of ",
-                                  request.objective_tree().terms_size(),
-                                  " terms>")
-                   : request.objective_text();
-  steps_ = request.optimizer().steps();
-  if (service_.shutting_down_.load()) {
-    Complete(absl::UnavailableError("server is shutting down"), std::nullopt,
-             0);
+void EventStream::StartRender(const v1::RenderRequest& request) {
+  render_ = true;
+  absl::StatusOr<JobRecordPtr> job = service_.Submit(context_, request, self_);
+  if (!job.ok()) {
+    spdlog::info("render refused model={} peer={} outcome={} ({})",
+                 request.model(), peer_,
+                 absl::StatusCodeToString(job.status().code()),
+                 std::string(job.status().message()));
+    Begin(false, ToGrpcStatus(job.status()));
     return;
   }
-  absl::StatusOr<RenderPlan> plan =
-      PlanRender(request, service_.models_, service_.limits_);
-  if (!plan.ok()) {
-    Complete(plan.status(), std::nullopt, 0);
-    return;
-  }
-  objective_ = plan->objective.ToString();
-  steps_ = plan->options.steps;
-  if (!plan->seed.has_value()) plan->options.seed = RandomSeed();
-  // Sent once the render is queued, so a client can tell "accepted and
+  job_ = *std::move(job);
+  // Sent once the job is accepted, so a client can tell "accepted and
   // waiting" from "not yet looked at".
-  context_->AddInitialMetadata("featviz-job-id", absl::StrCat(id_));
-  job_ = std::make_shared<RenderJob>(this, *std::move(plan), accepted_);
-  const absl::Status queued = service_.queue_->Submit(job_);
-  if (!queued.ok()) {
-    job_.reset();
-    Complete(queued, std::nullopt, 0);
+  context_->AddInitialMetadata("featviz-job-id", job_->id);
+  Begin(true, std::nullopt);
+}
+
+void EventStream::StartWatch(const std::string& id) {
+  absl::StatusOr<JobRecordPtr> job = service_.jobs_->Find(id);
+  if (!job.ok()) {
+    Begin(false, ToGrpcStatus(job.status()));
     return;
   }
+  job_ = *std::move(job);
+  Begin(false, std::nullopt);
+  service_.jobs_->Watch(*job_, self_);
+}
+
+void EventStream::Begin(bool send_metadata,
+                        std::optional<grpc::Status> status) {
   {
     absl::MutexLock lock(&mu_);
-    send_metadata_ = true;
+    started_ = true;
+    send_metadata_ = send_metadata;
+    if (status.has_value()) final_ = *std::move(status);
   }
   Pump();
 }
 
-void RenderStream::Send(v1::RenderEvent event) {
+void EventStream::OnProgress(const v1::RenderProgress& progress) {
   {
     absl::MutexLock lock(&mu_);
-    if (broken_ || pending_.size() >= kMaxPendingEvents) return;
-    pending_.push_back(std::move(event));
+    if (broken_ || finished_ || pending_.size() >= kMaxPendingEvents) return;
+    *pending_.emplace_back().mutable_progress() = progress;
   }
   Pump();
 }
 
-void RenderStream::Complete(const absl::Status& status,
-                            std::optional<v1::RenderEvent> result,
-                            int64_t steps_done) {
-  spdlog::info(
-      "render job={} model={} objective=\"{}\" steps={}/{} seconds={:.3f} "
-      "outcome={} peer={}",
-      id_, model_, objective_, steps_done, steps_,
-      absl::ToDoubleSeconds(absl::Now() - accepted_),
-      status.ok() ? std::string("OK")
-                  : absl::StrCat(absl::StatusCodeToString(status.code()),
-                                 " (", status.message(), ")"),
-      peer_);
+void EventStream::OnFinished(const absl::Status& status,
+                             std::shared_ptr<const v1::RenderResult> result) {
   {
     absl::MutexLock lock(&mu_);
-    if (result.has_value() && !broken_) pending_.push_back(*std::move(result));
+    if (final_.has_value()) return;
+    if (status.ok() && result != nullptr && !broken_) {
+      *pending_.emplace_back().mutable_result() = *result;
+    }
     final_ = ToGrpcStatus(status);
   }
   Pump();
 }
 
-void RenderStream::OnCancel() {
-  if (job_ == nullptr) return;  // Finished before anything was queued.
-  const bool deadline = context_->deadline() <= std::chrono::system_clock::now();
-  job_->RequestStop(deadline ? StopReason::kDeadline : StopReason::kClient);
-  // A job still waiting gives its place back at once.
-  if (service_.queue_->Remove(job_.get())) {
-    Complete(job_->StopStatus(0), std::nullopt, 0);
+void EventStream::OnCancel() {
+  const bool deadline =
+      context_->deadline() <= std::chrono::system_clock::now();
+  LetGo(deadline ? StopReason::kDeadline : StopReason::kClient);
+}
+
+void EventStream::LetGo(StopReason reason) {
+  if (job_ == nullptr) return;  // Ended before there was a job.
+  if (render_) {
+    // The job's end (within a step) finishes the call.
+    service_.jobs_->Cancel(job_, reason);
+    return;
+  }
+  if (service_.jobs_->Unwatch(*job_, this)) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!final_.has_value()) {
+        final_ = grpc::Status(grpc::StatusCode::CANCELLED,
+                              absl::StrCat("stopped watching job ", job_->id));
+      }
+    }
+    Pump();
   }
 }
 
-void RenderStream::OpDone(bool ok) {
+void EventStream::OpDone(bool ok) {
   {
     absl::MutexLock lock(&mu_);
     op_in_flight_ = false;
     if (!ok) broken_ = true;
   }
-  // The client is gone: nothing more can reach it, so stop the work.
-  if (!ok && job_ != nullptr) job_->RequestStop(StopReason::kClient);
+  // The client is gone: nothing more can reach it.
+  if (!ok) LetGo(StopReason::kClient);
   Pump();
 }
 
-void RenderStream::Pump() {
+void EventStream::Pump() {
   enum class Op { kNone, kMetadata, kWrite, kFinish };
   Op op = Op::kNone;
   grpc::Status status;
   {
     absl::MutexLock lock(&mu_);
-    if (op_in_flight_ || finished_) return;
+    if (!started_ || op_in_flight_ || finished_) return;
     if (broken_) pending_.clear();
     if (send_metadata_ && !metadata_sent_ && !broken_) {
       metadata_sent_ = true;
@@ -307,7 +262,7 @@ void RenderStream::Pump() {
       op = Op::kFinish;
     }
   }
-  // After Finish, OnDone may delete this at any moment: touch nothing.
+  // After Finish, OnDone may run at any moment: touch nothing gRPC owns.
   switch (op) {
     case Op::kMetadata:
       StartSendInitialMetadata();
@@ -326,43 +281,146 @@ void RenderStream::Pump() {
 // ----------------------------------------------------- VisualizerService
 
 absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
-    const ModelRegistry* models, const Limits& limits) {
-  auto positive = [](absl::string_view name, int64_t value) {
-    return value >= 1 ? absl::OkStatus()
-                      : absl::InvalidArgumentError(absl::StrCat(
-                            name, " must be >= 1, got ", value));
+    std::vector<DeviceModels> devices, const Limits& limits) {
+  if (devices.empty()) {
+    return absl::InvalidArgumentError("at least one device is needed");
+  }
+  auto positive = [](absl::string_view name, double value) {
+    return value > 0 ? absl::OkStatus()
+                     : absl::InvalidArgumentError(absl::StrCat(
+                           name, " must be positive, got ", value));
   };
   for (const absl::Status& status :
        {positive("max_image_side", limits.max_image_side),
         positive("max_steps", limits.max_steps),
         positive("max_batch", limits.max_batch),
         positive("max_message_bytes", limits.max_message_bytes),
-        positive("max_concurrent_renders", limits.max_concurrent_renders),
-        positive("default_progress_every", limits.default_progress_every)}) {
+        positive("default_progress_every", limits.default_progress_every),
+        positive("max_batch_images", limits.max_batch_images),
+        positive("max_job_records", limits.max_job_records),
+        positive("default_queue_timeout_seconds",
+                 limits.default_queue_timeout_seconds),
+        positive("result_ttl_seconds", limits.result_ttl_seconds)}) {
     if (!status.ok()) return status;
   }
-  if (limits.max_queued_renders < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "max_queued_renders must be >= 0, got ", limits.max_queued_renders));
+  for (const auto& [name, value] :
+       {std::pair<const char*, int64_t>{"max_queued_jobs",
+                                        limits.max_queued_jobs},
+        {"max_queued_per_owner", limits.max_queued_per_owner},
+        {"result_store_bytes", limits.result_store_bytes}}) {
+    if (value < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, " must be >= 0, got ", value));
+    }
   }
-  absl::StatusOr<JobQueuePtr> queue =
-      JobQueue::Create(limits.max_concurrent_renders, limits.max_queued_renders);
-  if (!queue.ok()) return queue.status();
-  return VisualizerServicePtr(
-      new VisualizerService(models, limits, *std::move(queue)));
+  VisualizerServicePtr service(
+      new VisualizerService(std::move(devices), limits));
+  for (const DeviceModels& device : service->devices_) {
+    WorkerOptions options;
+    options.max_batch_images = limits.max_batch_images;
+    absl::StatusOr<WorkerPtr> worker = Worker::Create(
+        device.device, device.models, service->jobs_.get(), options);
+    if (!worker.ok()) return worker.status();
+    service->workers_.push_back(*std::move(worker));
+  }
+  VisualizerService* self = service.get();
+  service->log_thread_ = std::thread([self] { self->LogStatsLoop(); });
+  return service;
 }
 
-VisualizerService::VisualizerService(const ModelRegistry* models,
-                                     const Limits& limits, JobQueuePtr queue)
-    : models_(*models), limits_(limits), queue_(std::move(queue)) {}
+namespace {
+
+JobManagerOptions ManagerOptions(const Limits& limits) {
+  JobManagerOptions options;
+  options.scheduler.max_queued = limits.max_queued_jobs;
+  options.scheduler.max_queued_per_owner = limits.max_queued_per_owner;
+  options.results.ttl = absl::Seconds(limits.result_ttl_seconds);
+  options.results.max_bytes = limits.result_store_bytes;
+  options.default_queue_timeout =
+      absl::Seconds(limits.default_queue_timeout_seconds);
+  options.max_job_records = limits.max_job_records;
+  return options;
+}
+
+}  // namespace
+
+VisualizerService::VisualizerService(std::vector<DeviceModels> devices,
+                                     const Limits& limits)
+    : devices_(std::move(devices)),
+      models_(*devices_.front().models),
+      limits_(limits),
+      jobs_(std::make_unique<JobManager>(ManagerOptions(limits))) {}
 
 VisualizerService::~VisualizerService() { Shutdown(absl::Now()); }
 
 void VisualizerService::Shutdown(absl::Time grace_deadline) {
   shutting_down_.store(true);
-  queue_->Drain(grace_deadline,
-                absl::UnavailableError(
-                    "server is shutting down; the render had not started"));
+  jobs_->Close();
+  if (!jobs_->WaitUntilNoneRunning(grace_deadline)) {
+    jobs_->StopRunning(StopReason::kShutdown);
+    jobs_->WaitUntilNoneRunning(absl::InfiniteFuture());
+  }
+  // A job taken from the queue just before it closed may have started late:
+  // stopping its worker ends it.
+  for (WorkerPtr& worker : workers_) worker->Stop();
+  {
+    absl::MutexLock lock(&log_mu_);
+    log_stop_ = true;
+  }
+  if (log_thread_.joinable()) log_thread_.join();
+}
+
+absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
+    grpc::CallbackServerContext* context, const v1::RenderRequest& request,
+    JobWatcherPtr watcher) {
+  if (shutting_down_.load()) {
+    return absl::UnavailableError("server is shutting down");
+  }
+  absl::StatusOr<RenderPlan> plan = PlanRender(request, models_, limits_);
+  if (!plan.ok()) return plan.status();
+  if (!plan->seed.has_value()) plan->options.seed = RandomSeed();
+  std::string owner =
+      request.owner().empty() ? PeerOwner(context->peer()) : request.owner();
+  return jobs_->Submit(request, *std::move(plan), std::move(owner),
+                       std::move(watcher));
+}
+
+v1::ServerStats VisualizerService::Stats() const {
+  v1::ServerStats stats;
+  jobs_->FillStats(stats);
+  const absl::Time now = absl::Now();
+  for (const WorkerPtr& worker : workers_) {
+    *stats.add_devices() = worker->Stats(now);
+  }
+  return stats;
+}
+
+void VisualizerService::LogStatsLoop() {
+  absl::MutexLock lock(&log_mu_);
+  while (
+      !log_mu_.AwaitWithTimeout(absl::Condition(&log_stop_), kStatsLogEvery)) {
+    const v1::ServerStats stats = Stats();
+    bool busy = stats.queued_jobs() > 0 || stats.running_jobs() > 0;
+    std::string devices;
+    for (const v1::DeviceStats& d : stats.devices()) {
+      busy = busy || d.steps_per_second() > 0;
+      absl::StrAppend(
+          &devices, " ", d.device(), ":{jobs=", d.running_jobs(),
+          " occupancy=", absl::StrFormat("%.2f", d.batch_occupancy()),
+          " steps/s=", absl::StrFormat("%.1f", d.steps_per_second()),
+          " image_steps/s=",
+          absl::StrFormat("%.1f", d.image_steps_per_second()), "}");
+    }
+    if (!busy) continue;
+    spdlog::info(
+        "stats queued={} running={} submitted={} succeeded={} failed={} "
+        "cancelled={} expired={} cache_hits={} cache_misses={} results={} "
+        "result_bytes={}{}",
+        stats.queued_jobs(), stats.running_jobs(), stats.jobs_submitted(),
+        stats.jobs_succeeded(), stats.jobs_failed(), stats.jobs_cancelled(),
+        stats.jobs_expired(), stats.cache_hits(), stats.cache_misses(),
+        stats.results_stored(), stats.result_bytes(), devices);
+  }
 }
 
 absl::Status VisualizerService::ListModelsPage(
@@ -390,9 +448,9 @@ absl::Status VisualizerService::ListModelsPage(
     if (!after.empty() && model->name() <= after) continue;
     if (request.page_size() > 0 &&
         response.models_size() == request.page_size()) {
-      response.set_next_page_token(absl::WebSafeBase64Escape(absl::StrCat(
-          kPageTokenPrefix,
-          response.models(response.models_size() - 1).name())));
+      response.set_next_page_token(absl::WebSafeBase64Escape(
+          absl::StrCat(kPageTokenPrefix,
+                       response.models(response.models_size() - 1).name())));
       break;
     }
     *response.add_models() = *model;
@@ -431,9 +489,95 @@ grpc::ServerUnaryReactor* VisualizerService::GetModel(
 
 grpc::ServerWriteReactor<v1::RenderEvent>* VisualizerService::Render(
     grpc::CallbackServerContext* context, const v1::RenderRequest* request) {
-  auto* stream = new RenderStream(this, context);
-  stream->Start(*request);
+  EventStream* stream = EventStream::New(this, context);
+  stream->StartRender(*request);
   return stream;
+}
+
+grpc::ServerWriteReactor<v1::RenderEvent>* VisualizerService::WatchJob(
+    grpc::CallbackServerContext* context, const v1::WatchJobRequest* request) {
+  EventStream* stream = EventStream::New(this, context);
+  stream->StartWatch(request->id());
+  return stream;
+}
+
+grpc::ServerUnaryReactor* VisualizerService::SubmitJob(
+    grpc::CallbackServerContext* context, const v1::SubmitJobRequest* request,
+    v1::Job* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status status;
+  absl::StatusOr<JobRecordPtr> job =
+      Submit(context, request->request(), nullptr);
+  if (job.ok()) {
+    absl::StatusOr<v1::Job> described = jobs_->Describe(**job, false);
+    status = described.status();
+    if (described.ok()) *response = *std::move(described);
+  } else {
+    status = job.status();
+    spdlog::info("submit refused model={} peer={} outcome={} ({})",
+                 request->request().model(), context->peer(),
+                 absl::StatusCodeToString(status.code()),
+                 std::string(status.message()));
+  }
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* VisualizerService::GetJob(
+    grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
+    v1::Job* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<JobRecordPtr> job = jobs_->Find(request->id());
+  absl::Status status = job.status();
+  if (job.ok()) {
+    absl::StatusOr<v1::Job> described =
+        jobs_->Describe(**job, request->include_result());
+    status = described.status();
+    if (described.ok()) *response = *std::move(described);
+  }
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* VisualizerService::CancelJob(
+    grpc::CallbackServerContext* context, const v1::CancelJobRequest* request,
+    v1::Job* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<JobRecordPtr> found = jobs_->Find(request->id());
+  if (!found.ok()) {
+    reactor->Finish(ToGrpcStatus(found.status()));
+    return reactor;
+  }
+  JobRecordPtr job = *std::move(found);
+  jobs_->Cancel(job, StopReason::kClient);
+  // Answered once the job has ended: a running job stops within one step.
+  JobManager* jobs = jobs_.get();
+  jobs_->Watch(
+      *job, std::make_shared<EndWatcher>([jobs, job, reactor, response] {
+        absl::StatusOr<v1::Job> described = jobs->Describe(*job, false);
+        if (described.ok()) *response = *std::move(described);
+        reactor->Finish(ToGrpcStatus(described.status()));
+      }));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* VisualizerService::ListJobs(
+    grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
+    v1::ListJobsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<v1::ListJobsResponse> listed = jobs_->List(*request);
+  if (listed.ok()) *response = *std::move(listed);
+  reactor->Finish(ToGrpcStatus(listed.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* VisualizerService::GetServerStats(
+    grpc::CallbackServerContext* context, const v1::GetServerStatsRequest*,
+    v1::ServerStats* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  *response = Stats();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 }  // namespace featviz::server

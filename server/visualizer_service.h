@@ -1,40 +1,60 @@
-// The featviz.v1.Visualizer service over a ModelRegistry, with the callback
-// API: ListModels and GetModel answer at once; each Render call is one
-// reactor that validates the request (convert.h), queues a job on the render
-// worker pool (job_queue.h), and streams the job's progress events and its
-// result in order, one write at a time.
+// The featviz.v1.Visualizer service over the job engine, with the callback
+// API. Every render is a job (job_manager.h) that one device's worker
+// (worker.h) runs in a batched step with other jobs of the same model:
 //
-// A running render stops within one optimisation step when its client
-// cancels, its deadline passes, or the server's shutdown grace period ends.
+//   SubmitJob                queue a job; returns it (or its cached result)
+//   GetJob/ListJobs          look jobs up
+//   WatchJob                 stream a job's progress, then its result
+//   CancelJob                cancel in any state; returns once it has ended
+//   Render                   SubmitJob + WatchJob in one call; the client's
+//                            cancel or deadline cancels the job
+//   GetServerStats           queue, worker and cache figures
+//   ListModels/GetModel      the hosted models
+//
+// A running job stops within one optimisation step when it is cancelled,
+// its Render client goes away, or the server's shutdown grace period ends.
 #ifndef FEATVIZ_SERVER_VISUALIZER_SERVICE_H_
 #define FEATVIZ_SERVER_VISUALIZER_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <thread>
+#include <vector>
 
-#include <grpcpp/grpcpp.h>
-
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "featviz/v1/featviz.grpc.pb.h"
-#include "server/job_queue.h"
+#include "server/job_manager.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
+#include "server/worker.h"
 
 namespace featviz::server {
+
+// The models one device's worker runs: the registry loaded on it.
+struct DeviceModels {
+  std::string device;           // "cpu", "cuda:0", ...
+  const ModelRegistry* models;  // Must outlive the service.
+};
 
 class VisualizerService;
 using VisualizerServicePtr = std::unique_ptr<VisualizerService>;
 
 class VisualizerService final : public v1::Visualizer::CallbackService {
  public:
-  // Serves the models of `models`, which must outlive the service, within
-  // `limits`; starts limits.max_concurrent_renders worker threads.
-  // InvalidArgument for limits that make no sense (non-positive sizes).
-  static absl::StatusOr<VisualizerServicePtr> Create(const ModelRegistry* models,
-                                                     const Limits& limits);
+  // Serves the models of `devices` (the same model files loaded on each
+  // device; requests are validated against the first) within `limits`, and
+  // starts one worker per device. InvalidArgument for no devices or for
+  // limits that make no sense (non-positive sizes).
+  static absl::StatusOr<VisualizerServicePtr> Create(
+      std::vector<DeviceModels> devices, const Limits& limits);
 
   // Shuts down with no grace period. The grpc::Server must have been shut
   // down first: reactors point back at the service.
@@ -43,37 +63,71 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   VisualizerService(const VisualizerService&) = delete;
   VisualizerService& operator=(const VisualizerService&) = delete;
 
-  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* context,
-                                       const v1::ListModelsRequest* request,
-                                       v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* ListModels(
+      grpc::CallbackServerContext* context,
+      const v1::ListModelsRequest* request,
+      v1::ListModelsResponse* response) override;
   grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* context,
                                      const v1::GetModelRequest* request,
                                      v1::Model* response) override;
   grpc::ServerWriteReactor<v1::RenderEvent>* Render(
       grpc::CallbackServerContext* context,
       const v1::RenderRequest* request) override;
+  grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* context,
+                                      const v1::SubmitJobRequest* request,
+                                      v1::Job* response) override;
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
+                                   const v1::GetJobRequest* request,
+                                   v1::Job* response) override;
+  grpc::ServerWriteReactor<v1::RenderEvent>* WatchJob(
+      grpc::CallbackServerContext* context,
+      const v1::WatchJobRequest* request) override;
+  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* context,
+                                      const v1::CancelJobRequest* request,
+                                      v1::Job* response) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* context,
+                                     const v1::ListJobsRequest* request,
+                                     v1::ListJobsResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerStats(
+      grpc::CallbackServerContext* context,
+      const v1::GetServerStatsRequest* request,
+      v1::ServerStats* response) override;
 
-  // Begins the drain: new renders are refused with UNAVAILABLE, waiting ones
-  // end with UNAVAILABLE, running ones may finish until `grace_deadline` and
-  // are then cancelled (CANCELLED, "server shut down before the render
-  // finished"). Returns when no render runs any more.
+  // Begins the drain: new jobs are refused with UNAVAILABLE, queued ones end
+  // CANCELLED with UNAVAILABLE ("the render had not started"), running ones
+  // may finish until `grace_deadline` and are then cancelled (CANCELLED,
+  // "server shut down before the render finished"). Returns when no job
+  // runs any more and the workers have stopped.
   void Shutdown(absl::Time grace_deadline);
+
+  // The figures GetServerStats returns.
+  v1::ServerStats Stats() const;
 
   const Limits& limits() const { return limits_; }
 
  private:
-  friend class RenderStream;
+  friend class EventStream;
 
-  VisualizerService(const ModelRegistry* models, const Limits& limits,
-                    JobQueuePtr queue);
+  VisualizerService(std::vector<DeviceModels> devices, const Limits& limits);
   absl::Status ListModelsPage(const v1::ListModelsRequest& request,
                               v1::ListModelsResponse& response) const;
+  // Validates `request` and submits it for `context`'s caller.
+  absl::StatusOr<JobRecordPtr> Submit(grpc::CallbackServerContext* context,
+                                      const v1::RenderRequest& request,
+                                      JobWatcherPtr watcher);
+  // Logs the stats every 30 s while there is work.
+  void LogStatsLoop();
 
-  const ModelRegistry& models_;
+  const std::vector<DeviceModels> devices_;
+  const ModelRegistry& models_;  // The first device's: validation, listing.
   const Limits limits_;
-  JobQueuePtr queue_;
+  JobManagerPtr jobs_;
+  std::vector<WorkerPtr> workers_;
   std::atomic<bool> shutting_down_{false};
-  std::atomic<uint64_t> next_job_id_{1};
+
+  absl::Mutex log_mu_;
+  bool log_stop_ ABSL_GUARDED_BY(log_mu_) = false;
+  std::thread log_thread_;
 };
 
 }  // namespace featviz::server

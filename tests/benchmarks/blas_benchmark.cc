@@ -3,6 +3,8 @@
 // OpenBLAS). Prints GFLOP/s, asserts nothing; see docs/performance.md.
 //
 //   build/tests/benchmarks/blas_benchmark --benchmark_min_time=0.5
+#include <dlfcn.h>
+
 #include <cstdint>
 #include <fstream>
 #include <string>
@@ -29,7 +31,17 @@ std::string LoadedBlas() {
   return "not loaded";
 }
 
-// n x n times n x n, float32: 2 n^3 floating-point operations.
+// OpenBLAS's own thread count (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS,
+// else the CPU count); "n/a" under reference BLAS.
+std::string OpenBlasThreads() {
+  using GetThreads = int (*)();
+  auto get = reinterpret_cast<GetThreads>(
+      dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return get == nullptr ? "n/a" : absl::StrCat(get());
+}
+
+// n x n times n x n, float32: 2 n^3 floating-point operations. The counter
+// is a rate, printed as GFLOP/s.
 void BM_Sgemm(benchmark::State& state) {
   const int64_t n = state.range(0);
   at::manual_seed(0);
@@ -42,7 +54,7 @@ void BM_Sgemm(benchmark::State& state) {
     benchmark::DoNotOptimize(c.data_ptr<float>());
   }
   const double gflop = 2.0 * n * n * n * 1e-9;
-  state.counters["GFLOP/s"] = benchmark::Counter(
+  state.counters["GFLOP"] = benchmark::Counter(
       gflop * static_cast<double>(state.iterations()),
       benchmark::Counter::kIsRate);
 }
@@ -54,6 +66,8 @@ const bool kContextAdded = [] {
   benchmark::AddCustomContext("at::get_num_threads",
                               absl::StrCat(at::get_num_threads()));
   benchmark::AddCustomContext("libblas.so.3", LoadedBlas());
+  benchmark::AddCustomContext("openblas_get_num_threads",
+                              OpenBlasThreads());
   return true;
 }();
 

@@ -4,6 +4,8 @@
 // machinery adds to. Prints figures, asserts nothing; see docs/performance.md.
 //
 //   build/tests/benchmarks/render_benchmark --benchmark_min_time=0.5
+#include <dlfcn.h>
+
 #include <cstdint>
 #include <fstream>
 #include <memory>
@@ -60,29 +62,50 @@ std::string LoadedBlas() {
   return "not loaded";
 }
 
+// OpenBLAS's own thread count (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS,
+// else the CPU count); "n/a" under reference BLAS.
+std::string OpenBlasThreads() {
+  using GetThreads = int (*)();
+  auto get = reinterpret_cast<GetThreads>(
+      dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return get == nullptr ? "n/a" : absl::StrCat(get());
+}
+
+// Rates, printed per second of wall time: steps/s and images*steps/s.
 void AddCounters(benchmark::State& state, int64_t batch) {
   const double steps = static_cast<double>(state.iterations());
-  state.counters["steps/s"] =
+  state.counters["steps"] =
       benchmark::Counter(steps, benchmark::Counter::kIsRate);
-  state.counters["images*steps/s"] =
+  state.counters["images*steps"] =
       benchmark::Counter(steps * batch, benchmark::Counter::kIsRate);
 }
 
-enum class Variant { kFftDefaultTransforms, kFftNoTransforms, kPixelLogit };
+enum class Variant {
+  kFftDefaultTransforms,
+  kFftNoTransforms,
+  kPixelLogit,
+  // Diagnostic: logit(0) of every image as one term instead of one term per
+  // image, to separate the per-term cost of the objective from the rest.
+  kPixelLogitOneTerm,
+};
 
 absl::StatusOr<std::unique_ptr<RenderSession>> NewSession(const Model& model,
                                                           Variant variant,
                                                           int64_t batch) {
+  const bool pixel = variant == Variant::kPixelLogit ||
+                     variant == Variant::kPixelLogitOneTerm;
   Objective objective;
-  for (int64_t b = 0; b < batch; ++b) {
-    objective = objective + (variant == Variant::kPixelLogit
-                                 ? ForBatch(Logit(b % 10), b)
-                                 : ForBatch(Channel("conv2", b % 32), b));
+  if (variant == Variant::kPixelLogitOneTerm) {
+    objective = Logit(0);
+  } else {
+    for (int64_t b = 0; b < batch; ++b) {
+      objective = objective + (pixel ? ForBatch(Logit(b % 10), b)
+                                     : ForBatch(Channel("conv2", b % 32), b));
+    }
   }
   RenderOptions options;
   options.param.batch = batch;
-  options.param.kind =
-      variant == Variant::kPixelLogit ? ParamKind::kPixel : ParamKind::kFft;
+  options.param.kind = pixel ? ParamKind::kPixel : ParamKind::kFft;
   if (variant != Variant::kFftDefaultTransforms) {
     options.transforms = TransformList{};
   }
@@ -146,12 +169,24 @@ BENCHMARK_CAPTURE(BM_RenderStep, fft_no_transforms, Variant::kFftNoTransforms)
 BENCHMARK_CAPTURE(BM_RenderStep, pixel_logit_no_transforms,
                   Variant::kPixelLogit)
     ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(BM_RenderStep, pixel_logit_one_term_no_transforms,
+                  Variant::kPixelLogitOneTerm)
+    ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // The floor for pixel_logit_no_transforms: the same optimisation (pixel
 // parameterisation, sigmoid, the card's normalisation, the sum of
 // logits[b, b % 10], Adam) with no featviz machinery: the module's own
 // forward, no taps, no objective evaluation, no trace.
-void BM_PlainLibTorchLoop(benchmark::State& state) {
+enum class Weights {
+  kFrozen,
+  // Diagnostic: the weights left requiring grad, so every backward also
+  // computes (and accumulates) their gradients, as a step through
+  // core::Model does while its weights are non-leaf clones (see
+  // docs/performance.md).
+  kRequireGrad,
+};
+
+void PlainLoop(benchmark::State& state, Weights weights) {
   const int64_t batch = state.range(0);
   torch::jit::Module module;
   try {
@@ -161,12 +196,14 @@ void BM_PlainLibTorchLoop(benchmark::State& state) {
     return;
   }
   module.eval();
-  for (at::Tensor p : module.parameters()) p.requires_grad_(false);
+  if (weights == Weights::kFrozen) {
+    for (at::Tensor p : module.parameters()) p.requires_grad_(false);
+  }
 
   at::Tensor pixels = (at::randn({batch, 1, 28, 28}) * 0.01).requires_grad_();
   Adam adam({pixels}, AdamOptions{});
-  const at::Tensor classes = at::arange(batch, at::kLong).remainder(10).view(
-      {batch, 1});
+  const at::Tensor classes =
+      at::arange(batch, at::kLong).remainder(10).view({batch, 1});
   auto step = [&] {
     at::Tensor input = (at::sigmoid(pixels) - 0.1307) / 0.3081;
     at::Tensor logits = module.forward({input}).toTensor();
@@ -183,7 +220,14 @@ void BM_PlainLibTorchLoop(benchmark::State& state) {
   }
   AddCounters(state, batch);
 }
+
+void BM_PlainLibTorchLoop(benchmark::State& state) {
+  PlainLoop(state, Weights::kFrozen);
+}
 BENCHMARK(BM_PlainLibTorchLoop)
+    ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(PlainLoop, weights_require_grad, Weights::kRequireGrad)
+    ->Name("BM_PlainLibTorchLoop/weights_require_grad")
     ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Printed in the report's header.
@@ -191,6 +235,8 @@ const bool kContextAdded = [] {
   benchmark::AddCustomContext("at::get_num_threads",
                               absl::StrCat(at::get_num_threads()));
   benchmark::AddCustomContext("libblas.so.3", LoadedBlas());
+  benchmark::AddCustomContext("openblas_get_num_threads",
+                              OpenBlasThreads());
   return true;
 }();
 

@@ -19,18 +19,6 @@ namespace {
 using ::grpc::StatusCode;
 using Health = ::grpc::health::v1::HealthCheckResponse;
 
-// A render that would take minutes on this model (10000 steps of two
-// 224x224 images), so it is still running whenever a test looks.
-v1::RenderRequest LongRequest() {
-  v1::RenderRequest request = TextRequest("logit(3)", 10000);
-  request.mutable_image()->set_size(224);
-  request.mutable_image()->set_batch(2);
-  request.mutable_output()->set_tensor(false);
-  request.mutable_output()->set_png(false);
-  request.mutable_output()->set_progress_every(1);
-  return request;
-}
-
 // A Render call left open for the test to drive.
 class OpenRender {
  public:
@@ -85,7 +73,7 @@ void ExpectASmallRenderCompletes(v1::Visualizer::Stub& stub) {
 }
 
 TEST(RenderLifecycleTest, CancellingARenderFreesItsWorker) {
-  auto server = StartServer({"--max_concurrent_renders=1"});
+  auto server = StartServer({"--max_batch_images=1"});
   ASSERT_NE(server, nullptr);
   auto stub = server->NewStub();
 
@@ -98,7 +86,7 @@ TEST(RenderLifecycleTest, CancellingARenderFreesItsWorker) {
 }
 
 TEST(RenderLifecycleTest, RenderPastItsDeadlineEndsDeadlineExceededAndFreesItsWorker) {
-  auto server = StartServer({"--max_concurrent_renders=1"});
+  auto server = StartServer({"--max_batch_images=1"});
   ASSERT_NE(server, nullptr);
   auto stub = server->NewStub();
 
@@ -112,7 +100,7 @@ TEST(RenderLifecycleTest, RenderPastItsDeadlineEndsDeadlineExceededAndFreesItsWo
 
 TEST(RenderLifecycleTest, RenderBeyondAFullQueueIsRefusedNamingTheLimit) {
   auto server = StartServer(
-      {"--max_concurrent_renders=1", "--max_queued_renders=1"});
+      {"--max_batch_images=1", "--max_queued_jobs=1"});
   ASSERT_NE(server, nullptr);
   auto stub = server->NewStub();
 
@@ -123,7 +111,8 @@ TEST(RenderLifecycleTest, RenderBeyondAFullQueueIsRefusedNamingTheLimit) {
 
   const RenderOutcome refused = RenderAll(*stub, TextRequest("logit(3)", 8), 30);
   EXPECT_EQ(refused.status.error_code(), StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_NE(refused.status.error_message().find("max_queued_renders is 1"),
+  EXPECT_NE(refused.status.error_message().find(
+                "the queue holds 1 jobs, the server's max_queued_jobs"),
             std::string::npos)
       << refused.status.error_message();
 
@@ -136,7 +125,7 @@ TEST(RenderLifecycleTest, RenderBeyondAFullQueueIsRefusedNamingTheLimit) {
 
 TEST(RenderLifecycleTest, SigtermDrainsThenCancelsRunningRendersAndExitsZero) {
   auto server = StartServer(
-      {"--max_concurrent_renders=1", "--shutdown_grace_seconds=2"});
+      {"--max_batch_images=1", "--shutdown_grace_seconds=2"});
   ASSERT_NE(server, nullptr);
   auto stub = server->NewStub();
 

@@ -32,6 +32,18 @@ inline v1::RenderRequest TextRequest(const std::string& objective,
   return request;
 }
 
+// A render that would take minutes on this model (10000 steps of two
+// 224x224 images), so it is still running whenever a test looks.
+inline v1::RenderRequest LongRequest() {
+  v1::RenderRequest request = TextRequest("logit(3)", 10000);
+  request.mutable_image()->set_size(224);
+  request.mutable_image()->set_batch(2);
+  request.mutable_output()->set_tensor(false);
+  request.mutable_output()->set_png(false);
+  request.mutable_output()->set_progress_every(1);
+  return request;
+}
+
 // Everything one Render stream said.
 struct RenderOutcome {
   grpc::Status status;

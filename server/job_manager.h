@@ -1,0 +1,232 @@
+// The job registry: every render is a job with an id, an owner, a priority
+// and a queue deadline, and goes through
+//
+//   QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED
+//   QUEUED -> EXPIRED | CANCELLED
+//
+// The JobManager owns the fair queue (Scheduler), the finished results and
+// the result cache (ResultStore), and the watchers of each job. Clients
+// (the service's RPCs) submit, look up, watch, cancel and list jobs; workers
+// (worker.h) take queued jobs, report their progress and end them. A job's
+// watchers hear its progress events and exactly one final call.
+//
+// Result cache: a request that gives a seed is keyed by the model's content
+// hash and the SHA-256 of its canonical form (CanonicalRequest), so an
+// identical request is answered with the stored result of the first,
+// without running.
+#ifndef FEATVIZ_SERVER_JOB_MANAGER_H_
+#define FEATVIZ_SERVER_JOB_MANAGER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "featviz/v1/featviz.pb.h"
+#include "server/convert.h"
+#include "server/result_store.h"
+#include "server/scheduler.h"
+
+namespace featviz::server {
+
+// Hears one job's events. The JobManager holds a reference until the final
+// call, so a watcher may outlive whatever it reports to; it must then ignore
+// late calls. Calls are made without the manager's locks held; they must be
+// quick and must not call back into the JobManager.
+class JobWatcher {
+ public:
+  virtual ~JobWatcher() = default;
+  // A progress event of the running job (on the worker's thread).
+  virtual void OnProgress(const v1::RenderProgress& progress) = 0;
+  // The last call: OK with the job's result, or the job's error status.
+  virtual void OnFinished(const absl::Status& status,
+                          std::shared_ptr<const v1::RenderResult> result) = 0;
+};
+using JobWatcherPtr = std::shared_ptr<JobWatcher>;
+
+// Why a job is asked to stop; the first reason given wins.
+enum class StopReason { kNone, kClient, kDeadline, kShutdown };
+
+class JobManager;
+
+// One job. What never changes is public; the rest is the manager's.
+class JobRecord {
+ public:
+  JobRecord(uint64_t seq, std::string owner, RenderPlan plan,
+            std::string cache_key, absl::Time create_time,
+            absl::Time queue_deadline);
+
+  JobRecord(const JobRecord&) = delete;
+  JobRecord& operator=(const JobRecord&) = delete;
+
+  const uint64_t seq;  // Order of submission.
+  const std::string id;
+  const std::string owner;
+  const RenderPlan plan;
+  const std::string model;      // The model's name.
+  const std::string objective;  // Canonical text.
+  const std::string cache_key;  // Empty when the request is not cacheable.
+  const absl::Time create_time;
+  const absl::Time queue_deadline;
+
+ private:
+  friend class JobManager;
+
+  mutable absl::Mutex mu_;
+  v1::JobState state_ ABSL_GUARDED_BY(mu_) = v1::JOB_STATE_QUEUED;
+  absl::Time start_time_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  absl::Time end_time_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  int64_t steps_done_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);  // Of a finished job.
+  bool cached_ ABSL_GUARDED_BY(mu_) = false;
+  std::string device_ ABSL_GUARDED_BY(mu_);
+  StopReason stop_ ABSL_GUARDED_BY(mu_) = StopReason::kNone;
+  std::vector<JobWatcherPtr> watchers_ ABSL_GUARDED_BY(mu_);
+};
+using JobRecordPtr = std::shared_ptr<JobRecord>;
+
+struct JobManagerOptions {
+  // Queue bounds, total and per owner.
+  SchedulerOptions scheduler;
+  // Result lifetime and size budget.
+  ResultStoreOptions results;
+  // Longest wait in the queue; a request may ask for less, never more.
+  absl::Duration default_queue_timeout = absl::Seconds(600);
+  // Job records kept; the oldest finished ones are forgotten beyond this.
+  int64_t max_job_records = 100000;
+};
+
+class JobManager {
+ public:
+  explicit JobManager(JobManagerOptions options);
+
+  JobManager(const JobManager&) = delete;
+  JobManager& operator=(const JobManager&) = delete;
+
+  // ------------------------------------------------------------ clients
+
+  // Accepts `plan` (PlanRender's result for `request`) as a job of `owner`.
+  // `watcher` (may be null) hears the job from the start. Returns the job,
+  // QUEUED, or SUCCEEDED (cached) when the request gave a seed and an
+  // identical request's result is stored. Errors: Unavailable "server is
+  // shutting down" after Close(); ResourceExhausted naming the queue limit.
+  absl::StatusOr<JobRecordPtr> Submit(const v1::RenderRequest& request,
+                                      RenderPlan plan, std::string owner,
+                                      JobWatcherPtr watcher);
+
+  // The job with `id`; NotFound "job X not found" for ids never issued or
+  // forgotten.
+  absl::StatusOr<JobRecordPtr> Find(absl::string_view id) const;
+
+  // The job as the API describes it; with its result when `include_result`
+  // and it succeeded (NotFound, saying "expired" or "evicted", when the
+  // result is gone).
+  absl::StatusOr<v1::Job> Describe(const JobRecord& job, bool include_result);
+
+  // Adds `watcher` to `job`: progress from now on, then the end. For a
+  // finished job the end (with its stored result) is delivered at once, on
+  // this thread; a succeeded job whose result is gone ends with NotFound.
+  void Watch(JobRecord& job, JobWatcherPtr watcher);
+  // Takes `watcher` off `job`. True when it was still on it: then it hears
+  // nothing more; false when its final call has been (or is being) made.
+  bool Unwatch(JobRecord& job, const JobWatcher* watcher);
+
+  // Cancels `job`: a queued job leaves the queue and ends CANCELLED at once;
+  // a running one is told to stop, and its worker ends it within one step;
+  // a finished one is left as it is. `reason` picks the status.
+  void Cancel(const JobRecordPtr& job, StopReason reason);
+
+  // Jobs newest first, filtered by owner and state, paged.
+  absl::StatusOr<v1::ListJobsResponse> List(const v1::ListJobsRequest& request);
+
+  // Queue, cache, result and job counter figures (not the devices').
+  void FillStats(v1::ServerStats& stats) const;
+
+  // ------------------------------------------------------------ workers
+
+  Scheduler& scheduler() { return scheduler_; }
+  // Images of queued job `id` (its batch); 0 when unknown.
+  int64_t ImagesOf(absl::string_view id) const;
+  // Ends the queued jobs past their queue deadline (EXPIRED,
+  // DEADLINE_EXCEEDED) and drops expired results.
+  void ExpireQueued(absl::Time now);
+  // Marks job `queued` (just taken from the scheduler) RUNNING on `device`.
+  // Null when the job is unknown or already over.
+  JobRecordPtr Start(const QueuedJob& queued, const std::string& device);
+  // Why `job` was asked to stop; kNone while it may go on.
+  StopReason StopRequested(const JobRecord& job) const;
+  // The status of `job` stopped for `reason` after `steps_done` steps.
+  static absl::Status StopStatus(const JobRecord& job, StopReason reason,
+                                 int64_t steps_done);
+  // Records that `job` has done `steps_done` steps; true when someone
+  // watches it (so that progress events are worth making).
+  bool Advance(JobRecord& job, int64_t steps_done);
+  // Sends a progress event to `job`'s watchers.
+  void Publish(JobRecord& job, const v1::RenderProgress& progress);
+  // Ends a running `job`: SUCCEEDED with `result` when `status` is OK
+  // (stored, and remembered in the cache when the request was cacheable);
+  // otherwise CANCELLED for a Cancelled status, FAILED for any other.
+  void Finish(JobRecord& job, const absl::Status& status,
+              std::shared_ptr<const v1::RenderResult> result);
+
+  // ----------------------------------------------------------- shutdown
+
+  // Refuses new jobs from now on and ends every queued one CANCELLED with
+  // Unavailable "server is shutting down; the render had not started".
+  void Close();
+  // Asks every running job to stop (their workers end them within a step).
+  void StopRunning(StopReason reason);
+  // Waits until no job runs or `deadline` passes; true when none runs.
+  bool WaitUntilNoneRunning(absl::Time deadline);
+  // Jobs running now.
+  int64_t running() const;
+
+ private:
+  // Puts `job` in its final state and hands its watchers their last call.
+  void End(JobRecord& job, v1::JobState state, const absl::Status& status,
+           std::shared_ptr<const v1::RenderResult> result);
+  // Registers a new record, forgetting old finished ones beyond the limit.
+  void AddRecord(const JobRecordPtr& job);
+  // A finished job's seq, for forgetting the oldest first.
+  void Retire(const JobRecord& job);
+  // A new job answered at once with job `cached_id`'s stored `result`.
+  absl::StatusOr<JobRecordPtr> SubmitCached(
+      const std::string& cached_id,
+      std::shared_ptr<const v1::RenderResult> result, RenderPlan plan,
+      std::string owner, std::string cache_key, const JobWatcherPtr& watcher);
+
+  const JobManagerOptions options_;
+  Scheduler scheduler_;
+  ResultStore results_;
+
+  mutable absl::Mutex mu_;
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<uint64_t, JobRecordPtr> records_ ABSL_GUARDED_BY(mu_);
+  std::deque<uint64_t> finished_ ABSL_GUARDED_BY(mu_);  // Oldest first.
+  absl::flat_hash_map<uint64_t, JobRecordPtr> running_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_sweep_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+
+  std::atomic<int64_t> submitted_{0};
+  std::atomic<int64_t> succeeded_{0};
+  std::atomic<int64_t> failed_{0};
+  std::atomic<int64_t> cancelled_{0};
+  std::atomic<int64_t> expired_{0};
+  std::atomic<int64_t> cache_hits_{0};
+  std::atomic<int64_t> cache_misses_{0};
+};
+using JobManagerPtr = std::unique_ptr<JobManager>;
+
+}  // namespace featviz::server
+
+#endif  // FEATVIZ_SERVER_JOB_MANAGER_H_

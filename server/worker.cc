@@ -1,0 +1,243 @@
+#include "server/worker.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/batch.h"
+#include "server/convert.h"
+#include "spdlog/spdlog.h"
+
+namespace featviz::server {
+namespace {
+
+// How long an idle worker waits for work before it looks at the queue's
+// deadlines again.
+constexpr absl::Duration kIdleWait = absl::Milliseconds(100);
+// The window of the throughput figures.
+constexpr absl::Duration kStatsWindow = absl::Seconds(60);
+
+}  // namespace
+
+absl::StatusOr<WorkerPtr> Worker::Create(std::string device,
+                                         const ModelRegistry* models,
+                                         JobManager* jobs,
+                                         WorkerOptions options) {
+  if (options.max_batch_images < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_batch_images must be >= 1, got ", options.max_batch_images));
+  }
+  WorkerPtr worker(new Worker(std::move(device), models, jobs, options));
+  Worker* self = worker.get();
+  worker->thread_ = std::thread([self] { self->Loop(); });
+  return worker;
+}
+
+Worker::Worker(std::string device, const ModelRegistry* models,
+               JobManager* jobs, WorkerOptions options)
+    : device_(std::move(device)),
+      models_(*models),
+      jobs_(*jobs),
+      options_(options),
+      started_(absl::Now()) {}
+
+Worker::~Worker() { Stop(); }
+
+void Worker::Stop() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+void Worker::Loop() {
+  while (!stop_.load()) {
+    jobs_.ExpireQueued(absl::Now());
+    Admit();
+    {
+      absl::MutexLock lock(&stats_mu_);
+      running_jobs_ = static_cast<int64_t>(running_.size());
+    }
+    if (running_.empty()) {
+      jobs_.scheduler().WaitForWork(kIdleWait);
+      continue;
+    }
+    Step();
+  }
+  // Nothing is ever dropped silently: what still runs ends here.
+  for (Running& running : running_) {
+    End(running,
+        JobManager::StopStatus(*running.job, StopReason::kShutdown,
+                               running.session->steps_done()),
+        nullptr);
+  }
+  running_.clear();
+  absl::MutexLock lock(&stats_mu_);
+  running_jobs_ = 0;
+}
+
+void Worker::Admit() {
+  if (running_.empty()) {
+    model_ = nullptr;
+    images_ = 0;
+  }
+  while (!stop_.load()) {
+    const std::string model_name =
+        model_ == nullptr ? std::string() : model_->card().name;
+    const bool empty = running_.empty();
+    const int64_t images = images_;
+    // Runs under the scheduler's lock: only reads the worker's own state and
+    // the manager's records.
+    std::optional<QueuedJob> next =
+        jobs_.scheduler().PopNext([&](const QueuedJob& job) {
+          if (empty) return true;
+          return job.batch_key == model_name &&
+                 images + jobs_.ImagesOf(job.id) <= options_.max_batch_images;
+        });
+    if (!next.has_value()) return;
+    JobRecordPtr job = jobs_.Start(*next, device_);
+    if (job == nullptr) continue;
+    const StopReason stop = jobs_.StopRequested(*job);
+    if (stop != StopReason::kNone) {
+      jobs_.Finish(*job, JobManager::StopStatus(*job, stop, 0), nullptr);
+      continue;
+    }
+    absl::StatusOr<const core::Model*> model = models_.Find(job->model);
+    if (!model.ok()) {
+      jobs_.Finish(*job, model.status(), nullptr);
+      continue;
+    }
+    absl::StatusOr<std::unique_ptr<core::RenderSession>> session =
+        core::RenderSession::Create(**model, job->plan.objective,
+                                    job->plan.options);
+    if (!session.ok()) {
+      jobs_.Finish(*job, session.status(), nullptr);
+      continue;
+    }
+    if (running_.empty()) model_ = *model;
+    images_ += (*session)->batch();
+    running_.push_back(
+        Running{std::move(job), *std::move(session), absl::Now()});
+  }
+}
+
+void Worker::DropStopped() {
+  std::vector<Running> kept;
+  kept.reserve(running_.size());
+  for (Running& running : running_) {
+    const StopReason stop = jobs_.StopRequested(*running.job);
+    if (stop == StopReason::kNone) {
+      kept.push_back(std::move(running));
+      continue;
+    }
+    End(running,
+        JobManager::StopStatus(*running.job, stop,
+                               running.session->steps_done()),
+        nullptr);
+  }
+  running_ = std::move(kept);
+}
+
+void Worker::Step() {
+  DropStopped();
+  if (running_.empty()) return;
+  std::vector<core::RenderSession*> sessions;
+  sessions.reserve(running_.size());
+  int64_t images = 0;
+  for (Running& running : running_) {
+    sessions.push_back(running.session.get());
+    images += running.session->batch();
+  }
+  const absl::Status stepped = core::StepTogether(*model_, sessions);
+  RecordStep(absl::Now(), images);
+  if (!stepped.ok()) {
+    spdlog::error("device={} batched step of {} jobs failed: {}", device_,
+                  running_.size(), stepped.ToString());
+    for (Running& running : running_) End(running, stepped, nullptr);
+    running_.clear();
+    images_ = 0;
+    return;
+  }
+
+  std::vector<Running> kept;
+  kept.reserve(running_.size());
+  for (Running& running : running_) {
+    core::RenderSession& session = *running.session;
+    const RenderPlan& plan = running.job->plan;
+    const int64_t done = session.steps_done();
+    const bool watched = jobs_.Advance(*running.job, done);
+    const int64_t every = plan.options.progress_every;
+    if (watched && every > 0 && (done % every == 0 || session.done())) {
+      absl::StatusOr<v1::RenderProgress> progress =
+          ProgressToProto(session.Progress(plan.options.progress_images),
+                          plan.options.steps, plan.preview_png);
+      if (!progress.ok()) {
+        End(running, progress.status(), nullptr);
+        continue;
+      }
+      jobs_.Publish(*running.job, *progress);
+    }
+    if (!session.done()) {
+      kept.push_back(std::move(running));
+      continue;
+    }
+    absl::StatusOr<core::RenderResult> result = session.Finish();
+    if (!result.ok()) {
+      End(running, result.status(), nullptr);
+      continue;
+    }
+    const absl::Time now = absl::Now();
+    absl::StatusOr<v1::RenderResult> proto = ResultToProto(
+        *result, plan,
+        absl::ToDoubleSeconds(running.start - running.job->create_time),
+        absl::ToDoubleSeconds(now - running.start));
+    if (!proto.ok()) {
+      End(running, proto.status(), nullptr);
+      continue;
+    }
+    End(running, absl::OkStatus(),
+        std::make_shared<const v1::RenderResult>(*std::move(proto)));
+  }
+  running_ = std::move(kept);
+  images_ = 0;
+  for (const Running& running : running_) images_ += running.session->batch();
+}
+
+void Worker::End(Running& running, const absl::Status& status,
+                 std::shared_ptr<const v1::RenderResult> result) {
+  jobs_.Finish(*running.job, status, std::move(result));
+}
+
+void Worker::RecordStep(absl::Time now, int64_t images) {
+  absl::MutexLock lock(&stats_mu_);
+  ++steps_total_;
+  window_.emplace_back(now, images);
+  while (!window_.empty() && now - window_.front().first > kStatsWindow) {
+    window_.pop_front();
+  }
+}
+
+v1::DeviceStats Worker::Stats(absl::Time now) const {
+  v1::DeviceStats stats;
+  stats.set_device(device_);
+  absl::MutexLock lock(&stats_mu_);
+  stats.set_running_jobs(running_jobs_);
+  stats.set_steps_total(steps_total_);
+  int64_t steps = 0;
+  int64_t image_steps = 0;
+  for (const auto& [time, images] : window_) {
+    if (now - time > kStatsWindow) continue;
+    ++steps;
+    image_steps += images;
+  }
+  // Over the last minute, or since start when that was less than a minute.
+  const double seconds = std::max(
+      1e-3, absl::ToDoubleSeconds(std::min(kStatsWindow, now - started_)));
+  if (steps > 0) {
+    stats.set_batch_occupancy(static_cast<double>(image_steps) / steps /
+                              static_cast<double>(options_.max_batch_images));
+  }
+  stats.set_steps_per_second(steps / seconds);
+  stats.set_image_steps_per_second(image_steps / seconds);
+  return stats;
+}
+
+}  // namespace featviz::server

@@ -1,0 +1,118 @@
+// One device's worker: a thread that runs jobs with continuous batching.
+// It keeps a set of running jobs of one model, each a core::RenderSession,
+// and loops:
+//
+//   1. end queued jobs past their queue deadline;
+//   2. admit queued jobs, in the scheduler's fair order, while they fit:
+//      any job when none runs, else a job of the same model whose images
+//      keep the batch within max_batch_images;
+//   3. stop the jobs asked to stop (CANCELLED within one step);
+//   4. ONE core::StepTogether over all running sessions;
+//   5. per job: progress events at its progress_every, and the result once
+//      it has done its steps.
+//
+// A job joins a batch between any two steps and leaves it when done, so the
+// batch stays full while work is queued. A job's images are the same whoever
+// shares its steps (core/batch.h). An error of the batched step fails every
+// job of that step; the worker goes on serving.
+#ifndef FEATVIZ_SERVER_WORKER_H_
+#define FEATVIZ_SERVER_WORKER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/render.h"
+#include "featviz/v1/featviz.pb.h"
+#include "server/job_manager.h"
+#include "server/model_registry.h"
+
+namespace featviz::server {
+
+struct WorkerOptions {
+  // Most images stepped together; a larger job runs alone.
+  int64_t max_batch_images = 256;
+};
+
+class Worker;
+using WorkerPtr = std::unique_ptr<Worker>;
+
+class Worker {
+ public:
+  // Starts the worker of `device` ("cpu", "cuda:0"), running the jobs of
+  // `jobs` on the models of `models` (loaded on that device). Both must
+  // outlive the worker. InvalidArgument when max_batch_images < 1.
+  static absl::StatusOr<WorkerPtr> Create(std::string device,
+                                          const ModelRegistry* models,
+                                          JobManager* jobs,
+                                          WorkerOptions options);
+
+  // Stop()s.
+  ~Worker();
+
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Ends the loop after the current step; jobs still running end CANCELLED
+  // ("server shut down before the render finished"). Joins the thread.
+  void Stop();
+
+  const std::string& device() const { return device_; }
+  // Running jobs, batch occupancy, steps per second and images x steps per
+  // second over the last minute, steps since start.
+  v1::DeviceStats Stats(absl::Time now) const;
+
+ private:
+  struct Running {
+    JobRecordPtr job;
+    std::unique_ptr<core::RenderSession> session;
+    absl::Time start;
+  };
+
+  Worker(std::string device, const ModelRegistry* models, JobManager* jobs,
+         WorkerOptions options);
+  void Loop();
+  // Takes queued jobs that fit into the current batch.
+  void Admit();
+  // Ends the running jobs asked to stop.
+  void DropStopped();
+  // One batched step of every running job, then progress and results.
+  void Step();
+  // Ends running job `i` with `status` (and `result`) and forgets it.
+  void End(Running& running, const absl::Status& status,
+           std::shared_ptr<const v1::RenderResult> result);
+  void RecordStep(absl::Time now, int64_t images);
+
+  const std::string device_;
+  const ModelRegistry& models_;
+  JobManager& jobs_;
+  const WorkerOptions options_;
+  const absl::Time started_;
+
+  // The worker thread's own state.
+  std::vector<Running> running_;
+  const core::Model* model_ = nullptr;  // Of the running jobs.
+  int64_t images_ = 0;                  // Their images.
+
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+
+  mutable absl::Mutex stats_mu_;
+  // (time, images) of each step in the last minute.
+  std::deque<std::pair<absl::Time, int64_t>> window_ ABSL_GUARDED_BY(stats_mu_);
+  int64_t steps_total_ ABSL_GUARDED_BY(stats_mu_) = 0;
+  int64_t running_jobs_ ABSL_GUARDED_BY(stats_mu_) = 0;
+};
+
+}  // namespace featviz::server
+
+#endif  // FEATVIZ_SERVER_WORKER_H_

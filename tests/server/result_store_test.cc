@@ -1,0 +1,209 @@
+#include "server/result_store.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "featviz/v1/featviz.pb.h"
+
+namespace featviz::server {
+namespace {
+
+const absl::Time kT0 = absl::FromUnixSeconds(1700000000);
+
+std::shared_ptr<const featviz::v1::RenderResult> Result(uint64_t seed) {
+  auto result = std::make_shared<featviz::v1::RenderResult>();
+  result->set_seed(seed);
+  return result;
+}
+
+ResultStoreOptions Options(absl::Duration ttl, int64_t max_bytes) {
+  ResultStoreOptions options;
+  options.ttl = ttl;
+  options.max_bytes = max_bytes;
+  return options;
+}
+
+TEST(ResultStore, GetsAResultAfterPut) {
+  ResultStore store(ResultStoreOptions{});
+  store.Put("job-1", Result(7), 100, kT0);
+  auto got = store.Get("job-1", kT0 + absl::Minutes(1));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ((*got)->seed(), 7u);
+  EXPECT_EQ(store.size(), 1);
+  EXPECT_EQ(store.bytes(), 100);
+}
+
+TEST(ResultStore, SaysThereIsNoResultForAnUnknownJob) {
+  ResultStore store(ResultStoreOptions{});
+  auto got = store.Get("job-9", kT0);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(got.status().message(), "no result for job job-9");
+}
+
+TEST(ResultStore, PutReplacesAJobsResult) {
+  ResultStore store(ResultStoreOptions{});
+  store.Put("job-1", Result(1), 100, kT0);
+  store.Put("job-1", Result(2), 30, kT0 + absl::Minutes(1));
+  EXPECT_EQ(store.size(), 1);
+  EXPECT_EQ(store.bytes(), 30);
+  EXPECT_EQ((*store.Get("job-1", kT0 + absl::Minutes(1)))->seed(), 2u);
+}
+
+TEST(ResultStore, ExpiresAResultAfterTheTtlSayingHowLongResultsAreKept) {
+  ResultStore store(Options(absl::Hours(1), 1 << 20));
+  store.Put("job-1", Result(7), 100, kT0);
+  EXPECT_TRUE(store.Get("job-1", kT0 + absl::Minutes(59)).ok());
+  auto got = store.Get("job-1", kT0 + absl::Hours(1));
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(got.status().message(),
+            "the result of job job-1 expired (results are kept 1h)");
+  // Still so after a Sweep has dropped it.
+  EXPECT_EQ(store.Sweep(kT0 + absl::Hours(2)),
+            std::vector<std::string>{"job-1"});
+  got = store.Get("job-1", kT0 + absl::Hours(2));
+  EXPECT_EQ(got.status().message(),
+            "the result of job job-1 expired (results are kept 1h)");
+}
+
+TEST(ResultStore, EvictsTheOldestResultsFirstToStayUnderMaxBytes) {
+  ResultStore store(Options(absl::Hours(1), 250));
+  store.Put("job-1", Result(1), 100, kT0);
+  store.Put("job-2", Result(2), 100, kT0 + absl::Seconds(1));
+  EXPECT_EQ(store.bytes(), 200);
+  store.Put("job-3", Result(3), 100, kT0 + absl::Seconds(2));
+  EXPECT_EQ(store.size(), 2);
+  EXPECT_EQ(store.bytes(), 200);
+
+  const absl::Time now = kT0 + absl::Seconds(3);
+  auto evicted = store.Get("job-1", now);
+  EXPECT_EQ(evicted.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(evicted.status().message(),
+            "the result of job job-1 was evicted to keep results under 250 "
+            "bytes");
+  EXPECT_TRUE(store.Get("job-2", now).ok());
+  EXPECT_TRUE(store.Get("job-3", now).ok());
+
+  // A big result pushes out as many old ones as it must.
+  store.Put("job-4", Result(4), 240, now);
+  EXPECT_EQ(store.size(), 1);
+  EXPECT_EQ(store.bytes(), 240);
+  EXPECT_FALSE(store.Get("job-2", now).ok());
+  EXPECT_FALSE(store.Get("job-3", now).ok());
+  EXPECT_TRUE(store.Get("job-4", now).ok());
+}
+
+TEST(ResultStore, EvictsByTimeOfPutNotByJobId) {
+  ResultStore store(Options(absl::Hours(1), 200));
+  store.Put("b", Result(1), 100, kT0);
+  store.Put("a", Result(2), 100, kT0);
+  store.Put("b", Result(3), 100, kT0);  // Now the newest.
+  store.Put("c", Result(4), 100, kT0);
+  EXPECT_FALSE(store.Get("a", kT0).ok());
+  EXPECT_TRUE(store.Get("b", kT0).ok());
+  EXPECT_TRUE(store.Get("c", kT0).ok());
+}
+
+TEST(ResultStore, DoesNotKeepAResultLargerThanMaxBytes) {
+  ResultStore store(Options(absl::Hours(1), 100));
+  store.Put("small", Result(1), 50, kT0);
+  store.Put("huge", Result(2), 101, kT0);
+  EXPECT_EQ(store.size(), 0);
+  EXPECT_EQ(store.bytes(), 0);
+  EXPECT_EQ(store.Get("huge", kT0).status().message(),
+            "the result of job huge was evicted to keep results under 100 "
+            "bytes");
+}
+
+TEST(ResultStore, LookupReturnsTheJobWhoseResultAnswersTheKey) {
+  ResultStore store(ResultStoreOptions{});
+  EXPECT_FALSE(store.Lookup("mnist|cls:3", kT0).has_value());
+  store.Put("job-1", Result(1), 100, kT0);
+  store.Remember("mnist|cls:3", "job-1");
+  EXPECT_EQ(store.Lookup("mnist|cls:3", kT0), "job-1");
+  EXPECT_FALSE(store.Lookup("mnist|cls:4", kT0).has_value());
+  // A later job answering the same key takes it over.
+  store.Put("job-2", Result(2), 100, kT0);
+  store.Remember("mnist|cls:3", "job-2");
+  EXPECT_EQ(store.Lookup("mnist|cls:3", kT0), "job-2");
+}
+
+TEST(ResultStore, LookupStopsOnceTheResultExpired) {
+  ResultStore store(Options(absl::Hours(1), 1 << 20));
+  store.Put("job-1", Result(1), 100, kT0);
+  store.Remember("key", "job-1");
+  EXPECT_EQ(store.Lookup("key", kT0 + absl::Minutes(59)), "job-1");
+  EXPECT_FALSE(store.Lookup("key", kT0 + absl::Hours(1)).has_value());
+  store.Sweep(kT0 + absl::Hours(1));
+  EXPECT_FALSE(store.Lookup("key", kT0).has_value());
+}
+
+TEST(ResultStore, LookupStopsOnceTheResultWasEvicted) {
+  ResultStore store(Options(absl::Hours(1), 150));
+  store.Put("job-1", Result(1), 100, kT0);
+  store.Remember("key", "job-1");
+  store.Put("job-2", Result(2), 100, kT0);
+  EXPECT_FALSE(store.Lookup("key", kT0).has_value());
+  // Remembering a key for a result that is gone does not bring it back.
+  store.Remember("key", "job-1");
+  EXPECT_FALSE(store.Lookup("key", kT0).has_value());
+}
+
+TEST(ResultStore, RememberBeforePutTakesEffectOnceTheResultIsStored) {
+  ResultStore store(ResultStoreOptions{});
+  store.Remember("key", "job-1");
+  EXPECT_FALSE(store.Lookup("key", kT0).has_value());
+  store.Put("job-1", Result(1), 100, kT0);
+  EXPECT_EQ(store.Lookup("key", kT0), "job-1");
+}
+
+TEST(ResultStore, ForgetsTheOldestPendingKeysPastTheirBound) {
+  ResultStoreOptions options;
+  options.max_pending_jobs = 2;
+  ResultStore store(options);
+  store.Remember("key-1", "job-1");
+  store.Remember("key-2", "job-2");
+  store.Remember("key-3", "job-3");
+  store.Put("job-1", Result(1), 10, kT0);
+  store.Put("job-2", Result(2), 10, kT0);
+  store.Put("job-3", Result(3), 10, kT0);
+  EXPECT_FALSE(store.Lookup("key-1", kT0).has_value());
+  EXPECT_EQ(store.Lookup("key-2", kT0), "job-2");
+  EXPECT_EQ(store.Lookup("key-3", kT0), "job-3");
+}
+
+TEST(ResultStore, SweepDropsExactlyTheExpiredResults) {
+  ResultStore store(Options(absl::Minutes(10), 1 << 20));
+  store.Put("old", Result(1), 100, kT0);
+  store.Put("older", Result(2), 50, kT0 - absl::Minutes(5));
+  store.Put("fresh", Result(3), 10, kT0 + absl::Minutes(5));
+  EXPECT_TRUE(store.Sweep(kT0 + absl::Minutes(4)).empty());
+  EXPECT_EQ(store.Sweep(kT0 + absl::Minutes(10)),
+            (std::vector<std::string>{"old", "older"}));
+  EXPECT_EQ(store.size(), 1);
+  EXPECT_EQ(store.bytes(), 10);
+  EXPECT_TRUE(store.Get("fresh", kT0 + absl::Minutes(10)).ok());
+  EXPECT_TRUE(store.Sweep(kT0 + absl::Minutes(10)).empty());
+}
+
+TEST(ResultStore, ForgetsWhyOldRemovalsHappenedPastItsBound) {
+  ResultStoreOptions options = Options(absl::Hours(1), 100);
+  options.max_remembered_removals = 1;
+  ResultStore store(options);
+  store.Put("job-1", Result(1), 100, kT0);
+  store.Put("job-2", Result(2), 100, kT0);  // Evicts job-1.
+  store.Put("job-3", Result(3), 100, kT0);  // Evicts job-2.
+  EXPECT_EQ(store.Get("job-1", kT0).status().message(),
+            "no result for job job-1");
+  EXPECT_EQ(store.Get("job-2", kT0).status().message(),
+            "the result of job job-2 was evicted to keep results under 100 "
+            "bytes");
+}
+
+}  // namespace
+}  // namespace featviz::server
