@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "core/batch.h"
+#include "tests/benchmarks/bench_support.h"
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/render.h"
@@ -35,23 +36,13 @@
 namespace featviz::core {
 namespace {
 
+using ::featviz::bench::Mnist;
+
 // Steps before timing starts (allocator warm-up, first-call costs).
 constexpr int kWarmupSteps = 3;
 // Large enough that sessions do not finish inside one benchmark run; the
 // loop recreates them (untimed) if they ever do.
 constexpr int64_t kSessionSteps = 100000;
-
-std::string ModelPath() {
-  return std::string(FEATVIZ_MODELS_DIR) + "/mnist_classifier.pt";
-}
-
-const Model* Mnist() {
-  static const Model* model = [] {
-    absl::StatusOr<ModelPtr> m = Model::Load(ModelPath());
-    return m.ok() ? m->release() : nullptr;
-  }();
-  return model;
-}
 
 // Session j: one image, channel(conv2, j % 32), FFT, default transforms,
 // seed j.
@@ -101,7 +92,7 @@ void RunSteps(benchmark::State& state, bool together) {
   const int64_t jobs = state.range(0);
   const Model* model = Mnist();
   if (model == nullptr) {
-    state.SkipWithError(("cannot load " + ModelPath()).c_str());
+    state.SkipWithError(("cannot load " + ::featviz::bench::MnistPath()).c_str());
     return;
   }
   auto sessions = NewSessions(*model, jobs);
@@ -164,7 +155,7 @@ void BM_StepPhases(benchmark::State& state) {
   const int64_t jobs = state.range(0);
   const Model* model = Mnist();
   if (model == nullptr) {
-    state.SkipWithError(("cannot load " + ModelPath()).c_str());
+    state.SkipWithError(("cannot load " + ::featviz::bench::MnistPath()).c_str());
     return;
   }
   auto sessions = NewSessions(*model, jobs);

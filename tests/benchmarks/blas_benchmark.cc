@@ -14,31 +14,13 @@
 #include <benchmark/benchmark.h>
 
 #include "absl/strings/str_cat.h"
+#include "tests/benchmarks/bench_support.h"
 
 namespace featviz {
 namespace {
 
-std::string LoadedBlas() {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    const size_t pos = line.find('/');
-    if (pos != std::string::npos &&
-        line.find("libblas.so", pos) != std::string::npos) {
-      return line.substr(pos);
-    }
-  }
-  return "not loaded";
-}
-
-// OpenBLAS's own thread count (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS,
-// else the CPU count); "n/a" under reference BLAS.
-std::string OpenBlasThreads() {
-  using GetThreads = int (*)();
-  auto get = reinterpret_cast<GetThreads>(
-      dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  return get == nullptr ? "n/a" : absl::StrCat(get());
-}
+using ::featviz::bench::LoadedBlas;
+using ::featviz::bench::OpenBlasThreads;
 
 // n x n times n x n, float32: 2 n^3 floating-point operations. The counter
 // is a rate, printed as GFLOP/s.

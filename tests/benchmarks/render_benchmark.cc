@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "core/adam.h"
+#include "tests/benchmarks/bench_support.h"
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/param.h"
@@ -28,48 +29,16 @@
 namespace featviz::core {
 namespace {
 
+using ::featviz::bench::LoadedBlas;
+using ::featviz::bench::Mnist;
+using ::featviz::bench::OpenBlasThreads;
+
 // Steps run before timing starts, so that the TorchScript profiling executor
 // has specialised its graphs and the allocator has warmed up.
 constexpr int kWarmupSteps = 5;
 // Large enough that a session does not finish inside one benchmark run; the
 // loop recreates it (untimed) if it ever does. The trace is steps x terms.
 constexpr int64_t kSessionSteps = 20000;
-
-std::string ModelPath() {
-  return std::string(FEATVIZ_MODELS_DIR) + "/mnist_classifier.pt";
-}
-
-const Model* Mnist() {
-  static const Model* model = [] {
-    absl::StatusOr<ModelPtr> m = Model::Load(ModelPath());
-    return m.ok() ? m->release() : nullptr;
-  }();
-  return model;
-}
-
-// The file the dynamic loader resolved libblas.so.3 to (the alternatives link
-// picks reference BLAS or OpenBLAS), so each report says what it measured.
-std::string LoadedBlas() {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    const size_t pos = line.find('/');
-    if (pos != std::string::npos &&
-        line.find("libblas.so", pos) != std::string::npos) {
-      return line.substr(pos);
-    }
-  }
-  return "not loaded";
-}
-
-// OpenBLAS's own thread count (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS,
-// else the CPU count); "n/a" under reference BLAS.
-std::string OpenBlasThreads() {
-  using GetThreads = int (*)();
-  auto get = reinterpret_cast<GetThreads>(
-      dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  return get == nullptr ? "n/a" : absl::StrCat(get());
-}
 
 // Rates, printed per second of wall time: steps/s and images*steps/s.
 void AddCounters(benchmark::State& state, int64_t batch) {
@@ -129,7 +98,7 @@ void BM_RenderStep(benchmark::State& state, Variant variant) {
   const int64_t batch = state.range(0);
   const Model* model = Mnist();
   if (model == nullptr) {
-    state.SkipWithError(("cannot load " + ModelPath()).c_str());
+    state.SkipWithError(("cannot load " + ::featviz::bench::MnistPath()).c_str());
     return;
   }
   absl::StatusOr<std::unique_ptr<RenderSession>> session =
@@ -190,7 +159,7 @@ void PlainLoop(benchmark::State& state, Weights weights) {
   const int64_t batch = state.range(0);
   torch::jit::Module module;
   try {
-    module = torch::jit::load(ModelPath());
+    module = torch::jit::load(::featviz::bench::MnistPath());
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
     return;
