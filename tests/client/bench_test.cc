@@ -49,29 +49,10 @@ TEST(Percentile, UsesTheNearestRank) {
   EXPECT_EQ(client::Percentile({}, 50), 0);
 }
 
-class BenchTest : public ::testing::Test {
+class BenchTest : public SharedServerTest {
  protected:
-  static void SetUpTestSuite() {
-    log_path_ = new std::string(absl::StrCat(
-        ::testing::TempDir(), "featviz_bench_test_server_", getpid(), ".log"));
-    absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start(kServer, kModels, *log_path_);
-    if (!server.ok()) {
-      start_error_ = new std::string(server.status().ToString());
-      return;
-    }
-    server_ = server->release();
-  }
-  static void TearDownTestSuite() {
-    if (server_ != nullptr) {
-      EXPECT_EQ(server_->Stop(), 0) << ReadFileOrEmpty(*log_path_);
-      delete server_;
-      server_ = nullptr;
-    }
-  }
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr) << (start_error_ ? *start_error_ : "no server");
-  }
+  static void SetUpTestSuite() { StartSharedServer(kServer, kModels, "bench_test"); }
+  static void TearDownTestSuite() { StopSharedServer(); }
 
   static CommandResult Bench(const std::vector<std::string>& args) {
     std::vector<std::string> argv = {kCli, "--server", server_->address(),
@@ -106,14 +87,8 @@ class BenchTest : public ::testing::Test {
     EXPECT_GT(report["server_seconds"]["compute_mean"].get<double>(), 0);
   }
 
-  static ServerProcess* server_;
-  static std::string* log_path_;
-  static std::string* start_error_;
 };
 
-ServerProcess* BenchTest::server_ = nullptr;
-std::string* BenchTest::log_path_ = nullptr;
-std::string* BenchTest::start_error_ = nullptr;
 
 TEST_F(BenchTest, ConcurrentClientsReportEveryJob) {
   const CommandResult r = Bench({"--clients", "4", "--jobs", "2", "--steps",

@@ -48,46 +48,18 @@ std::vector<std::string> Lines(const std::string& text) {
 }
 
 // One server for every test of the suite.
-class CliTest : public ::testing::Test {
+class CliTest : public SharedServerTest {
  protected:
-  static void SetUpTestSuite() {
-    log_path_ = new std::string(
-        absl::StrCat(::testing::TempDir(), "featviz_cli_test_server_", getpid(), ".log"));
-    absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start(kServer, kModels, *log_path_);
-    if (!server.ok()) {
-      start_error_ = new std::string(server.status().ToString());
-      return;
-    }
-    server_ = server->release();
-  }
-  static void TearDownTestSuite() {
-    if (server_ != nullptr) {
-      const int code = server_->Stop();
-      EXPECT_EQ(code, 0) << "featviz-server did not exit cleanly on SIGTERM; log:\n"
-                         << ReadFileOrEmpty(*log_path_);
-      delete server_;
-      server_ = nullptr;
-    }
-  }
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr) << (start_error_ ? *start_error_ : "no server");
-  }
+  static void SetUpTestSuite() { StartSharedServer(kServer, kModels, "cli_test"); }
+  static void TearDownTestSuite() { StopSharedServer(); }
 
   // The CLI pointed at the test server.
   static CommandResult Run(std::vector<std::string> args) {
     args.insert(args.begin(), {"--server", server_->address()});
     return Cli(args);
   }
-
-  static ServerProcess* server_;
-  static std::string* log_path_;
-  static std::string* start_error_;
 };
 
-ServerProcess* CliTest::server_ = nullptr;
-std::string* CliTest::log_path_ = nullptr;
-std::string* CliTest::start_error_ = nullptr;
 
 TEST_F(CliTest, ModelsListsTheMnistClassifier) {
   const CommandResult r = Run({"models"});

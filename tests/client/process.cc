@@ -285,4 +285,27 @@ std::string ReadFileOrEmpty(const std::string& path) {
   return text.str();
 }
 
+void SharedServerTest::StartSharedServer(const std::string& binary,
+                                         const std::string& model_dir,
+                                         const std::string& tag) {
+  log_path_ = absl::StrCat(::testing::TempDir(), "featviz_", tag,
+                           "_server_", getpid(), ".log");
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start(binary, model_dir, log_path_);
+  if (!server.ok()) {
+    start_error_ = server.status().ToString();
+    return;
+  }
+  server_ = server->release();
+}
+
+void SharedServerTest::StopSharedServer() {
+  if (server_ == nullptr) return;
+  const int code = server_->Stop();
+  EXPECT_EQ(code, 0) << "featviz-server did not exit cleanly on SIGTERM; log:\n"
+                     << ReadFileOrEmpty(log_path_);
+  delete server_;
+  server_ = nullptr;
+}
+
 }  // namespace featviz::testing

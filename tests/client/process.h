@@ -11,6 +11,8 @@
 
 #include <sys/types.h>
 
+#include <gtest/gtest.h>
+
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 
@@ -70,6 +72,27 @@ absl::StatusOr<int> UnusedPort();
 
 // The text of a file; empty when it cannot be read.
 std::string ReadFileOrEmpty(const std::string& path);
+
+// A fixture whose tests share one featviz-server: a suite calls
+// StartSharedServer() from SetUpTestSuite() and StopSharedServer() from
+// TearDownTestSuite(), which also checks that the server exits 0 on SIGTERM.
+// Each test fails at once when the server could not be started.
+class SharedServerTest : public ::testing::Test {
+ protected:
+  // `tag` names the server's log file under the test temp directory.
+  static void StartSharedServer(const std::string& binary,
+                                const std::string& model_dir,
+                                const std::string& tag);
+  static void StopSharedServer();
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr) << (start_error_.empty() ? "no server"
+                                                          : start_error_);
+  }
+
+  inline static ServerProcess* server_ = nullptr;
+  inline static std::string log_path_;
+  inline static std::string start_error_;
+};
 
 }  // namespace featviz::testing
 
