@@ -3,10 +3,7 @@
 // OpenBLAS). Prints GFLOP/s, asserts nothing; see docs/performance.md.
 //
 //   build/tests/benchmarks/blas_benchmark --benchmark_min_time=0.5
-#include <dlfcn.h>
-
 #include <cstdint>
-#include <fstream>
 #include <string>
 
 #include <ATen/ATen.h>

@@ -4,10 +4,7 @@
 // machinery adds to. Prints figures, asserts nothing; see docs/performance.md.
 //
 //   build/tests/benchmarks/render_benchmark --benchmark_min_time=0.5
-#include <dlfcn.h>
-
 #include <cstdint>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,18 +16,19 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "core/adam.h"
-#include "tests/benchmarks/bench_support.h"
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/param.h"
 #include "core/render.h"
 #include "core/transform.h"
+#include "tests/benchmarks/bench_support.h"
 
 namespace featviz::core {
 namespace {
 
 using ::featviz::bench::LoadedBlas;
 using ::featviz::bench::Mnist;
+using ::featviz::bench::MnistPath;
 using ::featviz::bench::OpenBlasThreads;
 
 // Steps run before timing starts, so that the TorchScript profiling executor
@@ -98,7 +96,7 @@ void BM_RenderStep(benchmark::State& state, Variant variant) {
   const int64_t batch = state.range(0);
   const Model* model = Mnist();
   if (model == nullptr) {
-    state.SkipWithError(("cannot load " + ::featviz::bench::MnistPath()).c_str());
+    state.SkipWithError(("cannot load " + MnistPath()).c_str());
     return;
   }
   absl::StatusOr<std::unique_ptr<RenderSession>> session =
@@ -159,7 +157,7 @@ void PlainLoop(benchmark::State& state, Weights weights) {
   const int64_t batch = state.range(0);
   torch::jit::Module module;
   try {
-    module = torch::jit::load(::featviz::bench::MnistPath());
+    module = torch::jit::load(MnistPath());
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
     return;
