@@ -270,10 +270,18 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(torch::jit::Module module,
   if (card.name.empty()) card.name = "model";
   std::unique_ptr<Model> model;
   try {
-    torch::jit::Module copy = module.clone();
+    // Cloned with autograd off: otherwise every copied weight is a non-leaf
+    // with a CloneBackward node, set_requires_grad(false) does not take, and
+    // each backward computes weight gradients and accumulates them into the
+    // caller's module.
+    torch::jit::Module copy;
+    {
+      at::NoGradGuard no_grad;
+      copy = module.clone();
+      copy.to(device);
+    }
     copy.eval();
     for (at::Tensor p : copy.parameters()) p.set_requires_grad(false);
-    copy.to(device);
     if (!copy.find_method("forward")) {
       return absl::InvalidArgumentError(
           absl::StrCat("model ", card.name, " has no forward() method"));

@@ -68,6 +68,24 @@ TEST(ModelForward, ScriptedTapsEqualTheSubmoduleOutputs) {
   EXPECT_TRUE(at::allclose(taps->logits, raw.forward({images}).toTensor()));
 }
 
+TEST(ModelCreate, FreezesTheWeightsAndLeavesTheCallersModuleAlone) {
+  torch::jit::Module raw = torch::jit::load(TestModel("scripted.pt"));
+  absl::StatusOr<ModelPtr> model =
+      Model::Create(raw, ModelCard::Load(TestModel("scripted.card.json")).value(),
+                    c10::kCPU);
+  ASSERT_TRUE(model.ok()) << model.status();
+  at::Tensor images = at::rand({2, 3, 16, 16}).requires_grad_(true);
+  absl::StatusOr<Taps> taps = (*model)->Forward(images, {"conv2"});
+  ASSERT_TRUE(taps.ok()) << taps.status();
+  // The backward graph reaches the images only: no weight is a leaf that
+  // wants a gradient, and none is an autograd copy of the caller's weights.
+  (taps->activations.at("conv2").mean() + taps->logits.sum()).backward();
+  EXPECT_TRUE(images.grad().defined());
+  for (const at::Tensor& p : raw.parameters()) {
+    EXPECT_FALSE(p.grad().defined()) << "the caller's weights got a gradient";
+  }
+}
+
 TEST(ModelForward, GradientsFlowBackToTheImagesButNotTheWeights) {
   auto model = MustLoad(TestModel("scripted.pt"));
   ASSERT_NE(model, nullptr);
