@@ -8,6 +8,9 @@
 #include <fstream>
 #include <string>
 
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+
 #include "absl/strings/str_cat.h"
 #include "core/model.h"
 
@@ -48,6 +51,17 @@ inline std::string OpenBlasThreads() {
   auto get = reinterpret_cast<GetThreads>(
       dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
   return get == nullptr ? "n/a" : absl::StrCat(get());
+}
+
+// Puts the intra-op thread count, the loaded BLAS and OpenBLAS's thread
+// count into the report's header. Returns true, for a namespace-scope
+// initialiser.
+inline bool AddBlasContext() {
+  benchmark::AddCustomContext("at::get_num_threads",
+                              absl::StrCat(at::get_num_threads()));
+  benchmark::AddCustomContext("libblas.so.3", LoadedBlas());
+  benchmark::AddCustomContext("openblas_get_num_threads", OpenBlasThreads());
+  return true;
 }
 
 }  // namespace featviz::bench

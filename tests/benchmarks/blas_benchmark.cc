@@ -16,8 +16,6 @@
 namespace featviz {
 namespace {
 
-using ::featviz::bench::LoadedBlas;
-using ::featviz::bench::OpenBlasThreads;
 
 // n x n times n x n, float32: 2 n^3 floating-point operations. The counter
 // is a rate, printed as GFLOP/s.
@@ -41,14 +39,7 @@ BENCHMARK(BM_Sgemm)
     ->Arg(128)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
-const bool kContextAdded = [] {
-  benchmark::AddCustomContext("at::get_num_threads",
-                              absl::StrCat(at::get_num_threads()));
-  benchmark::AddCustomContext("libblas.so.3", LoadedBlas());
-  benchmark::AddCustomContext("openblas_get_num_threads",
-                              OpenBlasThreads());
-  return true;
-}();
+const bool kContextAdded = ::featviz::bench::AddBlasContext();
 
 }  // namespace
 }  // namespace featviz

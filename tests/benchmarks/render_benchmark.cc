@@ -26,10 +26,8 @@
 namespace featviz::core {
 namespace {
 
-using ::featviz::bench::LoadedBlas;
 using ::featviz::bench::Mnist;
 using ::featviz::bench::MnistPath;
-using ::featviz::bench::OpenBlasThreads;
 
 // Steps run before timing starts, so that the TorchScript profiling executor
 // has specialised its graphs and the allocator has warmed up.
@@ -198,14 +196,7 @@ BENCHMARK_CAPTURE(PlainLoop, weights_require_grad, Weights::kRequireGrad)
     ->Arg(1)->Arg(8)->Arg(64)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Printed in the report's header.
-const bool kContextAdded = [] {
-  benchmark::AddCustomContext("at::get_num_threads",
-                              absl::StrCat(at::get_num_threads()));
-  benchmark::AddCustomContext("libblas.so.3", LoadedBlas());
-  benchmark::AddCustomContext("openblas_get_num_threads",
-                              OpenBlasThreads());
-  return true;
-}();
+const bool kContextAdded = ::featviz::bench::AddBlasContext();
 
 }  // namespace
 }  // namespace featviz::core
