@@ -99,6 +99,34 @@ class NoCard(nn.Module):  # 1x8x8 -> 3
         return self.fc(torch.flatten(F.max_pool2d(F.relu(self.conv(x)), 2), 1))
 
 
+class KnownWeights(nn.Module):
+    """Hand-set weights with known attributions: conv (1x1, 1 -> 3 channels,
+    weights 1, 2, 3) -> flatten -> fc (2 classes). Class 0 reads channel 0
+    with weight 1 and channel 1 with 0.5 at every position; class 1 reads
+    channel 2 with weight 1 in the bottom-right quadrant only. With `relu`
+    (and a conv bias of -0.5 on channel 0) the path is no longer linear."""
+
+    def __init__(self, relu: bool):
+        super().__init__()
+        self.relu = relu
+        self.conv = nn.Conv2d(1, 3, 1)
+        self.fc = nn.Linear(3 * 8 * 8, 2, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([1.0, 2.0, 3.0]).view(3, 1, 1, 1))
+            self.conv.bias.copy_(torch.tensor([-0.5 if relu else 0.0, 0.0, 0.0]))
+            w = torch.zeros(2, 3, 8, 8)
+            w[0, 0] = 1.0
+            w[0, 1] = 0.5
+            w[1, 2, 4:, 4:] = 1.0
+            self.fc.weight.copy_(w.view(2, -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.relu:
+            y = F.relu(y)
+        return self.fc(torch.flatten(y, 1))
+
+
 def write_card(out, name, channels, size, classes):
     card = {
         "name": name, "version": "1",
@@ -156,6 +184,10 @@ def main():
     write_card(out, "tuple_output", 3, 16, ["p", "q", "r"])
 
     save(torch.jit.script(NoCard().eval()), out, "no_card", (1, 8, 8))
+
+    for name, relu in (("known_weights", False), ("known_weights_relu", True)):
+        save(torch.jit.script(KnownWeights(relu).eval()), out, name, (1, 8, 8))
+        write_card(out, name, 1, 8, ["a", "b"])
 
     path = os.path.join(out, "corrupt.pt")
     with open(path, "wb") as f:
