@@ -38,9 +38,11 @@
 #include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/dataset.h"
 #include "core/status_macros.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
+#include "server/circuits_service.h"
 #include "server/visualizer_service.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -60,6 +62,10 @@ ABSL_FLAG(int64_t, max_batch, featviz::server::Limits{}.max_batch,
           "Most images a render may optimise together");
 ABSL_FLAG(int64_t, max_message_bytes, featviz::server::Limits{}.max_message_bytes,
           "Largest gRPC message received or sent, in bytes");
+ABSL_FLAG(std::string, dataset_dir, "",
+          "Directory of datasets for the Circuits service: one per "
+          "subdirectory (MNIST IDX files or PNG folders), or itself one "
+          "dataset; empty hosts none.");
 ABSL_FLAG(int64_t, max_queued_jobs, featviz::server::Limits{}.max_queued_jobs,
           "Jobs waiting for a worker, all owners; beyond this, "
           "RESOURCE_EXHAUSTED");
@@ -244,6 +250,19 @@ absl::Status Serve() {
   const ModelRegistry& models = *registries.front();
   FEATVIZ_ASSIGN_OR_RETURN(VisualizerServicePtr service,
                            VisualizerService::Create(device_models, limits));
+  std::vector<core::DatasetPtr> datasets;
+  if (const std::string dir = absl::GetFlag(FLAGS_dataset_dir); !dir.empty()) {
+    FEATVIZ_ASSIGN_OR_RETURN(datasets, core::LoadDatasetDir(dir));
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(
+      CircuitsServicePtr circuits,
+      CircuitsService::Create(
+          &models, std::move(datasets),
+          [&service](grpc::CallbackServerContext* context,
+                     const v1::RenderRequest& request) {
+            return service->SubmitRender(context, request);
+          },
+          limits));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -252,6 +271,7 @@ absl::Status Serve() {
   int port = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(service.get());
+  builder.RegisterService(circuits.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(limits.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(limits.max_message_bytes));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
@@ -279,6 +299,7 @@ absl::Status Serve() {
   spdlog::info("signal {}: draining, running renders may go on for {}s",
                signal_number, grace_seconds);
   health->Shutdown();  // Everything NOT_SERVING, and it stays so.
+  circuits->Shutdown();
   service->Shutdown(absl::Now() + absl::Seconds(grace_seconds));
   server->Shutdown(absl::ToChronoTime(absl::Now() + kSendGrace));
   server->Wait();

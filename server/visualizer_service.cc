@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
+#include "core/status_macros.h"
 #include "server/convert.h"
 #include "spdlog/spdlog.h"
 
@@ -521,6 +522,12 @@ grpc::ServerUnaryReactor* VisualizerService::SubmitJob(
   }
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
+}
+
+absl::StatusOr<v1::Job> VisualizerService::SubmitRender(
+    grpc::CallbackServerContext* context, const v1::RenderRequest& request) {
+  FEATVIZ_ASSIGN_OR_RETURN(JobRecordPtr job, Submit(context, request, nullptr));
+  return jobs_->Describe(*job, false);
 }
 
 grpc::ServerUnaryReactor* VisualizerService::GetJob(

@@ -93,6 +93,11 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
       const v1::GetServerStatsRequest* request,
       v1::ServerStats* response) override;
 
+  // Queues `request` for `context`'s caller exactly as SubmitJob does, for
+  // services that render on a client's behalf (Circuits.FindCircuit).
+  absl::StatusOr<v1::Job> SubmitRender(grpc::CallbackServerContext* context,
+                                       const v1::RenderRequest& request);
+
   // Begins the drain: new jobs are refused with UNAVAILABLE, queued ones end
   // CANCELLED with UNAVAILABLE ("the render had not started"), running ones
   // may finish until `grace_deadline` and are then cancelled (CANCELLED,

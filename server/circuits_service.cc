@@ -1,0 +1,434 @@
+#include "server/circuits_service.h"
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/heatmap.h"
+#include "core/image.h"
+#include "core/objective.h"
+#include "core/status_macros.h"
+#include "server/convert.h"
+#include "spdlog/spdlog.h"
+
+namespace featviz::server {
+namespace {
+
+constexpr int64_t kDefaultTopK = 3;
+constexpr int64_t kDefaultExamplesPerClass = 64;
+constexpr int64_t kDefaultTopN = 9;
+
+std::vector<int64_t> Int64s(const google::protobuf::RepeatedField<int64_t>& f) {
+  return std::vector<int64_t>(f.begin(), f.end());
+}
+
+}  // namespace
+
+absl::StatusOr<CircuitsServicePtr> CircuitsService::Create(
+    const ModelRegistry* models, std::vector<core::DatasetPtr> datasets,
+    SubmitFn submit, const Limits& render_limits, const CircuitLimits& limits) {
+  if (models == nullptr || !submit) {
+    return absl::InvalidArgumentError("circuits: models and submit are needed");
+  }
+  if (limits.max_pending < 1 || limits.max_images < 1 || limits.max_top_n < 1 ||
+      limits.cache_entries < 1) {
+    return absl::InvalidArgumentError("circuits: limits must be positive");
+  }
+  return CircuitsServicePtr(new CircuitsService(
+      models, std::move(datasets), std::move(submit), render_limits, limits));
+}
+
+CircuitsService::CircuitsService(const ModelRegistry* models,
+                                 std::vector<core::DatasetPtr> datasets,
+                                 SubmitFn submit, const Limits& render_limits,
+                                 const CircuitLimits& limits)
+    : models_(models),
+      datasets_(std::move(datasets)),
+      submit_(std::move(submit)),
+      render_limits_(render_limits),
+      limits_(limits),
+      thread_([this] { AnalysisLoop(); }) {}
+
+CircuitsService::~CircuitsService() {
+  Shutdown();
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  thread_.join();
+}
+
+void CircuitsService::Shutdown() {
+  std::deque<Task> dropped;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    dropped.swap(pending_);
+  }
+  for (Task& task : dropped) {
+    task.reactor->Finish(grpc::Status(
+        grpc::StatusCode::UNAVAILABLE,
+        "the server is shutting down; the analysis had not started"));
+  }
+}
+
+grpc::ServerUnaryReactor* CircuitsService::Defer(
+    grpc::CallbackServerContext* context, std::function<absl::Status()> work) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::MutexLock lock(&mu_);
+  if (stopping_) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                 "the server is shutting down"));
+  } else if (static_cast<int64_t>(pending_.size()) >= limits_.max_pending) {
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat(pending_.size(),
+                     " analyses are already waiting (the limit); retry "
+                     "later")));
+  } else {
+    pending_.push_back({reactor, std::move(work)});
+  }
+  return reactor;
+}
+
+void CircuitsService::AnalysisLoop() {
+  while (true) {
+    Task task;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](CircuitsService* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+            return s->stopping_ || !s->pending_.empty();
+          },
+          this));
+      if (pending_.empty()) return;
+      task = std::move(pending_.front());
+      pending_.pop_front();
+    }
+    absl::Status status;
+    try {
+      status = task.work();
+    } catch (const std::exception& e) {
+      status = absl::InternalError(absl::StrCat("analysis failed: ", e.what()));
+    }
+    task.reactor->Finish(ToGrpcStatus(status));
+  }
+}
+
+absl::StatusOr<const core::Model*> CircuitsService::FindModel(
+    const std::string& name) const {
+  absl::StatusOr<const core::Model*> model = models_->Find(name);
+  if (!model.ok()) return Prefixed("model", model.status());
+  return model;
+}
+
+grpc::ServerUnaryReactor* CircuitsService::ListDatasets(
+    grpc::CallbackServerContext* context, const v1::ListDatasetsRequest*,
+    v1::ListDatasetsResponse* response) {
+  for (const auto& [name, dataset] : datasets_.all()) {
+    *response->add_datasets() = DatasetToProto(*dataset);
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* CircuitsService::ComputeActivations(
+    grpc::CallbackServerContext* context,
+    const v1::ComputeActivationsRequest* request,
+    v1::ComputeActivationsResponse* response) {
+  return Defer(context, [this, request, response] {
+    return DoComputeActivations(*request, *response);
+  });
+}
+
+grpc::ServerUnaryReactor* CircuitsService::Attribute(
+    grpc::CallbackServerContext* context, const v1::AttributeRequest* request,
+    v1::AttributeResponse* response) {
+  return Defer(context, [this, request, response] {
+    return DoAttribute(*request, *response);
+  });
+}
+
+grpc::ServerUnaryReactor* CircuitsService::FindCircuit(
+    grpc::CallbackServerContext* context,
+    const v1::FindCircuitRequest* request,
+    v1::FindCircuitResponse* response) {
+  return Defer(context, [this, context, request, response] {
+    return DoFindCircuit(context, *request, *response);
+  });
+}
+
+grpc::ServerUnaryReactor* CircuitsService::TopExamples(
+    grpc::CallbackServerContext* context,
+    const v1::TopExamplesRequest* request,
+    v1::TopExamplesResponse* response) {
+  return Defer(context, [this, request, response] {
+    return DoTopExamples(*request, *response);
+  });
+}
+
+absl::Status CircuitsService::DoComputeActivations(
+    const v1::ComputeActivationsRequest& request,
+    v1::ComputeActivationsResponse& response) {
+  FEATVIZ_ASSIGN_OR_RETURN(const core::Model* model, FindModel(request.model()));
+  if (request.layers_size() == 0) {
+    return absl::InvalidArgumentError("layers: name at least one layer");
+  }
+  std::vector<std::pair<std::string, std::vector<int64_t>>> layers;
+  for (int i = 0; i < request.layers_size(); ++i) {
+    const v1::LayerChannels& l = request.layers(i);
+    layers.emplace_back(l.layer(), Int64s(l.channels()));
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(
+      ResolvedImages input,
+      ResolveImages(request.input(), *model, datasets_, limits_.max_images,
+                    "input"));
+  absl::StatusOr<std::vector<core::LayerActivations>> maps =
+      core::ComputeActivations(*model, input.images, layers);
+  if (!maps.ok()) return Prefixed("layers", maps.status());
+  SetModelIdentity(*model, response);
+  for (const core::LayerActivations& layer : *maps) {
+    FEATVIZ_ASSIGN_OR_RETURN(
+        *response.add_layers(),
+        ActivationsToProto(layer, input.images, request.overlay_png()));
+  }
+  for (int64_t i : input.indices) response.add_indices(i);
+  for (int64_t l : input.labels) response.add_labels(l);
+  return absl::OkStatus();
+}
+
+absl::Status CircuitsService::DoAttribute(const v1::AttributeRequest& request,
+                                          v1::AttributeResponse& response) {
+  FEATVIZ_ASSIGN_OR_RETURN(const core::Model* model, FindModel(request.model()));
+  absl::StatusOr<core::Objective> target =
+      core::Objective::Parse(request.target());
+  if (!target.ok()) return Prefixed("target", target.status());
+  absl::StatusOr<core::LayerInfo> layer = model->FindLayer(request.layer());
+  if (!layer.ok()) return Prefixed("layer", layer.status());
+  FEATVIZ_ASSIGN_OR_RETURN(
+      ResolvedImages input,
+      ResolveImages(request.input(), *model, datasets_, limits_.max_images,
+                    "input"));
+  absl::StatusOr<core::Attribution> attribution =
+      core::Attribute(*model, *target, request.layer(), input.images,
+                      request.gradcam() || request.gradcam_png());
+  if (!attribution.ok()) {
+    // Errors about the target or the layer; say which.
+    const bool about_layer =
+        absl::StrContains(attribution.status().message(), "gradcam") ||
+        absl::StrContains(attribution.status().message(), "has no channels");
+    return Prefixed(about_layer ? "layer" : "target", attribution.status());
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(
+      response, AttributionToProto(*attribution, input.images,
+                                   request.gradcam_png()));
+  SetModelIdentity(*model, response);
+  response.set_target(target->ToString());
+  for (int64_t i : input.indices) response.add_indices(i);
+  return absl::OkStatus();
+}
+
+absl::Status CircuitsService::DoFindCircuit(
+    grpc::CallbackServerContext* context,
+    const v1::FindCircuitRequest& request, v1::FindCircuitResponse& response) {
+  FEATVIZ_ASSIGN_OR_RETURN(const core::Model* model, FindModel(request.model()));
+  absl::StatusOr<core::LayerInfo> layer = model->FindLayer(request.layer());
+  if (!layer.ok()) return Prefixed("layer", layer.status());
+  if (layer->shape.size() < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer: ", request.layer(), " has no channels"));
+  }
+  absl::StatusOr<core::DatasetPtr> dataset = datasets_.Find(request.dataset());
+  if (!dataset.ok()) return Prefixed("dataset", dataset.status());
+  if (!(*dataset)->labelled()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "dataset: ", request.dataset(),
+        " has no labels; circuits score channels on images of each class"));
+  }
+  const int64_t classes = model->shape().num_classes;
+  std::vector<int64_t> wanted = Int64s(request.classes());
+  if (wanted.empty()) {
+    for (int64_t c = 0; c < classes; ++c) wanted.push_back(c);
+  }
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    if (wanted[i] < 0 || wanted[i] >= classes) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "classes[", i, "]: class ", wanted[i], " out of range for model ",
+          model->card().name, " with ", classes, " classes"));
+    }
+  }
+  const int64_t k = request.top_k() == 0 ? kDefaultTopK : request.top_k();
+  if (k < 1 || k > layer->channels) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "top_k must be in [1, ", layer->channels, "] for layer ",
+        request.layer(), ", got ", request.top_k()));
+  }
+  const int64_t per_class = request.examples_per_class() == 0
+                                ? kDefaultExamplesPerClass
+                                : request.examples_per_class();
+  if (per_class < 1 || per_class > limits_.max_images) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("examples_per_class must be in [1, ", limits_.max_images,
+                     "], got ", request.examples_per_class()));
+  }
+
+  // The renders' settings are checked before any analysis or job.
+  v1::RenderRequest render = request.render();
+  render.set_model(request.model());
+  render.mutable_output()->set_png(true);
+  if (!request.skip_renders()) {
+    v1::RenderRequest probe = render;
+    probe.set_objective_text(core::Logit(wanted.front()).ToString());
+    absl::StatusOr<RenderPlan> plan = PlanRender(probe, *models_, render_limits_);
+    if (!plan.ok()) return Prefixed("render", plan.status());
+  }
+
+  SetModelIdentity(*model, response);
+  response.set_layer(request.layer());
+  response.set_dataset(request.dataset());
+  std::map<int64_t, std::string> detector_jobs;  // Shared between classes.
+  auto submit = [&](const core::Objective& objective)
+      -> absl::StatusOr<std::string> {
+    v1::RenderRequest job = render;
+    job.set_objective_text(objective.ToString());
+    absl::StatusOr<v1::Job> queued = submit_(context, job);
+    if (!queued.ok()) {
+      return Prefixed(absl::StrCat("render of ", objective.ToString()),
+                      queued.status());
+    }
+    return queued->id();
+  };
+  for (int64_t c : wanted) {
+    const ResolvedImages images = ClassImages(**dataset, c, per_class);
+    if (images.indices.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "dataset: ", request.dataset(), " has no images of class ", c));
+    }
+    absl::StatusOr<core::ClassDetectors> found = core::FindDetectors(
+        *model, images.images, c, request.layer(), k);
+    if (!found.ok()) return Prefixed("layer", found.status());
+
+    v1::ClassCircuit* out = response.add_classes();
+    out->set_class_index(c);
+    out->set_class_name(c < static_cast<int64_t>(model->card().classes.size())
+                            ? model->card().classes[c]
+                            : absl::StrCat(c));
+    out->set_images_scored(images.indices.size());
+    out->set_example_index(images.indices[found->example]);
+    const at::Tensor example = images.images[found->example];
+    FEATVIZ_ASSIGN_OR_RETURN(*out->mutable_example_png(),
+                             core::EncodePng(example));
+    if (!request.skip_renders()) {
+      FEATVIZ_ASSIGN_OR_RETURN(*out->mutable_class_job_id(),
+                               submit(core::Logit(c)));
+    }
+    for (const core::Detector& d : found->detectors) {
+      v1::Detector* detector = out->add_detectors();
+      detector->set_channel(d.channel);
+      detector->set_score(d.score);
+      detector->set_example_activation(d.example_max);
+      *detector->mutable_activation_map() = TensorToProto(d.example_map);
+      if (d.example_map.dim() == 2) {
+        // Scaled to the detector's top activation over the class's images
+        // would hide weak examples; the example's own max shows its shape.
+        FEATVIZ_ASSIGN_OR_RETURN(
+            *detector->mutable_activation_png(),
+            core::EncodePng(core::Overlay(example, d.example_map, 0)));
+      }
+      if (!request.skip_renders()) {
+        auto it = detector_jobs.find(d.channel);
+        if (it == detector_jobs.end()) {
+          FEATVIZ_ASSIGN_OR_RETURN(
+              std::string id,
+              submit(core::Channel(request.layer(), d.channel)));
+          it = detector_jobs.emplace(d.channel, id).first;
+        }
+        detector->set_job_id(it->second);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> CircuitsService::CachedUnitValues(
+    const core::Model& model, const core::Dataset& dataset,
+    const std::string& layer, bool& cached) {
+  const std::string key =
+      absl::StrCat(model.content_hash().empty() ? model.card().name
+                                                : model.content_hash(),
+                   "\n", dataset.name, "\n", layer);
+  for (auto it = cache_.begin(); it != cache_.end(); ++it) {
+    if (it->first == key) {
+      cache_.splice(cache_.begin(), cache_, it);
+      cached = true;
+      return cache_.front().second;
+    }
+  }
+  cached = false;
+  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor values,
+                           core::UnitValues(model, dataset.images, layer));
+  cache_.emplace_front(key, values);
+  while (static_cast<int64_t>(cache_.size()) > limits_.cache_entries) {
+    cache_.pop_back();
+  }
+  return values;
+}
+
+absl::Status CircuitsService::DoTopExamples(
+    const v1::TopExamplesRequest& request, v1::TopExamplesResponse& response) {
+  FEATVIZ_ASSIGN_OR_RETURN(const core::Model* model, FindModel(request.model()));
+  absl::StatusOr<core::LayerInfo> layer = model->FindLayer(request.layer());
+  if (!layer.ok()) return Prefixed("layer", layer.status());
+  if (layer->shape.size() < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer: ", request.layer(), " has no channels"));
+  }
+  for (int i = 0; i < request.channels_size(); ++i) {
+    if (request.channels(i) < 0 || request.channels(i) >= layer->channels) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "channels[", i, "]: channel ", request.channels(i),
+          " out of range for layer ", request.layer(), " with ",
+          layer->channels, " channels"));
+    }
+  }
+  const int64_t n = request.top_n() == 0 ? kDefaultTopN : request.top_n();
+  if (n < 1 || n > limits_.max_top_n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "top_n must be in [1, ", limits_.max_top_n, "], got ", request.top_n()));
+  }
+  absl::StatusOr<core::DatasetPtr> dataset = datasets_.Find(request.dataset());
+  if (!dataset.ok()) return Prefixed("dataset", dataset.status());
+  const at::Tensor images = (*dataset)->images;
+  FEATVIZ_RETURN_IF_ERROR(
+      Prefixed("dataset", core::CheckImagesFit(*model, images)));
+  bool cached = false;
+  FEATVIZ_ASSIGN_OR_RETURN(
+      at::Tensor values,
+      CachedUnitValues(*model, **dataset, request.layer(), cached));
+  FEATVIZ_ASSIGN_OR_RETURN(
+      std::vector<core::TopUnitExamples> top,
+      core::TopUnits(values, Int64s(request.channels()), n));
+  SetModelIdentity(*model, response);
+  response.set_layer(request.layer());
+  response.set_dataset(request.dataset());
+  response.set_cached(cached);
+  const int64_t* labels = (*dataset)->labels.data_ptr<int64_t>();
+  for (const core::TopUnitExamples& unit : top) {
+    v1::UnitExamples* out = response.add_units();
+    out->set_channel(unit.channel);
+    for (size_t i = 0; i < unit.indices.size(); ++i) {
+      out->add_indices(unit.indices[i]);
+      out->add_values(unit.values[i]);
+      out->add_labels(labels[unit.indices[i]]);
+      if (request.png()) {
+        FEATVIZ_ASSIGN_OR_RETURN(*out->add_png(),
+                                 core::EncodePng(images[unit.indices[i]]));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace featviz::server

@@ -1,0 +1,146 @@
+// The featviz.v1.Circuits service: datasets, activation maps, attribution,
+// detector circuits and top dataset examples (see proto/featviz/v1/
+// circuits.proto). Analyses are forward/backward passes over real images;
+// they run one at a time on the service's own analysis thread (not on gRPC's
+// callback threads), on the first device's models, and a bounded number may
+// wait. The renders of FindCircuit go through the Visualizer's job engine
+// like any other job, so they batch with everyone else's.
+#ifndef FEATVIZ_SERVER_CIRCUITS_SERVICE_H_
+#define FEATVIZ_SERVER_CIRCUITS_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "core/dataset.h"
+#include "featviz/v1/circuits.grpc.pb.h"
+#include "server/circuits_convert.h"
+#include "server/limits.h"
+#include "server/model_registry.h"
+
+namespace featviz::server {
+
+struct CircuitLimits {
+  // Analyses waiting for the analysis thread; one more is refused with
+  // RESOURCE_EXHAUSTED.
+  int64_t max_pending = 16;
+  // Images one ComputeActivations/Attribute request may name, and images of
+  // each class FindCircuit may score on.
+  int64_t max_images = 1024;
+  // Most examples per unit TopExamples returns.
+  int64_t max_top_n = 100;
+  // (model, dataset, layer) passes TopExamples keeps.
+  int64_t cache_entries = 32;
+};
+
+class CircuitsService;
+using CircuitsServicePtr = std::unique_ptr<CircuitsService>;
+
+class CircuitsService final : public v1::Circuits::CallbackService {
+ public:
+  // Queues a render for the caller of `context`, as Visualizer.SubmitJob.
+  using SubmitFn = std::function<absl::StatusOr<v1::Job>(
+      grpc::CallbackServerContext* context, const v1::RenderRequest& request)>;
+
+  // Serves analyses of `models` on `datasets`. `render_limits` checks
+  // FindCircuit's render settings before anything is queued; `submit`
+  // queues them. Starts the analysis thread.
+  static absl::StatusOr<CircuitsServicePtr> Create(
+      const ModelRegistry* models, std::vector<core::DatasetPtr> datasets,
+      SubmitFn submit, const Limits& render_limits,
+      const CircuitLimits& limits = {});
+
+  // Stops the analysis thread; analyses still waiting end UNAVAILABLE.
+  ~CircuitsService() override;
+
+  CircuitsService(const CircuitsService&) = delete;
+  CircuitsService& operator=(const CircuitsService&) = delete;
+
+  grpc::ServerUnaryReactor* ListDatasets(
+      grpc::CallbackServerContext* context,
+      const v1::ListDatasetsRequest* request,
+      v1::ListDatasetsResponse* response) override;
+  grpc::ServerUnaryReactor* ComputeActivations(
+      grpc::CallbackServerContext* context,
+      const v1::ComputeActivationsRequest* request,
+      v1::ComputeActivationsResponse* response) override;
+  grpc::ServerUnaryReactor* Attribute(
+      grpc::CallbackServerContext* context,
+      const v1::AttributeRequest* request,
+      v1::AttributeResponse* response) override;
+  grpc::ServerUnaryReactor* FindCircuit(
+      grpc::CallbackServerContext* context,
+      const v1::FindCircuitRequest* request,
+      v1::FindCircuitResponse* response) override;
+  grpc::ServerUnaryReactor* TopExamples(
+      grpc::CallbackServerContext* context,
+      const v1::TopExamplesRequest* request,
+      v1::TopExamplesResponse* response) override;
+
+  // Refuses new analyses with UNAVAILABLE and ends the waiting ones so.
+  void Shutdown();
+
+ private:
+  CircuitsService(const ModelRegistry* models,
+                  std::vector<core::DatasetPtr> datasets, SubmitFn submit,
+                  const Limits& render_limits, const CircuitLimits& limits);
+
+  // Runs `work` on the analysis thread and finishes the call with its
+  // status; RESOURCE_EXHAUSTED at once when too many wait.
+  grpc::ServerUnaryReactor* Defer(grpc::CallbackServerContext* context,
+                                  std::function<absl::Status()> work);
+  void AnalysisLoop();
+
+  absl::Status DoComputeActivations(const v1::ComputeActivationsRequest& request,
+                                    v1::ComputeActivationsResponse& response);
+  absl::Status DoAttribute(const v1::AttributeRequest& request,
+                           v1::AttributeResponse& response);
+  absl::Status DoFindCircuit(grpc::CallbackServerContext* context,
+                             const v1::FindCircuitRequest& request,
+                             v1::FindCircuitResponse& response);
+  absl::Status DoTopExamples(const v1::TopExamplesRequest& request,
+                             v1::TopExamplesResponse& response);
+
+  absl::StatusOr<const core::Model*> FindModel(const std::string& name) const;
+  // [N, K] unit values of `layer` on `dataset`, from the cache or one pass;
+  // `cached` says which. Analysis thread only.
+  absl::StatusOr<at::Tensor> CachedUnitValues(const core::Model& model,
+                                              const core::Dataset& dataset,
+                                              const std::string& layer,
+                                              bool& cached);
+
+  const ModelRegistry* const models_;
+  const DatasetIndex datasets_;
+  const SubmitFn submit_;
+  const Limits render_limits_;
+  const CircuitLimits limits_;
+
+  // Least recently used last. Touched only on the analysis thread.
+  std::list<std::pair<std::string, at::Tensor>> cache_;
+
+  struct Task {
+    grpc::ServerUnaryReactor* reactor;
+    std::function<absl::Status()> work;
+  };
+  absl::Mutex mu_;
+  std::deque<Task> pending_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+
+};
+
+}  // namespace featviz::server
+
+#endif  // FEATVIZ_SERVER_CIRCUITS_SERVICE_H_
