@@ -7,6 +7,7 @@
 //
 // Exit codes: 0 success; 1 an error from the server, an unreachable server,
 // or a file that could not be written; 2 a usage error.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -19,11 +20,13 @@
 #include "absl/flags/reflection.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "client/bench.h"
+#include "client/circuits_commands.h"
 #include "client/commands.h"
 #include "client/progress_bar.h"
 #include "client/visualizer_client.h"
@@ -68,6 +71,17 @@ ABSL_FLAG(int64_t, seed_base, 0,
 ABSL_FLAG(bool, sequential, false,
           "bench: the same jobs one after another from one thread");
 
+ABSL_FLAG(std::string, layer, "", "circuits: the layer whose channels detect");
+ABSL_FLAG(int64_t, top, 3, "circuits: detector channels per class");
+ABSL_FLAG(std::string, dataset, "",
+          "circuits, atlas: a dataset the server hosts; default: the first "
+          "that fits the model");
+ABSL_FLAG(int64_t, examples, 0,
+          "circuits: images of each class to score on (64); atlas: top "
+          "dataset examples per unit (8)");
+ABSL_FLAG(std::string, classes, "", "circuits: comma-separated classes; all when empty");
+ABSL_FLAG(std::string, layers, "", "atlas: comma-separated layers; all conv and linear when empty");
+
 namespace featviz::client {
 namespace {
 
@@ -79,6 +93,13 @@ commands:
   render MODEL 'OBJECTIVE' [options]
                                   render a feature visualisation
   bench [options]                 load-test the server with many renders
+  circuits MODEL --layer L --out DIR [--top K]
+                                  per class: its visualisation, its top-K
+                                  detector channels in L with their
+                                  visualisations and activation maps
+  atlas MODEL --out DIR           a static site with every conv channel and
+                                  linear neuron: pictures, dataset examples,
+                                  statistics, loss curves
 
 global options:
   --server ADDR     host:port (default $FEATVIZ_SERVER, else 127.0.0.1:8980)
@@ -102,6 +123,14 @@ bench options:
   --sequential      the same jobs one after another (the baseline)
   --json            one JSON object: jobs, failures, jobs/s, latency, ...
 
+circuits options:
+  --layer L  --top K (3)  --out DIR  --dataset NAME  --examples N (64 per class)
+  --classes 'a,b'  --steps N  --seed N (0)  --json
+
+atlas options:
+  --out DIR  --dataset NAME  --examples N (8 per unit)  --layers 'a,b'
+  --steps N  --seed N (0)
+
 objectives: neuron(conv2, 5)  channel(conv2, 5)  conv2:5  layer(conv2)
   logit(7)  prob(7)  direction(fc1, [...])  diversity(conv2)  alignment(conv2)
   tv()  l1()  l2()  any term with batch=N;  channel(conv2, 5) + 0.5 * prob(7) - 0.01 * tv()
@@ -123,6 +152,10 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
       {"bench",
        {"json", "steps", "batch", "param", "clients", "jobs", "model",
         "objectives", "sequential", "seed_base"}},
+      {"circuits",
+       {"json", "layer", "top", "out", "dataset", "examples", "classes",
+        "steps", "seed"}},
+      {"atlas", {"out", "dataset", "examples", "layers", "steps", "seed"}},
   };
   return *flags;
 }
@@ -253,7 +286,7 @@ int Main(int argc, char** argv) {
   const auto allowed = CommandFlags().find(command);
   if (allowed == CommandFlags().end()) {
     return UsageError(absl::StrCat("unknown command '", command,
-                                   "' (models, layers, render, bench)"));
+                                   "' (models, layers, render, bench, circuits, atlas)"));
   }
   for (const std::string& flag : args->flags) {
     if (GlobalFlags().count(flag) == 0 && allowed->second.count(flag) == 0) {
@@ -309,6 +342,54 @@ int Main(int argc, char** argv) {
       return UsageError(std::string(valid.message()));
     }
     status = RunBench(**client, options, stdout, stderr);
+  } else if (command == "circuits") {
+    if (operands.size() != 1 || absl::GetFlag(FLAGS_layer).empty() ||
+        absl::GetFlag(FLAGS_out).empty()) {
+      return UsageError("usage: featviz circuits MODEL --layer L --out DIR [--top K]");
+    }
+    CircuitsCommandOptions options;
+    options.model = operands[0];
+    options.layer = absl::GetFlag(FLAGS_layer);
+    options.top = absl::GetFlag(FLAGS_top);
+    options.out_dir = absl::GetFlag(FLAGS_out);
+    options.dataset = absl::GetFlag(FLAGS_dataset);
+    if (absl::GetFlag(FLAGS_examples) != 0) {
+      options.examples = absl::GetFlag(FLAGS_examples);
+    }
+    options.steps = absl::GetFlag(FLAGS_steps);
+    options.seed = std::max<int64_t>(0, absl::GetFlag(FLAGS_seed));
+    options.json = absl::GetFlag(FLAGS_json);
+    for (absl::string_view c : absl::StrSplit(absl::GetFlag(FLAGS_classes), ',',
+                                             absl::SkipEmpty())) {
+      int64_t value = 0;
+      if (!absl::SimpleAtoi(c, &value)) {
+        return UsageError(absl::StrCat("--classes: '", c, "' is not a class index"));
+      }
+      options.classes.push_back(value);
+    }
+    if (options.top < 1 || options.examples < 1 || options.steps < 0) {
+      return UsageError("--top, --examples must be >= 1 and --steps >= 0");
+    }
+    status = RunCircuits(**client, options, stdout, stderr);
+  } else if (command == "atlas") {
+    if (operands.size() != 1 || absl::GetFlag(FLAGS_out).empty()) {
+      return UsageError("usage: featviz atlas MODEL --out DIR");
+    }
+    AtlasCommandOptions options;
+    options.model = operands[0];
+    options.out_dir = absl::GetFlag(FLAGS_out);
+    options.dataset = absl::GetFlag(FLAGS_dataset);
+    if (absl::GetFlag(FLAGS_examples) != 0) {
+      options.examples = absl::GetFlag(FLAGS_examples);
+    }
+    options.steps = absl::GetFlag(FLAGS_steps);
+    options.seed = std::max<int64_t>(0, absl::GetFlag(FLAGS_seed));
+    options.layers = absl::StrSplit(absl::GetFlag(FLAGS_layers), ',',
+                                    absl::SkipEmpty());
+    if (options.examples < 1 || options.examples > 100 || options.steps < 0) {
+      return UsageError("--examples must be in [1, 100] and --steps >= 0");
+    }
+    status = RunAtlas(**client, options, stdout, stderr);
   } else {
     if (operands.size() != 2) {
       return UsageError("usage: featviz render MODEL 'OBJECTIVE' [options]");

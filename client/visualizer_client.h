@@ -53,6 +53,9 @@ class VisualizerClient {
       const ProgressCallback& on_progress);
 
   const std::string& address() const { return address_; }
+  const ClientOptions& options() const { return options_; }
+  // The channel, for stubs of the server's other services (Circuits).
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
 
  private:
   VisualizerClient(std::string address, ClientOptions options,

@@ -151,7 +151,8 @@ absl::StatusOr<CommandResult> RunCommand(
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     const std::string& binary, const std::string& model_dir,
-    const std::string& log_path, absl::Duration timeout) {
+    const std::string& log_path, absl::Duration timeout,
+    const std::vector<std::string>& extra_flags) {
   if (access(binary.c_str(), X_OK) != 0) {
     return absl::NotFoundError(
         absl::StrCat("no server binary at ", binary, " (build featviz-server)"));
@@ -161,9 +162,11 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   const int log_fd =
       open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (log_fd < 0) return Errno(absl::StrCat("open ", log_path));
+  std::vector<std::string> argv = {binary, "--listen", "127.0.0.1:0",
+                                   "--model_dir", model_dir};
+  argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
   absl::StatusOr<pid_t> pid =
-      Spawn({binary, "--listen", "127.0.0.1:0", "--model_dir", model_dir}, {},
-            out_pipe[1], log_fd, {out_pipe[0]});
+      Spawn(argv, {}, out_pipe[1], log_fd, {out_pipe[0]});
   close(out_pipe[1]);
   close(log_fd);
   if (!pid.ok()) {
@@ -287,11 +290,13 @@ std::string ReadFileOrEmpty(const std::string& path) {
 
 void SharedServerTest::StartSharedServer(const std::string& binary,
                                          const std::string& model_dir,
-                                         const std::string& tag) {
+                                         const std::string& tag,
+                                         const std::vector<std::string>& extra_flags) {
   log_path_ = absl::StrCat(::testing::TempDir(), "featviz_", tag,
                            "_server_", getpid(), ".log");
   absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-      ServerProcess::Start(binary, model_dir, log_path_);
+      ServerProcess::Start(binary, model_dir, log_path_, absl::Seconds(60),
+                           extra_flags);
   if (!server.ok()) {
     start_error_ = server.status().ToString();
     return;

@@ -41,7 +41,8 @@ class ServerProcess {
   // "featviz-server listening on 127.0.0.1:PORT".
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       const std::string& binary, const std::string& model_dir,
-      const std::string& log_path, absl::Duration timeout = absl::Seconds(60));
+      const std::string& log_path, absl::Duration timeout = absl::Seconds(60),
+      const std::vector<std::string>& extra_flags = {});
 
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
@@ -82,7 +83,8 @@ class SharedServerTest : public ::testing::Test {
   // `tag` names the server's log file under the test temp directory.
   static void StartSharedServer(const std::string& binary,
                                 const std::string& model_dir,
-                                const std::string& tag);
+                                const std::string& tag,
+                                const std::vector<std::string>& extra_flags = {});
   static void StopSharedServer();
   void SetUp() override {
     ASSERT_NE(server_, nullptr) << (start_error_.empty() ? "no server"

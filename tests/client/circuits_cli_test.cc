@@ -1,0 +1,137 @@
+// `featviz circuits` and `featviz atlas` end to end: the real server with
+// the MNIST classifier and the MNIST test set, the CLI writing the figure
+// and the site, and the site opened in headless Chromium.
+#include <unistd.h>
+
+#include <filesystem>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "core/image.h"
+#include "tests/client/process.h"
+
+namespace featviz::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const char kCli[] = FEATVIZ_CLI_BINARY;
+const char kServer[] = FEATVIZ_SERVER_BINARY;
+const char kModels[] = FEATVIZ_MODELS_DIR;
+const char kChromium[] = "/usr/bin/chromium";
+
+std::string ScratchDir(const std::string& name) {
+  const std::string dir = absl::StrCat(::testing::TempDir(), "featviz_circuits_",
+                                       getpid(), "_", name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+class CircuitsCliTest : public SharedServerTest {
+ protected:
+  static void SetUpTestSuite() {
+    StartSharedServer(kServer, kModels, "circuits_cli",
+                      {"--dataset_dir", FEATVIZ_MNIST_DIR});
+  }
+  static void TearDownTestSuite() { StopSharedServer(); }
+
+  static CommandResult Run(std::vector<std::string> args) {
+    std::vector<std::string> argv = {kCli, "--server", server_->address()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    absl::StatusOr<CommandResult> result = RunCommand(argv, {}, absl::Minutes(10));
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? *result : CommandResult{};
+  }
+};
+
+TEST_F(CircuitsCliTest, CircuitsWritesOneRowPerClassWithScoresAndMaps) {
+  const std::string dir = ScratchDir("circuits");
+  CommandResult r = Run({"circuits", "mnist_classifier", "--layer", "conv2", "--top",
+                         "2", "--classes", "1,7", "--steps", "24", "--examples",
+                         "16", "--out", dir});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "class 1")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "class 7")) << r.out;
+  const json doc = json::parse(ReadFileOrEmpty(dir + "/circuits.json"));
+  EXPECT_EQ(doc["layer"], "conv2");
+  EXPECT_EQ(doc["dataset"], "mnist");
+  ASSERT_EQ(doc["classes"].size(), 2u);
+  for (const json& c : doc["classes"]) {
+    ASSERT_EQ(c["detectors"].size(), 2u);
+    EXPECT_GE(c["detectors"][0]["score"].get<double>(),
+              c["detectors"][1]["score"].get<double>());
+    EXPECT_GE(c["detectors"][0]["channel"].get<int>(), 0);
+    EXPECT_LT(c["detectors"][0]["channel"].get<int>(), 32);
+  }
+  // Each row: class picture, then picture and map for each detector, 28 px
+  // cells magnified 4x: 5 cells wide, 1 high.
+  absl::StatusOr<at::Tensor> row = core::ReadPng(dir + "/class_7.png");
+  ASSERT_TRUE(row.ok()) << row.status();
+  EXPECT_EQ(row->size(0), 3);
+  EXPECT_GE(row->size(2), 5 * 112);
+  EXPECT_LT(row->size(2), 6 * 112);
+  absl::StatusOr<at::Tensor> all = core::ReadPng(dir + "/circuits.png");
+  ASSERT_TRUE(all.ok());
+  EXPECT_GE(all->size(1), 2 * 112);
+  EXPECT_EQ(all->size(2), row->size(2));
+}
+
+TEST_F(CircuitsCliTest, CircuitsRefusesALayerTheModelLacks) {
+  CommandResult r = Run({"circuits", "mnist_classifier", "--layer", "conv9",
+                         "--out", ScratchDir("bad")});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "NOT_FOUND: layer:")) << r.err;
+  CommandResult usage = Run({"circuits", "mnist_classifier", "--out", "x"});
+  EXPECT_EQ(usage.exit_code, 2) << usage.err;
+}
+
+TEST_F(CircuitsCliTest, AtlasWritesASiteThatChromiumLoads) {
+  const std::string dir = ScratchDir("atlas");
+  CommandResult r = Run({"atlas", "mnist_classifier", "--layers", "conv1,fc2",
+                         "--steps", "16", "--examples", "4", "--out", dir});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "26 units in 2 layers")) << r.out;
+  for (const std::string file :
+       {"index.html", "conv1/index.html", "conv1/sheet.png", "conv1/unit_15.html",
+        "conv1/unit_15.png", "conv1/unit_15_ex3.png", "fc2/unit_9.html"}) {
+    EXPECT_TRUE(fs::exists(dir + "/" + file)) << file;
+  }
+  const std::string unit = ReadFileOrEmpty(dir + "/fc2/unit_3.html");
+  EXPECT_TRUE(absl::StrContains(unit, "neuron(fc2, 3)")) << unit;
+  EXPECT_TRUE(absl::StrContains(unit, "<polyline")) << "loss curve";
+  EXPECT_TRUE(absl::StrContains(unit, "Top dataset examples"));
+
+  if (access(kChromium, X_OK) != 0) {
+    GTEST_SKIP() << "no " << kChromium << " (scripts/setup installs chromium)";
+  }
+  // Chromium runs the page's check after load and records how many of its
+  // images decoded on <body data-images="LOADED/TOTAL">.
+  for (const std::string page : {"index.html", "conv1/index.html", "fc2/unit_3.html"}) {
+    absl::StatusOr<CommandResult> dom = RunCommand(
+        {kChromium, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync",
+         absl::StrCat("--user-data-dir=", ScratchDir("chromium_profile")),
+         "--virtual-time-budget=5000", "--dump-dom",
+         absl::StrCat("file://", dir, "/", page)},
+        {}, absl::Minutes(2));
+    ASSERT_TRUE(dom.ok()) << dom.status();
+    std::smatch match;
+    const std::regex images("data-images=\"([0-9]+)/([0-9]+)\"");
+    ASSERT_TRUE(std::regex_search(dom->out, match, images))
+        << page << ": no image check in the DOM; stderr:\n" << dom->err;
+    EXPECT_EQ(match[1], match[2]) << page << " has images that did not load";
+    EXPECT_GT(std::stoi(match[2]), 0) << page;
+  }
+}
+
+}  // namespace
+}  // namespace featviz::testing
