@@ -146,6 +146,14 @@ absl::StatusOr<DatasetPtr> LoadPngs(const fs::path& dir, std::string name) {
   return dataset;
 }
 
+void LogLoaded(const Dataset& d) {
+  spdlog::info("dataset {}: {} images {}x{}x{} ({}{})", d.name, d.size(),
+               d.images.size(1), d.images.size(2), d.images.size(3), d.source,
+               d.labelled()
+                   ? absl::StrCat(", ", d.class_names.size(), " classes")
+                   : std::string(", unlabelled"));
+}
+
 }  // namespace
 
 std::vector<int64_t> Dataset::IndicesOfClass(int64_t class_index) const {
@@ -182,6 +190,7 @@ absl::StatusOr<std::vector<DatasetPtr>> LoadDatasetDir(const std::string& dir) {
         fs::weakly_canonical(fs::path(dir)).filename().string();
     absl::StatusOr<DatasetPtr> dataset = LoadDataset(dir, name);
     if (!dataset.ok()) return dataset.status();
+    LogLoaded(**dataset);
     out.push_back(*std::move(dataset));
     return out;
   }
@@ -193,14 +202,7 @@ absl::StatusOr<std::vector<DatasetPtr>> LoadDatasetDir(const std::string& dir) {
                     std::string(dataset.status().message()));
       continue;
     }
-    spdlog::info("dataset {}: {} images {}x{}x{} ({}{})", (*dataset)->name,
-                 (*dataset)->size(), (*dataset)->images.size(1),
-                 (*dataset)->images.size(2), (*dataset)->images.size(3),
-                 (*dataset)->source,
-                 (*dataset)->labelled()
-                     ? absl::StrCat(", ", (*dataset)->class_names.size(),
-                                    " classes")
-                     : std::string(", unlabelled"));
+    LogLoaded(**dataset);
     out.push_back(*std::move(dataset));
   }
   return out;

@@ -1,0 +1,71 @@
+"""The Circuits service from Python through the generated stubs: a researcher
+asks which MNIST digits excite a conv2 channel and which channels feed a class.
+
+Uses the same environment as test_client.py, plus the MNIST test set in
+../shared/data/mnist as the server's dataset directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from featviz.v1 import circuits_pb2, circuits_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+MNIST = REPO.parent / "shared" / "data" / "mnist"
+READY = re.compile(r"^featviz-server listening on (\S+:\d+)$")
+
+
+@pytest.fixture(scope="module")
+def circuits():
+    binary = os.environ.get("FEATVIZ_SERVER_BIN", str(REPO / "build/server/featviz-server"))
+    models = os.environ.get("FEATVIZ_MODELS_DIR", str(REPO / "models"))
+    if not MNIST.is_dir():
+        pytest.fail(f"no MNIST test set at {MNIST}")
+    server = subprocess.Popen(
+        [binary, "--listen", "127.0.0.1:0", "--model_dir", models, "--dataset_dir", str(MNIST)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        match = READY.match(server.stdout.readline().strip())
+        assert match, "featviz-server did not print its listening line"
+        with grpc.insecure_channel(match.group(1)) as channel:
+            yield circuits_pb2_grpc.CircuitsStub(channel)
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+
+
+def test_top_examples_are_sorted_and_labelled(circuits):
+    response = circuits.TopExamples(circuits_pb2.TopExamplesRequest(
+        model="mnist_classifier", layer="conv2", channels=[7], dataset="mnist", top_n=4))
+    (unit,) = response.units
+    assert unit.channel == 7
+    assert len(unit.indices) == 4
+    assert list(unit.values) == sorted(unit.values, reverse=True)
+    assert all(0 <= label <= 9 for label in unit.labels)
+
+
+def test_attribution_of_a_class_and_a_precise_error(circuits):
+    response = circuits.Attribute(circuits_pb2.AttributeRequest(
+        model="mnist_classifier", target="logit(0)", layer="conv2",
+        input=circuits_pb2.ImageInput(dataset=circuits_pb2.DatasetSlice(
+            dataset="mnist", label=0, count=8))))
+    scores = [s.score for s in response.scores]
+    assert len(scores) == 32 and scores == sorted(scores, reverse=True)
+    per_image = np.frombuffer(response.per_image.data, dtype="<f4").reshape(
+        tuple(response.per_image.shape))
+    assert per_image.shape == (8, 32)
+    with pytest.raises(grpc.RpcError) as error:
+        circuits.Attribute(circuits_pb2.AttributeRequest(
+            model="mnist_classifier", target="logit(0)", layer="conv2",
+            input=circuits_pb2.ImageInput(dataset=circuits_pb2.DatasetSlice(
+                dataset="mnist", indices=[12345]))))
+    assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert "input.dataset.indices[0]" in error.value.details()
