@@ -10,11 +10,14 @@
 #include <string>
 #include <vector>
 
+#include <google/protobuf/stubs/logging.h>
+
 #include "core/model.h"
 #include "featviz/v1/featviz.pb.h"
 #include "server/convert.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
+#include "spdlog/spdlog.h"
 
 namespace {
 
@@ -30,6 +33,9 @@ void Check(bool ok, const char* what) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  // Invalid UTF-8 in string fields is logged by the parser for every input.
+  google::protobuf::SetLogHandler(nullptr);
+  spdlog::set_level(spdlog::level::warn);
   absl::StatusOr<featviz::core::ModelPtr> model = featviz::core::Model::Load(
       std::string(FEATVIZ_MODELS_DIR) + "/mnist_classifier.pt");
   if (!model.ok()) {
