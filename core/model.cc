@@ -233,6 +233,13 @@ Model::Model(torch::jit::Module module, ModelCard card, c10::Device device)
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
                                                    const c10::Device& device) {
+  return Load(path, device, "", "");
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
+                                                   const c10::Device& device,
+                                                   const std::string& name,
+                                                   const std::string& version) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot read model ", path));
   std::stringstream bytes;
@@ -256,6 +263,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
   if (card_found) {
     FEATVIZ_ASSIGN_OR_RETURN(card, ModelCard::Load(card_path.string()));
   }
+  if (!name.empty()) card.name = name;
+  if (!version.empty()) card.version = version;
   if (card.name.empty()) card.name = std::filesystem::path(path).stem();
   FEATVIZ_ASSIGN_OR_RETURN(auto model,
                            Create(std::move(module), card, device, card_found));
@@ -287,6 +296,12 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(torch::jit::Module module,
           absl::StrCat("model ", card.name, " has no forward() method"));
     }
     model.reset(new Model(std::move(copy), std::move(card), device));
+    for (const at::Tensor& p : model->module_.parameters()) {
+      model->memory_bytes_ += static_cast<int64_t>(p.nbytes());
+    }
+    for (const at::Tensor& b : model->module_.buffers()) {
+      model->memory_bytes_ += static_cast<int64_t>(b.nbytes());
+    }
   } catch (const std::exception& e) {
     return TorchError(e, absl::StrCat("model ", card.name));
   }

@@ -47,6 +47,11 @@ class Model {
   // input shape.
   static absl::StatusOr<std::unique_ptr<Model>> Load(
       const std::string& path, const c10::Device& device = c10::kCPU);
+  // The same, with the name and version given by where the file lives (a
+  // model repository's `<name>/<version>/model.pt`) instead of the card's.
+  static absl::StatusOr<std::unique_ptr<Model>> Load(
+      const std::string& path, const c10::Device& device,
+      const std::string& name, const std::string& version);
 
   // Wraps an already loaded module (copied, put in eval mode, parameters
   // frozen). `card_found` says whether `card` came from a file; when false
@@ -68,6 +73,8 @@ class Model {
   absl::StatusOr<LayerInfo> FindLayer(const std::string& path) const;
   // SHA-256 of the model file's bytes (hex); empty for Create()d models.
   const std::string& content_hash() const { return content_hash_; }
+  // Bytes of the module's parameters and buffers on device().
+  int64_t memory_bytes() const { return memory_bytes_; }
 
   // One forward pass of `images` ([B, C, H, W] in the card's [0, 1] pixel
   // space, on device()) with the card's normalisation applied first.
@@ -90,6 +97,7 @@ class Model {
   ModelCard card_;
   c10::Device device_;
   std::string content_hash_;
+  int64_t memory_bytes_ = 0;
   std::vector<LayerInfo> layers_;
   at::Tensor norm_scale_;  // [1, C, 1, 1]
   at::Tensor norm_shift_;  // [1, C, 1, 1]

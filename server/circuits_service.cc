@@ -116,9 +116,9 @@ void CircuitsService::AnalysisLoop() {
   }
 }
 
-absl::StatusOr<const core::Model*> CircuitsService::FindModel(
+absl::StatusOr<SharedModel> CircuitsService::FindModel(
     const std::string& name) const {
-  absl::StatusOr<const core::Model*> model = models_->Find(name);
+  absl::StatusOr<SharedModel> model = models_->Resolve(name);
   if (!model.ok()) return Prefixed("model", model.status());
   return model;
 }
@@ -172,7 +172,9 @@ grpc::ServerUnaryReactor* CircuitsService::TopExamples(
 absl::Status CircuitsService::DoComputeActivations(
     const v1::ComputeActivationsRequest& request,
     v1::ComputeActivationsResponse& response) {
-  FEATVIZ_ASSIGN_OR_RETURN(const core::Model* model, FindModel(request.model()));
+  // Held for the whole call: an unload waits for it.
+  FEATVIZ_ASSIGN_OR_RETURN(const SharedModel held, FindModel(request.model()));
+  const core::Model* model = held.get();
   if (request.layers_size() == 0) {
     return absl::InvalidArgumentError("layers: name at least one layer");
   }
@@ -201,7 +203,9 @@ absl::Status CircuitsService::DoComputeActivations(
 
 absl::Status CircuitsService::DoAttribute(const v1::AttributeRequest& request,
                                           v1::AttributeResponse& response) {
-  FEATVIZ_ASSIGN_OR_RETURN(const core::Model* model, FindModel(request.model()));
+  // Held for the whole call: an unload waits for it.
+  FEATVIZ_ASSIGN_OR_RETURN(const SharedModel held, FindModel(request.model()));
+  const core::Model* model = held.get();
   absl::StatusOr<core::Objective> target =
       core::Objective::Parse(request.target());
   if (!target.ok()) return Prefixed("target", target.status());
@@ -233,7 +237,9 @@ absl::Status CircuitsService::DoAttribute(const v1::AttributeRequest& request,
 absl::Status CircuitsService::DoFindCircuit(
     grpc::CallbackServerContext* context,
     const v1::FindCircuitRequest& request, v1::FindCircuitResponse& response) {
-  FEATVIZ_ASSIGN_OR_RETURN(const core::Model* model, FindModel(request.model()));
+  // Held for the whole call: an unload waits for it.
+  FEATVIZ_ASSIGN_OR_RETURN(const SharedModel held, FindModel(request.model()));
+  const core::Model* model = held.get();
   absl::StatusOr<core::LayerInfo> layer = model->FindLayer(request.layer());
   if (!layer.ok()) return Prefixed("layer", layer.status());
   if (layer->shape.size() < 2) {
@@ -378,7 +384,9 @@ absl::StatusOr<at::Tensor> CircuitsService::CachedUnitValues(
 
 absl::Status CircuitsService::DoTopExamples(
     const v1::TopExamplesRequest& request, v1::TopExamplesResponse& response) {
-  FEATVIZ_ASSIGN_OR_RETURN(const core::Model* model, FindModel(request.model()));
+  // Held for the whole call: an unload waits for it.
+  FEATVIZ_ASSIGN_OR_RETURN(const SharedModel held, FindModel(request.model()));
+  const core::Model* model = held.get();
   absl::StatusOr<core::LayerInfo> layer = model->FindLayer(request.layer());
   if (!layer.ok()) return Prefixed("layer", layer.status());
   if (layer->shape.size() < 2) {

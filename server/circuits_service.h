@@ -113,7 +113,9 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   absl::Status DoTopExamples(const v1::TopExamplesRequest& request,
                              v1::TopExamplesResponse& response);
 
-  absl::StatusOr<const core::Model*> FindModel(const std::string& name) const;
+  // The model `name` names ("name" or "name@version"), held by the caller
+  // while it uses it.
+  absl::StatusOr<SharedModel> FindModel(const std::string& name) const;
   // [N, K] unit values of `layer` on `dataset`, from the cache or one pass;
   // `cached` says which. Analysis thread only.
   absl::StatusOr<at::Tensor> CachedUnitValues(const core::Model& model,

@@ -329,8 +329,12 @@ absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
         absl::StrCat("model must name a hosted model; models are: ",
                      absl::StrJoin(names, ", ")));
   }
-  FEATVIZ_ASSIGN_OR_RETURN(plan.model, models.Find(request.model()));
+  FEATVIZ_ASSIGN_OR_RETURN(plan.model_ref, models.Resolve(request.model()));
+  plan.model = plan.model_ref.get();
   const core::ModelCard& card = plan.model->card();
+  plan.model_name = card.name;
+  plan.model_version = card.version;
+  plan.model_hash = plan.model->content_hash();
 
   // image
   const v1::ImageSpec& image = request.image();
@@ -459,6 +463,7 @@ absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
 v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
                                    const RenderPlan& plan) {
   v1::RenderRequest canonical = request;
+  canonical.set_model(absl::StrCat(plan.model_name, "@", plan.model_version));
   canonical.clear_owner();
   canonical.clear_priority();
   canonical.clear_queue_timeout_seconds();
@@ -563,6 +568,7 @@ v1::Model ModelToProto(const core::Model& model) {
     layer->set_channels(info.channels);
   }
   out.set_device(model.device().str());
+  out.set_memory_bytes(model.memory_bytes());
   return out;
 }
 
@@ -583,11 +589,10 @@ absl::StatusOr<v1::RenderResult> ResultToProto(const core::RenderResult& result,
                                                const RenderPlan& plan,
                                                double queue_seconds,
                                                double compute_seconds) {
-  const core::ModelCard& card = plan.model->card();
   v1::RenderResult out;
-  out.set_model(card.name);
-  out.set_model_version(card.version);
-  out.set_model_hash(plan.model->content_hash());
+  out.set_model(plan.model_name);
+  out.set_model_version(plan.model_version);
+  out.set_model_hash(plan.model_hash);
   out.set_objective(result.objective);
   try {
     const at::Tensor trace = result.trace.to(at::kCPU, at::kFloat).contiguous();

@@ -21,6 +21,7 @@
 #define FEATVIZ_SERVER_CONVERT_H_
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -43,8 +44,15 @@ class ModelRegistry;
 
 // A render request after validation, in core's terms.
 struct RenderPlan {
-  // The hosted model; owned by the registry, which outlives every render.
+  // The model the request names, as resolved when it was accepted. The
+  // pointer is valid only while the caller of PlanRender holds `model_ref`
+  // (the registry may unload the model later); a job keeps the identity
+  // below and takes its device's copy from the registry when it starts.
   const core::Model* model = nullptr;
+  std::shared_ptr<const core::Model> model_ref;
+  std::string model_name;
+  std::string model_version;
+  std::string model_hash;  // SHA-256 hex of the model file.
   core::Objective objective;
   // Defaults filled in (steps, lr, sizes, progress_every); options.seed is
   // meaningful only when `seed` is set.
@@ -68,7 +76,8 @@ inline constexpr int kMinPriority = -10;
 inline constexpr int kMaxPriority = 10;
 
 // Validates `request` against `limits` and the hosted models and converts
-// it. Errors use the codes listed at the top of this file.
+// it. Errors use the codes listed at the top of this file; the model field
+// also FAILED_PRECONDITION for a version being unloaded.
 absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
                                       const ModelRegistry& models,
                                       const Limits& limits);

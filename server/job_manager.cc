@@ -55,7 +55,7 @@ std::string Sha256Hex(const std::string& bytes) {
 std::string CacheKey(const v1::RenderRequest& request, const RenderPlan& plan) {
   if (!plan.seed.has_value()) return "";
   return absl::StrCat(
-      plan.model->content_hash(), "/",
+      plan.model_hash, "/",
       Sha256Hex(DeterministicBytes(CanonicalRequest(request, plan))), "/",
       *plan.seed);
 }
@@ -82,7 +82,7 @@ JobRecord::JobRecord(uint64_t seq, std::string owner, RenderPlan plan,
       id(absl::StrCat(seq)),
       owner(std::move(owner)),
       plan(std::move(plan)),
-      model(this->plan.model->card().name),
+      model(this->plan.model_name),
       objective(this->plan.objective.ToString()),
       cache_key(std::move(cache_key)),
       create_time(create_time),
@@ -104,6 +104,10 @@ absl::StatusOr<JobRecordPtr> JobManager::Submit(
     if (closed_) return absl::UnavailableError("server is shutting down");
   }
   std::string cache_key = CacheKey(request, plan);
+  // The record outlives the job: it keeps the model's identity, never the
+  // model, so that unloading it frees its memory.
+  plan.model_ref.reset();
+  plan.model = nullptr;
   if (!cache_key.empty()) {
     if (std::optional<std::string> id = results_.Lookup(cache_key, now)) {
       absl::StatusOr<std::shared_ptr<const v1::RenderResult>> result =
@@ -143,7 +147,8 @@ absl::StatusOr<JobRecordPtr> JobManager::Submit(
   queued.deadline = job->queue_deadline;
   // Sessions of one model take inputs of the model's size, whatever their
   // parameterisation or image size, so they can share a step.
-  queued.batch_key = job->model;
+  queued.batch_key = absl::StrCat(job->model, "@", job->plan.model_version,
+                                  "#", job->plan.model_hash);
   queued.cost = images * steps;
   const absl::Status added = scheduler_.Add(std::move(queued));
   if (!added.ok()) {
@@ -210,6 +215,8 @@ absl::StatusOr<v1::Job> JobManager::Describe(const JobRecord& job,
   out.set_owner(job.owner);
   out.set_priority(job.plan.priority);
   out.set_model(job.model);
+  out.set_model_version(job.plan.model_version);
+  out.set_model_hash(job.plan.model_hash);
   out.set_objective(job.objective);
   out.set_total_steps(job.plan.options.steps);
   SetTime(job.create_time, out.mutable_create_time());

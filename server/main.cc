@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <climits>
 #include <cstring>
 #include <cstdio>
@@ -50,7 +51,12 @@
 ABSL_FLAG(std::string, listen, "127.0.0.1:8980",
           "Address to listen on, HOST:PORT; port 0 picks a free port");
 ABSL_FLAG(std::string, model_dir, "models",
-          "Directory of TorchScript models (*.pt, with <stem>.card.json)");
+          "The model repository: <name>/<version>/model.pt (with "
+          "model.card.json), or a flat directory of <stem>.pt (with "
+          "<stem>.card.json)");
+ABSL_FLAG(double, model_poll_seconds, 0,
+          "Every this many seconds, load new model versions of --model_dir, "
+          "reload changed ones and unload removed ones; 0 = off");
 ABSL_FLAG(std::string, devices, "cpu",
           "Devices to run jobs on, one worker each, comma-separated: cpu, "
           "cuda:N, or cuda for every visible GPU (needs a CUDA LibTorch)");
@@ -237,19 +243,18 @@ absl::Status Serve() {
   }
   FEATVIZ_ASSIGN_OR_RETURN(const std::vector<c10::Device> devices,
                            ParseDevices(absl::GetFlag(FLAGS_devices)));
-  // The models once per device: each device's worker runs its own copies.
-  std::vector<ModelRegistryPtr> registries;
-  std::vector<DeviceModels> device_models;
-  for (const c10::Device& device : devices) {
-    FEATVIZ_ASSIGN_OR_RETURN(
-        ModelRegistryPtr models,
-        ModelRegistry::Create(absl::GetFlag(FLAGS_model_dir), device));
-    device_models.push_back(DeviceModels{device.str(), models.get()});
-    registries.push_back(std::move(models));
+  const double poll_seconds = absl::GetFlag(FLAGS_model_poll_seconds);
+  if (!(poll_seconds >= 0) || !std::isfinite(poll_seconds)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--model_poll_seconds must be >= 0 (0 = off), got ", poll_seconds));
   }
-  const ModelRegistry& models = *registries.front();
+  // The models once per device: each device's worker runs its own copies.
+  FEATVIZ_ASSIGN_OR_RETURN(
+      ModelRegistryPtr registry,
+      ModelRegistry::Create(absl::GetFlag(FLAGS_model_dir), devices));
+  const ModelRegistry& models = *registry;
   FEATVIZ_ASSIGN_OR_RETURN(VisualizerServicePtr service,
-                           VisualizerService::Create(device_models, limits));
+                           VisualizerService::Create(registry.get(), limits));
   std::vector<core::DatasetPtr> datasets;
   if (const std::string dir = absl::GetFlag(FLAGS_dataset_dir); !dir.empty()) {
     FEATVIZ_ASSIGN_OR_RETURN(datasets, core::LoadDatasetDir(dir));
@@ -263,6 +268,9 @@ absl::Status Serve() {
             return service->SubmitRender(context, request);
           },
           limits));
+  if (poll_seconds > 0) {
+    registry->StartPolling(absl::Seconds(poll_seconds));
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -299,6 +307,7 @@ absl::Status Serve() {
   spdlog::info("signal {}: draining, running renders may go on for {}s",
                signal_number, grace_seconds);
   health->Shutdown();  // Everything NOT_SERVING, and it stays so.
+  registry->StopPolling();
   circuits->Shutdown();
   service->Shutdown(absl::Now() + absl::Seconds(grace_seconds));
   server->Shutdown(absl::ToChronoTime(absl::Now() + kSendGrace));

@@ -1,120 +1,665 @@
 #include "server/model_registry.h"
 
 #include <algorithm>
-#include <filesystem>
 #include <system_error>
+#include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "core/model_card.h"
 #include "core/status_macros.h"
 #include "server/convert.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr char kModelFile[] = "model.pt";
+constexpr char kFlatForms[] =
+    "'<name>/<version>', '<name>/<version>/model.pt' or '<stem>.pt'";
+// How often Unload looks whether the last job has let go of a model.
+constexpr absl::Duration kReleasePoll = absl::Milliseconds(10);
+
+bool AllDigits(absl::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), absl::ascii_isdigit);
+}
+
+std::string Key(absl::string_view name, absl::string_view version) {
+  return absl::StrCat(name, "@", version);
+}
+
+// `path` is `root` or inside it (both canonical).
+bool Within(const fs::path& root, const fs::path& path) {
+  auto [r, p] = std::mismatch(root.begin(), root.end(), path.begin(), path.end());
+  return r == root.end();
+}
+
+// The lexical components of a relative path, without "." and empty ones.
+std::vector<std::string> Parts(absl::string_view relative) {
+  std::vector<std::string> parts;
+  for (absl::string_view part : absl::StrSplit(relative, '/', absl::SkipEmpty())) {
+    if (part != ".") parts.emplace_back(part);
+  }
+  return parts;
+}
+
+// A directory name that can be a model name or version: '@' separates them
+// in requests, and hidden entries are an editor's or a copy's.
+bool UsableName(absl::string_view name) {
+  return !name.empty() && name.front() != '.' &&
+         name.find('@') == absl::string_view::npos;
+}
+
+std::string ShortHash(const std::string& hash) { return hash.substr(0, 12); }
+
+}  // namespace
+
+bool VersionLess(absl::string_view a, absl::string_view b) {
+  const bool a_number = AllDigits(a);
+  const bool b_number = AllDigits(b);
+  if (a_number != b_number) return b_number;  // Numbers are newer.
+  if (!a_number) return a < b;
+  // Compare as numbers of any length: without leading zeros, the shorter is
+  // smaller; then digit by digit. Equal values fall back to the text so that
+  // "1" and "01" stay distinct versions.
+  absl::string_view x = a, y = b;
+  while (x.size() > 1 && x.front() == '0') x.remove_prefix(1);
+  while (y.size() > 1 && y.front() == '0') y.remove_prefix(1);
+  if (x.size() != y.size()) return x.size() < y.size();
+  if (x != y) return x < y;
+  return a < b;
+}
+
+absl::StatusOr<fs::path> ConfinedPath(const fs::path& root,
+                                      absl::string_view relative) {
+  if (relative.empty()) {
+    return absl::InvalidArgumentError(
+        "path must name a model in the model repository, got ''");
+  }
+  if (relative.find('\0') != absl::string_view::npos) {
+    return absl::InvalidArgumentError("path must not contain NUL bytes");
+  }
+  const fs::path path{std::string(relative)};
+  if (relative.front() == '/' || path.is_absolute()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "path '", relative,
+        "' is absolute; give it relative to the model repository"));
+  }
+  for (const fs::path& part : path) {
+    if (part == "..") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "path '", relative, "' must not contain '..' components"));
+    }
+  }
+  std::error_code error;
+  const fs::path real = fs::canonical(root / path, error);
+  if (error) {
+    return absl::NotFoundError(absl::StrCat(
+        "nothing at path '", relative, "' in the model repository"));
+  }
+  if (!Within(root, real)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "path '", relative,
+        "' resolves outside the model repository (through a symlink)"));
+  }
+  return real;
+}
+
+// ------------------------------------------------------------ creation
+
+ModelRegistry::ModelRegistry(std::vector<c10::Device> devices)
+    : devices_(std::move(devices)) {}
+
+ModelRegistry::~ModelRegistry() { StopPolling(); }
 
 absl::StatusOr<ModelRegistryPtr> ModelRegistry::Create(
-    const std::string& model_dir, const c10::Device& device) {
-  namespace fs = std::filesystem;
+    const std::string& root, std::vector<c10::Device> devices) {
+  if (devices.empty()) {
+    return absl::InvalidArgumentError("a model registry needs a device");
+  }
   std::error_code error;
-  if (!fs::is_directory(model_dir, error)) {
+  if (!fs::is_directory(root, error)) {
     return absl::NotFoundError(
-        absl::StrCat("model directory '", model_dir, "' does not exist"));
+        absl::StrCat("model directory '", root, "' does not exist"));
   }
-  std::vector<fs::path> files;
-  for (const fs::directory_entry& entry :
-       fs::directory_iterator(model_dir, error)) {
-    if (entry.path().extension() == ".pt" && entry.is_regular_file(error)) {
-      files.push_back(entry.path());
-    }
-  }
+  ModelRegistryPtr registry(new ModelRegistry(std::move(devices)));
+  registry->root_ = fs::canonical(root, error);
   if (error) {
-    return absl::NotFoundError(absl::StrCat("cannot list model directory '",
-                                            model_dir, "': ", error.message()));
+    return absl::NotFoundError(absl::StrCat("model directory '", root,
+                                            "': ", error.message()));
   }
-  // Sorted so that, of two files whose cards claim the same name, the same
-  // one wins on every start.
-  std::sort(files.begin(), files.end());
-
-  ModelRegistryPtr registry(new ModelRegistry());
-  for (const fs::path& file : files) {
-    absl::StatusOr<core::ModelPtr> model = core::Model::Load(file.string(), device);
-    if (!model.ok()) {
-      spdlog::error("model {} not loaded: {}", file.string(),
-                    model.status().ToString());
-      continue;
-    }
-    const std::string name = (*model)->card().name;
-    const absl::Status added = registry->Add(*std::move(model));
-    if (!added.ok()) {
-      spdlog::error("model {} not loaded: {}", file.string(), added.ToString());
-      continue;
-    }
-    spdlog::info("model {} loaded from {} on {}", name, file.string(),
-                 device.str());
+  {
+    absl::MutexLock admin(&registry->admin_mu_);
+    Retired retired;
+    FEATVIZ_ASSIGN_OR_RETURN(const Changes changes,
+                             registry->Sync("", false, &retired));
   }
   if (registry->size() == 0) {
-    spdlog::warn("no models loaded from {}", model_dir);
+    spdlog::warn("no models loaded from {}", root);
   }
   return registry;
 }
 
 absl::StatusOr<ModelRegistryPtr> ModelRegistry::FromModels(
     std::vector<core::ModelPtr> models) {
-  ModelRegistryPtr registry(new ModelRegistry());
+  const c10::Device device =
+      models.empty() ? c10::Device(c10::kCPU) : models.front()->device();
+  ModelRegistryPtr registry(new ModelRegistry({device}));
   for (core::ModelPtr& model : models) {
-    FEATVIZ_RETURN_IF_ERROR(registry->Add(std::move(model)));
+    if (model->device() != device) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model ", model->card().name, " is on ", model->device().str(),
+          ", the others on ", device.str()));
+    }
+    auto entry = std::make_shared<Entry>();
+    entry->name = model->card().name;
+    entry->version = model->card().version;
+    entry->content_hash = model->content_hash();
+    entry->proto = ModelToProto(*model);
+    entry->copies.push_back(SharedModel(std::move(model)));
+    if (entry->name.empty()) {
+      return absl::InvalidArgumentError("the model has no name");
+    }
+    absl::MutexLock lock(&registry->mu_);
+    Versions& versions = registry->served_[entry->name];
+    if (versions.count(entry->version) > 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a model named '", entry->name, "' version '",
+                       entry->version, "' is already hosted"));
+    }
+    versions.emplace(entry->version, std::move(entry));
   }
   return registry;
 }
 
-absl::Status ModelRegistry::Add(core::ModelPtr model) {
-  const std::string name = model->card().name;
-  if (name.empty()) {
-    return absl::InvalidArgumentError("the model has no name");
-  }
-  if (models_.count(name) > 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("a model named '", name, "' is already hosted"));
-  }
-  Entry entry;
-  entry.proto = ModelToProto(*model);
-  entry.model = std::move(model);
-  models_.emplace(name, std::move(entry));
-  return absl::OkStatus();
-}
+// ------------------------------------------------------------- lookups
 
-absl::Status ModelRegistry::NotHosted(absl::string_view name) const {
-  const std::vector<std::string> names = Names();
+absl::Status ModelRegistry::NotServed(absl::string_view name) const {
+  std::vector<std::string> names;
+  for (const auto& [served, versions] : served_) {
+    if (!versions.empty()) names.push_back(served);
+  }
   return absl::NotFoundError(absl::StrCat(
       "model '", name, "' is not hosted here; ",
       names.empty() ? "no models are hosted"
                     : absl::StrCat("models are: ", absl::StrJoin(names, ", "))));
 }
 
-absl::StatusOr<const core::Model*> ModelRegistry::Find(
-    absl::string_view name) const {
-  auto it = models_.find(name);
-  if (it == models_.end()) return NotHosted(name);
-  return it->second.model.get();
+absl::StatusOr<SharedModel> ModelRegistry::Resolve(absl::string_view ref) const {
+  FEATVIZ_ASSIGN_OR_RETURN(const EntryPtr entry, FindEntry(ref));
+  return entry->copies.front();
 }
 
-absl::StatusOr<const v1::Model*> ModelRegistry::FindProto(
-    absl::string_view name) const {
-  auto it = models_.find(name);
-  if (it == models_.end()) return NotHosted(name);
-  return &it->second.proto;
+absl::StatusOr<v1::Model> ModelRegistry::FindProto(absl::string_view ref) const {
+  FEATVIZ_ASSIGN_OR_RETURN(const EntryPtr entry, FindEntry(ref));
+  return entry->proto;
+}
+
+absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::FindEntry(
+    absl::string_view ref) const {
+  absl::string_view name = ref;
+  absl::string_view version;
+  const size_t at = ref.rfind('@');
+  if (at != absl::string_view::npos) {
+    name = ref.substr(0, at);
+    version = ref.substr(at + 1);
+    if (version.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model '", ref, "' names no version; write 'name' or 'name@version'"));
+    }
+  }
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = served_.find(name);
+  if (version.empty()) {
+    if (it == served_.end() || it->second.empty()) return NotServed(name);
+    return std::prev(it->second.end())->second;
+  }
+  if (it != served_.end()) {
+    auto v = it->second.find(version);
+    if (v != it->second.end()) return v->second;
+  }
+  if (draining_.count(Key(name, version)) > 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model ", Key(name, version), " is being unloaded; new jobs are refused"));
+  }
+  if (it == served_.end() || it->second.empty()) return NotServed(name);
+  std::vector<std::string> versions;
+  for (const auto& [v, entry] : it->second) versions.push_back(v);
+  return absl::NotFoundError(absl::StrCat("model '", name, "' has no version '",
+                                          version, "'; versions are: ",
+                                          absl::StrJoin(versions, ", ")));
+}
+
+absl::StatusOr<SharedModel> ModelRegistry::Acquire(
+    const std::string& name, const std::string& version,
+    const std::string& content_hash, size_t device) const {
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = served_.find(name);
+    if (it != served_.end()) {
+      auto v = it->second.find(version);
+      if (v != it->second.end() && v->second->content_hash == content_hash &&
+          device < v->second->copies.size()) {
+        return v->second->copies[device];
+      }
+    }
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "model ", Key(name, version), " (sha256 ", ShortHash(content_hash),
+      ") was unloaded or replaced after the job was accepted; submit it again"));
 }
 
 std::vector<std::string> ModelRegistry::Names() const {
+  absl::ReaderMutexLock lock(&mu_);
   std::vector<std::string> names;
-  for (const auto& [name, entry] : models_) names.push_back(name);
+  for (const auto& [name, versions] : served_) {
+    if (!versions.empty()) names.push_back(name);
+  }
   return names;
 }
 
-std::vector<const v1::Model*> ModelRegistry::List() const {
-  std::vector<const v1::Model*> list;
-  for (const auto& [name, entry] : models_) list.push_back(&entry.proto);
+std::vector<v1::Model> ModelRegistry::List() const {
+  absl::ReaderMutexLock lock(&mu_);
+  std::vector<v1::Model> list;
+  for (const auto& [name, versions] : served_) {
+    for (const auto& [version, entry] : versions) list.push_back(entry->proto);
+  }
   return list;
+}
+
+size_t ModelRegistry::size() const {
+  absl::ReaderMutexLock lock(&mu_);
+  size_t n = 0;
+  for (const auto& [name, versions] : served_) n += versions.size();
+  return n;
+}
+
+// ------------------------------------------------------------ the files
+
+absl::StatusOr<ModelRegistry::Found> ModelRegistry::FlatFound(
+    const std::string& relative) const {
+  // Name and version from the card, as Model::Load will read them.
+  Found found;
+  found.path = relative;
+  fs::path card = fs::path(relative).replace_extension(".card.json");
+  core::ModelCard parsed;
+  std::error_code error;
+  if (fs::exists(root_ / card, error)) {
+    FEATVIZ_ASSIGN_OR_RETURN(const fs::path real,
+                             ConfinedPath(root_, card.string()));
+    FEATVIZ_ASSIGN_OR_RETURN(parsed, core::ModelCard::Load(real.string()));
+  }
+  found.name = parsed.name.empty() ? fs::path(relative).stem().string()
+                                   : parsed.name;
+  found.version = parsed.version;
+  if (!UsableName(found.name) || !UsableName(found.version)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model name '", found.name, "' and version '", found.version,
+        "' must be non-empty, without '@' and not start with '.'"));
+  }
+  return found;
+}
+
+std::vector<ModelRegistry::Found> ModelRegistry::Scan(
+    const std::string& name) const {
+  std::vector<Found> found;
+  auto skip = [](const std::string& path, const absl::Status& why) {
+    spdlog::error("model repository: skipping {}: {}", path,
+                  std::string(why.message()));
+  };
+  std::error_code error;
+  for (const fs::directory_entry& top : fs::directory_iterator(root_, error)) {
+    const std::string top_name = top.path().filename().string();
+    if (top_name.empty() || top_name.front() == '.') continue;
+    absl::StatusOr<fs::path> real = ConfinedPath(root_, top_name);
+    if (!real.ok()) {
+      skip(top_name, real.status());
+      continue;
+    }
+    if (fs::is_regular_file(*real, error)) {
+      if (top.path().extension() != ".pt") continue;
+      absl::StatusOr<Found> flat = FlatFound(top_name);
+      if (!flat.ok()) {
+        skip(top_name, flat.status());
+        continue;
+      }
+      if (name.empty() || flat->name == name) found.push_back(*std::move(flat));
+      continue;
+    }
+    if (!fs::is_directory(*real, error)) continue;
+    if (!name.empty() && top_name != name) continue;
+    if (!UsableName(top_name)) continue;
+    for (const fs::directory_entry& sub : fs::directory_iterator(*real, error)) {
+      const std::string version = sub.path().filename().string();
+      if (!UsableName(version)) continue;
+      const std::string path = absl::StrCat(top_name, "/", version, "/", kModelFile);
+      std::error_code sub_error;
+      if (!fs::exists(root_ / path, sub_error)) continue;
+      absl::StatusOr<fs::path> file = ConfinedPath(root_, path);
+      if (!file.ok()) {
+        skip(path, file.status());
+        continue;
+      }
+      found.push_back(Found{top_name, version, path});
+    }
+  }
+  if (error) {
+    spdlog::error("model repository {}: {}", root_.string(), error.message());
+  }
+  std::sort(found.begin(), found.end(),
+            [](const Found& a, const Found& b) { return a.path < b.path; });
+  return found;
+}
+
+absl::StatusOr<ModelRegistry::Found> ModelRegistry::FoundAt(
+    const std::string& path) const {
+  FEATVIZ_ASSIGN_OR_RETURN(const fs::path real, ConfinedPath(root_, path));
+  const std::vector<std::string> parts = Parts(path);
+  std::error_code error;
+  const auto wrong_form = [&] {
+    return absl::InvalidArgumentError(
+        absl::StrCat("path '", path, "' must be ", kFlatForms));
+  };
+  if (fs::is_directory(real, error)) {
+    if (parts.size() != 2) return wrong_form();
+    const std::string file = absl::StrCat(parts[0], "/", parts[1], "/", kModelFile);
+    FEATVIZ_RETURN_IF_ERROR(ConfinedPath(root_, file).status());
+    if (!UsableName(parts[0]) || !UsableName(parts[1])) return wrong_form();
+    return Found{parts[0], parts[1], file};
+  }
+  if (!fs::is_regular_file(real, error)) return wrong_form();
+  if (parts.size() == 3 && parts[2] == kModelFile) {
+    if (!UsableName(parts[0]) || !UsableName(parts[1])) return wrong_form();
+    return Found{parts[0], parts[1], absl::StrJoin(parts, "/")};
+  }
+  if (parts.size() == 1 && absl::EndsWith(parts[0], ".pt")) {
+    return FlatFound(parts[0]);
+  }
+  return wrong_form();
+}
+
+absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::LoadEntry(
+    const Found& found) const {
+  // Checked again at load time: the file or its card may have changed.
+  FEATVIZ_ASSIGN_OR_RETURN(const fs::path real, ConfinedPath(root_, found.path));
+  const fs::path card = fs::path(found.path).replace_extension(".card.json");
+  std::error_code error;
+  if (fs::exists(root_ / card, error) || fs::is_symlink(root_ / card, error)) {
+    FEATVIZ_RETURN_IF_ERROR(
+        Prefixed(absl::StrCat("card of ", found.path),
+                 ConfinedPath(root_, card.string()).status()));
+  }
+  auto entry = std::make_shared<Entry>();
+  entry->path = found.path;
+  entry->file_size = fs::file_size(real, error);
+  entry->file_time = fs::last_write_time(real, error);
+  // Loaded from the path inside the root, so that the card beside it is the
+  // one found (and checked) above.
+  const std::string file = (root_ / found.path).string();
+  for (const c10::Device& device : devices_) {
+    absl::StatusOr<core::ModelPtr> model =
+        core::Model::Load(file, device, found.name, found.version);
+    if (!model.ok()) return Prefixed(found.path, model.status());
+    entry->copies.push_back(SharedModel(*std::move(model)));
+  }
+  const core::Model& first = *entry->copies.front();
+  entry->name = first.card().name;
+  entry->version = first.card().version;
+  entry->content_hash = first.content_hash();
+  entry->proto = ModelToProto(first);
+  entry->proto.set_path(found.path);
+  return EntryPtr(std::move(entry));
+}
+
+// ---------------------------------------------------------------- admin
+
+ModelRegistry::EntryPtr ModelRegistry::Serve(EntryPtr entry) {
+  absl::MutexLock lock(&mu_);
+  EntryPtr& slot = served_[entry->name][entry->version];
+  std::swap(slot, entry);
+  return entry;
+}
+
+ModelRegistry::Retired ModelRegistry::TakeOut(
+    const std::vector<EntryPtr>& entries) {
+  Retired retired;
+  absl::MutexLock lock(&mu_);
+  for (const EntryPtr& entry : entries) {
+    auto it = served_.find(entry->name);
+    if (it != served_.end()) {
+      auto v = it->second.find(entry->version);
+      if (v != it->second.end() && v->second == entry) it->second.erase(v);
+      if (it->second.empty()) served_.erase(it);
+    }
+    const std::string key = Key(entry->name, entry->version);
+    ++draining_[key];
+    retired.keys.push_back(key);
+    for (const SharedModel& copy : entry->copies) retired.copies.push_back(copy);
+  }
+  return retired;
+}
+
+void ModelRegistry::WaitReleased(Retired retired) {
+  // The registry's references are gone with the entries; running jobs hold
+  // the others and let go when they end.
+  for (const std::weak_ptr<const core::Model>& copy : retired.copies) {
+    while (!copy.expired()) absl::SleepFor(kReleasePoll);
+  }
+  absl::MutexLock lock(&mu_);
+  for (const std::string& key : retired.keys) {
+    auto it = draining_.find(key);
+    if (it != draining_.end() && --it->second == 0) draining_.erase(it);
+  }
+}
+
+absl::StatusOr<v1::Model> ModelRegistry::Load(const std::string& path) {
+  if (root_.empty()) {
+    return absl::FailedPreconditionError("this server has no model repository");
+  }
+  absl::MutexLock admin(&admin_mu_);
+  FEATVIZ_ASSIGN_OR_RETURN(const Found found, FoundAt(path));
+  auto served = [&](const std::string& name,
+                    const std::string& version) -> absl::Status {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = served_.find(name);
+    if (it == served_.end()) return absl::OkStatus();
+    auto v = it->second.find(version);
+    if (v == it->second.end()) return absl::OkStatus();
+    return absl::AlreadyExistsError(absl::StrCat(
+        "model ", Key(name, version), " is already served (from ",
+        v->second->path, ", sha256 ", ShortHash(v->second->content_hash),
+        "); ReloadModel picks up a changed file"));
+  };
+  FEATVIZ_RETURN_IF_ERROR(served(found.name, found.version));
+  FEATVIZ_ASSIGN_OR_RETURN(EntryPtr entry, LoadEntry(found));
+  FEATVIZ_RETURN_IF_ERROR(served(entry->name, entry->version));
+  held_out_.erase(Key(entry->name, entry->version));
+  spdlog::info("model {} loaded from {} (sha256 {}, {} bytes per device)",
+               Key(entry->name, entry->version), entry->path,
+               ShortHash(entry->content_hash), entry->proto.memory_bytes());
+  v1::Model proto = entry->proto;
+  Serve(std::move(entry));
+  return proto;
+}
+
+absl::StatusOr<std::vector<v1::Model>> ModelRegistry::Unload(
+    const std::string& name, const std::string& version) {
+  std::vector<v1::Model> unloaded;
+  Retired retired;
+  {
+    absl::MutexLock admin(&admin_mu_);
+    std::vector<EntryPtr> entries;
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      auto it = served_.find(name);
+      if (it == served_.end() || it->second.empty()) return NotServed(name);
+      for (const auto& [v, entry] : it->second) {
+        if (version.empty() || v == version) entries.push_back(entry);
+      }
+      if (entries.empty()) {
+        std::vector<std::string> versions;
+        for (const auto& [v, entry] : it->second) versions.push_back(v);
+        return absl::NotFoundError(absl::StrCat(
+            "model '", name, "' has no version '", version,
+            "'; versions are: ", absl::StrJoin(versions, ", ")));
+      }
+    }
+    for (const EntryPtr& entry : entries) {
+      held_out_.insert(Key(entry->name, entry->version));
+      unloaded.push_back(entry->proto);
+    }
+    retired = TakeOut(entries);
+  }
+  for (const std::string& key : retired.keys) {
+    spdlog::info("model {} unloading: refusing new jobs, waiting for running "
+                 "ones", key);
+  }
+  const absl::Time start = absl::Now();
+  std::vector<std::string> keys = retired.keys;
+  WaitReleased(std::move(retired));
+  for (const std::string& key : keys) {
+    spdlog::info("model {} unloaded after {:.3f}s", key,
+                 absl::ToDoubleSeconds(absl::Now() - start));
+  }
+  return unloaded;
+}
+
+absl::StatusOr<ModelRegistry::Changes> ModelRegistry::Reload(
+    const std::string& name) {
+  if (root_.empty()) {
+    return absl::FailedPreconditionError("this server has no model repository");
+  }
+  Changes changes;
+  Retired retired;
+  {
+    absl::MutexLock admin(&admin_mu_);
+    FEATVIZ_ASSIGN_OR_RETURN(changes, Sync(name, false, &retired));
+  }
+  WaitReleased(std::move(retired));
+  return changes;
+}
+
+absl::StatusOr<ModelRegistry::Changes> ModelRegistry::Sync(
+    const std::string& name, bool poll, Retired* retired) {
+  Changes changes;
+  const std::vector<Found> found = Scan(name);
+  std::map<std::string, EntryPtr> current;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [served, versions] : served_) {
+      if (!name.empty() && served != name) continue;
+      for (const auto& [version, entry] : versions) {
+        current.emplace(Key(served, version), entry);
+      }
+    }
+  }
+  std::vector<EntryPtr> out;
+  std::set<std::string> seen;
+  auto load = [&](const Found& f) -> EntryPtr {
+    absl::StatusOr<EntryPtr> entry = LoadEntry(f);
+    if (!entry.ok()) {
+      spdlog::error("model {} not loaded: {}", f.path,
+                    std::string(entry.status().message()));
+      changes.failed.push_back(std::string(entry.status().message()));
+      return nullptr;
+    }
+    spdlog::info("model {} loaded from {} (sha256 {}, {} bytes per device)",
+                 Key((*entry)->name, (*entry)->version), f.path,
+                 ShortHash((*entry)->content_hash), (*entry)->proto.memory_bytes());
+    return *std::move(entry);
+  };
+  for (const Found& f : found) {
+    const std::string key = Key(f.name, f.version);
+    if (!seen.insert(key).second) {
+      changes.failed.push_back(absl::StrCat(
+          f.path, ": model ", key, " is already served from another file"));
+      spdlog::error("model {} not loaded: {} comes from an earlier file",
+                    f.path, key);
+      continue;
+    }
+    if (poll && held_out_.count(key) > 0) continue;
+    if (!poll) held_out_.erase(key);
+    auto it = current.find(key);
+    if (it != current.end() && it->second->path != f.path) {
+      changes.failed.push_back(absl::StrCat(f.path, ": model ", key,
+                                            " is already served from ",
+                                            it->second->path));
+      continue;
+    }
+    if (it != current.end()) {
+      std::error_code error;
+      const fs::path file = root_ / f.path;
+      if (fs::file_size(file, error) == it->second->file_size &&
+          fs::last_write_time(file, error) == it->second->file_time) {
+        continue;
+      }
+      EntryPtr fresh = load(f);
+      if (fresh == nullptr) continue;  // The old copy keeps serving.
+      changes.loaded.push_back(fresh->proto);
+      EntryPtr old = Serve(std::move(fresh));
+      if (old != nullptr) {
+        changes.unloaded.push_back(old->proto);
+        out.push_back(std::move(old));
+      }
+      continue;
+    }
+    EntryPtr fresh = load(f);
+    if (fresh == nullptr) continue;
+    if (Key(fresh->name, fresh->version) != key) {
+      // A flat card changed between the scan and the load.
+      changes.failed.push_back(
+          absl::StrCat(f.path, ": its card changed while loading"));
+      continue;
+    }
+    changes.loaded.push_back(fresh->proto);
+    Serve(std::move(fresh));
+  }
+  for (const auto& [key, entry] : current) {
+    if (seen.count(key) > 0 || entry->path.empty()) continue;
+    spdlog::info("model {}: {} is gone from the repository", key, entry->path);
+    changes.unloaded.push_back(entry->proto);
+    out.push_back(entry);
+  }
+  *retired = TakeOut(out);
+  return changes;
+}
+
+// -------------------------------------------------------------- polling
+
+void ModelRegistry::StartPolling(absl::Duration every) {
+  if (root_.empty() || poll_thread_.joinable()) return;
+  poll_thread_ = std::thread([this, every] { PollLoop(every); });
+}
+
+void ModelRegistry::StopPolling() {
+  {
+    absl::MutexLock lock(&poll_mu_);
+    poll_stop_ = true;
+  }
+  if (poll_thread_.joinable()) poll_thread_.join();
+}
+
+void ModelRegistry::PollLoop(absl::Duration every) {
+  absl::MutexLock lock(&poll_mu_);
+  while (!poll_mu_.AwaitWithTimeout(absl::Condition(&poll_stop_), every)) {
+    poll_mu_.Unlock();
+    Retired retired;
+    absl::StatusOr<Changes> changes;
+    {
+      absl::MutexLock admin(&admin_mu_);
+      changes = Sync("", true, &retired);
+    }
+    WaitReleased(std::move(retired));
+    if (changes.ok() && (!changes->loaded.empty() || !changes->unloaded.empty())) {
+      spdlog::info("model poll: {} versions loaded, {} unloaded",
+                   changes->loaded.size(), changes->unloaded.size());
+    }
+    poll_mu_.Lock();
+  }
 }
 
 }  // namespace featviz::server

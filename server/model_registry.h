@@ -1,19 +1,43 @@
-// The models a server hosts: every TorchScript file of a directory, loaded
-// once at start and addressed by the name on its model card. The registry is
-// immutable after Create(), so lookups need no lock and the models outlive
-// every render that uses them.
+// The model repository a server serves, loaded once per device, with
+// versions that an operator loads, unloads and reloads while the server runs.
+//
+// Layout of the repository root (--model_dir); both kinds may be mixed:
+//
+//   <root>/<name>/<version>/model.pt          a versioned model, with its
+//   <root>/<name>/<version>/model.card.json   card beside it; the directory
+//                                             names are its name and version
+//   <root>/<stem>.pt, <root>/<stem>.card.json a flat model: name and version
+//                                             from the card (stem, "1")
+//
+// Every path is confined to the root: no absolute paths, no "..", and no
+// symlink that resolves outside it (checked on the resolved path).
+//
+// A request names "name" (the newest served version) or "name@version".
+// Versions that are all digits compare as numbers and are newer than any
+// other version; other versions compare as text.
+//
+// Lifetime: each device copy of a model is a shared_ptr. Jobs hold theirs
+// while they run (Acquire), so Unload takes the model out of service at once
+// (new jobs are refused; queued jobs fail when a worker picks them up) and
+// then waits until the last running job lets go, when its memory is freed.
 #ifndef FEATVIZ_SERVER_MODEL_REGISTRY_H_
 #define FEATVIZ_SERVER_MODEL_REGISTRY_H_
 
+#include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <torch/script.h>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "core/model.h"
 #include "featviz/v1/featviz.pb.h"
 
@@ -21,47 +45,173 @@ namespace featviz::server {
 
 class ModelRegistry;
 using ModelRegistryPtr = std::unique_ptr<ModelRegistry>;
+using SharedModel = std::shared_ptr<const core::Model>;
+
+// True when version `a` is older than `b` (see the header comment).
+bool VersionLess(absl::string_view a, absl::string_view b);
+
+// The canonical path of `relative` inside the canonical directory `root`.
+// InvalidArgument naming the path when it is empty, absolute, has a ".."
+// component, or resolves (through symlinks) outside `root`; NotFound when
+// nothing is there.
+absl::StatusOr<std::filesystem::path> ConfinedPath(
+    const std::filesystem::path& root, absl::string_view relative);
 
 class ModelRegistry {
  public:
-  // Loads every `*.pt` in `model_dir` (with its `<stem>.card.json`) onto
-  // `device`. A model that fails to load, or whose name is already taken, is
-  // logged and skipped. Errors: NotFound when the directory does not exist or
-  // is not a directory. An empty registry is not an error.
-  static absl::StatusOr<ModelRegistryPtr> Create(const std::string& model_dir,
-                                                 const c10::Device& device);
+  // Serves every model of the repository at `root` on each of `devices`. A
+  // model that fails to load, or whose name and version are taken, is logged
+  // and skipped. NotFound when `root` is not a directory; InvalidArgument for
+  // no devices. An empty repository is not an error.
+  static absl::StatusOr<ModelRegistryPtr> Create(
+      const std::string& root, std::vector<c10::Device> devices);
 
-  // Hosts already loaded models (for tests and tools). A duplicate name is
-  // InvalidArgument.
+  // Serves already loaded models on their (common) device, with no
+  // repository behind them: Load and Reload fail (for tests and tools).
+  // InvalidArgument for a duplicate name and version, or models on
+  // different devices.
   static absl::StatusOr<ModelRegistryPtr> FromModels(
       std::vector<core::ModelPtr> models);
+
+  // Stops polling.
+  ~ModelRegistry();
 
   ModelRegistry(const ModelRegistry&) = delete;
   ModelRegistry& operator=(const ModelRegistry&) = delete;
 
-  // The model named `name`; NotFound naming it and the hosted models.
-  absl::StatusOr<const core::Model*> Find(absl::string_view name) const;
-  // The same model as the API describes it.
-  absl::StatusOr<const v1::Model*> FindProto(absl::string_view name) const;
+  const std::vector<c10::Device>& devices() const { return devices_; }
 
-  // Hosted model names, sorted.
+  // The first device's copy of the model `ref` names ("name" or
+  // "name@version"). NotFound naming the model and the served ones, or the
+  // version and the served versions; FailedPrecondition for a version that is
+  // being unloaded.
+  absl::StatusOr<SharedModel> Resolve(absl::string_view ref) const;
+  // Device `device`'s copy of exactly this version and content, for a job
+  // about to run. FailedPrecondition when it was unloaded or replaced since
+  // the job was accepted.
+  absl::StatusOr<SharedModel> Acquire(const std::string& name,
+                                      const std::string& version,
+                                      const std::string& content_hash,
+                                      size_t device) const;
+  // The model `ref` names as the API describes it.
+  absl::StatusOr<v1::Model> FindProto(absl::string_view ref) const;
+
+  // Served model names, sorted, each once.
   std::vector<std::string> Names() const;
-  // The API description of every model, sorted by name.
-  std::vector<const v1::Model*> List() const;
-  size_t size() const { return models_.size(); }
+  // Every served version, sorted by name, then version (oldest first).
+  std::vector<v1::Model> List() const;
+  // Served versions.
+  size_t size() const;
+
+  // ------------------------------------------------------------- admin
+  // Load, Unload and Reload run one at a time.
+
+  // Loads the model at `path` (relative to the root: "<name>/<version>",
+  // "<name>/<version>/model.pt" or "<stem>.pt") on every device and serves
+  // it. Errors: see ConfinedPath; InvalidArgument for a path that is not one
+  // of those forms or a file that is not a model; AlreadyExists when that
+  // name and version is served; FailedPrecondition without a repository.
+  absl::StatusOr<v1::Model> Load(const std::string& path);
+
+  // Stops serving `name` (the version `version`, or all when empty) and
+  // returns once no running job holds it any more. NotFound when nothing
+  // matches.
+  absl::StatusOr<std::vector<v1::Model>> Unload(const std::string& name,
+                                                const std::string& version);
+
+  struct Changes {
+    std::vector<v1::Model> loaded;
+    std::vector<v1::Model> unloaded;
+    std::vector<std::string> failed;  // "path: why".
+  };
+  // Brings the served versions of `name` (all models when empty) in line
+  // with the repository: loads new versions, replaces changed files, unloads
+  // versions whose file is gone. Versions unloaded by Unload are loaded
+  // again. FailedPrecondition without a repository.
+  absl::StatusOr<Changes> Reload(const std::string& name);
+
+  // Every `every`, does what Reload("") does, except that versions unloaded
+  // by Unload stay unloaded until Load or Reload. Logs what changed.
+  void StartPolling(absl::Duration every);
+  void StopPolling();
 
  private:
+  // One served version: a copy per device.
   struct Entry {
-    core::ModelPtr model;
+    std::string name;
+    std::string version;
+    std::string path;  // Model file, relative to the root ("" if none).
+    std::string content_hash;
+    // Size and modification time of the file when loaded, to notice edits
+    // without hashing the file on every poll.
+    uintmax_t file_size = 0;
+    std::filesystem::file_time_type file_time;
+    std::vector<SharedModel> copies;  // Index: device.
     v1::Model proto;
   };
+  using EntryPtr = std::shared_ptr<const Entry>;
+  struct VersionOrder {
+    using is_transparent = void;
+    bool operator()(absl::string_view a, absl::string_view b) const {
+      return VersionLess(a, b);
+    }
+  };
+  using Versions = std::map<std::string, EntryPtr, VersionOrder>;
+  // A model file found in the repository.
+  struct Found {
+    std::string name;
+    std::string version;  // Empty for a flat model: the card's.
+    std::string path;     // Relative to the root.
+  };
 
-  ModelRegistry() = default;
-  absl::Status Add(core::ModelPtr model);
-  absl::Status NotHosted(absl::string_view name) const;
+  // Device copies taken out of service, to wait for.
+  struct Retired {
+    std::vector<std::weak_ptr<const core::Model>> copies;
+    std::vector<std::string> keys;  // name@version, counted in draining_.
+  };
 
-  // Sorted by name; written only by the factories.
-  std::map<std::string, Entry, std::less<>> models_;
+  explicit ModelRegistry(std::vector<c10::Device> devices);
+
+  absl::StatusOr<EntryPtr> FindEntry(absl::string_view ref) const;
+  // Loads the model file `found` on every device.
+  absl::StatusOr<EntryPtr> LoadEntry(const Found& found) const;
+  // The models of the repository (of `name` only, when not empty), sorted
+  // by path. Escaping symlinks and unusable entries are logged and skipped.
+  std::vector<Found> Scan(const std::string& name) const;
+  // The Found for a request's path; see Load.
+  absl::StatusOr<Found> FoundAt(const std::string& path) const;
+  // A flat model file: name and version from its card.
+  absl::StatusOr<Found> FlatFound(const std::string& relative) const;
+  // Serves `entry`; returns the entry it replaces (null if none).
+  EntryPtr Serve(EntryPtr entry) ABSL_LOCKS_EXCLUDED(mu_);
+  // Takes `entries` out of service: Resolve and Acquire refuse them.
+  Retired TakeOut(const std::vector<EntryPtr>& entries) ABSL_LOCKS_EXCLUDED(mu_);
+  // Waits until no job holds a copy of `retired` any more (memory freed).
+  void WaitReleased(Retired retired) ABSL_LOCKS_EXCLUDED(mu_, admin_mu_);
+  // Reload's work; `poll` leaves versions held out by Unload alone. What it
+  // takes out of service goes to `retired`, for waiting without admin_mu_.
+  absl::StatusOr<Changes> Sync(const std::string& name, bool poll,
+                               Retired* retired)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(admin_mu_);
+  absl::Status NotServed(absl::string_view name) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  void PollLoop(absl::Duration every);
+
+  const std::vector<c10::Device> devices_;
+  std::filesystem::path root_;  // Canonical; empty without a repository.
+
+  absl::Mutex admin_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // name@version unloaded by Unload: polling leaves them alone.
+  std::set<std::string> held_out_ ABSL_GUARDED_BY(admin_mu_);
+
+  mutable absl::Mutex mu_;
+  std::map<std::string, Versions, std::less<>> served_ ABSL_GUARDED_BY(mu_);
+  // name@version of versions being unloaded, with the count of unloads.
+  std::map<std::string, int, std::less<>> draining_ ABSL_GUARDED_BY(mu_);
+
+  absl::Mutex poll_mu_;
+  bool poll_stop_ ABSL_GUARDED_BY(poll_mu_) = false;
+  std::thread poll_thread_;
 };
 
 }  // namespace featviz::server

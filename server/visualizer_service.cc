@@ -7,6 +7,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
@@ -282,8 +283,8 @@ void EventStream::Pump() {
 // ----------------------------------------------------- VisualizerService
 
 absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
-    std::vector<DeviceModels> devices, const Limits& limits) {
-  if (devices.empty()) {
+    ModelRegistry* models, const Limits& limits) {
+  if (models == nullptr || models->devices().empty()) {
     return absl::InvalidArgumentError("at least one device is needed");
   }
   auto positive = [](absl::string_view name, double value) {
@@ -314,13 +315,12 @@ absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
           absl::StrCat(name, " must be >= 0, got ", value));
     }
   }
-  VisualizerServicePtr service(
-      new VisualizerService(std::move(devices), limits));
-  for (const DeviceModels& device : service->devices_) {
+  VisualizerServicePtr service(new VisualizerService(models, limits));
+  for (size_t device = 0; device < models->devices().size(); ++device) {
     WorkerOptions options;
     options.max_batch_images = limits.max_batch_images;
-    absl::StatusOr<WorkerPtr> worker = Worker::Create(
-        device.device, device.models, service->jobs_.get(), options);
+    absl::StatusOr<WorkerPtr> worker =
+        Worker::Create(device, models, service->jobs_.get(), options);
     if (!worker.ok()) return worker.status();
     service->workers_.push_back(*std::move(worker));
   }
@@ -345,10 +345,9 @@ JobManagerOptions ManagerOptions(const Limits& limits) {
 
 }  // namespace
 
-VisualizerService::VisualizerService(std::vector<DeviceModels> devices,
+VisualizerService::VisualizerService(ModelRegistry* models,
                                      const Limits& limits)
-    : devices_(std::move(devices)),
-      models_(*devices_.front().models),
+    : models_(*models),
       limits_(limits),
       jobs_(std::make_unique<JobManager>(ManagerOptions(limits))) {}
 
@@ -365,6 +364,12 @@ void VisualizerService::Shutdown(absl::Time grace_deadline) {
   // stopping its worker ends it.
   for (WorkerPtr& worker : workers_) worker->Stop();
   {
+    // An unload waits for the jobs that hold its model: all have ended now.
+    absl::MutexLock lock(&admin_mu_);
+    admin_mu_.Await(absl::Condition(
+        +[](int* calls) { return *calls == 0; }, &admin_calls_));
+  }
+  {
     absl::MutexLock lock(&log_mu_);
     log_stop_ = true;
   }
@@ -377,6 +382,8 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
   if (shutting_down_.load()) {
     return absl::UnavailableError("server is shutting down");
   }
+  // The plan holds the model until the job is queued: an unload in
+  // between makes the job fail when it starts, never use a freed model.
   absl::StatusOr<RenderPlan> plan = PlanRender(request, models_, limits_);
   if (!plan.ok()) return plan.status();
   if (!plan->seed.has_value()) plan->options.seed = RandomSeed();
@@ -431,30 +438,39 @@ absl::Status VisualizerService::ListModelsPage(
     return absl::InvalidArgumentError(absl::StrCat(
         "page_size must be >= 0 (0 means all), got ", request.page_size()));
   }
-  std::string after;
+  // The token holds the last model listed, "name@version".
+  std::optional<std::pair<std::string, std::string>> after;
   if (!request.page_token().empty()) {
     std::string decoded;
     absl::string_view rest;
     if (!absl::WebSafeBase64Unescape(request.page_token(), &decoded) ||
-        !absl::StartsWith(decoded, kPageTokenPrefix)) {
+        !absl::StartsWith(decoded, kPageTokenPrefix) ||
+        decoded.find('@') == std::string::npos) {
       return absl::InvalidArgumentError(
           absl::StrCat("page_token '", request.page_token(),
                        "' is not a token this server issued"));
     }
     rest = decoded;
     rest.remove_prefix(kPageTokenPrefix.size());
-    after = std::string(rest);
+    const size_t at = rest.rfind('@');
+    after.emplace(std::string(rest.substr(0, at)),
+                  std::string(rest.substr(at + 1)));
   }
-  for (const v1::Model* model : models_.List()) {
-    if (!after.empty() && model->name() <= after) continue;
+  auto listed = [&](const v1::Model& model) {
+    if (!after.has_value()) return false;
+    if (model.name() != after->first) return model.name() < after->first;
+    return !VersionLess(after->second, model.version());
+  };
+  for (const v1::Model& model : models_.List()) {
+    if (listed(model)) continue;
     if (request.page_size() > 0 &&
         response.models_size() == request.page_size()) {
-      response.set_next_page_token(absl::WebSafeBase64Escape(
-          absl::StrCat(kPageTokenPrefix,
-                       response.models(response.models_size() - 1).name())));
+      const v1::Model& last = response.models(response.models_size() - 1);
+      response.set_next_page_token(absl::WebSafeBase64Escape(absl::StrCat(
+          kPageTokenPrefix, last.name(), "@", last.version())));
       break;
     }
-    *response.add_models() = *model;
+    *response.add_models() = model;
   }
   return absl::OkStatus();
 }
@@ -477,9 +493,9 @@ grpc::ServerUnaryReactor* VisualizerService::GetModel(
         absl::StrCat("name must name a hosted model; models are: ",
                      absl::StrJoin(models_.Names(), ", ")));
   } else {
-    absl::StatusOr<const v1::Model*> model = models_.FindProto(request->name());
+    absl::StatusOr<v1::Model> model = models_.FindProto(request->name());
     if (model.ok()) {
-      *response = **model;
+      *response = *std::move(model);
     } else {
       status = model.status();
     }
@@ -585,6 +601,90 @@ grpc::ServerUnaryReactor* VisualizerService::GetServerStats(
   *response = Stats();
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+grpc::ServerUnaryReactor* VisualizerService::RunAdmin(
+    grpc::CallbackServerContext* context, std::string what,
+    std::function<absl::Status()> work) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  {
+    absl::MutexLock lock(&admin_mu_);
+    if (shutting_down_.load()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                   "server is shutting down"));
+      return reactor;
+    }
+    ++admin_calls_;
+  }
+  std::thread([this, reactor, what = std::move(what), peer = context->peer(),
+               work = std::move(work)] {
+    const absl::Status status = work();
+    spdlog::info("admin {} peer={} outcome={}{}", what, peer,
+                 absl::StatusCodeToString(status.code()),
+                 status.ok() ? ""
+                             : absl::StrCat(" (", status.message(), ")"));
+    reactor->Finish(ToGrpcStatus(status));
+    absl::MutexLock lock(&admin_mu_);
+    --admin_calls_;
+  }).detach();
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* VisualizerService::LoadModel(
+    grpc::CallbackServerContext* context, const v1::LoadModelRequest* request,
+    v1::LoadModelResponse* response) {
+  return RunAdmin(
+      context, absl::StrCat("LoadModel path='", request->path(), "'"),
+      [this, request, response] {
+        absl::StatusOr<v1::Model> model = models_.Load(request->path());
+        if (!model.ok()) return Prefixed("LoadModel", model.status());
+        *response->mutable_model() = *std::move(model);
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* VisualizerService::UnloadModel(
+    grpc::CallbackServerContext* context,
+    const v1::UnloadModelRequest* request, v1::UnloadModelResponse* response) {
+  return RunAdmin(
+      context,
+      absl::StrCat("UnloadModel name='", request->name(), "' version='",
+                   request->version(), "'"),
+      [this, request, response] {
+        if (request->name().empty()) {
+          return absl::InvalidArgumentError(
+              "UnloadModel: name must name a hosted model, got ''");
+        }
+        absl::StatusOr<std::vector<v1::Model>> unloaded =
+            models_.Unload(request->name(), request->version());
+        if (!unloaded.ok()) return Prefixed("UnloadModel", unloaded.status());
+        for (v1::Model& model : *unloaded) {
+          *response->add_models() = std::move(model);
+        }
+        return absl::OkStatus();
+      });
+}
+
+grpc::ServerUnaryReactor* VisualizerService::ReloadModel(
+    grpc::CallbackServerContext* context,
+    const v1::ReloadModelRequest* request, v1::ReloadModelResponse* response) {
+  return RunAdmin(
+      context, absl::StrCat("ReloadModel name='", request->name(), "'"),
+      [this, request, response] {
+        absl::StatusOr<ModelRegistry::Changes> changes =
+            models_.Reload(request->name());
+        if (!changes.ok()) return Prefixed("ReloadModel", changes.status());
+        for (v1::Model& model : changes->loaded) {
+          *response->add_loaded() = std::move(model);
+        }
+        for (v1::Model& model : changes->unloaded) {
+          *response->add_unloaded() = std::move(model);
+        }
+        for (std::string& failed : changes->failed) {
+          response->add_failed(std::move(failed));
+        }
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace featviz::server

@@ -10,6 +10,8 @@
 //                            cancel or deadline cancels the job
 //   GetServerStats           queue, worker and cache figures
 //   ListModels/GetModel      the hosted models
+//   LoadModel/UnloadModel/   the model repository, while serving (admin;
+//   ReloadModel              see model_registry.h)
 //
 // A running job stops within one optimisation step when it is cancelled,
 // its Render client goes away, or the server's shutdown grace period ends.
@@ -20,6 +22,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -38,23 +41,17 @@
 
 namespace featviz::server {
 
-// The models one device's worker runs: the registry loaded on it.
-struct DeviceModels {
-  std::string device;           // "cpu", "cuda:0", ...
-  const ModelRegistry* models;  // Must outlive the service.
-};
-
 class VisualizerService;
 using VisualizerServicePtr = std::unique_ptr<VisualizerService>;
 
 class VisualizerService final : public v1::Visualizer::CallbackService {
  public:
-  // Serves the models of `devices` (the same model files loaded on each
-  // device; requests are validated against the first) within `limits`, and
-  // starts one worker per device. InvalidArgument for no devices or for
-  // limits that make no sense (non-positive sizes).
-  static absl::StatusOr<VisualizerServicePtr> Create(
-      std::vector<DeviceModels> devices, const Limits& limits);
+  // Serves the models of `models` (which must outlive the service; requests
+  // are validated against its first device's copies) within `limits`, and
+  // starts one worker per device of the registry. InvalidArgument for limits
+  // that make no sense (non-positive sizes).
+  static absl::StatusOr<VisualizerServicePtr> Create(ModelRegistry* models,
+                                                     const Limits& limits);
 
   // Shuts down with no grace period. The grpc::Server must have been shut
   // down first: reactors point back at the service.
@@ -92,6 +89,19 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::GetServerStatsRequest* request,
       v1::ServerStats* response) override;
+  // The admin RPCs load files and wait for jobs: each runs on its own thread
+  // so that no gRPC thread blocks.
+  grpc::ServerUnaryReactor* LoadModel(grpc::CallbackServerContext* context,
+                                      const v1::LoadModelRequest* request,
+                                      v1::LoadModelResponse* response) override;
+  grpc::ServerUnaryReactor* UnloadModel(
+      grpc::CallbackServerContext* context,
+      const v1::UnloadModelRequest* request,
+      v1::UnloadModelResponse* response) override;
+  grpc::ServerUnaryReactor* ReloadModel(
+      grpc::CallbackServerContext* context,
+      const v1::ReloadModelRequest* request,
+      v1::ReloadModelResponse* response) override;
 
   // Queues `request` for `context`'s caller exactly as SubmitJob does, for
   // services that render on a client's behalf (Circuits.FindCircuit).
@@ -102,7 +112,7 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   // CANCELLED with UNAVAILABLE ("the render had not started"), running ones
   // may finish until `grace_deadline` and are then cancelled (CANCELLED,
   // "server shut down before the render finished"). Returns when no job
-  // runs any more and the workers have stopped.
+  // runs any more, the workers have stopped and admin calls have ended.
   void Shutdown(absl::Time grace_deadline);
 
   // The figures GetServerStats returns.
@@ -113,7 +123,12 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
  private:
   friend class EventStream;
 
-  VisualizerService(std::vector<DeviceModels> devices, const Limits& limits);
+  VisualizerService(ModelRegistry* models, const Limits& limits);
+  // Runs `work` on a thread of its own, then finishes `reactor` with its
+  // status (logged with `what`).
+  grpc::ServerUnaryReactor* RunAdmin(grpc::CallbackServerContext* context,
+                                     std::string what,
+                                     std::function<absl::Status()> work);
   absl::Status ListModelsPage(const v1::ListModelsRequest& request,
                               v1::ListModelsResponse& response) const;
   // Validates `request` and submits it for `context`'s caller.
@@ -123,12 +138,14 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   // Logs the stats every 30 s while there is work.
   void LogStatsLoop();
 
-  const std::vector<DeviceModels> devices_;
-  const ModelRegistry& models_;  // The first device's: validation, listing.
+  ModelRegistry& models_;
   const Limits limits_;
   JobManagerPtr jobs_;
   std::vector<WorkerPtr> workers_;
   std::atomic<bool> shutting_down_{false};
+
+  absl::Mutex admin_mu_;
+  int admin_calls_ ABSL_GUARDED_BY(admin_mu_) = 0;
 
   absl::Mutex log_mu_;
   bool log_stop_ ABSL_GUARDED_BY(log_mu_) = false;

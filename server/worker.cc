@@ -19,7 +19,7 @@ constexpr absl::Duration kStatsWindow = absl::Seconds(60);
 
 }  // namespace
 
-absl::StatusOr<WorkerPtr> Worker::Create(std::string device,
+absl::StatusOr<WorkerPtr> Worker::Create(size_t device_index,
                                          const ModelRegistry* models,
                                          JobManager* jobs,
                                          WorkerOptions options) {
@@ -27,15 +27,20 @@ absl::StatusOr<WorkerPtr> Worker::Create(std::string device,
     return absl::InvalidArgumentError(absl::StrCat(
         "max_batch_images must be >= 1, got ", options.max_batch_images));
   }
-  WorkerPtr worker(new Worker(std::move(device), models, jobs, options));
+  if (device_index >= models->devices().size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the model registry has no device ", device_index));
+  }
+  WorkerPtr worker(new Worker(device_index, models, jobs, options));
   Worker* self = worker.get();
   worker->thread_ = std::thread([self] { self->Loop(); });
   return worker;
 }
 
-Worker::Worker(std::string device, const ModelRegistry* models,
+Worker::Worker(size_t device_index, const ModelRegistry* models,
                JobManager* jobs, WorkerOptions options)
-    : device_(std::move(device)),
+    : device_index_(device_index),
+      device_(models->devices()[device_index].str()),
       models_(*models),
       jobs_(*jobs),
       options_(options),
@@ -57,6 +62,7 @@ void Worker::Loop() {
       running_jobs_ = static_cast<int64_t>(running_.size());
     }
     if (running_.empty()) {
+      ReleaseIfIdle();
       jobs_.scheduler().WaitForWork(kIdleWait);
       continue;
     }
@@ -70,18 +76,22 @@ void Worker::Loop() {
         nullptr);
   }
   running_.clear();
+  ReleaseIfIdle();
   absl::MutexLock lock(&stats_mu_);
   running_jobs_ = 0;
 }
 
+void Worker::ReleaseIfIdle() {
+  if (!running_.empty()) return;
+  model_.reset();
+  batch_key_.clear();
+  images_ = 0;
+}
+
 void Worker::Admit() {
-  if (running_.empty()) {
-    model_ = nullptr;
-    images_ = 0;
-  }
+  ReleaseIfIdle();
   while (!stop_.load()) {
-    const std::string model_name =
-        model_ == nullptr ? std::string() : model_->card().name;
+    const std::string& batch_key = batch_key_;
     const bool empty = running_.empty();
     const int64_t images = images_;
     // Runs under the scheduler's lock: only reads the worker's own state and
@@ -89,7 +99,7 @@ void Worker::Admit() {
     std::optional<QueuedJob> next =
         jobs_.scheduler().PopNext([&](const QueuedJob& job) {
           if (empty) return true;
-          return job.batch_key == model_name &&
+          return job.batch_key == batch_key &&
                  images + jobs_.ImagesOf(job.id) <= options_.max_batch_images;
         });
     if (!next.has_value()) return;
@@ -100,7 +110,11 @@ void Worker::Admit() {
       jobs_.Finish(*job, JobManager::StopStatus(*job, stop, 0), nullptr);
       continue;
     }
-    absl::StatusOr<const core::Model*> model = models_.Find(job->model);
+    // The version the job was accepted with, or FAILED_PRECONDITION when
+    // it has been unloaded since.
+    absl::StatusOr<SharedModel> model =
+        models_.Acquire(job->plan.model_name, job->plan.model_version,
+                        job->plan.model_hash, device_index_);
     if (!model.ok()) {
       jobs_.Finish(*job, model.status(), nullptr);
       continue;
@@ -112,10 +126,14 @@ void Worker::Admit() {
       jobs_.Finish(*job, session.status(), nullptr);
       continue;
     }
-    if (running_.empty()) model_ = *model;
+    if (running_.empty()) {
+      model_ = *model;
+      batch_key_ = absl::StrCat(job->model, "@", job->plan.model_version, "#",
+                                job->plan.model_hash);
+    }
     images_ += (*session)->batch();
-    running_.push_back(
-        Running{std::move(job), *std::move(session), absl::Now()});
+    running_.push_back(Running{*std::move(model), std::move(job),
+                               *std::move(session), absl::Now()});
   }
 }
 
@@ -134,6 +152,7 @@ void Worker::DropStopped() {
         nullptr);
   }
   running_ = std::move(kept);
+  ReleaseIfIdle();
 }
 
 void Worker::Step() {
@@ -153,7 +172,7 @@ void Worker::Step() {
                   running_.size(), stepped.ToString());
     for (Running& running : running_) End(running, stepped, nullptr);
     running_.clear();
-    images_ = 0;
+    ReleaseIfIdle();
     return;
   }
 
@@ -199,6 +218,7 @@ void Worker::Step() {
   running_ = std::move(kept);
   images_ = 0;
   for (const Running& running : running_) images_ += running.session->batch();
+  ReleaseIfIdle();
 }
 
 void Worker::End(Running& running, const absl::Status& status,

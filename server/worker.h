@@ -48,10 +48,13 @@ using WorkerPtr = std::unique_ptr<Worker>;
 
 class Worker {
  public:
-  // Starts the worker of `device` ("cpu", "cuda:0"), running the jobs of
-  // `jobs` on the models of `models` (loaded on that device). Both must
-  // outlive the worker. InvalidArgument when max_batch_images < 1.
-  static absl::StatusOr<WorkerPtr> Create(std::string device,
+  // Starts the worker of the registry's device number `device_index`,
+  // running the jobs of `jobs` on that device's copies of `models`. A job
+  // holds its model while it runs; one whose model version was unloaded
+  // after it was accepted ends FAILED (FAILED_PRECONDITION). Both must
+  // outlive the worker. InvalidArgument when max_batch_images < 1 or the
+  // registry has no such device.
+  static absl::StatusOr<WorkerPtr> Create(size_t device_index,
                                           const ModelRegistry* models,
                                           JobManager* jobs,
                                           WorkerOptions options);
@@ -73,13 +76,18 @@ class Worker {
 
  private:
   struct Running {
+    // First, so that it goes last: the session refers to the model.
+    SharedModel model;
     JobRecordPtr job;
     std::unique_ptr<core::RenderSession> session;
     absl::Time start;
   };
 
-  Worker(std::string device, const ModelRegistry* models, JobManager* jobs,
+  Worker(size_t device_index, const ModelRegistry* models, JobManager* jobs,
          WorkerOptions options);
+  // Forgets the batch's model once nothing runs, so that an unloaded model
+  // is freed at once.
+  void ReleaseIfIdle();
   void Loop();
   // Takes queued jobs that fit into the current batch.
   void Admit();
@@ -92,6 +100,7 @@ class Worker {
            std::shared_ptr<const v1::RenderResult> result);
   void RecordStep(absl::Time now, int64_t images);
 
+  const size_t device_index_;
   const std::string device_;
   const ModelRegistry& models_;
   JobManager& jobs_;
@@ -100,7 +109,8 @@ class Worker {
 
   // The worker thread's own state.
   std::vector<Running> running_;
-  const core::Model* model_ = nullptr;  // Of the running jobs.
+  SharedModel model_;    // Of the running jobs.
+  std::string batch_key_;  // Their model's name@version#hash.
   int64_t images_ = 0;                  // Their images.
 
   std::atomic<bool> stop_{false};

@@ -4,9 +4,10 @@
     /usr/bin/python3 tests/models/make_test_models.py --out DIR
 
 Writes into DIR: scripted.pt, traced.pt, residual.pt, tuple_output.pt (each
-with a .card.json), no_card.pt (no card), corrupt.pt (random bytes) and
-not_torchscript.pt (a plain torch.save'd state_dict). Weights are random but
-deterministic (torch.manual_seed(0)); nothing is trained or downloaded.
+with a .card.json), no_card.pt (no card), corrupt.pt (random bytes),
+not_torchscript.pt (a plain torch.save'd state_dict) and wide.pt (64 MiB of
+weights in one layer, to measure the memory a model unload frees). Weights
+are random but deterministic (torch.manual_seed(0)); nothing is trained or downloaded.
 """
 import argparse
 import json
@@ -127,6 +128,16 @@ class KnownWeights(nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
+class Wide(nn.Module):  # 1x16x16 -> 3, through one 64 MiB layer
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16 * 16, 65536)
+        self.fc2 = nn.Linear(65536, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
 def write_card(out, name, channels, size, classes):
     card = {
         "name": name, "version": "1",
@@ -188,6 +199,10 @@ def main():
     for name, relu in (("known_weights", False), ("known_weights_relu", True)):
         save(torch.jit.script(KnownWeights(relu).eval()), out, name, (1, 8, 8))
         write_card(out, name, 1, 8, ["a", "b"])
+    with torch.no_grad():
+        wide = Wide().eval()
+    save(torch.jit.script(wide), out, "wide", (1, 16, 16))
+    write_card(out, "wide", 1, 16, ["a", "b", "c"])
 
     path = os.path.join(out, "corrupt.pt")
     with open(path, "wb") as f:

@@ -15,7 +15,7 @@ class ConvertTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     absl::StatusOr<ModelRegistryPtr> registry =
-        ModelRegistry::Create(FEATVIZ_MODELS_DIR, c10::kCPU);
+        ModelRegistry::Create(FEATVIZ_MODELS_DIR, {c10::kCPU});
     ASSERT_TRUE(registry.ok()) << registry.status();
     registry_ = registry->release();
   }
@@ -123,13 +123,14 @@ TEST_F(ConvertTest, ObjectiveTreeBecomesTheSameObjectiveAsItsText) {
 }
 
 TEST_F(ConvertTest, ModelToProtoNamesEveryClassAndLayer) {
-  absl::StatusOr<const core::Model*> model = registry_->Find("mnist_classifier");
+  absl::StatusOr<SharedModel> model = registry_->Resolve("mnist_classifier");
   ASSERT_TRUE(model.ok());
   const v1::Model proto = ModelToProto(**model);
   EXPECT_EQ(proto.class_names_size(), 10);
   EXPECT_EQ(proto.layers_size(), 4);
   EXPECT_EQ(proto.input().mean_size(), 1);
   EXPECT_EQ(proto.device(), "cpu");
+  EXPECT_GT(proto.memory_bytes(), 0);
 }
 
 }  // namespace

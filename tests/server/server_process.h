@@ -97,6 +97,7 @@ class ServerProcess {
   // "127.0.0.1:PORT".
   const std::string& address() const { return address_; }
   int port() const { return port_; }
+  pid_t pid() const { return pid_; }
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
   std::unique_ptr<v1::Visualizer::Stub> NewStub() const {
     return v1::Visualizer::NewStub(channel_);

@@ -502,8 +502,9 @@ TEST(VisualizerServiceStartTest, SkipsAModelThatFailsToLoadAndServesTheRest) {
   ASSERT_NE(mkdtemp(dir_template), nullptr);
   const fs::path dir = dir_template;
   std::ofstream(dir / "broken.pt") << "not a TorchScript file";
+  // Copies: a symlink out of the repository would be refused.
   for (const char* file : {"mnist_classifier.pt", "mnist_classifier.card.json"}) {
-    fs::create_symlink(fs::path(FEATVIZ_MODELS_DIR) / file, dir / file);
+    fs::copy_file(fs::path(FEATVIZ_MODELS_DIR) / file, dir / file);
   }
   absl::StatusOr<std::unique_ptr<ServerProcess>> server =
       ServerProcess::Start({"--model_dir=" + dir.string()});
