@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -31,6 +32,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "featviz/v1/featviz.grpc.pb.h"
+#include "server/auth.h"
 #include "server/job_manager.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
@@ -44,6 +46,18 @@ struct DeviceModels {
   const ModelRegistry* models;  // Must outlive the service.
 };
 
+// Who may call, and who hears of jobs ending.
+struct ServiceOptions {
+  // Checks every call's bearer token and role, and makes the client's name
+  // the owner of its jobs. Null: open access (a single-user box): anyone who
+  // reaches the port may call anything, and the owner is the request's
+  // `owner`, else the client certificate's common name (mTLS), else the
+  // caller's address. Must outlive the service.
+  const Authorizer* auth = nullptr;
+  // JobManagerOptions::on_end (metrics).
+  std::function<void(const JobEnd&)> on_job_end;
+};
+
 class VisualizerService;
 using VisualizerServicePtr = std::unique_ptr<VisualizerService>;
 
@@ -54,7 +68,8 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   // starts one worker per device. InvalidArgument for no devices or for
   // limits that make no sense (non-positive sizes).
   static absl::StatusOr<VisualizerServicePtr> Create(
-      std::vector<DeviceModels> devices, const Limits& limits);
+      std::vector<DeviceModels> devices, const Limits& limits,
+      ServiceOptions options = {});
 
   // Shuts down with no grace period. The grpc::Server must have been shut
   // down first: reactors point back at the service.
@@ -93,6 +108,11 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
       const v1::GetServerStatsRequest* request,
       v1::ServerStats* response) override;
 
+  // The caller of any method ("/featviz.v1.Circuits/Attribute"), checked
+  // as Visualizer's own calls are (auth.h); for the other services.
+  absl::StatusOr<Identity> CallerOf(grpc::CallbackServerContext* context,
+                                    absl::string_view full_method) const;
+
   // Queues `request` for `context`'s caller exactly as SubmitJob does, for
   // services that render on a client's behalf (Circuits.FindCircuit).
   absl::StatusOr<v1::Job> SubmitRender(grpc::CallbackServerContext* context,
@@ -107,17 +127,30 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
 
   // The figures GetServerStats returns.
   v1::ServerStats Stats() const;
+  // Jobs queued and running per owner (metrics).
+  std::map<std::string, JobManager::OwnerLoad> LoadByOwner() const {
+    return jobs_->LoadByOwner();
+  }
 
   const Limits& limits() const { return limits_; }
 
  private:
   friend class EventStream;
 
-  VisualizerService(std::vector<DeviceModels> devices, const Limits& limits);
+  VisualizerService(std::vector<DeviceModels> devices, const Limits& limits,
+                    ServiceOptions options);
+  // The caller of featviz.v1.Visualizer method `method` ("Render"): checked
+  // against the tokens when there are any (Unauthenticated,
+  // PermissionDenied), else an admin named after its certificate or address.
+  absl::StatusOr<Identity> Caller(grpc::CallbackServerContext* context,
+                                  absl::string_view method) const;
+  // PermissionDenied unless `caller` owns `job` or is an admin.
+  absl::Status CheckOwns(const Identity& caller, const JobRecord& job) const;
   absl::Status ListModelsPage(const v1::ListModelsRequest& request,
                               v1::ListModelsResponse& response) const;
   // Validates `request` and submits it for `context`'s caller.
   absl::StatusOr<JobRecordPtr> Submit(grpc::CallbackServerContext* context,
+                                      const Identity& caller,
                                       const v1::RenderRequest& request,
                                       JobWatcherPtr watcher);
   // Logs the stats every 30 s while there is work.
@@ -126,6 +159,7 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   const std::vector<DeviceModels> devices_;
   const ModelRegistry& models_;  // The first device's: validation, listing.
   const Limits limits_;
+  const Authorizer* const auth_;  // Null: open access.
   JobManagerPtr jobs_;
   std::vector<WorkerPtr> workers_;
   std::atomic<bool> shutting_down_{false};
