@@ -231,6 +231,17 @@ Taps Taps::Slice(int64_t start, int64_t length) const {
 Model::Model(torch::jit::Module module, ModelCard card, c10::Device device)
     : module_(std::move(module)), card_(std::move(card)), device_(device) {}
 
+int64_t Model::memory_bytes() const {
+  int64_t bytes = 0;
+  for (const at::Tensor& parameter : module_.parameters(/*recurse=*/true)) {
+    bytes += static_cast<int64_t>(parameter.nbytes());
+  }
+  for (const at::Tensor& buffer : module_.buffers(/*recurse=*/true)) {
+    bytes += static_cast<int64_t>(buffer.nbytes());
+  }
+  return bytes;
+}
+
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
                                                    const c10::Device& device) {
   std::ifstream in(path, std::ios::binary);

@@ -68,6 +68,8 @@ class Model {
   absl::StatusOr<LayerInfo> FindLayer(const std::string& path) const;
   // SHA-256 of the model file's bytes (hex); empty for Create()d models.
   const std::string& content_hash() const { return content_hash_; }
+  // Bytes of the model's parameters and buffers on device().
+  int64_t memory_bytes() const;
 
   // One forward pass of `images` ([B, C, H, W] in the card's [0, 1] pixel
   // space, on device()) with the card's normalisation applied first.
