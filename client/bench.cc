@@ -89,22 +89,15 @@ double Mean(const std::vector<double>& values) {
   return sum / static_cast<double>(values.size());
 }
 
-// GetServerStats through a stub of our own (VisualizerClient does not wrap
-// it). Unset when the server does not implement it or cannot answer.
-std::optional<v1::ServerStats> FetchServerStats(const std::string& address,
+// The server's figures; unset when it does not implement GetServerStats or
+// cannot answer.
+std::optional<v1::ServerStats> FetchServerStats(VisualizerClient& client,
                                                 std::FILE* err) {
-  std::unique_ptr<v1::Visualizer::Stub> stub = v1::Visualizer::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::seconds(10));
-  v1::ServerStats stats;
-  const grpc::Status status =
-      stub->GetServerStats(&context, v1::GetServerStatsRequest(), &stats);
-  if (status.ok()) return stats;
-  if (status.error_code() != grpc::StatusCode::UNIMPLEMENTED) {
+  absl::StatusOr<v1::ServerStats> stats = client.GetServerStats();
+  if (stats.ok()) return *std::move(stats);
+  if (stats.status().code() != absl::StatusCode::kUnimplemented) {
     std::fprintf(err, "featviz bench: GetServerStats failed: %s\n",
-                 status.error_message().c_str());
+                 std::string(stats.status().message()).c_str());
   }
   return std::nullopt;
 }
@@ -236,7 +229,7 @@ absl::Status RunBench(VisualizerClient& client, const BenchOptions& options,
   FEATVIZ_RETURN_IF_ERROR(client.GetModel(options.model).status());
 
   const std::optional<v1::ServerStats> stats_before =
-      FetchServerStats(client.address(), err);
+      FetchServerStats(client, err);
 
   std::vector<JobOutcome> outcomes(total);
   const absl::Time start = absl::Now();
@@ -279,7 +272,7 @@ absl::Status RunBench(VisualizerClient& client, const BenchOptions& options,
   const double p95 = Percentile(latencies, 95);
   const double p99 = Percentile(latencies, 99);
   const std::optional<v1::ServerStats> stats =
-      stats_before.has_value() ? FetchServerStats(client.address(), err)
+      stats_before.has_value() ? FetchServerStats(client, err)
                                : std::nullopt;
   const int64_t cache_hits =
       stats.has_value() ? stats->cache_hits() - stats_before->cache_hits() : 0;

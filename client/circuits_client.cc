@@ -43,6 +43,10 @@ CircuitsClient::CircuitsClient(const VisualizerClient& visualizer)
       jobs_(v1::Visualizer::NewStub(visualizer.channel())) {}
 
 void CircuitsClient::SetDeadline(grpc::ClientContext& context) const {
+  // The same bearer token as the Visualizer's calls (plain metadata).
+  if (!visualizer_.options().token.empty()) {
+    context.AddMetadata("authorization", "Bearer " + visualizer_.options().token);
+  }
   const absl::Duration timeout =
       std::max(visualizer_.options().call_timeout, kMinAnalysisTimeout);
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));

@@ -47,6 +47,7 @@ class CircuitsClient {
       const std::function<void(size_t, size_t)>& on_progress);
 
  private:
+  // The deadline and the client's bearer token.
   void SetDeadline(grpc::ClientContext& context) const;
 
   const VisualizerClient& visualizer_;

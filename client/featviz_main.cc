@@ -36,6 +36,13 @@ ABSL_FLAG(std::string, server, "",
           "127.0.0.1:8980");
 ABSL_FLAG(double, timeout, 0,
           "Deadline in seconds; 0: none for render, 30 s for models/layers");
+ABSL_FLAG(std::string, token_file, "",
+          "File whose first line is the bearer token; default $FEATVIZ_TOKEN");
+ABSL_FLAG(std::string, tls_ca, "",
+          "PEM CA bundle to verify the server with: connect over TLS");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM client certificate for mTLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(bool, json, false, "Print JSON on stdout instead of text");
 ABSL_FLAG(int64_t, steps, 0, "Optimisation steps; 0: the server's (256)");
 ABSL_FLAG(int64_t, size, 0, "Image side in pixels; 0: the model's input size");
@@ -104,6 +111,9 @@ commands:
 global options:
   --server ADDR     host:port (default $FEATVIZ_SERVER, else 127.0.0.1:8980)
   --timeout S       deadline in seconds (0: none for render, 30 s otherwise)
+  --token_file F    bearer token: F's first line (default $FEATVIZ_TOKEN)
+  --tls_ca F        connect over TLS, verifying the server against PEM CAs F
+  --tls_cert F --tls_key K   client certificate and key (mTLS)
 
 render options:
   --steps N  --size N  --param fft|pixel  --batch N  --seed N  --lr X
@@ -160,7 +170,8 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
   return *flags;
 }
 const std::set<std::string>& GlobalFlags() {
-  static const auto* flags = new std::set<std::string>{"server", "timeout"};
+  static const auto* flags = new std::set<std::string>{
+      "server", "timeout", "token_file", "tls_ca", "tls_cert", "tls_key"};
   return *flags;
 }
 
@@ -306,6 +317,13 @@ int Main(int argc, char** argv) {
     client_options.call_timeout = absl::Seconds(timeout);
     client_options.render_timeout = absl::Seconds(timeout);
   }
+  absl::StatusOr<std::string> token =
+      ResolveToken(absl::GetFlag(FLAGS_token_file));
+  if (!token.ok()) return Fail(token.status());
+  client_options.token = *std::move(token);
+  client_options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
+  client_options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  client_options.tls_key = absl::GetFlag(FLAGS_tls_key);
   const std::string address = ServerAddress();
   absl::StatusOr<VisualizerClientPtr> client =
       VisualizerClient::Create(address, client_options);

@@ -1,28 +1,93 @@
 #include "client/visualizer_client.h"
 
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <limits>
+#include <sstream>
 #include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_replace.h"
 
 namespace featviz::client {
 
 namespace v1 = featviz::v1;
 
+namespace {
+
+absl::StatusOr<std::string> ReadPem(absl::string_view what,
+                                    const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": cannot read '", path, "'"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
+    const ClientOptions& options) {
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_cert and --tls_key go together: give both or neither");
+  }
+  if (options.tls_ca.empty() && options.tls_cert.empty()) {
+    return grpc::InsecureChannelCredentials();
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!options.tls_ca.empty()) {
+    absl::StatusOr<std::string> ca = ReadPem("--tls_ca", options.tls_ca);
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *std::move(ca);
+  }
+  if (!options.tls_cert.empty()) {
+    absl::StatusOr<std::string> cert = ReadPem("--tls_cert", options.tls_cert);
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadPem("--tls_key", options.tls_key);
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *std::move(cert);
+    ssl.pem_private_key = *std::move(key);
+  }
+  return grpc::SslCredentials(ssl);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> ResolveToken(const std::string& token_file) {
+  if (!token_file.empty()) {
+    std::ifstream in(token_file);
+    if (!in) {
+      return absl::NotFoundError(
+          absl::StrCat("--token_file: cannot read '", token_file, "'"));
+    }
+    std::string line;
+    std::getline(in, line);
+    return std::string(absl::StripAsciiWhitespace(line));
+  }
+  const char* env = std::getenv("FEATVIZ_TOKEN");
+  if (env != nullptr) return std::string(absl::StripAsciiWhitespace(env));
+  return std::string();
+}
+
 absl::StatusOr<std::unique_ptr<VisualizerClient>> VisualizerClient::Create(
     const std::string& address, const ClientOptions& options) {
   if (address.empty()) {
     return absl::InvalidArgumentError("server address is empty");
   }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      Credentials(options);
+  if (!credentials.ok()) return credentials.status();
   grpc::ChannelArguments args;
   // Results carry float tensors and PNGs of whole batches; gRPC's 4 MiB
   // default would reject a batch of large RGB images.
   args.SetMaxReceiveMessageSize(std::numeric_limits<int>::max());
   std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      address, grpc::InsecureChannelCredentials(), args);
+      address, *credentials, args);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot make a channel to '", address, "'"));
@@ -55,11 +120,26 @@ absl::Status VisualizerClient::FromGrpc(const grpc::Status& status) const {
   return absl::Status(code, message);
 }
 
-void VisualizerClient::SetDeadline(grpc::ClientContext& context,
-                                   absl::Duration timeout) const {
+void VisualizerClient::Prepare(grpc::ClientContext& context,
+                               absl::Duration timeout) const {
+  // Plain metadata rather than call credentials: gRPC sends those only over
+  // TLS, and a loopback server may take tokens in plaintext.
+  if (!options_.token.empty()) {
+    context.AddMetadata("authorization", "Bearer " + options_.token);
+  }
   if (timeout <= absl::ZeroDuration()) return;
   context.set_deadline(std::chrono::system_clock::now() +
                        absl::ToChronoMilliseconds(timeout));
+}
+
+absl::StatusOr<v1::ServerStats> VisualizerClient::GetServerStats() {
+  grpc::ClientContext context;
+  Prepare(context, options_.call_timeout);
+  v1::ServerStats stats;
+  absl::Status status = FromGrpc(
+      stub_->GetServerStats(&context, v1::GetServerStatsRequest(), &stats));
+  if (!status.ok()) return status;
+  return stats;
 }
 
 absl::StatusOr<std::vector<v1::Model>> VisualizerClient::ListModels() {
@@ -68,7 +148,7 @@ absl::StatusOr<std::vector<v1::Model>> VisualizerClient::ListModels() {
   // A server that hands back the same token forever must not hang us.
   for (int page = 0; page < 10000; ++page) {
     grpc::ClientContext context;
-    SetDeadline(context, options_.call_timeout);
+    Prepare(context, options_.call_timeout);
     v1::ListModelsResponse response;
     absl::Status status =
         FromGrpc(stub_->ListModels(&context, request, &response));
@@ -84,7 +164,7 @@ absl::StatusOr<std::vector<v1::Model>> VisualizerClient::ListModels() {
 
 absl::StatusOr<v1::Model> VisualizerClient::GetModel(const std::string& name) {
   grpc::ClientContext context;
-  SetDeadline(context, options_.call_timeout);
+  Prepare(context, options_.call_timeout);
   v1::GetModelRequest request;
   request.set_name(name);
   v1::Model model;
@@ -96,7 +176,7 @@ absl::StatusOr<v1::Model> VisualizerClient::GetModel(const std::string& name) {
 absl::StatusOr<v1::RenderResult> VisualizerClient::Render(
     const v1::RenderRequest& request, const ProgressCallback& on_progress) {
   grpc::ClientContext context;
-  SetDeadline(context, options_.render_timeout);
+  Prepare(context, options_.render_timeout);
   std::unique_ptr<grpc::ClientReader<v1::RenderEvent>> reader =
       stub_->Render(&context, request);
   v1::RenderEvent event;

@@ -25,7 +25,19 @@ struct ClientOptions {
   // Deadline of a whole Render stream; zero or negative means none (a render
   // takes as long as it takes).
   absl::Duration render_timeout = absl::ZeroDuration();
+  // Bearer token sent with every call ("authorization: Bearer <token>");
+  // empty: none.
+  std::string token;
+  // TLS: PEM files. tls_ca set means TLS, verified against it; tls_cert and
+  // tls_key add a client certificate (mTLS). All empty: plaintext.
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
 };
+
+// The token for a client: the first line of `token_file` when given, else
+// $FEATVIZ_TOKEN, else empty. NotFound naming an unreadable file.
+absl::StatusOr<std::string> ResolveToken(const std::string& token_file);
 
 class VisualizerClient {
  public:
@@ -35,7 +47,9 @@ class VisualizerClient {
       std::function<absl::Status(const featviz::v1::RenderProgress&)>;
 
   // A client of the server at `address` ("host:port"). Connects lazily: an
-  // unreachable server shows up as UNAVAILABLE on the first call.
+  // unreachable server shows up as UNAVAILABLE on the first call. Errors:
+  // InvalidArgument for a TLS file that cannot be read or a client
+  // certificate without its key.
   static absl::StatusOr<std::unique_ptr<VisualizerClient>> Create(
       const std::string& address, const ClientOptions& options = {});
 
@@ -51,6 +65,8 @@ class VisualizerClient {
   absl::StatusOr<featviz::v1::RenderResult> Render(
       const featviz::v1::RenderRequest& request,
       const ProgressCallback& on_progress);
+  // The server's queue, worker and cache figures.
+  absl::StatusOr<featviz::v1::ServerStats> GetServerStats();
 
   const std::string& address() const { return address_; }
   const ClientOptions& options() const { return options_; }
@@ -64,7 +80,8 @@ class VisualizerClient {
   // The call's status in absl terms, with the server's address where the
   // server could not be reached.
   absl::Status FromGrpc(const grpc::Status& status) const;
-  void SetDeadline(grpc::ClientContext& context, absl::Duration timeout) const;
+  // Sets the deadline (none when `timeout` <= 0) and the token.
+  void Prepare(grpc::ClientContext& context, absl::Duration timeout) const;
 
   const std::string address_;
   const ClientOptions options_;

@@ -73,9 +73,20 @@ void CircuitsService::Shutdown() {
   }
 }
 
+absl::Status CircuitsService::Authorize(grpc::CallbackServerContext* context,
+                                        absl::string_view method) const {
+  if (!authorize_) return absl::OkStatus();
+  return authorize_(context, absl::StrCat("/featviz.v1.Circuits/", method));
+}
+
 grpc::ServerUnaryReactor* CircuitsService::Defer(
-    grpc::CallbackServerContext* context, std::function<absl::Status()> work) {
+    grpc::CallbackServerContext* context, absl::string_view method,
+    std::function<absl::Status()> work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status allowed = Authorize(context, method); !allowed.ok()) {
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   absl::MutexLock lock(&mu_);
   if (stopping_) {
     reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
@@ -126,10 +137,15 @@ absl::StatusOr<SharedModel> CircuitsService::FindModel(
 grpc::ServerUnaryReactor* CircuitsService::ListDatasets(
     grpc::CallbackServerContext* context, const v1::ListDatasetsRequest*,
     v1::ListDatasetsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status allowed = Authorize(context, "ListDatasets");
+      !allowed.ok()) {
+    reactor->Finish(ToGrpcStatus(allowed));
+    return reactor;
+  }
   for (const auto& [name, dataset] : datasets_.all()) {
     *response->add_datasets() = DatasetToProto(*dataset);
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -138,7 +154,7 @@ grpc::ServerUnaryReactor* CircuitsService::ComputeActivations(
     grpc::CallbackServerContext* context,
     const v1::ComputeActivationsRequest* request,
     v1::ComputeActivationsResponse* response) {
-  return Defer(context, [this, request, response] {
+  return Defer(context, "ComputeActivations", [this, request, response] {
     return DoComputeActivations(*request, *response);
   });
 }
@@ -146,7 +162,7 @@ grpc::ServerUnaryReactor* CircuitsService::ComputeActivations(
 grpc::ServerUnaryReactor* CircuitsService::Attribute(
     grpc::CallbackServerContext* context, const v1::AttributeRequest* request,
     v1::AttributeResponse* response) {
-  return Defer(context, [this, request, response] {
+  return Defer(context, "Attribute", [this, request, response] {
     return DoAttribute(*request, *response);
   });
 }
@@ -155,7 +171,7 @@ grpc::ServerUnaryReactor* CircuitsService::FindCircuit(
     grpc::CallbackServerContext* context,
     const v1::FindCircuitRequest* request,
     v1::FindCircuitResponse* response) {
-  return Defer(context, [this, context, request, response] {
+  return Defer(context, "FindCircuit", [this, context, request, response] {
     return DoFindCircuit(context, *request, *response);
   });
 }
@@ -164,7 +180,7 @@ grpc::ServerUnaryReactor* CircuitsService::TopExamples(
     grpc::CallbackServerContext* context,
     const v1::TopExamplesRequest* request,
     v1::TopExamplesResponse* response) {
-  return Defer(context, [this, request, response] {
+  return Defer(context, "TopExamples", [this, request, response] {
     return DoTopExamples(*request, *response);
   });
 }

@@ -92,6 +92,15 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   // Refuses new analyses with UNAVAILABLE and ends the waiting ones so.
   void Shutdown();
 
+  // Checks each call's caller ("/featviz.v1.Circuits/Method"): an error
+  // (UNAUTHENTICATED, PERMISSION_DENIED) ends the call before any work.
+  // Unset: every caller is let in. Set before the server starts.
+  using AuthorizeFn = std::function<absl::Status(
+      grpc::CallbackServerContext* context, absl::string_view method)>;
+  void SetAuthorize(AuthorizeFn authorize) {
+    authorize_ = std::move(authorize);
+  }
+
  private:
   CircuitsService(const ModelRegistry* models,
                   std::vector<core::DatasetPtr> datasets, SubmitFn submit,
@@ -100,7 +109,11 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   // Runs `work` on the analysis thread and finishes the call with its
   // status; RESOURCE_EXHAUSTED at once when too many wait.
   grpc::ServerUnaryReactor* Defer(grpc::CallbackServerContext* context,
+                                  absl::string_view method,
                                   std::function<absl::Status()> work);
+  // The authorize_ check of `method` ("Attribute"); OK when unset.
+  absl::Status Authorize(grpc::CallbackServerContext* context,
+                         absl::string_view method) const;
   void AnalysisLoop();
 
   absl::Status DoComputeActivations(const v1::ComputeActivationsRequest& request,
@@ -126,6 +139,7 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   const ModelRegistry* const models_;
   const DatasetIndex datasets_;
   const SubmitFn submit_;
+  AuthorizeFn authorize_;
   const Limits render_limits_;
   const CircuitLimits limits_;
 

@@ -97,7 +97,7 @@ JobManager::JobManager(JobManagerOptions options)
 
 absl::StatusOr<JobRecordPtr> JobManager::Submit(
     const v1::RenderRequest& request, RenderPlan plan, std::string owner,
-    JobWatcherPtr watcher) {
+    JobWatcherPtr watcher, OwnerQuota quota) {
   const absl::Time now = absl::Now();
   {
     absl::MutexLock lock(&mu_);
@@ -150,6 +150,7 @@ absl::StatusOr<JobRecordPtr> JobManager::Submit(
   queued.batch_key = absl::StrCat(job->model, "@", job->plan.model_version,
                                   "#", job->plan.model_hash);
   queued.cost = images * steps;
+  queued.quota = quota;
   const absl::Status added = scheduler_.Add(std::move(queued));
   if (!added.ok()) {
     absl::MutexLock lock(&mu_);
@@ -354,6 +355,16 @@ absl::StatusOr<v1::ListJobsResponse> JobManager::List(
   return response;
 }
 
+std::map<std::string, JobManager::OwnerLoad> JobManager::LoadByOwner() const {
+  std::map<std::string, OwnerLoad> load;
+  for (const auto& [owner, queued] : scheduler_.QueuedByOwner()) {
+    load[owner].queued = queued;
+  }
+  absl::MutexLock lock(&mu_);
+  for (const auto& [seq, job] : running_) ++load[job->owner].running;
+  return load;
+}
+
 void JobManager::FillStats(v1::ServerStats& stats) const {
   for (const auto& [priority, jobs] : scheduler_.DepthByPriority()) {
     v1::QueueDepth* depth = stats.add_queue_depth();
@@ -407,11 +418,17 @@ void JobManager::ExpireQueued(absl::Time now) {
 JobRecordPtr JobManager::Start(const QueuedJob& queued,
                                const std::string& device) {
   absl::StatusOr<JobRecordPtr> found = Find(queued.id);
-  if (!found.ok()) return nullptr;
+  if (!found.ok()) {
+    scheduler_.Done(queued.id);
+    return nullptr;
+  }
   JobRecordPtr job = *std::move(found);
   {
     absl::MutexLock lock(&job->mu_);
-    if (job->state_ != v1::JOB_STATE_QUEUED) return nullptr;
+    if (job->state_ != v1::JOB_STATE_QUEUED) {
+      scheduler_.Done(queued.id);
+      return nullptr;
+    }
     job->state_ = v1::JOB_STATE_RUNNING;
     job->start_time_ = absl::Now();
     job->device_ = device;
@@ -532,9 +549,11 @@ void JobManager::End(JobRecord& job, v1::JobState state,
   std::vector<JobWatcherPtr> watchers;
   int64_t steps_done = 0;
   std::string device;
+  absl::Time start_time;
   {
     absl::MutexLock lock(&job.mu_);
     if (IsFinal(job.state_)) return;
+    start_time = job.start_time_;
     job.state_ = state;
     job.status_ = status;
     job.end_time_ = now;
@@ -562,7 +581,15 @@ void JobManager::End(JobRecord& job, v1::JobState state,
     absl::MutexLock lock(&mu_);
     running_.erase(job.seq);
   }
+  // Frees the owner's max_running slot (a no-op for a job never taken).
+  scheduler_.Done(job.id);
   Retire(job);
+  if (options_.on_end) {
+    const bool started = start_time != absl::InfinitePast();
+    options_.on_end(JobEnd{job, state, started,
+                           (started ? start_time : now) - job.create_time,
+                           now - job.create_time});
+  }
   spdlog::info(
       "job={} owner={} model={} objective=\"{}\" steps={}/{} seconds={:.3f} "
       "outcome={} device={}",

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -95,6 +96,15 @@ class JobRecord {
 };
 using JobRecordPtr = std::shared_ptr<JobRecord>;
 
+// A job's end, as monitoring sees it (JobManagerOptions::on_end).
+struct JobEnd {
+  const JobRecord& job;
+  v1::JobState state;
+  bool started;             // It ran (or was taken by a worker).
+  absl::Duration queued;    // Creation to start, or to its end if never run.
+  absl::Duration total;     // Creation to end.
+};
+
 struct JobManagerOptions {
   // Queue bounds, total and per owner.
   SchedulerOptions scheduler;
@@ -104,6 +114,9 @@ struct JobManagerOptions {
   absl::Duration default_queue_timeout = absl::Seconds(600);
   // Job records kept; the oldest finished ones are forgotten beyond this.
   int64_t max_job_records = 100000;
+  // Told of every job's end (not of cached answers), without locks held;
+  // must be quick and thread-safe. May be empty.
+  std::function<void(const JobEnd&)> on_end;
 };
 
 class JobManager {
@@ -118,11 +131,13 @@ class JobManager {
   // Accepts `plan` (PlanRender's result for `request`) as a job of `owner`.
   // `watcher` (may be null) hears the job from the start. Returns the job,
   // QUEUED, or SUCCEEDED (cached) when the request gave a seed and an
-  // identical request's result is stored. Errors: Unavailable "server is
-  // shutting down" after Close(); ResourceExhausted naming the queue limit.
+  // identical request's result is stored. `quota` is the owner's own
+  // (authenticated clients'). Errors: Unavailable "server is shutting down"
+  // after Close(); ResourceExhausted naming the queue limit or quota.
   absl::StatusOr<JobRecordPtr> Submit(const v1::RenderRequest& request,
                                       RenderPlan plan, std::string owner,
-                                      JobWatcherPtr watcher);
+                                      JobWatcherPtr watcher,
+                                      OwnerQuota quota = {});
 
   // The job with `id`; NotFound "job X not found" for ids never issued or
   // forgotten.
@@ -151,6 +166,12 @@ class JobManager {
 
   // Queue, cache, result and job counter figures (not the devices').
   void FillStats(v1::ServerStats& stats) const;
+  // Jobs queued and running now, per owner that has any.
+  struct OwnerLoad {
+    int64_t queued = 0;
+    int64_t running = 0;
+  };
+  std::map<std::string, OwnerLoad> LoadByOwner() const;
 
   // ------------------------------------------------------------ workers
 

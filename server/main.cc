@@ -10,6 +10,14 @@
 // SIGINT drains: health turns NOT_SERVING, new jobs are refused with
 // UNAVAILABLE, queued jobs end with UNAVAILABLE, running ones get
 // --shutdown_grace_seconds and are then cancelled; the process exits 0.
+//
+// Security (docs/operations.md): --tls_cert/--tls_key serve TLS,
+// --tls_client_ca also requires client certificates (mTLS); plaintext is
+// only for loopback addresses unless --insecure. --tokens_file turns on
+// bearer tokens with roles and quotas (re-read on SIGHUP); without it
+// access is open, which the server says loudly at start. --metrics_listen
+// serves Prometheus metrics on their own port, announced on stdout as
+// "featviz-server metrics on HOST:PORT" after the listening line.
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -19,6 +27,8 @@
 #include <climits>
 #include <cstring>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -28,6 +38,7 @@
 #include <torch/cuda.h>
 #include <torch/script.h>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
@@ -41,7 +52,9 @@
 #include "absl/time/time.h"
 #include "core/dataset.h"
 #include "core/status_macros.h"
+#include "server/auth.h"
 #include "server/limits.h"
+#include "server/metrics.h"
 #include "server/model_registry.h"
 #include "server/circuits_service.h"
 #include "server/visualizer_service.h"
@@ -96,6 +109,19 @@ ABSL_FLAG(int64_t, progress_every,
           "Steps between progress events when a request does not say");
 ABSL_FLAG(double, shutdown_grace_seconds, 10,
           "On SIGTERM/SIGINT, how long running renders may go on");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the server: serve TLS (with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM bundle of the CAs that sign client certificates: require and "
+          "verify a client certificate on every connection (mTLS)");
+ABSL_FLAG(bool, insecure, false,
+          "Allow plaintext on an address that is not loopback");
+ABSL_FLAG(std::string, tokens_file, "",
+          "Bearer tokens, one client per line (TOKEN NAME ROLE [QUOTA=N...]); "
+          "re-read on SIGHUP. Empty: open access");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT of the Prometheus /metrics endpoint; empty: none");
 
 namespace featviz::server {
 namespace {
@@ -195,6 +221,80 @@ std::string ListeningAddress(const std::string& listen, int port) {
   return absl::StrCat(host, ":", port);
 }
 
+absl::StatusOr<std::string> ReadFile(const std::string& flag,
+                                    const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(
+        absl::StrCat("--", flag, ": cannot read '", path, "'"));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// True for addresses only this machine can reach: 127.0.0.0/8, ::1,
+// localhost, and unix sockets.
+bool IsLoopback(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:")) return true;
+  std::string host = listen;
+  if (absl::StartsWith(host, "[")) {
+    const size_t close = host.find(']');
+    host = close == std::string::npos ? host : host.substr(1, close - 1);
+  } else {
+    const size_t colon = host.rfind(':');
+    if (colon != std::string::npos) host = host.substr(0, colon);
+  }
+  return absl::StartsWith(host, "127.") || host == "localhost" ||
+         host == "::1";
+}
+
+// TLS or mTLS from the flags; plaintext only on loopback or with
+// --insecure.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ListenCredentials(
+    const std::string& listen) {
+  const std::string cert_path = absl::GetFlag(FLAGS_tls_cert);
+  const std::string key_path = absl::GetFlag(FLAGS_tls_key);
+  const std::string ca_path = absl::GetFlag(FLAGS_tls_client_ca);
+  if (cert_path.empty() != key_path.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls_cert and --tls_key go together: give both or neither");
+  }
+  if (cert_path.empty()) {
+    if (!ca_path.empty()) {
+      return absl::InvalidArgumentError(
+          "--tls_client_ca needs --tls_cert and --tls_key (mTLS is TLS)");
+    }
+    if (!IsLoopback(listen)) {
+      if (!absl::GetFlag(FLAGS_insecure)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--listen ", listen,
+            " is reachable from other machines: serve TLS (--tls_cert, "
+            "--tls_key) or pass --insecure to allow plaintext"));
+      }
+      spdlog::warn(
+          "--insecure: serving PLAINTEXT on {}: anyone on the network can "
+          "read the traffic, tokens included",
+          listen);
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(const std::string cert,
+                           ReadFile("tls_cert", cert_path));
+  FEATVIZ_ASSIGN_OR_RETURN(const std::string key,
+                           ReadFile("tls_key", key_path));
+  grpc::SslServerCredentialsOptions options(
+      GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  options.pem_key_cert_pairs.push_back({key, cert});
+  if (!ca_path.empty()) {
+    FEATVIZ_ASSIGN_OR_RETURN(options.pem_root_certs,
+                             ReadFile("tls_client_ca", ca_path));
+    options.client_certificate_request =
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(options);
+}
+
 // The self-pipe: the handler only writes the signal's number, which is
 // async-signal-safe, and a thread reads it. (Blocking the signals and using
 // sigwait would not do: a library starts a thread before main() runs, with
@@ -216,7 +316,7 @@ absl::Status InstallSignalHandlers() {
   action.sa_handler = OnSignal;
   action.sa_flags = SA_RESTART;
   sigemptyset(&action.sa_mask);
-  for (int signal_number : {SIGTERM, SIGINT}) {
+  for (int signal_number : {SIGTERM, SIGINT, SIGHUP}) {
     if (sigaction(signal_number, &action, nullptr) != 0) {
       return absl::InternalError(
           absl::StrCat("sigaction: ", std::strerror(errno)));
@@ -225,7 +325,7 @@ absl::Status InstallSignalHandlers() {
   return absl::OkStatus();
 }
 
-// Blocks until SIGTERM or SIGINT; returns its number.
+// Blocks until SIGTERM, SIGINT or SIGHUP; returns its number.
 int WaitForSignal() {
   unsigned char byte = 0;
   while (read(g_signal_pipe[0], &byte, 1) != 1) {
@@ -253,8 +353,33 @@ absl::Status Serve() {
       ModelRegistryPtr registry,
       ModelRegistry::Create(absl::GetFlag(FLAGS_model_dir), devices));
   const ModelRegistry& models = *registry;
-  FEATVIZ_ASSIGN_OR_RETURN(VisualizerServicePtr service,
-                           VisualizerService::Create(registry.get(), limits));
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  FEATVIZ_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                           ListenCredentials(listen));
+  AuthorizerPtr auth;
+  const std::string tokens_file = absl::GetFlag(FLAGS_tokens_file);
+  if (tokens_file.empty()) {
+    spdlog::warn(
+        "no --tokens_file: OPEN ACCESS. Anyone who reaches {} may render, "
+        "see and cancel any job and call the admin RPCs; jobs are owned by "
+        "the request's owner, the client certificate's name or the caller's "
+        "address. Give --tokens_file on a shared machine.",
+        listen);
+  } else {
+    FEATVIZ_ASSIGN_OR_RETURN(auth, Authorizer::Create(tokens_file));
+    spdlog::info("tokens: {} clients from {}", auth->size(), tokens_file);
+  }
+  // Declared before the service: jobs still end (and are observed) while
+  // the service shuts down.
+  Metrics metrics;
+  ServiceOptions service_options;
+  service_options.auth = auth.get();
+  service_options.on_job_end = [&metrics](const JobEnd& end) {
+    metrics.OnJobEnd(end);
+  };
+  FEATVIZ_ASSIGN_OR_RETURN(
+      VisualizerServicePtr service,
+      VisualizerService::Create(registry.get(), limits, service_options));
   std::vector<core::DatasetPtr> datasets;
   if (const std::string dir = absl::GetFlag(FLAGS_dataset_dir); !dir.empty()) {
     FEATVIZ_ASSIGN_OR_RETURN(datasets, core::LoadDatasetDir(dir));
@@ -271,13 +396,30 @@ absl::Status Serve() {
   if (poll_seconds > 0) {
     registry->StartPolling(absl::Seconds(poll_seconds));
   }
+  circuits->SetAuthorize([&service](grpc::CallbackServerContext* context,
+                                    absl::string_view method) {
+    return service->CallerOf(context, method).status();
+  });
+  // The endpoint reads the service: it stops before the service goes.
+  absl::Cleanup stop_metrics = [&metrics] { metrics.Stop(); };
+  std::string metrics_address;
+  if (const std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+      !metrics_listen.empty()) {
+    std::vector<std::string> device_names;
+    for (const c10::Device& device : devices) device_names.push_back(device.str());
+    std::vector<const ModelRegistry*> registry_views = {registry.get()};
+    FEATVIZ_ASSIGN_OR_RETURN(
+        const int metrics_port,
+        metrics.Serve(metrics_listen, service.get(), std::move(device_names),
+                      std::move(registry_views)));
+    metrics_address = ListeningAddress(metrics_listen, metrics_port);
+  }
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  const std::string listen = absl::GetFlag(FLAGS_listen);
   int port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, credentials, &port);
   builder.RegisterService(service.get());
   builder.RegisterService(circuits.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(limits.max_message_bytes));
@@ -293,16 +435,34 @@ absl::Status Serve() {
 
   const std::string address = ListeningAddress(listen, port);
   spdlog::info(
-      "serving {} models on {}, devices {}, max_batch_images {}, queue {} "
-      "({} per owner)",
-      models.size(), address, absl::GetFlag(FLAGS_devices),
-      limits.max_batch_images, limits.max_queued_jobs,
-      limits.max_queued_per_owner);
-  // Tests and scripts parse this line: keep it exactly so.
+      "serving {} models on {} ({}), devices {}, max_batch_images {}, queue "
+      "{} ({} per owner)",
+      models.size(), address,
+      absl::GetFlag(FLAGS_tls_cert).empty()
+          ? "plaintext"
+          : (absl::GetFlag(FLAGS_tls_client_ca).empty() ? "TLS" : "mTLS"),
+      absl::GetFlag(FLAGS_devices), limits.max_batch_images,
+      limits.max_queued_jobs, limits.max_queued_per_owner);
+  // Tests and scripts parse this line: keep it exactly so, and first.
   std::printf("featviz-server listening on %s\n", address.c_str());
+  if (!metrics_address.empty()) {
+    spdlog::info("metrics on http://{}/metrics", metrics_address);
+    std::printf("featviz-server metrics on %s\n", metrics_address.c_str());
+  }
   std::fflush(stdout);
 
-  const int signal_number = WaitForSignal();
+  int signal_number = WaitForSignal();
+  while (signal_number == SIGHUP) {
+    if (auth == nullptr) {
+      spdlog::info("SIGHUP: no --tokens_file to re-read");
+    } else if (absl::Status reloaded = auth->Reload(); reloaded.ok()) {
+      spdlog::info("SIGHUP: tokens re-read, {} clients", auth->size());
+    } else {
+      spdlog::error("SIGHUP: kept the tokens in use: {}",
+                    reloaded.ToString());
+    }
+    signal_number = WaitForSignal();
+  }
 
   spdlog::info("signal {}: draining, running renders may go on for {}s",
                signal_number, grace_seconds);

@@ -31,6 +31,12 @@ absl::Status Scheduler::Add(QueuedJob job) {
         "owner '", job.owner, "' already has ", owner_queued,
         " queued jobs, the server's max_queued_per_owner"));
   }
+  if (job.quota.max_queued.has_value() &&
+      owner_queued >= *job.quota.max_queued) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "client '", job.owner, "' already has ", owner_queued,
+        " queued jobs, its quota max_queued"));
+  }
   if (owner_it == owners_.end()) {
     // A (re)joining owner starts level with the least-served owner that is
     // waiting: what it did not use while away is not owed to it.
@@ -66,20 +72,29 @@ bool Scheduler::Remove(absl::string_view id) {
 }
 
 const QueuedJob* Scheduler::PeekLocked() const {
-  if (queues_.empty()) return nullptr;
-  // The highest priority with work; every owner queue in it is non-empty.
-  const auto& by_owner = queues_.begin()->second;
-  const QueuedJob* best = nullptr;
-  std::pair<int64_t, uint64_t> best_rank;
-  for (const auto& [name, jobs] : by_owner) {
-    const auto& [seq, job] = *jobs.begin();
-    const std::pair<int64_t, uint64_t> rank(owners_.at(name).service, seq);
-    if (best == nullptr || rank < best_rank) {
-      best = &job;
-      best_rank = rank;
+  // The highest priority with a job that may run; every owner queue is
+  // non-empty. An owner at its max_running quota is passed over, so its
+  // jobs wait without holding up anyone else's.
+  for (const auto& [priority, by_owner] : queues_) {
+    const QueuedJob* best = nullptr;
+    std::pair<int64_t, uint64_t> best_rank;
+    for (const auto& [name, jobs] : by_owner) {
+      const auto& [seq, job] = *jobs.begin();
+      if (job.quota.max_running.has_value()) {
+        auto taken = taken_by_owner_.find(name);
+        const int64_t running =
+            taken == taken_by_owner_.end() ? 0 : taken->second;
+        if (running >= *job.quota.max_running) continue;
+      }
+      const std::pair<int64_t, uint64_t> rank(owners_.at(name).service, seq);
+      if (best == nullptr || rank < best_rank) {
+        best = &job;
+        best_rank = rank;
+      }
     }
+    if (best != nullptr) return best;
   }
-  return best;
+  return nullptr;
 }
 
 QueuedJob Scheduler::EraseLocked(const Location& location) {
@@ -116,16 +131,31 @@ std::optional<QueuedJob> Scheduler::PopNext(
                       ? std::numeric_limits<int64_t>::max()
                       : owner.service + cost;
   const Location location = by_id_.at(next->id);
-  return EraseLocked(location);
+  QueuedJob job = EraseLocked(location);
+  if (taken_.emplace(job.id, job.owner).second) ++taken_by_owner_[job.owner];
+  return job;
+}
+
+void Scheduler::Done(absl::string_view id) {
+  absl::MutexLock lock(&mu_);
+  auto it = taken_.find(std::string(id));
+  if (it == taken_.end()) return;
+  auto owner_it = taken_by_owner_.find(it->second);
+  if (owner_it != taken_by_owner_.end() && --owner_it->second <= 0) {
+    taken_by_owner_.erase(owner_it);
+  }
+  taken_.erase(it);
 }
 
 bool Scheduler::WaitForWork(absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
+  // Jobs of owners at their max_running do not count: a worker would only
+  // spin on them.
   auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return size_ > 0 || closed_;
+    return PeekLocked() != nullptr || closed_;
   };
   mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
-  return size_ > 0;
+  return PeekLocked() != nullptr;
 }
 
 std::vector<QueuedJob> Scheduler::TakeExpired(absl::Time now) {
@@ -170,6 +200,13 @@ int64_t Scheduler::QueuedFor(absl::string_view owner) const {
   absl::MutexLock lock(&mu_);
   auto it = owners_.find(owner);
   return it == owners_.end() ? 0 : it->second.queued;
+}
+
+std::map<std::string, int64_t> Scheduler::QueuedByOwner() const {
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, int64_t> queued;
+  for (const auto& [name, owner] : owners_) queued[name] = owner.queued;
+  return queued;
 }
 
 std::map<int, int64_t, std::greater<int>> Scheduler::DepthByPriority() const {

@@ -29,6 +29,13 @@
 
 namespace featviz::server {
 
+// One owner's own limits (an authenticated client's quotas); nullopt is
+// unlimited. They apply on top of the server-wide SchedulerOptions.
+struct OwnerQuota {
+  std::optional<int64_t> max_queued;   // Its jobs waiting at once.
+  std::optional<int64_t> max_running;  // Its jobs taken by workers at once.
+};
+
 // A job waiting for a worker, as the scheduler sees it.
 struct QueuedJob {
   std::string id;
@@ -38,6 +45,7 @@ struct QueuedJob {
   absl::Time deadline = absl::InfiniteFuture();  // Queue deadline.
   std::string batch_key;            // Equal keys may share a batched step.
   int64_t cost = 1;                 // images x steps, for fair-share accounting.
+  OwnerQuota quota;                 // The owner's, as of this job's submission.
 };
 
 struct SchedulerOptions {
@@ -57,7 +65,8 @@ class Scheduler {
   // AlreadyExists for an id already queued; ResourceExhausted naming the
   // limit ("the queue holds 4096 jobs, the server's max_queued_jobs" /
   // "owner 'alice' already has 1024 queued jobs, the server's
-  // max_queued_per_owner"). Any priority is kept as given (the service
+  // max_queued_per_owner" / "client 'alice' already has 8 queued jobs, its
+  // quota max_queued"). Any priority is kept as given (the service
   // checks the [-10, 10] range); a cost below 1 is charged as 1.
   absl::Status Add(QueuedJob job);
 
@@ -71,12 +80,17 @@ class Scheduler {
   // batching never lets a compatible job overtake an incompatible one that
   // is ahead of it). Charges the job's cost to its owner. `accept` runs with
   // the scheduler's lock held: it must be quick and must not call back into
-  // this Scheduler.
+  // this Scheduler. Owners with as many jobs taken (and not yet Done) as
+  // their quota's max_running are passed over: their jobs wait.
   std::optional<QueuedJob> PopNext(
       const std::function<bool(const QueuedJob&)>& accept);
 
-  // Blocks until the queue is non-empty, `timeout` passes, or Close() is
-  // called. True when there is work.
+  // Job `id`, taken by PopNext, has ended: it no longer counts against its
+  // owner's max_running. Ids not taken are ignored.
+  void Done(absl::string_view id);
+
+  // Blocks until the queue holds a job PopNext may take, `timeout` passes,
+  // or Close() is called. True when there is such work.
   bool WaitForWork(absl::Duration timeout);
 
   // Removes and returns the jobs whose deadline <= now, earliest deadline
@@ -94,6 +108,8 @@ class Scheduler {
   int64_t QueuedFor(absl::string_view owner) const;
   // Jobs queued at each priority that has any, highest priority first.
   std::map<int, int64_t, std::greater<int>> DepthByPriority() const;
+  // Jobs queued per owner that has any.
+  std::map<std::string, int64_t> QueuedByOwner() const;
 
  private:
   // An owner with at least one queued job. Owners leave this map when their
@@ -129,6 +145,10 @@ class Scheduler {
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, Owner, std::less<>> owners_ ABSL_GUARDED_BY(mu_);
   std::unordered_map<std::string, Location> by_id_ ABSL_GUARDED_BY(mu_);
+  // Jobs taken by PopNext and not yet Done: id -> owner, and per owner.
+  std::unordered_map<std::string, std::string> taken_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int64_t, std::less<>> taken_by_owner_
+      ABSL_GUARDED_BY(mu_);
   // (deadline, seq) -> id for the jobs with a finite deadline.
   std::map<std::pair<absl::Time, uint64_t>, std::string> deadlines_
       ABSL_GUARDED_BY(mu_);

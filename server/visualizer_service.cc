@@ -32,6 +32,7 @@ namespace {
 constexpr size_t kMaxPendingEvents = 64;
 constexpr absl::string_view kPageTokenPrefix = "after:";
 constexpr absl::Duration kStatsLogEvery = absl::Seconds(30);
+constexpr absl::string_view kMethodPrefix = "/featviz.v1.Visualizer/";
 
 uint64_t RandomSeed() {
   std::random_device device;
@@ -52,6 +53,16 @@ std::string PeerOwner(const std::string& peer) {
     }
   }
   return peer;
+}
+
+// The common name of the client's certificate (mTLS); empty without one.
+std::string CertificateName(const grpc::CallbackServerContext& context) {
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr) return "";
+  std::vector<grpc::string_ref> names =
+      auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
+  if (names.empty()) return "";
+  return std::string(names.front().data(), names.front().size());
 }
 
 // Hears a job's end and hands it to `done`; ignores progress.
@@ -91,9 +102,13 @@ class EventStream final : public grpc::ServerWriteReactor<v1::RenderEvent>,
 
   // Render: validates and submits the request, then streams the job; the
   // client's cancel or deadline cancels the job.
-  void StartRender(const v1::RenderRequest& request);
+  void StartRender(const Identity& caller, const v1::RenderRequest& request);
   // WatchJob: streams job `id`; the client's cancel only stops watching.
-  void StartWatch(const std::string& id);
+  void StartWatch(const Identity& caller, const std::string& id);
+  // Ends the call with `status` at once (an unauthorised caller).
+  void Refuse(const absl::Status& status) {
+    Begin(false, ToGrpcStatus(status));
+  }
 
   void OnProgress(const v1::RenderProgress& progress) override;
   void OnFinished(const absl::Status& status,
@@ -142,12 +157,14 @@ class EventStream final : public grpc::ServerWriteReactor<v1::RenderEvent>,
 
 // ----------------------------------------------------------- EventStream
 
-void EventStream::StartRender(const v1::RenderRequest& request) {
+void EventStream::StartRender(const Identity& caller,
+                              const v1::RenderRequest& request) {
   render_ = true;
-  absl::StatusOr<JobRecordPtr> job = service_.Submit(context_, request, self_);
+  absl::StatusOr<JobRecordPtr> job =
+      service_.Submit(context_, caller, request, self_);
   if (!job.ok()) {
-    spdlog::info("render refused model={} peer={} outcome={} ({})",
-                 request.model(), peer_,
+    spdlog::info("render refused model={} client={} peer={} outcome={} ({})",
+                 request.model(), caller.name, peer_,
                  absl::StatusCodeToString(job.status().code()),
                  std::string(job.status().message()));
     Begin(false, ToGrpcStatus(job.status()));
@@ -160,10 +177,14 @@ void EventStream::StartRender(const v1::RenderRequest& request) {
   Begin(true, std::nullopt);
 }
 
-void EventStream::StartWatch(const std::string& id) {
+void EventStream::StartWatch(const Identity& caller, const std::string& id) {
   absl::StatusOr<JobRecordPtr> job = service_.jobs_->Find(id);
   if (!job.ok()) {
     Begin(false, ToGrpcStatus(job.status()));
+    return;
+  }
+  if (absl::Status owns = service_.CheckOwns(caller, **job); !owns.ok()) {
+    Begin(false, ToGrpcStatus(owns));
     return;
   }
   job_ = *std::move(job);
@@ -283,7 +304,7 @@ void EventStream::Pump() {
 // ----------------------------------------------------- VisualizerService
 
 absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
-    ModelRegistry* models, const Limits& limits) {
+    ModelRegistry* models, const Limits& limits, ServiceOptions options) {
   if (models == nullptr || models->devices().empty()) {
     return absl::InvalidArgumentError("at least one device is needed");
   }
@@ -315,7 +336,8 @@ absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
           absl::StrCat(name, " must be >= 0, got ", value));
     }
   }
-  VisualizerServicePtr service(new VisualizerService(models, limits));
+  VisualizerServicePtr service(
+      new VisualizerService(models, limits, std::move(options)));
   for (size_t device = 0; device < models->devices().size(); ++device) {
     WorkerOptions options;
     options.max_batch_images = limits.max_batch_images;
@@ -331,8 +353,10 @@ absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
 
 namespace {
 
-JobManagerOptions ManagerOptions(const Limits& limits) {
+JobManagerOptions ManagerOptions(const Limits& limits,
+                                 std::function<void(const JobEnd&)> on_end) {
   JobManagerOptions options;
+  options.on_end = std::move(on_end);
   options.scheduler.max_queued = limits.max_queued_jobs;
   options.scheduler.max_queued_per_owner = limits.max_queued_per_owner;
   options.results.ttl = absl::Seconds(limits.result_ttl_seconds);
@@ -346,10 +370,47 @@ JobManagerOptions ManagerOptions(const Limits& limits) {
 }  // namespace
 
 VisualizerService::VisualizerService(ModelRegistry* models,
-                                     const Limits& limits)
+                                     const Limits& limits,
+                                     ServiceOptions options)
     : models_(*models),
       limits_(limits),
-      jobs_(std::make_unique<JobManager>(ManagerOptions(limits))) {}
+      auth_(options.auth),
+      jobs_(std::make_unique<JobManager>(
+          ManagerOptions(limits, std::move(options.on_job_end)))) {}
+
+absl::StatusOr<Identity> VisualizerService::Caller(
+    grpc::CallbackServerContext* context, absl::string_view method) const {
+  return CallerOf(context, absl::StrCat(kMethodPrefix, method));
+}
+
+absl::StatusOr<Identity> VisualizerService::CallerOf(
+    grpc::CallbackServerContext* context,
+    absl::string_view full_method) const {
+  if (auth_ == nullptr) {
+    Identity open;
+    open.role = Role::kAdmin;
+    open.name = CertificateName(*context);
+    if (open.name.empty()) open.name = PeerOwner(context->peer());
+    return open;
+  }
+  std::optional<absl::string_view> authorization;
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  if (it != metadata.end()) {
+    authorization = absl::string_view(it->second.data(), it->second.size());
+  }
+  return auth_->Authorize(full_method, authorization);
+}
+
+absl::Status VisualizerService::CheckOwns(const Identity& caller,
+                                          const JobRecord& job) const {
+  if (auth_ == nullptr || caller.admin() || job.owner == caller.name) {
+    return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat("job ", job.id, " belongs to another client; client '",
+                   caller.name, "' may only see and cancel its own jobs"));
+}
 
 VisualizerService::~VisualizerService() { Shutdown(absl::Now()); }
 
@@ -377,20 +438,46 @@ void VisualizerService::Shutdown(absl::Time grace_deadline) {
 }
 
 absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
-    grpc::CallbackServerContext* context, const v1::RenderRequest& request,
-    JobWatcherPtr watcher) {
+    grpc::CallbackServerContext* context, const Identity& caller,
+    const v1::RenderRequest& request, JobWatcherPtr watcher) {
   if (shutting_down_.load()) {
     return absl::UnavailableError("server is shutting down");
   }
   // The plan holds the model until the job is queued: an unload in
   // between makes the job fail when it starts, never use a freed model.
+  // With tokens the owner is the authenticated client: a user cannot queue
+  // work under another name (and so dodge its quotas or fair share); an
+  // admin may.
+  std::string owner = caller.name;
+  if (!request.owner().empty() && request.owner() != caller.name) {
+    if (auth_ != nullptr && !caller.admin()) {
+      return absl::PermissionDeniedError(absl::StrCat(
+          "owner '", request.owner(), "' is not client '", caller.name,
+          "': leave owner empty, jobs are owned by the authenticated client"));
+    }
+    owner = request.owner();
+  }
   absl::StatusOr<RenderPlan> plan = PlanRender(request, models_, limits_);
   if (!plan.ok()) return plan.status();
+  OwnerQuota quota;
+  if (auth_ != nullptr) {
+    const Quotas& quotas = caller.quotas;
+    if (quotas.max_image_steps.has_value()) {
+      const int64_t images = plan->options.param.batch;
+      const int64_t steps = plan->options.steps;
+      if (images * steps > *quotas.max_image_steps) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "the render's ", images, " images x ", steps, " steps = ",
+            images * steps, " is over client '", caller.name,
+            "''s quota max_image_steps (", *quotas.max_image_steps, ")"));
+      }
+    }
+    quota.max_queued = quotas.max_queued;
+    quota.max_running = quotas.max_running;
+  }
   if (!plan->seed.has_value()) plan->options.seed = RandomSeed();
-  std::string owner =
-      request.owner().empty() ? PeerOwner(context->peer()) : request.owner();
   return jobs_->Submit(request, *std::move(plan), std::move(owner),
-                       std::move(watcher));
+                       std::move(watcher), quota);
 }
 
 v1::ServerStats VisualizerService::Stats() const {
@@ -479,7 +566,10 @@ grpc::ServerUnaryReactor* VisualizerService::ListModels(
     grpc::CallbackServerContext* context, const v1::ListModelsRequest* request,
     v1::ListModelsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(ListModelsPage(*request, *response)));
+  absl::StatusOr<Identity> caller = Caller(context, "ListModels");
+  reactor->Finish(ToGrpcStatus(caller.ok()
+                                   ? ListModelsPage(*request, *response)
+                                   : caller.status()));
   return reactor;
 }
 
@@ -488,7 +578,10 @@ grpc::ServerUnaryReactor* VisualizerService::GetModel(
     v1::Model* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   absl::Status status;
-  if (request->name().empty()) {
+  if (absl::StatusOr<Identity> caller = Caller(context, "GetModel");
+      !caller.ok()) {
+    status = caller.status();
+  } else if (request->name().empty()) {
     status = absl::InvalidArgumentError(
         absl::StrCat("name must name a hosted model; models are: ",
                      absl::StrJoin(models_.Names(), ", ")));
@@ -507,14 +600,24 @@ grpc::ServerUnaryReactor* VisualizerService::GetModel(
 grpc::ServerWriteReactor<v1::RenderEvent>* VisualizerService::Render(
     grpc::CallbackServerContext* context, const v1::RenderRequest* request) {
   EventStream* stream = EventStream::New(this, context);
-  stream->StartRender(*request);
+  absl::StatusOr<Identity> caller = Caller(context, "Render");
+  if (caller.ok()) {
+    stream->StartRender(*caller, *request);
+  } else {
+    stream->Refuse(caller.status());
+  }
   return stream;
 }
 
 grpc::ServerWriteReactor<v1::RenderEvent>* VisualizerService::WatchJob(
     grpc::CallbackServerContext* context, const v1::WatchJobRequest* request) {
   EventStream* stream = EventStream::New(this, context);
-  stream->StartWatch(request->id());
+  absl::StatusOr<Identity> caller = Caller(context, "WatchJob");
+  if (caller.ok()) {
+    stream->StartWatch(*caller, request->id());
+  } else {
+    stream->Refuse(caller.status());
+  }
   return stream;
 }
 
@@ -522,17 +625,22 @@ grpc::ServerUnaryReactor* VisualizerService::SubmitJob(
     grpc::CallbackServerContext* context, const v1::SubmitJobRequest* request,
     v1::Job* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Identity> caller = Caller(context, "SubmitJob");
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   absl::Status status;
   absl::StatusOr<JobRecordPtr> job =
-      Submit(context, request->request(), nullptr);
+      Submit(context, *caller, request->request(), nullptr);
   if (job.ok()) {
     absl::StatusOr<v1::Job> described = jobs_->Describe(**job, false);
     status = described.status();
     if (described.ok()) *response = *std::move(described);
   } else {
     status = job.status();
-    spdlog::info("submit refused model={} peer={} outcome={} ({})",
-                 request->request().model(), context->peer(),
+    spdlog::info("submit refused model={} client={} peer={} outcome={} ({})",
+                 request->request().model(), caller->name, context->peer(),
                  absl::StatusCodeToString(status.code()),
                  std::string(status.message()));
   }
@@ -542,7 +650,9 @@ grpc::ServerUnaryReactor* VisualizerService::SubmitJob(
 
 absl::StatusOr<v1::Job> VisualizerService::SubmitRender(
     grpc::CallbackServerContext* context, const v1::RenderRequest& request) {
-  FEATVIZ_ASSIGN_OR_RETURN(JobRecordPtr job, Submit(context, request, nullptr));
+  FEATVIZ_ASSIGN_OR_RETURN(Identity caller, Caller(context, "SubmitJob"));
+  FEATVIZ_ASSIGN_OR_RETURN(JobRecordPtr job,
+                           Submit(context, caller, request, nullptr));
   return jobs_->Describe(*job, false);
 }
 
@@ -550,9 +660,15 @@ grpc::ServerUnaryReactor* VisualizerService::GetJob(
     grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
     v1::Job* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Identity> caller = Caller(context, "GetJob");
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   absl::StatusOr<JobRecordPtr> job = jobs_->Find(request->id());
   absl::Status status = job.status();
-  if (job.ok()) {
+  if (job.ok()) status = CheckOwns(*caller, **job);
+  if (status.ok()) {
     absl::StatusOr<v1::Job> described =
         jobs_->Describe(**job, request->include_result());
     status = described.status();
@@ -566,9 +682,18 @@ grpc::ServerUnaryReactor* VisualizerService::CancelJob(
     grpc::CallbackServerContext* context, const v1::CancelJobRequest* request,
     v1::Job* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Identity> caller = Caller(context, "CancelJob");
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   absl::StatusOr<JobRecordPtr> found = jobs_->Find(request->id());
   if (!found.ok()) {
     reactor->Finish(ToGrpcStatus(found.status()));
+    return reactor;
+  }
+  if (absl::Status owns = CheckOwns(*caller, **found); !owns.ok()) {
+    reactor->Finish(ToGrpcStatus(owns));
     return reactor;
   }
   JobRecordPtr job = *std::move(found);
@@ -588,7 +713,23 @@ grpc::ServerUnaryReactor* VisualizerService::ListJobs(
     grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
     v1::ListJobsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<v1::ListJobsResponse> listed = jobs_->List(*request);
+  absl::StatusOr<Identity> caller = Caller(context, "ListJobs");
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  v1::ListJobsRequest own = *request;
+  if (auth_ != nullptr && !caller->admin()) {
+    // A user sees its own jobs only.
+    if (!own.owner().empty() && own.owner() != caller->name) {
+      reactor->Finish(ToGrpcStatus(absl::PermissionDeniedError(absl::StrCat(
+          "owner '", own.owner(), "': client '", caller->name,
+          "' may only list its own jobs"))));
+      return reactor;
+    }
+    own.set_owner(caller->name);
+  }
+  absl::StatusOr<v1::ListJobsResponse> listed = jobs_->List(own);
   if (listed.ok()) *response = *std::move(listed);
   reactor->Finish(ToGrpcStatus(listed.status()));
   return reactor;
@@ -598,15 +739,25 @@ grpc::ServerUnaryReactor* VisualizerService::GetServerStats(
     grpc::CallbackServerContext* context, const v1::GetServerStatsRequest*,
     v1::ServerStats* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Identity> caller = Caller(context, "GetServerStats");
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   *response = Stats();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 
 grpc::ServerUnaryReactor* VisualizerService::RunAdmin(
-    grpc::CallbackServerContext* context, std::string what,
-    std::function<absl::Status()> work) {
+    grpc::CallbackServerContext* context, absl::string_view method,
+    std::string what, std::function<absl::Status()> work) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  // Admin only (auth.h's role table): checked before anything is touched.
+  if (absl::StatusOr<Identity> caller = Caller(context, method); !caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
   {
     absl::MutexLock lock(&admin_mu_);
     if (shutting_down_.load()) {
@@ -634,7 +785,7 @@ grpc::ServerUnaryReactor* VisualizerService::LoadModel(
     grpc::CallbackServerContext* context, const v1::LoadModelRequest* request,
     v1::LoadModelResponse* response) {
   return RunAdmin(
-      context, absl::StrCat("LoadModel path='", request->path(), "'"),
+      context, "LoadModel", absl::StrCat("LoadModel path='", request->path(), "'"),
       [this, request, response] {
         absl::StatusOr<v1::Model> model = models_.Load(request->path());
         if (!model.ok()) return Prefixed("LoadModel", model.status());
@@ -647,7 +798,7 @@ grpc::ServerUnaryReactor* VisualizerService::UnloadModel(
     grpc::CallbackServerContext* context,
     const v1::UnloadModelRequest* request, v1::UnloadModelResponse* response) {
   return RunAdmin(
-      context,
+      context, "UnloadModel",
       absl::StrCat("UnloadModel name='", request->name(), "' version='",
                    request->version(), "'"),
       [this, request, response] {
@@ -669,7 +820,7 @@ grpc::ServerUnaryReactor* VisualizerService::ReloadModel(
     grpc::CallbackServerContext* context,
     const v1::ReloadModelRequest* request, v1::ReloadModelResponse* response) {
   return RunAdmin(
-      context, absl::StrCat("ReloadModel name='", request->name(), "'"),
+      context, "ReloadModel", absl::StrCat("ReloadModel name='", request->name(), "'"),
       [this, request, response] {
         absl::StatusOr<ModelRegistry::Changes> changes =
             models_.Reload(request->name());

@@ -34,12 +34,25 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "featviz/v1/featviz.grpc.pb.h"
+#include "server/auth.h"
 #include "server/job_manager.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
 #include "server/worker.h"
 
 namespace featviz::server {
+
+// Who may call, and who hears of jobs ending.
+struct ServiceOptions {
+  // Checks every call's bearer token and role, and makes the client's name
+  // the owner of its jobs. Null: open access (a single-user box): anyone who
+  // reaches the port may call anything, and the owner is the request's
+  // `owner`, else the client certificate's common name (mTLS), else the
+  // caller's address. Must outlive the service.
+  const Authorizer* auth = nullptr;
+  // JobManagerOptions::on_end (metrics).
+  std::function<void(const JobEnd&)> on_job_end;
+};
 
 class VisualizerService;
 using VisualizerServicePtr = std::unique_ptr<VisualizerService>;
@@ -50,8 +63,8 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   // are validated against its first device's copies) within `limits`, and
   // starts one worker per device of the registry. InvalidArgument for limits
   // that make no sense (non-positive sizes).
-  static absl::StatusOr<VisualizerServicePtr> Create(ModelRegistry* models,
-                                                     const Limits& limits);
+  static absl::StatusOr<VisualizerServicePtr> Create(
+      ModelRegistry* models, const Limits& limits, ServiceOptions options = {});
 
   // Shuts down with no grace period. The grpc::Server must have been shut
   // down first: reactors point back at the service.
@@ -103,6 +116,11 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
       const v1::ReloadModelRequest* request,
       v1::ReloadModelResponse* response) override;
 
+  // The caller of any method ("/featviz.v1.Circuits/Attribute"), checked
+  // as Visualizer's own calls are (auth.h); for the other services.
+  absl::StatusOr<Identity> CallerOf(grpc::CallbackServerContext* context,
+                                    absl::string_view full_method) const;
+
   // Queues `request` for `context`'s caller exactly as SubmitJob does, for
   // services that render on a client's behalf (Circuits.FindCircuit).
   absl::StatusOr<v1::Job> SubmitRender(grpc::CallbackServerContext* context,
@@ -117,22 +135,36 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
 
   // The figures GetServerStats returns.
   v1::ServerStats Stats() const;
+  // Jobs queued and running per owner (metrics).
+  std::map<std::string, JobManager::OwnerLoad> LoadByOwner() const {
+    return jobs_->LoadByOwner();
+  }
 
   const Limits& limits() const { return limits_; }
 
  private:
   friend class EventStream;
 
-  VisualizerService(ModelRegistry* models, const Limits& limits);
-  // Runs `work` on a thread of its own, then finishes `reactor` with its
-  // status (logged with `what`).
+  VisualizerService(ModelRegistry* models, const Limits& limits,
+                    ServiceOptions options);
+  // Checks that the caller may call `method` (an admin RPC), runs `work` on
+  // a thread of its own, then finishes `reactor` with its status (logged
+  // with `what`).
   grpc::ServerUnaryReactor* RunAdmin(grpc::CallbackServerContext* context,
-                                     std::string what,
+                                     absl::string_view method, std::string what,
                                      std::function<absl::Status()> work);
+  // The caller of featviz.v1.Visualizer method `method` ("Render"): checked
+  // against the tokens when there are any (Unauthenticated,
+  // PermissionDenied), else an admin named after its certificate or address.
+  absl::StatusOr<Identity> Caller(grpc::CallbackServerContext* context,
+                                  absl::string_view method) const;
+  // PermissionDenied unless `caller` owns `job` or is an admin.
+  absl::Status CheckOwns(const Identity& caller, const JobRecord& job) const;
   absl::Status ListModelsPage(const v1::ListModelsRequest& request,
                               v1::ListModelsResponse& response) const;
   // Validates `request` and submits it for `context`'s caller.
   absl::StatusOr<JobRecordPtr> Submit(grpc::CallbackServerContext* context,
+                                      const Identity& caller,
                                       const v1::RenderRequest& request,
                                       JobWatcherPtr watcher);
   // Logs the stats every 30 s while there is work.
@@ -140,6 +172,7 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
 
   ModelRegistry& models_;
   const Limits limits_;
+  const Authorizer* const auth_;  // Null: open access.
   JobManagerPtr jobs_;
   std::vector<WorkerPtr> workers_;
   std::atomic<bool> shutting_down_{false};

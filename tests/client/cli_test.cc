@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -234,6 +235,53 @@ TEST_F(CliTest, ObjectiveOutOfRangeIsAnError) {
 }
 
 // Needs no server.
+TEST(CliTokens, TheTokenComesFromTokenFileOrTheEnvironment) {
+  const std::string dir = ScratchDir("tokens");
+  const std::string token = "cli-test-0123456789-token";
+  {
+    std::ofstream tokens(dir + "/tokens");
+    tokens << token << " cli-user user max_image_steps=100\n";
+    std::ofstream token_file(dir + "/token");
+    token_file << token << "\n";
+  }
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start(kServer, kModels, dir + "/server.log",
+                           absl::Seconds(60), {"--tokens_file=" + dir + "/tokens"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+
+  const CommandResult none = Cli({"--server", address, "models"});
+  EXPECT_EQ(none.exit_code, 1);
+  EXPECT_TRUE(absl::StartsWith(none.err, "featviz: UNAUTHENTICATED: ")) << none.err;
+
+  const CommandResult from_file =
+      Cli({"--server", address, "--token_file", dir + "/token", "models"});
+  EXPECT_EQ(from_file.exit_code, 0) << from_file.err;
+  EXPECT_TRUE(absl::StrContains(from_file.out, "mnist_classifier"));
+
+  const CommandResult from_env =
+      Cli({"--server", address, "models"}, {"FEATVIZ_TOKEN=" + token});
+  EXPECT_EQ(from_env.exit_code, 0) << from_env.err;
+
+  const CommandResult over_quota =
+      Cli({"--server", address, "render", "mnist_classifier", "logit(3)",
+           "--steps", "200"},
+          {"FEATVIZ_TOKEN=" + token});
+  EXPECT_EQ(over_quota.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(over_quota.err,
+                                "RESOURCE_EXHAUSTED: the render's 1 images x 200 "
+                                "steps = 200 is over client 'cli-user''s quota "
+                                "max_image_steps (100)"))
+      << over_quota.err;
+
+  const CommandResult missing_file =
+      Cli({"--server", address, "--token_file", dir + "/nope", "models"});
+  EXPECT_EQ(missing_file.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(missing_file.err, "--token_file: cannot read"))
+      << missing_file.err;
+  EXPECT_EQ((*server)->Stop(), 0);
+}
+
 TEST(CliNoServer, UnreachableServerIsUnavailable) {
   absl::StatusOr<int> port = UnusedPort();
   ASSERT_TRUE(port.ok()) << port.status();

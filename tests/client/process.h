@@ -36,9 +36,9 @@ absl::StatusOr<CommandResult> RunCommand(
 // A featviz-server child on 127.0.0.1 with a port the kernel picked.
 class ServerProcess {
  public:
-  // Starts `binary --listen 127.0.0.1:0 --model_dir model_dir`, its stderr
-  // appended to `log_path`, and waits (up to `timeout`) for its line
-  // "featviz-server listening on 127.0.0.1:PORT".
+  // Starts `binary --listen 127.0.0.1:0 --model_dir model_dir` plus
+  // `extra_flags`, its stderr appended to `log_path`, and waits (up to
+  // `timeout`) for its line "featviz-server listening on 127.0.0.1:PORT".
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       const std::string& binary, const std::string& model_dir,
       const std::string& log_path, absl::Duration timeout = absl::Seconds(60),

@@ -451,5 +451,65 @@ TEST(Scheduler, DepthByPriorityCountsQueuedJobsHighestFirst) {
   EXPECT_EQ(scheduler.DepthByPriority().count(-10), 0u);
 }
 
+TEST(SchedulerQuota, MaxQueuedRefusesTheOwnersNextJobNamingTheQuota) {
+  Scheduler scheduler(QueueLimits(100, 100));
+  QueuedJob job = Job("a0", "alice");
+  job.quota.max_queued = 2;
+  ASSERT_TRUE(scheduler.Add(job).ok());
+  job.id = "a1";
+  ASSERT_TRUE(scheduler.Add(job).ok());
+  job.id = "a2";
+  const absl::Status refused = scheduler.Add(job);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(refused.message(),
+            "client 'alice' already has 2 queued jobs, its quota max_queued");
+  // Other owners are not affected.
+  EXPECT_TRUE(scheduler.Add(Job("b0", "bob")).ok());
+}
+
+TEST(SchedulerQuota, MaxRunningPassesOverTheOwnerUntilItsJobIsDone) {
+  Scheduler scheduler(QueueLimits(100, 100));
+  for (const char* id : {"a0", "a1", "a2"}) {
+    QueuedJob job = Job(id, "alice", /*priority=*/5);
+    job.quota.max_running = 1;
+    ASSERT_TRUE(scheduler.Add(job).ok());
+  }
+  ASSERT_TRUE(scheduler.Add(Job("b0", "bob", /*priority=*/0)).ok());
+  ASSERT_TRUE(scheduler.Add(Job("b1", "bob", /*priority=*/0)).ok());
+
+  // Alice's first runs; her others wait although they have the higher
+  // priority, and Bob's jobs go past them.
+  EXPECT_EQ(PopIds(scheduler), (std::vector<std::string>{"a0", "b0", "b1"}));
+  EXPECT_EQ(scheduler.size(), 2);
+  EXPECT_FALSE(scheduler.WaitForWork(absl::ZeroDuration()));
+  // A job never taken, or taken by someone else, frees nothing.
+  scheduler.Done("b0");
+  scheduler.Done("nonexistent");
+  EXPECT_FALSE(scheduler.WaitForWork(absl::ZeroDuration()));
+  scheduler.Done("a0");
+  EXPECT_TRUE(scheduler.WaitForWork(absl::ZeroDuration()));
+  EXPECT_EQ(PopIds(scheduler), (std::vector<std::string>{"a1"}));
+  scheduler.Done("a1");
+  EXPECT_EQ(PopIds(scheduler), (std::vector<std::string>{"a2"}));
+}
+
+TEST(SchedulerQuota, AWorkerWaitingForWorkWakesWhenAQuotaFrees) {
+  Scheduler scheduler(QueueLimits(100, 100));
+  for (const char* id : {"a0", "a1"}) {
+    QueuedJob job = Job(id, "alice");
+    job.quota.max_running = 1;
+    ASSERT_TRUE(scheduler.Add(job).ok());
+  }
+  ASSERT_EQ(PopIds(scheduler), (std::vector<std::string>{"a0"}));
+  absl::Notification woke;
+  std::thread worker([&] {
+    if (scheduler.WaitForWork(absl::Seconds(60))) woke.Notify();
+  });
+  scheduler.Done("a0");
+  worker.join();
+  EXPECT_TRUE(woke.HasBeenNotified());
+  EXPECT_EQ(PopIds(scheduler), (std::vector<std::string>{"a1"}));
+}
+
 }  // namespace
 }  // namespace featviz::server

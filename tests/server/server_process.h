@@ -36,10 +36,12 @@ namespace featviz::testing {
 class ServerProcess {
  public:
   // Starts the server with `flags` after the defaults (a later flag wins)
-  // and waits, up to `timeout`, for it to listen.
+  // and waits, up to `timeout`, for it to listen. Its log goes to
+  // `stderr_path` when given.
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
       std::vector<std::string> flags = {},
-      absl::Duration timeout = absl::Seconds(120)) {
+      absl::Duration timeout = absl::Seconds(120),
+      const std::string& stderr_path = "") {
     std::vector<std::string> args = {FEATVIZ_SERVER_BINARY,
                                      "--listen=127.0.0.1:0",
                                      "--model_dir=" FEATVIZ_MODELS_DIR};
@@ -59,6 +61,11 @@ class ServerProcess {
     if (pid == 0) {
       // Only async-signal-safe calls between fork and exec.
       dup2(out[1], STDOUT_FILENO);
+      if (!stderr_path.empty()) {
+        const int err = open(stderr_path.c_str(),
+                             O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (err >= 0) dup2(err, STDERR_FILENO);
+      }
       execv(argv[0], argv.data());
       _exit(127);
     }
@@ -104,6 +111,14 @@ class ServerProcess {
   }
 
   void Signal(int signal_number) { kill(pid_, signal_number); }
+  pid_t pid() const { return pid_; }
+
+  // The next line the server prints on stdout (after the listening line:
+  // "featviz-server metrics on HOST:PORT").
+  absl::StatusOr<std::string> NextLine(
+      absl::Duration timeout = absl::Seconds(30)) {
+    return ReadLine(timeout);
+  }
 
   // The exit code once the process has exited normally; an error when it is
   // still running after `timeout` or died of a signal.

@@ -145,13 +145,44 @@ class RenderResult:
 class Client:
     """A connection to one featviz server. Use as a context manager or `close()`."""
 
-    def __init__(self, address: Optional[str] = None) -> None:
-        """Connects (lazily) to `address`, else $FEATVIZ_SERVER, else 127.0.0.1:8980."""
+    def __init__(self, address: Optional[str] = None, *,
+                 token: Optional[str] = None,
+                 token_file: Optional[str] = None,
+                 tls_ca: Optional[str] = None,
+                 tls_cert: Optional[str] = None,
+                 tls_key: Optional[str] = None) -> None:
+        """Connects (lazily) to `address`, else $FEATVIZ_SERVER, else 127.0.0.1:8980.
+
+        The bearer token is `token`, else the first line of `token_file`,
+        else $FEATVIZ_TOKEN; it goes with every call. `tls_ca` (a PEM file)
+        means TLS, verifying the server against it; `tls_cert` and `tls_key`
+        (PEM files) add a client certificate (mTLS).
+        """
         self.address = address or os.environ.get("FEATVIZ_SERVER") or DEFAULT_ADDRESS
-        self._channel = grpc.insecure_channel(
-            self.address,
-            options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES)])
+        if token is None and token_file:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        if token is None:
+            token = os.environ.get("FEATVIZ_TOKEN", "").strip()
+        # Plain metadata rather than call credentials: gRPC sends those only
+        # over TLS, and a loopback server takes tokens in plaintext.
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES)]
+        if tls_ca or tls_cert:
+            def read(path):
+                with open(path, "rb") as f:
+                    return f.read()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(tls_ca) if tls_ca else None,
+                private_key=read(tls_key) if tls_key else None,
+                certificate_chain=read(tls_cert) if tls_cert else None)
+            self._channel = grpc.secure_channel(self.address, credentials,
+                                                options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.address, options=options)
         self._stub = featviz_pb2_grpc.VisualizerStub(self._channel)
 
     def close(self) -> None:
@@ -220,7 +251,7 @@ class Client:
             init_image=init_image, png=png, tensor=tensor,
             progress_every=progress_every)
         result = None
-        call = self._stub.Render(request, timeout=timeout)
+        call = self._stub.Render(request, timeout=timeout, metadata=self._metadata)
         try:
             for event in call:
                 kind = event.WhichOneof("event")
@@ -271,10 +302,9 @@ class Client:
             request.output.progress_every = progress_every
         return request
 
-    @staticmethod
-    def _call(method, request, timeout: Optional[float]):
+    def _call(self, method, request, timeout: Optional[float]):
         try:
-            return method(request, timeout=timeout)
+            return method(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise FeatvizError._from_rpc(err) from None
 

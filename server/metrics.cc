@@ -1,0 +1,358 @@
+#include "server/metrics.h"
+
+#include <microhttpd.h>
+#include <netdb.h>
+#include <sys/socket.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "spdlog/spdlog.h"
+#include "absl/time/time.h"
+#include "featviz/v1/featviz.pb.h"
+#include "prometheus/collectable.h"
+#include "prometheus/family.h"
+#include "prometheus/histogram.h"
+#include "prometheus/metric_family.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+#include "server/convert.h"
+#include "server/visualizer_service.h"
+
+namespace featviz::server {
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+// Seconds, from a quick cached answer to an hour-long render.
+const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
+  static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
+      0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800,
+      3600};
+  return *buckets;
+}
+
+std::string OutcomeName(v1::JobState state) {
+  switch (state) {
+    case v1::JOB_STATE_SUCCEEDED:
+      return "succeeded";
+    case v1::JOB_STATE_FAILED:
+      return "failed";
+    case v1::JOB_STATE_CANCELLED:
+      return "cancelled";
+    case v1::JOB_STATE_EXPIRED:
+      return "expired";
+    default:
+      return "other";
+  }
+}
+
+void LogHttpError(void*, const char* format, va_list args) {
+  char message[512];
+  std::vsnprintf(message, sizeof(message), format, args);
+  spdlog::error("metrics endpoint: {}",
+                std::string(absl::StripTrailingAsciiWhitespace(message)));
+}
+
+MetricFamily Family(std::string name, std::string help, MetricType type) {
+  MetricFamily family;
+  family.name = std::move(name);
+  family.help = std::move(help);
+  family.type = type;
+  return family;
+}
+
+void AddValue(MetricFamily& family, double value,
+              std::vector<ClientMetric::Label> labels = {}) {
+  ClientMetric metric;
+  metric.label = std::move(labels);
+  if (family.type == MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+  family.metric.push_back(std::move(metric));
+}
+
+}  // namespace
+
+// Reads the service's figures at scrape time.
+class MetricsCollector final : public prometheus::Collectable {
+ public:
+  MetricsCollector(const VisualizerService* service,
+                   std::vector<std::string> devices,
+                   std::vector<const ModelRegistry*> registries)
+      : service_(*service),
+        devices_(std::move(devices)),
+        registries_(std::move(registries)) {}
+
+  std::vector<MetricFamily> Collect() const override {
+    const v1::ServerStats stats = service_.Stats();
+    std::vector<MetricFamily> out;
+
+    MetricFamily depth = Family(
+        "featviz_queue_depth",
+        "Jobs queued and not yet running, per request priority",
+        MetricType::Gauge);
+    // Every priority a request may ask for (convert.h) is always exposed,
+    // so that an autoscaler's query never finds a series missing.
+    std::map<int, int64_t> by_priority;
+    for (const v1::QueueDepth& d : stats.queue_depth()) {
+      by_priority[d.priority()] = d.jobs();
+    }
+    for (int p = kMaxPriority; p >= kMinPriority; --p) {
+      auto it = by_priority.find(p);
+      AddValue(depth, it == by_priority.end() ? 0 : it->second,
+               {{"priority", absl::StrCat(p)}});
+    }
+    out.push_back(std::move(depth));
+
+    MetricFamily queued = Family("featviz_jobs_queued",
+                                 "Jobs queued per owner (client)",
+                                 MetricType::Gauge);
+    MetricFamily running = Family("featviz_jobs_running",
+                                  "Jobs running per owner (client)",
+                                  MetricType::Gauge);
+    for (const auto& [owner, load] : service_.LoadByOwner()) {
+      AddValue(queued, load.queued, {{"owner", owner}});
+      AddValue(running, load.running, {{"owner", owner}});
+    }
+    out.push_back(std::move(queued));
+    out.push_back(std::move(running));
+
+    MetricFamily submitted =
+        Family("featviz_jobs_submitted_total",
+               "Jobs accepted (cached answers included)", MetricType::Counter);
+    AddValue(submitted, stats.jobs_submitted());
+    out.push_back(std::move(submitted));
+    MetricFamily ended = Family("featviz_jobs_ended_total",
+                                "Jobs ended, per outcome", MetricType::Counter);
+    AddValue(ended, stats.jobs_succeeded(), {{"outcome", "succeeded"}});
+    AddValue(ended, stats.jobs_failed(), {{"outcome", "failed"}});
+    AddValue(ended, stats.jobs_cancelled(), {{"outcome", "cancelled"}});
+    AddValue(ended, stats.jobs_expired(), {{"outcome", "expired"}});
+    out.push_back(std::move(ended));
+
+    MetricFamily hits = Family("featviz_result_cache_hits_total",
+                               "Seeded requests answered from the result cache",
+                               MetricType::Counter);
+    AddValue(hits, stats.cache_hits());
+    out.push_back(std::move(hits));
+    MetricFamily misses =
+        Family("featviz_result_cache_misses_total",
+               "Seeded requests not in the result cache", MetricType::Counter);
+    AddValue(misses, stats.cache_misses());
+    out.push_back(std::move(misses));
+    MetricFamily stored = Family("featviz_results_stored",
+                                 "Finished results kept", MetricType::Gauge);
+    AddValue(stored, stats.results_stored());
+    out.push_back(std::move(stored));
+    MetricFamily stored_bytes =
+        Family("featviz_results_stored_bytes", "Bytes of finished results kept",
+               MetricType::Gauge);
+    AddValue(stored_bytes, stats.result_bytes());
+    out.push_back(std::move(stored_bytes));
+
+    MetricFamily steps_rate = Family(
+        "featviz_steps_per_second",
+        "Batched optimisation steps per second over the last minute, per "
+        "device",
+        MetricType::Gauge);
+    MetricFamily image_steps_rate = Family(
+        "featviz_image_steps_per_second",
+        "Images x steps per second over the last minute, per device",
+        MetricType::Gauge);
+    MetricFamily steps_total =
+        Family("featviz_steps_total", "Batched steps since start, per device",
+               MetricType::Counter);
+    MetricFamily occupancy = Family(
+        "featviz_batch_occupancy_ratio",
+        "Mean images per step over the last minute / max_batch_images, per "
+        "device",
+        MetricType::Gauge);
+    MetricFamily device_jobs =
+        Family("featviz_device_running_jobs",
+               "Jobs in the device's current batch", MetricType::Gauge);
+    for (const v1::DeviceStats& d : stats.devices()) {
+      const std::vector<ClientMetric::Label> labels = {{"device", d.device()}};
+      AddValue(steps_rate, d.steps_per_second(), labels);
+      AddValue(image_steps_rate, d.image_steps_per_second(), labels);
+      AddValue(steps_total, d.steps_total(), labels);
+      AddValue(occupancy, d.batch_occupancy(), labels);
+      AddValue(device_jobs, d.running_jobs(), labels);
+    }
+    out.push_back(std::move(steps_rate));
+    out.push_back(std::move(image_steps_rate));
+    out.push_back(std::move(steps_total));
+    out.push_back(std::move(occupancy));
+    out.push_back(std::move(device_jobs));
+
+    MetricFamily model_memory = Family(
+        "featviz_model_memory_bytes",
+        "Bytes of a hosted model's parameters and buffers, per device",
+        MetricType::Gauge);
+    for (const ModelRegistry* registry : registries_) {
+      for (const v1::Model& model : registry->List()) {
+        for (const c10::Device& device : registry->devices()) {
+          AddValue(model_memory, static_cast<double>(model.memory_bytes()),
+                   {{"device", device.str()},
+                    {"model", model.name()},
+                    {"version", model.version()}});
+        }
+      }
+    }
+    out.push_back(std::move(model_memory));
+    return out;
+  }
+
+ private:
+  const VisualizerService& service_;
+  const std::vector<std::string> devices_;
+  const std::vector<const ModelRegistry*> registries_;
+};
+
+Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+  latency_ = &prometheus::BuildHistogram()
+                  .Name("featviz_job_duration_seconds")
+                  .Help("Seconds from a job's submission to its end, per "
+                        "outcome (queue time included)")
+                  .Register(*registry_);
+  queue_time_ = &prometheus::BuildHistogram()
+                     .Name("featviz_job_queue_seconds")
+                     .Help("Seconds a job waited in the queue before a worker "
+                           "took it (or before it ended, if none did)")
+                     .Register(*registry_);
+  // Every outcome from the start, so rates over them are defined at once.
+  for (v1::JobState state :
+       {v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED,
+        v1::JOB_STATE_CANCELLED, v1::JOB_STATE_EXPIRED}) {
+    latency_->Add({{"outcome", OutcomeName(state)}}, DurationBuckets());
+    queue_time_->Add({{"outcome", OutcomeName(state)}}, DurationBuckets());
+  }
+}
+
+Metrics::~Metrics() { Stop(); }
+
+void Metrics::OnJobEnd(const JobEnd& end) {
+  // Family::Add returns the existing series for known labels; it locks.
+  const prometheus::Labels labels = {{"outcome", OutcomeName(end.state)}};
+  latency_->Add(labels, DurationBuckets())
+      .Observe(absl::ToDoubleSeconds(end.total));
+  queue_time_->Add(labels, DurationBuckets())
+      .Observe(absl::ToDoubleSeconds(end.queued));
+}
+
+namespace {
+
+// libmicrohttpd's answer to one request: /metrics, else 404.
+MHD_Result Answer(void* self, MHD_Connection* connection, const char* url,
+                  const char* method, const char*, const char*, size_t*,
+                  void**) {
+  const Metrics& metrics = *static_cast<Metrics*>(self);
+  unsigned int code = MHD_HTTP_OK;
+  std::string body;
+  if (std::strcmp(method, "GET") != 0 && std::strcmp(method, "HEAD") != 0) {
+    code = MHD_HTTP_METHOD_NOT_ALLOWED;
+    body = "only GET\n";
+  } else if (std::strcmp(url, "/metrics") != 0) {
+    code = MHD_HTTP_NOT_FOUND;
+    body = "the metrics are at /metrics\n";
+  } else {
+    body = metrics.Render();
+  }
+  MHD_Response* response = MHD_create_response_from_buffer(
+      body.size(), body.data(), MHD_RESPMEM_MUST_COPY);
+  if (response == nullptr) return MHD_NO;
+  MHD_add_response_header(response, "Content-Type",
+                          code == MHD_HTTP_OK
+                              ? "text/plain; version=0.0.4; charset=utf-8"
+                              : "text/plain; charset=utf-8");
+  const MHD_Result queued = MHD_queue_response(connection, code, response);
+  MHD_destroy_response(response);
+  return queued;
+}
+
+}  // namespace
+
+absl::StatusOr<int> Metrics::Serve(
+    const std::string& listen, const VisualizerService* service,
+    std::vector<std::string> devices,
+    std::vector<const ModelRegistry*> registries) {
+  const size_t colon = listen.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(listen.substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--metrics_listen must be HOST:PORT, got '", listen, "'"));
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints = {};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const std::string port_text = absl::StrCat(port);
+  if (const int error = getaddrinfo(host.empty() ? nullptr : host.c_str(),
+                                    port_text.c_str(), &hints, &found);
+      error != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--metrics_listen: cannot resolve '", host, "': ", gai_strerror(error)));
+  }
+  sockaddr_storage address = {};
+  std::memcpy(&address, found->ai_addr, found->ai_addrlen);
+  const bool ipv6 = found->ai_family == AF_INET6;
+  freeaddrinfo(found);
+
+  collector_ = std::make_shared<MetricsCollector>(service, std::move(devices),
+                                                  std::move(registries));
+  // libmicrohttpd, one internal thread: scrapes are rare. (prometheus-cpp's
+  // own exposer runs civetweb, whose fixed worker stack is too small for
+  // this process's static TLS: its threads cannot start.)
+  daemon_ = MHD_start_daemon(
+      MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+          (ipv6 ? MHD_USE_IPv6 : 0),
+      static_cast<uint16_t>(port), nullptr, nullptr, &Answer, this,
+      MHD_OPTION_EXTERNAL_LOGGER, &LogHttpError, nullptr,
+      MHD_OPTION_SOCK_ADDR, reinterpret_cast<sockaddr*>(&address),
+      MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_END);
+  if (daemon_ == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("--metrics_listen: cannot listen on '", listen, "'"));
+  }
+  const MHD_DaemonInfo* info =
+      MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_BIND_PORT);
+  return info != nullptr && info->port != 0 ? info->port : port;
+}
+
+
+void Metrics::Stop() {
+  if (daemon_ != nullptr) {
+    MHD_stop_daemon(daemon_);  // Waits for answers in progress.
+    daemon_ = nullptr;
+  }
+}
+
+std::string Metrics::Render() const {
+  std::vector<MetricFamily> families = registry_->Collect();
+  if (collector_ != nullptr) {
+    std::vector<MetricFamily> more = collector_->Collect();
+    families.insert(families.end(), more.begin(), more.end());
+  }
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, families);
+  return out.str();
+}
+
+}  // namespace featviz::server
