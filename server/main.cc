@@ -14,6 +14,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstring>
@@ -90,6 +91,16 @@ ABSL_FLAG(int64_t, progress_every,
           "Steps between progress events when a request does not say");
 ABSL_FLAG(double, shutdown_grace_seconds, 10,
           "On SIGTERM/SIGINT, how long running renders may go on");
+ABSL_FLAG(std::string, advertise_address, "",
+          "Address clients reach this replica at, HOST or HOST:PORT (no port: "
+          "the port bound). When set, job ids end in @ADDRESS so that clients "
+          "balancing over replicas send GetJob/WatchJob/CancelJob to the one "
+          "holding the job; in Kubernetes, the pod's IP. Empty: plain ids");
+ABSL_FLAG(double, max_connection_age_seconds, 0,
+          "Ask clients to reconnect after a connection has been open this "
+          "long (gRPC GOAWAY, +-10% jitter; calls in flight finish), so that "
+          "DNS round-robin clients re-resolve and reach replicas added since; "
+          "0: never");
 
 namespace featviz::server {
 namespace {
@@ -189,6 +200,19 @@ std::string ListeningAddress(const std::string& listen, int port) {
   return absl::StrCat(host, ":", port);
 }
 
+// --advertise_address with the bound port when it names none: "10.0.0.7"
+// -> "10.0.0.7:8980", "fd00::7" -> "[fd00::7]:8980".
+std::string AdvertisedAddress(const std::string& flag, int port) {
+  if (flag.empty()) return "";
+  const auto colons = std::count(flag.begin(), flag.end(), ':');
+  const bool has_port = absl::StartsWith(flag, "[")
+                            ? absl::StrContains(flag, "]:")
+                            : colons == 1;
+  if (has_port) return flag;
+  if (colons > 1) return absl::StrCat("[", flag, "]:", port);
+  return absl::StrCat(flag, ":", port);
+}
+
 // The self-pipe: the handler only writes the signal's number, which is
 // async-signal-safe, and a thread reads it. (Blocking the signals and using
 // sigwait would not do: a library starts a thread before main() runs, with
@@ -235,6 +259,20 @@ absl::Status Serve() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--shutdown_grace_seconds must be >= 0, got ", grace_seconds));
   }
+  const double max_age_seconds =
+      absl::GetFlag(FLAGS_max_connection_age_seconds);
+  if (!(max_age_seconds >= 0) || max_age_seconds > INT_MAX / 1000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_connection_age_seconds must be in [0, ",
+                     INT_MAX / 1000, "], got ", max_age_seconds));
+  }
+  const std::string advertise_flag = absl::GetFlag(FLAGS_advertise_address);
+  if (absl::StrContains(advertise_flag, "@") ||
+      absl::StrContains(advertise_flag, "/")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--advertise_address must be HOST or HOST:PORT, got '", advertise_flag,
+        "'"));
+  }
   FEATVIZ_ASSIGN_OR_RETURN(const std::vector<c10::Device> devices,
                            ParseDevices(absl::GetFlag(FLAGS_devices)));
   // The models once per device: each device's worker runs its own copies.
@@ -270,6 +308,10 @@ absl::Status Serve() {
   const std::string listen = absl::GetFlag(FLAGS_listen);
   int port = 0;
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  if (max_age_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(max_age_seconds * 1000));
+  }
   builder.RegisterService(service.get());
   builder.RegisterService(circuits.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(limits.max_message_bytes));
@@ -279,15 +321,22 @@ absl::Status Serve() {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on '", listen, "'"));
   }
+  // Job ids name the replica from here on, before health says SERVING (a
+  // job accepted in the instant before gets a plain id, which works on its
+  // replica but cannot be routed).
+  const std::string advertised = AdvertisedAddress(advertise_flag, port);
+  if (!advertised.empty()) service->SetReplica(advertised);
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
 
   const std::string address = ListeningAddress(listen, port);
   spdlog::info(
-      "serving {} models on {}, devices {}, max_batch_images {}, queue {} "
+      "serving {} models on {}{}, devices {}, max_batch_images {}, queue {} "
       "({} per owner)",
-      models.size(), address, absl::GetFlag(FLAGS_devices),
+      models.size(), address,
+      advertised.empty() ? "" : absl::StrCat(" as ", advertised),
+      absl::GetFlag(FLAGS_devices),
       limits.max_batch_images, limits.max_queued_jobs,
       limits.max_queued_per_owner);
   // Tests and scripts parse this line: keep it exactly so.
