@@ -37,7 +37,7 @@ bool Finished(v1::JobState state) {
 
 }  // namespace
 
-CircuitsClient::CircuitsClient(const VisualizerClient& visualizer)
+CircuitsClient::CircuitsClient(VisualizerClient& visualizer)
     : visualizer_(visualizer),
       circuits_(v1::Circuits::NewStub(visualizer.channel())),
       jobs_(v1::Visualizer::NewStub(visualizer.channel())) {}
@@ -100,16 +100,8 @@ absl::StatusOr<v1::Job> CircuitsClient::SubmitJob(
 
 absl::StatusOr<v1::Job> CircuitsClient::GetJob(const std::string& id,
                                                bool include_result) {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::GetJobRequest request;
-  request.set_id(id);
-  request.set_include_result(include_result);
-  v1::Job job;
-  absl::Status status = FromGrpc(jobs_->GetJob(&context, request, &job),
-                                 visualizer_.address());
-  if (!status.ok()) return status;
-  return job;
+  // The replica the id names holds the job (VisualizerClient routes it).
+  return visualizer_.GetJob(id, include_result);
 }
 
 absl::StatusOr<std::vector<v1::Job>> CircuitsClient::WaitForJobs(

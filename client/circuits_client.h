@@ -20,8 +20,9 @@ namespace featviz::client {
 
 class CircuitsClient {
  public:
-  // Uses `visualizer`'s channel; `visualizer` must outlive this client.
-  explicit CircuitsClient(const VisualizerClient& visualizer);
+  // Uses `visualizer`'s channel (and its routing of job ids to the replica
+  // holding them); `visualizer` must outlive this client.
+  explicit CircuitsClient(VisualizerClient& visualizer);
 
   absl::StatusOr<featviz::v1::ListDatasetsResponse> ListDatasets();
   absl::StatusOr<featviz::v1::ComputeActivationsResponse> ComputeActivations(
@@ -50,7 +51,7 @@ class CircuitsClient {
   // The deadline and the client's bearer token.
   void SetDeadline(grpc::ClientContext& context) const;
 
-  const VisualizerClient& visualizer_;
+  VisualizerClient& visualizer_;
   std::unique_ptr<featviz::v1::Circuits::Stub> circuits_;
   std::unique_ptr<featviz::v1::Visualizer::Stub> jobs_;
 };

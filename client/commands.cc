@@ -223,10 +223,12 @@ absl::Status RunRender(VisualizerClient& client,
   std::vector<std::string> previews;
   const absl::Time start = absl::Now();
   absl::StatusOr<v1::RenderResult> rendered;
+  std::string job_id;
   {
     ProgressBar bar(err, options.progress_bar, term_labels, term_weights);
     rendered = client.Render(
-        request, [&](const v1::RenderProgress& progress) -> absl::Status {
+        request,
+        [&](const v1::RenderProgress& progress) -> absl::Status {
           bar.Update(progress);
           if (options.previews.empty() || progress.preview_png().empty()) {
             return absl::OkStatus();
@@ -237,7 +239,8 @@ absl::Status RunRender(VisualizerClient& client,
           FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, progress.preview_png()));
           previews.push_back(path);
           return absl::OkStatus();
-        });
+        },
+        &job_id);
   }
   if (!rendered.ok()) return rendered.status();
   const double wall_seconds = absl::ToDoubleSeconds(absl::Now() - start);
@@ -313,6 +316,8 @@ absl::Status RunRender(VisualizerClient& client,
     FEATVIZ_ASSIGN_OR_RETURN(nlohmann::ordered_json report,
                              RenderResultToJson(result, class_names));
     report["timings"]["wall_seconds"] = wall_seconds;
+    // Which replica ran it, when the server advertises one ("17@host:port").
+    report["job"] = job_id;
     report["files"] = std::move(files);
     Print(out, report.dump() + "\n");
     return absl::OkStatus();
@@ -345,6 +350,41 @@ absl::Status RunRender(VisualizerClient& client,
             written.empty() ? ""
                             : absl::StrCat("; wrote ",
                                            absl::StrJoin(written, ", "))));
+  return absl::OkStatus();
+}
+
+absl::Status RunJob(VisualizerClient& client, const std::string& id,
+                    bool cancel, bool json, std::FILE* out) {
+  FEATVIZ_ASSIGN_OR_RETURN(
+      const v1::Job job,
+      cancel ? client.CancelJob(id) : client.GetJob(id, false));
+  const std::string state(
+      absl::StripPrefix(v1::JobState_Name(job.state()), "JOB_STATE_"));
+  if (json) {
+    nlohmann::ordered_json report = {
+        {"id", job.id()},
+        {"state", state},
+        {"owner", job.owner()},
+        {"model", job.model()},
+        {"objective", job.objective()},
+        {"steps_done", job.steps_done()},
+        {"total_steps", job.total_steps()},
+        {"device", job.device()},
+        {"cached", job.cached()},
+        {"error_code", job.error_code()},
+        {"error_message", job.error_message()}};
+    Print(out, report.dump() + "\n");
+    return absl::OkStatus();
+  }
+  Print(out, absl::StrFormat(
+                 "%s %s %s '%s' %d/%d steps%s%s%s\n", job.id(), state,
+                 job.model(), job.objective(), job.steps_done(),
+                 job.total_steps(),
+                 job.device().empty() ? "" : absl::StrCat(" on ", job.device()),
+                 job.cached() ? " (cached)" : "",
+                 job.error_message().empty()
+                     ? ""
+                     : absl::StrCat(": ", job.error_message())));
   return absl::OkStatus();
 }
 

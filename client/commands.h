@@ -1,5 +1,6 @@
 // The `featviz` subcommands over a VisualizerClient: list models, list a
-// model's layers, render (`featviz bench` is in client/bench.h). Each writes
+// model's layers, render, show or cancel a job (`featviz bench` is in
+// client/bench.h). Each writes
 // its report to `out` (a table, a summary line, or with `json` exactly one
 // JSON document and nothing else) and returns the first error: the server's
 // status, or a local file error.
@@ -70,6 +71,13 @@ absl::Status RunRender(VisualizerClient& client,
                        const RenderCommandOptions& options,
                        const featviz::v1::RenderRequest& request,
                        std::FILE* out, std::FILE* err);
+
+// `featviz job ID` (GetJob) and `featviz cancel ID` (CancelJob, when
+// `cancel`), sent to the replica the id names: one line with the id, state,
+// model, objective, steps done, device and any error; with `json`, one JSON
+// object with the same fields.
+absl::Status RunJob(VisualizerClient& client, const std::string& id,
+                    bool cancel, bool json, std::FILE* out);
 
 }  // namespace featviz::client
 

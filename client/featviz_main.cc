@@ -4,6 +4,10 @@
 //   featviz layers mnist_classifier
 //   featviz render mnist_classifier 'prob(3)' --steps 256 --out three.png
 //   featviz bench --clients 8 --jobs 8
+//   featviz job 17@10.0.0.2:8980
+//
+// --server is any gRPC target; one naming several replicas
+// (dns:///featviz.lab.svc:8980) is balanced round-robin.
 //
 // Exit codes: 0 success; 1 an error from the server, an unreachable server,
 // or a file that could not be written; 2 a usage error.
@@ -32,8 +36,9 @@
 #include "client/visualizer_client.h"
 
 ABSL_FLAG(std::string, server, "",
-          "Server address host:port; default $FEATVIZ_SERVER, else "
-          "127.0.0.1:8980");
+          "Server address host:port, or a gRPC target naming several "
+          "replicas (dns:///host:port, balanced round-robin); default "
+          "$FEATVIZ_SERVER, else 127.0.0.1:8980");
 ABSL_FLAG(double, timeout, 0,
           "Deadline in seconds; 0: none for render, 30 s for models/layers");
 ABSL_FLAG(std::string, token_file, "",
@@ -107,9 +112,12 @@ commands:
   atlas MODEL --out DIR           a static site with every conv channel and
                                   linear neuron: pictures, dataset examples,
                                   statistics, loss curves
+  job ID [--json]                 a job's state (asked of the replica its id names)
+  cancel ID [--json]              cancel a job; answers once it has ended
 
 global options:
-  --server ADDR     host:port (default $FEATVIZ_SERVER, else 127.0.0.1:8980)
+  --server ADDR     host:port (default $FEATVIZ_SERVER, else 127.0.0.1:8980), or
+                    dns:///host:port to balance round-robin over every address
   --timeout S       deadline in seconds (0: none for render, 30 s otherwise)
   --token_file F    bearer token: F's first line (default $FEATVIZ_TOKEN)
   --tls_ca F        connect over TLS, verifying the server against PEM CAs F
@@ -155,6 +163,8 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
   static const auto* flags = new std::map<std::string, std::set<std::string>>{
       {"models", {"json"}},
       {"layers", {"json"}},
+      {"job", {"json"}},
+      {"cancel", {"json"}},
       {"render",
        {"json", "steps", "size", "param", "batch", "seed", "lr", "decay",
         "transforms", "progress_every", "out", "npy", "png_dir", "previews",
@@ -297,7 +307,8 @@ int Main(int argc, char** argv) {
   const auto allowed = CommandFlags().find(command);
   if (allowed == CommandFlags().end()) {
     return UsageError(absl::StrCat("unknown command '", command,
-                                   "' (models, layers, render, bench, circuits, atlas)"));
+                                   "' (models, layers, render, bench, circuits, "
+                                   "atlas, job, cancel)"));
   }
   for (const std::string& flag : args->flags) {
     if (GlobalFlags().count(flag) == 0 && allowed->second.count(flag) == 0) {
@@ -338,6 +349,12 @@ int Main(int argc, char** argv) {
   } else if (command == "layers") {
     if (operands.size() != 1) return UsageError("usage: featviz layers MODEL");
     status = RunLayers(**client, operands[0], absl::GetFlag(FLAGS_json), stdout);
+  } else if (command == "job" || command == "cancel") {
+    if (operands.size() != 1) {
+      return UsageError(absl::StrCat("usage: featviz ", command, " ID"));
+    }
+    status = RunJob(**client, operands[0], command == "cancel",
+                    absl::GetFlag(FLAGS_json), stdout);
   } else if (command == "bench") {
     if (!operands.empty()) return UsageError("featviz bench takes no arguments");
     BenchOptions options;

@@ -86,22 +86,44 @@ absl::StatusOr<std::unique_ptr<VisualizerClient>> VisualizerClient::Create(
   // Results carry float tensors and PNGs of whole batches; gRPC's 4 MiB
   // default would reject a batch of large RGB images.
   args.SetMaxReceiveMessageSize(std::numeric_limits<int>::max());
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
-      address, *credentials, args);
+  // A target naming several replicas (DNS names of a headless Service, or
+  // "ipv4:a,b,c") spreads calls over all of them; gRPC's default,
+  // pick_first, would send every call to one.
+  args.SetLoadBalancingPolicyName("round_robin");
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateCustomChannel(address, *credentials, args);
   if (channel == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot make a channel to '", address, "'"));
   }
   return std::unique_ptr<VisualizerClient>(
-      new VisualizerClient(address, options, std::move(channel)));
+      new VisualizerClient(address, options, *std::move(credentials),
+                           std::move(args), std::move(channel)));
 }
 
-VisualizerClient::VisualizerClient(std::string address, ClientOptions options,
-                                   std::shared_ptr<grpc::Channel> channel)
+VisualizerClient::VisualizerClient(
+    std::string address, ClientOptions options,
+    std::shared_ptr<grpc::ChannelCredentials> credentials,
+    grpc::ChannelArguments args, std::shared_ptr<grpc::Channel> channel)
     : address_(std::move(address)),
       options_(options),
+      credentials_(std::move(credentials)),
+      args_(std::move(args)),
       channel_(std::move(channel)),
       stub_(v1::Visualizer::NewStub(channel_)) {}
+
+v1::Visualizer::Stub* VisualizerClient::StubForJob(const std::string& id) {
+  const size_t at = id.find('@');
+  if (at == std::string::npos || at + 1 == id.size()) return stub_.get();
+  const std::string replica = id.substr(at + 1);
+  absl::MutexLock lock(&mu_);
+  std::unique_ptr<v1::Visualizer::Stub>& stub = replica_stubs_[replica];
+  if (stub == nullptr) {
+    stub = v1::Visualizer::NewStub(
+        grpc::CreateCustomChannel(replica, credentials_, args_));
+  }
+  return stub.get();
+}
 
 absl::Status VisualizerClient::FromGrpc(const grpc::Status& status) const {
   if (status.ok()) return absl::OkStatus();
@@ -173,8 +195,35 @@ absl::StatusOr<v1::Model> VisualizerClient::GetModel(const std::string& name) {
   return model;
 }
 
+absl::StatusOr<v1::Job> VisualizerClient::GetJob(const std::string& id,
+                                                 bool include_result) {
+  grpc::ClientContext context;
+  Prepare(context, options_.call_timeout);
+  v1::GetJobRequest request;
+  request.set_id(id);
+  request.set_include_result(include_result);
+  v1::Job job;
+  absl::Status status =
+      FromGrpc(StubForJob(id)->GetJob(&context, request, &job));
+  if (!status.ok()) return status;
+  return job;
+}
+
+absl::StatusOr<v1::Job> VisualizerClient::CancelJob(const std::string& id) {
+  grpc::ClientContext context;
+  Prepare(context, options_.call_timeout);
+  v1::CancelJobRequest request;
+  request.set_id(id);
+  v1::Job job;
+  absl::Status status =
+      FromGrpc(StubForJob(id)->CancelJob(&context, request, &job));
+  if (!status.ok()) return status;
+  return job;
+}
+
 absl::StatusOr<v1::RenderResult> VisualizerClient::Render(
-    const v1::RenderRequest& request, const ProgressCallback& on_progress) {
+    const v1::RenderRequest& request, const ProgressCallback& on_progress,
+    std::string* job_id) {
   grpc::ClientContext context;
   Prepare(context, options_.render_timeout);
   std::unique_ptr<grpc::ClientReader<v1::RenderEvent>> reader =
@@ -194,6 +243,14 @@ absl::StatusOr<v1::RenderResult> VisualizerClient::Render(
     }
   }
   const grpc::Status finish = reader->Finish();
+  if (job_id != nullptr) {
+    // Sent with the initial metadata once the job is accepted.
+    const auto& metadata = context.GetServerInitialMetadata();
+    const auto it = metadata.find("featviz-job-id");
+    job_id->assign(it == metadata.end()
+                       ? std::string()
+                       : std::string(it->second.data(), it->second.size()));
+  }
   if (!callback_status.ok()) return callback_status;
   absl::Status status = FromGrpc(finish);
   if (!status.ok()) return status;

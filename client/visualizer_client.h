@@ -2,6 +2,13 @@
 // Every call's gRPC status becomes an absl::Status with the same code and the
 // server's message; a server that cannot be reached reads
 // "UNAVAILABLE: cannot reach server at ADDR (...)".
+//
+// Several replicas: any gRPC target works as the address, and calls are
+// balanced round-robin over every address it resolves to
+// ("dns:///featviz.lab.svc:8980", "ipv4:10.0.0.1:8980,10.0.0.2:8980").
+// A job lives on the replica that accepted it; when replicas run with
+// --advertise_address its id says which ("17@10.0.0.2:8980"), and GetJob and
+// CancelJob go straight to that replica.
 #ifndef FEATVIZ_CLIENT_VISUALIZER_CLIENT_H_
 #define FEATVIZ_CLIENT_VISUALIZER_CLIENT_H_
 
@@ -12,8 +19,11 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "featviz/v1/featviz.grpc.pb.h"
 
@@ -46,10 +56,10 @@ class VisualizerClient {
   using ProgressCallback =
       std::function<absl::Status(const featviz::v1::RenderProgress&)>;
 
-  // A client of the server at `address` ("host:port"). Connects lazily: an
-  // unreachable server shows up as UNAVAILABLE on the first call. Errors:
-  // InvalidArgument for a TLS file that cannot be read or a client
-  // certificate without its key.
+  // A client of the server at `address` ("host:port", or any gRPC target
+  // naming several replicas). Connects lazily: an unreachable server shows up
+  // as UNAVAILABLE on the first call. Errors: InvalidArgument for a TLS file
+  // that cannot be read or a client certificate without its key.
   static absl::StatusOr<std::unique_ptr<VisualizerClient>> Create(
       const std::string& address, const ClientOptions& options = {});
 
@@ -62,11 +72,19 @@ class VisualizerClient {
   absl::StatusOr<featviz::v1::Model> GetModel(const std::string& name);
   // Runs a render to its end: `on_progress` (may be empty) sees each progress
   // event; returns the result event. The stream must end with a result.
+  // `job_id` (may be null) receives the job's id once the server accepted it
+  // (empty when it never did).
   absl::StatusOr<featviz::v1::RenderResult> Render(
       const featviz::v1::RenderRequest& request,
-      const ProgressCallback& on_progress);
+      const ProgressCallback& on_progress, std::string* job_id = nullptr);
   // The server's queue, worker and cache figures.
   absl::StatusOr<featviz::v1::ServerStats> GetServerStats();
+  // The job `id`, from the replica its id names (else from the balanced
+  // channel); with its result when `include_result` and it succeeded.
+  absl::StatusOr<featviz::v1::Job> GetJob(const std::string& id,
+                                          bool include_result);
+  // Cancels job `id` on the replica holding it; answers once it has ended.
+  absl::StatusOr<featviz::v1::Job> CancelJob(const std::string& id);
 
   const std::string& address() const { return address_; }
   const ClientOptions& options() const { return options_; }
@@ -75,7 +93,13 @@ class VisualizerClient {
 
  private:
   VisualizerClient(std::string address, ClientOptions options,
+                   std::shared_ptr<grpc::ChannelCredentials> credentials,
+                   grpc::ChannelArguments args,
                    std::shared_ptr<grpc::Channel> channel);
+
+  // The stub for calls about job `id`: a channel of its own to the replica
+  // named after the id's '@', or the balanced one for ids naming none.
+  featviz::v1::Visualizer::Stub* StubForJob(const std::string& id);
 
   // The call's status in absl terms, with the server's address where the
   // server could not be reached.
@@ -85,9 +109,18 @@ class VisualizerClient {
 
   const std::string address_;
   const ClientOptions options_;
+  // Every channel is made alike: the replicas' ones too.
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  const grpc::ChannelArguments args_;
   // Shared with the stub, which gRPC's API hands out as a shared_ptr.
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<featviz::v1::Visualizer::Stub> stub_;
+
+  absl::Mutex mu_;
+  // One stub per replica address named by a job id.
+  absl::flat_hash_map<std::string,
+                      std::unique_ptr<featviz::v1::Visualizer::Stub>>
+      replica_stubs_ ABSL_GUARDED_BY(mu_);
 };
 
 using VisualizerClientPtr = std::unique_ptr<VisualizerClient>;

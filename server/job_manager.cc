@@ -75,11 +75,11 @@ std::string Outcome(const absl::Status& status, bool cached) {
 
 }  // namespace
 
-JobRecord::JobRecord(uint64_t seq, std::string owner, RenderPlan plan,
-                     std::string cache_key, absl::Time create_time,
-                     absl::Time queue_deadline)
+JobRecord::JobRecord(uint64_t seq, std::string id, std::string owner,
+                     RenderPlan plan, std::string cache_key,
+                     absl::Time create_time, absl::Time queue_deadline)
     : seq(seq),
-      id(absl::StrCat(seq)),
+      id(std::move(id)),
       owner(std::move(owner)),
       plan(std::move(plan)),
       model(this->plan.model_name),
@@ -129,7 +129,8 @@ absl::StatusOr<JobRecordPtr> JobManager::Submit(
   JobRecordPtr job;
   {
     absl::MutexLock lock(&mu_);
-    job = std::make_shared<JobRecord>(next_seq_++, std::move(owner),
+    const uint64_t seq = next_seq_++;
+    job = std::make_shared<JobRecord>(seq, JobId(seq), std::move(owner),
                                       std::move(plan), std::move(cache_key),
                                       now, now + timeout);
   }
@@ -169,7 +170,8 @@ absl::StatusOr<JobRecordPtr> JobManager::SubmitCached(
   JobRecordPtr job;
   {
     absl::MutexLock lock(&mu_);
-    job = std::make_shared<JobRecord>(next_seq_++, std::move(owner),
+    const uint64_t seq = next_seq_++;
+    job = std::make_shared<JobRecord>(seq, JobId(seq), std::move(owner),
                                       std::move(plan), std::move(cache_key),
                                       now, now);
   }
@@ -199,9 +201,35 @@ absl::StatusOr<JobRecordPtr> JobManager::SubmitCached(
   return job;
 }
 
+void JobManager::SetReplica(std::string replica) {
+  absl::MutexLock lock(&mu_);
+  replica_ = std::move(replica);
+}
+
+std::string JobManager::JobId(uint64_t seq) const {
+  if (replica_.empty()) return absl::StrCat(seq);
+  return absl::StrCat(seq, "@", replica_);
+}
+
 absl::StatusOr<JobRecordPtr> JobManager::Find(absl::string_view id) const {
+  const size_t at = id.find('@');
+  if (at != absl::string_view::npos) {
+    std::string replica;
+    {
+      absl::MutexLock lock(&mu_);
+      replica = replica_;
+    }
+    if (id.substr(at + 1) != replica) {
+      // A client that balances over replicas sends a job's calls to the
+      // replica its id names; saying which one helps when it did not.
+      return absl::NotFoundError(absl::StrCat(
+          "job '", id, "' is held by replica ", id.substr(at + 1),
+          ", not by this one (",
+          replica.empty() ? "no --advertise_address" : replica, ")"));
+    }
+  }
   uint64_t seq = 0;
-  if (absl::SimpleAtoi(id, &seq)) {
+  if (absl::SimpleAtoi(id.substr(0, at), &seq)) {
     absl::MutexLock lock(&mu_);
     auto it = records_.find(seq);
     if (it != records_.end() && it->second->id == id) return it->second;

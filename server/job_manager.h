@@ -63,15 +63,15 @@ class JobManager;
 // One job. What never changes is public; the rest is the manager's.
 class JobRecord {
  public:
-  JobRecord(uint64_t seq, std::string owner, RenderPlan plan,
+  JobRecord(uint64_t seq, std::string id, std::string owner, RenderPlan plan,
             std::string cache_key, absl::Time create_time,
             absl::Time queue_deadline);
 
   JobRecord(const JobRecord&) = delete;
   JobRecord& operator=(const JobRecord&) = delete;
 
-  const uint64_t seq;  // Order of submission.
-  const std::string id;
+  const uint64_t seq;    // Order of submission.
+  const std::string id;  // "<seq>", or "<seq>@<replica>" (SetReplica).
   const std::string owner;
   const RenderPlan plan;
   const std::string model;      // The model's name.
@@ -139,8 +139,16 @@ class JobManager {
                                       JobWatcherPtr watcher,
                                       OwnerQuota quota = {});
 
+  // The address clients reach this replica at (featviz-server's
+  // --advertise_address, known once the server has bound its port). From
+  // then on job ids are "<seq>@<replica>", so that a client balancing its
+  // calls over several replicas can send GetJob, WatchJob and CancelJob to
+  // the replica that holds the job; before, and when empty, "<seq>".
+  void SetReplica(std::string replica);
+
   // The job with `id`; NotFound "job X not found" for ids never issued or
-  // forgotten.
+  // forgotten, and NotFound naming the replica for an id another replica
+  // issued.
   absl::StatusOr<JobRecordPtr> Find(absl::string_view id) const;
 
   // The job as the API describes it; with its result when `include_result`
@@ -226,6 +234,9 @@ class JobManager {
       std::shared_ptr<const v1::RenderResult> result, RenderPlan plan,
       std::string owner, std::string cache_key, const JobWatcherPtr& watcher);
 
+  // The id of the job numbered `seq`: "<seq>" or "<seq>@<replica>".
+  std::string JobId(uint64_t seq) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const JobManagerOptions options_;
   Scheduler scheduler_;
   ResultStore results_;
@@ -233,6 +244,7 @@ class JobManager {
   mutable absl::Mutex mu_;
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  std::string replica_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, JobRecordPtr> records_ ABSL_GUARDED_BY(mu_);
   std::deque<uint64_t> finished_ ABSL_GUARDED_BY(mu_);  // Oldest first.
   absl::flat_hash_map<uint64_t, JobRecordPtr> running_ ABSL_GUARDED_BY(mu_);

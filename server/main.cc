@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <climits>
@@ -122,6 +123,16 @@ ABSL_FLAG(std::string, tokens_file, "",
           "re-read on SIGHUP. Empty: open access");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT of the Prometheus /metrics endpoint; empty: none");
+ABSL_FLAG(std::string, advertise_address, "",
+          "Address clients reach this replica at, HOST or HOST:PORT (no port: "
+          "the port bound). When set, job ids end in @ADDRESS so that clients "
+          "balancing over replicas send GetJob/WatchJob/CancelJob to the one "
+          "holding the job; in Kubernetes, the pod's IP. Empty: plain ids");
+ABSL_FLAG(double, max_connection_age_seconds, 0,
+          "Ask clients to reconnect after a connection has been open this "
+          "long (gRPC GOAWAY, +-10% jitter; calls in flight finish), so that "
+          "DNS round-robin clients re-resolve and reach replicas added since; "
+          "0: never");
 
 namespace featviz::server {
 namespace {
@@ -295,6 +306,19 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ListenCredentials(
   return grpc::SslServerCredentials(options);
 }
 
+// --advertise_address with the bound port when it names none: "10.0.0.7"
+// -> "10.0.0.7:8980", "fd00::7" -> "[fd00::7]:8980".
+std::string AdvertisedAddress(const std::string& flag, int port) {
+  if (flag.empty()) return "";
+  const auto colons = std::count(flag.begin(), flag.end(), ':');
+  const bool has_port = absl::StartsWith(flag, "[")
+                            ? absl::StrContains(flag, "]:")
+                            : colons == 1;
+  if (has_port) return flag;
+  if (colons > 1) return absl::StrCat("[", flag, "]:", port);
+  return absl::StrCat(flag, ":", port);
+}
+
 // The self-pipe: the handler only writes the signal's number, which is
 // async-signal-safe, and a thread reads it. (Blocking the signals and using
 // sigwait would not do: a library starts a thread before main() runs, with
@@ -340,6 +364,20 @@ absl::Status Serve() {
   if (!(grace_seconds >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--shutdown_grace_seconds must be >= 0, got ", grace_seconds));
+  }
+  const double max_age_seconds =
+      absl::GetFlag(FLAGS_max_connection_age_seconds);
+  if (!(max_age_seconds >= 0) || max_age_seconds > INT_MAX / 1000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_connection_age_seconds must be in [0, ",
+                     INT_MAX / 1000, "], got ", max_age_seconds));
+  }
+  const std::string advertise_flag = absl::GetFlag(FLAGS_advertise_address);
+  if (absl::StrContains(advertise_flag, "@") ||
+      absl::StrContains(advertise_flag, "/")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--advertise_address must be HOST or HOST:PORT, got '", advertise_flag,
+        "'"));
   }
   FEATVIZ_ASSIGN_OR_RETURN(const std::vector<c10::Device> devices,
                            ParseDevices(absl::GetFlag(FLAGS_devices)));
@@ -420,6 +458,10 @@ absl::Status Serve() {
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(listen, credentials, &port);
+  if (max_age_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(max_age_seconds * 1000));
+  }
   builder.RegisterService(service.get());
   builder.RegisterService(circuits.get());
   builder.SetMaxReceiveMessageSize(static_cast<int>(limits.max_message_bytes));
@@ -429,15 +471,21 @@ absl::Status Serve() {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on '", listen, "'"));
   }
+  // Job ids name the replica from here on, before health says SERVING (a
+  // job accepted in the instant before gets a plain id, which works on its
+  // replica but cannot be routed).
+  const std::string advertised = AdvertisedAddress(advertise_flag, port);
+  if (!advertised.empty()) service->SetReplica(advertised);
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
 
   const std::string address = ListeningAddress(listen, port);
   spdlog::info(
-      "serving {} models on {} ({}), devices {}, max_batch_images {}, queue "
-      "{} ({} per owner)",
+      "serving {} models on {}{} ({}), devices {}, max_batch_images {}, "
+      "queue {} ({} per owner)",
       models.size(), address,
+      advertised.empty() ? "" : absl::StrCat(" as ", advertised),
       absl::GetFlag(FLAGS_tls_cert).empty()
           ? "plaintext"
           : (absl::GetFlag(FLAGS_tls_client_ca).empty() ? "TLS" : "mTLS"),

@@ -141,6 +141,11 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   }
 
   const Limits& limits() const { return limits_; }
+  // The address clients reach this server at: job ids name it from now on
+  // (JobManager::SetReplica).
+  void SetReplica(std::string replica) {
+    jobs_->SetReplica(std::move(replica));
+  }
 
  private:
   friend class EventStream;

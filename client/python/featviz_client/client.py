@@ -3,6 +3,12 @@
 Everything the server can refuse raises `FeatvizError`, which carries the gRPC
 status code's name ("NOT_FOUND") and the server's message, which names the
 offending field or value.
+
+The address may be any gRPC target; one naming several replicas
+("dns:///featviz.lab.svc:8980", "ipv4:10.0.0.1:8980,10.0.0.2:8980") is
+balanced round-robin. A job lives on the replica that accepted it; servers
+run with --advertise_address give it an id naming that replica
+("17@10.0.0.2:8980"), and `get_job`, `wait` and `cancel_job` go straight there.
 """
 
 from __future__ import annotations
@@ -115,6 +121,8 @@ class RenderResult:
     layer_stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
+    job_id: str = ""
+    """The job's id ("17@10.0.0.2:8980" names the replica that ran it)."""
 
     def to_pil(self) -> list:
         """The images as PIL images ("L" or "RGB"), one per batch entry.
@@ -153,8 +161,10 @@ class Client:
                  tls_key: Optional[str] = None) -> None:
         """Connects (lazily) to `address`, else $FEATVIZ_SERVER, else 127.0.0.1:8980.
 
-        The bearer token is `token`, else the first line of `token_file`,
-        else $FEATVIZ_TOKEN; it goes with every call. `tls_ca` (a PEM file)
+        `address` is "host:port" or any gRPC target; calls are balanced
+        round-robin over every address it resolves to. The bearer token is
+        `token`, else the first line of `token_file`, else $FEATVIZ_TOKEN; it
+        goes with every call. `tls_ca` (a PEM file)
         means TLS, verifying the server against it; `tls_cert` and `tls_key`
         (PEM files) add a client certificate (mTLS).
         """
@@ -169,8 +179,6 @@ class Client:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         if bool(tls_cert) != bool(tls_key):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
-        options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES)]
         if tls_ca or tls_cert:
             def read(path):
                 with open(path, "rb") as f:
@@ -179,15 +187,40 @@ class Client:
                 root_certificates=read(tls_ca) if tls_ca else None,
                 private_key=read(tls_key) if tls_key else None,
                 certificate_chain=read(tls_cert) if tls_cert else None)
-            self._channel = grpc.secure_channel(self.address, credentials,
-                                                options=options)
         else:
-            self._channel = grpc.insecure_channel(self.address, options=options)
+            credentials = None
+        self._credentials = credentials
+        self._channel = self._make_channel(self.address)
         self._stub = featviz_pb2_grpc.VisualizerStub(self._channel)
+        self._replicas: dict = {}  # replica address -> (channel, stub)
+
+    def _make_channel(self, target: str) -> grpc.Channel:
+        """A channel to `target` with this client's credentials (replicas too)."""
+        options = [("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+                   # Spread calls over every resolved address; gRPC's
+                   # default, pick_first, sends them all to one.
+                   ("grpc.lb_policy_name", "round_robin")]
+        if self._credentials is not None:
+            return grpc.secure_channel(target, self._credentials, options=options)
+        return grpc.insecure_channel(target, options=options)
+
+    def _stub_for(self, job_id: str):
+        """The stub for calls about `job_id`: its replica's, when it names one."""
+        replica = job_id.partition("@")[2]
+        if not replica:
+            return self._stub
+        if replica not in self._replicas:
+            channel = self._make_channel(replica)
+            self._replicas[replica] = (channel, featviz_pb2_grpc.VisualizerStub(channel))
+        return self._replicas[replica][1]
 
     def close(self) -> None:
-        """Closes the channel; the client cannot be used afterwards."""
+        """Closes the channels; the client cannot be used afterwards."""
         self._channel.close()
+        for channel, _ in self._replicas.values():
+            channel.close()
+        self._replicas.clear()
 
     def __enter__(self) -> "Client":
         return self
@@ -250,8 +283,67 @@ class Client:
             seed=seed, lr=lr, decay=decay, transforms=transforms,
             init_image=init_image, png=png, tensor=tensor,
             progress_every=progress_every)
-        result = None
         call = self._stub.Render(request, timeout=timeout, metadata=self._metadata)
+        return self._follow(call, on_progress)
+
+    def submit(self, model: str, objective: ObjectiveSpec, *,
+               steps: Optional[int] = None,
+               size: Optional[int] = None,
+               batch: Optional[int] = None,
+               param: Optional[str] = "fft",
+               seed: Optional[int] = None,
+               lr: Optional[float] = None,
+               decay: Optional[float] = None,
+               transforms: TransformSpec = "default",
+               init_image: Optional[np.ndarray] = None,
+               png: bool = True,
+               tensor: bool = True,
+               progress_every: Optional[int] = None,
+               timeout: Optional[float] = None) -> "featviz_pb2.Job":
+        """Queues a render (arguments as for `render`) and returns its Job at once.
+
+        Follow it with `get_job(job.id)`, `wait(job.id)` or `cancel_job(job.id)`.
+        """
+        request = self._render_request(
+            model, objective, steps=steps, size=size, batch=batch, param=param,
+            seed=seed, lr=lr, decay=decay, transforms=transforms,
+            init_image=init_image, png=png, tensor=tensor,
+            progress_every=progress_every)
+        return self._call(self._stub.SubmitJob,
+                          featviz_pb2.SubmitJobRequest(request=request), timeout)
+
+    def get_job(self, job_id: str, *, include_result: bool = False,
+                timeout: Optional[float] = None) -> "featviz_pb2.Job":
+        """The job `job_id` (a featviz.v1.Job), from the replica holding it."""
+        return self._call(self._stub_for(job_id).GetJob,
+                          featviz_pb2.GetJobRequest(id=job_id,
+                                                    include_result=include_result),
+                          timeout)
+
+    def wait(self, job_id: str, *,
+             on_progress: Optional[Callable[[Progress], Any]] = None,
+             timeout: Optional[float] = None) -> RenderResult:
+        """Watches job `job_id` to its end (WatchJob); returns its result.
+
+        A job that did not succeed raises `FeatvizError` with its status.
+        """
+        call = self._stub_for(job_id).WatchJob(
+            featviz_pb2.WatchJobRequest(id=job_id), timeout=timeout,
+            metadata=self._metadata)
+        result = self._follow(call, on_progress)
+        result.job_id = result.job_id or job_id
+        return result
+
+    def cancel_job(self, job_id: str, *,
+                   timeout: Optional[float] = None) -> "featviz_pb2.Job":
+        """Cancels job `job_id`; returns the Job once it has ended."""
+        return self._call(self._stub_for(job_id).CancelJob,
+                          featviz_pb2.CancelJobRequest(id=job_id), timeout)
+
+    @staticmethod
+    def _follow(call, on_progress) -> RenderResult:
+        """Reads a Render or WatchJob stream to its result."""
+        result = None
         try:
             for event in call:
                 kind = event.WhichOneof("event")
@@ -267,7 +359,9 @@ class Client:
             raise
         if result is None:
             raise FeatvizError("INTERNAL", "render stream ended without a result")
-        return _render_result(result)
+        outcome = _render_result(result)
+        outcome.job_id = dict(call.initial_metadata() or ()).get("featviz-job-id", "")
+        return outcome
 
     @staticmethod
     def _render_request(model: str, objective: ObjectiveSpec, *, steps, size, batch,
