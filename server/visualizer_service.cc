@@ -319,6 +319,7 @@ absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
   for (const DeviceModels& device : service->devices_) {
     WorkerOptions options;
     options.max_batch_images = limits.max_batch_images;
+    options.step = limits.step;
     absl::StatusOr<WorkerPtr> worker = Worker::Create(
         device.device, device.models, service->jobs_.get(), options);
     if (!worker.ok()) return worker.status();
