@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/csrc/jit/passes/autocast.h>
 
 #include "absl/strings/str_cat.h"
 #include "core/torch_status.h"
@@ -76,6 +77,16 @@ void ConfigureProcessPrecision(Precision precision) {
 
 PrecisionGuard::PrecisionGuard(Precision precision, const c10::Device& device) {
   if (precision != Precision::kBf16) return;
+  // TorchScript's own autocast pass would rewrite a tapped graph whose
+  // first run happens under autocast, and then bypass eager autocast: in
+  // LibTorch 1.13 that leaves convolutions with bf16 inputs and float
+  // biases. The graphs run unoptimised anyway; eager autocast (the
+  // dispatcher's) casts each op the same way on every run.
+  static const bool jit_autocast_off = [] {
+    torch::jit::setAutocastMode(false);
+    return true;
+  }();
+  (void)jit_autocast_off;
   active_ = true;
   cuda_ = device.is_cuda();
   if (cuda_) {
