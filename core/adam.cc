@@ -29,4 +29,21 @@ void Adam::Step() {
   }
 }
 
+void Adam::StepOnDevice(const at::Tensor& step) {
+  at::NoGradGuard no_grad;
+  const at::Tensor bias1 = 1 - at::pow(options_.beta1, step);
+  const at::Tensor bias2 = 1 - at::pow(options_.beta2, step);
+  const at::Tensor step_size = options_.lr / bias1;
+  for (size_t i = 0; i < parameters_.size(); ++i) {
+    at::Tensor& p = parameters_[i];
+    at::Tensor grad = p.grad();
+    if (!grad.defined()) continue;
+    m_[i].mul_(options_.beta1).add_(grad, 1.0 - options_.beta1);
+    v_[i].mul_(options_.beta2).addcmul_(grad, grad, 1.0 - options_.beta2);
+    at::Tensor denom = (v_[i] / bias2).sqrt_().add_(options_.eps);
+    p.addcdiv_(m_[i] * step_size, denom, -1.0);
+    grad.zero_();
+  }
+}
+
 }  // namespace featviz::core

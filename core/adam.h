@@ -25,7 +25,14 @@ class Adam {
   // One update from the parameters' current .grad(), which it then zeroes.
   // Parameters without a gradient are left alone.
   void Step();
+  // The same update with the step number t (1-based) read from `step`, a
+  // 0-dim float tensor on the parameters' device, and the bias corrections
+  // computed there: no host scalar changes from step to step, so a CUDA
+  // graph can capture it once and replay it. Does not advance steps().
+  void StepOnDevice(const at::Tensor& step);
   int64_t steps() const { return step_; }
+  // After StepOnDevice steps: the host's count of updates done.
+  void set_steps(int64_t steps) { step_ = steps; }
 
  private:
   std::vector<at::Tensor> parameters_;

@@ -13,7 +13,8 @@
 namespace featviz::core {
 
 absl::Status StepTogether(const Model& model,
-                          const std::vector<RenderSession*>& sessions) {
+                          const std::vector<RenderSession*>& sessions,
+                          const StepOptions& options) {
   if (sessions.empty()) return absl::OkStatus();
   std::set<std::string> layer_set;
   for (const RenderSession* s : sessions) {
@@ -25,9 +26,21 @@ absl::Status StepTogether(const Model& model,
     }
   }
   const std::vector<std::string> layers(layer_set.begin(), layer_set.end());
+  int64_t images_in_step = 0;
+  for (const RenderSession* s : sessions) images_in_step += s->batch();
   try {
+    PrecisionGuard precision(options.precision, model.device());
+    if (options.fail_above_images > 0 &&
+        images_in_step > options.fail_above_images) {
+      // What the caching allocator throws when the device is full.
+      throw c10::OutOfMemoryError(
+          {__func__, __FILE__, static_cast<uint32_t>(__LINE__)},
+          absl::StrCat("CUDA out of memory (injected: a step of ",
+                       images_in_step, " images, more than ",
+                       options.fail_above_images, ")"));
+    }
     // Each session's images, and its transforms as one affine matrix per
-    // image drawn from its own stream; then one sampling call for all the
+    // image from its own schedule; then one sampling call for all the
     // sessions whose images share a size (the per-session chains of small
     // ops were what made a batched step cost nearly as much as the
     // sessions one after another).
@@ -69,13 +82,13 @@ absl::Status StepTogether(const Model& model,
     }
     for (size_t i = 0; i < sessions.size(); ++i) {
       RenderSession* s = sessions[i];
-      const int64_t h = s->images_.size(2), w = s->images_.size(3);
-      if (IsIdentity(s->transforms_, h, w, card.height, card.width)) {
+      thetas[i] = s->StepMatrices();
+      if (!thetas[i].defined()) {
         inputs[i] = s->images_;
         continue;
       }
-      thetas[i] = TransformMatrices(s->transforms_, s->batch(), h, w, s->rng_);
-      by_size[{s->images_.size(1), h, w}].push_back(i);
+      by_size[{s->images_.size(1), s->images_.size(2), s->images_.size(3)}]
+          .push_back(i);
     }
     for (const auto& [size, members] : by_size) {
       std::vector<at::Tensor> images, matrices;
@@ -118,8 +131,11 @@ absl::Status StepTogether(const Model& model,
     }
     total.backward();
   } catch (const std::exception& e) {
+    // A backward that failed half-way may have reached some gradients.
+    for (RenderSession* s : sessions) s->ClearGradients();
     return TorchError(e, absl::StrCat("batched step of ", sessions.size(),
-                                      " renders"));
+                                      " renders (", images_in_step,
+                                      " images)"));
   }
   for (RenderSession* s : sessions) s->Update();
   return absl::OkStatus();

@@ -13,15 +13,24 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/device.h"
 #include "core/model.h"
 #include "core/render.h"
 
 namespace featviz::core {
 
 // One step of every session in `sessions` (all of `model`, none done) as a
-// single batched forward/backward. On error no session has advanced.
+// single batched forward/backward, in `options.precision`. On error no
+// session has advanced and their gradients are cleared, so the step can be
+// retried (alone or in smaller groups) with the same result. Running out of
+// memory is ResourceExhausted (see IsOutOfMemory).
+//
+// Host synchronisation: none. Transform matrices come from each session's
+// schedule (drawn on the device at Create), term values are written to the
+// trace on the device, the optimiser's scalars are host arithmetic.
 absl::Status StepTogether(const Model& model,
-                          const std::vector<RenderSession*>& sessions);
+                          const std::vector<RenderSession*>& sessions,
+                          const StepOptions& options = {});
 
 }  // namespace featviz::core
 

@@ -6,16 +6,22 @@
 #include "core/batch.h"
 #include "core/objective_eval.h"
 #include "core/status_macros.h"
+#include "core/step_graph.h"
 #include "core/torch_status.h"
 
 namespace featviz::core {
+namespace {
+
+std::atomic<uint64_t> next_session_id{1};
+
+}  // namespace
 
 RenderSession::RenderSession(const Model& model, Objective objective,
                              RenderOptions options)
     : model_(model),
       objective_(std::move(objective)),
       options_(std::move(options)),
-      rng_(options_.seed) {}
+      id_(next_session_id.fetch_add(1)) {}
 
 absl::StatusOr<std::unique_ptr<RenderSession>> RenderSession::Create(
     const Model& model, Objective objective, RenderOptions options) {
@@ -59,6 +65,21 @@ absl::StatusOr<std::unique_ptr<RenderSession>> RenderSession::Create(
   FEATVIZ_ASSIGN_OR_RETURN(
       s.param_, ImageParam::Create(s.options_.param, s.options_.seed,
                                    model.device()));
+  // The transforms' generator lives on the model's device and gets its own
+  // stream of the seed (the start image's CPU generator takes the seed as
+  // it is); the whole schedule is drawn here, once.
+  FEATVIZ_ASSIGN_OR_RETURN(
+      s.generator_,
+      MakeGenerator(model.device(), s.options_.seed ^ 0x9e3779b97f4a7c15ULL));
+  if (!IsIdentity(s.transforms_, p.height, p.width, card.height,
+                  card.width)) {
+    try {
+      s.schedule_ = TransformMatrices(s.transforms_, s.options_.steps,
+                                      p.height, p.width, s.generator_);
+    } catch (const std::exception& e) {
+      return TorchError(e, "drawing the transforms");
+    }
+  }
   s.adam_ = std::make_unique<Adam>(s.param_->parameters(),
                                    AdamOptions{.lr = s.options_.lr});
   try {
@@ -71,15 +92,36 @@ absl::StatusOr<std::unique_ptr<RenderSession>> RenderSession::Create(
   return session;
 }
 
+at::Tensor RenderSession::StepMatrices() const {
+  if (!schedule_.defined()) return at::Tensor();
+  if (static_mode_) return static_theta_.expand({batch(), 2, 3});
+  return schedule_.narrow(0, std::min(step_, options_.steps - 1), 1)
+      .expand({batch(), 2, 3});
+}
+
+void RenderSession::ClearGradients() {
+  for (const at::Tensor& p : param_->parameters()) {
+    at::Tensor grad = p.grad();
+    if (grad.defined()) grad.zero_();
+  }
+}
+
 at::Tensor RenderSession::PrepareInput() {
   images_ = param_->Image();
   const ModelCard& card = model_.card();
-  return ApplyTransforms(transforms_, images_, rng_, card.height, card.width);
+  at::Tensor matrices = StepMatrices();
+  if (!matrices.defined()) return images_;
+  return SampleAffine(images_, matrices, card.height, card.width);
 }
 
 absl::StatusOr<at::Tensor> RenderSession::Loss(const Taps& taps) {
   FEATVIZ_ASSIGN_OR_RETURN(ObjectiveValue value,
                            EvaluateObjective(objective_, taps, images_));
+  if (static_mode_) {
+    static_terms_.copy_(value.terms.detach());
+    last_terms_ = static_terms_;
+    return -value.total;
+  }
   last_terms_ = value.terms.detach();
   // Written on the device: no host synchronisation inside the loop.
   trace_[std::min(step_, options_.steps - 1)].copy_(last_terms_);
@@ -87,20 +129,60 @@ absl::StatusOr<at::Tensor> RenderSession::Loss(const Taps& taps) {
 }
 
 void RenderSession::Update() {
+  if (static_mode_) {
+    adam_->StepOnDevice(static_step_);
+    return;
+  }
   adam_->Step();
   ++step_;
+}
+
+void RenderSession::EnterStaticMode() {
+  if (static_mode_) return;
+  const at::TensorOptions on_device =
+      at::TensorOptions().device(model_.device()).dtype(at::kFloat);
+  if (schedule_.defined()) static_theta_ = at::empty({1, 2, 3}, on_device);
+  static_step_ = at::zeros({}, on_device);
+  static_terms_ = at::zeros({trace_.size(1)}, on_device);
+  static_mode_ = true;
+}
+
+void RenderSession::LeaveStaticMode() {
+  if (!static_mode_) return;
+  adam_->set_steps(step_);
+  static_mode_ = false;
+  static_theta_ = at::Tensor();
+  static_step_ = at::Tensor();
+  static_terms_ = at::Tensor();
+}
+
+void RenderSession::LoadStaticStep() {
+  if (static_theta_.defined()) {
+    static_theta_.copy_(schedule_.narrow(0, step_, 1));
+  }
+  static_step_.fill_(static_cast<double>(step_ + 1));
+}
+
+void RenderSession::CommitStaticStep() {
+  trace_[step_].copy_(static_terms_);
+  ++step_;
+  adam_->set_steps(step_);
 }
 
 ProgressEvent RenderSession::Progress(bool with_images) const {
   ProgressEvent event;
   event.step = step_;
-  if (last_terms_.defined()) {
-    at::Tensor v = last_terms_.to(at::kCPU, at::kDouble);
-    event.values.assign(v.data_ptr<double>(), v.data_ptr<double>() + v.numel());
-  }
+  // The one host synchronisation of a progress point.
+  HostCopies copies;
+  at::Tensor v;
+  if (last_terms_.defined()) v = copies.Add(last_terms_, at::kDouble);
   if (with_images) {
     at::NoGradGuard no_grad;
-    event.images = param_->Image().to(at::kCPU).contiguous();
+    event.images = copies.Add(param_->Image(), at::kFloat);
+  }
+  copies.Wait();
+  if (v.defined()) {
+    event.values.assign(v.data_ptr<double>(), v.data_ptr<double>() + v.numel());
   }
   return event;
 }
@@ -121,33 +203,38 @@ absl::StatusOr<RenderResult> RenderSession::Finish() {
     const ModelCard& card = model_.card();
     at::Tensor input = images;
     if (images.size(2) != card.height || images.size(3) != card.width) {
-      input = ApplyTransforms({}, images, rng_, card.height, card.width);
+      input = ApplyTransforms({}, images, generator_, card.height, card.width);
     }
     FEATVIZ_ASSIGN_OR_RETURN(Taps taps, model_.Forward(input, layers_));
     FEATVIZ_ASSIGN_OR_RETURN(ObjectiveValue value,
                              EvaluateObjective(objective_, taps, images));
-    at::Tensor terms = value.terms.to(at::kCPU, at::kDouble);
-    result.final_values.assign(terms.data_ptr<double>(),
-                               terms.data_ptr<double>() + terms.numel());
-    result.final_total = value.total.item<double>();
-    result.images = images.to(at::kCPU, at::kFloat).contiguous();
-    result.trace = trace_.narrow(0, 0, step_).to(at::kCPU).contiguous();
-    result.logits = taps.logits.to(at::kCPU).contiguous();
-    result.probs = taps.probs.to(at::kCPU).contiguous();
+    // Every copy queued first, then one wait: the result's only host
+    // synchronisation.
+    HostCopies copies;
+    at::Tensor terms = copies.Add(value.terms, at::kDouble);
+    at::Tensor total = copies.Add(value.total.reshape({1}), at::kDouble);
+    result.images = copies.Add(images, at::kFloat);
+    result.trace = copies.Add(trace_.narrow(0, 0, step_));
+    result.logits = copies.Add(taps.logits, at::kFloat);
+    result.probs = copies.Add(taps.probs, at::kFloat);
     for (const std::string& layer : layers_) {
       const at::Tensor& a = taps.activations.at(layer);
       LayerStats stats;
       stats.layer = layer;
       if (a.dim() >= 3) {
         at::Tensor flat = a.flatten(2);
-        stats.mean = flat.mean(2).to(at::kCPU);
-        stats.max = std::get<0>(flat.max(2)).to(at::kCPU);
+        stats.mean = copies.Add(flat.mean(2), at::kFloat);
+        stats.max = copies.Add(std::get<0>(flat.max(2)), at::kFloat);
       } else {
-        stats.mean = a.to(at::kCPU);
+        stats.mean = copies.Add(a, at::kFloat);
         stats.max = stats.mean;
       }
       result.layer_stats.push_back(std::move(stats));
     }
+    copies.Wait();
+    result.final_values.assign(terms.data_ptr<double>(),
+                               terms.data_ptr<double>() + terms.numel());
+    result.final_total = total.data_ptr<double>()[0];
   } catch (const std::exception& e) {
     return TorchError(e, "measuring the final images");
   }
@@ -158,9 +245,11 @@ absl::StatusOr<RenderResult> Render(const Model& model,
                                     const Objective& objective,
                                     const RenderOptions& options,
                                     const ProgressCallback& progress,
-                                    const std::atomic<bool>* cancelled) {
+                                    const std::atomic<bool>* cancelled,
+                                    const StepOptions& step_options) {
   FEATVIZ_ASSIGN_OR_RETURN(auto session,
                            RenderSession::Create(model, objective, options));
+  BatchStepper stepper(model, step_options);
   while (!session->done()) {
     if (cancelled != nullptr && cancelled->load(std::memory_order_relaxed)) {
       return absl::CancelledError(absl::StrCat(
@@ -168,7 +257,7 @@ absl::StatusOr<RenderResult> Render(const Model& model,
     }
     // The same step a worker runs for a batch of jobs, with a batch of one:
     // so a job renders the same alone and batched.
-    FEATVIZ_RETURN_IF_ERROR(StepTogether(model, {session.get()}));
+    FEATVIZ_RETURN_IF_ERROR(stepper.Step({session.get()}));
     const int64_t every = options.progress_every;
     if (progress && every > 0 &&
         (session->steps_done() % every == 0 || session->done())) {

@@ -11,7 +11,6 @@
 #include <functional>
 #include <memory>
 #include <optional>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -19,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/adam.h"
+#include "core/device.h"
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/param.h"
@@ -34,7 +34,8 @@ struct RenderOptions {
   std::optional<TransformList> transforms;
   double lr = 0.05;
   int64_t steps = 256;
-  // Seeds the initial images and the transforms' random stream.
+  // Seeds the initial images (drawn on the CPU, the same on every device)
+  // and the transforms' generator (on the model's device).
   uint64_t seed = 0;
   // Progress events every this many steps (and after the last); 0: none.
   int64_t progress_every = 0;
@@ -106,9 +107,27 @@ class RenderSession {
 
  private:
   RenderSession(const Model& model, Objective objective, RenderOptions options);
-  // Steps many sessions at once, reaching into their images and streams.
+  // Steps many sessions at once, reaching into their images and schedules.
   friend absl::Status StepTogether(const Model& model,
-                                   const std::vector<RenderSession*>& sessions);
+                                   const std::vector<RenderSession*>& sessions,
+                                   const StepOptions& options);
+
+  // This step's transform matrices, [batch, 2, 3] on the device (one draw
+  // shared by the batch); undefined when the transforms are the identity.
+  at::Tensor StepMatrices() const;
+  // Forgets the gradients of a step that failed half-way, so that a retry
+  // does not add to them.
+  void ClearGradients();
+
+  // CUDA-graph mode (BatchStepper): everything that changes from step to
+  // step is read from fixed device buffers, which LoadStaticStep() fills
+  // before the (captured) step, and CommitStaticStep() books after it:
+  // the transform matrix, the optimiser's step number, the term values.
+  friend class BatchStepper;
+  void EnterStaticMode();
+  void LeaveStaticMode();
+  void LoadStaticStep();
+  void CommitStaticStep();
 
   const Model& model_;
   Objective objective_;
@@ -117,11 +136,19 @@ class RenderSession {
   std::vector<std::string> layers_;
   ImageParamPtr param_;
   std::unique_ptr<Adam> adam_;
-  std::mt19937_64 rng_;
+  at::Generator generator_;  // On the model's device, seeded per job.
+  at::Tensor schedule_;      // [steps, 2, 3]: every step's transform.
   at::Tensor images_;      // Untransformed images of the current step.
   at::Tensor last_terms_;  // [T]
   at::Tensor trace_;       // [steps, T], filled on the session's device.
   int64_t step_ = 0;
+  // Unique per session for the life of the process: what a captured graph
+  // was made for (addresses of freed sessions are reused).
+  const uint64_t id_;
+  bool static_mode_ = false;
+  at::Tensor static_theta_;  // [1, 2, 3]
+  at::Tensor static_step_;   // 0-dim float: the step number, 1-based.
+  at::Tensor static_terms_;  // [T]
 };
 
 // Renders alone: the whole loop of one session, one forward/backward per
@@ -131,7 +158,8 @@ class RenderSession {
 absl::StatusOr<RenderResult> Render(
     const Model& model, const Objective& objective,
     const RenderOptions& options, const ProgressCallback& progress = nullptr,
-    const std::atomic<bool>* cancelled = nullptr);
+    const std::atomic<bool>* cancelled = nullptr,
+    const StepOptions& step_options = {});
 
 }  // namespace featviz::core
 

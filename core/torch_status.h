@@ -5,6 +5,8 @@
 #include <exception>
 #include <string>
 
+#include <c10/util/Exception.h>
+
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -34,7 +36,8 @@ inline std::string FirstLine(absl::string_view text) {
 inline absl::Status TorchError(const std::exception& e,
                                absl::string_view context) {
   const std::string what = FirstLine(e.what());
-  if (absl::StrContains(what, "out of memory") ||
+  if (dynamic_cast<const c10::OutOfMemoryError*>(&e) != nullptr ||
+      absl::StrContains(what, "out of memory") ||
       absl::StrContains(what, "can't allocate memory") ||
       absl::StrContains(what, "DefaultCPUAllocator: not enough memory")) {
     return absl::ResourceExhaustedError(absl::StrCat(context, ": ", what));

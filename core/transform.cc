@@ -1,7 +1,6 @@
 #include "core/transform.h"
 
 #include <cmath>
-#include <cstring>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -14,16 +13,6 @@ namespace featviz::core {
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;
-
-// Uniform integer in [0, n); the modulo bias is irrelevant for tiny n, and
-// unlike std::uniform_int_distribution the result is the same everywhere.
-int64_t Draw(std::mt19937_64& rng, int64_t n) {
-  return n <= 1 ? 0 : static_cast<int64_t>(rng() % static_cast<uint64_t>(n));
-}
-
-double Pick(std::mt19937_64& rng, const std::vector<double>& values) {
-  return values[Draw(rng, static_cast<int64_t>(values.size()))];
-}
 
 const char* KindName(Transform::Kind kind) {
   switch (kind) {
@@ -159,63 +148,78 @@ absl::StatusOr<TransformList> ParseTransforms(absl::string_view text,
   return out;
 }
 
-at::Tensor TransformMatrices(const TransformList& transforms, int64_t batch,
+at::Tensor TransformMatrices(const TransformList& transforms, int64_t count,
                              int64_t height, int64_t width,
-                             std::mt19937_64& rng) {
+                             at::Generator& generator) {
+  // Everything happens on the generator's device, vectorised over the
+  // `count` draws: a session draws its whole schedule once, so the step loop
+  // has no random numbers, no host work and no host-to-device copies.
+  // Composition is in double precision and rounded to float once.
+  const at::TensorOptions options =
+      at::TensorOptions().device(generator.device()).dtype(at::kDouble);
+  const double h = static_cast<double>(height);
+  const double w = static_cast<double>(width);
+  const at::Tensor zero = at::zeros({count}, options);
+  const at::Tensor one = at::ones({count}, options);
+  // [count, 3, 3] of the maps u -> [[a, b], [c, d]] u + [tx, ty].
+  auto affine = [&](const at::Tensor& a, const at::Tensor& b,
+                    const at::Tensor& c, const at::Tensor& d,
+                    const at::Tensor& tx, const at::Tensor& ty) {
+    return at::stack({a, b, tx, c, d, ty, zero, zero, one}, 1)
+        .view({count, 3, 3});
+  };
+  // `count` whole numbers drawn uniformly from [0, n).
+  auto draw = [&](int64_t n) {
+    if (n <= 1) return zero;
+    return at::randint(n, {count}, generator, options);
+  };
+  auto pick = [&](const std::vector<double>& values) {
+    const at::Tensor table =
+        at::tensor(values, at::TensorOptions().dtype(at::kDouble))
+            .to(generator.device());
+    return table.index_select(
+        0, draw(static_cast<int64_t>(values.size())).to(at::kLong));
+  };
   // m maps output coordinates to input coordinates. The image goes through
   // the transforms in order, so the input coordinate of an output point is
   // g_1(g_2(...g_n(u))): each transform's map multiplies on the right.
-  double m[2][3] = {{1, 0, 0}, {0, 1, 0}};
-  auto then = [&m](double a, double b, double c, double d, double tx,
-                   double ty) {
-    // m <- m * [[a, b, tx], [c, d, ty], [0, 0, 1]]
-    double r[2][3];
-    for (int i = 0; i < 2; ++i) {
-      r[i][0] = m[i][0] * a + m[i][1] * c;
-      r[i][1] = m[i][0] * b + m[i][1] * d;
-      r[i][2] = m[i][0] * tx + m[i][1] * ty + m[i][2];
-    }
-    std::memcpy(m, r, sizeof(m));
-  };
-  const double h = static_cast<double>(height);
-  const double w = static_cast<double>(width);
+  at::Tensor m = at::eye(3, options).expand({count, 3, 3});
   for (const Transform& t : transforms) {
+    at::Tensor g;
     switch (t.kind) {
       case Transform::Kind::kPad: {
         const double n = static_cast<double>(t.pixels);
-        then((w + 2 * n) / w, 0, 0, (h + 2 * n) / h, 0, 0);
+        g = affine(one * ((w + 2 * n) / w), zero, zero, one * ((h + 2 * n) / h),
+                   zero, zero);
         break;
       }
       case Transform::Kind::kJitter: {
         const int64_t d = t.pixels;
         // Whole-pixel shifts, centred on zero as far as whole pixels allow,
         // in normalised units.
-        const double dx = static_cast<double>(Draw(rng, d + 1) - d / 2);
-        const double dy = static_cast<double>(Draw(rng, d + 1) - d / 2);
-        then(1, 0, 0, 1, 2 * dx / w, 2 * dy / h);
+        const double centre = static_cast<double>(d / 2);
+        at::Tensor dx = draw(d + 1) - centre;
+        at::Tensor dy = draw(d + 1) - centre;
+        g = affine(one, zero, zero, one, dx * (2 / w), dy * (2 / h));
         break;
       }
       case Transform::Kind::kScale: {
-        const double f = Pick(rng, t.values);
-        then(1 / f, 0, 0, 1 / f, 0, 0);
+        at::Tensor inverse = pick(t.values).reciprocal();
+        g = affine(inverse, zero, zero, inverse, zero, zero);
         break;
       }
       case Transform::Kind::kRotate: {
-        const double a = Pick(rng, t.values) * kPi / 180.0;
+        at::Tensor a = pick(t.values) * (kPi / 180.0);
         // Rotation in pixel space: normalised x and y have different units
         // when the image is not square.
-        const double c = std::cos(a), s = std::sin(a);
-        then(c, -s * h / w, s * w / h, c, 0, 0);
+        at::Tensor c = a.cos(), s = a.sin();
+        g = affine(c, s * (-h / w), s * (w / h), c, zero, zero);
         break;
       }
     }
+    m = at::bmm(m, g);
   }
-  at::Tensor theta = at::empty({1, 2, 3}, at::kFloat);
-  float* p = theta.data_ptr<float>();
-  for (int i = 0; i < 2; ++i) {
-    for (int j = 0; j < 3; ++j) p[i * 3 + j] = static_cast<float>(m[i][j]);
-  }
-  return theta.expand({batch, 2, 3}).contiguous();
+  return m.narrow(1, 0, 2).to(at::kFloat).contiguous();
 }
 
 at::Tensor SampleAffine(const at::Tensor& images, const at::Tensor& matrices,
@@ -236,13 +240,15 @@ bool IsIdentity(const TransformList& transforms, int64_t height,
 }
 
 at::Tensor ApplyTransforms(const TransformList& transforms,
-                           const at::Tensor& images, std::mt19937_64& rng,
+                           const at::Tensor& images, at::Generator& generator,
                            int64_t out_height, int64_t out_width) {
   const int64_t h = images.size(2), w = images.size(3);
   if (IsIdentity(transforms, h, w, out_height, out_width)) return images;
-  return SampleAffine(images,
-                      TransformMatrices(transforms, images.size(0), h, w, rng),
-                      out_height, out_width);
+  return SampleAffine(
+      images,
+      TransformMatrices(transforms, 1, h, w, generator)
+          .expand({images.size(0), 2, 3}),
+      out_height, out_width);
 }
 
 }  // namespace featviz::core

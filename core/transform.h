@@ -1,7 +1,8 @@
 // Transforms applied to the images before each forward pass, so that the
 // optimiser cannot win with patterns that only work at one exact pixel
 // alignment, scale or angle ("transformation robustness"). Each draw comes
-// from the job's own random stream, so a seed fixes the whole sequence.
+// from the job's own generator, on the job's device, so a seed fixes the
+// whole sequence on a given kind of device.
 //
 // Text form: "pad(2), jitter(1), scale(0.9, 1, 1.1), rotate(-10, 0, 10)";
 // "default" is the robust set for the image size; "none" is the empty list.
@@ -9,7 +10,6 @@
 #define FEATVIZ_CORE_TRANSFORM_H_
 
 #include <cstdint>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -53,14 +53,16 @@ absl::StatusOr<TransformList> ParseTransforms(absl::string_view text,
                                               int64_t height, int64_t width);
 std::string TransformsToString(const TransformList& transforms);
 
-// Draws the list's random parameters (one draw per transform, shared by the
-// `batch` images) and composes them into [batch, 2, 3] affine matrices that
-// map output coordinates to input coordinates (normalised to [-1, 1]), as
-// at::affine_grid_generator takes them. `height` and `width` are the input
-// image's size, which the pixel amounts refer to.
-at::Tensor TransformMatrices(const TransformList& transforms, int64_t batch,
+// Draws the list's random parameters `count` times from `generator` (one
+// draw per transform and row) and composes each draw into an affine matrix:
+// [count, 2, 3] float on the generator's device, mapping output coordinates
+// to input coordinates (normalised to [-1, 1]) as at::affine_grid_generator
+// takes them. `height` and `width` are the input image's size, which the
+// pixel amounts refer to. A render draws its whole schedule (count = steps)
+// once, so its step loop draws nothing.
+at::Tensor TransformMatrices(const TransformList& transforms, int64_t count,
                              int64_t height, int64_t width,
-                             std::mt19937_64& rng);
+                             at::Generator& generator);
 
 // Samples [B, C, H, W] images through [B, 2, 3] matrices into
 // [B, C, out_height, out_width] (bilinear, border reflected). Each image is
@@ -74,10 +76,10 @@ bool IsIdentity(const TransformList& transforms, int64_t height,
                 int64_t width, int64_t out_height, int64_t out_width);
 
 // The list applied to [B, C, H, W] images, resampled to out_height x
-// out_width (the model's input size): TransformMatrices then SampleAffine,
-// or the images themselves when IsIdentity.
+// out_width (the model's input size): one draw of TransformMatrices shared by
+// the B images, then SampleAffine; or the images themselves when IsIdentity.
 at::Tensor ApplyTransforms(const TransformList& transforms,
-                           const at::Tensor& images, std::mt19937_64& rng,
+                           const at::Tensor& images, at::Generator& generator,
                            int64_t out_height, int64_t out_width);
 
 }  // namespace featviz::core

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "core/device.h"
+
 namespace featviz::server {
 
 struct Limits {
@@ -42,6 +44,9 @@ struct Limits {
   double result_ttl_seconds = 3600;
   // Most bytes of results kept (512 MiB); the oldest go first.
   int64_t result_store_bytes = int64_t{512} << 20;
+  // How the workers run their steps: --precision, --cuda_graphs and the
+  // test-only --fault_oom_above_images.
+  core::StepOptions step;
 };
 
 }  // namespace featviz::server

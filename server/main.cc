@@ -108,6 +108,15 @@ ABSL_FLAG(int64_t, result_store_bytes,
 ABSL_FLAG(int64_t, progress_every,
           featviz::server::Limits{}.default_progress_every,
           "Steps between progress events when a request does not say");
+ABSL_FLAG(std::string, precision, "fp32",
+          "Arithmetic of the optimisation steps: fp32 (bitwise "
+          "deterministic), tf32 (CUDA tensor cores) or bf16 (autocast)");
+ABSL_FLAG(bool, cuda_graphs, false,
+          "On CUDA devices, capture each batched step as a CUDA graph and "
+          "replay it while the batch keeps its jobs");
+ABSL_FLAG(int64_t, fault_oom_above_images, 0,
+          "Testing only: steps of more images than this fail as if the "
+          "device ran out of memory (0: off)");
 ABSL_FLAG(double, shutdown_grace_seconds, 10,
           "On SIGTERM/SIGINT, how long running renders may go on");
 ABSL_FLAG(std::string, tls_cert, "",
@@ -216,6 +225,15 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   limits.result_ttl_seconds = absl::GetFlag(FLAGS_result_ttl_seconds);
   limits.result_store_bytes = absl::GetFlag(FLAGS_result_store_bytes);
   limits.default_progress_every = absl::GetFlag(FLAGS_progress_every);
+  absl::StatusOr<core::Precision> precision =
+      core::ParsePrecision(absl::GetFlag(FLAGS_precision));
+  if (!precision.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", precision.status().message()));
+  }
+  limits.step.precision = *precision;
+  limits.step.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+  limits.step.fail_above_images = absl::GetFlag(FLAGS_fault_oom_above_images);
   if (limits.max_message_bytes < 1 || limits.max_message_bytes > INT_MAX) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_message_bytes must be in [1, ", INT_MAX, "], got ",
@@ -360,6 +378,7 @@ int WaitForSignal() {
 
 absl::Status Serve() {
   FEATVIZ_ASSIGN_OR_RETURN(const Limits limits, LimitsFromFlags());
+  core::ConfigureProcessPrecision(limits.step.precision);
   const double grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);
   if (!(grace_seconds >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat(

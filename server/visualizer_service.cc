@@ -341,6 +341,7 @@ absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
   for (size_t device = 0; device < models->devices().size(); ++device) {
     WorkerOptions options;
     options.max_batch_images = limits.max_batch_images;
+    options.step = limits.step;
     absl::StatusOr<WorkerPtr> worker =
         Worker::Create(device, models, service->jobs_.get(), options);
     if (!worker.ok()) return worker.status();

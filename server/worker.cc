@@ -1,6 +1,8 @@
 #include "server/worker.h"
 
 #include <algorithm>
+#include <deque>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -44,7 +46,8 @@ Worker::Worker(size_t device_index, const ModelRegistry* models,
       models_(*models),
       jobs_(*jobs),
       options_(options),
-      started_(absl::Now()) {}
+      started_(absl::Now()),
+      memory_cap_(options.max_batch_images) {}
 
 Worker::~Worker() { Stop(); }
 
@@ -54,6 +57,13 @@ void Worker::Stop() {
 }
 
 void Worker::Loop() {
+  // Every kernel of this worker goes to its own stream (CUDA only).
+  std::optional<core::WorkerStream> stream;
+  try {
+    stream.emplace(c10::Device(device_));
+  } catch (const std::exception& e) {
+    spdlog::error("device={} has no stream of its own: {}", device_, e.what());
+  }
   while (!stop_.load()) {
     jobs_.ExpireQueued(absl::Now());
     Admit();
@@ -83,9 +93,11 @@ void Worker::Loop() {
 
 void Worker::ReleaseIfIdle() {
   if (!running_.empty()) return;
+  stepper_.reset();
   model_.reset();
   batch_key_.clear();
   images_ = 0;
+  memory_cap_ = options_.max_batch_images;
 }
 
 void Worker::Admit() {
@@ -94,13 +106,15 @@ void Worker::Admit() {
     const std::string& batch_key = batch_key_;
     const bool empty = running_.empty();
     const int64_t images = images_;
+    // Below the size that last ran out of memory, until the worker idles.
+    const int64_t cap = std::min(options_.max_batch_images, memory_cap_);
     // Runs under the scheduler's lock: only reads the worker's own state and
     // the manager's records.
     std::optional<QueuedJob> next =
         jobs_.scheduler().PopNext([&](const QueuedJob& job) {
           if (empty) return true;
           return job.batch_key == batch_key &&
-                 images + jobs_.ImagesOf(job.id) <= options_.max_batch_images;
+                 images + jobs_.ImagesOf(job.id) <= cap;
         });
     if (!next.has_value()) return;
     JobRecordPtr job = jobs_.Start(*next, device_);
@@ -130,6 +144,7 @@ void Worker::Admit() {
       model_ = *model;
       batch_key_ = absl::StrCat(job->model, "@", job->plan.model_version, "#",
                                 job->plan.model_hash);
+      stepper_ = std::make_unique<core::BatchStepper>(**model, options_.step);
     }
     images_ += (*session)->batch();
     running_.push_back(Running{*std::move(model), std::move(job),
@@ -165,20 +180,17 @@ void Worker::Step() {
     sessions.push_back(running.session.get());
     images += running.session->batch();
   }
-  const absl::Status stepped = core::StepTogether(*model_, sessions);
+  const std::vector<absl::Status> stepped = StepInGroups(sessions);
   RecordStep(absl::Now(), images);
-  if (!stepped.ok()) {
-    spdlog::error("device={} batched step of {} jobs failed: {}", device_,
-                  running_.size(), stepped.ToString());
-    for (Running& running : running_) End(running, stepped, nullptr);
-    running_.clear();
-    ReleaseIfIdle();
-    return;
-  }
 
   std::vector<Running> kept;
   kept.reserve(running_.size());
-  for (Running& running : running_) {
+  for (size_t i = 0; i < running_.size(); ++i) {
+    Running& running = running_[i];
+    if (!stepped[i].ok()) {
+      End(running, stepped[i], nullptr);
+      continue;
+    }
     core::RenderSession& session = *running.session;
     const RenderPlan& plan = running.job->plan;
     const int64_t done = session.steps_done();
@@ -258,6 +270,61 @@ v1::DeviceStats Worker::Stats(absl::Time now) const {
   stats.set_steps_per_second(steps / seconds);
   stats.set_image_steps_per_second(image_steps / seconds);
   return stats;
+}
+
+std::vector<absl::Status> Worker::StepInGroups(
+    const std::vector<core::RenderSession*>& sessions) {
+  std::vector<absl::Status> statuses(sessions.size());
+  // [begin, end) ranges of `sessions`, each stepped as one batch.
+  std::deque<std::pair<size_t, size_t>> groups;
+  size_t begin = 0;
+  int64_t images = 0;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    if (i > begin && images + sessions[i]->batch() > memory_cap_) {
+      groups.emplace_back(begin, i);
+      begin = i;
+      images = 0;
+    }
+    images += sessions[i]->batch();
+  }
+  groups.emplace_back(begin, sessions.size());
+  // One group: the whole batch, through the stepper's graph when on.
+  bool whole = groups.size() == 1;
+  while (!groups.empty()) {
+    const auto [first, last] = groups.front();
+    groups.pop_front();
+    const std::vector<core::RenderSession*> group(sessions.begin() + first,
+                                                  sessions.begin() + last);
+    int64_t group_images = 0;
+    for (const core::RenderSession* s : group) group_images += s->batch();
+    absl::Status status = whole ? stepper_->Step(group)
+                                : stepper_->StepWithoutGraph(group);
+    whole = false;
+    if (status.ok()) continue;
+    if (core::IsOutOfMemory(status)) {
+      core::ReleaseCachedMemory(model_->device());
+      memory_cap_ = std::max<int64_t>(
+          1, std::min(memory_cap_, group_images - 1));
+      if (group.size() > 1) {
+        // A failed step advanced no session: both halves retry this step.
+        const size_t middle = first + (last - first) / 2;
+        groups.emplace_front(middle, last);
+        groups.emplace_front(first, middle);
+        spdlog::warn(
+            "device={} a step of {} jobs ({} images) ran out of memory; "
+            "retrying in halves, steps now hold at most {} images",
+            device_, group.size(), group_images, memory_cap_);
+        continue;
+      }
+      status = absl::ResourceExhaustedError(absl::StrCat(
+          "the render does not fit in the memory of ", device_,
+          " even alone (", group_images, " images): ", status.message()));
+    }
+    spdlog::error("device={} step of {} jobs failed: {}", device_,
+                  group.size(), status.ToString());
+    for (size_t i = first; i < last; ++i) statuses[i] = status;
+  }
+  return statuses;
 }
 
 }  // namespace featviz::server

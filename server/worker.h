@@ -7,7 +7,8 @@
 //      any job when none runs, else a job of the same model whose images
 //      keep the batch within max_batch_images;
 //   3. stop the jobs asked to stop (CANCELLED within one step);
-//   4. ONE core::StepTogether over all running sessions;
+//   4. ONE core::StepTogether over all running sessions (in groups, after
+//      the device has run out of memory: see below);
 //   5. per job: progress events at its progress_every, and the result once
 //      it has done its steps.
 //
@@ -15,6 +16,15 @@
 // batch stays full while work is queued. A job's images are the same whoever
 // shares its steps (core/batch.h). An error of the batched step fails every
 // job of that step; the worker goes on serving.
+//
+// Out of memory: a batched step that runs out of device memory is split in
+// two halves (by job) and each is retried, recursively, after the cached
+// device memory is released; the worker then keeps its batches below the
+// size that failed until it next goes idle. A job that runs out of memory
+// alone fails with RESOURCE_EXHAUSTED; the others go on.
+//
+// The worker runs on its own CUDA stream (core::WorkerStream) and copies
+// results back through pinned memory (core::HostCopies).
 #ifndef FEATVIZ_SERVER_WORKER_H_
 #define FEATVIZ_SERVER_WORKER_H_
 
@@ -31,7 +41,9 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/device.h"
 #include "core/render.h"
+#include "core/step_graph.h"
 #include "featviz/v1/featviz.pb.h"
 #include "server/job_manager.h"
 #include "server/model_registry.h"
@@ -41,6 +53,8 @@ namespace featviz::server {
 struct WorkerOptions {
   // Most images stepped together; a larger job runs alone.
   int64_t max_batch_images = 256;
+  // Precision, CUDA graphs and fault injection of the batched step.
+  core::StepOptions step;
 };
 
 class Worker;
@@ -99,6 +113,10 @@ class Worker {
   void End(Running& running, const absl::Status& status,
            std::shared_ptr<const v1::RenderResult> result);
   void RecordStep(absl::Time now, int64_t images);
+  // Steps `sessions` in groups below the memory cap, splitting a group that
+  // runs out of memory; one status per session.
+  std::vector<absl::Status> StepInGroups(
+      const std::vector<core::RenderSession*>& sessions);
 
   const size_t device_index_;
   const std::string device_;
@@ -111,7 +129,13 @@ class Worker {
   std::vector<Running> running_;
   SharedModel model_;    // Of the running jobs.
   std::string batch_key_;  // Their model's name@version#hash.
+  // Steps model_'s batches (and holds its CUDA graph, when on); after
+  // model_, so that it goes first.
+  std::unique_ptr<core::BatchStepper> stepper_;
   int64_t images_ = 0;                  // Their images.
+  // Most images a step may hold since the device last ran out of memory
+  // (max_batch_images until then; reset when the worker goes idle).
+  int64_t memory_cap_ = 0;
 
   std::atomic<bool> stop_{false};
   std::thread thread_;

@@ -1,5 +1,7 @@
 #include "core/batch.h"
 
+#include <iostream>
+
 #include <gtest/gtest.h>
 
 #include "tests/core/test_paths.h"
@@ -106,6 +108,89 @@ TEST(StepTogether, RejectsFinishedSessions) {
   ASSERT_TRUE(StepTogether(Mnist(), {s->get()}).ok());
   EXPECT_EQ(StepTogether(Mnist(), {s->get()}).code(),
             absl::StatusCode::kFailedPrecondition);
+}
+
+std::vector<std::unique_ptr<RenderSession>> Sessions(
+    const std::vector<JobSpec>& jobs) {
+  std::vector<std::unique_ptr<RenderSession>> sessions;
+  for (const JobSpec& job : jobs) {
+    auto s = RenderSession::Create(
+        Mnist(), Objective::Parse(job.objective).value(), job.options);
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (s.ok()) sessions.push_back(*std::move(s));
+  }
+  return sessions;
+}
+
+// The worker's recovery from running out of device memory: the failed step
+// advanced nobody and left no gradient behind, so retrying it in halves
+// gives every job exactly the images of an undisturbed run.
+TEST(StepTogether, OutOfMemoryAdvancesNobodyAndARetryInHalvesChangesNothing) {
+  std::vector<JobSpec> jobs(3);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    jobs[i].objective = i == 1 ? "channel(conv2, 4)" : "logit(2) - 0.01 * tv()";
+    jobs[i].options.seed = 10 + i;
+    jobs[i].options.steps = 12;
+  }
+  jobs[2].options.param.batch = 2;
+
+  auto reference = Sessions(jobs);
+  ASSERT_EQ(reference.size(), jobs.size());
+  std::vector<RenderSession*> all_reference;
+  for (auto& s : reference) all_reference.push_back(s.get());
+  for (int step = 0; step < 12; ++step) {
+    ASSERT_TRUE(StepTogether(Mnist(), all_reference).ok());
+  }
+
+  auto sessions = Sessions(jobs);
+  ASSERT_EQ(sessions.size(), jobs.size());
+  std::vector<RenderSession*> all;
+  for (auto& s : sessions) all.push_back(s.get());
+  StepOptions tight;
+  tight.fail_above_images = 3;  // The three jobs hold 4 images.
+  for (int step = 0; step < 12; ++step) {
+    // Every other step first fails whole, after some steps have gradients.
+    if (step % 2 == 0) {
+      const absl::Status full = StepTogether(Mnist(), all, tight);
+      ASSERT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+      EXPECT_TRUE(IsOutOfMemory(full));
+      EXPECT_NE(full.message().find("out of memory"), std::string::npos);
+      for (const auto& s : sessions) EXPECT_EQ(s->steps_done(), step);
+    }
+    ASSERT_TRUE(StepTogether(Mnist(), {all[0], all[1]}, tight).ok());
+    ASSERT_TRUE(StepTogether(Mnist(), {all[2]}, tight).ok());
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    absl::StatusOr<RenderResult> split = sessions[i]->Finish();
+    absl::StatusOr<RenderResult> whole = reference[i]->Finish();
+    ASSERT_TRUE(split.ok() && whole.ok());
+    EXPECT_TRUE(at::equal(split->images, whole->images)) << jobs[i].objective;
+    EXPECT_TRUE(at::equal(split->trace, whole->trace)) << jobs[i].objective;
+  }
+}
+
+// bf16 autocast changes the arithmetic of the step, and the class pictures
+// still reach their objective (measured in float32 at the end).
+TEST(StepTogether, Bf16AutocastStillReachesEveryClassObjective) {
+  Objective all;
+  for (int c = 0; c < 10; ++c) all = all + ForBatch(Prob(c), c);
+  RenderOptions o;
+  o.steps = 256;
+  o.param.batch = 10;
+  StepOptions bf16;
+  bf16.precision = Precision::kBf16;
+  absl::StatusOr<RenderResult> r = Render(Mnist(), all, o, nullptr, nullptr, bf16);
+  ASSERT_TRUE(r.ok()) << r.status();
+  absl::StatusOr<RenderResult> fp32 = Render(Mnist(), all, o);
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  EXPECT_FALSE(at::equal(r->images, fp32->images))
+      << "autocast left the step in float32";
+  std::cout << "bf16 autocast, softmax of each class visualisation:";
+  for (int c = 0; c < 10; ++c) {
+    EXPECT_GE(r->probs[c][c].item<double>(), 0.99) << "class " << c;
+    std::cout << " " << r->probs[c][c].item<double>();
+  }
+  std::cout << "\n";
 }
 
 }  // namespace

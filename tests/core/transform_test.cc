@@ -2,6 +2,8 @@
 
 #include <set>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <gtest/gtest.h>
 
 namespace featviz::core {
@@ -19,7 +21,7 @@ TEST(Transforms, DefaultSetIsScaledToTheImageSize) {
 }
 
 TEST(Transforms, KeepTheModelInputShape) {
-  std::mt19937_64 rng(7);
+  at::Generator rng = at::detail::createCPUGenerator(7);
   at::Tensor images = at::rand({3, 1, 28, 28});
   for (int i = 0; i < 20; ++i) {
     at::Tensor out =
@@ -32,7 +34,9 @@ TEST(Transforms, KeepTheModelInputShape) {
 
 TEST(Transforms, AreSeeded) {
   at::Tensor images = at::rand({2, 3, 32, 32});
-  std::mt19937_64 a(42), b(42), c(43);
+  at::Generator a = at::detail::createCPUGenerator(42);
+  at::Generator b = at::detail::createCPUGenerator(42);
+  at::Generator c = at::detail::createCPUGenerator(43);
   const TransformList t = DefaultTransforms(32, 32);
   at::Tensor x = ApplyTransforms(t, images, a, 32, 32);
   at::Tensor y = ApplyTransforms(t, images, b, 32, 32);
@@ -46,7 +50,7 @@ TEST(Transforms, AreSeeded) {
 }
 
 TEST(Transforms, NoneLeavesTheImageAlone) {
-  std::mt19937_64 rng(1);
+  at::Generator rng = at::detail::createCPUGenerator(1);
   at::Tensor images = at::rand({1, 1, 28, 28});
   EXPECT_TRUE(at::equal(ApplyTransforms({}, images, rng, 28, 28), images));
 }
@@ -66,7 +70,7 @@ std::pair<int64_t, int64_t> Brightest(const at::Tensor& image) {
 TEST(Transforms, JitterShiftsByWholePixels) {
   Transform jitter{Transform::Kind::kJitter, 4, {}};
   std::set<std::pair<int64_t, int64_t>> seen;
-  std::mt19937_64 rng(3);
+  at::Generator rng = at::detail::createCPUGenerator(3);
   for (int i = 0; i < 40; ++i) {
     at::Tensor out = ApplyTransforms({jitter}, Dot(21, 10, 10), rng, 21, 21);
     // A whole-pixel shift moves the dot without blurring it.
@@ -80,7 +84,7 @@ TEST(Transforms, JitterShiftsByWholePixels) {
 }
 
 TEST(Transforms, PadZoomsOutAndScaleZoomsIn) {
-  std::mt19937_64 rng(1);
+  at::Generator rng = at::detail::createCPUGenerator(1);
   // A dot 8 px right of the centre of a 33 px image.
   at::Tensor dot = Dot(33, 16, 24);
   Transform pad{Transform::Kind::kPad, 8, {}};  // 33 -> 49 px of content
@@ -92,19 +96,39 @@ TEST(Transforms, PadZoomsOutAndScaleZoomsIn) {
 }
 
 TEST(Transforms, ComposeIntoOneMatrixPerImage) {
-  std::mt19937_64 a(9), b(9);
+  at::Generator a = at::detail::createCPUGenerator(9);
+  at::Generator b = at::detail::createCPUGenerator(9);
   const TransformList t = DefaultTransforms(28, 28);
-  at::Tensor m = TransformMatrices(t, 3, 28, 28, a);
+  // One draw, shared by the batch's three images.
+  at::Tensor m = TransformMatrices(t, 1, 28, 28, a).expand({3, 2, 3});
   EXPECT_EQ(m.sizes(), (std::vector<int64_t>{3, 2, 3}));
-  // The batch shares one draw.
-  EXPECT_TRUE(at::equal(m[0], m[2]));
   at::Tensor images = at::rand({3, 1, 28, 28});
   EXPECT_TRUE(at::equal(SampleAffine(images, m, 28, 28),
                         ApplyTransforms(t, images, b, 28, 28)));
 }
 
+TEST(Transforms, ScheduleDrawsEveryStepOnTheGeneratorsDevice) {
+  at::Generator a = at::detail::createCPUGenerator(5);
+  at::Generator b = at::detail::createCPUGenerator(5);
+  const TransformList t = DefaultTransforms(28, 28);
+  at::Tensor schedule = TransformMatrices(t, 256, 28, 28, a);
+  EXPECT_EQ(schedule.sizes(), (std::vector<int64_t>{256, 2, 3}));
+  EXPECT_EQ(schedule.scalar_type(), at::kFloat);
+  EXPECT_TRUE(schedule.device().is_cpu());
+  // Seeded: the same generator state draws the same schedule.
+  EXPECT_TRUE(at::equal(schedule, TransformMatrices(t, 256, 28, 28, b)));
+  // Every step draws afresh: many distinct matrices across the schedule.
+  at::Tensor flat = schedule.flatten(1);
+  int64_t distinct = std::get<0>(at::_unique(flat.select(1, 2))).numel();
+  EXPECT_GT(distinct, 1);
+  // Rotations within +-10 degrees and zooms within 0.9-1.1 keep the linear
+  // part close to the identity (scaled by the pad).
+  EXPECT_LT((schedule.select(2, 0).select(1, 0) - 1).abs().max().item<float>(),
+            0.35);
+}
+
 TEST(Transforms, SampleEachImageIndependentlyOfTheStack) {
-  std::mt19937_64 rng(4);
+  at::Generator rng = at::detail::createCPUGenerator(4);
   at::Tensor images = at::rand({16, 3, 24, 24});
   at::Tensor m = at::cat({TransformMatrices(DefaultTransforms(24, 24), 8, 24, 24, rng),
                           TransformMatrices(DefaultTransforms(24, 24), 8, 24, 24, rng)});

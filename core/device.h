@@ -1,0 +1,131 @@
+// Where and how a step runs: the job's random generator on its device, the
+// numeric precision of the step, a worker's own CUDA stream, results copied
+// back through pinned host memory, and releasing cached device memory.
+//
+// Everything here compiles against a CPU-only LibTorch (Debian's 1.13): the
+// CUDA parts go through c10's device-generic interfaces, and the few calls
+// that need the CUDA runtime are behind FEATVIZ_WITH_CUDA, which CMake
+// defines when the LibTorch it found was built with CUDA.
+#ifndef FEATVIZ_CORE_DEVICE_H_
+#define FEATVIZ_CORE_DEVICE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/core/Stream.h>
+#include <c10/core/StreamGuard.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace featviz::core {
+
+// True when this build links a CUDA LibTorch (FEATVIZ_WITH_CUDA).
+bool BuiltWithCuda();
+// Visible CUDA devices; 0 on a CPU build or a machine without a GPU.
+int64_t CudaDeviceCount();
+
+// A random generator on `device` seeded with `seed`: the CPU's Mersenne
+// twister, or a CUDA device's Philox generator. Same seed, same numbers on
+// the same kind of device. InvalidArgument for a device this build cannot
+// use.
+absl::StatusOr<at::Generator> MakeGenerator(const c10::Device& device,
+                                            uint64_t seed);
+
+// The arithmetic of the step's forward and backward passes.
+enum class Precision {
+  kFloat32,  // IEEE float32 everywhere (the default; bitwise determinism).
+  kTf32,     // CUDA: float32 storage, TF32 tensor-core matmuls and convs.
+             // Process-wide (LibTorch's switch is global). No effect on CPU.
+  kBf16,     // Autocast to bfloat16 (convolutions, matmuls) on CPU and CUDA;
+             // parameters, optimiser and objective stay float32.
+};
+
+const char* PrecisionName(Precision precision);
+// "fp32", "tf32" or "bf16"; InvalidArgument naming the value otherwise.
+absl::StatusOr<Precision> ParsePrecision(absl::string_view text);
+
+// How a worker runs its batched steps.
+struct StepOptions {
+  Precision precision = Precision::kFloat32;
+  // CUDA devices of a CUDA build: capture the batched step as a CUDA graph
+  // and replay it while the batch keeps its composition. Ignored elsewhere.
+  bool cuda_graphs = false;
+  // Fault injection for tests: a step of more images than this fails as if
+  // the device ran out of memory (a c10::OutOfMemoryError thrown where the
+  // forward pass would allocate). 0: off.
+  int64_t fail_above_images = 0;
+};
+
+// Turns on the process-wide TF32 switches when `precision` is kTf32 (and
+// off otherwise). Call once, before workers start.
+void ConfigureProcessPrecision(Precision precision);
+
+// For the scope of one step on `device`: bf16 autocast when asked for. The
+// autocast state is thread-local; the guard restores it and clears the
+// autocast cast cache on exit.
+class PrecisionGuard {
+ public:
+  PrecisionGuard(Precision precision, const c10::Device& device);
+  ~PrecisionGuard();
+  PrecisionGuard(const PrecisionGuard&) = delete;
+  PrecisionGuard& operator=(const PrecisionGuard&) = delete;
+
+ private:
+  bool active_ = false;
+  bool cuda_ = false;
+  bool was_enabled_ = false;
+  at::ScalarType old_dtype_ = at::kFloat;
+};
+
+// A worker thread's own stream on `device` for the guard's lifetime (a
+// CUDA stream from LibTorch's pool, so that workers of different devices,
+// and kernels of other threads, do not serialise on the default stream).
+// On the CPU it does nothing. Waits for the device's default stream first,
+// so models loaded there are ready.
+class WorkerStream {
+ public:
+  explicit WorkerStream(const c10::Device& device);
+  WorkerStream(const WorkerStream&) = delete;
+  WorkerStream& operator=(const WorkerStream&) = delete;
+  // Blocks until everything queued on the stream has run.
+  void Synchronize() const;
+
+ private:
+  std::optional<c10::StreamGuard> guard_;
+  std::optional<c10::Stream> stream_;
+};
+
+// Copies device tensors to the host for results and progress. On a CUDA
+// device each copy goes into pinned memory without blocking, and Wait()
+// synchronises the current stream once for all of them; on the CPU the
+// tensors are only made contiguous. Read the host tensors after Wait().
+class HostCopies {
+ public:
+  // A host tensor that will hold `tensor`'s values (as `dtype` when given).
+  at::Tensor Add(const at::Tensor& tensor,
+                 std::optional<at::ScalarType> dtype = std::nullopt);
+  // Returns once every Add()ed copy has landed.
+  void Wait();
+
+ private:
+  std::vector<c10::Device> pending_;
+};
+
+// Hands cached, unused device memory back to the driver (CUDA's caching
+// allocator keeps freed blocks otherwise): after a model is unloaded and
+// before retrying a step that ran out of memory. No-op on the CPU.
+void ReleaseCachedMemory(const c10::Device& device);
+
+// True for the status of a step that ran out of (device) memory.
+inline bool IsOutOfMemory(const absl::Status& status) {
+  return absl::IsResourceExhausted(status);
+}
+
+}  // namespace featviz::core
+
+#endif  // FEATVIZ_CORE_DEVICE_H_

@@ -1,0 +1,65 @@
+#include "core/device.h"
+
+#include <ATen/autocast_mode.h>
+#include <gtest/gtest.h>
+
+namespace featviz::core {
+namespace {
+
+TEST(Precision, ParsesItsNamesAndRejectsOthersNamingThem) {
+  for (Precision p : {Precision::kFloat32, Precision::kTf32, Precision::kBf16}) {
+    absl::StatusOr<Precision> parsed = ParsePrecision(PrecisionName(p));
+    ASSERT_TRUE(parsed.ok());
+    EXPECT_EQ(*parsed, p);
+  }
+  absl::StatusOr<Precision> bad = ParsePrecision("fp16");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("'fp16'"), std::string::npos);
+}
+
+TEST(PrecisionGuard, TurnsCpuAutocastOnForItsScopeOnly) {
+  ASSERT_FALSE(at::autocast::is_cpu_enabled());
+  {
+    PrecisionGuard guard(Precision::kBf16, c10::Device(c10::kCPU));
+    EXPECT_TRUE(at::autocast::is_cpu_enabled());
+    at::Tensor y = at::mm(at::rand({4, 4}), at::rand({4, 4}));
+    EXPECT_EQ(y.scalar_type(), at::kBFloat16);
+  }
+  EXPECT_FALSE(at::autocast::is_cpu_enabled());
+  {
+    PrecisionGuard guard(Precision::kFloat32, c10::Device(c10::kCPU));
+    EXPECT_FALSE(at::autocast::is_cpu_enabled());
+  }
+}
+
+TEST(MakeGenerator, SameSeedSameNumbersOnTheCpu) {
+  absl::StatusOr<at::Generator> a = MakeGenerator(c10::Device(c10::kCPU), 3);
+  absl::StatusOr<at::Generator> b = MakeGenerator(c10::Device(c10::kCPU), 3);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(at::equal(at::randint(100, {64}, *a), at::randint(100, {64}, *b)));
+}
+
+TEST(MakeGenerator, RefusesCudaInABuildWithoutIt) {
+  if (BuiltWithCuda()) GTEST_SKIP() << "this build links a CUDA LibTorch";
+  absl::StatusOr<at::Generator> g = MakeGenerator(c10::Device("cuda:0"), 1);
+  EXPECT_EQ(g.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CudaDeviceCount(), 0);
+}
+
+TEST(HostCopies, CpuTensorsComeBackContiguousInTheAskedType) {
+  HostCopies copies;
+  at::Tensor t = at::arange(12, at::kFloat).view({3, 4}).t();
+  at::Tensor host = copies.Add(t, at::kDouble);
+  copies.Wait();
+  EXPECT_TRUE(host.is_contiguous());
+  EXPECT_EQ(host.scalar_type(), at::kDouble);
+  EXPECT_TRUE(at::equal(host, t.to(at::kDouble)));
+}
+
+TEST(WorkerStream, IsANoOpOnTheCpu) {
+  WorkerStream stream(c10::Device(c10::kCPU));
+  stream.Synchronize();
+}
+
+}  // namespace
+}  // namespace featviz::core
