@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/device.h"
 #include "core/model_card.h"
 #include "core/status_macros.h"
 #include "server/convert.h"
@@ -521,6 +522,8 @@ absl::StatusOr<std::vector<v1::Model>> ModelRegistry::Unload(
   const absl::Time start = absl::Now();
   std::vector<std::string> keys = retired.keys;
   WaitReleased(std::move(retired));
+  // The allocator's cache keeps freed device memory; hand it back (CUDA).
+  for (const c10::Device& device : devices_) core::ReleaseCachedMemory(device);
   for (const std::string& key : keys) {
     spdlog::info("model {} unloaded after {:.3f}s", key,
                  absl::ToDoubleSeconds(absl::Now() - start));
