@@ -111,7 +111,6 @@ class ServerProcess {
   }
 
   void Signal(int signal_number) { kill(pid_, signal_number); }
-  pid_t pid() const { return pid_; }
 
   // The next line the server prints on stdout (after the listening line:
   // "featviz-server metrics on HOST:PORT").
