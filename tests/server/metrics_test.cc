@@ -190,7 +190,7 @@ TEST(MetricsTest, EndpointServesTheServersFiguresInPrometheusFormat) {
   EXPECT_EQ(Value(samples, "featviz_result_cache_hits_total", {}), 0);
   // The MNIST classifier's float parameters: well over 10 kB.
   EXPECT_GT(Value(samples, "featviz_model_memory_bytes",
-                  {{"device", "cpu"}, {"model", kModel}})
+                  {{"device", "cpu"}, {"model", kModel}, {"version", "1"}})
                 .value_or(0),
             10000);
 
