@@ -23,6 +23,19 @@ std::vector<int64_t> Int64s(const google::protobuf::RepeatedField<int64_t>& f) {
   return std::vector<int64_t>(f.begin(), f.end());
 }
 
+// The layer `path` of `model`, which must have channels; errors name the
+// field "layer".
+absl::StatusOr<core::LayerInfo> LayerWithChannels(const core::Model& model,
+                                                  const std::string& path) {
+  absl::StatusOr<core::LayerInfo> layer = model.FindLayer(path);
+  if (!layer.ok()) return Prefixed("layer", layer.status());
+  if (layer->shape.size() < 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer: ", path, " has no channels"));
+  }
+  return layer;
+}
+
 }  // namespace
 
 absl::StatusOr<CircuitsServicePtr> CircuitsService::Create(
@@ -256,12 +269,8 @@ absl::Status CircuitsService::DoFindCircuit(
   // Held for the whole call: an unload waits for it.
   FEATVIZ_ASSIGN_OR_RETURN(const SharedModel held, FindModel(request.model()));
   const core::Model* model = held.get();
-  absl::StatusOr<core::LayerInfo> layer = model->FindLayer(request.layer());
-  if (!layer.ok()) return Prefixed("layer", layer.status());
-  if (layer->shape.size() < 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("layer: ", request.layer(), " has no channels"));
-  }
+  FEATVIZ_ASSIGN_OR_RETURN(const core::LayerInfo layer,
+                           LayerWithChannels(*model, request.layer()));
   absl::StatusOr<core::DatasetPtr> dataset = datasets_.Find(request.dataset());
   if (!dataset.ok()) return Prefixed("dataset", dataset.status());
   if (!(*dataset)->labelled()) {
@@ -282,9 +291,9 @@ absl::Status CircuitsService::DoFindCircuit(
     }
   }
   const int64_t k = request.top_k() == 0 ? kDefaultTopK : request.top_k();
-  if (k < 1 || k > layer->channels) {
+  if (k < 1 || k > layer.channels) {
     return absl::OutOfRangeError(absl::StrCat(
-        "top_k must be in [1, ", layer->channels, "] for layer ",
+        "top_k must be in [1, ", layer.channels, "] for layer ",
         request.layer(), ", got ", request.top_k()));
   }
   const int64_t per_class = request.examples_per_class() == 0
@@ -403,18 +412,14 @@ absl::Status CircuitsService::DoTopExamples(
   // Held for the whole call: an unload waits for it.
   FEATVIZ_ASSIGN_OR_RETURN(const SharedModel held, FindModel(request.model()));
   const core::Model* model = held.get();
-  absl::StatusOr<core::LayerInfo> layer = model->FindLayer(request.layer());
-  if (!layer.ok()) return Prefixed("layer", layer.status());
-  if (layer->shape.size() < 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("layer: ", request.layer(), " has no channels"));
-  }
+  FEATVIZ_ASSIGN_OR_RETURN(const core::LayerInfo layer,
+                           LayerWithChannels(*model, request.layer()));
   for (int i = 0; i < request.channels_size(); ++i) {
-    if (request.channels(i) < 0 || request.channels(i) >= layer->channels) {
+    if (request.channels(i) < 0 || request.channels(i) >= layer.channels) {
       return absl::OutOfRangeError(absl::StrCat(
           "channels[", i, "]: channel ", request.channels(i),
           " out of range for layer ", request.layer(), " with ",
-          layer->channels, " channels"));
+          layer.channels, " channels"));
     }
   }
   const int64_t n = request.top_n() == 0 ? kDefaultTopN : request.top_n();
