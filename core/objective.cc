@@ -987,7 +987,49 @@ absl::StatusOr<Objective> Objective::Parse(absl::string_view text) {
   bool blank = true;
   for (char c : text) blank = blank && IsSpace(c);
   if (blank) return absl::InvalidArgumentError("objective is empty");
-  return Parser(text).Parse();
+  if (static_cast<int64_t>(text.size()) > kMaxObjectiveTextBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("objective text is ", text.size(),
+                     " bytes, more than the limit of ", kMaxObjectiveTextBytes));
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(Objective objective, Parser(text).Parse());
+  FEATVIZ_RETURN_IF_ERROR(objective.CheckBounds());
+  return objective;
+}
+
+absl::Status Objective::CheckBounds() const {
+  if (static_cast<int64_t>(terms_.size()) > kMaxObjectiveTerms) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("objective has ", terms_.size(),
+                     " terms, more than the limit of ", kMaxObjectiveTerms));
+  }
+  const auto within = [](double v) {
+    return std::isfinite(v) && std::abs(v) <= kMaxObjectiveMagnitude;
+  };
+  const std::string bound = absl::StrCat(
+      " must be finite and at most ", FormatNumber(kMaxObjectiveMagnitude),
+      " in magnitude");
+  for (const WeightedTerm& weighted : terms_) {
+    const Term& term = weighted.term;
+    if (!within(weighted.weight)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weight ", FormatNumber(weighted.weight), " of ",
+                       term.ToString(), bound));
+    }
+    for (size_t i = 0; i < term.vector.size(); ++i) {
+      if (!within(term.vector[i])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "direction value ", FormatNumber(term.vector[i]), " at position ",
+            i, bound));
+      }
+    }
+    if (term.param.has_value() && !within(*term.param)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the constant ", FormatNumber(*term.param), " of ",
+                       TermKindName(term.kind), bound));
+    }
+  }
+  return absl::OkStatus();
 }
 
 std::string Objective::ToString() const {
@@ -1022,12 +1064,8 @@ absl::Status Objective::Validate(const ModelShape& model,
     return absl::InvalidArgumentError(
         absl::StrCat("batch size ", batch_size, " must be at least 1"));
   }
+  FEATVIZ_RETURN_IF_ERROR(CheckBounds());
   for (const WeightedTerm& weighted : terms_) {
-    if (!std::isfinite(weighted.weight)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("weight ", FormatNumber(weighted.weight), " of ",
-                       weighted.term.ToString(), " is not finite"));
-    }
     FEATVIZ_RETURN_IF_ERROR(ValidateTerm(weighted.term, model, batch_size));
   }
   return absl::OkStatus();

@@ -88,6 +88,15 @@ struct WeightedTerm {
   }
 };
 
+// Bounds on every objective, from text or built in code, so that neither
+// its size nor its numbers can make a render unbounded or overflow the
+// float arithmetic of a step. Parse() and Validate() refuse anything beyond
+// them with InvalidArgument naming the limit.
+inline constexpr int64_t kMaxObjectiveTextBytes = 128 * 1024;
+inline constexpr int64_t kMaxObjectiveTerms = 256;
+// Largest magnitude of a weight, a direction value or a term's constant.
+inline constexpr double kMaxObjectiveMagnitude = 1e6;
+
 class Objective {
  public:
   Objective() = default;
@@ -96,8 +105,14 @@ class Objective {
   // Parses the text syntax above. Errors are InvalidArgument and name the
   // 1-based column and what was expected there, e.g.
   // "column 12: expected ',' or ')' after channel index".
-  // Weights must be finite; an empty text is an error.
+  // Weights must be finite; an empty text is an error, and so is one beyond
+  // the bounds above (CheckBounds).
   static absl::StatusOr<Objective> Parse(absl::string_view text);
+
+  // The model-independent bounds: at most kMaxObjectiveTerms terms, every
+  // weight, direction value and constant finite and within
+  // kMaxObjectiveMagnitude. Validate() checks them too.
+  absl::Status CheckBounds() const;
 
   // Canonical text: terms in order, joined by " + " / " - ", weights other
   // than 1 written as "w * term" with the shortest text that reads back to

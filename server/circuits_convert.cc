@@ -147,11 +147,11 @@ absl::StatusOr<ResolvedImages> ResolveImages(const v1::ImageInput& input,
                          "], got ", slice.count()));
       }
       const int64_t size = pool.size();
-      if (slice.start() < 0 || slice.start() + count > size) {
+      // Compared without adding, so that a start near 2^63 cannot overflow.
+      if (slice.start() < 0 || slice.start() > size - count) {
         return absl::OutOfRangeError(absl::StrCat(
-            slice_field, ": images [", slice.start(), ", ",
-            slice.start() + count, ") out of range for ", pool_name,
-            " with ", size, " images"));
+            slice_field, ": ", count, " images from start ", slice.start(),
+            " out of range for ", pool_name, " with ", size, " images"));
       }
       indices.assign(pool.begin() + slice.start(),
                      pool.begin() + slice.start() + count);

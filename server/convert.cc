@@ -24,6 +24,12 @@ namespace {
 
 constexpr int64_t kDefaultSteps = 256;
 constexpr double kDefaultLr = 0.05;
+// Adam's step is lr per pixel in the parameterisation's units; beyond 10 an
+// image only saturates, and the bound keeps lr * bias correction a float.
+constexpr double kMaxLr = 10.0;
+// A month: longer than any server's default queue timeout, which a request
+// may only shorten.
+constexpr double kMaxQueueTimeoutSeconds = 30 * 24 * 3600.0;
 constexpr double kDefaultDecayPower = 1.0;
 constexpr double kMaxDecayPower = 4.0;  // core's bound too.
 // Scale factors and rotation angles a custom transform may draw from.
@@ -280,7 +286,16 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   const grpc::StatusCode grpc_code =
       code >= 1 && code <= 16 ? static_cast<grpc::StatusCode>(code)
                               : grpc::StatusCode::UNKNOWN;
-  return grpc::Status(grpc_code, std::string(status.message()));
+  // The message travels in a trailer, which clients cap (8 KiB by default):
+  // a message quoting a huge value is cut, so that the code still arrives.
+  absl::string_view message = status.message();
+  if (message.size() > kMaxStatusMessageBytes) {
+    return grpc::Status(
+        grpc_code,
+        absl::StrCat(message.substr(0, kMaxStatusMessageBytes), "... (",
+                     message.size() - kMaxStatusMessageBytes, " bytes cut)"));
+  }
+  return grpc::Status(grpc_code, std::string(message));
 }
 
 absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
@@ -288,13 +303,21 @@ absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
     return absl::InvalidArgumentError(
         "objective_tree.terms must hold at least one term, got none");
   }
+  if (tree.terms_size() > core::kMaxObjectiveTerms) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("objective_tree.terms holds ", tree.terms_size(),
+                     " terms, more than the limit of ", core::kMaxObjectiveTerms));
+  }
   core::Objective objective;
   for (int i = 0; i < tree.terms_size(); ++i) {
     const v1::WeightedTerm& weighted = tree.terms(i);
     const std::string field = absl::StrCat("objective_tree.terms[", i, "]");
-    if (!std::isfinite(weighted.weight())) {
+    if (!std::isfinite(weighted.weight()) ||
+        std::abs(weighted.weight()) > core::kMaxObjectiveMagnitude) {
       return absl::InvalidArgumentError(absl::StrCat(
-          field, ".weight must be finite, got ", weighted.weight()));
+          field, ".weight must be finite and at most ",
+          core::kMaxObjectiveMagnitude, " in magnitude, got ",
+          weighted.weight()));
     }
     const v1::Term& t = weighted.term();
     core::Term term;
@@ -316,13 +339,28 @@ absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
     if (t.has_batch()) term.batch = t.batch();
     objective = objective + core::Objective(std::move(term)) * weighted.weight();
   }
+  if (absl::Status bounds = objective.CheckBounds(); !bounds.ok()) {
+    return Prefixed("objective_tree", bounds);
+  }
   return objective;
 }
 
-absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
-                                      const ModelRegistry& models,
-                                      const Limits& limits) {
+namespace {
+
+absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
+                                               const ModelRegistry& models,
+                                               const Limits& limits) {
   RenderPlan plan;
+  if (request.model().size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model must be at most ", kMaxNameBytes,
+                     " bytes, got ", request.model().size()));
+  }
+  if (request.owner().size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("owner must be at most ", kMaxNameBytes,
+                     " bytes, got ", request.owner().size()));
+  }
   if (request.model().empty()) {
     const std::vector<std::string> names = models.Names();
     return absl::InvalidArgumentError(
@@ -404,9 +442,9 @@ absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
   }
   if (optimizer.lr() == 0) {
     plan.options.lr = kDefaultLr;
-  } else if (!std::isfinite(optimizer.lr()) || optimizer.lr() < 0) {
+  } else if (!(optimizer.lr() > 0 && optimizer.lr() <= kMaxLr)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("optimizer.lr must be a positive finite number (0 means ",
+        absl::StrCat("optimizer.lr must be in (0, ", kMaxLr, "] (0 means ",
                      kDefaultLr, "), got ", optimizer.lr()));
   } else {
     plan.options.lr = optimizer.lr();
@@ -418,10 +456,10 @@ absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
     plan.options.seed = request.seed();
   }
   const v1::OutputSpec& output = request.output();
-  if (output.progress_every() < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "output.progress_every must be >= 0 (0 means ",
-        limits.default_progress_every, "), got ", output.progress_every()));
+  if (output.progress_every() < 0 || output.progress_every() > limits.max_steps) {
+    return OutsideRange("output.progress_every", 0, limits.max_steps,
+                        absl::StrCat(limits.default_progress_every),
+                        output.progress_every());
   }
   plan.options.progress_every = output.progress_every() == 0
                                     ? limits.default_progress_every
@@ -440,11 +478,10 @@ absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
   plan.priority = request.priority();
   plan.owner = request.owner();
   const double timeout = request.queue_timeout_seconds();
-  if (!std::isfinite(timeout) || timeout < 0) {
+  if (!(timeout >= 0 && timeout <= kMaxQueueTimeoutSeconds)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "queue_timeout_seconds must be a finite number >= 0 (0 means the "
-        "server's default), got ",
-        timeout));
+        "queue_timeout_seconds must be in [0, ", kMaxQueueTimeoutSeconds,
+        "] (0 means the server's default), got ", timeout));
   }
   if (timeout > 0) plan.queue_timeout = absl::Seconds(timeout);
 
@@ -458,6 +495,20 @@ absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
         ", image.size ", image.size(), "), or leave out output.tensor"));
   }
   return plan;
+}
+
+}  // namespace
+
+absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
+                                      const ModelRegistry& models,
+                                      const Limits& limits) {
+  // Validation runs LibTorch (the init image's checks) on gRPC's threads:
+  // its exceptions end here, as the request's error.
+  try {
+    return PlanRenderUnguarded(request, models, limits);
+  } catch (const std::exception& e) {
+    return core::TorchError(e, "validating the request");
+  }
 }
 
 v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,

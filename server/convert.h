@@ -71,6 +71,11 @@ struct RenderPlan {
   std::optional<absl::Duration> queue_timeout;
 };
 
+// Longest model reference or owner name a request may give, in bytes.
+inline constexpr size_t kMaxNameBytes = 256;
+// Longest error message sent to a client; longer ones are cut.
+inline constexpr size_t kMaxStatusMessageBytes = 2048;
+
 // Bounds of RenderRequest.priority.
 inline constexpr int kMinPriority = -10;
 inline constexpr int kMaxPriority = 10;

@@ -297,13 +297,46 @@ TEST(ObjectiveParse, RejectsDeepNestingWithoutCrashing) {
             TotalVariation());
 }
 
-TEST(ObjectiveParse, ReadsLongSums) {
+TEST(ObjectiveParse, ReadsSumsUpToTheTermLimit) {
   std::string text = "tv()";
-  for (int i = 0; i < 20000; ++i) absl::StrAppend(&text, " + l1()");
+  for (int64_t i = 1; i < kMaxObjectiveTerms; ++i) absl::StrAppend(&text, " + l1()");
   const Objective objective = ParseOrDie(text);
-  ASSERT_EQ(objective.terms().size(), 20001u);
+  ASSERT_EQ(static_cast<int64_t>(objective.terms().size()), kMaxObjectiveTerms);
   EXPECT_EQ(objective.terms().front().term, TotalVariation().terms()[0].term);
   EXPECT_EQ(objective.terms().back().term, L1().terms()[0].term);
+}
+
+TEST(ObjectiveParse, RefusesMoreTermsThanTheLimit) {
+  // 16,000 terms fit in the text limit; the parser reads them all without
+  // trouble, then refuses the count.
+  std::string text = "tv()";
+  for (int i = 0; i < 16000; ++i) absl::StrAppend(&text, " + l1()");
+  const absl::StatusOr<Objective> parsed = Objective::Parse(text);
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Contains(parsed.status().message(),
+                       "objective has 16001 terms, more than the limit of 256"));
+}
+
+TEST(ObjectiveParse, RefusesTextLongerThanTheLimitBeforeReadingIt) {
+  const std::string text = "tv()" + std::string(kMaxObjectiveTextBytes, ' ');
+  const absl::StatusOr<Objective> parsed = Objective::Parse(text);
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Contains(parsed.status().message(),
+                       absl::StrCat("objective text is ", text.size(),
+                                    " bytes, more than the limit of 131072")));
+}
+
+TEST(ObjectiveParse, RefusesNumbersBeyondTheMagnitudeLimit) {
+  for (const char* text :
+       {"1e300 * tv()", "tv() * 2e6", "-1e7 * logit(3)",
+        "direction(fc1, [1, 1e300])", "l1(1e7)", "alignment(conv2, 1e300)"}) {
+    SCOPED_TRACE(text);
+    const absl::StatusOr<Objective> parsed = Objective::Parse(text);
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(Contains(parsed.status().message(),
+                         "must be finite and at most 1e+06 in magnitude"));
+  }
+  EXPECT_TRUE(Objective::Parse("1e6 * tv() - 1e6 * l1(-1e6)").ok());
 }
 
 // ---------------------------------------------------------------------------
@@ -373,7 +406,7 @@ TEST(ObjectiveToString, CanonicalTextOfCompoundExpressionsIsAFixedPoint) {
            "layer(features.3) - neuron(layer1.0.conv1, 12, 1, 2, batch=3)",
            "diversity(conv2) + alignment(conv2, 3) + direction(conv2, [1, "
            "-0.5, 1e-07])",
-           "1e+21 * logit(0, batch=0) - 5e-324 * prob(9)",
+           "999999.5 * logit(0, batch=0) - 5e-324 * prob(9)",
        }) {
     EXPECT_EQ(ParseOrDie(text).ToString(), text);
   }
@@ -398,12 +431,15 @@ double RandomNumber(std::mt19937_64& rng) {
     case 5:
       return (rng() % 2 == 0) ? 0.0 : -0.0;
     default: {
-      // Any finite bit pattern: subnormals, huge and tiny exponents.
+      // Any bit pattern within the magnitude bound: subnormals, tiny
+      // exponents, the bound's neighbourhood.
       while (true) {
         const uint64_t bits = rng();
         double value;
         std::memcpy(&value, &bits, sizeof(value));
-        if (std::isfinite(value)) return value;
+        if (std::isfinite(value) && std::abs(value) <= kMaxObjectiveMagnitude) {
+          return value;
+        }
       }
     }
   }
@@ -568,6 +604,20 @@ TEST_F(ObjectiveValidate, AcceptsObjectivesThatFitTheModel) {
   EXPECT_TRUE(Validate("channel(conv2, 1, batch=1)", 2).ok());
   std::vector<double> direction(32, 0.5);
   EXPECT_TRUE(Direction("conv2", direction).Validate(model_, 1).ok());
+}
+
+TEST_F(ObjectiveValidate, RejectsObjectivesBuiltInCodeBeyondTheBounds) {
+  EXPECT_EQ((Logit(3) * 1e300).Validate(model_, 1).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((Logit(3) * std::numeric_limits<double>::quiet_NaN())
+                .Validate(model_, 1)
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  Objective many = Logit(1);
+  for (int64_t i = 1; i <= kMaxObjectiveTerms; ++i) many = many + Logit(1);
+  const absl::Status status = many.Validate(model_, 1);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(Contains(status.message(), "more than the limit of 256"));
 }
 
 TEST_F(ObjectiveValidate, RejectsAnEmptyObjective) {
