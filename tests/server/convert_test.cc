@@ -47,6 +47,16 @@ TEST(ToGrpcStatus, KeepsEveryCodeAndTheMessage) {
   EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
 }
 
+TEST(ToGrpcStatus, CutsAMessageTooLongForATrailerAndKeepsTheCode) {
+  const std::string long_message = "model 'x" + std::string(1 << 20, 'x') + "'";
+  const grpc::Status status =
+      ToGrpcStatus(absl::NotFoundError(long_message));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_LT(status.error_message().size(), kMaxStatusMessageBytes + 64);
+  EXPECT_EQ(status.error_message().substr(0, 8), "model 'x");
+  EXPECT_NE(status.error_message().find(" bytes cut)"), std::string::npos);
+}
+
 TEST(Prefixed, KeepsTheCode) {
   const absl::Status status =
       Prefixed("objective_text", absl::OutOfRangeError("channel 70"));

@@ -316,7 +316,8 @@ std::vector<BadRequest> BadRequests() {
       {"objective tree with a NaN weight",
        [](R& r) { TreeTerm(r, kNaN, v1::TERM_KIND_LOGIT)->set_index(3); },
        StatusCode::INVALID_ARGUMENT,
-       "objective_tree.terms[0].weight must be finite, got nan"},
+       "objective_tree.terms[0].weight must be finite and at most 1e+06 in "
+       "magnitude, got nan"},
       {"objective tree term of unspecified kind",
        [](R& r) { TreeTerm(r, 1, v1::TERM_KIND_UNSPECIFIED); },
        StatusCode::INVALID_ARGUMENT,
@@ -347,11 +348,107 @@ std::vector<BadRequest> BadRequests() {
        "optimizer.steps must be in [1, 10000] (0 means 256), got 1000000000"},
       {"NaN learning rate", [](R& r) { r.mutable_optimizer()->set_lr(kNaN); },
        StatusCode::INVALID_ARGUMENT,
-       "optimizer.lr must be a positive finite number (0 means 0.05), got nan"},
+       "optimizer.lr must be in (0, 10] (0 means 0.05), got nan"},
       {"negative learning rate",
        [](R& r) { r.mutable_optimizer()->set_lr(-0.1); },
        StatusCode::INVALID_ARGUMENT,
-       "optimizer.lr must be a positive finite number (0 means 0.05), got -0.1"},
+       "optimizer.lr must be in (0, 10] (0 means 0.05), got -0.1"},
+      {"learning rate 1e300",
+       [](R& r) { r.mutable_optimizer()->set_lr(1e300); },
+       StatusCode::INVALID_ARGUMENT,
+       "optimizer.lr must be in (0, 10] (0 means 0.05), got 1e+300"},
+      {"infinite learning rate",
+       [](R& r) {
+         r.mutable_optimizer()->set_lr(std::numeric_limits<double>::infinity());
+       },
+       StatusCode::INVALID_ARGUMENT,
+       "optimizer.lr must be in (0, 10] (0 means 0.05), got inf"},
+      {"weight 1e300 in the text",
+       [](R& r) { r.set_objective_text("1e300 * logit(3)"); },
+       StatusCode::INVALID_ARGUMENT,
+       "objective_text: weight 1e+300 of logit(3) must be finite and at most "
+       "1e+06 in magnitude"},
+      {"weight 1e300 in the tree",
+       [](R& r) { TreeTerm(r, 1e300, v1::TERM_KIND_LOGIT)->set_index(3); },
+       StatusCode::INVALID_ARGUMENT,
+       "objective_tree.terms[0].weight must be finite and at most 1e+06 in "
+       "magnitude, got 1e+300"},
+      {"a megabyte of objective text",
+       [](R& r) {
+         std::string text = "logit(3)";
+         while (text.size() < (1 << 20)) text += " + logit(3)";
+         r.set_objective_text(text);
+       },
+       StatusCode::INVALID_ARGUMENT,
+       "more than the limit of 131072"},
+      {"300 terms",
+       [](R& r) {
+         std::string text = "logit(3)";
+         for (int i = 1; i < 300; ++i) text += " + logit(3)";
+         r.set_objective_text(text);
+       },
+       StatusCode::INVALID_ARGUMENT,
+       "objective_text: objective has 300 terms, more than the limit of 256"},
+      {"300 terms in the tree",
+       [](R& r) {
+         for (int i = 0; i < 300; ++i) {
+           TreeTerm(r, 1, v1::TERM_KIND_LOGIT)->set_index(3);
+         }
+       },
+       StatusCode::INVALID_ARGUMENT,
+       "objective_tree.terms holds 300 terms, more than the limit of 256"},
+      {"direction value 1e300 in the tree",
+       [](R& r) {
+         v1::Term* term = TreeTerm(r, 1, v1::TERM_KIND_DIRECTION);
+         term->set_layer("fc2");
+         for (int i = 0; i < 10; ++i) term->add_vector(i == 4 ? 1e300 : 1);
+       },
+       StatusCode::INVALID_ARGUMENT,
+       "objective_tree: direction value 1e+300 at position 4 must be finite"},
+      {"l2 constant 1e300", [](R& r) { r.set_objective_text("logit(3) - l2(1e300)"); },
+       StatusCode::INVALID_ARGUMENT,
+       "objective_text: the constant 1e+300 of l2 must be finite and at most"},
+      {"steps 2^63 - 1",
+       [](R& r) {
+         r.mutable_optimizer()->set_steps(std::numeric_limits<int64_t>::max());
+       },
+       StatusCode::INVALID_ARGUMENT,
+       "optimizer.steps must be in [1, 10000] (0 means 256), got "
+       "9223372036854775807"},
+      {"batch -2^63",
+       [](R& r) {
+         r.mutable_image()->set_batch(std::numeric_limits<int64_t>::min());
+       },
+       StatusCode::INVALID_ARGUMENT,
+       "image.batch must be in [0, 64] (0 means 1), got -9223372036854775808"},
+      {"queue timeout 1e300 s",
+       [](R& r) { r.set_queue_timeout_seconds(1e300); },
+       StatusCode::INVALID_ARGUMENT,
+       "queue_timeout_seconds must be in [0, 2.592e+06] (0 means the server's "
+       "default), got 1e+300"},
+      {"progress every 2^63 - 1 steps",
+       [](R& r) {
+         r.mutable_output()->set_progress_every(
+             std::numeric_limits<int64_t>::max());
+       },
+       StatusCode::INVALID_ARGUMENT,
+       "output.progress_every must be in [0, 10000] (0 means 16), got "
+       "9223372036854775807"},
+      {"neuron x 2^63 - 1",
+       [](R& r) {
+         r.set_objective_text("neuron(conv2, 1, 9223372036854775807, 0)");
+       },
+       StatusCode::OUT_OF_RANGE, "neuron x 9223372036854775807 out of range"},
+      {"a megabyte of model name",
+       [](R& r) { r.set_model(std::string(1 << 20, 'm')); },
+       StatusCode::INVALID_ARGUMENT, "model must be at most 256 bytes, got 1048576"},
+      {"a megabyte of owner",
+       [](R& r) { r.set_owner(std::string(1 << 20, 'o')); },
+       StatusCode::INVALID_ARGUMENT, "owner must be at most 256 bytes, got 1048576"},
+      {"priority 2^31 - 1",
+       [](R& r) { r.set_priority(std::numeric_limits<int32_t>::max()); },
+       StatusCode::INVALID_ARGUMENT,
+       "priority must be in [-10, 10], got 2147483647"},
       {"negative size", [](R& r) { r.mutable_image()->set_size(-1); },
        StatusCode::INVALID_ARGUMENT,
        "image.size must be in [0, 512] (0 means the model's input size), got -1"},
@@ -450,7 +547,7 @@ std::vector<BadRequest> BadRequests() {
       {"negative progress_every",
        [](R& r) { r.mutable_output()->set_progress_every(-3); },
        StatusCode::INVALID_ARGUMENT,
-       "output.progress_every must be >= 0 (0 means 16), got -3"},
+       "output.progress_every must be in [0, 10000] (0 means 16), got -3"},
   };
 }
 
@@ -475,6 +572,82 @@ TEST_F(VisualizerServiceTest, BadRenderRequestsAreRefusedNamingTheFieldAndValue)
   // And the server still renders.
   const RenderOutcome good = RenderAll(*stub_, TextRequest("logit(3)", 4));
   EXPECT_TRUE(good.status.ok()) << good.status.error_message();
+}
+
+// A megabyte where a name, an id or a token goes, and 2^31 - 1 where a count
+// goes, in every call that is not a render: each is refused with its code,
+// the message (cut to fit a trailer) still says what was wrong, and the
+// server serves on.
+TEST_F(VisualizerServiceTest, HostileValuesInEveryOtherCallAreRefused) {
+  const std::string megabyte(1 << 20, 'x');
+  const auto expect = [&](const grpc::Status& status, StatusCode code,
+                          const std::string& start) {
+    EXPECT_EQ(status.error_code(), code) << status.error_message().substr(0, 200);
+    EXPECT_EQ(status.error_message().substr(0, start.size()), start);
+    EXPECT_LT(status.error_message().size(), 4096u);
+  };
+  {
+    grpc::ClientContext context;
+    v1::GetJobRequest request;
+    request.set_id(megabyte);
+    v1::Job job;
+    expect(stub_->GetJob(&context, request, &job), StatusCode::NOT_FOUND,
+           "job 'xxx");
+  }
+  {
+    grpc::ClientContext context;
+    v1::CancelJobRequest request;
+    request.set_id("7@" + megabyte);
+    v1::Job job;
+    expect(stub_->CancelJob(&context, request, &job), StatusCode::NOT_FOUND,
+           "job '7@xxx");
+  }
+  {
+    grpc::ClientContext context;
+    v1::ListJobsRequest request;
+    request.set_page_token(megabyte);
+    request.set_page_size(std::numeric_limits<int32_t>::max());
+    v1::ListJobsResponse response;
+    expect(stub_->ListJobs(&context, request, &response),
+           StatusCode::INVALID_ARGUMENT, "page_token 'xxx");
+  }
+  {
+    grpc::ClientContext context;
+    v1::ListJobsRequest request;
+    request.set_page_size(std::numeric_limits<int32_t>::min());
+    v1::ListJobsResponse response;
+    expect(stub_->ListJobs(&context, request, &response),
+           StatusCode::INVALID_ARGUMENT, "page_size must be >= 0");
+  }
+  {
+    grpc::ClientContext context;
+    v1::GetModelRequest request;
+    request.set_name(megabyte);
+    v1::Model model;
+    const grpc::Status status = stub_->GetModel(&context, request, &model);
+    EXPECT_EQ(status.error_code(), StatusCode::NOT_FOUND);
+    EXPECT_LT(status.error_message().size(), 4096u);
+  }
+  {
+    grpc::ClientContext context;
+    v1::LoadModelRequest request;
+    request.set_path(megabyte);
+    v1::LoadModelResponse response;
+    const grpc::Status status = stub_->LoadModel(&context, request, &response);
+    EXPECT_NE(status.error_code(), StatusCode::OK);
+    EXPECT_LT(status.error_message().size(), 4096u);
+  }
+  {
+    grpc::ClientContext context;
+    v1::WatchJobRequest request;
+    request.set_id(megabyte);
+    auto reader = stub_->WatchJob(&context, request);
+    const RenderOutcome outcome = ReadAll(*reader);
+    EXPECT_EQ(outcome.status.error_code(), StatusCode::NOT_FOUND);
+  }
+  const HealthOutcome health = CheckHealth(server_->channel(), kServiceName);
+  EXPECT_EQ(health.serving, Health::SERVING);
+  EXPECT_TRUE(RenderAll(*stub_, TextRequest("logit(3)", 4)).status.ok());
 }
 
 TEST(VisualizerServiceLimitsTest, RequestOverMaxMessageBytesIsRefusedByGrpc) {
