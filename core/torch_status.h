@@ -4,6 +4,7 @@
 
 #include <exception>
 #include <string>
+#include <utility>
 
 #include <c10/util/Exception.h>
 
@@ -43,6 +44,21 @@ inline absl::Status TorchError(const std::exception& e,
     return absl::ResourceExhaustedError(absl::StrCat(context, ": ", what));
   }
   return absl::InternalError(absl::StrCat(context, ": ", what));
+}
+
+// Runs `work` (returning absl::Status) at the boundary of a thread that
+// runs LibTorch: an exception that escapes it becomes the status
+// (TorchError, prefixed with `context`) instead of ending the process.
+template <typename Work>
+absl::Status CatchAtBoundary(absl::string_view context, Work&& work) {
+  try {
+    return std::forward<Work>(work)();
+  } catch (const std::exception& e) {
+    return TorchError(e, context);
+  } catch (...) {
+    return absl::InternalError(
+        absl::StrCat(context, ": an exception that is not a std::exception"));
+  }
 }
 
 }  // namespace featviz::core

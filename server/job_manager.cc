@@ -150,6 +150,7 @@ absl::StatusOr<JobRecordPtr> JobManager::Submit(
   // parameterisation or image size, so they can share a step.
   queued.batch_key = absl::StrCat(job->model, "@", job->plan.model_version,
                                   "#", job->plan.model_hash);
+  queued.images = images;
   queued.cost = images * steps;
   queued.quota = quota;
   const absl::Status added = scheduler_.Add(std::move(queued));
@@ -413,14 +414,6 @@ void JobManager::FillStats(v1::ServerStats& stats) const {
 }
 
 // ------------------------------------------------------------ workers
-
-int64_t JobManager::ImagesOf(absl::string_view id) const {
-  uint64_t seq = 0;
-  if (!absl::SimpleAtoi(id, &seq)) return 0;
-  absl::MutexLock lock(&mu_);
-  auto it = records_.find(seq);
-  return it == records_.end() ? 0 : it->second->plan.options.param.batch;
-}
 
 void JobManager::ExpireQueued(absl::Time now) {
   for (const QueuedJob& queued : scheduler_.TakeExpired(now)) {

@@ -184,8 +184,6 @@ class JobManager {
   // ------------------------------------------------------------ workers
 
   Scheduler& scheduler() { return scheduler_; }
-  // Images of queued job `id` (its batch); 0 when unknown.
-  int64_t ImagesOf(absl::string_view id) const;
   // Ends the queued jobs past their queue deadline (EXPIRED,
   // DEADLINE_EXCEEDED) and drops expired results.
   void ExpireQueued(absl::Time now);

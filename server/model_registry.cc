@@ -12,6 +12,7 @@
 #include "core/device.h"
 #include "core/model_card.h"
 #include "core/status_macros.h"
+#include "core/torch_status.h"
 #include "server/convert.h"
 #include "spdlog/spdlog.h"
 
@@ -654,7 +655,14 @@ void ModelRegistry::PollLoop(absl::Duration every) {
     absl::StatusOr<Changes> changes;
     {
       absl::MutexLock admin(&admin_mu_);
-      changes = Sync("", true, &retired);
+      const absl::Status polled =
+          core::CatchAtBoundary("model poll", [&]() -> absl::Status {
+            changes = Sync("", true, &retired);
+            return changes.status();
+          });
+      if (!polled.ok()) {
+        spdlog::error("model poll failed: {}", polled.ToString());
+      }
     }
     WaitReleased(std::move(retired));
     if (changes.ok() && (!changes->loaded.empty() || !changes->unloaded.empty())) {

@@ -44,6 +44,7 @@ struct QueuedJob {
   absl::Time enqueue_time;
   absl::Time deadline = absl::InfiniteFuture();  // Queue deadline.
   std::string batch_key;            // Equal keys may share a batched step.
+  int64_t images = 1;               // Its batch: what it adds to a step.
   int64_t cost = 1;                 // images x steps, for fair-share accounting.
   OwnerQuota quota;                 // The owner's, as of this job's submission.
 };

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/batch.h"
+#include "core/torch_status.h"
 #include "server/convert.h"
 #include "spdlog/spdlog.h"
 
@@ -66,17 +67,25 @@ void Worker::Loop() {
   }
   while (!stop_.load()) {
     jobs_.ExpireQueued(absl::Now());
-    Admit();
-    {
-      absl::MutexLock lock(&stats_mu_);
-      running_jobs_ = static_cast<int64_t>(running_.size());
-    }
-    if (running_.empty()) {
-      ReleaseIfIdle();
-      jobs_.scheduler().WaitForWork(kIdleWait);
-      continue;
-    }
-    Step();
+    // The last line of defence: Admit and Step catch LibTorch's exceptions
+    // where they run it, per job; anything that still escapes ends the
+    // running jobs with its message instead of the process.
+    const absl::Status iteration = core::CatchAtBoundary(
+        absl::StrCat("device ", device_), [this]() -> absl::Status {
+          Admit();
+          {
+            absl::MutexLock lock(&stats_mu_);
+            running_jobs_ = static_cast<int64_t>(running_.size());
+          }
+          if (running_.empty()) {
+            ReleaseIfIdle();
+            jobs_.scheduler().WaitForWork(kIdleWait);
+            return absl::OkStatus();
+          }
+          Step();
+          return absl::OkStatus();
+        });
+    if (!iteration.ok()) FailRunning(iteration);
   }
   // Nothing is ever dropped silently: what still runs ends here.
   for (Running& running : running_) {
@@ -89,6 +98,14 @@ void Worker::Loop() {
   ReleaseIfIdle();
   absl::MutexLock lock(&stats_mu_);
   running_jobs_ = 0;
+}
+
+void Worker::FailRunning(const absl::Status& status) {
+  spdlog::error("device={} failing {} running jobs: {}", device_,
+                running_.size(), status.ToString());
+  for (Running& running : running_) End(running, status, nullptr);
+  running_.clear();
+  ReleaseIfIdle();
 }
 
 void Worker::ReleaseIfIdle() {
@@ -113,8 +130,7 @@ void Worker::Admit() {
     std::optional<QueuedJob> next =
         jobs_.scheduler().PopNext([&](const QueuedJob& job) {
           if (empty) return true;
-          return job.batch_key == batch_key &&
-                 images + jobs_.ImagesOf(job.id) <= cap;
+          return job.batch_key == batch_key && images + job.images <= cap;
         });
     if (!next.has_value()) return;
     JobRecordPtr job = jobs_.Start(*next, device_);
@@ -142,8 +158,7 @@ void Worker::Admit() {
     }
     if (running_.empty()) {
       model_ = *model;
-      batch_key_ = absl::StrCat(job->model, "@", job->plan.model_version, "#",
-                                job->plan.model_hash);
+      batch_key_ = next->batch_key;
       stepper_ = std::make_unique<core::BatchStepper>(**model, options_.step);
     }
     images_ += (*session)->batch();
@@ -191,46 +206,60 @@ void Worker::Step() {
       End(running, stepped[i], nullptr);
       continue;
     }
-    core::RenderSession& session = *running.session;
-    const RenderPlan& plan = running.job->plan;
-    const int64_t done = session.steps_done();
-    const bool watched = jobs_.Advance(*running.job, done);
-    const int64_t every = plan.options.progress_every;
-    if (watched && every > 0 && (done % every == 0 || session.done())) {
-      absl::StatusOr<v1::RenderProgress> progress =
-          ProgressToProto(session.Progress(plan.options.progress_images),
-                          plan.options.steps, plan.preview_png);
-      if (!progress.ok()) {
-        End(running, progress.status(), nullptr);
-        continue;
-      }
-      jobs_.Publish(*running.job, *progress);
-    }
-    if (!session.done()) {
+    // Progress, results and their conversion run LibTorch (copies, PNG
+    // grids): an exception there ends this job, not the others.
+    bool goes_on = false;
+    const absl::Status reported = core::CatchAtBoundary(
+        absl::StrCat("job ", running.job->id), [&]() -> absl::Status {
+          goes_on = ReportStep(running);
+          return absl::OkStatus();
+        });
+    if (!reported.ok()) {
+      End(running, reported, nullptr);
+    } else if (goes_on) {
       kept.push_back(std::move(running));
-      continue;
     }
-    absl::StatusOr<core::RenderResult> result = session.Finish();
-    if (!result.ok()) {
-      End(running, result.status(), nullptr);
-      continue;
-    }
-    const absl::Time now = absl::Now();
-    absl::StatusOr<v1::RenderResult> proto = ResultToProto(
-        *result, plan,
-        absl::ToDoubleSeconds(running.start - running.job->create_time),
-        absl::ToDoubleSeconds(now - running.start));
-    if (!proto.ok()) {
-      End(running, proto.status(), nullptr);
-      continue;
-    }
-    End(running, absl::OkStatus(),
-        std::make_shared<const v1::RenderResult>(*std::move(proto)));
   }
   running_ = std::move(kept);
   images_ = 0;
   for (const Running& running : running_) images_ += running.session->batch();
   ReleaseIfIdle();
+}
+
+bool Worker::ReportStep(Running& running) {
+  core::RenderSession& session = *running.session;
+  const RenderPlan& plan = running.job->plan;
+  const int64_t done = session.steps_done();
+  const bool watched = jobs_.Advance(*running.job, done);
+  const int64_t every = plan.options.progress_every;
+  if (watched && every > 0 && (done % every == 0 || session.done())) {
+    absl::StatusOr<v1::RenderProgress> progress =
+        ProgressToProto(session.Progress(plan.options.progress_images),
+                        plan.options.steps, plan.preview_png);
+    if (!progress.ok()) {
+      End(running, progress.status(), nullptr);
+      return false;
+    }
+    jobs_.Publish(*running.job, *progress);
+  }
+  if (!session.done()) return true;
+  absl::StatusOr<core::RenderResult> result = session.Finish();
+  if (!result.ok()) {
+    End(running, result.status(), nullptr);
+    return false;
+  }
+  const absl::Time now = absl::Now();
+  absl::StatusOr<v1::RenderResult> proto = ResultToProto(
+      *result, plan,
+      absl::ToDoubleSeconds(running.start - running.job->create_time),
+      absl::ToDoubleSeconds(now - running.start));
+  if (!proto.ok()) {
+    End(running, proto.status(), nullptr);
+    return false;
+  }
+  End(running, absl::OkStatus(),
+      std::make_shared<const v1::RenderResult>(*std::move(proto)));
+  return false;
 }
 
 void Worker::End(Running& running, const absl::Status& status,
@@ -297,8 +326,12 @@ std::vector<absl::Status> Worker::StepInGroups(
                                                   sessions.begin() + last);
     int64_t group_images = 0;
     for (const core::RenderSession* s : group) group_images += s->batch();
-    absl::Status status = whole ? stepper_->Step(group)
-                                : stepper_->StepWithoutGraph(group);
+    // An exception from the step is that group's error, as a status is.
+    absl::Status status = core::CatchAtBoundary(
+        absl::StrCat("step on ", device_), [&] {
+          return whole ? stepper_->Step(group)
+                       : stepper_->StepWithoutGraph(group);
+        });
     whole = false;
     if (status.ok()) continue;
     if (core::IsOutOfMemory(status)) {

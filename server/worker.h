@@ -109,6 +109,11 @@ class Worker {
   void DropStopped();
   // One batched step of every running job, then progress and results.
   void Step();
+  // After a step: `running`'s progress event and, once its steps are done,
+  // its result. True while it goes on; false once it has ended.
+  bool ReportStep(Running& running);
+  // Ends every running job with `status` (an exception escaped a step).
+  void FailRunning(const absl::Status& status);
   // Ends running job `i` with `status` (and `result`) and forgets it.
   void End(Running& running, const absl::Status& status,
            std::shared_ptr<const v1::RenderResult> result);

@@ -1,0 +1,288 @@
+// The job engine in process, no gRPC and no child process: a JobManager and
+// a Worker on the bundled MNIST classifier. Every wait is for an event the
+// engine itself sends (a progress event or the final call), so the tests
+// hold however fast or loaded the machine is.
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "core/model.h"
+#include "featviz/v1/featviz.pb.h"
+#include "server/convert.h"
+#include "server/job_manager.h"
+#include "server/limits.h"
+#include "server/model_registry.h"
+#include "server/worker.h"
+#include "tests/core/test_paths.h"
+
+namespace featviz::server {
+namespace {
+
+using ::featviz::testing::MnistModel;
+
+// Hears one job: the latest step reported and the final call.
+class Recorder : public JobWatcher {
+ public:
+  void OnProgress(const v1::RenderProgress& progress) override {
+    absl::MutexLock lock(&mu_);
+    step_ = progress.step();
+  }
+  void OnFinished(const absl::Status& status,
+                  std::shared_ptr<const v1::RenderResult> result) override {
+    absl::MutexLock lock(&mu_);
+    ++finished_;
+    status_ = status;
+    result_ = std::move(result);
+  }
+
+  // Blocks until the job has reported step `step` or has ended; the step
+  // then reported.
+  int64_t WaitForStep(int64_t step) {
+    absl::MutexLock lock(&mu_);
+    wanted_ = step;
+    mu_.Await(absl::Condition(this, &Recorder::Reached));
+    return step_;
+  }
+  // Blocks until the final call; its status.
+  absl::Status WaitForEnd() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(this, &Recorder::Finished));
+    return status_;
+  }
+  int finished() {
+    absl::MutexLock lock(&mu_);
+    return finished_;
+  }
+  std::shared_ptr<const v1::RenderResult> result() {
+    absl::MutexLock lock(&mu_);
+    return result_;
+  }
+
+ private:
+  bool Finished() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return finished_ > 0;
+  }
+  bool Reached() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return step_ >= wanted_ || finished_ > 0;
+  }
+
+  mutable absl::Mutex mu_;
+  int64_t step_ ABSL_GUARDED_BY(mu_) = 0;
+  int finished_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Status status_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const v1::RenderResult> result_ ABSL_GUARDED_BY(mu_);
+  int64_t wanted_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<core::ModelPtr> model = core::Model::Load(MnistModel());
+    ASSERT_TRUE(model.ok()) << model.status();
+    std::vector<core::ModelPtr> models;
+    models.push_back(*std::move(model));
+    absl::StatusOr<ModelRegistryPtr> registry =
+        ModelRegistry::FromModels(std::move(models));
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    registry_ = *std::move(registry);
+    jobs_ = std::make_unique<JobManager>(JobManagerOptions{});
+  }
+
+  void TearDown() override {
+    if (worker_ != nullptr) worker_->Stop();
+  }
+
+  void StartWorker(int64_t max_batch_images) {
+    WorkerOptions options;
+    options.max_batch_images = max_batch_images;
+    absl::StatusOr<WorkerPtr> worker =
+        Worker::Create(0, registry_.get(), jobs_.get(), options);
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    worker_ = *std::move(worker);
+  }
+
+  // A render of `objective` with `batch` images and `steps` steps, a
+  // progress event every step.
+  static v1::RenderRequest Request(const std::string& objective, int64_t batch,
+                                   int64_t steps) {
+    v1::RenderRequest request;
+    request.set_model("mnist_classifier");
+    request.set_objective_text(objective);
+    request.mutable_image()->set_batch(batch);
+    request.mutable_optimizer()->set_steps(steps);
+    request.mutable_output()->set_progress_every(1);
+    return request;
+  }
+
+  RenderPlan Plan(const v1::RenderRequest& request) {
+    absl::StatusOr<RenderPlan> plan = PlanRender(request, *registry_, Limits{});
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    return plan.ok() ? *std::move(plan) : RenderPlan{};
+  }
+
+  JobRecordPtr Submit(const v1::RenderRequest& request, RenderPlan plan,
+                      std::shared_ptr<Recorder> recorder) {
+    absl::StatusOr<JobRecordPtr> job =
+        jobs_->Submit(request, std::move(plan), "tester", std::move(recorder));
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job.ok() ? *job : nullptr;
+  }
+
+  JobRecordPtr Submit(const v1::RenderRequest& request,
+                      std::shared_ptr<Recorder> recorder) {
+    return Submit(request, Plan(request), std::move(recorder));
+  }
+
+  v1::JobState State(const JobRecord& job) {
+    absl::StatusOr<v1::Job> described = jobs_->Describe(job, false);
+    EXPECT_TRUE(described.ok()) << described.status();
+    return described.ok() ? described->state() : v1::JOB_STATE_UNSPECIFIED;
+  }
+
+  ModelRegistryPtr registry_;
+  JobManagerPtr jobs_;
+  WorkerPtr worker_;
+};
+
+TEST_F(EngineTest, QueuedJobsCarryTheirImageCountUnderReplicaNamedIds) {
+  jobs_->SetReplica("10.0.0.2:8980");
+  const v1::RenderRequest request = Request("logit(3)", 3, 4);
+  JobRecordPtr job = Submit(request, nullptr);
+  ASSERT_NE(job, nullptr);
+  EXPECT_EQ(job->id, "1@10.0.0.2:8980");
+  std::optional<QueuedJob> queued =
+      jobs_->scheduler().PopNext([](const QueuedJob&) { return true; });
+  ASSERT_TRUE(queued.has_value());
+  EXPECT_EQ(queued->id, job->id);
+  EXPECT_EQ(queued->images, 3);
+  EXPECT_EQ(queued->cost, 3 * 4);
+}
+
+// The batch cap held only for ids that were plain numbers: with a replica
+// in the id a job's images read as 0, so any job joined a full batch.
+TEST_F(EngineTest, WorkerKeepsTheBatchCapWithReplicaNamedIds) {
+  jobs_->SetReplica("10.0.0.2:8980");
+  StartWorker(/*max_batch_images=*/2);
+  auto first = std::make_shared<Recorder>();
+  JobRecordPtr running = Submit(Request("logit(3)", 2, 10000), first);
+  ASSERT_NE(first->WaitForStep(1), 0);
+  ASSERT_EQ(State(*running), v1::JOB_STATE_RUNNING);
+
+  auto second = std::make_shared<Recorder>();
+  JobRecordPtr waiting = Submit(Request("logit(4)", 1, 4), second);
+  // The worker admits queued jobs before every step: two steps after the
+  // second job was queued, it would be running if it were let in.
+  const int64_t now = first->WaitForStep(1);
+  ASSERT_GE(first->WaitForStep(now + 2), now + 2);
+  EXPECT_EQ(State(*waiting), v1::JOB_STATE_QUEUED);
+
+  jobs_->Cancel(running, StopReason::kClient);
+  EXPECT_EQ(first->WaitForEnd().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(second->WaitForEnd().ok());
+  EXPECT_EQ(State(*waiting), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(EngineTest, WorkerLetsAJobThatFitsJoinARunningBatch) {
+  jobs_->SetReplica("10.0.0.2:8980");
+  StartWorker(/*max_batch_images=*/2);
+  auto first = std::make_shared<Recorder>();
+  JobRecordPtr running = Submit(Request("logit(3)", 1, 10000), first);
+  ASSERT_NE(first->WaitForStep(1), 0);
+
+  auto second = std::make_shared<Recorder>();
+  JobRecordPtr joining = Submit(Request("logit(4)", 1, 3), second);
+  // It joins between two steps and finishes while the first still runs.
+  EXPECT_TRUE(second->WaitForEnd().ok());
+  EXPECT_EQ(State(*running), v1::JOB_STATE_RUNNING);
+  ASSERT_NE(second->result(), nullptr);
+  EXPECT_EQ(second->result()->steps(), 3);
+  jobs_->Cancel(running, StopReason::kClient);
+  EXPECT_EQ(first->WaitForEnd().code(), absl::StatusCode::kCancelled);
+}
+
+// Fault injection: a plan that validation would refuse (a learning rate a
+// float cannot hold) reaches the worker. That job fails with a message; the
+// job batched with it and the next one are unharmed, and the worker serves.
+TEST_F(EngineTest, AJobWhoseStepThrowsFailsAloneAndTheWorkerServesOn) {
+  StartWorker(/*max_batch_images=*/8);
+  const v1::RenderRequest bad_request = Request("logit(3)", 1, 8);
+  RenderPlan bad_plan = Plan(bad_request);
+  bad_plan.options.lr = 1e300;
+  auto bad = std::make_shared<Recorder>();
+  JobRecordPtr bad_job = Submit(bad_request, std::move(bad_plan), bad);
+
+  const absl::Status failed = bad->WaitForEnd();
+  EXPECT_FALSE(failed.ok());
+  EXPECT_NE(failed.code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(failed.message().empty());
+  EXPECT_EQ(State(*bad_job), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(bad->finished(), 1);
+
+  auto good = std::make_shared<Recorder>();
+  Submit(Request("logit(5)", 2, 6), good);
+  EXPECT_TRUE(good->WaitForEnd().ok());
+  ASSERT_NE(good->result(), nullptr);
+  EXPECT_EQ(good->result()->steps(), 6);
+}
+
+TEST_F(EngineTest, CancelledQueuedJobHearsExactlyOneFinalCall) {
+  auto recorder = std::make_shared<Recorder>();
+  JobRecordPtr job = Submit(Request("logit(3)", 1, 8), recorder);
+  jobs_->Cancel(job, StopReason::kClient);
+  EXPECT_EQ(recorder->WaitForEnd().code(), absl::StatusCode::kCancelled);
+  jobs_->Cancel(job, StopReason::kClient);
+  EXPECT_EQ(recorder->finished(), 1);
+  EXPECT_EQ(State(*job), v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(EngineTest, ARequestMayShortenItsQueueDeadlineButNotExtendIt) {
+  JobManagerOptions options;
+  options.default_queue_timeout = absl::Seconds(10);
+  jobs_ = std::make_unique<JobManager>(options);
+  v1::RenderRequest shorter = Request("logit(1)", 1, 8);
+  shorter.set_queue_timeout_seconds(2);
+  v1::RenderRequest longer = Request("logit(2)", 1, 8);
+  longer.set_queue_timeout_seconds(100);
+  auto short_recorder = std::make_shared<Recorder>();
+  auto long_recorder = std::make_shared<Recorder>();
+  JobRecordPtr short_job = Submit(shorter, short_recorder);
+  JobRecordPtr long_job = Submit(longer, long_recorder);
+  EXPECT_EQ(short_job->queue_deadline, short_job->create_time + absl::Seconds(2));
+  // The server's 10 s, not the 100 s asked for.
+  EXPECT_EQ(long_job->queue_deadline, long_job->create_time + absl::Seconds(10));
+
+  jobs_->ExpireQueued(short_job->queue_deadline);
+  EXPECT_EQ(State(*short_job), v1::JOB_STATE_EXPIRED);
+  EXPECT_EQ(short_recorder->WaitForEnd().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(State(*long_job), v1::JOB_STATE_QUEUED);
+  jobs_->ExpireQueued(long_job->queue_deadline);
+  EXPECT_EQ(State(*long_job), v1::JOB_STATE_EXPIRED);
+  EXPECT_EQ(long_recorder->WaitForEnd().code(),
+            absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(EngineTest, StoppingTheWorkerEndsRunningJobsInsteadOfDroppingThem) {
+  StartWorker(/*max_batch_images=*/8);
+  auto recorder = std::make_shared<Recorder>();
+  JobRecordPtr job = Submit(Request("logit(3)", 1, 10000), recorder);
+  ASSERT_NE(recorder->WaitForStep(1), 0);
+  worker_->Stop();
+  const absl::Status status = recorder->WaitForEnd();
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "shut down")) << status;
+}
+
+}  // namespace
+}  // namespace featviz::server
