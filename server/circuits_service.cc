@@ -9,6 +9,7 @@
 #include "core/image.h"
 #include "core/objective.h"
 #include "core/status_macros.h"
+#include "core/torch_status.h"
 #include "server/convert.h"
 #include "spdlog/spdlog.h"
 
@@ -40,7 +41,8 @@ absl::StatusOr<core::LayerInfo> LayerWithChannels(const core::Model& model,
 
 absl::StatusOr<CircuitsServicePtr> CircuitsService::Create(
     const ModelRegistry* models, std::vector<core::DatasetPtr> datasets,
-    SubmitFn submit, const Limits& render_limits, const CircuitLimits& limits) {
+    SubmitFn submit, const Limits& render_limits, const CircuitLimits& limits,
+    const Authenticator* authenticator) {
   if (models == nullptr || !submit) {
     return absl::InvalidArgumentError("circuits: models and submit are needed");
   }
@@ -48,17 +50,20 @@ absl::StatusOr<CircuitsServicePtr> CircuitsService::Create(
       limits.cache_entries < 1) {
     return absl::InvalidArgumentError("circuits: limits must be positive");
   }
-  return CircuitsServicePtr(new CircuitsService(
-      models, std::move(datasets), std::move(submit), render_limits, limits));
+  return CircuitsServicePtr(
+      new CircuitsService(models, std::move(datasets), std::move(submit),
+                          render_limits, limits, authenticator));
 }
 
 CircuitsService::CircuitsService(const ModelRegistry* models,
                                  std::vector<core::DatasetPtr> datasets,
                                  SubmitFn submit, const Limits& render_limits,
-                                 const CircuitLimits& limits)
+                                 const CircuitLimits& limits,
+                                 const Authenticator* authenticator)
     : models_(models),
       datasets_(std::move(datasets)),
       submit_(std::move(submit)),
+      auth_(authenticator != nullptr ? *authenticator : open_access_),
       render_limits_(render_limits),
       limits_(limits),
       thread_([this] { AnalysisLoop(); }) {}
@@ -88,8 +93,9 @@ void CircuitsService::Shutdown() {
 
 absl::Status CircuitsService::Authorize(grpc::CallbackServerContext* context,
                                         absl::string_view method) const {
-  if (!authorize_) return absl::OkStatus();
-  return authorize_(context, absl::StrCat("/featviz.v1.Circuits/", method));
+  return auth_
+      .Authenticate(context, absl::StrCat("/featviz.v1.Circuits/", method))
+      .status();
 }
 
 grpc::ServerUnaryReactor* CircuitsService::Defer(
@@ -130,12 +136,10 @@ void CircuitsService::AnalysisLoop() {
       task = std::move(pending_.front());
       pending_.pop_front();
     }
-    absl::Status status;
-    try {
-      status = task.work();
-    } catch (const std::exception& e) {
-      status = absl::InternalError(absl::StrCat("analysis failed: ", e.what()));
-    }
+    // The analyses convert LibTorch's errors where they call it; this is
+    // the boundary for anything that still escapes, on this thread.
+    const absl::Status status =
+        core::CatchAtBoundary("analysis failed", task.work);
     task.reactor->Finish(ToGrpcStatus(status));
   }
 }

@@ -26,6 +26,7 @@
 #include "absl/synchronization/mutex.h"
 #include "core/dataset.h"
 #include "featviz/v1/circuits.grpc.pb.h"
+#include "server/authenticator.h"
 #include "server/circuits_convert.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
@@ -56,11 +57,15 @@ class CircuitsService final : public v1::Circuits::CallbackService {
 
   // Serves analyses of `models` on `datasets`. `render_limits` checks
   // FindCircuit's render settings before anything is queued; `submit`
-  // queues them. Starts the analysis thread.
+  // queues them. `authenticator` checks every call's caller
+  // ("/featviz.v1.Circuits/Method") before any work: UNAUTHENTICATED or
+  // PERMISSION_DENIED end the call; null lets every caller in. It must
+  // outlive the service. Starts the analysis thread.
   static absl::StatusOr<CircuitsServicePtr> Create(
       const ModelRegistry* models, std::vector<core::DatasetPtr> datasets,
       SubmitFn submit, const Limits& render_limits,
-      const CircuitLimits& limits = {});
+      const CircuitLimits& limits = {},
+      const Authenticator* authenticator = nullptr);
 
   // Stops the analysis thread; analyses still waiting end UNAVAILABLE.
   ~CircuitsService() override;
@@ -92,26 +97,18 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   // Refuses new analyses with UNAVAILABLE and ends the waiting ones so.
   void Shutdown();
 
-  // Checks each call's caller ("/featviz.v1.Circuits/Method"): an error
-  // (UNAUTHENTICATED, PERMISSION_DENIED) ends the call before any work.
-  // Unset: every caller is let in. Set before the server starts.
-  using AuthorizeFn = std::function<absl::Status(
-      grpc::CallbackServerContext* context, absl::string_view method)>;
-  void SetAuthorize(AuthorizeFn authorize) {
-    authorize_ = std::move(authorize);
-  }
-
  private:
   CircuitsService(const ModelRegistry* models,
                   std::vector<core::DatasetPtr> datasets, SubmitFn submit,
-                  const Limits& render_limits, const CircuitLimits& limits);
+                  const Limits& render_limits, const CircuitLimits& limits,
+                  const Authenticator* authenticator);
 
   // Runs `work` on the analysis thread and finishes the call with its
   // status; RESOURCE_EXHAUSTED at once when too many wait.
   grpc::ServerUnaryReactor* Defer(grpc::CallbackServerContext* context,
                                   absl::string_view method,
                                   std::function<absl::Status()> work);
-  // The authorize_ check of `method` ("Attribute"); OK when unset.
+  // The authenticator's check of `method` ("Attribute").
   absl::Status Authorize(grpc::CallbackServerContext* context,
                          absl::string_view method) const;
   void AnalysisLoop();
@@ -139,7 +136,8 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   const ModelRegistry* const models_;
   const DatasetIndex datasets_;
   const SubmitFn submit_;
-  AuthorizeFn authorize_;
+  const Authenticator open_access_{nullptr};
+  const Authenticator& auth_;  // The one given, or open_access_.
   const Limits render_limits_;
   const CircuitLimits limits_;
 

@@ -429,8 +429,10 @@ absl::Status Serve() {
   // Declared before the service: jobs still end (and are observed) while
   // the service shuts down.
   Metrics metrics;
+  // One authenticator for both services.
+  const Authenticator authenticator(auth.get());
   ServiceOptions service_options;
-  service_options.auth = auth.get();
+  service_options.authenticator = &authenticator;
   service_options.on_job_end = [&metrics](const JobEnd& end) {
     metrics.OnJobEnd(end);
   };
@@ -449,14 +451,10 @@ absl::Status Serve() {
                      const v1::RenderRequest& request) {
             return service->SubmitRender(context, request);
           },
-          limits));
+          limits, CircuitLimits{}, &authenticator));
   if (poll_seconds > 0) {
     registry->StartPolling(absl::Seconds(poll_seconds));
   }
-  circuits->SetAuthorize([&service](grpc::CallbackServerContext* context,
-                                    absl::string_view method) {
-    return service->CallerOf(context, method).status();
-  });
   // The endpoint reads the service: it stops before the service goes.
   absl::Cleanup stop_metrics = [&metrics] { metrics.Stop(); };
   std::string metrics_address;

@@ -20,6 +20,7 @@
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "core/status_macros.h"
+#include "core/torch_status.h"
 #include "server/convert.h"
 #include "spdlog/spdlog.h"
 
@@ -37,32 +38,6 @@ constexpr absl::string_view kMethodPrefix = "/featviz.v1.Visualizer/";
 uint64_t RandomSeed() {
   std::random_device device;
   return (static_cast<uint64_t>(device()) << 32) | device();
-}
-
-// The caller's address without its port ("ipv4:10.0.0.7"), so that one
-// client machine is one owner however many connections it opens.
-std::string PeerOwner(const std::string& peer) {
-  if (absl::StartsWith(peer, "ipv4:") || absl::StartsWith(peer, "ipv6:")) {
-    const size_t colon = peer.rfind(':');
-    if (colon != std::string::npos && colon > 5) {
-      const absl::string_view port = absl::string_view(peer).substr(colon + 1);
-      if (!port.empty() &&
-          std::all_of(port.begin(), port.end(), absl::ascii_isdigit)) {
-        return peer.substr(0, colon);
-      }
-    }
-  }
-  return peer;
-}
-
-// The common name of the client's certificate (mTLS); empty without one.
-std::string CertificateName(const grpc::CallbackServerContext& context) {
-  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
-  if (auth == nullptr) return "";
-  std::vector<grpc::string_ref> names =
-      auth->FindPropertyValues(GRPC_X509_CN_PROPERTY_NAME);
-  if (names.empty()) return "";
-  return std::string(names.front().data(), names.front().size());
 }
 
 // Hears a job's end and hands it to `done`; ignores progress.
@@ -188,8 +163,11 @@ void EventStream::StartWatch(const Identity& caller, const std::string& id) {
     return;
   }
   job_ = *std::move(job);
-  Begin(false, std::nullopt);
+  // Watching before the stream starts (events wait until Begin), so that
+  // the initial metadata tells the client its watch is in place.
+  context_->AddInitialMetadata("featviz-job-id", job_->id);
   service_.jobs_->Watch(*job_, self_);
+  Begin(true, std::nullopt);
 }
 
 void EventStream::Begin(bool send_metadata,
@@ -375,42 +353,19 @@ VisualizerService::VisualizerService(ModelRegistry* models,
                                      ServiceOptions options)
     : models_(*models),
       limits_(limits),
-      auth_(options.auth),
+      auth_(options.authenticator != nullptr ? *options.authenticator
+                                             : open_access_),
       jobs_(std::make_unique<JobManager>(
           ManagerOptions(limits, std::move(options.on_job_end)))) {}
 
 absl::StatusOr<Identity> VisualizerService::Caller(
     grpc::CallbackServerContext* context, absl::string_view method) const {
-  return CallerOf(context, absl::StrCat(kMethodPrefix, method));
-}
-
-absl::StatusOr<Identity> VisualizerService::CallerOf(
-    grpc::CallbackServerContext* context,
-    absl::string_view full_method) const {
-  if (auth_ == nullptr) {
-    Identity open;
-    open.role = Role::kAdmin;
-    open.name = CertificateName(*context);
-    if (open.name.empty()) open.name = PeerOwner(context->peer());
-    return open;
-  }
-  std::optional<absl::string_view> authorization;
-  const auto& metadata = context->client_metadata();
-  auto it = metadata.find("authorization");
-  if (it != metadata.end()) {
-    authorization = absl::string_view(it->second.data(), it->second.size());
-  }
-  return auth_->Authorize(full_method, authorization);
+  return auth_.Authenticate(context, absl::StrCat(kMethodPrefix, method));
 }
 
 absl::Status VisualizerService::CheckOwns(const Identity& caller,
                                           const JobRecord& job) const {
-  if (auth_ == nullptr || caller.admin() || job.owner == caller.name) {
-    return absl::OkStatus();
-  }
-  return absl::PermissionDeniedError(
-      absl::StrCat("job ", job.id, " belongs to another client; client '",
-                   caller.name, "' may only see and cancel its own jobs"));
+  return auth_.CheckOwns(caller, job.owner, job.id);
 }
 
 VisualizerService::~VisualizerService() { Shutdown(absl::Now()); }
@@ -449,19 +404,12 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
   // With tokens the owner is the authenticated client: a user cannot queue
   // work under another name (and so dodge its quotas or fair share); an
   // admin may.
-  std::string owner = caller.name;
-  if (!request.owner().empty() && request.owner() != caller.name) {
-    if (auth_ != nullptr && !caller.admin()) {
-      return absl::PermissionDeniedError(absl::StrCat(
-          "owner '", request.owner(), "' is not client '", caller.name,
-          "': leave owner empty, jobs are owned by the authenticated client"));
-    }
-    owner = request.owner();
-  }
+  FEATVIZ_ASSIGN_OR_RETURN(std::string owner,
+                           auth_.OwnerOf(caller, request.owner()));
   absl::StatusOr<RenderPlan> plan = PlanRender(request, models_, limits_);
   if (!plan.ok()) return plan.status();
   OwnerQuota quota;
-  if (auth_ != nullptr) {
+  if (auth_.checks_tokens()) {
     const Quotas& quotas = caller.quotas;
     if (quotas.max_image_steps.has_value()) {
       const int64_t images = plan->options.param.batch;
@@ -660,23 +608,15 @@ absl::StatusOr<v1::Job> VisualizerService::SubmitRender(
 grpc::ServerUnaryReactor* VisualizerService::GetJob(
     grpc::CallbackServerContext* context, const v1::GetJobRequest* request,
     v1::Job* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<Identity> caller = Caller(context, "GetJob");
-  if (!caller.ok()) {
-    reactor->Finish(ToGrpcStatus(caller.status()));
-    return reactor;
-  }
-  absl::StatusOr<JobRecordPtr> job = jobs_->Find(request->id());
-  absl::Status status = job.status();
-  if (job.ok()) status = CheckOwns(*caller, **job);
-  if (status.ok()) {
-    absl::StatusOr<v1::Job> described =
-        jobs_->Describe(**job, request->include_result());
-    status = described.status();
-    if (described.ok()) *response = *std::move(described);
-  }
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
+  return AuthenticatedUnary(
+      auth_, context, absl::StrCat(kMethodPrefix, "GetJob"),
+      [&](const Identity& caller) -> absl::Status {
+        FEATVIZ_ASSIGN_OR_RETURN(JobRecordPtr job, jobs_->Find(request->id()));
+        FEATVIZ_RETURN_IF_ERROR(CheckOwns(caller, *job));
+        FEATVIZ_ASSIGN_OR_RETURN(
+            *response, jobs_->Describe(*job, request->include_result()));
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* VisualizerService::CancelJob(
@@ -713,41 +653,26 @@ grpc::ServerUnaryReactor* VisualizerService::CancelJob(
 grpc::ServerUnaryReactor* VisualizerService::ListJobs(
     grpc::CallbackServerContext* context, const v1::ListJobsRequest* request,
     v1::ListJobsResponse* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<Identity> caller = Caller(context, "ListJobs");
-  if (!caller.ok()) {
-    reactor->Finish(ToGrpcStatus(caller.status()));
-    return reactor;
-  }
-  v1::ListJobsRequest own = *request;
-  if (auth_ != nullptr && !caller->admin()) {
-    // A user sees its own jobs only.
-    if (!own.owner().empty() && own.owner() != caller->name) {
-      reactor->Finish(ToGrpcStatus(absl::PermissionDeniedError(absl::StrCat(
-          "owner '", own.owner(), "': client '", caller->name,
-          "' may only list its own jobs"))));
-      return reactor;
-    }
-    own.set_owner(caller->name);
-  }
-  absl::StatusOr<v1::ListJobsResponse> listed = jobs_->List(own);
-  if (listed.ok()) *response = *std::move(listed);
-  reactor->Finish(ToGrpcStatus(listed.status()));
-  return reactor;
+  return AuthenticatedUnary(
+      auth_, context, absl::StrCat(kMethodPrefix, "ListJobs"),
+      [&](const Identity& caller) -> absl::Status {
+        v1::ListJobsRequest own = *request;
+        FEATVIZ_ASSIGN_OR_RETURN(*own.mutable_owner(),
+                                 auth_.ListScope(caller, request->owner()));
+        FEATVIZ_ASSIGN_OR_RETURN(*response, jobs_->List(own));
+        return absl::OkStatus();
+      });
 }
 
 grpc::ServerUnaryReactor* VisualizerService::GetServerStats(
     grpc::CallbackServerContext* context, const v1::GetServerStatsRequest*,
     v1::ServerStats* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<Identity> caller = Caller(context, "GetServerStats");
-  if (!caller.ok()) {
-    reactor->Finish(ToGrpcStatus(caller.status()));
-    return reactor;
-  }
-  *response = Stats();
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return AuthenticatedUnary(auth_, context,
+                            absl::StrCat(kMethodPrefix, "GetServerStats"),
+                            [&](const Identity&) {
+                              *response = Stats();
+                              return absl::OkStatus();
+                            });
 }
 
 grpc::ServerUnaryReactor* VisualizerService::RunAdmin(
@@ -770,7 +695,7 @@ grpc::ServerUnaryReactor* VisualizerService::RunAdmin(
   }
   std::thread([this, reactor, what = std::move(what), peer = context->peer(),
                work = std::move(work)] {
-    const absl::Status status = work();
+    const absl::Status status = core::CatchAtBoundary(what, work);
     spdlog::info("admin {} peer={} outcome={}{}", what, peer,
                  absl::StatusCodeToString(status.code()),
                  status.ok() ? ""

@@ -35,6 +35,7 @@
 #include "absl/time/time.h"
 #include "featviz/v1/featviz.grpc.pb.h"
 #include "server/auth.h"
+#include "server/authenticator.h"
 #include "server/job_manager.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
@@ -44,12 +45,12 @@ namespace featviz::server {
 
 // Who may call, and who hears of jobs ending.
 struct ServiceOptions {
-  // Checks every call's bearer token and role, and makes the client's name
-  // the owner of its jobs. Null: open access (a single-user box): anyone who
-  // reaches the port may call anything, and the owner is the request's
-  // `owner`, else the client certificate's common name (mTLS), else the
-  // caller's address. Must outlive the service.
-  const Authorizer* auth = nullptr;
+  // Who is calling (authenticator.h), shared with the other services.
+  // Null: open access (a single-user box): anyone who reaches the port may
+  // call anything, and the owner is the request's `owner`, else the client
+  // certificate's common name (mTLS), else the caller's address. Must
+  // outlive the service.
+  const Authenticator* authenticator = nullptr;
   // JobManagerOptions::on_end (metrics).
   std::function<void(const JobEnd&)> on_job_end;
 };
@@ -116,11 +117,6 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
       const v1::ReloadModelRequest* request,
       v1::ReloadModelResponse* response) override;
 
-  // The caller of any method ("/featviz.v1.Circuits/Attribute"), checked
-  // as Visualizer's own calls are (auth.h); for the other services.
-  absl::StatusOr<Identity> CallerOf(grpc::CallbackServerContext* context,
-                                    absl::string_view full_method) const;
-
   // Queues `request` for `context`'s caller exactly as SubmitJob does, for
   // services that render on a client's behalf (Circuits.FindCircuit).
   absl::StatusOr<v1::Job> SubmitRender(grpc::CallbackServerContext* context,
@@ -177,7 +173,8 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
 
   ModelRegistry& models_;
   const Limits limits_;
-  const Authorizer* const auth_;  // Null: open access.
+  const Authenticator open_access_{nullptr};
+  const Authenticator& auth_;  // options.authenticator, or open_access_.
   JobManagerPtr jobs_;
   std::vector<WorkerPtr> workers_;
   std::atomic<bool> shutting_down_{false};
