@@ -36,76 +36,6 @@ std::unique_ptr<ServerProcess> StartServer(
   return server.ok() ? *std::move(server) : nullptr;
 }
 
-struct JobReply {
-  grpc::Status status;
-  v1::Job job;
-};
-
-JobReply Submit(v1::Visualizer::Stub& stub, const v1::RenderRequest& request) {
-  grpc::ClientContext context;
-  context.set_deadline(After(60));
-  v1::SubmitJobRequest submit;
-  *submit.mutable_request() = request;
-  JobReply reply;
-  reply.status = stub.SubmitJob(&context, submit, &reply.job);
-  return reply;
-}
-
-JobReply Get(v1::Visualizer::Stub& stub, const std::string& id,
-             bool include_result = false) {
-  grpc::ClientContext context;
-  context.set_deadline(After(60));
-  v1::GetJobRequest get;
-  get.set_id(id);
-  get.set_include_result(include_result);
-  JobReply reply;
-  reply.status = stub.GetJob(&context, get, &reply.job);
-  return reply;
-}
-
-JobReply Cancel(v1::Visualizer::Stub& stub, const std::string& id) {
-  grpc::ClientContext context;
-  context.set_deadline(After(60));
-  v1::CancelJobRequest cancel;
-  cancel.set_id(id);
-  JobReply reply;
-  reply.status = stub.CancelJob(&context, cancel, &reply.job);
-  return reply;
-}
-
-RenderOutcome Watch(v1::Visualizer::Stub& stub, const std::string& id,
-                    double deadline_seconds = 120) {
-  grpc::ClientContext context;
-  context.set_deadline(After(deadline_seconds));
-  v1::WatchJobRequest watch;
-  watch.set_id(id);
-  std::unique_ptr<grpc::ClientReader<v1::RenderEvent>> reader =
-      stub.WatchJob(&context, watch);
-  return ReadAll(*reader);
-}
-
-v1::ServerStats Stats(v1::Visualizer::Stub& stub) {
-  grpc::ClientContext context;
-  context.set_deadline(After(30));
-  v1::ServerStats stats;
-  EXPECT_TRUE(stub.GetServerStats(&context, {}, &stats).ok());
-  return stats;
-}
-
-// Polls job `id` until it is in `state`; the last reply either way.
-JobReply WaitForState(v1::Visualizer::Stub& stub, const std::string& id,
-                      v1::JobState state,
-                      absl::Duration timeout = absl::Seconds(60)) {
-  const absl::Time give_up = absl::Now() + timeout;
-  JobReply reply;
-  do {
-    reply = Get(stub, id);
-    if (!reply.status.ok() || reply.job.state() == state) break;
-    absl::SleepFor(absl::Milliseconds(20));
-  } while (absl::Now() < give_up);
-  return reply;
-}
-
 // A long job, running alone on a server started with --max_batch_images=1,
 // so that every later job stays queued behind it.
 std::string StartBlocker(v1::Visualizer::Stub& stub) {
@@ -361,9 +291,7 @@ TEST(JobEngineTest, JobPastItsQueueDeadlineExpiresAndARequestCannotExtendIt) {
   ASSERT_TRUE(short_job.status.ok());
   ASSERT_TRUE(long_job.status.ok());
 
-  const absl::Time start = absl::Now();
   const RenderOutcome short_outcome = Watch(*stub, short_job.job.id());
-  const double short_waited = absl::ToDoubleSeconds(absl::Now() - start);
   EXPECT_EQ(short_outcome.status.error_code(), StatusCode::DEADLINE_EXCEEDED);
   EXPECT_NE(short_outcome.status.error_message().find(
                 absl::StrCat("job ", short_job.job.id(), " waited ")),
@@ -373,13 +301,13 @@ TEST(JobEngineTest, JobPastItsQueueDeadlineExpiresAndARequestCannotExtendIt) {
                 "s in the queue, past its queue deadline"),
             std::string::npos)
       << short_outcome.status.error_message();
-  EXPECT_LT(short_waited, 5);  // Well before the server's 1 s + slack.
 
-  // 100 s asked, the server's 1 s applies.
+  // 100 s asked, the server's 1 s applies: it expires while the blocker
+  // still runs. (Which deadline applies is checked against a clock the test
+  // sets in engine_test.cc; here, only that both end.)
   const RenderOutcome long_outcome = Watch(*stub, long_job.job.id());
   EXPECT_EQ(long_outcome.status.error_code(), StatusCode::DEADLINE_EXCEEDED)
       << long_outcome.status.error_message();
-  EXPECT_LT(absl::ToDoubleSeconds(absl::Now() - start), 10);
 
   for (const std::string& id : {short_job.job.id(), long_job.job.id()}) {
     const JobReply expired = Get(*stub, id);
@@ -399,10 +327,14 @@ TEST(JobEngineTest, ResultIsGoneAfterItsTimeToLive) {
   const JobReply job = Submit(*stub, TextRequest("logit(4)", 8));
   ASSERT_TRUE(job.status.ok());
   ASSERT_TRUE(Watch(*stub, job.job.id()).status.ok());
-  EXPECT_TRUE(Get(*stub, job.job.id(), true).status.ok());
-
-  absl::SleepFor(absl::Milliseconds(1500));
-  const JobReply gone = Get(*stub, job.job.id(), true);
+  // Read back until the time to live has passed (however long the machine
+  // takes to get here); ResultStoreTest checks the boundary with a set clock.
+  JobReply gone;
+  const absl::Time give_up = absl::Now() + absl::Seconds(60);
+  do {
+    gone = Get(*stub, job.job.id(), true);
+    if (gone.status.ok()) absl::SleepFor(absl::Milliseconds(100));
+  } while (gone.status.ok() && absl::Now() < give_up);
   EXPECT_EQ(gone.status.error_code(), StatusCode::NOT_FOUND);
   EXPECT_NE(gone.status.error_message().find("expired"), std::string::npos)
       << gone.status.error_message();
@@ -498,12 +430,24 @@ TEST(JobEngineTest, SigtermEndsEveryJobForItsWatchersAndExitsZero) {
   ASSERT_TRUE(queued.status.ok());
   ASSERT_EQ(queued.job.state(), v1::JOB_STATE_QUEUED);
 
+  // Both watches in place (their initial metadata says so) before the signal.
+  grpc::ClientContext running_context;
+  grpc::ClientContext queued_context;
+  running_context.set_deadline(After(120));
+  queued_context.set_deadline(After(120));
+  v1::WatchJobRequest watch_running;
+  watch_running.set_id(blocker);
+  v1::WatchJobRequest watch_queued;
+  watch_queued.set_id(queued.job.id());
+  auto running_reader = stub->WatchJob(&running_context, watch_running);
+  auto queued_reader = stub->WatchJob(&queued_context, watch_queued);
+  running_reader->WaitForInitialMetadata();
+  queued_reader->WaitForInitialMetadata();
   RenderOutcome running_outcome;
   RenderOutcome queued_outcome;
-  std::thread running_watcher([&] { running_outcome = Watch(*stub, blocker); });
-  std::thread queued_watcher(
-      [&] { queued_outcome = Watch(*stub, queued.job.id()); });
-  absl::SleepFor(absl::Milliseconds(300));  // Both watches registered.
+  std::thread running_watcher(
+      [&] { running_outcome = ReadAll(*running_reader); });
+  std::thread queued_watcher([&] { queued_outcome = ReadAll(*queued_reader); });
   server->Signal(SIGTERM);
   running_watcher.join();
   queued_watcher.join();

@@ -137,6 +137,10 @@ TEST(MetricsTest, EndpointServesTheServersFiguresInPrometheusFormat) {
     grpc::ClientContext context;
     ASSERT_TRUE(stub->SubmitJob(&context, request, &running).ok());
   }
+  // Bob's job outranks Alice's: submitted while hers still queued, it would
+  // run first. Wait until the worker runs hers (its batch is then full).
+  ASSERT_EQ(WaitForState(*stub, running.id(), v1::JOB_STATE_RUNNING).job.state(),
+            v1::JOB_STATE_RUNNING);
   {
     v1::SubmitJobRequest request;
     *request.mutable_request() = LongRequest();
@@ -146,15 +150,20 @@ TEST(MetricsTest, EndpointServesTheServersFiguresInPrometheusFormat) {
     ASSERT_TRUE(stub->SubmitJob(&context, request, &waiting).ok());
   }
 
-  // Scrape until the first job is seen running (a worker takes it soon).
+  // Scrape until the scrape itself shows the state: her job running, his
+  // queued, the first one's end recorded.
   std::vector<Sample> samples;
   const absl::Time give_up = absl::Now() + absl::Seconds(60);
   do {
     const Scrape scrape = Get(port, "/metrics");
     ASSERT_EQ(scrape.status, 200) << scrape.error;
     samples = Parse(scrape.body);
-  } while (Value(samples, "featviz_jobs_running", {{"owner", "alice"}}) !=
-               std::optional<double>(1) &&
+  } while ((Value(samples, "featviz_jobs_running", {{"owner", "alice"}}) !=
+                std::optional<double>(1) ||
+            Value(samples, "featviz_jobs_queued", {{"owner", "bob"}}) !=
+                std::optional<double>(1) ||
+            Value(samples, "featviz_job_duration_seconds_count",
+                  {{"outcome", "succeeded"}}) != std::optional<double>(1)) &&
            absl::Now() < give_up);
 
   EXPECT_EQ(Value(samples, "featviz_jobs_running", {{"owner", "alice"}}), 1);

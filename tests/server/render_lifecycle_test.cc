@@ -62,11 +62,12 @@ std::unique_ptr<ServerProcess> StartServer(std::vector<std::string> flags) {
 // retried for a while, as a client told "try again later" would.
 void ExpectASmallRenderCompletes(v1::Visualizer::Stub& stub) {
   RenderOutcome outcome;
-  for (int attempt = 0; attempt < 200; ++attempt) {
-    outcome = RenderAll(stub, TextRequest("logit(3)", 8), 60);
+  const absl::Time give_up = absl::Now() + absl::Seconds(120);
+  do {
+    outcome = RenderAll(stub, TextRequest("logit(3)", 8), 120);
     if (outcome.status.error_code() != StatusCode::RESOURCE_EXHAUSTED) break;
     absl::SleepFor(absl::Milliseconds(50));
-  }
+  } while (absl::Now() < give_up);
   EXPECT_TRUE(outcome.status.ok()) << outcome.status.error_code() << " "
                                    << outcome.status.error_message();
   EXPECT_TRUE(outcome.result.has_value());
@@ -125,7 +126,7 @@ TEST(RenderLifecycleTest, RenderBeyondAFullQueueIsRefusedNamingTheLimit) {
 
 TEST(RenderLifecycleTest, SigtermDrainsThenCancelsRunningRendersAndExitsZero) {
   auto server = StartServer(
-      {"--max_batch_images=1", "--shutdown_grace_seconds=2"});
+      {"--max_batch_images=1", "--shutdown_grace_seconds=20"});
   ASSERT_NE(server, nullptr);
   auto stub = server->NewStub();
 
@@ -150,7 +151,9 @@ TEST(RenderLifecycleTest, SigtermDrainsThenCancelsRunningRendersAndExitsZero) {
   EXPECT_EQ(health.serving, Health::NOT_SERVING);
   EXPECT_EQ(CheckHealth(server->channel(), "").serving, Health::NOT_SERVING);
 
-  // The running render is still in its grace period: new ones are refused.
+  // The running render is still in its grace period (20 s, so that a loaded
+  // machine gets here within it; it cannot finish 10000 steps in it): new
+  // ones are refused.
   const RenderOutcome refused = RenderAll(*stub, TextRequest("logit(3)", 8), 30);
   EXPECT_EQ(refused.status.error_code(), StatusCode::UNAVAILABLE);
   EXPECT_EQ(refused.status.error_message(), "server is shutting down");

@@ -11,6 +11,10 @@
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 
 #include "featviz/v1/featviz.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -121,6 +125,78 @@ inline v1::Tensor FloatTensor(std::vector<int64_t> shape,
   tensor.set_data(reinterpret_cast<const char*>(values.data()),
                   values.size() * sizeof(float));
   return tensor;
+}
+
+// The job API, one call each; WaitForState polls the job itself, so a test
+// waits for the state it needs however fast the machine is.
+struct JobReply {
+  grpc::Status status;
+  v1::Job job;
+};
+
+inline JobReply Submit(v1::Visualizer::Stub& stub, const v1::RenderRequest& request) {
+  grpc::ClientContext context;
+  context.set_deadline(After(60));
+  v1::SubmitJobRequest submit;
+  *submit.mutable_request() = request;
+  JobReply reply;
+  reply.status = stub.SubmitJob(&context, submit, &reply.job);
+  return reply;
+}
+
+inline JobReply Get(v1::Visualizer::Stub& stub, const std::string& id,
+             bool include_result = false) {
+  grpc::ClientContext context;
+  context.set_deadline(After(60));
+  v1::GetJobRequest get;
+  get.set_id(id);
+  get.set_include_result(include_result);
+  JobReply reply;
+  reply.status = stub.GetJob(&context, get, &reply.job);
+  return reply;
+}
+
+inline JobReply Cancel(v1::Visualizer::Stub& stub, const std::string& id) {
+  grpc::ClientContext context;
+  context.set_deadline(After(60));
+  v1::CancelJobRequest cancel;
+  cancel.set_id(id);
+  JobReply reply;
+  reply.status = stub.CancelJob(&context, cancel, &reply.job);
+  return reply;
+}
+
+inline RenderOutcome Watch(v1::Visualizer::Stub& stub, const std::string& id,
+                    double deadline_seconds = 120) {
+  grpc::ClientContext context;
+  context.set_deadline(After(deadline_seconds));
+  v1::WatchJobRequest watch;
+  watch.set_id(id);
+  std::unique_ptr<grpc::ClientReader<v1::RenderEvent>> reader =
+      stub.WatchJob(&context, watch);
+  return ReadAll(*reader);
+}
+
+inline v1::ServerStats Stats(v1::Visualizer::Stub& stub) {
+  grpc::ClientContext context;
+  context.set_deadline(After(30));
+  v1::ServerStats stats;
+  EXPECT_TRUE(stub.GetServerStats(&context, {}, &stats).ok());
+  return stats;
+}
+
+// Polls job `id` until it is in `state`; the last reply either way.
+inline JobReply WaitForState(v1::Visualizer::Stub& stub, const std::string& id,
+                      v1::JobState state,
+                      absl::Duration timeout = absl::Seconds(60)) {
+  const absl::Time give_up = absl::Now() + timeout;
+  JobReply reply;
+  do {
+    reply = Get(stub, id);
+    if (!reply.status.ok() || reply.job.state() == state) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  } while (absl::Now() < give_up);
+  return reply;
 }
 
 }  // namespace featviz::testing
