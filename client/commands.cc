@@ -273,7 +273,16 @@ absl::Status FollowRender(VisualizerClient& client,
   }
 
   at::Tensor images;
-  if (!options.out.empty() || !options.npy.empty()) {
+  if ((!options.out.empty() || !options.npy.empty()) &&
+      !result.has_images() && result.png_size() > 0) {
+    // A watched job submitted without tensors: its PNGs (8 bits) will do.
+    std::vector<at::Tensor> decoded;
+    for (const std::string& png : result.png()) {
+      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor image, core::DecodePng(png));
+      decoded.push_back(std::move(image));
+    }
+    images = at::stack(decoded);
+  } else if (!options.out.empty() || !options.npy.empty()) {
     FEATVIZ_ASSIGN_OR_RETURN(images, TensorFromProto(result.images()));
     if (images.dim() != 4) {
       return absl::InternalError(absl::StrCat(
