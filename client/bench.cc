@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -22,6 +23,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "client/commands.h"
+#include "client/progress_bar.h"
 #include "client/proto_convert.h"
 #include "core/status_macros.h"
 #include "featviz/v1/featviz.grpc.pb.h"
@@ -232,10 +234,20 @@ absl::Status RunBench(VisualizerClient& client, const BenchOptions& options,
       FetchServerStats(client, err);
 
   std::vector<JobOutcome> outcomes(total);
+  // Jobs finished so far, on stderr: a bar on a terminal, a line per 10 %
+  // otherwise. Drawn under a lock, outside the jobs' own timing.
+  absl::Mutex progress_mu;
+  int64_t finished = 0;
+  CountProgress progress(err, ProgressModeFor(err), "bench", "jobs done");
+  auto job_done = [&] {
+    absl::MutexLock lock(&progress_mu);
+    progress.Update(++finished, total);
+  };
   const absl::Time start = absl::Now();
   if (options.sequential) {
     for (int64_t g = 0; g < total; ++g) {
       outcomes[g] = RunJob(client, requests[g]);
+      job_done();
     }
   } else {
     // The stub is thread-safe; each thread writes only its own outcomes.
@@ -246,12 +258,14 @@ absl::Status RunBench(VisualizerClient& client, const BenchOptions& options,
         for (int64_t k = 0; k < per_client; ++k) {
           const int64_t g = c * per_client + k;
           outcomes[g] = RunJob(client, requests[g]);
+          job_done();
         }
       });
     }
     for (std::thread& t : threads) t.join();
   }
   const double wall = absl::ToDoubleSeconds(absl::Now() - start);
+  progress.Finish();
 
   std::vector<double> latencies, queue, compute;
   std::map<std::string, int64_t> failures;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "client/circuits_client.h"
+#include "client/progress_bar.h"
 #include "core/image.h"
 #include "core/status_macros.h"
 
@@ -85,15 +86,6 @@ v1::RenderRequest BaseRender(const std::string& model, int64_t steps,
   if (seed >= 0) request.set_seed(static_cast<uint64_t>(seed));
   request.mutable_output()->set_png(true);
   return request;
-}
-
-std::function<void(size_t, size_t)> ProgressLine(std::FILE* err,
-                                                 const std::string& what) {
-  return [err, what](size_t done, size_t total) {
-    std::fprintf(err, "\r%s: %zu/%zu jobs done", what.c_str(), done, total);
-    if (done == total) std::fputc('\n', err);
-    std::fflush(err);
-  };
 }
 
 std::string Html(absl::string_view text) {
@@ -225,9 +217,14 @@ absl::Status RunCircuits(VisualizerClient& client,
     ids.push_back(c.class_job_id());
     for (const v1::Detector& d : c.detectors()) ids.push_back(d.job_id());
   }
+  CountProgress progress(err, ProgressModeFor(err), "circuits: rendering",
+                         "jobs done");
   FEATVIZ_ASSIGN_OR_RETURN(
       std::vector<v1::Job> jobs,
-      circuits.WaitForJobs(ids, ProgressLine(err, "circuits: rendering")));
+      circuits.WaitForJobs(ids, [&](size_t done, size_t total) {
+        progress.Update(static_cast<int64_t>(done), static_cast<int64_t>(total));
+      }));
+  progress.Finish();
   const double total_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   std::map<std::string, const v1::RenderResult*> results;
   for (const v1::Job& job : jobs) {
@@ -359,6 +356,7 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
     }
   }
   size_t done = 0;
+  CountProgress progress(err, ProgressModeFor(err), "atlas", "units rendered");
   for (size_t begin = 0; begin < units.size(); begin += options.window) {
     const size_t end = std::min(units.size(), begin + options.window);
     std::vector<std::string> ids;
@@ -372,14 +370,13 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
     FEATVIZ_ASSIGN_OR_RETURN(
         std::vector<v1::Job> jobs,
         circuits.WaitForJobs(ids, [&](size_t d, size_t) {
-          std::fprintf(err, "\ratlas: %zu/%zu units rendered", done + d,
-                       units.size());
-          std::fflush(err);
+          progress.Update(static_cast<int64_t>(done + d),
+                          static_cast<int64_t>(units.size()));
         }));
     for (size_t i = begin; i < end; ++i) units[i].result = jobs[i - begin].result();
     done = end;
   }
-  std::fputc('\n', err);
+  progress.Finish();
   const double render_seconds = absl::ToDoubleSeconds(absl::Now() - start);
 
   // Top dataset examples, one cached pass per layer on the server.

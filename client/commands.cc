@@ -205,6 +205,19 @@ absl::Status RunRender(VisualizerClient& client,
                        const RenderCommandOptions& options,
                        const v1::RenderRequest& request, std::FILE* out,
                        std::FILE* err) {
+  return FollowRender(
+      client, options,
+      [&](const VisualizerClient::ProgressCallback& on_progress,
+          std::string* job_id) {
+        return client.Render(request, on_progress, job_id);
+      },
+      out, err);
+}
+
+absl::Status FollowRender(VisualizerClient& client,
+                          const RenderCommandOptions& options,
+                          const RenderStream& stream, std::FILE* out,
+                          std::FILE* err) {
   // The bar names the terms the way the server will; the server still
   // parses the text and is the one to reject it.
   std::vector<std::string> term_labels;
@@ -225,9 +238,8 @@ absl::Status RunRender(VisualizerClient& client,
   absl::StatusOr<v1::RenderResult> rendered;
   std::string job_id;
   {
-    ProgressBar bar(err, options.progress_bar, term_labels, term_weights);
-    rendered = client.Render(
-        request,
+    ProgressBar bar(err, options.progress, term_labels, term_weights);
+    rendered = stream(
         [&](const v1::RenderProgress& progress) -> absl::Status {
           bar.Update(progress);
           if (options.previews.empty() || progress.preview_png().empty()) {
@@ -261,7 +273,16 @@ absl::Status RunRender(VisualizerClient& client,
   }
 
   at::Tensor images;
-  if (!options.out.empty() || !options.npy.empty()) {
+  if ((!options.out.empty() || !options.npy.empty()) &&
+      !result.has_images() && result.png_size() > 0) {
+    // A watched job submitted without tensors: its PNGs (8 bits) will do.
+    std::vector<at::Tensor> decoded;
+    for (const std::string& png : result.png()) {
+      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor image, core::DecodePng(png));
+      decoded.push_back(std::move(image));
+    }
+    images = at::stack(decoded);
+  } else if (!options.out.empty() || !options.npy.empty()) {
     FEATVIZ_ASSIGN_OR_RETURN(images, TensorFromProto(result.images()));
     if (images.dim() != 4) {
       return absl::InternalError(absl::StrCat(

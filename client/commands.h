@@ -9,11 +9,13 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "client/progress_bar.h"
 #include "client/visualizer_client.h"
 #include "featviz/v1/featviz.pb.h"
 
@@ -55,8 +57,9 @@ struct RenderCommandOptions {
   int64_t scale = 0;    // Grid magnification; 0: cells of at least 112 px.
   int64_t columns = 0;  // Grid columns; 0: one row up to 10 images, else square.
 
-  bool json = false;          // One JSON object on `out` instead of a summary.
-  bool progress_bar = false;  // Draw a progress bar on `err`.
+  bool json = false;  // One JSON object on `out` instead of a summary.
+  // Progress on `err`: a bar on a terminal, a line per 10 % on a pipe.
+  ProgressMode progress = ProgressMode::kOff;
 };
 
 // The request `options` describe. InvalidArgument naming the option for
@@ -71,6 +74,19 @@ absl::Status RunRender(VisualizerClient& client,
                        const RenderCommandOptions& options,
                        const featviz::v1::RenderRequest& request,
                        std::FILE* out, std::FILE* err);
+
+// A stream of render events, Render's or WatchJob's: passes each progress
+// event to the callback and returns the result; `job_id` (may be null)
+// receives the job's id.
+using RenderStream = std::function<absl::StatusOr<featviz::v1::RenderResult>(
+    const VisualizerClient::ProgressCallback&, std::string* job_id)>;
+
+// Follows `stream` with `options`' progress display and writes the files and
+// the report that `options` ask for (RunRender and `featviz watch`).
+absl::Status FollowRender(VisualizerClient& client,
+                          const RenderCommandOptions& options,
+                          const RenderStream& stream, std::FILE* out,
+                          std::FILE* err);
 
 // `featviz job ID` (GetJob) and `featviz cancel ID` (CancelJob, when
 // `cancel`), sent to the replica the id names: one line with the id, state,

@@ -1,16 +1,17 @@
-// featviz: the command-line client of a featviz server.
+// featviz: the command-line client of a featviz server, one command per RPC
+// family (see kCommands below and `featviz --help`).
 //
 //   featviz models
-//   featviz layers mnist_classifier
-//   featviz render mnist_classifier 'prob(3)' --steps 256 --out three.png
-//   featviz bench --clients 8 --jobs 8
-//   featviz job 17@10.0.0.2:8980
+//   featviz render mnist_classifier 'prob(3)' --steps 256      # render.png
+//   featviz top mnist_classifier --layer conv2 --channels 5 --json
+//   featviz submit mnist_classifier 'logit(7)'  &&  featviz watch ID
 //
 // --server is any gRPC target; one naming several replicas
 // (dns:///featviz.lab.svc:8980) is balanced round-robin.
 //
-// Exit codes: 0 success; 1 an error from the server, an unreachable server,
-// or a file that could not be written; 2 a usage error.
+// Exit codes, the same for every command: 0 success; 1 an error from the
+// server (a job that failed included), an unreachable server, or a file that
+// could not be written; 2 a usage error.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -24,8 +25,11 @@
 #include "absl/flags/reflection.h"
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
@@ -33,7 +37,9 @@
 #include "client/circuits_commands.h"
 #include "client/commands.h"
 #include "client/progress_bar.h"
+#include "client/rpc_commands.h"
 #include "client/visualizer_client.h"
+#include "core/status_macros.h"
 
 ABSL_FLAG(std::string, server, "",
           "Server address host:port, or a gRPC target naming several "
@@ -51,21 +57,28 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(bool, json, false, "Print JSON on stdout instead of text");
 ABSL_FLAG(int64_t, steps, 0, "Optimisation steps; 0: the server's (256)");
 ABSL_FLAG(int64_t, size, 0, "Image side in pixels; 0: the model's input size");
-ABSL_FLAG(std::string, param, "", "Parameterisation: fft or pixel; default fft");
+ABSL_FLAG(std::string, parameterization, "",
+          "Parameterisation: fft or pixel; default fft (old name --param)");
 ABSL_FLAG(int64_t, batch, 1, "Images rendered together");
 ABSL_FLAG(int64_t, seed, -1, "Random seed; -1: the server picks (and reports) one");
 ABSL_FLAG(double, lr, 0, "Adam learning rate; 0: the server's (0.05)");
-ABSL_FLAG(double, decay, 0, "FFT spectrum decay power; 0: the server's (1.0)");
+ABSL_FLAG(double, decay_power, 0,
+          "FFT spectrum decay power; 0: the server's (1.0) (old name --decay)");
 ABSL_FLAG(std::string, transforms, "default",
           "default, none, or a list like 'pad(2), jitter(1), scale(0.9, 1.1), "
           "rotate(-5, 5)'");
 ABSL_FLAG(int64_t, progress_every, 0,
           "Progress event every N steps; 0: the server's (16)");
-ABSL_FLAG(std::string, out, "", "Labelled grid PNG of all images");
+ABSL_FLAG(std::string, out, "render.png",
+          "render, watch: labelled grid PNG of all images (--out= for none)");
+ABSL_FLAG(std::string, out_dir, "",
+          "circuits, atlas, activations, attribute, top: the folder to write "
+          "into");
 ABSL_FLAG(std::string, npy, "", ".npy file of the float images [B, C, H, W]");
 ABSL_FLAG(std::string, png_dir, "", "Directory for one PNG per image, image_<b>.png");
-ABSL_FLAG(std::string, previews, "",
-          "Directory for a preview PNG per progress event, step_<NNNNN>.png");
+ABSL_FLAG(std::string, preview_dir, "",
+          "Directory for a preview PNG per progress event, step_<NNNNN>.png "
+          "(old name --previews)");
 ABSL_FLAG(std::string, labels, "",
           "Comma-separated grid labels, one per image; default: top class and "
           "probability");
@@ -84,127 +97,549 @@ ABSL_FLAG(bool, sequential, false,
           "bench: the same jobs one after another from one thread");
 
 ABSL_FLAG(std::string, layer, "", "circuits: the layer whose channels detect");
-ABSL_FLAG(int64_t, top, 3, "circuits: detector channels per class");
+ABSL_FLAG(int64_t, top_k, 0,
+          "circuits: detector channels per class (3); attribute: channels "
+          "printed (10) (old name --top)");
+ABSL_FLAG(int64_t, top_n, 0,
+          "top, atlas: dataset examples per unit (top 9, atlas 8)");
+ABSL_FLAG(int64_t, examples_per_class, 0,
+          "circuits: images of each class to score on (64)");
 ABSL_FLAG(std::string, dataset, "",
           "circuits, atlas: a dataset the server hosts; default: the first "
           "that fits the model");
 ABSL_FLAG(int64_t, examples, 0,
-          "circuits: images of each class to score on (64); atlas: top "
-          "dataset examples per unit (8)");
+          "deprecated: circuits --examples_per_class, atlas --top_n");
 ABSL_FLAG(std::string, classes, "", "circuits: comma-separated classes; all when empty");
 ABSL_FLAG(std::string, layers, "", "atlas: comma-separated layers; all conv and linear when empty");
+ABSL_FLAG(std::string, channels, "",
+          "activations, top: comma-separated channels; all when empty");
+ABSL_FLAG(std::string, indices, "",
+          "activations, attribute: comma-separated dataset indices");
+ABSL_FLAG(int64_t, start, 0, "activations, attribute: first dataset image");
+ABSL_FLAG(int64_t, count, 0,
+          "activations, attribute: dataset images from --start (1)");
+ABSL_FLAG(int64_t, label, -1,
+          "activations, attribute: only images of this class; -1: any");
+ABSL_FLAG(std::string, owner, "",
+          "submit: the job's owner (fair share); jobs: only this owner's");
+ABSL_FLAG(int32_t, priority, 0, "submit: priority in [-10, 10]");
+ABSL_FLAG(std::string, state, "",
+          "jobs: only jobs in this state (queued, running, succeeded, "
+          "failed, cancelled, expired)");
+ABSL_FLAG(std::string, version, "", "unload: one version; all when empty");
 
 namespace featviz::client {
 namespace {
 
 constexpr char kUsage[] = R"(usage: featviz [--server ADDR] [--timeout S] COMMAND ...
 
-commands:
-  models [--json]                 the hosted models
-  layers MODEL [--json]           a model's layer catalogue
-  render MODEL 'OBJECTIVE' [options]
-                                  render a feature visualisation
-  bench [options]                 load-test the server with many renders
-  circuits MODEL --layer L --out DIR [--top K]
-                                  per class: its visualisation, its top-K
+models and rendering:
+  models                          the hosted models
+  layers MODEL                    a model's layer catalogue
+  render MODEL 'OBJECTIVE'        render a feature visualisation (render.png)
+  bench                           load-test the server with many renders
+jobs:
+  submit MODEL 'OBJECTIVE'        queue a render as a job; prints its id
+  watch ID                        follow a job to its end; writes like render
+  job ID                          a job's state (asked of the replica its id names)
+  cancel ID                       cancel a job; answers once it has ended
+  jobs [--owner O] [--state S]    the jobs the server knows, newest first
+  stats                           queue, worker, cache and job figures
+circuits:
+  datasets                        the datasets the server hosts
+  activations MODEL --layer L     a layer's activations on dataset images
+  attribute MODEL 'TARGET' --layer L
+                                  L's channels ranked by contribution to TARGET
+  top MODEL --layer L             the dataset images that excite each unit most
+  circuits MODEL --layer L --out_dir DIR
+                                  per class: its visualisation, its top-k
                                   detector channels in L with their
                                   visualisations and activation maps
-  atlas MODEL --out DIR           a static site with every conv channel and
+  atlas MODEL --out_dir DIR       a static site with every conv channel and
                                   linear neuron: pictures, dataset examples,
                                   statistics, loss curves
-  job ID [--json]                 a job's state (asked of the replica its id names)
-  cancel ID [--json]              cancel a job; answers once it has ended
+admin (the admin role):
+  load PATH                       serve a model of the server's repository
+  unload NAME [--version V]       stop serving it (waits for its running jobs)
+  reload [NAME]                   bring served models in line with the repository
+
+Every command takes --json: exactly one JSON document on stdout.
 
 global options:
   --server ADDR     host:port (default $FEATVIZ_SERVER, else 127.0.0.1:8980), or
                     dns:///host:port to balance round-robin over every address
-  --timeout S       deadline in seconds (0: none for render, 30 s otherwise)
+  --timeout S       deadline in seconds (0: none for render, watch and admin
+                    calls, 30 s otherwise)
   --token_file F    bearer token: F's first line (default $FEATVIZ_TOKEN)
   --tls_ca F        connect over TLS, verifying the server against PEM CAs F
   --tls_cert F --tls_key K   client certificate and key (mTLS)
 
-render options:
-  --steps N  --size N  --param fft|pixel  --batch N  --seed N  --lr X
-  --decay X  --transforms default|none|'pad(2), jitter(1), scale(0.9, 1.1), rotate(-5, 5)'
-  --progress_every N
-  --out grid.png  --labels 'a,b,c'  --scale N  --columns N
-  --npy images.npy  --png_dir DIR  --previews DIR
-  --json            print the result's statistics as one JSON object
+render and submit options (watch takes the output ones):
+  --steps N  --size N  --parameterization fft|pixel  --batch N (batch size)
+  --seed N  --lr X  --decay_power X  --progress_every N
+  --transforms default|none|'pad(2), jitter(1), scale(0.9, 1.1), rotate(-5, 5)'
+  --out FILE (render.png; --out= for none)  --labels 'a,b,c'  --scale N
+  --columns N  --npy FILE  --png_dir DIR  --preview_dir DIR
+  submit: --owner O  --priority P
 
 bench options:
   --clients N (8)  --jobs M per client (4)  --model NAME (mnist_classifier)
   --objectives 'channel(conv2, {i%32})|logit({i%10})'   job g uses template
                     g % T with {i} -> g and {i%K} -> g mod K
-  --steps N (256)  --batch N (1)  --param fft|pixel (fft)
+  --steps N (256)  --batch N (1)  --parameterization fft|pixel (fft)
   --seed_base S (0) job g's seed is S + g; a server's result cache answers
                     seeds it has seen, so change S to rerun against it
   --sequential      the same jobs one after another (the baseline)
-  --json            one JSON object: jobs, failures, jobs/s, latency, ...
 
 circuits options:
-  --layer L  --top K (3)  --out DIR  --dataset NAME  --examples N (64 per class)
-  --classes 'a,b'  --steps N  --seed N (0)  --json
+  activations: --layer L  --channels 'a,b'  --npy FILE  --out_dir DIR (overlays)
+  attribute:   --layer L  --top_k K (10 printed)  --out_dir DIR (GradCAM)
+  both, the images: --dataset NAME  --indices 'i,j' | --start N --count N
+               --label C
+  top:         --layer L  --channels 'a,b'  --dataset NAME  --top_n N (9)
+               --out_dir DIR (the example images)
+  circuits:    --layer L  --top_k K (3)  --out_dir DIR  --dataset NAME
+               --examples_per_class N (64)  --classes 'a,b'  --steps N  --seed N (0)
+  atlas:       --out_dir DIR  --dataset NAME  --top_n N (8)  --layers 'a,b'
+               --steps N  --seed N (0)
 
-atlas options:
-  --out DIR  --dataset NAME  --examples N (8 per unit)  --layers 'a,b'
-  --steps N  --seed N (0)
+Old spellings still work, with a note on stderr: --param, --decay,
+--previews, --top, --examples, and --out for a folder.
 
 objectives: neuron(conv2, 5)  channel(conv2, 5)  conv2:5  layer(conv2)
   logit(7)  prob(7)  direction(fc1, [...])  diversity(conv2)  alignment(conv2)
-  tv()  l1()  l2()  any term with batch=N;  channel(conv2, 5) + 0.5 * prob(7) - 0.01 * tv()
+  tv()  l1()  l2()  any term with batch=i (image i of the batch);
+  channel(conv2, 5) + 0.5 * prob(7) - 0.01 * tv()
 
-exit status: 0 ok, 1 server or file error, 2 usage error
+exit status: 0 ok, 1 server, job or file error, 2 usage error
 )";
 
 constexpr char kDefaultServer[] = "127.0.0.1:8980";
 
-// Which flags each command takes, besides the global ones.
-const std::map<std::string, std::set<std::string>>& CommandFlags() {
-  static const auto* flags = new std::map<std::string, std::set<std::string>>{
-      {"models", {"json"}},
-      {"layers", {"json"}},
-      {"job", {"json"}},
-      {"cancel", {"json"}},
-      {"render",
-       {"json", "steps", "size", "param", "batch", "seed", "lr", "decay",
-        "transforms", "progress_every", "out", "npy", "png_dir", "previews",
-        "labels", "scale", "columns"}},
-      {"bench",
-       {"json", "steps", "batch", "param", "clients", "jobs", "model",
-        "objectives", "sequential", "seed_base"}},
-      {"circuits",
-       {"json", "layer", "top", "out", "dataset", "examples", "classes",
-        "steps", "seed"}},
-      {"atlas", {"out", "dataset", "examples", "layers", "steps", "seed"}},
+// Old flag names and the vocabulary's (README, "One vocabulary"). --out and
+// --examples changed meaning per command and are mapped in the commands.
+const std::map<std::string, std::string>& FlagAliases() {
+  static const auto* aliases = new std::map<std::string, std::string>{
+      {"param", "parameterization"},
+      {"decay", "decay_power"},
+      {"previews", "preview_dir"},
+      {"top", "top_k"},
   };
+  return *aliases;
+}
+
+const std::set<std::string>& RenderFlags() {
+  static const auto* flags = new std::set<std::string>{
+      "json", "steps", "size", "parameterization", "batch", "seed", "lr",
+      "decay_power", "transforms", "progress_every", "out", "npy", "png_dir",
+      "preview_dir", "labels", "scale", "columns"};
   return *flags;
 }
+const std::set<std::string>& OutputFlags() {
+  static const auto* flags = new std::set<std::string>{
+      "json", "out", "npy", "png_dir", "preview_dir", "labels", "scale",
+      "columns"};
+  return *flags;
+}
+const std::set<std::string>& SliceFlags() {
+  static const auto* flags = new std::set<std::string>{
+      "dataset", "indices", "start", "count", "label"};
+  return *flags;
+}
+std::set<std::string> Union(std::set<std::string> a,
+                            const std::set<std::string>& b) {
+  a.insert(b.begin(), b.end());
+  return a;
+}
+
 const std::set<std::string>& GlobalFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "timeout", "token_file", "tls_ca", "tls_cert", "tls_key"};
   return *flags;
 }
 
+struct Args {
+  std::vector<std::string> positional;
+  std::set<std::string> flags;  // Canonical names, as set.
+  std::vector<std::string> notes;  // Deprecation notes for stderr.
+  bool help = false;
+};
+
+// What a command's handler gets.
+struct Invocation {
+  VisualizerClient& client;
+  const std::vector<std::string>& operands;
+  const Args& args;
+};
+
+// A handler's outcome: a usage error (exit 2) or the command's status.
+struct Outcome {
+  std::string usage;  // Non-empty: a usage error.
+  absl::Status status;
+};
+Outcome Usage(std::string message) { return {std::move(message), {}}; }
+Outcome Done(absl::Status status) { return {"", std::move(status)}; }
+
+struct Command {
+  const char* name;
+  const char* usage;  // "featviz NAME ..." for a wrong operand count.
+  int min_operands;
+  int max_operands;
+  std::set<std::string> flags;
+  Outcome (*run)(const Invocation&);
+};
+
+bool Json() { return absl::GetFlag(FLAGS_json); }
+
+// A comma-separated list of integers; InvalidArgument (a usage error) names
+// the flag and the item.
+absl::StatusOr<std::vector<int64_t>> Integers(const std::string& flag,
+                                              const std::string& text) {
+  std::vector<int64_t> out;
+  for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int64_t value = 0;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(item), &value)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--", flag, ": '", item, "' is not an integer"));
+    }
+    out.push_back(value);
+  }
+  return out;
+}
+
+// The render options of the flags (render, submit, watch).
+absl::StatusOr<RenderCommandOptions> RenderOptions(const Invocation& in) {
+  RenderCommandOptions options;
+  if (!in.operands.empty()) options.model = in.operands[0];
+  if (in.operands.size() > 1) options.objective = in.operands[1];
+  options.steps = absl::GetFlag(FLAGS_steps);
+  options.size = absl::GetFlag(FLAGS_size);
+  options.param = absl::GetFlag(FLAGS_parameterization);
+  options.batch = absl::GetFlag(FLAGS_batch);
+  options.seed = absl::GetFlag(FLAGS_seed);
+  options.lr = absl::GetFlag(FLAGS_lr);
+  options.decay = absl::GetFlag(FLAGS_decay_power);
+  options.transforms = absl::GetFlag(FLAGS_transforms);
+  options.progress_every = absl::GetFlag(FLAGS_progress_every);
+  options.out = absl::GetFlag(FLAGS_out);
+  options.npy = absl::GetFlag(FLAGS_npy);
+  options.png_dir = absl::GetFlag(FLAGS_png_dir);
+  options.previews = absl::GetFlag(FLAGS_preview_dir);
+  const std::string labels = absl::GetFlag(FLAGS_labels);
+  if (!labels.empty()) options.labels = absl::StrSplit(labels, ',');
+  options.scale = absl::GetFlag(FLAGS_scale);
+  options.columns = absl::GetFlag(FLAGS_columns);
+  options.json = Json();
+  options.progress = ProgressModeFor(stderr);
+  return options;
+}
+
+absl::StatusOr<DatasetSliceOptions> SliceOptions() {
+  DatasetSliceOptions slice;
+  slice.dataset = absl::GetFlag(FLAGS_dataset);
+  FEATVIZ_ASSIGN_OR_RETURN(slice.indices,
+                           Integers("indices", absl::GetFlag(FLAGS_indices)));
+  slice.start = absl::GetFlag(FLAGS_start);
+  slice.count = absl::GetFlag(FLAGS_count);
+  if (slice.start < 0 || slice.count < 0) {
+    return absl::InvalidArgumentError("--start and --count must be >= 0");
+  }
+  if (absl::GetFlag(FLAGS_label) >= 0) slice.label = absl::GetFlag(FLAGS_label);
+  return slice;
+}
+
+// --out_dir, or the old --out for a folder.
+std::string OutDir(const Invocation& in) {
+  if (in.args.flags.count("out_dir") > 0 || in.args.flags.count("out") == 0) {
+    return absl::GetFlag(FLAGS_out_dir);
+  }
+  std::fprintf(stderr,
+               "featviz: --out for a folder is deprecated; use --out_dir\n");
+  return absl::GetFlag(FLAGS_out);
+}
+
+// `value` of --NAME when set, else of the deprecated --examples when set.
+int64_t OrExamples(const Invocation& in, const char* name, int64_t value) {
+  if (in.args.flags.count(name) > 0 || in.args.flags.count("examples") == 0) {
+    return value;
+  }
+  std::fprintf(stderr, "featviz: --examples is deprecated here; use --%s\n",
+               name);
+  return absl::GetFlag(FLAGS_examples);
+}
+
+Outcome RunModelsCommand(const Invocation& in) {
+  return Done(RunModels(in.client, Json(), stdout));
+}
+
+Outcome RunLayersCommand(const Invocation& in) {
+  return Done(RunLayers(in.client, in.operands[0], Json(), stdout));
+}
+
+Outcome RunJobCommand(const Invocation& in) {
+  return Done(RunJob(in.client, in.operands[0], false, Json(), stdout));
+}
+
+Outcome RunCancelCommand(const Invocation& in) {
+  return Done(RunJob(in.client, in.operands[0], true, Json(), stdout));
+}
+
+Outcome RunRenderCommand(const Invocation& in) {
+  absl::StatusOr<RenderCommandOptions> options = RenderOptions(in);
+  if (!options.ok()) return Usage(std::string(options.status().message()));
+  absl::StatusOr<featviz::v1::RenderRequest> request =
+      BuildRenderRequest(*options);
+  if (!request.ok()) return Usage(std::string(request.status().message()));
+  return Done(RunRender(in.client, *options, *request, stdout, stderr));
+}
+
+Outcome RunSubmitCommand(const Invocation& in) {
+  absl::StatusOr<RenderCommandOptions> options = RenderOptions(in);
+  if (!options.ok()) return Usage(std::string(options.status().message()));
+  absl::StatusOr<featviz::v1::RenderRequest> request =
+      BuildRenderRequest(*options);
+  if (!request.ok()) return Usage(std::string(request.status().message()));
+  return Done(RunSubmit(in.client, *request, absl::GetFlag(FLAGS_owner),
+                        absl::GetFlag(FLAGS_priority), Json(), stdout));
+}
+
+Outcome RunWatchCommand(const Invocation& in) {
+  absl::StatusOr<RenderCommandOptions> options = RenderOptions(in);
+  if (!options.ok()) return Usage(std::string(options.status().message()));
+  if (options->scale < 0 || options->columns < 0) {
+    return Usage("--scale and --columns must not be negative");
+  }
+  return Done(RunWatch(in.client, in.operands[0], *options, stdout, stderr));
+}
+
+Outcome RunJobsCommand(const Invocation& in) {
+  absl::Status status = RunJobs(in.client, absl::GetFlag(FLAGS_owner),
+                                absl::GetFlag(FLAGS_state), Json(), stdout);
+  if (absl::IsInvalidArgument(status) &&
+      absl::StartsWith(status.message(), "--state")) {
+    return Usage(std::string(status.message()));
+  }
+  return Done(status);
+}
+
+Outcome RunStatsCommand(const Invocation& in) {
+  return Done(RunStats(in.client, Json(), stdout));
+}
+
+Outcome RunDatasetsCommand(const Invocation& in) {
+  return Done(RunDatasets(in.client, Json(), stdout));
+}
+
+Outcome RunActivationsCommand(const Invocation& in) {
+  ActivationsCommandOptions options;
+  options.model = in.operands[0];
+  options.layer = absl::GetFlag(FLAGS_layer);
+  if (options.layer.empty()) return Usage("featviz activations needs --layer");
+  absl::StatusOr<std::vector<int64_t>> channels =
+      Integers("channels", absl::GetFlag(FLAGS_channels));
+  if (!channels.ok()) return Usage(std::string(channels.status().message()));
+  options.channels = *channels;
+  absl::StatusOr<DatasetSliceOptions> slice = SliceOptions();
+  if (!slice.ok()) return Usage(std::string(slice.status().message()));
+  options.images = *slice;
+  options.npy = absl::GetFlag(FLAGS_npy);
+  options.out_dir = OutDir(in);
+  options.json = Json();
+  return Done(RunActivations(in.client, options, stdout));
+}
+
+Outcome RunAttributeCommand(const Invocation& in) {
+  AttributeCommandOptions options;
+  options.model = in.operands[0];
+  options.target = in.operands[1];
+  options.layer = absl::GetFlag(FLAGS_layer);
+  if (options.layer.empty()) return Usage("featviz attribute needs --layer");
+  absl::StatusOr<DatasetSliceOptions> slice = SliceOptions();
+  if (!slice.ok()) return Usage(std::string(slice.status().message()));
+  options.images = *slice;
+  if (absl::GetFlag(FLAGS_top_k) != 0) options.top_k = absl::GetFlag(FLAGS_top_k);
+  if (options.top_k < 1) return Usage("--top_k must be >= 1");
+  options.out_dir = OutDir(in);
+  options.json = Json();
+  return Done(RunAttribute(in.client, options, stdout));
+}
+
+Outcome RunTopCommand(const Invocation& in) {
+  TopCommandOptions options;
+  options.model = in.operands[0];
+  options.layer = absl::GetFlag(FLAGS_layer);
+  if (options.layer.empty()) return Usage("featviz top needs --layer");
+  absl::StatusOr<std::vector<int64_t>> channels =
+      Integers("channels", absl::GetFlag(FLAGS_channels));
+  if (!channels.ok()) return Usage(std::string(channels.status().message()));
+  options.channels = *channels;
+  options.dataset = absl::GetFlag(FLAGS_dataset);
+  if (absl::GetFlag(FLAGS_top_n) != 0) options.top_n = absl::GetFlag(FLAGS_top_n);
+  if (options.top_n < 1 || options.top_n > 1000) {
+    return Usage("--top_n must be in [1, 1000]");
+  }
+  options.out_dir = OutDir(in);
+  options.json = Json();
+  return Done(RunTop(in.client, options, stdout));
+}
+
+Outcome RunCircuitsCommand(const Invocation& in) {
+  CircuitsCommandOptions options;
+  options.model = in.operands[0];
+  options.layer = absl::GetFlag(FLAGS_layer);
+  options.out_dir = OutDir(in);
+  if (options.layer.empty() || options.out_dir.empty()) {
+    return Usage("usage: featviz circuits MODEL --layer L --out_dir DIR [--top_k K]");
+  }
+  if (absl::GetFlag(FLAGS_top_k) != 0) options.top = absl::GetFlag(FLAGS_top_k);
+  options.dataset = absl::GetFlag(FLAGS_dataset);
+  const int64_t examples =
+      OrExamples(in, "examples_per_class", absl::GetFlag(FLAGS_examples_per_class));
+  if (examples != 0) options.examples = examples;
+  options.steps = absl::GetFlag(FLAGS_steps);
+  options.seed = std::max<int64_t>(0, absl::GetFlag(FLAGS_seed));
+  options.json = Json();
+  absl::StatusOr<std::vector<int64_t>> classes =
+      Integers("classes", absl::GetFlag(FLAGS_classes));
+  if (!classes.ok()) return Usage(std::string(classes.status().message()));
+  options.classes = *classes;
+  if (options.top < 1 || options.examples < 1 || options.steps < 0) {
+    return Usage("--top_k, --examples_per_class must be >= 1 and --steps >= 0");
+  }
+  return Done(RunCircuits(in.client, options, stdout, stderr));
+}
+
+Outcome RunAtlasCommand(const Invocation& in) {
+  AtlasCommandOptions options;
+  options.model = in.operands[0];
+  options.out_dir = OutDir(in);
+  if (options.out_dir.empty()) return Usage("usage: featviz atlas MODEL --out_dir DIR");
+  options.dataset = absl::GetFlag(FLAGS_dataset);
+  const int64_t top_n = OrExamples(in, "top_n", absl::GetFlag(FLAGS_top_n));
+  if (top_n != 0) options.examples = top_n;
+  options.steps = absl::GetFlag(FLAGS_steps);
+  options.seed = std::max<int64_t>(0, absl::GetFlag(FLAGS_seed));
+  options.layers = absl::StrSplit(absl::GetFlag(FLAGS_layers), ',',
+                                  absl::SkipEmpty());
+  if (options.examples < 1 || options.examples > 100 || options.steps < 0) {
+    return Usage("--top_n must be in [1, 100] and --steps >= 0");
+  }
+  return Done(RunAtlas(in.client, options, stdout, stderr));
+}
+
+Outcome RunBenchCommand(const Invocation& in) {
+  BenchOptions options;
+  options.model = absl::GetFlag(FLAGS_model);
+  options.objectives = absl::GetFlag(FLAGS_objectives);
+  options.clients = absl::GetFlag(FLAGS_clients);
+  options.jobs_per_client = absl::GetFlag(FLAGS_jobs);
+  // --steps and --parameterization default to "the server's" for render;
+  // the bench states its own so that runs compare.
+  options.steps = absl::GetFlag(FLAGS_steps) != 0 ? absl::GetFlag(FLAGS_steps)
+                                                  : 256;
+  options.batch = absl::GetFlag(FLAGS_batch);
+  if (!absl::GetFlag(FLAGS_parameterization).empty()) {
+    options.param = absl::GetFlag(FLAGS_parameterization);
+  }
+  options.seed_base = absl::GetFlag(FLAGS_seed_base);
+  options.sequential = absl::GetFlag(FLAGS_sequential);
+  options.json = Json();
+  if (absl::Status valid = ValidateBenchOptions(options); !valid.ok()) {
+    return Usage(std::string(valid.message()));
+  }
+  return Done(RunBench(in.client, options, stdout, stderr));
+}
+
+Outcome RunLoadCommand(const Invocation& in) {
+  return Done(RunLoad(in.client, in.operands[0], Json(), stdout));
+}
+
+Outcome RunUnloadCommand(const Invocation& in) {
+  return Done(RunUnload(in.client, in.operands[0], absl::GetFlag(FLAGS_version),
+                        Json(), stdout));
+}
+
+Outcome RunReloadCommand(const Invocation& in) {
+  return Done(RunReload(in.client, in.operands.empty() ? "" : in.operands[0],
+                        Json(), stdout));
+}
+
+// Every command: its operands, its flags besides the global ones, its
+// handler. (`upload` is to come: a command per RPC family.)
+const std::vector<Command>& Commands() {
+  static const auto* commands = new std::vector<Command>{
+      {"models", "featviz models", 0, 0, {"json"}, RunModelsCommand},
+      {"layers", "featviz layers MODEL", 1, 1, {"json"}, RunLayersCommand},
+      {"render", "featviz render MODEL 'OBJECTIVE' [options]", 2, 2,
+       RenderFlags(), RunRenderCommand},
+      {"bench", "featviz bench [options]", 0, 0,
+       {"json", "steps", "batch", "parameterization", "clients", "jobs",
+        "model", "objectives", "sequential", "seed_base"},
+       RunBenchCommand},
+      {"submit", "featviz submit MODEL 'OBJECTIVE' [options]", 2, 2,
+       Union(RenderFlags(), {"owner", "priority"}), RunSubmitCommand},
+      {"watch", "featviz watch ID [--out FILE ...]", 1, 1, OutputFlags(),
+       RunWatchCommand},
+      {"job", "featviz job ID", 1, 1, {"json"}, RunJobCommand},
+      {"cancel", "featviz cancel ID", 1, 1, {"json"}, RunCancelCommand},
+      {"jobs", "featviz jobs [--owner O] [--state S]", 0, 0,
+       {"json", "owner", "state"}, RunJobsCommand},
+      {"stats", "featviz stats", 0, 0, {"json"}, RunStatsCommand},
+      {"datasets", "featviz datasets", 0, 0, {"json"}, RunDatasetsCommand},
+      {"activations", "featviz activations MODEL --layer L [options]", 1, 1,
+       Union(SliceFlags(),
+             {"json", "layer", "channels", "npy", "out_dir", "out"}),
+       RunActivationsCommand},
+      {"attribute", "featviz attribute MODEL 'TARGET' --layer L [options]", 2,
+       2, Union(SliceFlags(), {"json", "layer", "top_k", "out_dir", "out"}),
+       RunAttributeCommand},
+      {"top", "featviz top MODEL --layer L [options]", 1, 1,
+       {"json", "layer", "channels", "dataset", "top_n", "out_dir", "out"},
+       RunTopCommand},
+      {"circuits", "featviz circuits MODEL --layer L --out_dir DIR", 1, 1,
+       {"json", "layer", "top_k", "out_dir", "out", "dataset",
+        "examples_per_class", "examples", "classes", "steps", "seed"},
+       RunCircuitsCommand},
+      {"atlas", "featviz atlas MODEL --out_dir DIR", 1, 1,
+       {"out_dir", "out", "dataset", "top_n", "examples", "layers", "steps",
+        "seed"},
+       RunAtlasCommand},
+      {"load", "featviz load PATH", 1, 1, {"json"}, RunLoadCommand},
+      {"unload", "featviz unload NAME [--version V]", 1, 1,
+       {"json", "version"}, RunUnloadCommand},
+      {"reload", "featviz reload [NAME]", 0, 1, {"json"}, RunReloadCommand},
+  };
+  return *commands;
+}
+
+const Command* FindCommand(const std::string& name) {
+  for (const Command& command : Commands()) {
+    if (name == command.name) return &command;
+  }
+  return nullptr;
+}
+
+std::string CommandNames() {
+  std::vector<std::string> names;
+  for (const Command& command : Commands()) names.push_back(command.name);
+  return absl::StrJoin(names, ", ");
+}
+
 // Whether some command takes flag `name`.
 bool KnownFlag(const std::string& name) {
   if (GlobalFlags().count(name) > 0) return true;
-  for (const auto& [command, flags] : CommandFlags()) {
-    if (flags.count(name) > 0) return true;
+  for (const Command& command : Commands()) {
+    if (command.flags.count(name) > 0) return true;
   }
   return false;
 }
-
-struct Args {
-  std::vector<std::string> positional;
-  std::vector<std::string> flags;  // Names, as set.
-  bool help = false;
-};
 
 // Parses argv into the flags above and positional arguments. Unlike
 // absl::ParseCommandLine, an error is returned (a usage error, exit 2)
 // rather than exiting with 1. Flags may come anywhere; "--" ends them.
 // Arguments starting with a single '-' are positional, so an objective may
-// read '-0.01 * tv() + prob(3)'.
+// read '-0.01 * tv() + prob(3)'. Old flag names are read as the new ones,
+// with a note.
 absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
   Args args;
   bool flags_done = false;
@@ -230,6 +665,12 @@ absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
     if (name == "help" || name == "helpfull") {
       args.help = true;
       continue;
+    }
+    if (const auto alias = FlagAliases().find(name);
+        alias != FlagAliases().end()) {
+      args.notes.push_back(absl::StrCat("--", name, " is deprecated; use --",
+                                        alias->second));
+      name = alias->second;
     }
     absl::CommandLineFlag* flag = nullptr;
     if (KnownFlag(name)) flag = absl::FindCommandLineFlag(name);
@@ -266,7 +707,7 @@ absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
     if (!flag->ParseFrom(value, &error)) {
       return absl::InvalidArgumentError(absl::StrCat("--", name, ": ", error));
     }
-    args.flags.push_back(name);
+    args.flags.insert(name);
   }
   return args;
 }
@@ -303,21 +744,26 @@ int Main(int argc, char** argv) {
     std::fputs(kUsage, stderr);
     return 2;
   }
-  const std::string command = args->positional[0];
-  const auto allowed = CommandFlags().find(command);
-  if (allowed == CommandFlags().end()) {
-    return UsageError(absl::StrCat("unknown command '", command,
-                                   "' (models, layers, render, bench, circuits, "
-                                   "atlas, job, cancel)"));
+  const Command* command = FindCommand(args->positional[0]);
+  if (command == nullptr) {
+    return UsageError(absl::StrCat("unknown command '", args->positional[0],
+                                   "' (", CommandNames(), ")"));
   }
   for (const std::string& flag : args->flags) {
-    if (GlobalFlags().count(flag) == 0 && allowed->second.count(flag) == 0) {
+    if (GlobalFlags().count(flag) == 0 && command->flags.count(flag) == 0) {
       return UsageError(
-          absl::StrCat("featviz ", command, " takes no flag --", flag));
+          absl::StrCat("featviz ", command->name, " takes no flag --", flag));
     }
   }
   const std::vector<std::string> operands(args->positional.begin() + 1,
                                           args->positional.end());
+  if (static_cast<int>(operands.size()) < command->min_operands ||
+      static_cast<int>(operands.size()) > command->max_operands) {
+    return UsageError(absl::StrCat("usage: ", command->usage));
+  }
+  for (const std::string& note : args->notes) {
+    std::fprintf(stderr, "featviz: %s\n", note.c_str());
+  }
 
   const double timeout = absl::GetFlag(FLAGS_timeout);
   if (!(timeout >= 0)) {
@@ -335,129 +781,14 @@ int Main(int argc, char** argv) {
   client_options.tls_ca = absl::GetFlag(FLAGS_tls_ca);
   client_options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   client_options.tls_key = absl::GetFlag(FLAGS_tls_key);
-  const std::string address = ServerAddress();
   absl::StatusOr<VisualizerClientPtr> client =
-      VisualizerClient::Create(address, client_options);
+      VisualizerClient::Create(ServerAddress(), client_options);
   if (!client.ok()) return UsageError(std::string(client.status().message()));
 
-  absl::Status status;
-  if (command == "models") {
-    if (!operands.empty()) {
-      return UsageError("featviz models takes no arguments");
-    }
-    status = RunModels(**client, absl::GetFlag(FLAGS_json), stdout);
-  } else if (command == "layers") {
-    if (operands.size() != 1) return UsageError("usage: featviz layers MODEL");
-    status = RunLayers(**client, operands[0], absl::GetFlag(FLAGS_json), stdout);
-  } else if (command == "job" || command == "cancel") {
-    if (operands.size() != 1) {
-      return UsageError(absl::StrCat("usage: featviz ", command, " ID"));
-    }
-    status = RunJob(**client, operands[0], command == "cancel",
-                    absl::GetFlag(FLAGS_json), stdout);
-  } else if (command == "bench") {
-    if (!operands.empty()) return UsageError("featviz bench takes no arguments");
-    BenchOptions options;
-    options.model = absl::GetFlag(FLAGS_model);
-    options.objectives = absl::GetFlag(FLAGS_objectives);
-    options.clients = absl::GetFlag(FLAGS_clients);
-    options.jobs_per_client = absl::GetFlag(FLAGS_jobs);
-    // --steps and --param default to "the server's" for render; the bench
-    // states its own so that runs compare.
-    options.steps = absl::GetFlag(FLAGS_steps) != 0 ? absl::GetFlag(FLAGS_steps)
-                                                    : 256;
-    options.batch = absl::GetFlag(FLAGS_batch);
-    if (!absl::GetFlag(FLAGS_param).empty()) {
-      options.param = absl::GetFlag(FLAGS_param);
-    }
-    options.seed_base = absl::GetFlag(FLAGS_seed_base);
-    options.sequential = absl::GetFlag(FLAGS_sequential);
-    options.json = absl::GetFlag(FLAGS_json);
-    if (absl::Status valid = ValidateBenchOptions(options); !valid.ok()) {
-      return UsageError(std::string(valid.message()));
-    }
-    status = RunBench(**client, options, stdout, stderr);
-  } else if (command == "circuits") {
-    if (operands.size() != 1 || absl::GetFlag(FLAGS_layer).empty() ||
-        absl::GetFlag(FLAGS_out).empty()) {
-      return UsageError("usage: featviz circuits MODEL --layer L --out DIR [--top K]");
-    }
-    CircuitsCommandOptions options;
-    options.model = operands[0];
-    options.layer = absl::GetFlag(FLAGS_layer);
-    options.top = absl::GetFlag(FLAGS_top);
-    options.out_dir = absl::GetFlag(FLAGS_out);
-    options.dataset = absl::GetFlag(FLAGS_dataset);
-    if (absl::GetFlag(FLAGS_examples) != 0) {
-      options.examples = absl::GetFlag(FLAGS_examples);
-    }
-    options.steps = absl::GetFlag(FLAGS_steps);
-    options.seed = std::max<int64_t>(0, absl::GetFlag(FLAGS_seed));
-    options.json = absl::GetFlag(FLAGS_json);
-    for (absl::string_view c : absl::StrSplit(absl::GetFlag(FLAGS_classes), ',',
-                                             absl::SkipEmpty())) {
-      int64_t value = 0;
-      if (!absl::SimpleAtoi(c, &value)) {
-        return UsageError(absl::StrCat("--classes: '", c, "' is not a class index"));
-      }
-      options.classes.push_back(value);
-    }
-    if (options.top < 1 || options.examples < 1 || options.steps < 0) {
-      return UsageError("--top, --examples must be >= 1 and --steps >= 0");
-    }
-    status = RunCircuits(**client, options, stdout, stderr);
-  } else if (command == "atlas") {
-    if (operands.size() != 1 || absl::GetFlag(FLAGS_out).empty()) {
-      return UsageError("usage: featviz atlas MODEL --out DIR");
-    }
-    AtlasCommandOptions options;
-    options.model = operands[0];
-    options.out_dir = absl::GetFlag(FLAGS_out);
-    options.dataset = absl::GetFlag(FLAGS_dataset);
-    if (absl::GetFlag(FLAGS_examples) != 0) {
-      options.examples = absl::GetFlag(FLAGS_examples);
-    }
-    options.steps = absl::GetFlag(FLAGS_steps);
-    options.seed = std::max<int64_t>(0, absl::GetFlag(FLAGS_seed));
-    options.layers = absl::StrSplit(absl::GetFlag(FLAGS_layers), ',',
-                                    absl::SkipEmpty());
-    if (options.examples < 1 || options.examples > 100 || options.steps < 0) {
-      return UsageError("--examples must be in [1, 100] and --steps >= 0");
-    }
-    status = RunAtlas(**client, options, stdout, stderr);
-  } else {
-    if (operands.size() != 2) {
-      return UsageError("usage: featviz render MODEL 'OBJECTIVE' [options]");
-    }
-    RenderCommandOptions options;
-    options.model = operands[0];
-    options.objective = operands[1];
-    options.steps = absl::GetFlag(FLAGS_steps);
-    options.size = absl::GetFlag(FLAGS_size);
-    options.param = absl::GetFlag(FLAGS_param);
-    options.batch = absl::GetFlag(FLAGS_batch);
-    options.seed = absl::GetFlag(FLAGS_seed);
-    options.lr = absl::GetFlag(FLAGS_lr);
-    options.decay = absl::GetFlag(FLAGS_decay);
-    options.transforms = absl::GetFlag(FLAGS_transforms);
-    options.progress_every = absl::GetFlag(FLAGS_progress_every);
-    options.out = absl::GetFlag(FLAGS_out);
-    options.npy = absl::GetFlag(FLAGS_npy);
-    options.png_dir = absl::GetFlag(FLAGS_png_dir);
-    options.previews = absl::GetFlag(FLAGS_previews);
-    const std::string labels = absl::GetFlag(FLAGS_labels);
-    if (!labels.empty()) options.labels = absl::StrSplit(labels, ',');
-    options.scale = absl::GetFlag(FLAGS_scale);
-    options.columns = absl::GetFlag(FLAGS_columns);
-    options.json = absl::GetFlag(FLAGS_json);
-    options.progress_bar = ProgressBar::IsTerminal(stderr);
-    absl::StatusOr<featviz::v1::RenderRequest> request =
-        BuildRenderRequest(options);
-    if (!request.ok()) return UsageError(std::string(request.status().message()));
-    status = RunRender(**client, options, *request, stdout, stderr);
-  }
+  const Outcome outcome = command->run({**client, operands, *args});
   std::fflush(stdout);
-  if (!status.ok()) return Fail(status);
+  if (!outcome.usage.empty()) return UsageError(outcome.usage);
+  if (!outcome.status.ok()) return Fail(outcome.status);
   return 0;
 }
 

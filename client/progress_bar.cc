@@ -13,16 +13,33 @@ namespace featviz::client {
 
 namespace {
 constexpr int kBarWidth = 20;
+
+// Tenths of `total` that `done` has reached, in [0, 10].
+int64_t Deciles(int64_t done, int64_t total) {
+  if (total <= 0) return 10;
+  return std::clamp<int64_t>(done, 0, total) * 10 / total;
+}
 }  // namespace
+
+ProgressMode ProgressModeFor(std::FILE* file) {
+  return ProgressBar::IsTerminal(file) ? ProgressMode::kBar
+                                       : ProgressMode::kLines;
+}
+
+ProgressBar::ProgressBar(std::FILE* out, ProgressMode mode,
+                         std::vector<std::string> labels,
+                         std::vector<double> weights)
+    : out_(out),
+      mode_(mode),
+      labels_(std::move(labels)),
+      weights_(std::move(weights)),
+      start_(absl::Now()) {}
 
 ProgressBar::ProgressBar(std::FILE* out, bool enabled,
                          std::vector<std::string> labels,
                          std::vector<double> weights)
-    : out_(out),
-      enabled_(enabled),
-      labels_(std::move(labels)),
-      weights_(std::move(weights)),
-      start_(absl::Now()) {}
+    : ProgressBar(out, enabled ? ProgressMode::kBar : ProgressMode::kOff,
+                  std::move(labels), std::move(weights)) {}
 
 ProgressBar::~ProgressBar() { Finish(); }
 
@@ -61,7 +78,15 @@ std::string ProgressBar::Line(const featviz::v1::RenderProgress& progress,
 }
 
 void ProgressBar::Update(const featviz::v1::RenderProgress& progress) {
-  if (!enabled_) return;
+  if (mode_ == ProgressMode::kOff) return;
+  if (mode_ == ProgressMode::kLines) {
+    const int64_t deciles = Deciles(progress.step(), progress.total_steps());
+    if (deciles <= deciles_written_) return;
+    deciles_written_ = deciles;
+    std::fprintf(out_, "%s\n", Line(progress, absl::Now()).c_str());
+    std::fflush(out_);
+    return;
+  }
   // \r back to the start, \033[K erases what a longer line left behind.
   std::fprintf(out_, "\r%s\033[K", Line(progress, absl::Now()).c_str());
   std::fflush(out_);
@@ -69,8 +94,36 @@ void ProgressBar::Update(const featviz::v1::RenderProgress& progress) {
 }
 
 void ProgressBar::Finish() {
-  if (!enabled_ || !drawn_) return;
+  if (mode_ != ProgressMode::kBar || !drawn_) return;
   std::fprintf(out_, "\r\033[K");
+  std::fflush(out_);
+  drawn_ = false;
+}
+
+CountProgress::CountProgress(std::FILE* out, ProgressMode mode,
+                             std::string what, std::string unit)
+    : out_(out), mode_(mode), what_(std::move(what)), unit_(std::move(unit)) {}
+
+CountProgress::~CountProgress() { Finish(); }
+
+void CountProgress::Update(int64_t done, int64_t total) {
+  const std::string line =
+      absl::StrFormat("%s: %d/%d %s", what_, done, total, unit_);
+  if (mode_ == ProgressMode::kBar) {
+    std::fprintf(out_, "\r%s\033[K", line.c_str());
+    drawn_ = true;
+  } else if (mode_ == ProgressMode::kLines) {
+    const int64_t deciles = Deciles(done, total);
+    if (deciles <= deciles_written_) return;
+    deciles_written_ = deciles;
+    std::fprintf(out_, "%s\n", line.c_str());
+  }
+  std::fflush(out_);
+}
+
+void CountProgress::Finish() {
+  if (mode_ != ProgressMode::kBar || !drawn_) return;
+  std::fputc('\n', out_);
   std::fflush(out_);
   drawn_ = false;
 }

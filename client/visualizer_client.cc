@@ -228,10 +228,27 @@ absl::StatusOr<v1::RenderResult> VisualizerClient::Render(
   Prepare(context, options_.render_timeout);
   std::unique_ptr<grpc::ClientReader<v1::RenderEvent>> reader =
       stub_->Render(&context, request);
+  return ReadStream(context, *reader, on_progress, job_id);
+}
+
+absl::StatusOr<v1::RenderResult> VisualizerClient::WatchJob(
+    const std::string& id, const ProgressCallback& on_progress) {
+  grpc::ClientContext context;
+  Prepare(context, options_.render_timeout);
+  v1::WatchJobRequest request;
+  request.set_id(id);
+  std::unique_ptr<grpc::ClientReader<v1::RenderEvent>> reader =
+      StubForJob(id)->WatchJob(&context, request);
+  return ReadStream(context, *reader, on_progress, nullptr);
+}
+
+absl::StatusOr<v1::RenderResult> VisualizerClient::ReadStream(
+    grpc::ClientContext& context, grpc::ClientReader<v1::RenderEvent>& reader,
+    const ProgressCallback& on_progress, std::string* job_id) {
   v1::RenderEvent event;
   absl::Status callback_status;
   std::optional<v1::RenderResult> result;
-  while (reader->Read(&event)) {
+  while (reader.Read(&event)) {
     if (event.has_progress()) {
       if (result.has_value()) continue;  // Nothing may follow the result.
       if (on_progress && callback_status.ok()) {
@@ -242,7 +259,7 @@ absl::StatusOr<v1::RenderResult> VisualizerClient::Render(
       result = std::move(*event.mutable_result());
     }
   }
-  const grpc::Status finish = reader->Finish();
+  const grpc::Status finish = reader.Finish();
   if (job_id != nullptr) {
     // Sent with the initial metadata once the job is accepted.
     const auto& metadata = context.GetServerInitialMetadata();
@@ -259,6 +276,78 @@ absl::StatusOr<v1::RenderResult> VisualizerClient::Render(
         "the server ended the render stream without a result");
   }
   return *std::move(result);
+}
+
+absl::StatusOr<v1::Job> VisualizerClient::SubmitJob(
+    const v1::RenderRequest& request) {
+  grpc::ClientContext context;
+  Prepare(context, options_.call_timeout);
+  v1::SubmitJobRequest submit;
+  *submit.mutable_request() = request;
+  v1::Job job;
+  absl::Status status = FromGrpc(stub_->SubmitJob(&context, submit, &job));
+  if (!status.ok()) return status;
+  return job;
+}
+
+absl::StatusOr<std::vector<v1::Job>> VisualizerClient::ListJobs(
+    const std::string& owner, v1::JobState state) {
+  std::vector<v1::Job> jobs;
+  v1::ListJobsRequest request;
+  request.set_owner(owner);
+  request.set_state(state);
+  // A server that hands back the same token forever must not hang us.
+  for (int page = 0; page < 10000; ++page) {
+    grpc::ClientContext context;
+    Prepare(context, options_.call_timeout);
+    v1::ListJobsResponse response;
+    absl::Status status =
+        FromGrpc(stub_->ListJobs(&context, request, &response));
+    if (!status.ok()) return status;
+    for (v1::Job& job : *response.mutable_jobs()) jobs.push_back(std::move(job));
+    if (response.next_page_token().empty()) return jobs;
+    request.set_page_token(response.next_page_token());
+  }
+  return absl::InternalError("ListJobs: the server never ended its pages");
+}
+
+absl::StatusOr<v1::LoadModelResponse> VisualizerClient::LoadModel(
+    const std::string& path) {
+  grpc::ClientContext context;
+  Prepare(context, options_.render_timeout);
+  v1::LoadModelRequest request;
+  request.set_path(path);
+  v1::LoadModelResponse response;
+  absl::Status status = FromGrpc(stub_->LoadModel(&context, request, &response));
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<v1::UnloadModelResponse> VisualizerClient::UnloadModel(
+    const std::string& name, const std::string& version) {
+  grpc::ClientContext context;
+  Prepare(context, options_.render_timeout);
+  v1::UnloadModelRequest request;
+  request.set_name(name);
+  request.set_version(version);
+  v1::UnloadModelResponse response;
+  absl::Status status =
+      FromGrpc(stub_->UnloadModel(&context, request, &response));
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<v1::ReloadModelResponse> VisualizerClient::ReloadModel(
+    const std::string& name) {
+  grpc::ClientContext context;
+  Prepare(context, options_.render_timeout);
+  v1::ReloadModelRequest request;
+  request.set_name(name);
+  v1::ReloadModelResponse response;
+  absl::Status status =
+      FromGrpc(stub_->ReloadModel(&context, request, &response));
+  if (!status.ok()) return status;
+  return response;
 }
 
 }  // namespace featviz::client

@@ -85,6 +85,26 @@ class VisualizerClient {
                                           bool include_result);
   // Cancels job `id` on the replica holding it; answers once it has ended.
   absl::StatusOr<featviz::v1::Job> CancelJob(const std::string& id);
+  // Queues `request` as a job (SubmitJob) and returns it at once.
+  absl::StatusOr<featviz::v1::Job> SubmitJob(
+      const featviz::v1::RenderRequest& request);
+  // Follows job `id` (WatchJob, on the replica its id names) to its end like
+  // Render: progress to `on_progress`, then the result or the job's error.
+  absl::StatusOr<featviz::v1::RenderResult> WatchJob(
+      const std::string& id, const ProgressCallback& on_progress);
+  // Every job the server knows (all pages), newest first; only `owner`'s
+  // when not empty, only those in `state` unless JOB_STATE_UNSPECIFIED.
+  absl::StatusOr<std::vector<featviz::v1::Job>> ListJobs(
+      const std::string& owner, featviz::v1::JobState state);
+
+  // Admin calls (the admin role). Their deadline is render_timeout's: an
+  // unload answers only once the model's running jobs have finished.
+  absl::StatusOr<featviz::v1::LoadModelResponse> LoadModel(
+      const std::string& path);
+  absl::StatusOr<featviz::v1::UnloadModelResponse> UnloadModel(
+      const std::string& name, const std::string& version);
+  absl::StatusOr<featviz::v1::ReloadModelResponse> ReloadModel(
+      const std::string& name);
 
   const std::string& address() const { return address_; }
   const ClientOptions& options() const { return options_; }
@@ -100,6 +120,12 @@ class VisualizerClient {
   // The stub for calls about job `id`: a channel of its own to the replica
   // named after the id's '@', or the balanced one for ids naming none.
   featviz::v1::Visualizer::Stub* StubForJob(const std::string& id);
+
+  // Reads a Render or WatchJob stream to its result (see Render).
+  absl::StatusOr<featviz::v1::RenderResult> ReadStream(
+      grpc::ClientContext& context,
+      grpc::ClientReader<featviz::v1::RenderEvent>& reader,
+      const ProgressCallback& on_progress, std::string* job_id);
 
   // The call's status in absl terms, with the server's address where the
   // server could not be reached.

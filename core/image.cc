@@ -9,6 +9,7 @@
 #include <png.h>
 
 #include <algorithm>
+#include <utility>
 #include <cerrno>
 #include <cmath>
 #include <csetjmp>
@@ -332,23 +333,44 @@ std::vector<Quad> LabelQuads(const std::string& label) {
   return quads;
 }
 
-// Draws `label` centred in the box [box_x, box_x + box_w) x [box_y, box_y +
-// box_h) of a [3, H, W] sheet, clipped to the box so that a long label cannot
-// spill into its neighbours.
-void DrawLabel(const std::string& label, int64_t box_x, int64_t box_y,
-               int64_t box_w, int64_t box_h, int64_t text_scale, float ink,
-               at::Tensor& sheet) {
-  const std::vector<Quad> quads = LabelQuads(label);
-  if (quads.empty()) return;
+// The horizontal extent [x0, x1) of `label`'s ink in font units (0, 0 when
+// it has none).
+std::pair<int64_t, int64_t> InkExtent(const std::vector<Quad>& quads) {
+  if (quads.empty()) return {0, 0};
   int64_t ink_x0 = quads[0].x0, ink_x1 = quads[0].x1;
   for (const Quad& q : quads) {
     ink_x0 = std::min(ink_x0, q.x0);
     ink_x1 = std::max(ink_x1, q.x1);
   }
-  // A smaller font still reads where a clipped one would not.
+  return {ink_x0, ink_x1};
+}
+
+// The font size of every label of a sheet: `text_scale`, lowered until the
+// longest label fits its cell. One size for the whole sheet, so that "sad"
+// and "surprise" under neighbouring pictures read alike; a label that does
+// not fit even at 1 is clipped (its start, which names it best, stays).
+int64_t SheetTextScale(const std::vector<std::string>& labels,
+                       int64_t cell_w, int64_t text_scale) {
+  int64_t widest = 0;
+  for (const std::string& label : labels) {
+    const auto [x0, x1] = InkExtent(LabelQuads(label));
+    widest = std::max(widest, x1 - x0);
+  }
   int64_t s = text_scale;
-  while (s > 1 && (ink_x1 - ink_x0) * s > box_w) --s;
-  // Centred when it fits; otherwise its start, which names it best, stays.
+  while (s > 1 && widest * s > cell_w) --s;
+  return s;
+}
+
+// Draws `label` at font size `s` centred in the box [box_x, box_x + box_w) x
+// [box_y, box_y + box_h) of a [3, H, W] sheet, clipped to the box so that a
+// long label cannot spill into its neighbours.
+void DrawLabel(const std::string& label, int64_t box_x, int64_t box_y,
+               int64_t box_w, int64_t box_h, int64_t s, float ink,
+               at::Tensor& sheet) {
+  const std::vector<Quad> quads = LabelQuads(label);
+  if (quads.empty()) return;
+  const auto [ink_x0, ink_x1] = InkExtent(quads);
+  // Centred when it fits; otherwise its start stays.
   const int64_t slack = std::max<int64_t>(0, box_w - (ink_x1 - ink_x0) * s);
   const int64_t origin_x = box_x + slack / 2 - ink_x0 * s;
   const int64_t origin_y = box_y + kFontTopMargin * s;
@@ -575,7 +597,8 @@ absl::StatusOr<at::Tensor> MakeGrid(const at::Tensor& images,
   }
   const int64_t cell_w = width * options.scale;
   const int64_t cell_h = height * options.scale;
-  const int64_t text_scale = TextScaleForCell(cell_w);
+  const int64_t text_scale =
+      SheetTextScale(options.labels, cell_w, TextScaleForCell(cell_w));
   const int64_t label_h =
       options.labels.empty() ? 0 : kFontLineHeight * text_scale;
   const int64_t sheet_w = padding + columns * (cell_w + padding);

@@ -465,7 +465,9 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
                                     ? limits.default_progress_every
                                     : output.progress_every();
   plan.tensor = output.tensor();
-  plan.png = output.png();
+  // A request that asks for neither gets one PNG per image: a render that
+  // returns no picture is never what its caller meant.
+  plan.png = output.png() || !output.tensor();
   plan.preview_png = output.preview_png();
   plan.options.progress_images = output.preview_png();
 

@@ -3,6 +3,7 @@
 // and the site, and the site opened in headless Chromium.
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <regex>
 #include <string>
@@ -54,9 +55,9 @@ class CircuitsCliTest : public SharedServerTest {
 
 TEST_F(CircuitsCliTest, CircuitsWritesOneRowPerClassWithScoresAndMaps) {
   const std::string dir = ScratchDir("circuits");
-  CommandResult r = Run({"circuits", "mnist_classifier", "--layer", "conv2", "--top",
-                         "2", "--classes", "1,7", "--steps", "24", "--examples",
-                         "16", "--out", dir});
+  CommandResult r = Run({"circuits", "mnist_classifier", "--layer", "conv2", "--top_k",
+                         "2", "--classes", "1,7", "--steps", "24",
+                         "--examples_per_class", "16", "--out_dir", dir});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(absl::StrContains(r.out, "class 1")) << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "class 7")) << r.out;
@@ -84,6 +85,49 @@ TEST_F(CircuitsCliTest, CircuitsWritesOneRowPerClassWithScoresAndMaps) {
   EXPECT_EQ(all->size(2), row->size(2));
 }
 
+TEST_F(CircuitsCliTest, DatasetsActivationsAttributeAndTopAnswerInJson) {
+  const CommandResult datasets = Run({"datasets", "--json"});
+  ASSERT_EQ(datasets.exit_code, 0) << datasets.err;
+  const json list = json::parse(datasets.out);
+  ASSERT_EQ(list.size(), 1u) << datasets.out;
+  EXPECT_EQ(list[0]["name"], "mnist");
+
+  const std::string dir = ScratchDir("rpc_commands");
+  const CommandResult acts =
+      Run({"activations", "mnist_classifier", "--layer", "conv2", "--channels",
+           "5,7", "--indices", "0,1,2", "--npy", dir + "/maps.npy", "--json"});
+  ASSERT_EQ(acts.exit_code, 0) << acts.err;
+  const json a = json::parse(acts.out);
+  EXPECT_EQ(a["shape"], json::array({3, 2, 8, 8})) << acts.out;
+  EXPECT_EQ(a["stats"].size(), 2u);
+  EXPECT_EQ(a["stats"][1]["channel"], 7);
+  EXPECT_EQ(ReadFileOrEmpty(dir + "/maps.npy").substr(1, 5), "NUMPY");
+
+  const CommandResult attr =
+      Run({"attribute", "mnist_classifier", "logit(3)", "--layer", "conv2",
+           "--label", "3", "--count", "8", "--json"});
+  ASSERT_EQ(attr.exit_code, 0) << attr.err;
+  const json scores = json::parse(attr.out)["scores"];
+  ASSERT_EQ(scores.size(), 32u) << attr.out;
+  EXPECT_GE(scores[0]["score"].get<double>(), scores[1]["score"].get<double>());
+
+  const CommandResult table = Run({"attribute", "mnist_classifier", "logit(3)",
+                                   "--layer", "conv2", "--top_k", "3"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  // A title line, the header, the top 3.
+  EXPECT_EQ(std::count(table.out.begin(), table.out.end(), '\n'), 5) << table.out;
+
+  const CommandResult top =
+      Run({"top", "mnist_classifier", "--layer", "conv2", "--channels", "5",
+           "--top_n", "4", "--out_dir", dir + "/top", "--json"});
+  ASSERT_EQ(top.exit_code, 0) << top.err;
+  const json t = json::parse(top.out);
+  ASSERT_EQ(t["units"].size(), 1u);
+  EXPECT_EQ(t["units"][0]["indices"].size(), 4u);
+  EXPECT_EQ(t["files"].size(), 4u);
+  EXPECT_EQ(ReadFileOrEmpty(dir + "/top/conv2_5_top1.png").substr(1, 3), "PNG");
+}
+
 TEST_F(CircuitsCliTest, CircuitsRefusesALayerTheModelLacks) {
   CommandResult r = Run({"circuits", "mnist_classifier", "--layer", "conv9",
                          "--out", ScratchDir("bad")});
@@ -95,9 +139,14 @@ TEST_F(CircuitsCliTest, CircuitsRefusesALayerTheModelLacks) {
 
 TEST_F(CircuitsCliTest, AtlasWritesASiteThatChromiumLoads) {
   const std::string dir = ScratchDir("atlas");
+  // The old spellings (--examples, --out for a folder) still work.
   CommandResult r = Run({"atlas", "mnist_classifier", "--layers", "conv1,fc2",
                          "--steps", "16", "--examples", "4", "--out", dir});
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "--examples is deprecated here; use --top_n"))
+      << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "use --out_dir")) << r.err;
+  EXPECT_FALSE(absl::StrContains(r.err, "\r")) << "piped: no carriage returns";
   EXPECT_TRUE(absl::StrContains(r.out, "26 units in 2 layers")) << r.out;
   for (const std::string file :
        {"index.html", "conv1/index.html", "conv1/sheet.png", "conv1/unit_15.html",

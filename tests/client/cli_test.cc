@@ -171,16 +171,110 @@ TEST_F(CliTest, RenderProbJsonReachesTheClassAndWritesFiles) {
   EXPECT_FALSE(absl::StrContains(r.err, "\r")) << r.err;
 }
 
-TEST_F(CliTest, PipedRenderPrintsOnlyASummaryLine) {
+TEST_F(CliTest, PipedRenderPrintsASummaryAndAProgressLinePerTenth) {
   const CommandResult r =
       Run({"render", "mnist_classifier", "channel(conv2, 5)", "--steps", "32",
-           "--progress_every", "1"});
+           "--progress_every", "1", "--out="});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_EQ(Lines(r.out).size(), 1u) << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "32 steps")) << r.out;
   EXPECT_FALSE(absl::StrContains(r.out + r.err, "\033")) << r.out << r.err;
   EXPECT_FALSE(absl::StrContains(r.out + r.err, "\r")) << r.out << r.err;
-  EXPECT_EQ(r.err, "");
+  // One plain line per 10 % of the steps, the last at 32/32.
+  const std::vector<std::string> progress = Lines(r.err);
+  ASSERT_EQ(progress.size(), 10u) << r.err;
+  EXPECT_TRUE(absl::StrContains(progress.back(), "32/32")) << r.err;
+}
+
+TEST_F(CliTest, RenderWritesRenderPngByDefault) {
+  const std::string dir = ScratchDir("render_default");
+  absl::StatusOr<CommandResult> r = RunCommand(
+      {"/bin/sh", "-c",
+       absl::StrCat("cd '", dir, "' && exec '", kCli, "' --server ",
+                    server_->address(),
+                    " render mnist_classifier 'logit(1)' --steps 8")});
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->exit_code, 0) << r->err;
+  EXPECT_TRUE(absl::StrContains(r->out, "wrote render.png")) << r->out;
+  EXPECT_EQ(ReadFileOrEmpty(dir + "/render.png").substr(1, 3), "PNG");
+}
+
+TEST_F(CliTest, OldFlagNamesStillWorkWithANote) {
+  const CommandResult r =
+      Run({"render", "mnist_classifier", "logit(2)", "--steps", "4", "--param",
+           "pixel", "--decay", "1.0", "--out="});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(
+      r.err, "--param is deprecated; use --parameterization")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "--decay is deprecated; use --decay_power"))
+      << r.err;
+}
+
+TEST_F(CliTest, SubmitWatchJobsAndStatsFollowOneJob) {
+  const std::string dir = ScratchDir("submit_watch");
+  const CommandResult submitted =
+      Run({"submit", "mnist_classifier", "logit(4)", "--steps", "16", "--seed",
+           "3", "--owner", "alice"});
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  const std::vector<std::string> id = Lines(submitted.out);
+  ASSERT_EQ(id.size(), 1u) << submitted.out;
+
+  const CommandResult watched =
+      Run({"watch", id[0], "--out", dir + "/watched.png", "--json"});
+  ASSERT_EQ(watched.exit_code, 0) << watched.err;
+  const json report = json::parse(watched.out);
+  EXPECT_EQ(report["job"], id[0]);
+  EXPECT_EQ(report["objective"], "logit(4)");
+  EXPECT_EQ(report["files"]["out"], dir + "/watched.png");
+  EXPECT_EQ(ReadFileOrEmpty(dir + "/watched.png").substr(1, 3), "PNG");
+
+  const CommandResult jobs =
+      Run({"jobs", "--owner", "alice", "--state", "succeeded", "--json"});
+  ASSERT_EQ(jobs.exit_code, 0) << jobs.err;
+  const json list = json::parse(jobs.out);
+  ASSERT_EQ(list.size(), 1u) << jobs.out;
+  EXPECT_EQ(list[0]["id"], id[0]);
+  EXPECT_EQ(list[0]["state"], "succeeded");
+
+  const CommandResult table = Run({"jobs"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_TRUE(absl::StrContains(table.out, id[0])) << table.out;
+
+  const CommandResult stats = Run({"stats", "--json"});
+  ASSERT_EQ(stats.exit_code, 0) << stats.err;
+  EXPECT_GE(std::stoll(json::parse(stats.out)["jobs_submitted"].get<std::string>()),
+            1);
+  const CommandResult stats_text = Run({"stats"});
+  ASSERT_EQ(stats_text.exit_code, 0) << stats_text.err;
+  EXPECT_TRUE(absl::StrContains(stats_text.out, "succeeded")) << stats_text.out;
+}
+
+TEST(CliAdmin, UnloadLoadAndReloadChangeWhatIsServed) {
+  const std::string dir = ScratchDir("admin");
+  std::filesystem::copy_file(std::string(kModels) + "/mnist_classifier.pt",
+                             dir + "/mnist_classifier.pt");
+  std::filesystem::copy_file(std::string(kModels) + "/mnist_classifier.card.json",
+                             dir + "/mnist_classifier.card.json");
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start(kServer, dir, dir + "/server.log");
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto cli = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {"--server", (*server)->address()});
+    return Cli(args);
+  };
+  const CommandResult unloaded = cli({"unload", "mnist_classifier", "--json"});
+  ASSERT_EQ(unloaded.exit_code, 0) << unloaded.err;
+  EXPECT_EQ(json::parse(unloaded.out)["models"][0]["name"], "mnist_classifier");
+  EXPECT_EQ(cli({"layers", "mnist_classifier"}).exit_code, 1);
+
+  const CommandResult loaded = cli({"load", "mnist_classifier.pt"});
+  ASSERT_EQ(loaded.exit_code, 0) << loaded.err;
+  EXPECT_TRUE(absl::StartsWith(loaded.out, "loaded mnist_classifier@")) << loaded.out;
+
+  const CommandResult reloaded = cli({"reload"});
+  ASSERT_EQ(reloaded.exit_code, 0) << reloaded.err;
+  EXPECT_EQ(reloaded.out, "nothing changed\n");
+  EXPECT_EQ((*server)->Stop(), 0);
 }
 
 TEST_F(CliTest, RenderWritesOnePngPerImageAndPreviews) {
@@ -190,7 +284,7 @@ TEST_F(CliTest, RenderWritesOnePngPerImageAndPreviews) {
            "--batch", "2", "--steps", "32", "--progress_every", "16", "--seed",
            "1", "--transforms", "pad(1), jitter(1), rotate(-5, 5)", "--out",
            dir + "/grid.png", "--labels", "zero,one", "--png_dir", dir,
-           "--previews", dir + "/previews", "--json"});
+           "--preview_dir", dir + "/previews", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json report = json::parse(r.out);
   EXPECT_EQ(report["probs"].size(), 2u);
@@ -313,6 +407,12 @@ TEST(CliNoServer, UsageErrorsExitWithTwo) {
       {"render", "mnist_classifier", "prob(3)", "--transforms", "spin(3)"},
       {"render", "mnist_classifier", "prob(3)", "--batch", "2", "--labels", "a"},
       {"render", "mnist_classifier", "prob(3)", "--steps"},
+      {"jobs", "--state", "sleeping"},
+      {"watch"},
+      {"unload"},
+      {"activations", "mnist_classifier"},
+      {"top", "mnist_classifier", "--layer", "conv2", "--channels", "a"},
+      {"stats", "--layer", "conv2"},
   };
   for (const std::vector<std::string>& args : cases) {
     std::vector<std::string> with_server = {"--server", "127.0.0.1:1"};

@@ -1,6 +1,8 @@
 #include "client/progress_bar.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <string>
 
 #include <gtest/gtest.h>
 
@@ -47,6 +49,44 @@ TEST(ProgressBar, WritesNothingWhenDisabled) {
   EXPECT_EQ(std::ftell(file), 0);
   EXPECT_FALSE(ProgressBar::IsTerminal(file));
   std::fclose(file);
+}
+
+std::string ReadAll(std::FILE* file) {
+  std::rewind(file);
+  std::string text;
+  for (int c = std::fgetc(file); c != EOF; c = std::fgetc(file)) {
+    text.push_back(static_cast<char>(c));
+  }
+  return text;
+}
+
+TEST(ProgressBar, OnAPipeWritesOneLinePerTenthOfTheSteps) {
+  std::FILE* file = std::tmpfile();
+  ASSERT_NE(file, nullptr);
+  {
+    ProgressBar bar(file, ProgressMode::kLines, {"x"}, {1});
+    for (int step = 1; step <= 256; ++step) bar.Update(Progress(step, 256, {1}));
+  }
+  const std::string text = ReadAll(file);
+  std::fclose(file);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 10) << text;
+  EXPECT_EQ(text.find('\r'), std::string::npos) << text;
+  EXPECT_EQ(text.find('\033'), std::string::npos) << text;
+  EXPECT_NE(text.find("256/256"), std::string::npos) << text;
+}
+
+TEST(CountProgress, OnAPipeWritesOneLinePerTenthAndNoCarriageReturns) {
+  std::FILE* file = std::tmpfile();
+  ASSERT_NE(file, nullptr);
+  {
+    CountProgress progress(file, ProgressMode::kLines, "atlas", "units rendered");
+    for (int done = 0; done <= 3; ++done) progress.Update(done, 3);
+  }
+  const std::string text = ReadAll(file);
+  std::fclose(file);
+  EXPECT_EQ(text,
+            "atlas: 1/3 units rendered\natlas: 2/3 units rendered\n"
+            "atlas: 3/3 units rendered\n");
 }
 
 }  // namespace

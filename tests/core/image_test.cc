@@ -447,6 +447,28 @@ TEST(Grid, DifferentLabelsDrawDifferentGlyphs) {
   EXPECT_FALSE(at::equal(left, right));
 }
 
+TEST(Grid, EveryLabelOfASheetHasTheSameFontSize) {
+  // A short and a long class name under neighbouring pictures: the long one
+  // needs the smallest size, and the short one is drawn at it too, so that
+  // the sheet reads as one (not "sad" large and "sad and stressed" tiny).
+  GridOptions options;
+  options.padding = 0;
+  options.columns = 2;
+  options.scale = 5;  // 140-pixel cells.
+  options.labels = {"sad", "sad and stressed"};
+  absl::StatusOr<at::Tensor> grid = MakeGrid(at::ones({2, 1, 28, 28}), options);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  const int64_t cell = 140;
+  const at::Tensor labels = grid->narrow(1, cell, grid->size(1) - cell);
+  auto ink_rows = [&](int64_t column) {
+    const at::Tensor dark =
+        labels.narrow(2, column * cell, cell).lt(0.5).all(0);  // [h, w]
+    return dark.any(1).sum().item<int64_t>();
+  };
+  EXPECT_GT(ink_rows(0), 0);
+  EXPECT_EQ(ink_rows(0), ink_rows(1));
+}
+
 TEST(Grid, DrawsLightTextOnDarkBackground) {
   GridOptions options;
   options.background = 0.0f;

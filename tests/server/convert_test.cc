@@ -101,6 +101,20 @@ TEST_F(ConvertTest, PlanFillsTheDocumentedDefaults) {
   EXPECT_EQ(plan->objective.ToString(), "channel(conv2, 5)");
 }
 
+TEST_F(ConvertTest, ARequestAskingForNoOutputGetsPngs) {
+  v1::RenderRequest request = Request("logit(1)");
+  absl::StatusOr<RenderPlan> plan = PlanRender(request, *registry_, limits_);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(plan->png);
+  EXPECT_FALSE(plan->tensor);
+
+  request.mutable_output()->set_tensor(true);
+  plan = PlanRender(request, *registry_, limits_);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(plan->png) << "tensors asked for: no PNGs unless asked too";
+  EXPECT_TRUE(plan->tensor);
+}
+
 TEST_F(ConvertTest, PlanAppliesTheServersLimits) {
   limits_.max_steps = 100;
   v1::RenderRequest request = Request("logit(1)");

@@ -3,12 +3,23 @@
     from featviz_client import Client
     with Client("127.0.0.1:8980") as fv:
         result = fv.render("mnist_classifier", "logit(7)", seed=0)
+        result.show("seven.png")     # a labelled grid; in Jupyter, just `result`
         print(result.probs[0])
 
-The generated stubs (`featviz.v1.featviz_pb2`, built into
-`build/python` by CMake) must be importable.
+Install with `pip install ./client/python` (the gRPC stubs are generated
+then, into featviz_client.v1).
 """
 
+from featviz_client.circuits import (
+    Activations,
+    Attribution,
+    Circuit,
+    ClassCircuit,
+    Dataset,
+    Detector,
+    TopExamples,
+    UnitExamples,
+)
 from featviz_client.client import (
     Client,
     FeatvizError,
@@ -16,5 +27,10 @@ from featviz_client.client import (
     RenderResult,
     TermOutcome,
 )
+from featviz_client.images import grid, hwc, to_pil
 
-__all__ = ["Client", "FeatvizError", "Progress", "RenderResult", "TermOutcome"]
+__all__ = [
+    "Activations", "Attribution", "Circuit", "ClassCircuit", "Client", "Dataset",
+    "Detector", "FeatvizError", "Progress", "RenderResult", "TermOutcome",
+    "TopExamples", "UnitExamples", "grid", "hwc", "to_pil",
+]

@@ -13,9 +13,8 @@ run with --advertise_address give it an id naming that replica
 
 from __future__ import annotations
 
-import io
 import os
-import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +23,12 @@ from typing import Any, Optional, Union
 import grpc
 import numpy as np
 
-try:
-    from featviz.v1 import featviz_pb2, featviz_pb2_grpc
-except ImportError:
-    # Running from a checkout whose build/ holds the generated stubs.
-    _BUILD_STUBS = Path(__file__).resolve().parents[3] / "build" / "python"
-    if not (_BUILD_STUBS / "featviz" / "v1" / "featviz_pb2.py").is_file():
-        raise ImportError(
-            "featviz.v1 stubs not found: build the featviz_python_stubs target "
-            "and put <build>/python on PYTHONPATH") from None
-    sys.path.append(str(_BUILD_STUBS))
-    from featviz.v1 import featviz_pb2, featviz_pb2_grpc
+from featviz_client import images as _images
+from featviz_client.circuits import (Activations, Attribution, ChannelStats, Circuit,
+                                     ClassCircuit, Dataset, Detector, LayerActivations,
+                                     TopExamples, UnitExamples)
+from featviz_client._stubs import (circuits_pb2, circuits_pb2_grpc, featviz_pb2,
+                                   featviz_pb2_grpc, health_pb2, health_pb2_grpc)
 
 DEFAULT_ADDRESS = "127.0.0.1:8980"
 """Used when neither the `address` argument nor $FEATVIZ_SERVER is given."""
@@ -48,6 +42,8 @@ _PARAMETERIZATIONS = {
     "fft": featviz_pb2.PARAMETERIZATION_FFT,
     "pixel": featviz_pb2.PARAMETERIZATION_PIXEL,
 }
+# Old argument names of render/submit -> the vocabulary's (README).
+_DEPRECATED_RENDER_ARGS = {"param": "parameterization", "decay": "decay_power"}
 _TERM_FIELDS = frozenset({"layer", "index", "x", "y", "vector", "param", "batch"})
 
 ObjectiveSpec = Union[str, Mapping[str, Any], Sequence[Mapping[str, Any]],
@@ -77,11 +73,26 @@ class FeatvizError(Exception):
 
 @dataclass(frozen=True)
 class Progress:
-    """One progress event of a render: steps done and each term's value."""
+    """One progress event of a render: steps done and each term's value.
+
+    With `render(..., preview=True)` each event also carries `preview_png`,
+    a PNG of the current images (a grid when the batch has several); see
+    `preview()`.
+    """
 
     step: int
     total_steps: int
     term_values: tuple[float, ...]
+    preview_png: bytes = b""
+
+    def preview(self):
+        """The preview as a PIL image, or None when the event carries none."""
+        if not self.preview_png:
+            return None
+        return _images.to_pil(_images.from_png(self.preview_png))[0]
+
+    def _repr_png_(self) -> Optional[bytes]:
+        return self.preview_png or None
 
 
 @dataclass(frozen=True)
@@ -124,30 +135,79 @@ class RenderResult:
     job_id: str = ""
     """The job's id ("17@10.0.0.2:8980" names the replica that ran it)."""
 
+    class_names: list[str] = field(default_factory=list)
+    """The model's class names (logit order), for labels."""
+
+    @property
+    def images_hwc(self) -> Optional[np.ndarray]:
+        """`images` as [B, H, W, C] (for matplotlib's imshow), or None."""
+        pixels = self._pixels()
+        return None if pixels is None else _images.hwc(pixels)
+
+    def _pixels(self) -> Optional[np.ndarray]:
+        """`images`, else the PNGs decoded to float32 [B, C, H, W]."""
+        if self.images is not None:
+            return self.images
+        if self.png:
+            return np.stack([_images.from_png(data) for data in self.png])
+        return None
+
+    def labels(self) -> list[str]:
+        """Each image's top class and its probability ("7 0.99")."""
+        if self.probs is None:
+            pixels = self._pixels()
+            return [str(i) for i in range(0 if pixels is None else len(pixels))]
+        out = []
+        for row in self.probs:
+            top = int(np.argmax(row))
+            name = self.class_names[top] if top < len(self.class_names) else str(top)
+            out.append(f"{name} {row[top]:.2f}")
+        return out
+
     def to_pil(self) -> list:
-        """The images as PIL images ("L" or "RGB"), one per batch entry.
+        """The images as PIL images, one per batch entry: "L", "LA", "RGB" or
+        "RGBA" for 1 to 4 channels, the channels side by side otherwise.
 
         Converts `images` when present, otherwise decodes `png`. Raises
         ImportError without Pillow.
         """
+        pixels = self._pixels()
+        if pixels is None:
+            raise ValueError("the result carries no images (render with png or tensor)")
+        return _images.to_pil(pixels)
+
+    def grid(self, labels: Optional[Sequence[str]] = None, **options):
+        """The images as one labelled contact sheet (a PIL image). `labels`
+        defaults to each image's top class and probability; `options` are
+        `featviz_client.grid`'s (columns, scale, padding, background)."""
+        pixels = self._pixels()
+        if pixels is None:
+            raise ValueError("the result carries no images (render with png or tensor)")
+        return _images.grid(pixels, self.labels() if labels is None else labels, **options)
+
+    def show(self, path: Union[str, Path, None] = None, **options):
+        """Shows the labelled grid: writes it to `path` (a PNG) when given,
+        displays it when running in IPython/Jupyter, and returns it (a PIL
+        image). `options` as for `grid`."""
+        image = self.grid(**options)
+        if path is not None:
+            image.save(str(path), format="PNG")
+        else:
+            try:
+                from IPython import get_ipython
+                from IPython.display import display
+            except ImportError:
+                return image
+            if get_ipython() is not None:
+                display(image)
+        return image
+
+    def _repr_png_(self) -> Optional[bytes]:
+        """Jupyter's rich display: the labelled grid."""
         try:
-            from PIL import Image
-        except ImportError as err:
-            raise ImportError("RenderResult.to_pil() needs Pillow (python3-pil)") from err
-        if self.images is None:
-            decoded = []
-            for data in self.png:
-                image = Image.open(io.BytesIO(data))
-                image.load()
-                decoded.append(image)
-            return decoded
-        pixels = np.rint(np.clip(self.images, 0.0, 1.0) * 255.0).astype(np.uint8)
-        channels = pixels.shape[1]
-        if channels == 1:
-            return [Image.fromarray(image[0], "L") for image in pixels]
-        if channels == 3:
-            return [Image.fromarray(image.transpose(1, 2, 0), "RGB") for image in pixels]
-        raise ValueError(f"cannot make PIL images with {channels} channels")
+            return _images.png_bytes(self.grid())
+        except (ImportError, ValueError):
+            return None
 
 
 class Client:
@@ -193,6 +253,8 @@ class Client:
         self._channel = self._make_channel(self.address)
         self._stub = featviz_pb2_grpc.VisualizerStub(self._channel)
         self._replicas: dict = {}  # replica address -> (channel, stub)
+        self._circuits = circuits_pb2_grpc.CircuitsStub(self._channel)
+        self._class_names: dict[str, list[str]] = {}
 
     def _make_channel(self, target: str) -> grpc.Channel:
         """A channel to `target` with this client's credentials (replicas too)."""
@@ -252,63 +314,79 @@ class Client:
                steps: Optional[int] = None,
                size: Optional[int] = None,
                batch: Optional[int] = None,
-               param: Optional[str] = "fft",
+               parameterization: Optional[str] = None,
                seed: Optional[int] = None,
                lr: Optional[float] = None,
-               decay: Optional[float] = None,
+               decay_power: Optional[float] = None,
                transforms: TransformSpec = "default",
                init_image: Optional[np.ndarray] = None,
                png: bool = True,
                tensor: bool = True,
                progress_every: Optional[int] = None,
+               preview: bool = False,
                on_progress: Optional[Callable[[Progress], Any]] = None,
-               timeout: Optional[float] = None) -> RenderResult:
+               timeout: Optional[float] = None,
+               **deprecated: Any) -> RenderResult:
         """Renders images that maximise `objective` on `model`.
 
         `objective` is the text syntax ("conv2:5 - 0.01 * tv()") or a
         structure: one term as a dict ({"kind": "channel", "layer": "conv2",
         "index": 5, "weight": 1.0}; keys as in featviz.v1.Term, weight 1 by
         default), a list of such dicts, or {"terms": [...]}.
-        `transforms` is "default", "none", or a list such as
-        [("pad", 2), ("jitter", 4), ("scale", [0.9, 1.1]), ("rotate", [-5, 5])].
-        `param` is "fft" or "pixel"; None (like every other None here) leaves
-        the choice to the server. `init_image` is float32 [C, H, W] or
-        [B, C, H, W] in [0, 1]. `on_progress` gets a `Progress` every
-        `progress_every` steps; if it raises, the render is cancelled and the
-        exception propagates. `timeout` is the whole render's deadline in
-        seconds.
+        `batch` is the batch size (images optimised together; a term's
+        `batch=i` picks image i). `transforms` is "default", "none", or a
+        list such as [("pad", 2), ("jitter", 4), ("scale", [0.9, 1.1]),
+        ("rotate", [-5, 5])]. `parameterization` is "fft" or "pixel";
+        None (like every other None here) leaves the choice to the server
+        (FFT). `decay_power` is the FFT spectrum's (1.0). `init_image` is
+        float32 [C, H, W] or [B, C, H, W] in [0, 1]. `on_progress` gets a
+        `Progress` every `progress_every` steps, with a PNG of the current
+        images when `preview`; if it raises, the render is cancelled and
+        the exception propagates. `timeout` is the whole render's deadline
+        in seconds. The old names `param` and `decay` still work (deprecated).
         """
         request = self._render_request(
-            model, objective, steps=steps, size=size, batch=batch, param=param,
-            seed=seed, lr=lr, decay=decay, transforms=transforms,
+            model, objective, steps=steps, size=size, batch=batch,
+            parameterization=parameterization, seed=seed, lr=lr,
+            decay_power=decay_power, transforms=transforms,
             init_image=init_image, png=png, tensor=tensor,
-            progress_every=progress_every)
+            progress_every=progress_every, preview=preview,
+            deprecated=deprecated, caller="render")
         call = self._stub.Render(request, timeout=timeout, metadata=self._metadata)
-        return self._follow(call, on_progress)
+        return self._named(self._follow(call, on_progress))
 
     def submit(self, model: str, objective: ObjectiveSpec, *,
                steps: Optional[int] = None,
                size: Optional[int] = None,
                batch: Optional[int] = None,
-               param: Optional[str] = "fft",
+               parameterization: Optional[str] = None,
                seed: Optional[int] = None,
                lr: Optional[float] = None,
-               decay: Optional[float] = None,
+               decay_power: Optional[float] = None,
                transforms: TransformSpec = "default",
                init_image: Optional[np.ndarray] = None,
                png: bool = True,
                tensor: bool = True,
                progress_every: Optional[int] = None,
-               timeout: Optional[float] = None) -> "featviz_pb2.Job":
+               preview: bool = False,
+               owner: str = "",
+               priority: int = 0,
+               timeout: Optional[float] = None,
+               **deprecated: Any) -> "featviz_pb2.Job":
         """Queues a render (arguments as for `render`) and returns its Job at once.
 
+        `owner` and `priority` place it in the server's fair-share queue.
         Follow it with `get_job(job.id)`, `wait(job.id)` or `cancel_job(job.id)`.
         """
         request = self._render_request(
-            model, objective, steps=steps, size=size, batch=batch, param=param,
-            seed=seed, lr=lr, decay=decay, transforms=transforms,
+            model, objective, steps=steps, size=size, batch=batch,
+            parameterization=parameterization, seed=seed, lr=lr,
+            decay_power=decay_power, transforms=transforms,
             init_image=init_image, png=png, tensor=tensor,
-            progress_every=progress_every)
+            progress_every=progress_every, preview=preview,
+            deprecated=deprecated, caller="submit")
+        request.owner = owner
+        request.priority = priority
         return self._call(self._stub.SubmitJob,
                           featviz_pb2.SubmitJobRequest(request=request), timeout)
 
@@ -330,7 +408,7 @@ class Client:
         call = self._stub_for(job_id).WatchJob(
             featviz_pb2.WatchJobRequest(id=job_id), timeout=timeout,
             metadata=self._metadata)
-        result = self._follow(call, on_progress)
+        result = self._named(self._follow(call, on_progress))
         result.job_id = result.job_id or job_id
         return result
 
@@ -339,6 +417,188 @@ class Client:
         """Cancels job `job_id`; returns the Job once it has ended."""
         return self._call(self._stub_for(job_id).CancelJob,
                           featviz_pb2.CancelJobRequest(id=job_id), timeout)
+
+    def list_jobs(self, *, owner: str = "", state: Optional[str] = None,
+                  timeout: Optional[float] = None) -> list:
+        """Jobs the server knows (featviz.v1.Job, without results), newest
+        first, all pages; only `owner`'s when given, only those in `state`
+        ("queued", "running", "succeeded", "failed", "cancelled", "expired")."""
+        request = featviz_pb2.ListJobsRequest(owner=owner, state=_job_state(state))
+        jobs = []
+        while True:
+            response = self._call(self._stub.ListJobs, request, timeout)
+            jobs.extend(response.jobs)
+            if not response.next_page_token:
+                return jobs
+            request.page_token = response.next_page_token
+
+    def server_stats(self, *, timeout: Optional[float] = None) -> "featviz_pb2.ServerStats":
+        """The server's queue, worker and cache figures (featviz.v1.ServerStats)."""
+        return self._call(self._stub.GetServerStats, featviz_pb2.GetServerStatsRequest(),
+                          timeout)
+
+    def health(self, service: str = "", *, timeout: Optional[float] = None) -> str:
+        """The standard gRPC health check: "SERVING", "NOT_SERVING", ...
+        `service` is e.g. "featviz.v1.Visualizer"; empty for the whole server."""
+        if health_pb2 is None:
+            raise FeatvizError("UNIMPLEMENTED",
+                               "health stubs come with the installed package only")
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        response = self._call(stub.Check, health_pb2.HealthCheckRequest(service=service),
+                              timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    # ----------------------------------------------------------- admin
+
+    def load_model(self, path: str, *, timeout: Optional[float] = None):
+        """Admin: serves the model at `path` of the server's repository
+        ("mnist/2", "mnist_classifier.pt"); returns its featviz.v1.Model."""
+        return self._call(self._stub.LoadModel, featviz_pb2.LoadModelRequest(path=path),
+                          timeout).model
+
+    def unload_model(self, name: str, version: str = "", *,
+                     timeout: Optional[float] = None) -> list:
+        """Admin: stops serving `name` (one `version`, or all); answers once
+        its running jobs have finished. Returns the versions unloaded."""
+        return list(self._call(self._stub.UnloadModel,
+                               featviz_pb2.UnloadModelRequest(name=name, version=version),
+                               timeout).models)
+
+    def reload_model(self, name: str = "", *, timeout: Optional[float] = None):
+        """Admin: brings `name` (every model when empty) in line with the
+        repository; returns the ReloadModelResponse (loaded, unloaded, failed)."""
+        return self._call(self._stub.ReloadModel, featviz_pb2.ReloadModelRequest(name=name),
+                          timeout)
+
+    # -------------------------------------------------------- circuits
+
+    def datasets(self, *, timeout: Optional[float] = None) -> list[Dataset]:
+        """The datasets the server hosts, sorted by name."""
+        response = self._call(self._circuits.ListDatasets,
+                              circuits_pb2.ListDatasetsRequest(), timeout)
+        return [Dataset(d.name, d.size, tuple(d.image_shape), list(d.class_names),
+                        list(d.class_counts), d.source) for d in response.datasets]
+
+    def activations(self, model: str, layers, *,
+                    images: Optional[np.ndarray] = None,
+                    dataset: Optional[str] = None,
+                    indices: Optional[Sequence[int]] = None,
+                    start: int = 0, count: Optional[int] = None,
+                    label: Optional[int] = None,
+                    overlay_png: bool = False,
+                    timeout: Optional[float] = None) -> Activations:
+        """Activation maps of `layers` on images: `layers` is a path
+        ("conv2"), a list of paths, or {path: [channels]}; every channel
+        unless listed. The images are `images` (float32 [B, C, H, W] in
+        [0, 1]) or dataset images: `indices`, else `count` from `start`
+        (only of class `label` when given)."""
+        request = circuits_pb2.ComputeActivationsRequest(
+            model=model, overlay_png=overlay_png,
+            input=_image_input(images, dataset, indices, start, count, label))
+        if isinstance(layers, str):
+            layers = {layers: []}
+        elif not isinstance(layers, Mapping):
+            layers = {layer: [] for layer in layers}
+        for layer, channels in layers.items():
+            request.layers.add(layer=layer, channels=list(channels or []))
+        response = self._call(self._circuits.ComputeActivations, request, timeout)
+        out = {}
+        for entry in response.layers:
+            out[entry.layer] = LayerActivations(
+                layer=entry.layer,
+                channels=np.array(entry.channels, dtype=np.int64),
+                maps=_from_tensor(entry.maps),
+                stats=[ChannelStats(s.channel, s.mean, s.max, s.fraction_active)
+                       for s in entry.stats],
+                overlay_png=list(entry.overlay_png))
+        return Activations(response.model, response.model_version, response.model_hash,
+                           out, np.array(response.indices, dtype=np.int64),
+                           np.array(response.labels, dtype=np.int64))
+
+    def attribute(self, model: str, target: str, layer: str, *,
+                  images: Optional[np.ndarray] = None,
+                  dataset: Optional[str] = None,
+                  indices: Optional[Sequence[int]] = None,
+                  start: int = 0, count: Optional[int] = None,
+                  label: Optional[int] = None,
+                  gradcam: bool = False, gradcam_png: bool = False,
+                  timeout: Optional[float] = None) -> Attribution:
+        """Each channel of `layer`'s contribution (gradient x activation) to
+        `target` ("logit(3)", "channel(conv2, 5)", any per-image objective),
+        averaged over the images (chosen as for `activations`)."""
+        request = circuits_pb2.AttributeRequest(
+            model=model, target=target, layer=layer, gradcam=gradcam or gradcam_png,
+            gradcam_png=gradcam_png,
+            input=_image_input(images, dataset, indices, start, count, label))
+        response = self._call(self._circuits.Attribute, request, timeout)
+        return Attribution(
+            model=response.model, model_version=response.model_version,
+            model_hash=response.model_hash, target=response.target, layer=response.layer,
+            channels=np.array([s.channel for s in response.scores], dtype=np.int64),
+            scores=np.array([s.score for s in response.scores], dtype=np.float64),
+            per_image=_from_tensor(response.per_image),
+            linear_path=response.linear_path,
+            direct_weights=(np.array([s.direct_weight for s in response.scores])
+                            if response.linear_path else None),
+            gradcam=_from_tensor(response.gradcam) if response.HasField("gradcam") else None,
+            gradcam_png=list(response.gradcam_png), images=response.images,
+            indices=np.array(response.indices, dtype=np.int64))
+
+    def find_circuit(self, model: str, layer: str, *,
+                     classes: Optional[Sequence[int]] = None,
+                     top_k: Optional[int] = None,
+                     dataset: str = "",
+                     examples_per_class: Optional[int] = None,
+                     render: bool = True,
+                     steps: Optional[int] = None,
+                     seed: Optional[int] = None,
+                     timeout: Optional[float] = None) -> Circuit:
+        """For each class (every class when `classes` is None), the `top_k`
+        (3) channels of `layer` that feed its logit most, scored on
+        `examples_per_class` (64) images of the class from `dataset` (the
+        server's first labelled one that fits when empty). With `render`,
+        the class and detector visualisations are queued as jobs
+        (`Circuit.job_ids()`, then `wait`)."""
+        request = circuits_pb2.FindCircuitRequest(
+            model=model, layer=layer, classes=list(classes or []),
+            top_k=top_k or 0, dataset=dataset,
+            examples_per_class=examples_per_class or 0, skip_renders=not render)
+        if steps is not None:
+            request.render.optimizer.steps = steps
+        if seed is not None:
+            request.render.seed = seed
+        response = self._call(self._circuits.FindCircuit, request, timeout)
+        return Circuit(
+            response.model, response.model_version, response.model_hash, response.layer,
+            response.dataset,
+            [ClassCircuit(
+                c.class_index, c.class_name, c.class_job_id,
+                [Detector(d.channel, d.score, d.job_id, _from_tensor(d.activation_map),
+                          d.activation_png, d.example_activation) for d in c.detectors],
+                c.example_index, c.example_png, c.images_scored)
+             for c in response.classes])
+
+    def top_examples(self, model: str, layer: str, *,
+                     channels: Optional[Sequence[int]] = None,
+                     dataset: str = "",
+                     top_n: Optional[int] = None,
+                     png: bool = False,
+                     timeout: Optional[float] = None) -> TopExamples:
+        """The `top_n` (9) images of `dataset` that excite each channel of
+        `layer` most (every channel when `channels` is None), with their
+        PNGs when `png`."""
+        request = circuits_pb2.TopExamplesRequest(
+            model=model, layer=layer, channels=list(channels or []),
+            dataset=dataset, top_n=top_n or 0, png=png)
+        response = self._call(self._circuits.TopExamples, request, timeout)
+        return TopExamples(
+            response.model, response.model_version, response.model_hash, response.layer,
+            response.dataset,
+            [UnitExamples(u.channel, np.array(u.indices, dtype=np.int64),
+                          np.array(u.values, dtype=np.float32),
+                          np.array(u.labels, dtype=np.int64), list(u.png))
+             for u in response.units],
+            response.cached)
 
     @staticmethod
     def _follow(call, on_progress) -> RenderResult:
@@ -349,7 +609,8 @@ class Client:
                 kind = event.WhichOneof("event")
                 if kind == "progress" and on_progress is not None:
                     p = event.progress
-                    on_progress(Progress(p.step, p.total_steps, tuple(p.term_values)))
+                    on_progress(Progress(p.step, p.total_steps, tuple(p.term_values),
+                                         p.preview_png))
                 elif kind == "result":
                     result = event.result
         except grpc.RpcError as err:
@@ -363,24 +624,51 @@ class Client:
         outcome.job_id = dict(call.initial_metadata() or ()).get("featviz-job-id", "")
         return outcome
 
+    def _named(self, result: RenderResult) -> RenderResult:
+        """Fills in the model's class names (asked once per model)."""
+        names = self._class_names.get(result.model)
+        if names is None:
+            try:
+                names = list(self.get_model(result.model).class_names)
+            except FeatvizError:
+                names = []  # A model unloaded since only costs the names.
+            self._class_names[result.model] = names
+        result.class_names = names
+        return result
+
     @staticmethod
     def _render_request(model: str, objective: ObjectiveSpec, *, steps, size, batch,
-                        param, seed, lr, decay, transforms, init_image, png,
-                        tensor, progress_every) -> "featviz_pb2.RenderRequest":
+                        parameterization, seed, lr, decay_power, transforms,
+                        init_image, png, tensor, progress_every, preview,
+                        deprecated, caller) -> "featviz_pb2.RenderRequest":
+        for old, new in _DEPRECATED_RENDER_ARGS.items():
+            if old not in deprecated:
+                continue
+            warnings.warn(f"{caller}({old}=...) is deprecated; use {new}=",
+                          DeprecationWarning, stacklevel=3)
+            value = deprecated.pop(old)
+            if new == "parameterization" and parameterization is None:
+                parameterization = value
+            elif new == "decay_power" and decay_power is None:
+                decay_power = value
+        if deprecated:
+            raise TypeError(f"{caller}() got an unexpected keyword argument "
+                            f"{next(iter(deprecated))!r}")
         request = featviz_pb2.RenderRequest(model=model)
         if isinstance(objective, str):
             request.objective_text = objective
         else:
             request.objective_tree.CopyFrom(_objective_tree(objective))
-        if param not in _PARAMETERIZATIONS:
-            raise ValueError(f"param must be 'fft', 'pixel' or None, not {param!r}")
-        request.image.parameterization = _PARAMETERIZATIONS[param]
+        if parameterization not in _PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be 'fft', 'pixel' or None, "
+                             f"not {parameterization!r}")
+        request.image.parameterization = _PARAMETERIZATIONS[parameterization]
         if size is not None:
             request.image.size = size
         if batch is not None:
             request.image.batch = batch
-        if decay is not None:
-            request.image.decay_power = decay
+        if decay_power is not None:
+            request.image.decay_power = decay_power
         if init_image is not None:
             request.image.init_image.CopyFrom(_to_tensor(init_image))
         request.transforms.CopyFrom(_transforms(transforms))
@@ -392,6 +680,7 @@ class Client:
             request.seed = seed
         request.output.png = png
         request.output.tensor = tensor
+        request.output.preview_png = preview
         if progress_every is not None:
             request.output.progress_every = progress_every
         return request
@@ -401,6 +690,33 @@ class Client:
             return method(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise FeatvizError._from_rpc(err) from None
+
+
+def _job_state(state: Optional[str]) -> int:
+    if state is None or state == "":
+        return featviz_pb2.JOB_STATE_UNSPECIFIED
+    name = state.upper()
+    if not name.startswith("JOB_STATE_"):
+        name = "JOB_STATE_" + name
+    try:
+        return featviz_pb2.JobState.Value(name)
+    except ValueError:
+        raise ValueError(f"unknown job state {state!r}") from None
+
+
+def _image_input(images, dataset, indices, start, count, label) -> "circuits_pb2.ImageInput":
+    """Client-sent `images`, or a slice of `dataset`."""
+    if (images is None) == (dataset is None):
+        raise ValueError("give either images or dataset")
+    if images is not None:
+        return circuits_pb2.ImageInput(images=_to_tensor(images, "images"))
+    dataset_slice = circuits_pb2.DatasetSlice(dataset=dataset, start=start,
+                                              count=count or 0)
+    if indices is not None:
+        dataset_slice.indices.extend(int(i) for i in indices)
+    if label is not None:
+        dataset_slice.label = label
+    return circuits_pb2.ImageInput(dataset=dataset_slice)
 
 
 def _objective_tree(spec: ObjectiveSpec) -> "featviz_pb2.Objective":
@@ -468,10 +784,10 @@ def _transforms(spec: TransformSpec) -> "featviz_pb2.Transforms":
     return out
 
 
-def _to_tensor(array: np.ndarray) -> "featviz_pb2.Tensor":
+def _to_tensor(array: np.ndarray, name: str = "init_image") -> "featviz_pb2.Tensor":
     data = np.ascontiguousarray(array, dtype="<f4")
     if data.ndim not in (3, 4):
-        raise ValueError(f"init_image must be [C, H, W] or [B, C, H, W], not shape {data.shape}")
+        raise ValueError(f"{name} must be [C, H, W] or [B, C, H, W], not shape {data.shape}")
     return featviz_pb2.Tensor(shape=data.shape, dtype=featviz_pb2.Tensor.DTYPE_FLOAT32,
                               data=data.tobytes())
 

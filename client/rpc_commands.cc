@@ -1,0 +1,483 @@
+#include "client/rpc_commands.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <system_error>
+#include <utility>
+
+#include <google/protobuf/util/json_util.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
+#include "client/circuits_client.h"
+#include "client/json.h"
+#include "client/proto_convert.h"
+#include "client/table.h"
+#include "core/image.h"
+#include "core/status_macros.h"
+
+namespace featviz::client {
+
+namespace v1 = featviz::v1;
+using json = nlohmann::ordered_json;
+
+namespace {
+
+void Print(std::FILE* out, const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), out);
+}
+
+// The message as JSON with the .proto's field names, defaults included, so
+// that a script finds every field it reads.
+absl::StatusOr<json> MessageJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string text;
+  const auto status =
+      google::protobuf::util::MessageToJsonString(message, &text, options);
+  if (!status.ok()) {
+    return absl::InternalError(
+        absl::StrCat("cannot print ", message.GetTypeName(), " as JSON: ",
+                     std::string(status.message())));
+  }
+  return json::parse(text);
+}
+
+absl::Status PrintMessageJson(const google::protobuf::Message& message,
+                              std::FILE* out) {
+  FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageJson(message));
+  Print(out, doc.dump() + "\n");
+  return absl::OkStatus();
+}
+
+absl::Status MakeDirectories(const std::string& dir) {
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot create directory ", dir, ": ", error.message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  file.close();
+  if (!file) {
+    return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
+  }
+  return absl::OkStatus();
+}
+
+std::string JoinPath(const std::string& dir, const std::string& name) {
+  return (std::filesystem::path(dir) / name).string();
+}
+
+// A file name part from a layer path ("layer1.0.conv1" stays, "/" goes).
+std::string FileSafe(const std::string& text) {
+  std::string out = text;
+  for (char& c : out) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' &&
+        c != '-' && c != '_') {
+      c = '_';
+    }
+  }
+  return out;
+}
+
+// The dataset the options name, else the first the server hosts.
+absl::StatusOr<v1::ImageInput> DatasetInput(CircuitsClient& circuits,
+                                            const DatasetSliceOptions& slice) {
+  v1::ImageInput input;
+  v1::DatasetSlice* d = input.mutable_dataset();
+  if (slice.dataset.empty()) {
+    FEATVIZ_ASSIGN_OR_RETURN(v1::ListDatasetsResponse list,
+                             circuits.ListDatasets());
+    if (list.datasets().empty()) {
+      return absl::FailedPreconditionError(
+          "the server hosts no dataset (start it with --dataset_dir)");
+    }
+    d->set_dataset(list.datasets(0).name());
+  } else {
+    d->set_dataset(slice.dataset);
+  }
+  for (int64_t i : slice.indices) d->add_indices(i);
+  d->set_start(slice.start);
+  d->set_count(slice.count);
+  if (slice.label.has_value()) d->set_label(*slice.label);
+  return input;
+}
+
+std::string StateName(v1::JobState state) {
+  return absl::AsciiStrToLower(
+      absl::StripPrefix(v1::JobState_Name(state), "JOB_STATE_"));
+}
+
+std::string ModelLine(absl::string_view what, const v1::Model& m) {
+  return absl::StrFormat("%s %s@%s (%s) from %s, %d bytes per device\n", what,
+                         m.name(), m.version(), m.content_hash().substr(0, 12),
+                         m.path(), m.memory_bytes());
+}
+
+}  // namespace
+
+absl::Status RunDatasets(VisualizerClient& client, bool json_out,
+                         std::FILE* out) {
+  CircuitsClient circuits(client);
+  FEATVIZ_ASSIGN_OR_RETURN(v1::ListDatasetsResponse list,
+                           circuits.ListDatasets());
+  if (json_out) {
+    FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageJson(list));
+    Print(out, doc["datasets"].dump() + "\n");
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Dataset& d : list.datasets()) {
+    rows.push_back({d.name(), absl::StrCat(d.size()),
+                    absl::StrJoin(d.image_shape(), "x"),
+                    absl::StrCat(d.class_names_size()), d.source()});
+  }
+  Print(out, FormatTable({"name", "size", "image", "classes", "source"}, rows));
+  return absl::OkStatus();
+}
+
+absl::Status RunActivations(VisualizerClient& client,
+                            const ActivationsCommandOptions& options,
+                            std::FILE* out) {
+  CircuitsClient circuits(client);
+  v1::ComputeActivationsRequest request;
+  request.set_model(options.model);
+  FEATVIZ_ASSIGN_OR_RETURN(*request.mutable_input(),
+                           DatasetInput(circuits, options.images));
+  v1::LayerChannels* layer = request.add_layers();
+  layer->set_layer(options.layer);
+  for (int64_t c : options.channels) layer->add_channels(c);
+  request.set_overlay_png(!options.out_dir.empty());
+  FEATVIZ_ASSIGN_OR_RETURN(v1::ComputeActivationsResponse response,
+                           circuits.ComputeActivations(request));
+  if (response.layers_size() != 1) {
+    return absl::InternalError(absl::StrCat(
+        "the server answered ", response.layers_size(), " layers for one"));
+  }
+  const v1::LayerActivations& acts = response.layers(0);
+  json files = json::object();
+  if (!options.npy.empty()) {
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor maps, TensorFromProto(acts.maps()));
+    FEATVIZ_RETURN_IF_ERROR(core::WriteNpy(maps, options.npy));
+    files["npy"] = options.npy;
+  }
+  if (!options.out_dir.empty()) {
+    FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.out_dir));
+    const int channels = acts.channels_size();
+    json pngs = json::array();
+    for (int i = 0; i < acts.overlay_png_size() && channels > 0; ++i) {
+      const int64_t index = response.indices_size() > i / channels
+                                ? response.indices(i / channels)
+                                : i / channels;
+      const std::string path = JoinPath(
+          options.out_dir,
+          absl::StrFormat("%s_%d_image%d.png", FileSafe(acts.layer()),
+                          acts.channels(i % channels), index));
+      FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, acts.overlay_png(i)));
+      pngs.push_back(path);
+    }
+    files["overlays"] = std::move(pngs);
+  }
+  if (options.json) {
+    json doc = {{"model", response.model()},
+                {"model_version", response.model_version()},
+                {"model_hash", response.model_hash()},
+                {"layer", acts.layer()},
+                {"shape", std::vector<int64_t>(acts.maps().shape().begin(),
+                                               acts.maps().shape().end())},
+                {"indices", std::vector<int64_t>(response.indices().begin(),
+                                                 response.indices().end())},
+                {"labels", std::vector<int64_t>(response.labels().begin(),
+                                                response.labels().end())}};
+    json stats = json::array();
+    for (const v1::ChannelStats& s : acts.stats()) {
+      stats.push_back({{"channel", s.channel()},
+                       {"mean", s.mean()},
+                       {"max", s.max()},
+                       {"fraction_active", s.fraction_active()}});
+    }
+    doc["stats"] = std::move(stats);
+    doc["files"] = std::move(files);
+    Print(out, doc.dump() + "\n");
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::ChannelStats& s : acts.stats()) {
+    rows.push_back({absl::StrCat(s.channel()), absl::StrFormat("%.4g", s.mean()),
+                    absl::StrFormat("%.4g", s.max()),
+                    absl::StrFormat("%.3f", s.fraction_active())});
+  }
+  Print(out, absl::StrFormat("%s on %d images of %s, maps %s\n", acts.layer(),
+                             std::max(response.indices_size(), 1),
+                             request.input().dataset().dataset(),
+                             ShapeToString(acts.maps().shape())));
+  Print(out, FormatTable({"channel", "mean", "max", "active"}, rows));
+  return absl::OkStatus();
+}
+
+absl::Status RunAttribute(VisualizerClient& client,
+                          const AttributeCommandOptions& options,
+                          std::FILE* out) {
+  CircuitsClient circuits(client);
+  v1::AttributeRequest request;
+  request.set_model(options.model);
+  request.set_target(options.target);
+  request.set_layer(options.layer);
+  FEATVIZ_ASSIGN_OR_RETURN(*request.mutable_input(),
+                           DatasetInput(circuits, options.images));
+  request.set_gradcam(!options.out_dir.empty());
+  request.set_gradcam_png(!options.out_dir.empty());
+  FEATVIZ_ASSIGN_OR_RETURN(v1::AttributeResponse response,
+                           circuits.Attribute(request));
+  json files = json::array();
+  if (!options.out_dir.empty()) {
+    FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.out_dir));
+    for (int i = 0; i < response.gradcam_png_size(); ++i) {
+      const int64_t index =
+          i < response.indices_size() ? response.indices(i) : i;
+      const std::string path = JoinPath(
+          options.out_dir, absl::StrFormat("gradcam_image%d.png", index));
+      FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, response.gradcam_png(i)));
+      files.push_back(path);
+    }
+  }
+  if (options.json) {
+    // Every field but the bulky tensors and PNGs.
+    v1::AttributeResponse slim = response;
+    slim.clear_per_image();
+    slim.clear_gradcam();
+    slim.clear_gradcam_png();
+    FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageJson(slim));
+    doc["files"] = std::move(files);
+    Print(out, doc.dump() + "\n");
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (int i = 0; i < response.scores_size() && i < options.top_k; ++i) {
+    const v1::ChannelScore& s = response.scores(i);
+    rows.push_back({absl::StrCat(i + 1), absl::StrCat(s.channel()),
+                    absl::StrFormat("%.5g", s.score())});
+  }
+  Print(out, absl::StrFormat("%s <- %s over %d images%s\n", response.target(),
+                             response.layer(), response.images(),
+                             response.linear_path() ? " (linear path)" : ""));
+  Print(out, FormatTable({"rank", "channel", "score"}, rows));
+  return absl::OkStatus();
+}
+
+absl::Status RunTop(VisualizerClient& client, const TopCommandOptions& options,
+                    std::FILE* out) {
+  CircuitsClient circuits(client);
+  v1::TopExamplesRequest request;
+  request.set_model(options.model);
+  request.set_layer(options.layer);
+  for (int64_t c : options.channels) request.add_channels(c);
+  DatasetSliceOptions slice;
+  slice.dataset = options.dataset;
+  FEATVIZ_ASSIGN_OR_RETURN(v1::ImageInput input, DatasetInput(circuits, slice));
+  request.set_dataset(input.dataset().dataset());
+  request.set_top_n(static_cast<int32_t>(options.top_n));
+  request.set_png(!options.out_dir.empty());
+  FEATVIZ_ASSIGN_OR_RETURN(v1::TopExamplesResponse response,
+                           circuits.TopExamples(request));
+  json files = json::array();
+  if (!options.out_dir.empty()) {
+    FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.out_dir));
+    for (const v1::UnitExamples& unit : response.units()) {
+      for (int r = 0; r < unit.png_size(); ++r) {
+        const std::string path = JoinPath(
+            options.out_dir, absl::StrFormat("%s_%d_top%d.png",
+                                             FileSafe(response.layer()),
+                                             unit.channel(), r + 1));
+        FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, unit.png(r)));
+        files.push_back(path);
+      }
+    }
+  }
+  if (options.json) {
+    json doc = {{"model", response.model()},
+                {"model_version", response.model_version()},
+                {"model_hash", response.model_hash()},
+                {"layer", response.layer()},
+                {"dataset", response.dataset()},
+                {"cached", response.cached()}};
+    json units = json::array();
+    for (const v1::UnitExamples& unit : response.units()) {
+      json values = json::array();
+      for (float v : unit.values()) values.push_back(ShortestFloat(v));
+      units.push_back(
+          {{"channel", unit.channel()},
+           {"indices", std::vector<int64_t>(unit.indices().begin(),
+                                            unit.indices().end())},
+           {"values", std::move(values)},
+           {"labels", std::vector<int64_t>(unit.labels().begin(),
+                                           unit.labels().end())}});
+    }
+    doc["units"] = std::move(units);
+    doc["files"] = std::move(files);
+    Print(out, doc.dump() + "\n");
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::UnitExamples& unit : response.units()) {
+    std::vector<std::string> examples;
+    for (int r = 0; r < unit.indices_size(); ++r) {
+      examples.push_back(absl::StrFormat("%d(%.3g)", unit.indices(r),
+                                         unit.values(r)));
+    }
+    rows.push_back({absl::StrCat(unit.channel()), absl::StrJoin(examples, " ")});
+  }
+  Print(out, FormatTable({"channel", "dataset index (value), best first"}, rows));
+  return absl::OkStatus();
+}
+
+absl::Status RunJobs(VisualizerClient& client, const std::string& owner,
+                     const std::string& state, bool json_out, std::FILE* out) {
+  v1::JobState wanted = v1::JOB_STATE_UNSPECIFIED;
+  if (!state.empty() &&
+      !v1::JobState_Parse(absl::StrCat("JOB_STATE_", absl::AsciiStrToUpper(state)),
+                          &wanted)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--state: '", state,
+        "' is not queued, running, succeeded, failed, cancelled or expired"));
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(std::vector<v1::Job> jobs,
+                           client.ListJobs(owner, wanted));
+  if (json_out) {
+    json list = json::array();
+    for (const v1::Job& job : jobs) {
+      FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageJson(job));
+      doc["state"] = StateName(job.state());
+      list.push_back(std::move(doc));
+    }
+    Print(out, list.dump() + "\n");
+    return absl::OkStatus();
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::Job& job : jobs) {
+    rows.push_back({job.id(), StateName(job.state()), job.owner(), job.model(),
+                    job.objective(),
+                    absl::StrCat(job.steps_done(), "/", job.total_steps()),
+                    job.device()});
+  }
+  Print(out, FormatTable({"id", "state", "owner", "model", "objective",
+                          "steps", "device"},
+                         rows));
+  return absl::OkStatus();
+}
+
+absl::Status RunSubmit(VisualizerClient& client, v1::RenderRequest request,
+                       const std::string& owner, int32_t priority,
+                       bool json_out, std::FILE* out) {
+  // `featviz watch` (or `featviz job`) may want any of them later.
+  request.mutable_output()->set_tensor(true);
+  request.mutable_output()->set_png(true);
+  request.set_owner(owner);
+  request.set_priority(priority);
+  FEATVIZ_ASSIGN_OR_RETURN(v1::Job job, client.SubmitJob(request));
+  if (json_out) {
+    FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageJson(job));
+    doc["state"] = StateName(job.state());
+    Print(out, doc.dump() + "\n");
+    return absl::OkStatus();
+  }
+  Print(out, job.id() + "\n");
+  return absl::OkStatus();
+}
+
+absl::Status RunWatch(VisualizerClient& client, const std::string& id,
+                      RenderCommandOptions options, std::FILE* out,
+                      std::FILE* err) {
+  // The objective names the progress bar's terms.
+  FEATVIZ_ASSIGN_OR_RETURN(v1::Job job, client.GetJob(id, false));
+  options.model = job.model();
+  options.objective = job.objective();
+  return FollowRender(
+      client, options,
+      [&](const VisualizerClient::ProgressCallback& on_progress,
+          std::string* job_id) {
+        if (job_id != nullptr) *job_id = id;
+        return client.WatchJob(id, on_progress);
+      },
+      out, err);
+}
+
+absl::Status RunStats(VisualizerClient& client, bool json_out, std::FILE* out) {
+  FEATVIZ_ASSIGN_OR_RETURN(v1::ServerStats stats, client.GetServerStats());
+  if (json_out) return PrintMessageJson(stats, out);
+  std::vector<std::string> queue;
+  for (const v1::QueueDepth& q : stats.queue_depth()) {
+    queue.push_back(absl::StrFormat("%d at priority %d", q.jobs(), q.priority()));
+  }
+  Print(out,
+        absl::StrFormat(
+            "jobs: %d queued%s, %d running; since start %d submitted, %d "
+            "succeeded, %d failed, %d cancelled, %d expired\n"
+            "cache: %d hits, %d misses; %d results kept (%d bytes)\n",
+            stats.queued_jobs(),
+            queue.empty() ? "" : absl::StrCat(" (", absl::StrJoin(queue, ", "), ")"),
+            stats.running_jobs(), stats.jobs_submitted(), stats.jobs_succeeded(),
+            stats.jobs_failed(), stats.jobs_cancelled(), stats.jobs_expired(),
+            stats.cache_hits(), stats.cache_misses(), stats.results_stored(),
+            stats.result_bytes()));
+  std::vector<std::vector<std::string>> rows;
+  for (const v1::DeviceStats& d : stats.devices()) {
+    rows.push_back({d.device(), absl::StrCat(d.running_jobs()),
+                    absl::StrFormat("%.2f", d.batch_occupancy()),
+                    absl::StrFormat("%.1f", d.steps_per_second()),
+                    absl::StrFormat("%.1f", d.image_steps_per_second()),
+                    absl::StrCat(d.steps_total())});
+  }
+  Print(out, FormatTable({"device", "running", "occupancy", "steps/s",
+                          "image-steps/s", "steps"},
+                         rows));
+  return absl::OkStatus();
+}
+
+absl::Status RunLoad(VisualizerClient& client, const std::string& path,
+                     bool json_out, std::FILE* out) {
+  FEATVIZ_ASSIGN_OR_RETURN(v1::LoadModelResponse response,
+                           client.LoadModel(path));
+  if (json_out) return PrintMessageJson(response, out);
+  Print(out, ModelLine("loaded", response.model()));
+  return absl::OkStatus();
+}
+
+absl::Status RunUnload(VisualizerClient& client, const std::string& name,
+                       const std::string& version, bool json_out,
+                       std::FILE* out) {
+  FEATVIZ_ASSIGN_OR_RETURN(v1::UnloadModelResponse response,
+                           client.UnloadModel(name, version));
+  if (json_out) return PrintMessageJson(response, out);
+  for (const v1::Model& m : response.models()) Print(out, ModelLine("unloaded", m));
+  return absl::OkStatus();
+}
+
+absl::Status RunReload(VisualizerClient& client, const std::string& name,
+                       bool json_out, std::FILE* out) {
+  FEATVIZ_ASSIGN_OR_RETURN(v1::ReloadModelResponse response,
+                           client.ReloadModel(name));
+  if (json_out) return PrintMessageJson(response, out);
+  for (const v1::Model& m : response.unloaded()) Print(out, ModelLine("unloaded", m));
+  for (const v1::Model& m : response.loaded()) Print(out, ModelLine("loaded", m));
+  for (const std::string& f : response.failed()) Print(out, "failed " + f + "\n");
+  if (response.loaded().empty() && response.unloaded().empty() &&
+      response.failed().empty()) {
+    Print(out, "nothing changed\n");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace featviz::client
