@@ -33,6 +33,7 @@
 #include "client/circuits_commands.h"
 #include "client/commands.h"
 #include "client/progress_bar.h"
+#include "client/upload.h"
 #include "client/visualizer_client.h"
 
 ABSL_FLAG(std::string, server, "",
@@ -51,6 +52,18 @@ ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
 ABSL_FLAG(bool, json, false, "Print JSON on stdout instead of text");
 ABSL_FLAG(int64_t, steps, 0, "Optimisation steps; 0: the server's (256)");
 ABSL_FLAG(int64_t, size, 0, "Image side in pixels; 0: the model's input size");
+ABSL_FLAG(int64_t, height, 0,
+          "Image height in pixels (non-square images, with --width); 0: the "
+          "model's");
+ABSL_FLAG(int64_t, width, 0, "Image width in pixels; 0: the model's");
+ABSL_FLAG(bool, gray, false,
+          "Render one-channel gray stimuli for a three-channel model");
+ABSL_FLAG(std::string, card, "",
+          "upload: the model card JSON; default MODEL's stem + .card.json "
+          "when it exists");
+ABSL_FLAG(std::string, name, "",
+          "upload: the model's name on the server; default the card's, else "
+          "the file's stem");
 ABSL_FLAG(std::string, param, "", "Parameterisation: fft or pixel; default fft");
 ABSL_FLAG(int64_t, batch, 1, "Images rendered together");
 ABSL_FLAG(int64_t, seed, -1, "Random seed; -1: the server picks (and reports) one");
@@ -112,6 +125,10 @@ commands:
   atlas MODEL --out DIR           a static site with every conv channel and
                                   linear neuron: pictures, dataset examples,
                                   statistics, loss curves
+  upload MODEL.pt [--card CARD.json] [--name NAME] [--json]
+                                  send a TorchScript model to the server
+                                  (uploader or admin role); it is served as
+                                  the next version of NAME
   job ID [--json]                 a job's state (asked of the replica its id names)
   cancel ID [--json]              cancel a job; answers once it has ended
 
@@ -124,7 +141,8 @@ global options:
   --tls_cert F --tls_key K   client certificate and key (mTLS)
 
 render options:
-  --steps N  --size N  --param fft|pixel  --batch N  --seed N  --lr X
+  --steps N  --size N | --height N --width N  --gray  --param fft|pixel
+  --batch N  --seed N  --lr X
   --decay X  --transforms default|none|'pad(2), jitter(1), scale(0.9, 1.1), rotate(-5, 5)'
   --progress_every N
   --out grid.png  --labels 'a,b,c'  --scale N  --columns N
@@ -150,6 +168,7 @@ atlas options:
   --steps N  --seed N (0)
 
 objectives: neuron(conv2, 5)  channel(conv2, 5)  conv2:5  layer(conv2)
+  channel('0', 3) (quoted layer paths)  output(age, 2) (a model output)
   logit(7)  prob(7)  direction(fc1, [...])  diversity(conv2)  alignment(conv2)
   tv()  l1()  l2()  any term with batch=N;  channel(conv2, 5) + 0.5 * prob(7) - 0.01 * tv()
 
@@ -165,8 +184,9 @@ const std::map<std::string, std::set<std::string>>& CommandFlags() {
       {"layers", {"json"}},
       {"job", {"json"}},
       {"cancel", {"json"}},
+      {"upload", {"json", "card", "name"}},
       {"render",
-       {"json", "steps", "size", "param", "batch", "seed", "lr", "decay",
+       {"json", "steps", "size", "height", "width", "gray", "param", "batch", "seed", "lr", "decay",
         "transforms", "progress_every", "out", "npy", "png_dir", "previews",
         "labels", "scale", "columns"}},
       {"bench",
@@ -308,7 +328,7 @@ int Main(int argc, char** argv) {
   if (allowed == CommandFlags().end()) {
     return UsageError(absl::StrCat("unknown command '", command,
                                    "' (models, layers, render, bench, circuits, "
-                                   "atlas, job, cancel)"));
+                                   "atlas, upload, job, cancel)"));
   }
   for (const std::string& flag : args->flags) {
     if (GlobalFlags().count(flag) == 0 && allowed->second.count(flag) == 0) {
@@ -349,6 +369,16 @@ int Main(int argc, char** argv) {
   } else if (command == "layers") {
     if (operands.size() != 1) return UsageError("usage: featviz layers MODEL");
     status = RunLayers(**client, operands[0], absl::GetFlag(FLAGS_json), stdout);
+  } else if (command == "upload") {
+    if (operands.size() != 1) {
+      return UsageError(
+          "usage: featviz upload MODEL.pt [--card CARD.json] [--name NAME]");
+    }
+    UploadOptions options;
+    options.model_path = operands[0];
+    options.card_path = absl::GetFlag(FLAGS_card);
+    options.name = absl::GetFlag(FLAGS_name);
+    status = RunUpload(**client, options, absl::GetFlag(FLAGS_json), stdout);
   } else if (command == "job" || command == "cancel") {
     if (operands.size() != 1) {
       return UsageError(absl::StrCat("usage: featviz ", command, " ID"));
@@ -434,6 +464,9 @@ int Main(int argc, char** argv) {
     options.objective = operands[1];
     options.steps = absl::GetFlag(FLAGS_steps);
     options.size = absl::GetFlag(FLAGS_size);
+    options.height = absl::GetFlag(FLAGS_height);
+    options.width = absl::GetFlag(FLAGS_width);
+    options.gray = absl::GetFlag(FLAGS_gray);
     options.param = absl::GetFlag(FLAGS_param);
     options.batch = absl::GetFlag(FLAGS_batch);
     options.seed = absl::GetFlag(FLAGS_seed);
