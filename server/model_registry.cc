@@ -499,8 +499,9 @@ absl::StatusOr<fs::path> ModelRegistry::NewStagingDir() const {
   static std::atomic<uint64_t> counter{0};
   std::error_code error;
   const fs::path base = root_ / ".uploads";
-  fs::create_directories(base, error);
   for (int attempt = 0; attempt < 100; ++attempt) {
+    // Inside the loop: a finished upload removes `base` when it is empty.
+    fs::create_directories(base, error);
     const fs::path dir =
         base / absl::StrCat(getpid(), "-", counter.fetch_add(1), "-",
                             absl::ToUnixNanos(absl::Now()));

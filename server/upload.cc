@@ -101,14 +101,7 @@ class UploadReactor final
   }
 
   void OnDone() override {
-    std::error_code ignored;
-    file_.close();
-    if (!staged_.empty()) {
-      fs::remove_all(staged_, ignored);
-      // The shared staging parent goes when it is empty (fails otherwise).
-      fs::remove(staged_.parent_path(), ignored);
-    }
-    if (reserved_ > 0) context_.ledger->Release(caller_.name, reserved_);
+    CleanUp();
     delete this;
   }
 
@@ -195,6 +188,7 @@ class UploadReactor final
         caller_.name, caller_.quotas.max_upload_bytes, size_));
     reserved_ = size_;
     FEATVIZ_ASSIGN_OR_RETURN(staged_, context_.models->NewStagingDir());
+    staging_parent_ = staged_.parent_path();
     if (!header.card_json().empty()) {
       std::ofstream card(staged_ / "model.card.json", std::ios::binary);
       card << header.card_json();
@@ -244,9 +238,30 @@ class UploadReactor final
     End(absl::OkStatus());
   }
 
-  // Logs and finishes; the last thing any path does (OnDone may follow at
-  // once on another thread).
+  // Removes what a failed upload staged and gives its bytes back to the
+  // quota; idempotent. Done before Finish, so that a client that hears of
+  // the failure finds the repository and its quota as they were.
+  void CleanUp() {
+    std::error_code ignored;
+    file_.close();
+    if (!staged_.empty()) {
+      fs::remove_all(staged_, ignored);
+      staged_.clear();
+    }
+    if (!staging_parent_.empty()) {
+      // Shared by uploads: removed only when empty (fails otherwise).
+      fs::remove(staging_parent_, ignored);
+    }
+    if (reserved_ > 0) {
+      context_.ledger->Release(caller_.name, reserved_);
+      reserved_ = 0;
+    }
+  }
+
+  // Cleans up, logs and finishes; the last thing any path does (OnDone may
+  // follow at once on another thread).
   void End(const absl::Status& status) {
+    CleanUp();
     spdlog::info("upload client={} peer={} name={} bytes={} outcome={}{}",
                  caller_.name, peer_, name_, received_,
                  absl::StatusCodeToString(status.code()),
@@ -267,6 +282,7 @@ class UploadReactor final
   int64_t received_ = 0;
   int64_t reserved_ = 0;
   fs::path staged_;
+  fs::path staging_parent_;
   std::ofstream file_;
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> digest_;
 };
