@@ -41,6 +41,12 @@ void Keep(const at::Tensor& images, const std::string& name) {
   ASSERT_TRUE(WritePng(*grid, std::string(dir) + "/" + name + ".png").ok());
 }
 
+RenderOptions Steps(int64_t steps) {
+  RenderOptions options;
+  options.steps = steps;
+  return options;
+}
+
 // ------------------------------------------------------------ model cards
 
 TEST(ModelCardLogits, ReadsAnIndexAKeyAPathAndNull) {
@@ -276,7 +282,7 @@ TEST_P(WildModel, ReachesAClassWhenItHasClasses) {
   ASSERT_NE(model, nullptr);
   if (w.classes == 0) {
     absl::StatusOr<RenderResult> r =
-        Render(*model, Prob(0), RenderOptions{.steps = 1});
+        Render(*model, Prob(0), Steps(1));
     ASSERT_FALSE(r.ok());
     EXPECT_TRUE(Contains(r.status().message(), model->card().name)) << r.status();
     return;
@@ -331,11 +337,11 @@ TEST(WildModels, ResNet18RendersAChannelAndReachesAClassAt64Pixels) {
   ASSERT_NE(model, nullptr);
   absl::StatusOr<RenderResult> r =
       Render(*model, *Objective::Parse("channel(layer3.0.conv1, 9)"),
-             RenderOptions{.steps = 16});
+             Steps(16));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_GT(r->final_values[0], r->trace[0][0].item<double>());
   Keep(r->images, "channel_resnet18");
-  r = Render(*model, Prob(7), RenderOptions{.steps = 48});
+  r = Render(*model, Prob(7), Steps(48));
   ASSERT_TRUE(r.ok()) << r.status();
   std::cout << "resnet18: prob(7) = " << r->probs[0][7].item<double>() << "\n";
   EXPECT_GE(r->probs[0][7].item<double>(), 0.9);
@@ -356,7 +362,7 @@ TEST(WildModels, OutputTermsReadTheNamedOutput) {
   ASSERT_NE(model, nullptr);
   absl::StatusOr<RenderResult> r = Render(
       *model, *Objective::Parse("output(mask, 0) + output(species, 2)"),
-      RenderOptions{.steps = 16});
+      Steps(16));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_GT(r->final_values[0], r->trace[0][0].item<double>());
   Keep(r->images, "output_mask");
@@ -377,7 +383,7 @@ TEST(WildModels, CatalogueListsUntappableAndDashedLayers) {
   ASSERT_FALSE(found.ok());
   EXPECT_TRUE(Contains(found.status().message(), "cannot be tapped"));
   absl::StatusOr<RenderResult> r =
-      Render(*model, *Objective::Parse("channel(rarely, 0)"), {.steps = 1});
+      Render(*model, *Objective::Parse("channel(rarely, 0)"), Steps(1));
   ASSERT_FALSE(r.ok());
   EXPECT_TRUE(Contains(r.status().message(), "cannot be tapped")) << r.status();
 }
