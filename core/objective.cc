@@ -641,8 +641,20 @@ class Parser {
   absl::StatusOr<std::string> ReadName(absl::string_view what) {
     const Token& token = Peek();
     switch (token.kind) {
-      case TokenKind::kPath:
-        return std::string(Next().text);
+      case TokenKind::kPath: {
+        Next();
+        const Token& after = Peek();
+        if ((IsPunct(after, '-') || after.kind == TokenKind::kInvalid) &&
+            after.offset == EndOf(token)) {
+          // "block-1": arithmetic has no place in an argument, so this is a
+          // name with a character that needs quotes.
+          return ErrorAt(token.offset,
+                         absl::StrCat(what, " '", token.text, "' is followed by '",
+                                      after.text, "'; quote it, as in '",
+                                      token.text, after.text, "...'"));
+        }
+        return std::string(token.text);
+      }
       case TokenKind::kQuoted: {
         std::string name = Unquote(Next().text);
         if (name.empty()) {

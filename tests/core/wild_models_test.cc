@@ -1,7 +1,9 @@
 // Models that were not written for featviz (issue 14): outputs of any
 // structure, layers of any name, non-square and gray inputs. The models are
 // built by tests/models/wild_models.py.
+#include <algorithm>
 #include <cstdlib>
+#include <iostream>
 #include <string>
 #include <vector>
 
