@@ -413,6 +413,13 @@ TEST(WildGeometry, RendersNonSquareImagesAtTheModelsSizeAndAtOthers) {
       absl::StatusOr<at::Tensor> back = DecodePng(*png);
       ASSERT_TRUE(back.ok());
       EXPECT_EQ(back->sizes(), r->images[0].sizes());
+      GridOptions grid_options;
+      grid_options.padding = 0;
+      grid_options.background = 0;
+      absl::StatusOr<at::Tensor> grid = MakeGrid(r->images, grid_options);
+      ASSERT_TRUE(grid.ok()) << grid.status();
+      EXPECT_EQ(grid->size(1), r->images.size(2));
+      EXPECT_EQ(grid->size(2), r->images.size(3));
     }
   }
 }
