@@ -115,6 +115,7 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
     found.clear();
     Node* to_inline = nullptr;
     std::string inline_path;
+    std::string inline_method;
     for (Node* node : graph->nodes()) {
       if (node->kind() == c10::prim::GetAttr) {
         auto it = module_path.find(node->input(0));
@@ -123,16 +124,24 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
           module_path[node->output()] =
               it->second.empty() ? name : absl::StrCat(it->second, ".", name);
         }
-      } else if (node->kind() == c10::prim::CallMethod &&
-                 node->s(c10::attr::name) == "forward") {
+      } else if (node->kind() == c10::prim::CallMethod) {
         auto it = module_path.find(node->input(0));
         if (it == module_path.end()) continue;
-        if (is_strict_prefix_of_wanted(it->second)) {
+        const std::string method = node->s(c10::attr::name);
+        // Helper methods (torchvision's `forward` calls
+        // `self._forward_impl(x)`) of the model or of a module on the way to
+        // a wanted layer are inlined too, so that the calls inside them
+        // reach the top level.
+        const bool on_the_way = is_strict_prefix_of_wanted(it->second);
+        if ((method == "forward" && on_the_way) ||
+            (method != "forward" && (it->second.empty() || on_the_way))) {
           to_inline = node;
           inline_path = it->second;
+          inline_method = method;
           break;
         }
-        if (wanted.count(it->second) && node->outputs().size() == 1) {
+        if (method == "forward" && wanted.count(it->second) &&
+            node->outputs().size() == 1) {
           found[it->second] = node->output();  // Last call wins.
         }
       }
@@ -142,9 +151,10 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
     // The callee's own graph, not its optimised one: optimisation inlines
     // the callee's children, and their calls are what the next scan taps.
     std::vector<Value*> outputs = torch::jit::inlineCallTo(
-        to_inline, &torch::jit::toGraphFunction(cls->getMethod("forward")),
+        to_inline, &torch::jit::toGraphFunction(cls->getMethod(inline_method)),
         /*use_graph=*/false);
-    if (wanted.count(inline_path) && outputs.size() == 1) {
+    if (inline_method == "forward" && wanted.count(inline_path) &&
+        outputs.size() == 1) {
       parked[inline_path] = graph->registerOutput(outputs[0]);
     }
   }

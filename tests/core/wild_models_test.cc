@@ -226,7 +226,7 @@ std::ostream& operator<<(std::ostream& out, const Wild& w) { return out << w.fil
 
 std::vector<Wild> WildModels() {
   return {
-      {"mobilenet_like.pt", 10, {"0"}, "0", "blocks.1.3", "channel(blocks.1.3, 5)", 5, 64},
+      {"mobilenet_like.pt", 10, {"0"}, "0", "blocks.1.3", "channel(blocks.1.3, 5)", 5, 128},
       {"sequential.pt", 4, {"0"}, "0", "3", "channel('3', 2)", 1, 64},
       {"face_heads.pt", 2, {"0", "1", "2"}, "1", "trunk.3", "channel(trunk.3, 1)", 1, 64},
       {"dict_heads.pt", 6, {"species", "mask"}, "species", "encoder.0",
