@@ -123,10 +123,27 @@ absl::Status RunLayers(VisualizerClient& client, const std::string& model,
   std::vector<std::vector<std::string>> rows;
   for (const v1::Layer& layer : m.layers()) {
     rows.push_back({layer.path(), layer.kind(),
-                    ShapeToString(layer.output_shape()),
+                    layer.tappable()
+                        ? ShapeToString(layer.output_shape())
+                        : absl::StrCat("(cannot be tapped: ",
+                                       layer.untappable_reason(), ")"),
                     absl::StrCat(layer.channels())});
   }
   Print(out, FormatTable({"path", "kind", "output", "channels"}, rows));
+  // The model's own outputs, which output(name, c) reads.
+  std::vector<std::vector<std::string>> outputs;
+  for (const v1::ModelOutput& output : m.outputs()) {
+    std::string role;
+    if (output.name() == m.logits_output()) {
+      role = m.log_probs() ? "class log-probabilities" : "class logits";
+    }
+    outputs.push_back({output.name(), ShapeToString(output.shape()),
+                       absl::StrCat(output.channels()), role});
+  }
+  if (!outputs.empty()) {
+    Print(out, "\n");
+    Print(out, FormatTable({"output", "shape", "channels", "holds"}, outputs));
+  }
   return absl::OkStatus();
 }
 
@@ -146,6 +163,8 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
   };
   FEATVIZ_RETURN_IF_ERROR(non_negative("steps", options.steps));
   FEATVIZ_RETURN_IF_ERROR(non_negative("size", options.size));
+  FEATVIZ_RETURN_IF_ERROR(non_negative("height", options.height));
+  FEATVIZ_RETURN_IF_ERROR(non_negative("width", options.width));
   FEATVIZ_RETURN_IF_ERROR(non_negative("scale", options.scale));
   FEATVIZ_RETURN_IF_ERROR(non_negative("columns", options.columns));
   FEATVIZ_RETURN_IF_ERROR(non_negative("progress_every", options.progress_every));
@@ -180,6 +199,9 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
   }
   image->set_parameterization(*param);
   image->set_size(options.size);
+  image->set_height(options.height);
+  image->set_width(options.width);
+  if (options.gray) image->set_color(v1::ImageSpec::COLOR_GRAY);
   image->set_batch(options.batch);
   image->set_decay_power(options.decay);
   absl::StatusOr<v1::Transforms> transforms =

@@ -38,6 +38,9 @@ struct RenderCommandOptions {
   std::string objective;
   int64_t steps = 0;        // 0: the server's default (256).
   int64_t size = 0;         // 0: the model's input size.
+  int64_t height = 0;       // Non-square images; 0: the model's.
+  int64_t width = 0;        // Non-square images; 0: the model's.
+  bool gray = false;        // Gray stimuli for an RGB model.
   std::string param;        // "fft", "pixel", or "": the server's (FFT).
   int64_t batch = 1;        // Images rendered together.
   int64_t seed = -1;        // Negative: the server picks one and reports it.

@@ -38,6 +38,7 @@
 #include "client/commands.h"
 #include "client/progress_bar.h"
 #include "client/rpc_commands.h"
+#include "client/upload.h"
 #include "client/visualizer_client.h"
 #include "core/status_macros.h"
 
@@ -59,6 +60,18 @@ ABSL_FLAG(int64_t, steps, 0, "Optimisation steps; 0: the server's (256)");
 ABSL_FLAG(int64_t, size, 0, "Image side in pixels; 0: the model's input size");
 ABSL_FLAG(std::string, parameterization, "",
           "Parameterisation: fft or pixel; default fft (old name --param)");
+ABSL_FLAG(int64_t, height, 0,
+          "Image height in pixels (non-square images, with --width); 0: the "
+          "model's");
+ABSL_FLAG(int64_t, width, 0, "Image width in pixels; 0: the model's");
+ABSL_FLAG(bool, gray, false,
+          "Render one-channel gray stimuli for a three-channel model");
+ABSL_FLAG(std::string, card, "",
+          "upload: the model card JSON; default MODEL's stem + .card.json "
+          "when it exists");
+ABSL_FLAG(std::string, name, "",
+          "upload: the model's name on the server; default the card's, else "
+          "the file's stem");
 ABSL_FLAG(int64_t, batch, 1, "Images rendered together");
 ABSL_FLAG(int64_t, seed, -1, "Random seed; -1: the server picks (and reports) one");
 ABSL_FLAG(double, lr, 0, "Adam learning rate; 0: the server's (0.05)");
@@ -158,7 +171,10 @@ circuits:
   atlas MODEL --out_dir DIR       a static site with every conv channel and
                                   linear neuron: pictures, dataset examples,
                                   statistics, loss curves
-admin (the admin role):
+admin (the admin role; upload also the uploader role):
+  upload MODEL.pt [--card CARD.json] [--name NAME]
+                                  send a TorchScript model to the server; it
+                                  is served as the next version of NAME
   load PATH                       serve a model of the server's repository
   unload NAME [--version V]       stop serving it (waits for its running jobs)
   reload [NAME]                   bring served models in line with the repository
@@ -175,7 +191,8 @@ global options:
   --tls_cert F --tls_key K   client certificate and key (mTLS)
 
 render and submit options (watch takes the output ones):
-  --steps N  --size N  --parameterization fft|pixel  --batch N (batch size)
+  --steps N  --size N | --height N --width N  --gray
+  --parameterization fft|pixel  --batch N (batch size)
   --seed N  --lr X  --decay_power X  --progress_every N
   --transforms default|none|'pad(2), jitter(1), scale(0.9, 1.1), rotate(-5, 5)'
   --out FILE (render.png; --out= for none)  --labels 'a,b,c'  --scale N
@@ -207,6 +224,7 @@ Old spellings still work, with a note on stderr: --param, --decay,
 --previews, --top, --examples, and --out for a folder.
 
 objectives: neuron(conv2, 5)  channel(conv2, 5)  conv2:5  layer(conv2)
+  channel('0', 3) (quoted layer paths)  output(age, 2) (a model output)
   logit(7)  prob(7)  direction(fc1, [...])  diversity(conv2)  alignment(conv2)
   tv()  l1()  l2()  any term with batch=i (image i of the batch);
   channel(conv2, 5) + 0.5 * prob(7) - 0.01 * tv()
@@ -230,7 +248,8 @@ const std::map<std::string, std::string>& FlagAliases() {
 
 const std::set<std::string>& RenderFlags() {
   static const auto* flags = new std::set<std::string>{
-      "json", "steps", "size", "parameterization", "batch", "seed", "lr",
+      "json", "steps", "size", "height", "width", "gray", "parameterization",
+      "batch", "seed", "lr",
       "decay_power", "transforms", "progress_every", "out", "npy", "png_dir",
       "preview_dir", "labels", "scale", "columns"};
   return *flags;
@@ -314,6 +333,9 @@ absl::StatusOr<RenderCommandOptions> RenderOptions(const Invocation& in) {
   if (in.operands.size() > 1) options.objective = in.operands[1];
   options.steps = absl::GetFlag(FLAGS_steps);
   options.size = absl::GetFlag(FLAGS_size);
+  options.height = absl::GetFlag(FLAGS_height);
+  options.width = absl::GetFlag(FLAGS_width);
+  options.gray = absl::GetFlag(FLAGS_gray);
   options.param = absl::GetFlag(FLAGS_parameterization);
   options.batch = absl::GetFlag(FLAGS_batch);
   options.seed = absl::GetFlag(FLAGS_seed);
@@ -550,6 +572,14 @@ Outcome RunBenchCommand(const Invocation& in) {
   return Done(RunBench(in.client, options, stdout, stderr));
 }
 
+Outcome RunUploadCommand(const Invocation& in) {
+  UploadOptions options;
+  options.model_path = in.operands[0];
+  options.card_path = absl::GetFlag(FLAGS_card);
+  options.name = absl::GetFlag(FLAGS_name);
+  return Done(RunUpload(in.client, options, Json(), stdout));
+}
+
 Outcome RunLoadCommand(const Invocation& in) {
   return Done(RunLoad(in.client, in.operands[0], Json(), stdout));
 }
@@ -565,7 +595,7 @@ Outcome RunReloadCommand(const Invocation& in) {
 }
 
 // Every command: its operands, its flags besides the global ones, its
-// handler. (`upload` is to come: a command per RPC family.)
+// handler.
 const std::vector<Command>& Commands() {
   static const auto* commands = new std::vector<Command>{
       {"models", "featviz models", 0, 0, {"json"}, RunModelsCommand},
@@ -604,6 +634,8 @@ const std::vector<Command>& Commands() {
        {"out_dir", "out", "dataset", "top_n", "examples", "layers", "steps",
         "seed"},
        RunAtlasCommand},
+      {"upload", "featviz upload MODEL.pt [--card CARD.json] [--name NAME]", 1,
+       1, {"json", "card", "name"}, RunUploadCommand},
       {"load", "featviz load PATH", 1, 1, {"json"}, RunLoadCommand},
       {"unload", "featviz unload NAME [--version V]", 1, 1,
        {"json", "version"}, RunUnloadCommand},

@@ -53,7 +53,9 @@ json LayerToJson(const v1::Layer& layer) {
               {"output_shape", json(std::vector<int64_t>(
                                    layer.output_shape().begin(),
                                    layer.output_shape().end()))},
-              {"channels", layer.channels()}};
+              {"channels", layer.channels()},
+              {"tappable", layer.tappable()},
+              {"untappable_reason", layer.untappable_reason()}};
 }
 
 json ModelToJson(const v1::Model& model) {

@@ -106,6 +106,10 @@ absl::Status StepTogether(const Model& model,
         offset += sessions[i]->batch();
       }
     }
+    // Gray stimuli of an RGB model join colour ones as three equal channels.
+    if (inputs.size() > 1) {
+      for (at::Tensor& input : inputs) input = model.ToModelChannels(input);
+    }
     at::Tensor stacked = inputs.size() == 1 ? inputs[0] : at::cat(inputs);
     FEATVIZ_ASSIGN_OR_RETURN(Taps taps, model.Forward(stacked, layers));
     // One split per tapped tensor, not a slice per session: each slice's
@@ -122,6 +126,11 @@ absl::Status StepTogether(const Model& model,
     for (const auto& [layer, activation] : taps.activations) {
       split(activation, [&layer = layer](Taps& p, at::Tensor t) {
         p.activations[layer] = std::move(t);
+      });
+    }
+    for (const auto& [name, output] : taps.outputs) {
+      split(output, [&name = name](Taps& p, at::Tensor t) {
+        p.outputs[name] = std::move(t);
       });
     }
     at::Tensor total;

@@ -21,12 +21,31 @@ struct LayerInfo {
   std::vector<int64_t> shape;
   // Size of dimension 1 (channels or neurons); 0 when the output has rank < 2.
   int64_t channels = 0;
+  // False for a submodule that the catalogue lists but no objective can read:
+  // one forward() calls only inside control flow (if/loop), or whose output
+  // is not a tensor; `untappable_reason` says which. Its shape is empty.
+  bool tappable = true;
+  std::string untappable_reason;
+};
+
+// One tensor among the outputs of a model's forward(): a lone tensor is
+// output "0", a tuple's or list's elements "0", "1", ..., a dict's values
+// their keys, nested ones joined by '.' ("1.age").
+struct OutputInfo {
+  std::string name;
+  std::vector<int64_t> shape;  // For a batch of one image.
+  int64_t channels = 0;        // Size of dimension 1; 0 for rank < 2.
 };
 
 // Everything objective validation needs about a model.
 struct ModelShape {
   std::vector<LayerInfo> layers;
   int64_t num_classes = 0;
+  std::vector<OutputInfo> outputs;
+  // For messages: the model's name, and why it has no classes when
+  // num_classes is 0 ("its card says \"logits\": null", ...).
+  std::string model_name;
+  std::string no_classes_reason;
 };
 
 }  // namespace featviz::core

@@ -115,6 +115,7 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
     found.clear();
     Node* to_inline = nullptr;
     std::string inline_path;
+    std::string inline_method;
     for (Node* node : graph->nodes()) {
       if (node->kind() == c10::prim::GetAttr) {
         auto it = module_path.find(node->input(0));
@@ -123,16 +124,24 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
           module_path[node->output()] =
               it->second.empty() ? name : absl::StrCat(it->second, ".", name);
         }
-      } else if (node->kind() == c10::prim::CallMethod &&
-                 node->s(c10::attr::name) == "forward") {
+      } else if (node->kind() == c10::prim::CallMethod) {
         auto it = module_path.find(node->input(0));
         if (it == module_path.end()) continue;
-        if (is_strict_prefix_of_wanted(it->second)) {
+        const std::string method = node->s(c10::attr::name);
+        // Helper methods (torchvision's `forward` calls
+        // `self._forward_impl(x)`) of the model or of a module on the way to
+        // a wanted layer are inlined too, so that the calls inside them
+        // reach the top level.
+        const bool on_the_way = is_strict_prefix_of_wanted(it->second);
+        if ((method == "forward" && on_the_way) ||
+            (method != "forward" && (it->second.empty() || on_the_way))) {
           to_inline = node;
           inline_path = it->second;
+          inline_method = method;
           break;
         }
-        if (wanted.count(it->second) && node->outputs().size() == 1) {
+        if (method == "forward" && wanted.count(it->second) &&
+            node->outputs().size() == 1) {
           found[it->second] = node->output();  // Last call wins.
         }
       }
@@ -142,9 +151,10 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
     // The callee's own graph, not its optimised one: optimisation inlines
     // the callee's children, and their calls are what the next scan taps.
     std::vector<Value*> outputs = torch::jit::inlineCallTo(
-        to_inline, &torch::jit::toGraphFunction(cls->getMethod("forward")),
+        to_inline, &torch::jit::toGraphFunction(cls->getMethod(inline_method)),
         /*use_graph=*/false);
-    if (wanted.count(inline_path) && outputs.size() == 1) {
+    if (inline_method == "forward" && wanted.count(inline_path) &&
+        outputs.size() == 1) {
       parked[inline_path] = graph->registerOutput(outputs[0]);
     }
   }
@@ -197,23 +207,116 @@ std::string ShortTypeName(const c10::TypePtr& type) {
   return type->str();
 }
 
-// The model's output for `input` must be a [B, classes] tensor.
-absl::StatusOr<int64_t> CheckOutput(torch::jit::Module& module,
-                                    const at::Tensor& input,
-                                    const std::string& name) {
-  c10::IValue out = module.forward({input});
-  if (!out.isTensor()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model ", name, ": forward() returns ", out.type()->str(),
-        ", expected a tensor of logits"));
+// Every tensor inside `value` with its output name (see OutputInfo): tuple
+// and list elements by index, dict values by key, joined by '.'.
+void FlattenOutputs(const c10::IValue& value, const std::string& name,
+                    std::vector<std::pair<std::string, at::Tensor>>* out) {
+  auto child = [&](const std::string& part) {
+    return name.empty() ? part : absl::StrCat(name, ".", part);
+  };
+  if (value.isTensor()) {
+    out->emplace_back(name.empty() ? "0" : name, value.toTensor());
+  } else if (value.isTuple()) {
+    const auto& elements = value.toTupleRef().elements();
+    for (size_t i = 0; i < elements.size(); ++i) {
+      FlattenOutputs(elements[i], child(absl::StrCat(i)), out);
+    }
+  } else if (value.isList()) {
+    const c10::List<c10::IValue> list = value.toList();
+    for (size_t i = 0; i < list.size(); ++i) {
+      FlattenOutputs(list.get(i), child(absl::StrCat(i)), out);
+    }
+  } else if (value.isGenericDict()) {
+    for (const auto& entry : value.toGenericDict()) {
+      const c10::IValue& key = entry.key();
+      std::string part;
+      if (key.isString()) {
+        part = key.toStringRef();
+      } else if (key.isInt()) {
+        part = absl::StrCat(key.toInt());
+      } else {
+        continue;
+      }
+      FlattenOutputs(entry.value(), child(part), out);
+    }
   }
-  const at::Tensor logits = out.toTensor();
-  if (logits.dim() != 2 || logits.size(0) != input.size(0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model ", name, ": forward() returns a tensor of shape ",
-        c10::str(logits.sizes()), ", expected [batch, classes]"));
+  // Anything else (None, numbers, strings) is not an output one can
+  // visualise.
+}
+
+std::string OutputNames(const std::vector<OutputInfo>& outputs) {
+  std::vector<std::string> names;
+  for (const OutputInfo& o : outputs) names.push_back(o.name);
+  return names.empty() ? "none" : absl::StrJoin(names, ", ");
+}
+
+// What forward() returns for a probe batch, against the card.
+struct ProbedOutputs {
+  std::vector<OutputInfo> outputs;
+  std::string logits;  // Output name, "" for none.
+  int64_t classes = 0;
+  std::string no_classes_reason;
+};
+
+// Runs forward on `input` (a batch of 2, so that batch-first outputs can be
+// told from others) and matches its outputs with the card. Throws what
+// forward throws; InvalidArgument when the card's "logits" does not fit.
+absl::StatusOr<ProbedOutputs> ProbeOutputs(torch::jit::Module& module,
+                                           const at::Tensor& input,
+                                           const ModelCard& card) {
+  const c10::IValue out = module.forward({input});
+  std::vector<std::pair<std::string, at::Tensor>> flat;
+  FlattenOutputs(out, "", &flat);
+  ProbedOutputs probed;
+  for (const auto& [name, t] : flat) {
+    if (t.dim() < 1 || t.size(0) != input.size(0)) continue;
+    OutputInfo info;
+    info.name = name;
+    info.shape = t.sizes().vec();
+    info.shape[0] = 1;
+    info.channels = t.dim() >= 2 ? t.size(1) : 0;
+    probed.outputs.push_back(std::move(info));
   }
-  return logits.size(1);
+  const OutputInfo* logits = nullptr;
+  switch (card.logits_at) {
+    case ModelCard::LogitsAt::kNone:
+      probed.no_classes_reason = "its card says \"logits\": null";
+      break;
+    case ModelCard::LogitsAt::kAuto:
+      if (out.isTensor() && probed.outputs.size() == 1 &&
+          probed.outputs[0].shape.size() == 2) {
+        logits = &probed.outputs[0];
+      } else {
+        probed.no_classes_reason = absl::StrCat(
+            "forward() returns ", out.type()->str(),
+            " and its card names no \"logits\" output (outputs: ",
+            OutputNames(probed.outputs), ")");
+      }
+      break;
+    case ModelCard::LogitsAt::kOutput:
+      for (const OutputInfo& o : probed.outputs) {
+        if (o.name == card.logits_output) logits = &o;
+      }
+      if (logits == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model ", card.name, ": the card's \"logits\" names output '",
+            card.logits_output, "', but forward() returns ", out.type()->str(),
+            " with the batch-first tensor outputs: ",
+            OutputNames(probed.outputs)));
+      }
+      if (logits->shape.size() != 2) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model ", card.name, ": the card's \"logits\" output '",
+            card.logits_output, "' has shape ", c10::str(logits->shape),
+            ", expected [batch, classes]"));
+      }
+      break;
+  }
+  if (logits != nullptr) {
+    probed.logits = logits->name;
+    probed.classes = logits->shape[1];
+  }
+  return probed;
 }
 
 }  // namespace
@@ -222,6 +325,9 @@ Taps Taps::Slice(int64_t start, int64_t length) const {
   Taps out;
   for (const auto& [path, t] : activations) {
     out.activations[path] = t.narrow(0, start, length);
+  }
+  for (const auto& [name, t] : outputs) {
+    out.outputs[name] = t.narrow(0, start, length);
   }
   out.logits = logits.narrow(0, start, length);
   out.probs = probs.narrow(0, start, length);
@@ -326,30 +432,39 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(torch::jit::Module module,
   for (const auto& s : shapes) {
     try {
       at::NoGradGuard no_grad;
-      at::Tensor probe = at::zeros({1, s[0], s[1], s[2]},
+      at::Tensor probe = at::zeros({2, s[0], s[1], s[2]},
                                    at::TensorOptions().device(device));
-      absl::StatusOr<int64_t> classes =
-          CheckOutput(model->module_, probe, c.name);
-      if (!classes.ok()) return classes.status();
+      absl::StatusOr<ProbedOutputs> probed =
+          ProbeOutputs(model->module_, probe, c);
+      if (!probed.ok()) return probed.status();
       c.channels = s[0];
       c.height = s[1];
       c.width = s[2];
-      if (!c.classes.empty() &&
-          static_cast<int64_t>(c.classes.size()) != *classes) {
+      if (probed->logits.empty() && !c.classes.empty()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "model ", c.name, ": the card names ", c.classes.size(),
-            " classes but the model has ", *classes, " outputs"));
+            " classes but the model has no class output: ",
+            probed->no_classes_reason));
+      }
+      if (!c.classes.empty() &&
+          static_cast<int64_t>(c.classes.size()) != probed->classes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model ", c.name, ": the card names ", c.classes.size(),
+            " classes but the model has ", probed->classes, " outputs"));
       }
       if (c.classes.empty()) {
-        for (int64_t i = 0; i < *classes; ++i) {
+        for (int64_t i = 0; i < probed->classes; ++i) {
           c.classes.push_back(absl::StrCat(i));
         }
       }
+      model->outputs_ = std::move(probed->outputs);
+      model->logits_output_ = std::move(probed->logits);
+      model->no_classes_reason_ = std::move(probed->no_classes_reason);
       last = absl::OkStatus();
       break;
     } catch (const std::exception& e) {
       last = absl::InvalidArgumentError(absl::StrCat(
-          "model ", c.name, " does not run on input [1, ", s[0], ", ", s[1],
+          "model ", c.name, " does not run on input [2, ", s[0], ", ", s[1],
           ", ", s[2], "]: ", FirstLine(e.what())));
     }
   }
@@ -382,14 +497,20 @@ absl::Status Model::BuildCatalogue() {
   for (const auto& path : probe.missing) {
     spdlog::debug("model {}: layer {} is not tappable (not called at the top "
                   "level of forward)", card_.name, path);
+    LayerInfo info;
+    info.path = path;
+    info.kind = kinds[path];
+    info.tappable = false;
+    info.untappable_reason =
+        "forward() calls it only inside control flow (if/loop) or not at "
+        "all, so its output cannot be tapped";
+    layers_.push_back(std::move(info));
   }
   absl::StatusOr<Taps> taps;
   try {
     at::NoGradGuard no_grad;
     at::Tensor zeros = at::zeros({1, card_.channels, card_.height, card_.width},
                                  at::TensorOptions().device(device_));
-    // Layers whose output is not a tensor are dropped from the catalogue.
-    std::vector<std::string> tensor_paths;
     auto fn = std::make_shared<torch::jit::GraphFunction>(
         "featviz_catalogue", probe.graph, nullptr);
     torch::jit::Stack stack{module_._ivalue(), Normalise(zeros)};
@@ -398,11 +519,17 @@ absl::Status Model::BuildCatalogue() {
     const auto& elements = stack.back().toTupleRef().elements();
     for (size_t i = 0; i < probe.tapped.size(); ++i) {
       const c10::IValue& v = elements[i + 1];
-      if (!v.isTensor()) continue;
-      const at::Tensor& t = v.toTensor();
       LayerInfo info;
       info.path = probe.tapped[i];
       info.kind = kinds[info.path];
+      if (!v.isTensor()) {
+        info.tappable = false;
+        info.untappable_reason = absl::StrCat(
+            "its output is ", v.type()->str(), ", not a tensor");
+        layers_.push_back(std::move(info));
+        continue;
+      }
+      const at::Tensor& t = v.toTensor();
       info.shape = t.sizes().vec();
       info.channels = t.dim() >= 2 ? t.size(1) : 0;
       layers_.push_back(std::move(info));
@@ -421,12 +548,32 @@ absl::Status Model::BuildCatalogue() {
 }
 
 ModelShape Model::shape() const {
-  return ModelShape{layers_, static_cast<int64_t>(card_.classes.size())};
+  ModelShape shape;
+  shape.layers = layers_;
+  shape.num_classes =
+      logits_output_.empty() ? 0 : static_cast<int64_t>(card_.classes.size());
+  shape.outputs = outputs_;
+  shape.model_name = card_.name;
+  shape.no_classes_reason = no_classes_reason_;
+  return shape;
+}
+
+at::Tensor Model::ToModelChannels(const at::Tensor& images) const {
+  if (images.dim() == 4 && images.size(1) == 1 && card_.channels == 3) {
+    return images.expand({-1, 3, -1, -1});
+  }
+  return images;
 }
 
 absl::StatusOr<LayerInfo> Model::FindLayer(const std::string& path) const {
   for (const LayerInfo& layer : layers_) {
-    if (layer.path == path) return layer;
+    if (layer.path != path) continue;
+    if (!layer.tappable) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("layer ", path, " of model ", card_.name,
+                       " cannot be tapped: ", layer.untappable_reason));
+    }
+    return layer;
   }
   std::vector<std::string> names;
   for (const LayerInfo& layer : layers_) names.push_back(layer.path);
@@ -464,7 +611,9 @@ absl::StatusOr<std::shared_ptr<torch::jit::GraphFunction>> Model::TapFunction(
 }
 
 absl::StatusOr<Taps> Model::Forward(
-    const at::Tensor& images, const std::vector<std::string>& layers) const {
+    const at::Tensor& gray_or_colour,
+    const std::vector<std::string>& layers) const {
+  const at::Tensor images = ToModelChannels(gray_or_colour);
   if (images.dim() != 4 || images.size(1) != card_.channels ||
       images.size(2) != card_.height || images.size(3) != card_.width) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -482,7 +631,24 @@ absl::StatusOr<Taps> Model::Forward(
     fn->run(stack);
     const auto& elements = stack.back().toTupleRef().elements();
     Taps taps;
-    taps.logits = elements[0].toTensor();
+    std::vector<std::pair<std::string, at::Tensor>> flat;
+    FlattenOutputs(elements[0], "", &flat);
+    for (auto& [name, t] : flat) {
+      for (const OutputInfo& o : outputs_) {
+        if (o.name == name) taps.outputs[name] = std::move(t);
+      }
+    }
+    if (logits_output_.empty()) {
+      taps.logits = at::zeros({images.size(0), 0}, images.options());
+    } else {
+      auto it = taps.outputs.find(logits_output_);
+      if (it == taps.outputs.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model ", card_.name, ": forward() did not return its logits "
+            "output '", logits_output_, "' this time"));
+      }
+      taps.logits = it->second;
+    }
     size_t i = 1;
     for (const std::string& path : sorted) {
       const c10::IValue& v = elements[i++];
@@ -493,7 +659,8 @@ absl::StatusOr<Taps> Model::Forward(
       }
       taps.activations[path] = v.toTensor();
     }
-    taps.probs = at::softmax(taps.logits, 1);
+    taps.probs = card_.log_probs ? taps.logits.exp()
+                                 : at::softmax(taps.logits, 1);
     return taps;
   } catch (const std::exception& e) {
     return TorchError(e, absl::StrCat("model ", card_.name, ": forward"));

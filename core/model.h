@@ -31,8 +31,13 @@ namespace featviz::core {
 struct Taps {
   // Requested layer path -> activation, batch first.
   std::map<std::string, at::Tensor> activations;
-  at::Tensor logits;  // [B, classes], the model's output.
-  at::Tensor probs;   // softmax(logits) over dim 1.
+  // Every batch-first tensor forward() returns, by output name (OutputInfo).
+  std::map<std::string, at::Tensor> outputs;
+  // [B, classes]: the card's class output as the model returns it (for a
+  // "log_probs" card, log-probabilities); [B, 0] for a model without one.
+  at::Tensor logits;
+  // [B, classes]: softmax(logits), or exp(logits) for "log_probs".
+  at::Tensor probs;
 
   // Rows [start, start + length) of every tensor (for cross-job batches).
   Taps Slice(int64_t start, int64_t length) const;
@@ -42,9 +47,10 @@ class Model {
  public:
   // Loads a TorchScript file onto `device`, with the card `<stem>.card.json`
   // beside it when present (defaults otherwise). Errors: NotFound for a
-  // missing file, InvalidArgument for a file that is not TorchScript, whose
-  // forward does not return a tensor, or that does not run on the card's
-  // input shape.
+  // missing file, InvalidArgument for a file that is not TorchScript, that
+  // does not run on the card's input shape, or whose outputs do not match
+  // the card's "logits" and "classes". forward() may return a tensor, or a
+  // tuple, list or dict of them (nested); see ModelCard for the logits.
   static absl::StatusOr<std::unique_ptr<Model>> Load(
       const std::string& path, const c10::Device& device = c10::kCPU);
   // The same, with the name and version given by where the file lives (a
@@ -65,19 +71,29 @@ class Model {
 
   const ModelCard& card() const { return card_; }
   const c10::Device& device() const { return device_; }
-  // Every tappable submodule in named_modules() order.
+  // Every submodule in named_modules() order; those that cannot be tapped
+  // are listed with tappable false and the reason.
   const std::vector<LayerInfo>& layers() const { return layers_; }
+  // Every batch-first tensor forward() returns, in output order.
+  const std::vector<OutputInfo>& outputs() const { return outputs_; }
+  // The output holding the class scores ("" when the model has none).
+  const std::string& logits_output() const { return logits_output_; }
   // Layers plus class count, for objective validation.
   ModelShape shape() const;
-  // NotFound naming the path and the available layers.
+  // NotFound naming the path and the available layers; InvalidArgument for
+  // a layer that cannot be tapped, with the reason.
   absl::StatusOr<LayerInfo> FindLayer(const std::string& path) const;
+  // Images with one channel for a three-channel model (gray stimuli) are
+  // repeated into its channels; other images are returned as they are.
+  at::Tensor ToModelChannels(const at::Tensor& images) const;
   // SHA-256 of the model file's bytes (hex); empty for Create()d models.
   const std::string& content_hash() const { return content_hash_; }
   // Bytes of the module's parameters and buffers on device().
   int64_t memory_bytes() const { return memory_bytes_; }
 
   // One forward pass of `images` ([B, C, H, W] in the card's [0, 1] pixel
-  // space, on device()) with the card's normalisation applied first.
+  // space, on device(); C may be 1 for a three-channel model, see
+  // ToModelChannels) with the card's normalisation applied first.
   // Gradients flow back to `images` when it requires them. Thread-safe.
   absl::StatusOr<Taps> Forward(const at::Tensor& images,
                                const std::vector<std::string>& layers) const;
@@ -99,6 +115,9 @@ class Model {
   std::string content_hash_;
   int64_t memory_bytes_ = 0;
   std::vector<LayerInfo> layers_;
+  std::vector<OutputInfo> outputs_;
+  std::string logits_output_;
+  std::string no_classes_reason_;
   at::Tensor norm_scale_;  // [1, C, 1, 1]
   at::Tensor norm_shift_;  // [1, C, 1, 1]
 

@@ -6,6 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 
 namespace featviz::core {
 namespace {
@@ -61,6 +63,66 @@ absl::Status ReadNumbers(const Json& obj, const char* key,
   return absl::OkStatus();
 }
 
+// One component of an output path: an index or a key without '.'.
+absl::StatusOr<std::string> OutputComponent(const Json& v) {
+  if (v.is_number_integer() && v.get<int64_t>() >= 0 &&
+      v.get<int64_t>() <= 1000000) {
+    return absl::StrCat(v.get<int64_t>());
+  }
+  if (v.is_string() && !v.get<std::string>().empty() &&
+      v.get<std::string>().size() <= 256 &&
+      v.get<std::string>().find('.') == std::string::npos) {
+    return v.get<std::string>();
+  }
+  return FieldError("logits",
+                    absl::StrCat("must be an output index in [0, 1000000], a "
+                                 "key (1 to 256 characters, no '.'), a list "
+                                 "of those, or null; got ",
+                                 v.dump()));
+}
+
+absl::Status ReadLogitsAt(const Json& v, ModelCard* card) {
+  if (v.is_null()) {
+    card->logits_at = ModelCard::LogitsAt::kNone;
+    return absl::OkStatus();
+  }
+  std::vector<std::string> parts;
+  if (v.is_array()) {
+    if (v.empty() || v.size() > 16) {
+      return FieldError("logits", absl::StrCat("path must hold 1 to 16 "
+                                               "components, got ",
+                                               v.size()));
+    }
+    for (const Json& part : v) {
+      absl::StatusOr<std::string> p = OutputComponent(part);
+      if (!p.ok()) return p.status();
+      parts.push_back(*p);
+    }
+  } else if (v.is_string() && v.get<std::string>().find('.') !=
+                                  std::string::npos) {
+    // "1.age": the dotted form the outputs are listed under.
+    const std::vector<std::string> split =
+        absl::StrSplit(v.get<std::string>(), '.');
+    if (split.size() > 16) {
+      return FieldError("logits", absl::StrCat("path must hold 1 to 16 "
+                                               "components, got ",
+                                               split.size()));
+    }
+    for (const std::string& part : split) {
+      absl::StatusOr<std::string> p = OutputComponent(Json(part));
+      if (!p.ok()) return p.status();
+      parts.push_back(*p);
+    }
+  } else {
+    absl::StatusOr<std::string> p = OutputComponent(v);
+    if (!p.ok()) return p.status();
+    parts.push_back(*p);
+  }
+  card->logits_at = ModelCard::LogitsAt::kOutput;
+  card->logits_output = absl::StrJoin(parts, ".");
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelCard> ModelCard::Parse(absl::string_view text) {
@@ -79,10 +141,16 @@ absl::StatusOr<ModelCard> ModelCard::Parse(absl::string_view text) {
   if (!(s = ReadString(root, "description", &card.description)).ok()) return s;
   if (root.contains("output")) {
     const Json& out = root.at("output");
-    if (!out.is_string() || out.get<std::string>() != "logits") {
-      return FieldError("output", absl::StrCat("must be \"logits\", got ",
-                                               out.dump()));
+    if (!out.is_string() || (out.get<std::string>() != "logits" &&
+                             out.get<std::string>() != "log_probs")) {
+      return FieldError("output",
+                        absl::StrCat("must be \"logits\" or \"log_probs\", got ",
+                                     out.dump()));
     }
+    card.log_probs = out.get<std::string>() == "log_probs";
+  }
+  if (root.contains("logits")) {
+    if (!(s = ReadLogitsAt(root.at("logits"), &card)).ok()) return s;
   }
   if (root.contains("input")) {
     const Json& in = root.at("input");
@@ -153,7 +221,9 @@ std::string ModelCard::ToJson() const {
                    {"range", {range_min, range_max}},
                    {"mean", mean},
                    {"std", std}};
-  root["output"] = "logits";
+  root["output"] = log_probs ? "log_probs" : "logits";
+  if (logits_at == LogitsAt::kNone) root["logits"] = nullptr;
+  if (logits_at == LogitsAt::kOutput) root["logits"] = logits_output;
   root["classes"] = classes;
   return root.dump(2);
 }

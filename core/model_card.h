@@ -6,6 +6,15 @@
 //              "range": [0, 1], "mean": [0.1307], "std": [0.3081]},
 //    "output": "logits", "classes": ["0", ..., "9"]}
 //
+// A model whose forward returns a tuple, list or dict of tensors (nested is
+// fine) says which of them holds the class scores with "logits": an index
+// (0), a key ("age"), or a path of both ([1, "age"]; written "1.age"); null
+// says the model has no class output (a backbone). Left out, a lone tensor
+// of shape [batch, N] is the logits and any other output means none.
+// "output" says what that tensor holds: "logits" (pre-softmax scores) or
+// "log_probs" (a log_softmax output; logit(c) is then log p(c) as given).
+// docs/models.md explains every field with examples.
+//
 // Every field is optional; the defaults are those of the declarations below.
 #ifndef FEATVIZ_CORE_MODEL_CARD_H_
 #define FEATVIZ_CORE_MODEL_CARD_H_
@@ -35,8 +44,21 @@ struct ModelCard {
   // Class names; when empty, the classes are named by index.
   std::vector<std::string> classes;
 
+  // Where the class scores are among forward()'s outputs (see above).
+  enum class LogitsAt {
+    kAuto,    // A lone [batch, N] tensor output; otherwise none.
+    kNone,    // "logits": null: no class output.
+    kOutput,  // The output named `logits_output`.
+  };
+  LogitsAt logits_at = LogitsAt::kAuto;
+  // The output's name: "0", "age", "1.age" (kOutput only).
+  std::string logits_output;
+  // "output": "log_probs": the class output is log_softmax'ed.
+  bool log_probs = false;
+
   // InvalidArgument naming the field for malformed JSON, wrong types,
-  // non-positive sizes, mean/std of the wrong length, or std <= 0.
+  // non-positive sizes, mean/std of the wrong length, std <= 0, or a
+  // "logits" that is not an index, a key, a path or null.
   static absl::StatusOr<ModelCard> Parse(absl::string_view json);
   static absl::StatusOr<ModelCard> Load(const std::string& path);
   std::string ToJson() const;

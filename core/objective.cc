@@ -69,6 +69,8 @@ enum class TokenKind {
   kPunct,
   kInvalid,          // a character that starts no token
   kMalformedNumber,  // "1e", "2.5e+", "5abc"
+  kQuoted,           // 'any text' or "any text", quotes included
+  kUnterminated,     // a quote without its closing quote
 };
 
 struct Token {
@@ -129,6 +131,19 @@ std::vector<Token> Tokenize(absl::string_view text) {
         ++i;
         while (i < n && IsWordChar(text[i])) ++i;
       }
+    } else if (c == '\'' || c == '"') {
+      kind = TokenKind::kUnterminated;
+      ++i;
+      while (i < n) {
+        if (text[i] == '\\' && i + 1 < n) {
+          i += 2;
+          continue;
+        }
+        if (text[i++] == c) {
+          kind = TokenKind::kQuoted;
+          break;
+        }
+      }
     } else if (absl::string_view("+-*/()[],:=").find(c) !=
                absl::string_view::npos) {
       kind = TokenKind::kPunct;
@@ -145,10 +160,59 @@ std::vector<Token> Tokenize(absl::string_view text) {
   return tokens;
 }
 
+// The text inside a kQuoted token, escapes resolved.
+std::string Unquote(absl::string_view quoted) {
+  std::string out;
+  for (size_t i = 1; i + 1 < quoted.size(); ++i) {
+    if (quoted[i] == '\\' && i + 2 < quoted.size()) ++i;
+    out.push_back(quoted[i]);
+  }
+  return out;
+}
+
+// Letters, digits and '_' in components separated by single dots: what an
+// argument accepts bare, whether it starts with a letter or a digit.
+bool IsRelaxedPath(absl::string_view text) {
+  if (text.empty() || text.front() == '.' || text.back() == '.') return false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '.') {
+      if (text[i + 1] == '.') return false;
+    } else if (!IsWordChar(text[i])) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// A layer path or output name as the canonical text writes it: bare when it
+// reads back as one path token, quoted otherwise.
+std::string FormatName(absl::string_view name) {
+  if (!name.empty() && IsLetter(name.front()) && IsRelaxedPath(name)) {
+    return std::string(name);
+  }
+  std::string out = "'";
+  for (char c : name) {
+    if (c == '\'' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  out.push_back('\'');
+  return out;
+}
+
 // ---------------------------------------------------------------------------
 // Function signatures of the text syntax.
 
-enum class Arg { kLayer, kChannel, kClass, kX, kY, kVector, kDecay, kConstant };
+enum class Arg {
+  kLayer,
+  kChannel,
+  kClass,
+  kX,
+  kY,
+  kVector,
+  kDecay,
+  kConstant,
+  kOutput,
+};
 
 struct Signature {
   const char* name;
@@ -196,6 +260,12 @@ constexpr Signature kSignatures[] = {
     {"tv", TermKind::kTotalVariation, 0, 0, {}, "tv()"},
     {"l1", TermKind::kL1, 0, 1, {Arg::kConstant}, "l1([c])"},
     {"l2", TermKind::kL2, 0, 1, {Arg::kConstant}, "l2([c])"},
+    {"output",
+     TermKind::kOutput,
+     2,
+     2,
+     {Arg::kOutput, Arg::kChannel},
+     "output(name, c)"},
 };
 
 const Signature* FindSignature(absl::string_view name) {
@@ -232,6 +302,8 @@ const char* ArgDescription(Arg arg) {
       return "decay";
     case Arg::kConstant:
       return "constant";
+    case Arg::kOutput:
+      return "output name";
   }
   return "argument";
 }
@@ -241,7 +313,8 @@ const char* ArgDescription(Arg arg) {
 //   expr    := product (('+' | '-') product)*
 //   product := unary (('*' | '/') unary)*
 //   unary   := ('-' | '+') unary | primary
-//   primary := NUMBER | call | path ':' INT | '(' expr ')'
+//   primary := NUMBER | call | name ':' INT | '(' expr ')'
+//   name    := PATH | QUOTED | NUMBER (digits and dots, in arguments)
 // Every sub-expression evaluates to either a number or an objective, which
 // keeps the result linear by construction.
 
@@ -302,6 +375,8 @@ class Parser {
         return "end of input";
       case TokenKind::kMalformedNumber:
         return absl::StrCat("malformed number '", token.text, "'");
+      case TokenKind::kUnterminated:
+        return absl::StrCat("unterminated quoted name ", token.text);
       default:
         return absl::StrCat("'", token.text, "'");
     }
@@ -421,6 +496,23 @@ class Parser {
     const Token& token = Peek();
     Operand operand;
     operand.begin = token.offset;
+    if ((token.kind == TokenKind::kQuoted ||
+         ((token.kind == TokenKind::kNumber ||
+           token.kind == TokenKind::kMalformedNumber) &&
+          IsRelaxedPath(token.text))) &&
+        IsPunct(Peek(1), ':')) {
+      // 'block-1':3 and 0:3, the shorthand for a layer that needs quotes or
+      // starts with a digit.
+      Term term;
+      term.kind = TermKind::kChannel;
+      FEATVIZ_ASSIGN_OR_RETURN(term.layer, ReadName("a layer path"));
+      Next();  // ':'
+      FEATVIZ_ASSIGN_OR_RETURN(term.index, ReadNonNegativeInt("channel index"));
+      operand.objective = Objective(std::move(term));
+      operand.begin = token.offset;
+      operand.end = EndOf(tokens_[next_ - 1]);
+      return operand;
+    }
     if (token.kind == TokenKind::kNumber) {
       FEATVIZ_ASSIGN_OR_RETURN(operand.number, ReadNumber(Next()));
       operand.is_number = true;
@@ -545,14 +637,50 @@ class Parser {
     }
   }
 
+  // A layer path or output name: bare, quoted, or a number-like path.
+  absl::StatusOr<std::string> ReadName(absl::string_view what) {
+    const Token& token = Peek();
+    switch (token.kind) {
+      case TokenKind::kPath: {
+        Next();
+        const Token& after = Peek();
+        if ((IsPunct(after, '-') || after.kind == TokenKind::kInvalid) &&
+            after.offset == EndOf(token)) {
+          // "block-1": arithmetic has no place in an argument, so this is a
+          // name with a character that needs quotes.
+          return ErrorAt(token.offset,
+                         absl::StrCat(what, " '", token.text, "' is followed by '",
+                                      after.text, "'; quote it, as in '",
+                                      token.text, after.text, "...'"));
+        }
+        return std::string(token.text);
+      }
+      case TokenKind::kQuoted: {
+        std::string name = Unquote(Next().text);
+        if (name.empty()) {
+          return ErrorAt(token.offset, absl::StrCat(what, " is empty"));
+        }
+        return name;
+      }
+      case TokenKind::kNumber:
+      case TokenKind::kMalformedNumber:
+        if (IsRelaxedPath(token.text)) return std::string(Next().text);
+        break;
+      default:
+        break;
+    }
+    return Expected(token, absl::StrCat(what, " (quote it, as in 'block-1', "
+                                              "if it has other characters)"));
+  }
+
   absl::Status ReadPositional(Arg arg, Term& term) {
     switch (arg) {
       case Arg::kLayer: {
-        const Token& token = Peek();
-        if (token.kind != TokenKind::kPath) {
-          return Expected(token, "a layer path");
-        }
-        term.layer = std::string(Next().text);
+        FEATVIZ_ASSIGN_OR_RETURN(term.layer, ReadName("a layer path"));
+        return absl::OkStatus();
+      }
+      case Arg::kOutput: {
+        FEATVIZ_ASSIGN_OR_RETURN(term.output, ReadName("an output name"));
         return absl::OkStatus();
       }
       case Arg::kChannel:
@@ -736,6 +864,11 @@ absl::Status ValidateTerm(const Term& term, const ModelShape& model,
               : absl::StrCat("unknown layer '", term.layer,
                              "'; layers are: ", absl::StrJoin(paths, ", ")));
     }
+    if (!layer->tappable) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "layer ", layer->path, " cannot be tapped: ",
+          layer->untappable_reason, " (in ", term.ToString(), ")"));
+    }
     if (layer->channels <= 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "layer ", layer->path, " has no channels (output shape ",
@@ -782,6 +915,17 @@ absl::Status ValidateTerm(const Term& term, const ModelShape& model,
       break;
     case TermKind::kLogit:
     case TermKind::kProb:
+      if (model.num_classes == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            term.ToString(), " needs class scores, but model ",
+            model.model_name.empty() ? "(unnamed)" : model.model_name,
+            " has no class output",
+            model.no_classes_reason.empty()
+                ? ""
+                : absl::StrCat(": ", model.no_classes_reason),
+            "; channel, neuron, layer, direction and output(name, c) terms "
+            "work on it"));
+      }
       if (term.index < 0 || term.index >= model.num_classes) {
         return absl::OutOfRangeError(absl::StrCat(
             "class ", term.index, " out of range for a model with ",
@@ -835,6 +979,33 @@ absl::Status ValidateTerm(const Term& term, const ModelShape& model,
                          FormatNumber(*term.param), " is not finite"));
       }
       break;
+    case TermKind::kOutput: {
+      const OutputInfo* output = nullptr;
+      for (const OutputInfo& o : model.outputs) {
+        if (o.name == term.output) output = &o;
+      }
+      if (output == nullptr) {
+        std::vector<absl::string_view> names;
+        for (const OutputInfo& o : model.outputs) names.push_back(o.name);
+        return absl::NotFoundError(absl::StrCat(
+            "unknown output ", FormatName(term.output), " of model ",
+            model.model_name, "; outputs are: ",
+            names.empty() ? "none" : absl::StrJoin(names, ", ")));
+      }
+      if (output->channels <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "output ", FormatName(output->name), " has no channels (shape ",
+            ShapeText(output->shape), "); ", term.ToString(),
+            " needs an output of rank 2 or more"));
+      }
+      if (term.index < 0 || term.index >= output->channels) {
+        return absl::OutOfRangeError(absl::StrCat(
+            "channel ", term.index, " out of range for output ",
+            FormatName(output->name), " with ", output->channels,
+            " channels"));
+      }
+      break;
+    }
     case TermKind::kLayer:
     case TermKind::kTotalVariation:
       break;
@@ -883,6 +1054,8 @@ const char* TermKindName(TermKind kind) {
       return "l1";
     case TermKind::kL2:
       return "l2";
+    case TermKind::kOutput:
+      return "output";
   }
   return "unknown";
 }
@@ -901,6 +1074,7 @@ bool Term::UsesLayer() const {
     case TermKind::kTotalVariation:
     case TermKind::kL1:
     case TermKind::kL2:
+    case TermKind::kOutput:
       return false;
   }
   return false;
@@ -929,6 +1103,8 @@ bool Term::operator==(const Term& other) const {
     case TermKind::kDiversity:
     case TermKind::kTotalVariation:
       return true;
+    case TermKind::kOutput:
+      return output == other.output && index == other.index;
   }
   return true;
 }
@@ -937,7 +1113,7 @@ std::string Term::ToString() const {
   std::vector<std::string> args;
   switch (kind) {
     case TermKind::kNeuron:
-      args = {layer, absl::StrCat(index)};
+      args = {FormatName(layer), absl::StrCat(index)};
       if (x.has_value() && y.has_value()) {
         args.push_back(absl::StrCat(*x));
         args.push_back(absl::StrCat(*y));
@@ -949,18 +1125,21 @@ std::string Term::ToString() const {
       }
       break;
     case TermKind::kChannel:
-      args = {layer, absl::StrCat(index)};
+      args = {FormatName(layer), absl::StrCat(index)};
       break;
     case TermKind::kLayer:
     case TermKind::kDiversity:
-      args = {layer};
+      args = {FormatName(layer)};
+      break;
+    case TermKind::kOutput:
+      args = {FormatName(output), absl::StrCat(index)};
       break;
     case TermKind::kLogit:
     case TermKind::kProb:
       args = {absl::StrCat(index)};
       break;
     case TermKind::kDirection:
-      args = {layer,
+      args = {FormatName(layer),
               absl::StrCat("[",
                            absl::StrJoin(vector, ", ",
                                          [](std::string* out, double value) {
@@ -969,7 +1148,7 @@ std::string Term::ToString() const {
                            "]")};
       break;
     case TermKind::kAlignment:
-      args = {layer};
+      args = {FormatName(layer)};
       if (param.has_value()) args.push_back(FormatNumber(*param));
       break;
     case TermKind::kTotalVariation:
@@ -1140,6 +1319,12 @@ Objective Logit(int64_t class_index) {
 
 Objective Prob(int64_t class_index) {
   return Objective(MakeTerm(TermKind::kProb, "", class_index));
+}
+
+Objective Output(std::string output, int64_t channel) {
+  Term term = MakeTerm(TermKind::kOutput, "", channel);
+  term.output = std::move(output);
+  return Objective(std::move(term));
 }
 
 Objective Direction(std::string layer, std::vector<double> vector) {

@@ -5,12 +5,25 @@
 //   channel(conv2, 5) + 0.5 * prob(7) - 0.01 * tv()
 //   conv2:5                          (Lucid's shorthand for channel(conv2, 5))
 //   channel(conv2, 3, batch=1)       (only image 1 of the batch)
+//   channel('0', 3) + output(age, 2) (a quoted layer path; a model output)
+//
+// Layer paths and output names are written bare when they look like
+// `name.0.part` (a letter or '_' first, then letters, digits, '_' and
+// single dots), or quoted with ' or " for any other text ('0', 'block-1.conv';
+// a backslash escapes a quote or a backslash). In an argument, a bare path
+// may also start with a digit (channel(0, 3), channel(1.conv, 2)), and
+// `0:3` is channel('0', 3). Canonical text quotes what does not start with
+// a letter or '_' and uses single quotes.
 //
 // Terms (each may take `batch=N` to target one image of the batch):
 //   neuron(layer, c[, x, y])   one unit; the centre of the map when x, y unset
 //   channel(layer, c)          spatial mean of channel c
 //   layer(layer)               mean of squared activations (DeepDream)
 //   logit(c), prob(c)          pre-softmax logit / post-softmax probability
+//                              (only for a model with a class output; for a
+//                              "log_probs" card, logit(c) is log p(c))
+//   output(name, c)            spatial mean of channel (or unit) c of the
+//                              model output `name` ("0", "age", "1.age")
 //   direction(layer, [v...])   spatial mean of the dot product with v
 //   diversity(layer)           negative mean cosine similarity of the images'
 //                              Gram matrices across the batch
@@ -48,6 +61,7 @@ enum class TermKind {
   kTotalVariation,
   kL1,
   kL2,
+  kOutput,
 };
 
 // The function name of a term kind in the text syntax ("neuron", "tv", ...).
@@ -58,8 +72,10 @@ struct Term {
   TermKind kind = TermKind::kChannel;
   // neuron, channel, layer, direction, diversity, alignment.
   std::string layer;
-  // neuron, channel: the channel; logit, prob: the class index.
+  // neuron, channel, output: the channel; logit, prob: the class index.
   int64_t index = 0;
+  // output: the output's name (OutputInfo::name).
+  std::string output;
   // neuron: position in the map; the centre when unset. Both or neither.
   std::optional<int64_t> x;
   std::optional<int64_t> y;
@@ -154,6 +170,7 @@ Objective Channel(std::string layer, int64_t channel);
 Objective LayerObjective(std::string layer);
 Objective Logit(int64_t class_index);
 Objective Prob(int64_t class_index);
+Objective Output(std::string output, int64_t channel);
 Objective Direction(std::string layer, std::vector<double> vector);
 Objective Diversity(std::string layer);
 Objective Alignment(std::string layer);

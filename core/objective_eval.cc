@@ -29,6 +29,10 @@ at::Tensor PerImage(const Term& term, const Taps& taps,
       return taps.logits.select(1, term.index);
     case TermKind::kProb:
       return taps.probs.select(1, term.index);
+    case TermKind::kOutput: {
+      at::Tensor c = taps.outputs.at(term.output).select(1, term.index);
+      return c.dim() == 1 ? c : c.flatten(1).mean(1);
+    }
     case TermKind::kDirection: {
       const at::Tensor& a = taps.activations.at(term.layer);
       at::Tensor v = at::tensor(std::vector<float>(term.vector.begin(),
@@ -103,6 +107,10 @@ absl::StatusOr<ObjectiveValue> EvaluateObjective(const Objective& objective,
       if (term.UsesLayer() && !taps.activations.count(term.layer)) {
         return absl::InternalError(
             absl::StrCat("layer ", term.layer, " was not tapped"));
+      }
+      if (term.kind == TermKind::kOutput && !taps.outputs.count(term.output)) {
+        return absl::InternalError(
+            absl::StrCat("output ", term.output, " was not returned"));
       }
       at::Tensor summed, mean;
       if (term.kind == TermKind::kDiversity ||

@@ -46,10 +46,17 @@ absl::StatusOr<std::unique_ptr<RenderSession>> RenderSession::Create(
   if (p.channels == 0) p.channels = card.channels;
   if (p.height == 0) p.height = card.height;
   if (p.width == 0) p.width = card.width;
-  if (p.channels != card.channels) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model ", card.name, " takes ", card.channels,
-                     "-channel images, not ", p.channels));
+  // One-channel stimuli for a three-channel model are gray images, repeated
+  // into its channels (Model::ToModelChannels); nothing else fits.
+  const bool gray_for_colour = p.channels == 1 && card.channels == 3;
+  if (p.channels != card.channels && !gray_for_colour) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", card.name, " takes ", card.channels, "-channel images, not ",
+        p.channels,
+        card.channels == 1
+            ? "; colour stimuli cannot be shown to a one-channel model"
+            : "; only one-channel (gray) stimuli can stand in for its "
+              "channels"));
   }
   FEATVIZ_RETURN_IF_ERROR(objective.Validate(model.shape(), p.batch));
 

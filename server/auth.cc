@@ -43,6 +43,7 @@ const std::vector<std::pair<std::string, Role>>& Table() {
       {"/featviz.v1.Visualizer/LoadModel", Role::kAdmin},
       {"/featviz.v1.Visualizer/UnloadModel", Role::kAdmin},
       {"/featviz.v1.Visualizer/ReloadModel", Role::kAdmin},
+      {"/featviz.v1.Visualizer/UploadModel", Role::kUploader},
   };
   return *table;
 }
@@ -76,6 +77,8 @@ absl::string_view RoleName(Role role) {
       return "public";
     case Role::kUser:
       return "user";
+    case Role::kUploader:
+      return "uploader";
     case Role::kAdmin:
       return "admin";
   }
@@ -118,9 +121,11 @@ absl::StatusOr<TokenTable> ParseTokens(absl::string_view text,
       identity.role = Role::kAdmin;
     } else if (fields[2] == "user") {
       identity.role = Role::kUser;
+    } else if (fields[2] == "uploader") {
+      identity.role = Role::kUploader;
     } else {
-      return error(
-          absl::StrCat("unknown role '", fields[2], "' (admin or user)"));
+      return error(absl::StrCat("unknown role '", fields[2],
+                                "' (admin, uploader or user)"));
     }
     for (size_t i = 3; i < fields.size(); ++i) {
       std::pair<absl::string_view, absl::string_view> kv =
@@ -136,10 +141,12 @@ absl::StatusOr<TokenTable> ParseTokens(absl::string_view text,
         identity.quotas.max_running = value;
       } else if (kv.first == "max_image_steps") {
         identity.quotas.max_image_steps = value;
+      } else if (kv.first == "max_upload_bytes") {
+        identity.quotas.max_upload_bytes = value;
       } else {
         return error(absl::StrCat(
             "unknown quota '", kv.first,
-            "' (max_queued, max_running or max_image_steps)"));
+            "' (max_queued, max_running, max_image_steps or max_upload_bytes)"));
       }
     }
     if (table.contains(token)) {
@@ -240,6 +247,12 @@ absl::StatusOr<Identity> Authorizer::Authorize(
     return absl::PermissionDeniedError(
         absl::StrCat(method, " needs the admin role; client '", identity.name,
                      "' has the role ", RoleName(identity.role)));
+  }
+  if (needed == Role::kUploader && identity.role != Role::kUploader &&
+      identity.role != Role::kAdmin) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        method, " needs the uploader or admin role; client '", identity.name,
+        "' has the role ", RoleName(identity.role)));
   }
   return identity;
 }

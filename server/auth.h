@@ -6,9 +6,12 @@
 //   # token                              name   role   quotas (optional)
 //   3f9c0a...e1                          alice  user   max_queued=8 max_running=2 max_image_steps=100000
 //   77b1d2...0c                          ops    admin
+//   c41e09...7a                          bob    uploader max_upload_bytes=200000000
 //
 // A token is 16 to 512 printable characters without spaces; names are
-// [A-Za-z0-9._@-]+; roles are `admin` and `user`. A quota left out is not
+// [A-Za-z0-9._@-]+; roles are `user`, `uploader` (a user who may also send
+// models with UploadModel, up to max_upload_bytes in all while the server
+// runs) and `admin` (everything, uploads included). A quota left out is not
 // limited. Clients send "authorization: Bearer <token>" metadata.
 //
 // Every RPC is authorised at the top of its handler (Authorizer::Authorize):
@@ -34,9 +37,9 @@
 
 namespace featviz::server {
 
-enum class Role { kPublic, kUser, kAdmin };
+enum class Role { kPublic, kUser, kUploader, kAdmin };
 
-// "public", "user", "admin".
+// "public", "user", "uploader", "admin".
 absl::string_view RoleName(Role role);
 
 // Per-client limits; nullopt is unlimited.
@@ -44,6 +47,8 @@ struct Quotas {
   std::optional<int64_t> max_queued;       // Jobs waiting for a worker.
   std::optional<int64_t> max_running;      // Jobs running at once.
   std::optional<int64_t> max_image_steps;  // images x steps of one job.
+  // Bytes of model files this client may upload while the server runs.
+  std::optional<int64_t> max_upload_bytes;
 };
 
 // The authenticated caller.
@@ -67,8 +72,8 @@ absl::StatusOr<TokenTable> ReadTokensFile(const std::string& path);
 
 // The role a full method name ("/featviz.v1.Visualizer/Render") needs:
 // health checks are public, the three model administration RPCs need an
-// admin, every other featviz.v1 and reflection method a user; a method the
-// table does not know needs an admin.
+// admin, UploadModel an uploader (or admin), every other featviz.v1 and
+// reflection method a user; a method the table does not know needs an admin.
 Role RequiredRole(absl::string_view method);
 // Every method the table names, with its role (for tests and docs).
 std::vector<std::pair<std::string, Role>> MethodRoles();

@@ -80,6 +80,8 @@ absl::StatusOr<core::TermKind> TermKindFromProto(int kind,
       return core::TermKind::kL1;
     case v1::TERM_KIND_L2:
       return core::TermKind::kL2;
+    case v1::TERM_KIND_OUTPUT:
+      return core::TermKind::kOutput;
     case v1::TERM_KIND_UNSPECIFIED:
       return absl::InvalidArgumentError(
           absl::StrCat(field, " must be set, got TERM_KIND_UNSPECIFIED"));
@@ -324,6 +326,7 @@ absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
     FEATVIZ_ASSIGN_OR_RETURN(
         term.kind, TermKindFromProto(t.kind(), absl::StrCat(field, ".term.kind")));
     term.layer = t.layer();
+    term.output = t.output();
     term.index = t.index();
     if (t.has_x() != t.has_y()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -393,14 +396,53 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
     return OutsideRange("image.size", 0, limits.max_image_side,
                         "the model's input size", image.size());
   }
+  if (image.height() < 0 || image.height() > limits.max_image_side) {
+    return OutsideRange("image.height", 0, limits.max_image_side,
+                        "the model's input height", image.height());
+  }
+  if (image.width() < 0 || image.width() > limits.max_image_side) {
+    return OutsideRange("image.width", 0, limits.max_image_side,
+                        "the model's input width", image.width());
+  }
+  if (image.size() != 0 && (image.height() != 0 || image.width() != 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "image.size (", image.size(), ") and image.height/width (",
+        image.height(), ", ", image.width(),
+        ") are both set; set size for a square image or height and width"));
+  }
   if (image.batch() < 0 || image.batch() > limits.max_batch) {
     return OutsideRange("image.batch", 0, limits.max_batch, "1", image.batch());
   }
   param.batch = image.batch() == 0 ? 1 : image.batch();
-  param.channels = card.channels;
-  const ImageSize size = image.size() == 0
-                             ? ImageSize{card.height, card.width}
-                             : ImageSize{image.size(), image.size()};
+  switch (image.color()) {
+    case v1::ImageSpec::COLOR_MODEL:
+      param.channels = card.channels;
+      break;
+    case v1::ImageSpec::COLOR_GRAY:
+      if (card.channels != 1 && card.channels != 3) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "image.color COLOR_GRAY needs a model of 1 or 3 channels; model ",
+            card.name, " takes ", card.channels));
+      }
+      param.channels = 1;
+      break;
+    case v1::ImageSpec::COLOR_RGB:
+      if (card.channels != 3) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "image.color COLOR_RGB: model ", card.name, " takes ",
+            card.channels, "-channel images, so colour stimuli cannot be "
+            "shown to it"));
+      }
+      param.channels = 3;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("image.color has unknown value ", image.color()));
+  }
+  ImageSize size{card.height, card.width};
+  if (image.size() != 0) size = ImageSize{image.size(), image.size()};
+  if (image.height() != 0) size.height = image.height();
+  if (image.width() != 0) size.width = image.width();
   param.height = size.height;
   param.width = size.width;
   if (image.decay_power() == 0) {
@@ -416,7 +458,7 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   if (image.has_init_image()) {
     FEATVIZ_ASSIGN_OR_RETURN(
         param.init_image,
-        PlanInitImage(image.init_image(), card.channels, size, param.batch));
+        PlanInitImage(image.init_image(), param.channels, size, param.batch));
   }
 
   // objective, now that the batch is known
@@ -619,7 +661,17 @@ v1::Model ModelToProto(const core::Model& model) {
     layer->set_kind(info.kind);
     for (int64_t dim : info.shape) layer->add_output_shape(dim);
     layer->set_channels(info.channels);
+    layer->set_tappable(info.tappable);
+    layer->set_untappable_reason(info.untappable_reason);
   }
+  for (const core::OutputInfo& info : model.outputs()) {
+    v1::ModelOutput* output = out.add_outputs();
+    output->set_name(info.name);
+    for (int64_t dim : info.shape) output->add_shape(dim);
+    output->set_channels(info.channels);
+  }
+  out.set_logits_output(model.logits_output());
+  out.set_log_probs(!model.logits_output().empty() && card.log_probs);
   out.set_device(model.device().str());
   out.set_memory_bytes(model.memory_bytes());
   return out;

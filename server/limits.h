@@ -44,6 +44,8 @@ struct Limits {
   double result_ttl_seconds = 3600;
   // Most bytes of results kept (512 MiB); the oldest go first.
   int64_t result_store_bytes = int64_t{512} << 20;
+  // Largest model file UploadModel accepts, in bytes (1 GiB).
+  int64_t max_upload_bytes = int64_t{1} << 30;
   // How the workers run their steps: --precision, --cuda_graphs and the
   // test-only --fault_oom_above_images.
   core::StepOptions step;

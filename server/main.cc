@@ -82,6 +82,9 @@ ABSL_FLAG(int64_t, max_batch, featviz::server::Limits{}.max_batch,
           "Most images a render may optimise together");
 ABSL_FLAG(int64_t, max_message_bytes, featviz::server::Limits{}.max_message_bytes,
           "Largest gRPC message received or sent, in bytes");
+ABSL_FLAG(int64_t, max_upload_bytes, featviz::server::Limits{}.max_upload_bytes,
+          "Largest model file UploadModel accepts, in bytes (a client's "
+          "max_upload_bytes quota may allow less)");
 ABSL_FLAG(std::string, dataset_dir, "",
           "Directory of datasets for the Circuits service: one per "
           "subdirectory (MNIST IDX files or PNG folders), or itself one "
@@ -216,6 +219,7 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   limits.max_steps = absl::GetFlag(FLAGS_max_steps);
   limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  limits.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   limits.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
   limits.max_queued_per_owner = absl::GetFlag(FLAGS_max_queued_per_owner);
   limits.default_queue_timeout_seconds =
@@ -234,6 +238,10 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   limits.step.precision = *precision;
   limits.step.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   limits.step.fail_above_images = absl::GetFlag(FLAGS_fault_oom_above_images);
+  if (limits.max_upload_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_upload_bytes must be at least 1, got ", limits.max_upload_bytes));
+  }
   if (limits.max_message_bytes < 1 || limits.max_message_bytes > INT_MAX) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_message_bytes must be in [1, ", INT_MAX, "], got ",

@@ -1,14 +1,19 @@
 #include "server/model_registry.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <system_error>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
 #include "core/device.h"
 #include "core/model_card.h"
 #include "core/status_macros.h"
@@ -485,6 +490,105 @@ absl::StatusOr<v1::Model> ModelRegistry::Load(const std::string& path) {
                ShortHash(entry->content_hash), entry->proto.memory_bytes());
   v1::Model proto = entry->proto;
   Serve(std::move(entry));
+  return proto;
+}
+
+absl::StatusOr<fs::path> ModelRegistry::NewStagingDir() const {
+  if (root_.empty()) {
+    return absl::FailedPreconditionError("this server has no model repository");
+  }
+  static std::atomic<uint64_t> counter{0};
+  std::error_code error;
+  const fs::path base = root_ / ".uploads";
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    // Inside the loop: a finished upload removes `base` when it is empty.
+    fs::create_directories(base, error);
+    const fs::path dir =
+        base / absl::StrCat(getpid(), "-", counter.fetch_add(1), "-",
+                            absl::ToUnixNanos(absl::Now()));
+    if (fs::create_directory(dir, error)) return dir;
+  }
+  return absl::InternalError(absl::StrCat("cannot make a staging directory in ",
+                                          base.string(), ": ",
+                                          error.message()));
+}
+
+absl::StatusOr<v1::Model> ModelRegistry::Publish(const std::string& name,
+                                                 const fs::path& staged) {
+  std::error_code ignored;
+  auto discard = [&](const absl::Status& status) {
+    fs::remove_all(staged, ignored);
+    return status;
+  };
+  if (root_.empty()) {
+    return discard(
+        absl::FailedPreconditionError("this server has no model repository"));
+  }
+  bool name_ok = !name.empty() && name.size() <= 64;
+  for (char c : name) {
+    name_ok = name_ok && (absl::ascii_isalnum(c) || c == '_' || c == '-');
+  }
+  if (!name_ok) {
+    return discard(absl::InvalidArgumentError(absl::StrCat(
+        "model name '", name, "' must be 1 to 64 of [A-Za-z0-9_-]")));
+  }
+  absl::MutexLock admin(&admin_mu_);
+  const fs::path model_dir = root_ / name;
+  if (fs::exists(model_dir, ignored)) {
+    // Refuses a name that is a file or a symlink out of the repository.
+    absl::StatusOr<fs::path> real = ConfinedPath(root_, name);
+    if (!real.ok() || !fs::is_directory(*real, ignored) ||
+        fs::is_symlink(model_dir, ignored)) {
+      return discard(absl::InvalidArgumentError(absl::StrCat(
+          "model name '", name,
+          "' is taken in the repository by something that is not a model "
+          "directory")));
+    }
+  }
+  int64_t newest = 0;
+  auto consider = [&](absl::string_view version) {
+    int64_t v = 0;
+    if (AllDigits(version) && version.size() < 18 &&
+        absl::SimpleAtoi(version, &v)) {
+      newest = std::max(newest, v);
+    }
+  };
+  for (const fs::directory_entry& sub :
+       fs::directory_iterator(model_dir, ignored)) {
+    consider(sub.path().filename().string());
+  }
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    if (auto it = served_.find(name); it != served_.end()) {
+      for (const auto& [version, entry] : it->second) consider(version);
+    }
+  }
+  const std::string version = absl::StrCat(newest + 1);
+  const bool made_dir = !fs::exists(model_dir, ignored);
+  std::error_code error;
+  fs::create_directories(model_dir, error);
+  const fs::path target = model_dir / version;
+  if (!error) fs::rename(staged, target, error);
+  if (error) {
+    if (made_dir) fs::remove(model_dir, ignored);
+    return discard(absl::InternalError(
+        absl::StrCat("cannot publish the upload as ", name, "/", version,
+                     ": ", error.message())));
+  }
+  const Found found{name, version, absl::StrCat(name, "/", version, "/", kModelFile)};
+  absl::StatusOr<EntryPtr> entry = LoadEntry(found);
+  if (!entry.ok()) {
+    fs::remove_all(target, ignored);
+    if (made_dir) fs::remove(model_dir, ignored);
+    return entry.status();
+  }
+  held_out_.erase(Key(name, version));
+  spdlog::info("model {} uploaded to {} (sha256 {}, {} bytes per device)",
+               Key(name, version), (*entry)->path,
+               ShortHash((*entry)->content_hash),
+               (*entry)->proto.memory_bytes());
+  v1::Model proto = (*entry)->proto;
+  Serve(*std::move(entry));
   return proto;
 }
 

@@ -113,6 +113,21 @@ class ModelRegistry {
   // name and version is served; FailedPrecondition without a repository.
   absl::StatusOr<v1::Model> Load(const std::string& path);
 
+  // A fresh, empty directory under the root where an upload stages its files
+  // (`<root>/.uploads/<unique>`; scans skip names starting with '.').
+  // FailedPrecondition without a repository.
+  absl::StatusOr<std::filesystem::path> NewStagingDir() const;
+
+  // Publishes a staged upload: renames `staged` (holding model.pt and maybe
+  // model.card.json) atomically to `<root>/<name>/<N>`, N one more than the
+  // largest numeric version of `name` on disk or served (1 for a new name),
+  // and loads it as Load does. On any error nothing of it stays in the
+  // repository: `staged` and the published directory are removed.
+  // InvalidArgument for a name outside [A-Za-z0-9_-]{1,64} or a file that
+  // is not a model that runs.
+  absl::StatusOr<v1::Model> Publish(const std::string& name,
+                                    const std::filesystem::path& staged);
+
   // Stops serving `name` (the version `version`, or all when empty) and
   // returns once no running job holds it any more. NotFound when nothing
   // matches.

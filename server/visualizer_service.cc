@@ -720,6 +720,33 @@ grpc::ServerUnaryReactor* VisualizerService::LoadModel(
       });
 }
 
+grpc::ServerReadReactor<v1::UploadModelRequest>* VisualizerService::UploadModel(
+    grpc::CallbackServerContext* context, v1::UploadModelResponse* response) {
+  absl::StatusOr<Identity> caller = Caller(context, "UploadModel");
+  absl::Status refused = caller.status();
+  if (refused.ok() && shutting_down_.load()) {
+    refused = absl::UnavailableError("server is shutting down");
+  }
+  UploadContext upload;
+  upload.models = &models_;
+  upload.ledger = &uploads_;
+  upload.max_bytes = limits_.max_upload_bytes;
+  // Counted like the admin calls, so that shutdown waits for a load.
+  upload.run_detached = [this](std::function<void()> work) {
+    {
+      absl::MutexLock lock(&admin_mu_);
+      ++admin_calls_;
+    }
+    std::thread([this, work = std::move(work)] {
+      work();
+      absl::MutexLock lock(&admin_mu_);
+      --admin_calls_;
+    }).detach();
+  };
+  return StartUpload(std::move(upload), caller.ok() ? *caller : Identity{},
+                     context->peer(), response, refused);
+}
+
 grpc::ServerUnaryReactor* VisualizerService::UnloadModel(
     grpc::CallbackServerContext* context,
     const v1::UnloadModelRequest* request, v1::UnloadModelResponse* response) {

@@ -12,6 +12,8 @@
 //   ListModels/GetModel      the hosted models
 //   LoadModel/UnloadModel/   the model repository, while serving (admin;
 //   ReloadModel              see model_registry.h)
+//   UploadModel              a researcher's model, sent in chunks and
+//                            published as a new version (uploader; upload.h)
 //
 // A running job stops within one optimisation step when it is cancelled,
 // its Render client goes away, or the server's shutdown grace period ends.
@@ -39,6 +41,7 @@
 #include "server/job_manager.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
+#include "server/upload.h"
 #include "server/worker.h"
 
 namespace featviz::server {
@@ -112,6 +115,9 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::UnloadModelRequest* request,
       v1::UnloadModelResponse* response) override;
+  grpc::ServerReadReactor<v1::UploadModelRequest>* UploadModel(
+      grpc::CallbackServerContext* context,
+      v1::UploadModelResponse* response) override;
   grpc::ServerUnaryReactor* ReloadModel(
       grpc::CallbackServerContext* context,
       const v1::ReloadModelRequest* request,
@@ -181,6 +187,7 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
 
   absl::Mutex admin_mu_;
   int admin_calls_ ABSL_GUARDED_BY(admin_mu_) = 0;
+  UploadLedger uploads_;
 
   absl::Mutex log_mu_;
   bool log_stop_ ABSL_GUARDED_BY(log_mu_) = false;

@@ -205,12 +205,15 @@ TEST(ModelLoad, RejectsMissingFileAsNotFound) {
   EXPECT_EQ(model.status().code(), absl::StatusCode::kNotFound);
 }
 
-TEST(ModelLoad, RejectsModelWhoseOutputIsNotATensor) {
+// tuple_output's card names three classes but not which output holds them.
+TEST(ModelLoad, RejectsTupleOutputWhoseCardNamesClassesButNoLogits) {
   absl::StatusOr<std::unique_ptr<Model>> model =
       Model::Load(TestModel("tuple_output.pt"));
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(model.status().message().find("expected a tensor"), std::string::npos)
+  EXPECT_NE(model.status().message().find("no class output"), std::string::npos)
+      << model.status();
+  EXPECT_NE(model.status().message().find("\"logits\""), std::string::npos)
       << model.status();
 }
 

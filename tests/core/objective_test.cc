@@ -190,7 +190,10 @@ TEST(ObjectiveParse, ReportsTheColumnAndWhatWasExpected) {
        "expected a non-negative integer channel index, found '1.5'"},
       {"channel(conv2, -1)", 16, "found '-1'"},
       {"logit(x)", 7, "expected a non-negative integer class index"},
-      {"channel(5, conv2)", 9, "expected a layer path, found '5'"},
+      // A layer path may start with a digit (top-level nn.Sequential).
+      {"channel(5, conv2)", 12,
+       "expected a non-negative integer channel index, found 'conv2'"},
+      {"channel(-, 5)", 9, "expected a layer path"},
       {"channel(conv2, 99999999999999999999)", 16, "too large"},
       {"conv2:x", 7, "channel index, found 'x'"},
       {"conv2", 6, "':' after the layer path 'conv2', found end of input"},
@@ -220,7 +223,7 @@ TEST(ObjectiveParse, UnknownFunctionListsTheValidNames) {
   ExpectParseError({"0.5 * chanel(conv2, 5)", 7,
                     "unknown function 'chanel'; functions are: neuron, "
                     "channel, layer, logit, prob, direction, diversity, "
-                    "alignment, tv, l1, l2"});
+                    "alignment, tv, l1, l2, output"});
 }
 
 TEST(ObjectiveParse, WrongArgumentCountNamesTheSignature) {

@@ -6,7 +6,8 @@
 Writes into DIR: scripted.pt, traced.pt, residual.pt, tuple_output.pt (each
 with a .card.json), no_card.pt (no card), corrupt.pt (random bytes),
 not_torchscript.pt (a plain torch.save'd state_dict) and wide.pt (64 MiB of
-weights in one layer, to measure the memory a model unload frees). Weights
+weights in one layer, to measure the memory a model unload frees), then the
+models from the wild of wild_models.py (ResNet-18, MobileNet-like, ...). Weights
 are random but deterministic (torch.manual_seed(0)); nothing is trained or downloaded.
 """
 import argparse
@@ -212,6 +213,9 @@ def main():
     path = os.path.join(out, "not_torchscript.pt")
     torch.save(Scripted().state_dict(), path)
     print(f"wrote {path}  (torch.save'd state_dict)")
+
+    import wild_models  # beside this file
+    wild_models.build(out)
 
 
 if __name__ == "__main__":

@@ -600,6 +600,21 @@ class Client:
              for u in response.units],
             response.cached)
 
+    def upload_model(self, model_path: Union[str, os.PathLike], *,
+                     card: Union[None, str, os.PathLike, Mapping] = None,
+                     name: Optional[str] = None,
+                     chunk_bytes: int = 1 << 20,
+                     timeout: Optional[float] = None) -> "featviz_pb2.Model":
+        """Uploads a TorchScript file (UploadModel; needs the uploader or
+        admin role) and returns the model version the server now serves.
+
+        `card` is a path to the card JSON or the card as a dict; when None,
+        `<stem>.card.json` beside the model is sent if it exists. `name`
+        defaults to the card's name, else the file's stem. The file is sent
+        in `chunk_bytes` pieces with its SHA-256, which the server checks."""
+        return _upload_model(self._stub, self._metadata, model_path, card=card,
+                             name=name, chunk_bytes=chunk_bytes, timeout=timeout)
+
     @staticmethod
     def _follow(call, on_progress) -> RenderResult:
         """Reads a Render or WatchJob stream to its result."""
@@ -826,3 +841,77 @@ def _render_result(result: "featviz_pb2.RenderResult") -> RenderResult:
         queue_seconds=result.timings.queue_seconds,
         compute_seconds=result.timings.compute_seconds,
     )
+
+
+def _upload_model(stub, metadata, model_path, *, card, name, chunk_bytes,
+                  timeout) -> "featviz_pb2.Model":
+    """Client.upload_model's work, kept apart from the rest of the client."""
+    import hashlib
+    import json
+
+    model_path = Path(model_path)
+    data = model_path.read_bytes()
+    if card is None:
+        beside = model_path.with_suffix(".card.json")
+        card_json = beside.read_text() if beside.exists() else ""
+    elif isinstance(card, Mapping):
+        card_json = json.dumps(dict(card))
+    else:
+        card_json = Path(card).read_text()
+    if not name:
+        try:
+            name = json.loads(card_json).get("name", "") if card_json else ""
+        except (ValueError, AttributeError):
+            name = ""
+        name = name or model_path.stem
+    header = featviz_pb2.UploadModelRequest.Header(
+        name=name, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        card_json=card_json)
+
+    def messages():
+        step = max(1, int(chunk_bytes))
+        yield featviz_pb2.UploadModelRequest(header=header, chunk=data[:step])
+        for offset in range(step, len(data), step):
+            yield featviz_pb2.UploadModelRequest(chunk=data[offset:offset + step])
+
+    try:
+        return stub.UploadModel(messages(), timeout=timeout, metadata=metadata).model
+    except grpc.RpcError as err:
+        raise FeatvizError._from_rpc(err) from None
+
+
+def _upload_model(stub, metadata, model_path, *, card, name, chunk_bytes,
+                  timeout) -> "featviz_pb2.Model":
+    """Client.upload_model's work, kept apart from the rest of the client."""
+    import hashlib
+    import json
+
+    model_path = Path(model_path)
+    data = model_path.read_bytes()
+    if card is None:
+        beside = model_path.with_suffix(".card.json")
+        card_json = beside.read_text() if beside.exists() else ""
+    elif isinstance(card, Mapping):
+        card_json = json.dumps(dict(card))
+    else:
+        card_json = Path(card).read_text()
+    if not name:
+        try:
+            name = json.loads(card_json).get("name", "") if card_json else ""
+        except (ValueError, AttributeError):
+            name = ""
+        name = name or model_path.stem
+    header = featviz_pb2.UploadModelRequest.Header(
+        name=name, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+        card_json=card_json)
+
+    def messages():
+        step = max(1, int(chunk_bytes))
+        yield featviz_pb2.UploadModelRequest(header=header, chunk=data[:step])
+        for offset in range(step, len(data), step):
+            yield featviz_pb2.UploadModelRequest(chunk=data[offset:offset + step])
+
+    try:
+        return stub.UploadModel(messages(), timeout=timeout, metadata=metadata).model
+    except grpc.RpcError as err:
+        raise FeatvizError._from_rpc(err) from None

@@ -1,0 +1,138 @@
+#include "client/upload.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "client/json.h"
+
+namespace featviz::client {
+namespace {
+
+namespace fs = std::filesystem;
+namespace v1 = featviz::v1;
+
+absl::StatusOr<std::string> ReadAll(const std::string& path,
+                                    const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
+
+std::string Sha256Hex(const std::string& bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(),
+             nullptr);
+  static const char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) {
+    hex.push_back(kHex[digest[i] >> 4]);
+    hex.push_back(kHex[digest[i] & 15]);
+  }
+  return hex;
+}
+
+}  // namespace
+
+absl::StatusOr<v1::Model> UploadModel(VisualizerClient& client,
+                                      const UploadOptions& options) {
+  absl::StatusOr<std::string> model = ReadAll(options.model_path, "model");
+  if (!model.ok()) return model.status();
+  std::string card_path = options.card_path;
+  if (card_path.empty()) {
+    fs::path beside(options.model_path);
+    beside.replace_extension(".card.json");
+    if (fs::exists(beside)) card_path = beside.string();
+  }
+  std::string card;
+  if (!card_path.empty()) {
+    absl::StatusOr<std::string> read = ReadAll(card_path, "card");
+    if (!read.ok()) return read.status();
+    card = *std::move(read);
+  }
+  std::string name = options.name;
+  if (name.empty() && !card.empty()) {
+    const nlohmann::json parsed = nlohmann::json::parse(card, nullptr, false);
+    if (parsed.is_object() && parsed.contains("name") &&
+        parsed["name"].is_string()) {
+      name = parsed["name"].get<std::string>();
+    }
+  }
+  if (name.empty()) name = fs::path(options.model_path).stem().string();
+
+  auto stub = v1::Visualizer::NewStub(client.channel());
+  grpc::ClientContext context;
+  if (!client.options().token.empty()) {
+    context.AddMetadata("authorization", "Bearer " + client.options().token);
+  }
+  if (client.options().call_timeout > absl::ZeroDuration()) {
+    // Loading a large model takes a while: ten times the call deadline.
+    context.set_deadline(std::chrono::system_clock::now() +
+                         absl::ToChronoMilliseconds(
+                             client.options().call_timeout * 10));
+  }
+  v1::UploadModelResponse response;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadModelRequest>> writer =
+      stub->UploadModel(&context, &response);
+  v1::UploadModelRequest request;
+  v1::UploadModelRequest::Header* header = request.mutable_header();
+  header->set_name(name);
+  header->set_size_bytes(static_cast<int64_t>(model->size()));
+  header->set_sha256(Sha256Hex(*model));
+  header->set_card_json(card);
+  const int64_t chunk = std::max<int64_t>(1, options.chunk_bytes);
+  size_t offset = 0;
+  bool first = true;
+  // The header travels with the first chunk; a write fails once the server
+  // has refused, and Finish then says why.
+  while (first || offset < model->size()) {
+    const size_t n = std::min<size_t>(chunk, model->size() - offset);
+    request.set_chunk(model->substr(offset, n));
+    offset += n;
+    if (!writer->Write(request)) break;
+    if (first) {
+      request.clear_header();
+      first = false;
+    }
+  }
+  writer->WritesDone();
+  const grpc::Status status = writer->Finish();
+  if (!status.ok()) {
+    return absl::Status(
+        static_cast<absl::StatusCode>(status.error_code()),
+        absl::StrReplaceAll(status.error_message(), {{"\n", "; "}}));
+  }
+  return response.model();
+}
+
+absl::Status RunUpload(VisualizerClient& client, const UploadOptions& options,
+                       bool json, std::FILE* out) {
+  absl::StatusOr<v1::Model> model = UploadModel(client, options);
+  if (!model.ok()) return model.status();
+  if (json) {
+    const std::string text = ModelToJson(*model).dump() + "\n";
+    std::fputs(text.c_str(), out);
+    return absl::OkStatus();
+  }
+  const std::string text = absl::StrCat(
+      "uploaded ", model->name(), "@", model->version(), " (", model->path(),
+      ", sha256 ", model->content_hash().substr(0, 12), "): ",
+      model->layers_size(), " layers, ", model->class_names_size(),
+      " classes, input ", model->input().channels(), "x",
+      model->input().height(), "x", model->input().width(), "\n");
+  std::fputs(text.c_str(), out);
+  return absl::OkStatus();
+}
+
+}  // namespace featviz::client
