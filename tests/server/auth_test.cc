@@ -89,7 +89,9 @@ TEST(RequiredRole, CoversEveryFeatvizMethodAndTheAdminRpcs) {
       const bool admin = absl::EndsWith(method, "/LoadModel") ||
                          absl::EndsWith(method, "/UnloadModel") ||
                          absl::EndsWith(method, "/ReloadModel");
-      EXPECT_EQ(RequiredRole(method), admin ? Role::kAdmin : Role::kUser)
+      const bool upload = absl::EndsWith(method, "/UploadModel");
+      EXPECT_EQ(RequiredRole(method),
+                admin ? Role::kAdmin : upload ? Role::kUploader : Role::kUser)
           << method;
     }
   }
