@@ -54,6 +54,8 @@ absl::StatusOr<core::DatasetPtr> DatasetIndex::Find(
     absl::string_view name) const {
   auto it = datasets_.find(name);
   if (it != datasets_.end()) return it->second;
+  // A server with one dataset needs no name.
+  if (name.empty() && datasets_.size() == 1) return datasets_.begin()->second;
   std::vector<std::string> names;
   for (const auto& [n, d] : datasets_) names.push_back(n);
   return absl::NotFoundError(absl::StrCat(

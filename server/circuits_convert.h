@@ -25,7 +25,8 @@ namespace featviz::server {
 class DatasetIndex {
  public:
   explicit DatasetIndex(std::vector<core::DatasetPtr> datasets);
-  // NotFound naming `name` and the hosted datasets.
+  // The dataset `name`, or the only one when `name` is empty and the server
+  // hosts exactly one; NotFound naming `name` and the hosted datasets.
   absl::StatusOr<core::DatasetPtr> Find(absl::string_view name) const;
   const std::map<std::string, core::DatasetPtr, std::less<>>& all() const {
     return datasets_;

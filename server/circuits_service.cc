@@ -322,7 +322,7 @@ absl::Status CircuitsService::DoFindCircuit(
 
   SetModelIdentity(*model, response);
   response.set_layer(request.layer());
-  response.set_dataset(request.dataset());
+  response.set_dataset((*dataset)->name);
   std::map<int64_t, std::string> detector_jobs;  // Shared between classes.
   auto submit = [&](const core::Objective& objective)
       -> absl::StatusOr<std::string> {
@@ -445,7 +445,7 @@ absl::Status CircuitsService::DoTopExamples(
       core::TopUnits(values, Int64s(request.channels()), n));
   SetModelIdentity(*model, response);
   response.set_layer(request.layer());
-  response.set_dataset(request.dataset());
+  response.set_dataset((*dataset)->name);
   response.set_cached(cached);
   const int64_t* labels = (*dataset)->labels.data_ptr<int64_t>();
   for (const core::TopUnitExamples& unit : top) {
