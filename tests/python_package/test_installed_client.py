@@ -170,7 +170,11 @@ def test_an_installed_client_renders_shows_finds_circuits_and_reads_stats(
 def test_the_notebook_example_runs_top_to_bottom(venv, server_address, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(FEATVIZ_SERVER=server_address, FEATVIZ_NOTEBOOK_OUT=str(tmp_path / "out"))
-    run = subprocess.run([str(venv), str(REPO / "client/python/notebook.py")], cwd=tmp_path,
+    # A copy: run in place, the script's folder (client/python) would come
+    # first on sys.path and shadow the installed package with the sources.
+    notebook = tmp_path / "notebook.py"
+    notebook.write_text((REPO / "client/python/notebook.py").read_text())
+    run = subprocess.run([str(venv), str(notebook)], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     for name in ("classes.png", "preview.png", "circuit_3.png"):
