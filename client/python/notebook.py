@@ -12,7 +12,6 @@
 import os
 from pathlib import Path
 
-import numpy as np
 
 from featviz_client import Client, grid
 
