@@ -12,7 +12,6 @@
 import os
 from pathlib import Path
 
-import numpy as np
 
 from featviz_client import Client, grid
 
@@ -59,7 +58,8 @@ print("top class per image:", result.probs.argmax(1))
 circuit = fv.find_circuit("mnist_classifier", "conv2", classes=[3], top_k=3, steps=128, seed=0)
 row = circuit.classes[0]
 detectors = [fv.wait(d.job_id) for d in row.detectors]
-sheet = grid(np.concatenate([d.images for d in detectors]),
+# The circuit's renders carry PNGs only; to_pil() decodes them.
+sheet = grid([d.to_pil()[0] for d in detectors],
              labels=[f"conv2:{d.channel} {d.score:.2f}" for d in row.detectors])
 sheet.save(out / "circuit_3.png")
 sheet

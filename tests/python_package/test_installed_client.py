@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -171,10 +170,10 @@ def test_an_installed_client_renders_shows_finds_circuits_and_reads_stats(
 def test_the_notebook_example_runs_top_to_bottom(venv, server_address, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(FEATVIZ_SERVER=server_address, FEATVIZ_NOTEBOOK_OUT=str(tmp_path / "out"))
-    # A copy, as a user would take it: run in place, Python would put
-    # client/python (the source package, without stubs) before the installed one.
+    # A copy: run in place, the script's folder (client/python) would come
+    # first on sys.path and shadow the installed package with the sources.
     notebook = tmp_path / "notebook.py"
-    shutil.copy(REPO / "client/python/notebook.py", notebook)
+    notebook.write_text((REPO / "client/python/notebook.py").read_text())
     run = subprocess.run([str(venv), str(notebook)], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr

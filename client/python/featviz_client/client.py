@@ -556,12 +556,12 @@ class Client:
         """For each class (every class when `classes` is None), the `top_k`
         (3) channels of `layer` that feed its logit most, scored on
         `examples_per_class` (64) images of the class from `dataset` (the
-        server's first labelled one that fits when empty). With `render`,
+        server's first labelled one when empty). With `render`,
         the class and detector visualisations are queued as jobs
         (`Circuit.job_ids()`, then `wait`)."""
         request = circuits_pb2.FindCircuitRequest(
             model=model, layer=layer, classes=list(classes or []),
-            top_k=top_k or 0, dataset=dataset,
+            top_k=top_k or 0, dataset=dataset or self._first_dataset(labelled=True),
             examples_per_class=examples_per_class or 0, skip_renders=not render)
         if steps is not None:
             request.render.optimizer.steps = steps
@@ -586,10 +586,11 @@ class Client:
                      timeout: Optional[float] = None) -> TopExamples:
         """The `top_n` (9) images of `dataset` that excite each channel of
         `layer` most (every channel when `channels` is None), with their
-        PNGs when `png`."""
+        PNGs when `png`. `dataset` defaults to the server's first."""
         request = circuits_pb2.TopExamplesRequest(
             model=model, layer=layer, channels=list(channels or []),
-            dataset=dataset, top_n=top_n or 0, png=png)
+            dataset=dataset or self._first_dataset(labelled=False),
+            top_n=top_n or 0, png=png)
         response = self._call(self._circuits.TopExamples, request, timeout)
         return TopExamples(
             response.model, response.model_version, response.model_hash, response.layer,
@@ -638,6 +639,15 @@ class Client:
         outcome = _render_result(result)
         outcome.job_id = dict(call.initial_metadata() or ()).get("featviz-job-id", "")
         return outcome
+
+    def _first_dataset(self, *, labelled: bool) -> str:
+        """The first dataset the server hosts (with classes when `labelled`)."""
+        hosted = [d for d in self.datasets() if d.class_names or not labelled]
+        if not hosted:
+            raise FeatvizError("FAILED_PRECONDITION",
+                               "the server hosts no " + ("labelled " if labelled else "") +
+                               "dataset (start it with --dataset_dir)")
+        return hosted[0].name
 
     def _named(self, result: RenderResult) -> RenderResult:
         """Fills in the model's class names (asked once per model)."""
