@@ -2,6 +2,7 @@
 // the models from the wild (tests/models/wild_models.py) with UploadModel and
 // render on them; bad uploads are refused and leave nothing behind; requests
 // ask for non-square, gray, and quoted-layer renders.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -181,11 +182,15 @@ struct Wild {
   const char* file;
   const char* channel;  // A channel objective.
   const char* cls;      // A class objective, or "" for none.
+  // The probability the class must reach; the MobileNet-like net's fitted
+  // head gets to about 0.5 (wild_models_test.cc), where the class must still
+  // be the top one.
+  double min_prob = 0.9;
 };
 
 TEST_F(UploadTest, EveryWildModelUploadsListsItsLayersAndRenders) {
   for (const Wild& w : std::vector<Wild>{
-           {"mobilenet_like", "channel(blocks.1.3, 5)", "prob(5)"},
+           {"mobilenet_like", "channel(blocks.1.3, 5)", "prob(5)", 0.4},
            {"sequential", "channel('3', 2)", "prob(1)"},
            {"face_heads", "channel(trunk.3, 1) + output(0, 2)", "prob(1)"},
            {"dict_heads", "channel(encoder.0, 3) + output(mask, 0)", "prob(4)"},
@@ -213,7 +218,12 @@ TEST_F(UploadTest, EveryWildModelUploadsListsItsLayersAndRenders) {
         << w.channel;
     EXPECT_GT(r.result->png_size(), 0);
 
-    v1::RenderRequest classes = Request(name, w.cls[0] ? w.cls : "logit(0)", 64);
+    // The class's logit is maximised (prob(c)'s gradient is scaled by the
+    // probability, tiny at the start); its probability is what must be high.
+    const std::string cls = w.cls;
+    const std::string logit =
+        cls.empty() ? "logit(0)" : "logit" + cls.substr(cls.find('('));
+    v1::RenderRequest classes = Request(name, logit, 64);
     classes.mutable_image()->set_batch(1);
     classes.set_seed(1);
     r = RenderAs(classes);
@@ -226,7 +236,12 @@ TEST_F(UploadTest, EveryWildModelUploadsListsItsLayersAndRenders) {
       continue;
     }
     ASSERT_TRUE(r.status.ok()) << r.status.error_message();
-    EXPECT_GE(r.result->terms(0).final_value(), 0.9) << w.cls;
+    const int index = std::stoi(cls.substr(cls.find('(') + 1));
+    const std::vector<float> probs = Floats(r.result->probs());
+    ASSERT_GT(static_cast<int>(probs.size()), index) << w.cls;
+    EXPECT_GE(probs[index], w.min_prob) << w.cls;
+    EXPECT_EQ(std::max_element(probs.begin(), probs.end()) - probs.begin(), index)
+        << w.cls;
   }
 }
 
