@@ -114,6 +114,9 @@ ABSL_FLAG(std::string, precision, "fp32",
 ABSL_FLAG(bool, cuda_graphs, false,
           "On CUDA devices, capture each batched step as a CUDA graph and "
           "replay it while the batch keeps its jobs");
+ABSL_FLAG(int32_t, worker_threads, 0,
+          "Intra-op threads of each device's worker (at::set_num_threads "
+          "in the worker thread); 0: LibTorch's default");
 ABSL_FLAG(int64_t, fault_oom_above_images, 0,
           "Testing only: steps of more images than this fail as if the "
           "device ran out of memory (0: off)");
@@ -234,6 +237,12 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   limits.step.precision = *precision;
   limits.step.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   limits.step.fail_above_images = absl::GetFlag(FLAGS_fault_oom_above_images);
+  limits.step.intra_op_threads = absl::GetFlag(FLAGS_worker_threads);
+  if (limits.step.intra_op_threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--worker_threads must be >= 0, got ",
+                     limits.step.intra_op_threads));
+  }
   if (limits.max_message_bytes < 1 || limits.max_message_bytes > INT_MAX) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_message_bytes must be in [1, ", INT_MAX, "], got ",
