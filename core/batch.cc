@@ -173,7 +173,8 @@ absl::Status StepTogether(const Model& model,
     bool any_common = false, any_own = false;
     for (size_t i = 0; i < sessions.size(); ++i) {
       const RenderSession* s = sessions[i];
-      bool c = !s->static_mode_;
+      // An empty objective goes to Loss(), which says so.
+      bool c = !s->static_mode_ && !s->objective().empty();
       for (const WeightedTerm& wt : s->objective().terms()) {
         c = c && CommonTerm(wt.term, taps);
       }
