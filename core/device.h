@@ -59,6 +59,11 @@ struct StepOptions {
   // the device ran out of memory (a c10::OutOfMemoryError thrown where the
   // forward pass would allocate). 0: off.
   int64_t fail_above_images = 0;
+  // Intra-op threads (at::set_num_threads) of the thread that runs the
+  // steps, set by the server's worker when it starts; 0 leaves LibTorch's
+  // default. See docs/performance.md for the measurement behind the
+  // server's default.
+  int intra_op_threads = 0;
 };
 
 // Turns on the process-wide TF32 switches when `precision` is kTf32 (and

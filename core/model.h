@@ -21,11 +21,35 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "core/layer_info.h"
 #include "core/model_card.h"
 
 namespace featviz::core {
+
+// How the tapped forward computes the model's linear layers (aten::linear,
+// nn.Linear). Process-wide; tap graphs built after a change use the new mode.
+enum class LinearMode {
+  // Default. GEMMs over fixed blocks of kLinearBlockRows rows (the batch
+  // zero-padded to a multiple): a row's result has the same bits whatever
+  // else shares the batch, so a job renders bitwise the same alone and
+  // batched. Costs the padding rows (up to kLinearBlockRows - 1 per layer).
+  kBlocked,
+  // One [1, K] x [K, N] product per row: also invariant, and the slowest
+  // (every row reads the whole weight; the way featviz did it first).
+  kRowwise,
+  // The module's own addmm: the fastest, but a row's low bits depend on how
+  // many rows share the batch (results batched differ from results alone
+  // by float rounding, see docs/performance.md).
+  kPlain,
+};
+inline constexpr int64_t kLinearBlockRows = 8;
+void SetLinearMode(LinearMode mode);
+LinearMode GetLinearMode();
+const char* LinearModeName(LinearMode mode);
+// "blocked", "rowwise" or "plain"; InvalidArgument otherwise.
+absl::StatusOr<LinearMode> ParseLinearMode(absl::string_view name);
 
 // The result of one forward pass with taps.
 struct Taps {

@@ -11,7 +11,11 @@ synchronisation inside the loop; the clock stops after a final
 torch.cuda.synchronize().
 
   python3 scripts/plain_loop.py --model models/mnist_classifier.pt \
-      --batch 16 --steps 256 [--device cuda:0] [--json]
+      --batch 16 --steps 256 [--device cuda:0] [--no-transforms] [--json]
+
+--batches 1,16,64,256 runs several batch sizes one after another in the same
+process (one line or JSON object each), as scripts/bench-vs-plain does.
+--threads N sets torch's intra-op thread count (default: torch's choice).
 """
 import argparse
 import json
@@ -98,7 +102,7 @@ def run(args):
         colour = (colour / colour.norm(dim=0).max()).to(device)
     var = (torch.randn(b, c, h, w // 2 + 1, 2, generator=gen, device=device) * 0.01).requires_grad_()
     opt = torch.optim.Adam([var], lr=0.05)
-    t = default_transforms(min(h, w))
+    t = None if args.no_transforms else default_transforms(min(h, w))
     target = torch.arange(b, device=device) % classes
 
     def image():
@@ -108,11 +112,12 @@ def run(args):
         return torch.sigmoid(pre)
 
     def step():
-        img = image()
-        theta = affine(t, h, w, gen, device).expand(b, 2, 3)
-        grid = torch.nn.functional.affine_grid(theta, [b, c, h, w], align_corners=False)
-        x = torch.nn.functional.grid_sample(img, grid, mode="bilinear",
-                                            padding_mode="reflection", align_corners=False)
+        x = image()
+        if t is not None:
+            theta = affine(t, h, w, gen, device).expand(b, 2, 3)
+            grid = torch.nn.functional.affine_grid(theta, [b, c, h, w], align_corners=False)
+            x = torch.nn.functional.grid_sample(x, grid, mode="bilinear",
+                                                padding_mode="reflection", align_corners=False)
         logits = model((x - mean) / std)
         loss = -logits.gather(1, target.view(-1, 1)).sum()
         opt.zero_grad(set_to_none=False)
@@ -136,6 +141,7 @@ def run(args):
     report = {
         "loop": "plain-pytorch", "torch": torch.__version__, "device": str(device),
         "model": os.path.basename(args.model), "batch": b, "steps": args.steps,
+        "transforms": t is not None, "threads": torch.get_num_threads(),
         "seconds": seconds, "steps_per_second": args.steps / seconds,
         "image_steps_per_second": b * args.steps / seconds,
         "mean_target_probability": final,
@@ -148,20 +154,30 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batches", default="",
+                        help="comma-separated batch sizes, run in turn (overrides --batch)")
+    parser.add_argument("--no-transforms", action="store_true")
+    parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--steps", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    report = run(args)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"plain PyTorch loop, {report['model']} on {report['device']}, batch {report['batch']}: "
-              f"{report['steps_per_second']:.1f} steps/s, "
-              f"{report['image_steps_per_second']:.1f} images*steps/s, "
-              f"mean target probability {report['mean_target_probability']:.3f}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    batches = [int(x) for x in args.batches.split(",")] if args.batches else [args.batch]
+    for b in batches:
+        args.batch = b
+        report = run(args)
+        if args.json:
+            print(json.dumps(report), flush=True)
+        else:
+            print(f"plain PyTorch loop, {report['model']} on {report['device']}, batch {report['batch']}"
+                  f"{'' if report['transforms'] else ', no transforms'}: "
+                  f"{report['steps_per_second']:.1f} steps/s, "
+                  f"{report['image_steps_per_second']:.1f} images*steps/s, "
+                  f"mean target probability {report['mean_target_probability']:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,9 @@ ABSL_FLAG(std::string, precision, "fp32",
 ABSL_FLAG(bool, cuda_graphs, false,
           "On CUDA devices, capture each batched step as a CUDA graph and "
           "replay it while the batch keeps its jobs");
+ABSL_FLAG(int32_t, worker_threads, 0,
+          "Intra-op threads of each device's worker (at::set_num_threads "
+          "in the worker thread); 0: LibTorch's default");
 ABSL_FLAG(int64_t, fault_oom_above_images, 0,
           "Testing only: steps of more images than this fail as if the "
           "device ran out of memory (0: off)");
@@ -241,6 +244,12 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   if (limits.max_upload_bytes < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_upload_bytes must be at least 1, got ", limits.max_upload_bytes));
+  }
+  limits.step.intra_op_threads = absl::GetFlag(FLAGS_worker_threads);
+  if (limits.step.intra_op_threads < 0 || limits.step.intra_op_threads > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--worker_threads must be in [0, 256], got ",
+                     limits.step.intra_op_threads));
   }
   if (limits.max_message_bytes < 1 || limits.max_message_bytes > INT_MAX) {
     return absl::InvalidArgumentError(

@@ -5,6 +5,8 @@
 #include <optional>
 #include <utility>
 
+#include <ATen/Parallel.h>
+
 #include "absl/strings/str_cat.h"
 #include "core/batch.h"
 #include "core/torch_status.h"
@@ -58,6 +60,12 @@ void Worker::Stop() {
 }
 
 void Worker::Loop() {
+  // OpenMP's thread count is per calling thread: this sets the worker's own.
+  if (options_.step.intra_op_threads > 0) {
+    at::set_num_threads(options_.step.intra_op_threads);
+  }
+  spdlog::info("device={} worker: {} intra-op threads", device_,
+               at::get_num_threads());
   // Every kernel of this worker goes to its own stream (CUDA only).
   std::optional<core::WorkerStream> stream;
   try {

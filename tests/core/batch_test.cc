@@ -25,7 +25,7 @@ struct JobSpec {
 };
 
 std::vector<JobSpec> MixedJobs() {
-  std::vector<JobSpec> jobs(5);
+  std::vector<JobSpec> jobs(6);
   jobs[0].objective = "channel(conv2, 5)";
   jobs[0].options.seed = 1;
   jobs[0].options.steps = 40;
@@ -51,6 +51,13 @@ std::vector<JobSpec> MixedJobs() {
   jobs[4].options.param.height = 40;
   jobs[4].options.param.width = 40;
   jobs[4].joins_at = 33;
+  // Only common terms (evaluated for all sessions at once), several images.
+  jobs[5].objective =
+      "neuron(conv2, 3, x=1, y=2) + 2 * logit(7, batch=1) - 0.5 * prob(2) + neuron(fc1, 9)";
+  jobs[5].options.seed = 6;
+  jobs[5].options.steps = 20;
+  jobs[5].options.param.batch = 2;
+  jobs[5].joins_at = 5;
   return jobs;
 }
 
@@ -167,6 +174,44 @@ TEST(StepTogether, OutOfMemoryAdvancesNobodyAndARetryInHalvesChangesNothing) {
     EXPECT_TRUE(at::equal(split->images, whole->images)) << jobs[i].objective;
     EXPECT_TRUE(at::equal(split->trace, whole->trace)) << jobs[i].objective;
   }
+}
+
+// Each image's logits, tapped activations and input gradient have the same
+// bits whether it passes through the model alone or at any position of a
+// batch, in the batch-invariant linear modes.
+TEST(LinearModes, BlockedAndRowwiseGiveEveryImageTheSameBitsInAnyBatch) {
+  const LinearMode before = GetLinearMode();
+  at::manual_seed(7);
+  const at::Tensor x = at::rand({19, 1, 28, 28});
+  const at::Tensor g = at::randn({19, 10});
+  // Logits, fc1 and the input gradient of sum(logits * g) for images
+  // [first, first + n) as one batch.
+  auto run = [&](int64_t first, int64_t n) {
+    at::Tensor in = x.narrow(0, first, n).clone().requires_grad_();
+    absl::StatusOr<Taps> taps = Mnist().Forward(in, {"fc1"});
+    EXPECT_TRUE(taps.ok()) << taps.status();
+    (taps->logits * g.narrow(0, first, n)).sum().backward();
+    return std::vector<at::Tensor>{taps->logits.detach(),
+                                   taps->activations.at("fc1").detach(),
+                                   in.grad()};
+  };
+  for (LinearMode mode : {LinearMode::kBlocked, LinearMode::kRowwise}) {
+    SetLinearMode(mode);
+    std::vector<std::vector<at::Tensor>> alone;
+    for (int64_t i = 0; i < 19; ++i) alone.push_back(run(i, 1));
+    for (auto [first, n] : std::vector<std::pair<int64_t, int64_t>>{
+             {0, 19}, {3, 16}, {5, 9}, {10, 8}, {2, 3}}) {
+      std::vector<at::Tensor> batch = run(first, n);
+      for (int64_t r = 0; r < n; ++r) {
+        for (size_t k = 0; k < batch.size(); ++k) {
+          EXPECT_TRUE(at::equal(batch[k][r], alone[first + r][k][0]))
+              << LinearModeName(mode) << ": image " << first + r
+              << " at position " << r << " of " << n << ", output " << k;
+        }
+      }
+    }
+  }
+  SetLinearMode(before);
 }
 
 // bf16 autocast changes the arithmetic of the step, and the class pictures

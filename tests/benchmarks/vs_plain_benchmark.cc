@@ -1,0 +1,370 @@
+// featviz's batched step against a plain LibTorch loop doing the same
+// optimisation, side by side in one process: each benchmark iteration runs
+// one featviz step and one plain step (alternating which goes first) and
+// times each, so the two see the same machine load and their ratio is fair
+// even on a shared, noisy box.
+//
+// The optimisation, on both sides: N images, FFT parameterisation with a
+// 1/f spectrum (Lucid's scale), sigmoid; the default robust transforms (one
+// affine matrix per image and step, drawn ahead, bilinear with reflected
+// border) or none; the card's normalisation; the model's forward; minus a
+// sum of class logits (image i: class i % 10, or class 0 for a one-job
+// request); Adam (lr 0.05).
+//   featviz: core::BatchStepper::Step (what a worker runs) over
+//     jobs/N         N single-image sessions, objective logit(j % 10),
+//     one_job/N      one session of N images, objective logit(0) (a request
+//                    of N images; featviz draws one transform per step for
+//                    the request, the plain loop one per image: same cost),
+//   plain: torch::jit::load, weights frozen, one leaf [N, 1, 28, 15, 2],
+//     irfft2, sigmoid, affine_grid + grid_sample, module.forward, gather,
+//     backward, one Adam update of the leaf.
+// Models: the bundled classifier (models/mnist_classifier.pt) and PyTorch's
+// MNIST example network (classic_cnn, built by
+// tests/models/make_bench_models.py at build time).
+//
+// Counters: featviz and plain images*steps/s, and ratio = plain's time /
+// featviz's time (>= 1: featviz is faster). BM_LinearModes and BM_Threads
+// (below) compare featviz with itself: linear-layer modes, thread counts. Prints figures, asserts nothing; see
+// docs/performance.md ("featviz against plain loops").
+//
+//   build/tests/benchmarks/vs_plain_benchmark --benchmark_min_time=1
+//   build/tests/benchmarks/vs_plain_benchmark --benchmark_filter='classic_jobs'
+//   build/tests/benchmarks/vs_plain_benchmark --benchmark_filter=LinearModes
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+#include <torch/script.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "core/adam.h"
+#include "core/model.h"
+#include "core/objective.h"
+#include "core/render.h"
+#include "core/step_graph.h"
+#include "core/transform.h"
+#include "tests/benchmarks/bench_support.h"
+
+namespace featviz::core {
+namespace {
+
+constexpr int kWarmupSteps = 3;
+// Sessions live this long; recreated (untimed) if a run ever gets there.
+constexpr int64_t kSessionSteps = 100000;
+// The plain loop's transforms: this many steps of matrices drawn ahead,
+// used in turn.
+constexpr int64_t kScheduleSteps = 64;
+
+std::string ModelPath(bool classic) {
+  return classic ? std::string(FEATVIZ_BENCH_MODELS_DIR) + "/classic_cnn.pt"
+                 : ::featviz::bench::MnistPath();
+}
+
+const Model* LoadedModel(bool classic) {
+  static const Model* models[2] = {nullptr, nullptr};
+  static bool tried[2] = {false, false};
+  const int i = classic ? 1 : 0;
+  if (!tried[i]) {
+    tried[i] = true;
+    absl::StatusOr<ModelPtr> m = Model::Load(ModelPath(classic));
+    if (m.ok()) models[i] = m->release();
+  }
+  return models[i];
+}
+
+double Seconds(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                       start)
+      .count();
+}
+
+struct FeatvizSide {
+  std::vector<std::unique_ptr<RenderSession>> sessions;
+  std::vector<RenderSession*> pointers;
+  std::unique_ptr<BatchStepper> stepper;
+
+  absl::Status Create(const Model& model, int64_t n, bool one_job,
+                      bool transforms) {
+    sessions.clear();
+    pointers.clear();
+    const int64_t jobs = one_job ? 1 : n;
+    for (int64_t j = 0; j < jobs; ++j) {
+      RenderOptions options;
+      options.param.kind = ParamKind::kFft;
+      options.param.batch = one_job ? n : 1;
+      options.steps = kSessionSteps;
+      options.seed = static_cast<uint64_t>(j);
+      if (!transforms) options.transforms = TransformList{};
+      absl::StatusOr<std::unique_ptr<RenderSession>> s = RenderSession::Create(
+          model, one_job ? Logit(0) : Logit(j % 10), options);
+      if (!s.ok()) return s.status();
+      pointers.push_back(s->get());
+      sessions.push_back(*std::move(s));
+    }
+    stepper = std::make_unique<BatchStepper>(model, StepOptions{});
+    return absl::OkStatus();
+  }
+
+  absl::Status Step(const Model& model, int64_t n, bool one_job,
+                    bool transforms) {
+    if (pointers.front()->done()) {
+      absl::Status s = Create(model, n, one_job, transforms);
+      if (!s.ok()) return s;
+    }
+    return stepper->Step(pointers);
+  }
+};
+
+// The optimisation as a researcher would write it in LibTorch.
+struct PlainSide {
+  torch::jit::Module module;
+  at::Tensor variable;  // [N, 1, H, W/2+1, 2]
+  at::Tensor scale;     // [H, W/2+1]
+  at::Tensor schedule;  // [kScheduleSteps, N, 2, 3], or undefined
+  at::Tensor classes;   // [N, 1]
+  std::unique_ptr<Adam> adam;
+  int64_t height = 28, width = 28;
+  int64_t step = 0;
+
+  absl::Status Create(const std::string& path, const ModelCard& card,
+                      int64_t n, bool one_job, bool transforms) {
+    try {
+      module = torch::jit::load(path);
+      module.eval();
+      for (at::Tensor p : module.parameters()) p.requires_grad_(false);
+      height = card.height;
+      width = card.width;
+      const at::Tensor fy = at::fft_fftfreq(height).view({-1, 1});
+      const at::Tensor fx = at::fft_rfftfreq(width).view({1, -1});
+      scale = (fy * fy + fx * fx)
+                  .sqrt()
+                  .clamp_min(1.0 / std::max(height, width))
+                  .pow(-1.0)
+                  .to(at::kFloat);
+      variable = (at::randn({n, card.channels, height, width / 2 + 1, 2}) *
+                  0.01)
+                     .requires_grad_();
+      adam = std::make_unique<Adam>(std::vector<at::Tensor>{variable},
+                                    AdamOptions{});
+      at::Generator gen = at::detail::createCPUGenerator(1);
+      if (transforms) {
+        schedule = TransformMatrices(DefaultTransforms(height, width),
+                                     kScheduleSteps * n, height, width, gen)
+                       .view({kScheduleSteps, n, 2, 3});
+      }
+      classes = one_job ? at::zeros({n, 1}, at::kLong)
+                        : at::arange(n, at::kLong).remainder(10).view({n, 1});
+    } catch (const std::exception& e) {
+      return absl::InternalError(e.what());
+    }
+    return absl::OkStatus();
+  }
+
+  void Step() {
+    at::Tensor pre = at::fft_irfft2(at::view_as_complex(variable) * scale,
+                                    c10::IntArrayRef{height, width}, {-2, -1},
+                                    "ortho");
+    at::Tensor x = at::sigmoid(pre / 4.0);
+    if (schedule.defined()) {
+      at::Tensor theta = schedule[step % kScheduleSteps];
+      at::Tensor grid = at::affine_grid_generator(
+          theta, {x.size(0), x.size(1), height, width}, false);
+      x = at::grid_sampler(x, grid, 0, 2, false);
+    }
+    at::Tensor logits =
+        module.forward({(x - 0.1307) / 0.3081}).toTensor();
+    at::Tensor loss = -logits.gather(1, classes).sum();
+    loss.backward();
+    adam->Step();
+    ++step;
+  }
+};
+
+// Runs `a` and `b` once per iteration, alternating which goes first, and
+// reports each one's images*steps/s and ratio = time of b / time of a (> 1:
+// a is faster). Warm-up steps first.
+void Interleave(benchmark::State& state, int64_t n, const char* a_name,
+                const std::function<absl::Status()>& a, const char* b_name,
+                const std::function<absl::Status()>& b) {
+  absl::Status s;
+  try {
+    for (int i = 0; s.ok() && i < kWarmupSteps; ++i) {
+      s = a();
+      if (s.ok()) s = b();
+    }
+  } catch (const std::exception& e) {
+    s = absl::InternalError(e.what());
+  }
+  if (!s.ok()) {
+    state.SkipWithError(s.ToString().c_str());
+    return;
+  }
+  double a_s = 0, b_s = 0;
+  bool a_first = true;
+  for (auto _ : state) {
+    double ta = 0, tb = 0;
+    try {
+      for (int k = 0; k < 2 && s.ok(); ++k) {
+        const auto start = std::chrono::steady_clock::now();
+        if ((k == 0) == a_first) {
+          s = a();
+          ta = Seconds(start);
+        } else {
+          s = b();
+          tb = Seconds(start);
+        }
+      }
+    } catch (const std::exception& e) {
+      s = absl::InternalError(e.what());
+    }
+    if (!s.ok()) {
+      state.SkipWithError(s.ToString().c_str());
+      return;
+    }
+    a_first = !a_first;
+    a_s += ta;
+    b_s += tb;
+    state.SetIterationTime(ta + tb);
+  }
+  const double images =
+      static_cast<double>(state.iterations()) * static_cast<double>(n);
+  state.counters[absl::StrCat(a_name, "_img*steps/s")] = images / a_s;
+  state.counters[absl::StrCat(b_name, "_img*steps/s")] = images / b_s;
+  state.counters["ratio"] = b_s / a_s;
+}
+
+void BM_VsPlain(benchmark::State& state, bool classic, bool one_job) {
+  const int64_t n = state.range(0);
+  const bool transforms = state.range(1) != 0;
+  const Model* model = LoadedModel(classic);
+  if (model == nullptr) {
+    state.SkipWithError(("cannot load " + ModelPath(classic)).c_str());
+    return;
+  }
+  FeatvizSide featviz;
+  PlainSide plain;
+  absl::Status s = featviz.Create(*model, n, one_job, transforms);
+  if (s.ok()) s = plain.Create(ModelPath(classic), model->card(), n, one_job,
+                               transforms);
+  if (!s.ok()) {
+    state.SkipWithError(s.ToString().c_str());
+    return;
+  }
+  Interleave(
+      state, n, "featviz",
+      [&] { return featviz.Step(*model, n, one_job, transforms); }, "plain",
+      [&] {
+        plain.Step();
+        return absl::OkStatus();
+      });
+}
+
+void Sizes(benchmark::internal::Benchmark* b) {
+  for (int64_t transforms : {1, 0}) {
+    for (int64_t n : {1, 16, 64, 256}) b->Args({n, transforms});
+  }
+  b->ArgNames({"n", "transforms"});
+  b->Unit(benchmark::kMillisecond)->UseManualTime();
+}
+
+BENCHMARK_CAPTURE(BM_VsPlain, bundled_jobs, false, false)->Apply(Sizes);
+BENCHMARK_CAPTURE(BM_VsPlain, classic_jobs, true, false)->Apply(Sizes);
+BENCHMARK_CAPTURE(BM_VsPlain, bundled_one_job, false, true)->Apply(Sizes);
+BENCHMARK_CAPTURE(BM_VsPlain, classic_one_job, true, true)->Apply(Sizes);
+
+// What batch invariance costs: featviz's step (n one-image jobs, default
+// transforms) with its linear layers computed in `a` and in `b` mode
+// (core::LinearMode), interleaved; ratio = time in b / time in a.
+void BM_LinearModes(benchmark::State& state, bool classic, LinearMode a,
+                    LinearMode b) {
+  const int64_t n = state.range(0);
+  const Model* model = LoadedModel(classic);
+  if (model == nullptr) {
+    state.SkipWithError(("cannot load " + ModelPath(classic)).c_str());
+    return;
+  }
+  FeatvizSide side_a, side_b;
+  absl::Status s = side_a.Create(*model, n, false, true);
+  if (s.ok()) s = side_b.Create(*model, n, false, true);
+  if (!s.ok()) {
+    state.SkipWithError(s.ToString().c_str());
+    return;
+  }
+  const LinearMode before = GetLinearMode();
+  Interleave(
+      state, n, LinearModeName(a),
+      [&] {
+        SetLinearMode(a);
+        return side_a.Step(*model, n, false, true);
+      },
+      LinearModeName(b),
+      [&] {
+        SetLinearMode(b);
+        return side_b.Step(*model, n, false, true);
+      });
+  SetLinearMode(before);
+}
+
+void JobSizes(benchmark::internal::Benchmark* b) {
+  for (int64_t n : {1, 16, 64, 256}) b->Args({n});
+  b->ArgNames({"n"})->Unit(benchmark::kMillisecond)->UseManualTime();
+}
+
+BENCHMARK_CAPTURE(BM_LinearModes, classic_blocked_vs_plain, true,
+                  LinearMode::kBlocked, LinearMode::kPlain)
+    ->Apply(JobSizes);
+BENCHMARK_CAPTURE(BM_LinearModes, bundled_blocked_vs_plain, false,
+                  LinearMode::kBlocked, LinearMode::kPlain)
+    ->Apply(JobSizes);
+BENCHMARK_CAPTURE(BM_LinearModes, classic_blocked_vs_rowwise, true,
+                  LinearMode::kBlocked, LinearMode::kRowwise)
+    ->Apply(JobSizes);
+
+// The worker's intra-op threads: featviz's step (n one-image jobs, default
+// transforms) on 1 thread and on 2 (at::set_num_threads around each step),
+// interleaved; ratio = time on 2 / time on 1 (< 1: two threads are faster).
+// Run it with the machine idle and with another busy process beside it.
+void BM_Threads(benchmark::State& state, bool classic) {
+  const int64_t n = state.range(0);
+  const Model* model = LoadedModel(classic);
+  if (model == nullptr) {
+    state.SkipWithError(("cannot load " + ModelPath(classic)).c_str());
+    return;
+  }
+  FeatvizSide one, two;
+  absl::Status s = one.Create(*model, n, false, true);
+  if (s.ok()) s = two.Create(*model, n, false, true);
+  if (!s.ok()) {
+    state.SkipWithError(s.ToString().c_str());
+    return;
+  }
+  const int before = at::get_num_threads();
+  Interleave(
+      state, n, "threads1",
+      [&] {
+        at::set_num_threads(1);
+        return one.Step(*model, n, false, true);
+      },
+      "threads2",
+      [&] {
+        at::set_num_threads(2);
+        return two.Step(*model, n, false, true);
+      });
+  at::set_num_threads(before);
+}
+
+BENCHMARK_CAPTURE(BM_Threads, classic, true)->Apply(JobSizes);
+BENCHMARK_CAPTURE(BM_Threads, bundled, false)->Apply(JobSizes);
+
+const bool kContextAdded = ::featviz::bench::AddBlasContext();
+
+}  // namespace
+}  // namespace featviz::core
