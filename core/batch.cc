@@ -186,11 +186,6 @@ absl::Status StepTogether(const Model& model,
       any_common = any_common || c;
       any_own = any_own || !c;
     }
-    for (const auto& [name, output] : taps.outputs) {
-      split(output, [&name = name](Taps& p, at::Tensor t) {
-        p.outputs[name] = std::move(t);
-      });
-    }
     at::Tensor total;
     if (any_common) {
       std::map<std::pair<TermKind, std::string>, Gather> groups;
@@ -276,6 +271,11 @@ absl::Status StepTogether(const Model& model,
       for (const auto& [layer, activation] : taps.activations) {
         split(activation, [&layer = layer](Taps& p, at::Tensor t) {
           p.activations[layer] = std::move(t);
+        });
+      }
+      for (const auto& [name, output] : taps.outputs) {
+        split(output, [&name = name](Taps& p, at::Tensor t) {
+          p.outputs[name] = std::move(t);
         });
       }
       for (size_t i = 0; i < sessions.size(); ++i) {
