@@ -9,6 +9,10 @@
 // both around the waits that unlock and relock (Await*, CondVar::Wait*), a
 // release on Notify and an acquire after WaitForNotification*.
 //
+// Conditions (Await, LockWhen) are evaluated inside the library, possibly by
+// the thread that unlocks; each is wrapped so that its evaluation acquires
+// the mutex first and releases it after (see AcquiringCondition).
+//
 // The model is coarser than TSan's own for pthread mutexes: readers and
 // writers synchronise alike and no lock-order (deadlock) checks are made,
 // so it can miss a race between two readers but never invents one.
@@ -60,6 +64,35 @@ Fn Real(const char* rest, bool is_const = false) {
 void Acquire(const void* addr) { __tsan_acquire(const_cast<void*>(addr)); }
 void Release(const void* addr) { __tsan_release(const_cast<void*>(addr)); }
 
+// A Condition is evaluated inside the library with the mutex held — by the
+// waiter after it relocks, or by the thread that is unlocking — before any
+// annotation after the call could run. Its reads of guarded state must see
+// the mutex acquired, so each Condition is wrapped in one that acquires
+// first. The wrapper goes through Condition's void* constructor, whose
+// fields only the (uninstrumented) library reads; the wrapper itself and the
+// caller's Condition are published by a release on the wrapper's address,
+// since another thread may evaluate them.
+struct AcquiringCondition {
+  const absl::Condition* cond;
+  const absl::Mutex* mu;
+};
+
+bool EvalAcquired(void* arg) {
+  Acquire(arg);
+  const auto* c = static_cast<const AcquiringCondition*>(arg);
+  Acquire(c->mu);
+  const bool met = c->cond->Eval();
+  // The library may unlock right after (the waiter blocks again): whoever
+  // locks next comes after this evaluation's reads.
+  Release(c->mu);
+  return met;
+}
+
+absl::Condition Wrapped(AcquiringCondition& c) {
+  Release(&c);
+  return absl::Condition(&EvalAcquired, static_cast<void*>(&c));
+}
+
 }  // namespace
 
 namespace absl {
@@ -109,21 +142,24 @@ void Mutex::ReaderUnlock() {
 void Mutex::LockWhen(const Condition& cond) {
   FEATVIZ_REAL(void (*)(Mutex*, const Condition&),
                "5Mutex8LockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  AcquiringCondition wrapped{&cond, this};
+  real(this, Wrapped(wrapped));
   Acquire(this);
 }
 
 void Mutex::ReaderLockWhen(const Condition& cond) {
   FEATVIZ_REAL(void (*)(Mutex*, const Condition&),
                "5Mutex14ReaderLockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  AcquiringCondition wrapped{&cond, this};
+  real(this, Wrapped(wrapped));
   Acquire(this);
 }
 
 bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
   FEATVIZ_REAL(bool (*)(Mutex*, const Condition&, Duration),
                "5Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  const bool met = real(this, cond, timeout);
+  AcquiringCondition wrapped{&cond, this};
+  const bool met = real(this, Wrapped(wrapped), timeout);
   Acquire(this);  // Held whether or not the condition became true.
   return met;
 }
@@ -131,7 +167,8 @@ bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
 bool Mutex::LockWhenWithDeadline(const Condition& cond, Time deadline) {
   FEATVIZ_REAL(bool (*)(Mutex*, const Condition&, Time),
                "5Mutex20LockWhenWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  const bool met = real(this, cond, deadline);
+  AcquiringCondition wrapped{&cond, this};
+  const bool met = real(this, Wrapped(wrapped), deadline);
   Acquire(this);
   return met;
 }
@@ -140,7 +177,8 @@ void Mutex::Await(const Condition& cond) {
   FEATVIZ_REAL(void (*)(Mutex*, const Condition&),
                "5Mutex5AwaitERKNS0_9ConditionE");
   Release(this);
-  real(this, cond);
+  AcquiringCondition wrapped{&cond, this};
+  real(this, Wrapped(wrapped));
   Acquire(this);
 }
 
@@ -148,7 +186,8 @@ bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
   FEATVIZ_REAL(bool (*)(Mutex*, const Condition&, Duration),
                "5Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
   Release(this);
-  const bool met = real(this, cond, timeout);
+  AcquiringCondition wrapped{&cond, this};
+  const bool met = real(this, Wrapped(wrapped), timeout);
   Acquire(this);
   return met;
 }
@@ -157,7 +196,8 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
   FEATVIZ_REAL(bool (*)(Mutex*, const Condition&, Time),
                "5Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
   Release(this);
-  const bool met = real(this, cond, deadline);
+  AcquiringCondition wrapped{&cond, this};
+  const bool met = real(this, Wrapped(wrapped), deadline);
   Acquire(this);
   return met;
 }
