@@ -73,7 +73,7 @@ class BatchStepper {
   const Model& model_;
   const StepOptions options_;
   const bool graph_mode_;
-  const bool capture_;  // graph_mode_ and really capturing.
+  [[maybe_unused]] const bool capture_;  // graph_mode_ and capturing (CUDA).
 
   // The sessions (by id, with their batch) the static state was set up for.
   std::vector<std::pair<uint64_t, int64_t>> key_;

@@ -231,7 +231,9 @@ absl::StatusOr<Identity> Authorizer::Authorize(
   std::optional<std::string> token;
   if (authorization.has_value()) token = BearerToken(*authorization);
   if (!token.has_value()) {
-    if (needed == Role::kPublic) return Identity{"anonymous", Role::kPublic};
+    if (needed == Role::kPublic) {
+      return Identity{"anonymous", Role::kPublic, Quotas{}};
+    }
     return absl::UnauthenticatedError(
         authorization.has_value()
             ? "the authorization metadata must be 'Bearer <token>'"

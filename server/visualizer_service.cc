@@ -394,7 +394,7 @@ void VisualizerService::Shutdown(absl::Time grace_deadline) {
 }
 
 absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
-    grpc::CallbackServerContext* context, const Identity& caller,
+    grpc::CallbackServerContext* /*context*/, const Identity& caller,
     const v1::RenderRequest& request, JobWatcherPtr watcher) {
   if (shutting_down_.load()) {
     return absl::UnavailableError("server is shutting down");
