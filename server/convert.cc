@@ -1,5 +1,7 @@
 #include "server/convert.h"
 
+#include <openssl/evp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -8,11 +10,14 @@
 #include <vector>
 
 #include "absl/base/config.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/image.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "server/model_registry.h"
 
 #ifndef ABSL_IS_LITTLE_ENDIAN
@@ -275,11 +280,6 @@ int64_t ResultBytesBound(const RenderPlan& plan, int64_t channels) {
 
 }  // namespace
 
-absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
-  if (status.ok()) return status;
-  return absl::Status(status.code(),
-                      absl::StrCat(prefix, ": ", status.message()));
-}
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -634,12 +634,12 @@ v1::Tensor TensorToProto(const at::Tensor& tensor) {
   return out;
 }
 
-v1::Model ModelToProto(const core::Model& model) {
-  const core::ModelCard& card = model.card();
+v1::Model ModelToProto(const ModelSummary& model) {
+  const core::ModelCard& card = model.card;
   v1::Model out;
   out.set_name(card.name);
   out.set_version(card.version);
-  out.set_content_hash(model.content_hash());
+  out.set_content_hash(model.content_hash);
   out.set_description(card.description);
   v1::InputSpec* input = out.mutable_input();
   input->set_channels(card.channels);
@@ -649,13 +649,8 @@ v1::Model ModelToProto(const core::Model& model) {
   input->set_range_max(card.range_max);
   for (double m : card.mean) input->add_mean(m);
   for (double s : card.std) input->add_std(s);
-  const int64_t classes = model.shape().num_classes;
-  for (int64_t i = 0; i < classes; ++i) {
-    out.add_class_names(i < static_cast<int64_t>(card.classes.size())
-                            ? card.classes[i]
-                            : absl::StrCat(i));
-  }
-  for (const core::LayerInfo& info : model.layers()) {
+  for (const std::string& name : model.class_names) out.add_class_names(name);
+  for (const core::LayerInfo& info : model.layers) {
     v1::Layer* layer = out.add_layers();
     layer->set_path(info.path);
     layer->set_kind(info.kind);
@@ -664,76 +659,220 @@ v1::Model ModelToProto(const core::Model& model) {
     layer->set_tappable(info.tappable);
     layer->set_untappable_reason(info.untappable_reason);
   }
-  for (const core::OutputInfo& info : model.outputs()) {
+  for (const core::OutputInfo& info : model.outputs) {
     v1::ModelOutput* output = out.add_outputs();
     output->set_name(info.name);
     for (int64_t dim : info.shape) output->add_shape(dim);
     output->set_channels(info.channels);
   }
-  out.set_logits_output(model.logits_output());
-  out.set_log_probs(!model.logits_output().empty() && card.log_probs);
-  out.set_device(model.device().str());
-  out.set_memory_bytes(model.memory_bytes());
+  out.set_logits_output(model.logits_output);
+  out.set_log_probs(model.log_probs);
+  out.set_device(model.device);
+  out.set_memory_bytes(model.memory_bytes);
+  out.set_path(model.path);
   return out;
 }
 
-absl::StatusOr<v1::RenderProgress> ProgressToProto(
-    const core::ProgressEvent& event, int64_t total_steps, bool preview_png) {
-  v1::RenderProgress out;
-  out.set_step(event.step);
-  out.set_total_steps(total_steps);
-  for (double v : event.values) out.add_term_values(v);
-  if (preview_png && event.images.defined()) {
-    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor grid, core::MakeGrid(event.images));
-    FEATVIZ_ASSIGN_OR_RETURN(*out.mutable_preview_png(), core::EncodePng(grid));
+v1::Model ModelToProto(const core::Model& model) {
+  return ModelToProto(Summarize(model));
+}
+
+std::string CacheKey(const v1::RenderRequest& request, const RenderPlan& plan) {
+  if (!plan.seed.has_value()) return "";
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&bytes);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    CanonicalRequest(request, plan).SerializeToCodedStream(&coded);
   }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(),
+             nullptr);
+  return absl::StrCat(
+      plan.model_hash, "/",
+      absl::BytesToHexString(absl::string_view(
+          reinterpret_cast<const char*>(digest), static_cast<size_t>(length))),
+      "/", *plan.seed);
+}
+
+// ---------------------------------------- the job engine's types
+
+v1::JobState JobStateToProto(JobState state) {
+  switch (state) {
+    case JobState::kQueued:
+      return v1::JOB_STATE_QUEUED;
+    case JobState::kRunning:
+      return v1::JOB_STATE_RUNNING;
+    case JobState::kSucceeded:
+      return v1::JOB_STATE_SUCCEEDED;
+    case JobState::kFailed:
+      return v1::JOB_STATE_FAILED;
+    case JobState::kCancelled:
+      return v1::JOB_STATE_CANCELLED;
+    case JobState::kExpired:
+      return v1::JOB_STATE_EXPIRED;
+  }
+  return v1::JOB_STATE_UNSPECIFIED;
+}
+
+absl::StatusOr<std::optional<JobState>> JobStateFromProto(int state) {
+  switch (state) {
+    case v1::JOB_STATE_UNSPECIFIED:
+      return std::optional<JobState>();
+    case v1::JOB_STATE_QUEUED:
+      return JobState::kQueued;
+    case v1::JOB_STATE_RUNNING:
+      return JobState::kRunning;
+    case v1::JOB_STATE_SUCCEEDED:
+      return JobState::kSucceeded;
+    case v1::JOB_STATE_FAILED:
+      return JobState::kFailed;
+    case v1::JOB_STATE_CANCELLED:
+      return JobState::kCancelled;
+    case v1::JOB_STATE_EXPIRED:
+      return JobState::kExpired;
+    default:
+      break;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("state has unknown value ", state));
+}
+
+namespace {
+
+void SetTime(absl::Time time, google::protobuf::Timestamp* out) {
+  const int64_t seconds = absl::ToUnixSeconds(time);
+  out->set_seconds(seconds);
+  out->set_nanos(static_cast<int32_t>(
+      absl::ToInt64Nanoseconds(time - absl::FromUnixSeconds(seconds))));
+}
+
+}  // namespace
+
+v1::Job JobToProto(const JobSnapshot& job) {
+  v1::Job out;
+  out.set_id(job.id);
+  out.set_owner(job.owner);
+  out.set_priority(job.priority);
+  out.set_state(JobStateToProto(job.state));
+  out.set_model(job.model);
+  out.set_model_version(job.model_version);
+  out.set_model_hash(job.model_hash);
+  out.set_objective(job.objective);
+  out.set_steps_done(job.steps_done);
+  out.set_total_steps(job.total_steps);
+  SetTime(job.create_time, out.mutable_create_time());
+  if (job.start_time.has_value()) {
+    SetTime(*job.start_time, out.mutable_start_time());
+  }
+  if (job.end_time.has_value()) SetTime(*job.end_time, out.mutable_end_time());
+  if (!job.status.ok()) {
+    out.set_error_code(static_cast<int32_t>(job.status.code()));
+    out.set_error_message(std::string(job.status.message()));
+  }
+  out.set_cached(job.cached);
+  out.set_device(job.device);
   return out;
 }
 
-absl::StatusOr<v1::RenderResult> ResultToProto(const core::RenderResult& result,
-                                               const RenderPlan& plan,
-                                               double queue_seconds,
-                                               double compute_seconds) {
+v1::RenderProgress ProgressToProto(const JobProgress& progress) {
+  v1::RenderProgress out;
+  out.set_step(progress.step);
+  out.set_total_steps(progress.total_steps);
+  out.mutable_term_values()->Add(progress.term_values.begin(),
+                                 progress.term_values.end());
+  out.set_preview_png(progress.preview_png);
+  return out;
+}
+
+v1::Tensor ArrayToProto(const HostArray& array) {
+  v1::Tensor out;
+  out.mutable_shape()->Add(array.shape.begin(), array.shape.end());
+  out.set_dtype(v1::Tensor::DTYPE_FLOAT32);
+  out.set_data(reinterpret_cast<const char*>(array.values.data()),
+               array.values.size() * sizeof(float));
+  return out;
+}
+
+v1::RenderResult ResultToProto(const JobResult& result) {
   v1::RenderResult out;
-  out.set_model(plan.model_name);
-  out.set_model_version(plan.model_version);
-  out.set_model_hash(plan.model_hash);
+  out.set_model(result.model);
+  out.set_model_version(result.model_version);
+  out.set_model_hash(result.model_hash);
   out.set_objective(result.objective);
-  try {
-    const at::Tensor trace = result.trace.to(at::kCPU, at::kFloat).contiguous();
-    for (size_t i = 0; i < result.terms.size(); ++i) {
-      v1::TermResult* term = out.add_terms();
-      term->set_term(result.terms[i]);
-      term->set_weight(result.weights[i]);
-      term->set_final_value(result.final_values[i]);
-      const at::Tensor column = trace.select(1, static_cast<int64_t>(i)).contiguous();
-      term->mutable_trace()->Add(column.data_ptr<float>(),
-                                 column.data_ptr<float>() + column.numel());
-    }
-    out.set_final_total(result.final_total);
-    if (plan.tensor) *out.mutable_images() = TensorToProto(result.images);
-    if (plan.png) {
-      for (int64_t b = 0; b < result.images.size(0); ++b) {
-        FEATVIZ_ASSIGN_OR_RETURN(*out.add_png(),
-                                 core::EncodePng(result.images[b]));
-      }
-    }
-    *out.mutable_logits() = TensorToProto(result.logits);
-    *out.mutable_probs() = TensorToProto(result.probs);
-    for (const core::LayerStats& stats : result.layer_stats) {
-      v1::LayerStats* s = out.add_layer_stats();
-      s->set_layer(stats.layer);
-      *s->mutable_mean() = TensorToProto(stats.mean);
-      *s->mutable_max() = TensorToProto(stats.max);
-    }
-  } catch (const std::exception& e) {
-    return core::TorchError(e, "converting the result");
+  for (const TermOutcome& term : result.terms) {
+    v1::TermResult* t = out.add_terms();
+    t->set_term(term.term);
+    t->set_weight(term.weight);
+    t->set_final_value(term.final_value);
+    t->mutable_trace()->Add(term.trace.begin(), term.trace.end());
+  }
+  out.set_final_total(result.final_total);
+  if (result.images.has_value()) {
+    *out.mutable_images() = ArrayToProto(*result.images);
+  }
+  for (const std::string& png : result.png) out.add_png(png);
+  *out.mutable_logits() = ArrayToProto(result.logits);
+  *out.mutable_probs() = ArrayToProto(result.probs);
+  for (const LayerSummary& stats : result.layer_stats) {
+    v1::LayerStats* s = out.add_layer_stats();
+    s->set_layer(stats.layer);
+    *s->mutable_mean() = ArrayToProto(stats.mean);
+    *s->mutable_max() = ArrayToProto(stats.max);
   }
   out.set_seed(result.seed);
   out.set_steps(result.steps);
   out.set_transforms(result.transforms);
-  out.mutable_timings()->set_queue_seconds(queue_seconds);
-  out.mutable_timings()->set_compute_seconds(compute_seconds);
+  out.mutable_timings()->set_queue_seconds(result.queue_seconds);
+  out.mutable_timings()->set_compute_seconds(result.compute_seconds);
+  return out;
+}
+
+absl::StatusOr<JobQuery> JobQueryFromProto(const v1::ListJobsRequest& request) {
+  JobQuery query;
+  query.owner = request.owner();
+  FEATVIZ_ASSIGN_OR_RETURN(query.state, JobStateFromProto(request.state()));
+  query.page_size = request.page_size();
+  query.page_token = request.page_token();
+  return query;
+}
+
+v1::ListJobsResponse JobPageToProto(const JobPage& page) {
+  v1::ListJobsResponse out;
+  for (const JobSnapshot& job : page.jobs) *out.add_jobs() = JobToProto(job);
+  out.set_next_page_token(page.next_page_token);
+  return out;
+}
+
+v1::ServerStats StatsToProto(const EngineStats& stats) {
+  v1::ServerStats out;
+  for (const auto& [priority, jobs] : stats.queue_depth) {
+    v1::QueueDepth* depth = out.add_queue_depth();
+    depth->set_priority(priority);
+    depth->set_jobs(jobs);
+  }
+  out.set_queued_jobs(stats.queued_jobs);
+  out.set_running_jobs(stats.running_jobs);
+  out.set_cache_hits(stats.cache_hits);
+  out.set_cache_misses(stats.cache_misses);
+  out.set_results_stored(stats.results_stored);
+  out.set_result_bytes(stats.result_bytes);
+  out.set_jobs_submitted(stats.jobs_submitted);
+  out.set_jobs_succeeded(stats.jobs_succeeded);
+  out.set_jobs_failed(stats.jobs_failed);
+  out.set_jobs_cancelled(stats.jobs_cancelled);
+  out.set_jobs_expired(stats.jobs_expired);
+  for (const DeviceStats& device : stats.devices) {
+    v1::DeviceStats* d = out.add_devices();
+    d->set_device(device.device);
+    d->set_running_jobs(device.running_jobs);
+    d->set_batch_occupancy(device.batch_occupancy);
+    d->set_steps_per_second(device.steps_per_second);
+    d->set_image_steps_per_second(device.image_steps_per_second);
+    d->set_steps_total(device.steps_total);
+  }
   return out;
 }
 

@@ -1,8 +1,9 @@
-// The one place where protobuf meets core/: a RenderRequest becomes a
-// validated RenderPlan (a hosted model, a core::Objective and
-// core::RenderOptions), core results become RenderEvents, and absl::Status
-// becomes grpc::Status. Nothing else in featviz reads or writes featviz.v1
-// messages field by field.
+// The one place where protobuf meets core/ and the job engine: a
+// RenderRequest becomes a validated RenderPlan (a hosted model, a
+// core::Objective and core::RenderOptions); the engine's jobs, progress,
+// results and figures (engine_types.h) become featviz.v1 messages; and
+// absl::Status becomes grpc::Status. Nothing else in the Visualizer service
+// reads or writes featviz.v1 messages field by field.
 //
 // Status codes of request errors; every message names the field and the
 // value, e.g. "optimizer.steps must be in [1, 10000], got 1000000000":
@@ -36,40 +37,12 @@
 #include "core/objective.h"
 #include "core/render.h"
 #include "featviz/v1/featviz.pb.h"
+#include "server/engine_types.h"
 #include "server/limits.h"
 
 namespace featviz::server {
 
 class ModelRegistry;
-
-// A render request after validation, in core's terms.
-struct RenderPlan {
-  // The model the request names, as resolved when it was accepted. The
-  // pointer is valid only while the caller of PlanRender holds `model_ref`
-  // (the registry may unload the model later); a job keeps the identity
-  // below and takes its device's copy from the registry when it starts.
-  const core::Model* model = nullptr;
-  std::shared_ptr<const core::Model> model_ref;
-  std::string model_name;
-  std::string model_version;
-  std::string model_hash;  // SHA-256 hex of the model file.
-  core::Objective objective;
-  // Defaults filled in (steps, lr, sizes, progress_every); options.seed is
-  // meaningful only when `seed` is set.
-  core::RenderOptions options;
-  // The request's seed; unset when the server is to pick one.
-  std::optional<uint64_t> seed;
-  // What the result carries (OutputSpec).
-  bool tensor = false;
-  bool png = false;
-  bool preview_png = false;
-  // Scheduling, as requested: the owner ("" means the caller's address), the
-  // priority (checked to be in [-10, 10]) and the queue timeout (unset when
-  // the request leaves it to the server).
-  std::string owner;
-  int priority = 0;
-  std::optional<absl::Duration> queue_timeout;
-};
 
 // Longest model reference or owner name a request may give, in bytes.
 inline constexpr size_t kMaxNameBytes = 256;
@@ -107,21 +80,34 @@ absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor,
 v1::Tensor TensorToProto(const at::Tensor& tensor);
 
 // A hosted model as the API describes it.
+v1::Model ModelToProto(const ModelSummary& model);
 v1::Model ModelToProto(const core::Model& model);
 
-// One progress event; `preview_png` attaches the current images as a PNG
-// grid (the event must carry images then).
-absl::StatusOr<v1::RenderProgress> ProgressToProto(
-    const core::ProgressEvent& event, int64_t total_steps, bool preview_png);
+// The result cache's key of `request` (PlanRender's result `plan`): the
+// model's content hash, the SHA-256 of CanonicalRequest and the seed. Only
+// requests that give a seed are reproducible, so only they have one ("").
+std::string CacheKey(const v1::RenderRequest& request, const RenderPlan& plan);
 
-// The final result, with the outputs the plan asked for.
-absl::StatusOr<v1::RenderResult> ResultToProto(const core::RenderResult& result,
-                                               const RenderPlan& plan,
-                                               double queue_seconds,
-                                               double compute_seconds);
+// ---------------------------------------- the job engine's types (engine_types.h)
 
-// `status` with `prefix` and ": " in front of its message, code kept.
-absl::Status Prefixed(absl::string_view prefix, const absl::Status& status);
+v1::JobState JobStateToProto(JobState state);
+// A listing's state filter: unset for JOB_STATE_UNSPECIFIED; InvalidArgument
+// naming the value for a number the enum does not have.
+absl::StatusOr<std::optional<JobState>> JobStateFromProto(int state);
+
+// A job as the API describes it (without its result).
+v1::Job JobToProto(const JobSnapshot& job);
+v1::RenderProgress ProgressToProto(const JobProgress& progress);
+v1::RenderResult ResultToProto(const JobResult& result);
+v1::Tensor ArrayToProto(const HostArray& array);
+
+// ListJobs: the request as the engine's query (the state checked), and the
+// page as the response.
+absl::StatusOr<JobQuery> JobQueryFromProto(const v1::ListJobsRequest& request);
+v1::ListJobsResponse JobPageToProto(const JobPage& page);
+
+v1::ServerStats StatsToProto(const EngineStats& stats);
+
 
 // The one mapping from absl::Status to grpc::Status: the codes are the same
 // numbers, and the message is kept.

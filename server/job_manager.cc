@@ -1,7 +1,5 @@
 #include "server/job_manager.h"
 
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <utility>
 
@@ -11,8 +9,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
-#include "google/protobuf/io/coded_stream.h"
-#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -23,49 +19,6 @@ constexpr int32_t kMaxPageSize = 1000;
 constexpr absl::string_view kPageTokenPrefix = "jobs-before:";
 // How often ExpireQueued also drops expired results.
 constexpr absl::Duration kSweepEvery = absl::Seconds(1);
-
-bool IsFinal(v1::JobState state) {
-  return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
-         state == v1::JOB_STATE_CANCELLED || state == v1::JOB_STATE_EXPIRED;
-}
-
-// Deterministic bytes of `message`: equal messages, equal bytes.
-std::string DeterministicBytes(const google::protobuf::Message& message) {
-  std::string bytes;
-  {
-    google::protobuf::io::StringOutputStream stream(&bytes);
-    google::protobuf::io::CodedOutputStream coded(&stream);
-    coded.SetSerializationDeterministic(true);
-    message.SerializeToCodedStream(&coded);
-  }
-  return bytes;
-}
-
-std::string Sha256Hex(const std::string& bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(),
-             nullptr);
-  return absl::BytesToHexString(absl::string_view(
-      reinterpret_cast<const char*>(digest), static_cast<size_t>(length)));
-}
-
-// The result cache's key of a request: only requests that give a seed are
-// reproducible, so only they have one.
-std::string CacheKey(const v1::RenderRequest& request, const RenderPlan& plan) {
-  if (!plan.seed.has_value()) return "";
-  return absl::StrCat(
-      plan.model_hash, "/",
-      Sha256Hex(DeterministicBytes(CanonicalRequest(request, plan))), "/",
-      *plan.seed);
-}
-
-void SetTime(absl::Time time, google::protobuf::Timestamp* out) {
-  const int64_t seconds = absl::ToUnixSeconds(time);
-  out->set_seconds(seconds);
-  out->set_nanos(static_cast<int32_t>(
-      absl::ToInt64Nanoseconds(time - absl::FromUnixSeconds(seconds))));
-}
 
 std::string Outcome(const absl::Status& status, bool cached) {
   if (status.ok()) return cached ? "OK (cached)" : "OK";
@@ -95,23 +48,23 @@ JobManager::JobManager(JobManagerOptions options)
 
 // ------------------------------------------------------------ clients
 
-absl::StatusOr<JobRecordPtr> JobManager::Submit(
-    const v1::RenderRequest& request, RenderPlan plan, std::string owner,
-    JobWatcherPtr watcher, OwnerQuota quota) {
+absl::StatusOr<JobRecordPtr> JobManager::Submit(RenderPlan plan,
+                                                std::string cache_key,
+                                                std::string owner,
+                                                JobWatcherPtr watcher,
+                                                OwnerQuota quota) {
   const absl::Time now = absl::Now();
   {
     absl::MutexLock lock(&mu_);
     if (closed_) return absl::UnavailableError("server is shutting down");
   }
-  std::string cache_key = CacheKey(request, plan);
   // The record outlives the job: it keeps the model's identity, never the
   // model, so that unloading it frees its memory.
   plan.model_ref.reset();
   plan.model = nullptr;
   if (!cache_key.empty()) {
     if (std::optional<std::string> id = results_.Lookup(cache_key, now)) {
-      absl::StatusOr<std::shared_ptr<const v1::RenderResult>> result =
-          results_.Get(*id, now);
+      absl::StatusOr<JobResultPtr> result = results_.Get(*id, now);
       if (result.ok()) {
         return SubmitCached(*id, *std::move(result), std::move(plan),
                             std::move(owner), std::move(cache_key), watcher);
@@ -164,8 +117,7 @@ absl::StatusOr<JobRecordPtr> JobManager::Submit(
 }
 
 absl::StatusOr<JobRecordPtr> JobManager::SubmitCached(
-    const std::string& cached_id,
-    std::shared_ptr<const v1::RenderResult> result, RenderPlan plan,
+    const std::string& cached_id, JobResultPtr result, RenderPlan plan,
     std::string owner, std::string cache_key, const JobWatcherPtr& watcher) {
   const absl::Time now = absl::Now();
   JobRecordPtr job;
@@ -178,7 +130,7 @@ absl::StatusOr<JobRecordPtr> JobManager::SubmitCached(
   }
   {
     absl::MutexLock lock(&job->mu_);
-    job->state_ = v1::JOB_STATE_SUCCEEDED;
+    job->state_ = JobState::kSucceeded;
     job->cached_ = true;
     job->start_time_ = now;
     job->end_time_ = now;
@@ -186,8 +138,7 @@ absl::StatusOr<JobRecordPtr> JobManager::SubmitCached(
   }
   // Stored under the new id as well, so that the new job's result lives as
   // long as any other result (the bytes are shared, the accounting is not).
-  results_.Put(job->id, result, static_cast<int64_t>(result->ByteSizeLong()),
-               now);
+  results_.Put(job->id, result, result->bytes(), now);
   AddRecord(job);
   Retire(*job);
   cache_hits_.fetch_add(1);
@@ -238,46 +189,44 @@ absl::StatusOr<JobRecordPtr> JobManager::Find(absl::string_view id) const {
   return absl::NotFoundError(absl::StrCat("job '", id, "' not found"));
 }
 
-absl::StatusOr<v1::Job> JobManager::Describe(const JobRecord& job,
-                                             bool include_result) {
-  v1::Job out;
-  out.set_id(job.id);
-  out.set_owner(job.owner);
-  out.set_priority(job.plan.priority);
-  out.set_model(job.model);
-  out.set_model_version(job.plan.model_version);
-  out.set_model_hash(job.plan.model_hash);
-  out.set_objective(job.objective);
-  out.set_total_steps(job.plan.options.steps);
-  SetTime(job.create_time, out.mutable_create_time());
-  {
-    absl::MutexLock lock(&job.mu_);
-    out.set_state(job.state_);
-    out.set_steps_done(job.steps_done_);
-    if (job.start_time_ != absl::InfinitePast()) {
-      SetTime(job.start_time_, out.mutable_start_time());
-    }
-    if (job.end_time_ != absl::InfinitePast()) {
-      SetTime(job.end_time_, out.mutable_end_time());
-    }
-    if (!job.status_.ok()) {
-      out.set_error_code(static_cast<int32_t>(job.status_.code()));
-      out.set_error_message(std::string(job.status_.message()));
-    }
-    out.set_cached(job.cached_);
-    out.set_device(job.device_);
-  }
-  if (include_result && out.state() == v1::JOB_STATE_SUCCEEDED) {
-    absl::StatusOr<std::shared_ptr<const v1::RenderResult>> result =
-        results_.Get(job.id, absl::Now());
-    if (!result.ok()) return result.status();
-    *out.mutable_result() = **result;
-  }
+JobSnapshot JobManager::Snapshot(const JobRecord& job) const {
+  JobSnapshot out;
+  out.id = job.id;
+  out.owner = job.owner;
+  out.priority = job.plan.priority;
+  out.model = job.model;
+  out.model_version = job.plan.model_version;
+  out.model_hash = job.plan.model_hash;
+  out.objective = job.objective;
+  out.total_steps = job.plan.options.steps;
+  out.create_time = job.create_time;
+  absl::MutexLock lock(&job.mu_);
+  out.state = job.state_;
+  out.steps_done = job.steps_done_;
+  if (job.start_time_ != absl::InfinitePast()) out.start_time = job.start_time_;
+  if (job.end_time_ != absl::InfinitePast()) out.end_time = job.end_time_;
+  out.status = job.status_;
+  out.cached = job.cached_;
+  out.device = job.device_;
   return out;
 }
 
+absl::StatusOr<JobResultPtr> JobManager::Result(const JobRecord& job) {
+  JobState state;
+  {
+    absl::MutexLock lock(&job.mu_);
+    state = job.state_;
+  }
+  if (state != JobState::kSucceeded) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("job ", job.id, " is ", JobStateName(state),
+                     "; only a succeeded job has a result"));
+  }
+  return results_.Get(job.id, absl::Now());
+}
+
 void JobManager::Watch(JobRecord& job, JobWatcherPtr watcher) {
-  v1::JobState state;
+  JobState state;
   absl::Status status;
   {
     absl::MutexLock lock(&job.mu_);
@@ -288,12 +237,11 @@ void JobManager::Watch(JobRecord& job, JobWatcherPtr watcher) {
       return;
     }
   }
-  if (state != v1::JOB_STATE_SUCCEEDED) {
+  if (state != JobState::kSucceeded) {
     watcher->OnFinished(status, nullptr);
     return;
   }
-  absl::StatusOr<std::shared_ptr<const v1::RenderResult>> result =
-      results_.Get(job.id, absl::Now());
+  absl::StatusOr<JobResultPtr> result = results_.Get(job.id, absl::Now());
   if (result.ok()) {
     watcher->OnFinished(absl::OkStatus(), *result);
   } else {
@@ -318,38 +266,33 @@ void JobManager::Cancel(const JobRecordPtr& job, StopReason reason) {
     absl::MutexLock lock(&job->mu_);
     if (IsFinal(job->state_)) return;
     if (job->stop_ == StopReason::kNone) job->stop_ = reason;
-    queued = job->state_ == v1::JOB_STATE_QUEUED;
+    queued = job->state_ == JobState::kQueued;
   }
   // When Remove fails a worker has just taken the job; it sees the stop
   // request when it starts it.
   if (queued && scheduler_.Remove(job->id)) {
-    End(*job, v1::JOB_STATE_CANCELLED, StopStatus(*job, reason, 0), nullptr);
+    End(*job, JobState::kCancelled, StopStatus(*job, reason, 0), nullptr);
   }
 }
 
-absl::StatusOr<v1::ListJobsResponse> JobManager::List(
-    const v1::ListJobsRequest& request) {
-  if (request.page_size() < 0) {
+absl::StatusOr<JobPage> JobManager::List(const JobQuery& query) const {
+  if (query.page_size < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("page_size must be >= 0 (0 means ", kDefaultPageSize,
-                     "), got ", request.page_size()));
+                     "), got ", query.page_size));
   }
-  if (!v1::JobState_IsValid(request.state())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("state has unknown value ", request.state()));
-  }
-  const int32_t page_size = request.page_size() == 0
+  const int32_t page_size = query.page_size == 0
                                 ? kDefaultPageSize
-                                : std::min(request.page_size(), kMaxPageSize);
+                                : std::min(query.page_size, kMaxPageSize);
   uint64_t before = UINT64_MAX;
-  if (!request.page_token().empty()) {
+  if (!query.page_token.empty()) {
     std::string decoded;
-    if (!absl::WebSafeBase64Unescape(request.page_token(), &decoded) ||
+    if (!absl::WebSafeBase64Unescape(query.page_token, &decoded) ||
         !absl::StartsWith(decoded, kPageTokenPrefix) ||
         !absl::SimpleAtoi(absl::StripPrefix(decoded, kPageTokenPrefix),
                           &before)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("page_token '", request.page_token(),
+          absl::StrCat("page_token '", query.page_token,
                        "' is not a token this server issued"));
     }
   }
@@ -360,10 +303,10 @@ absl::StatusOr<v1::ListJobsResponse> JobManager::List(
     for (auto it = std::make_reverse_iterator(records_.lower_bound(before));
          it != records_.rend(); ++it) {
       const JobRecordPtr& job = it->second;
-      if (!request.owner().empty() && job->owner != request.owner()) continue;
-      if (request.state() != v1::JOB_STATE_UNSPECIFIED) {
+      if (!query.owner.empty() && job->owner != query.owner) continue;
+      if (query.state.has_value()) {
         absl::MutexLock job_lock(&job->mu_);
-        if (job->state_ != request.state()) continue;
+        if (job->state_ != *query.state) continue;
       }
       if (static_cast<int32_t>(page.size()) == page_size) {
         more = true;
@@ -372,14 +315,11 @@ absl::StatusOr<v1::ListJobsResponse> JobManager::List(
       page.push_back(job);
     }
   }
-  v1::ListJobsResponse response;
-  for (const JobRecordPtr& job : page) {
-    absl::StatusOr<v1::Job> described = Describe(*job, false);
-    if (described.ok()) *response.add_jobs() = *std::move(described);
-  }
+  JobPage response;
+  for (const JobRecordPtr& job : page) response.jobs.push_back(Snapshot(*job));
   if (more && !page.empty()) {
-    response.set_next_page_token(absl::WebSafeBase64Escape(
-        absl::StrCat(kPageTokenPrefix, page.back()->seq)));
+    response.next_page_token = absl::WebSafeBase64Escape(
+        absl::StrCat(kPageTokenPrefix, page.back()->seq));
   }
   return response;
 }
@@ -394,23 +334,19 @@ std::map<std::string, JobManager::OwnerLoad> JobManager::LoadByOwner() const {
   return load;
 }
 
-void JobManager::FillStats(v1::ServerStats& stats) const {
-  for (const auto& [priority, jobs] : scheduler_.DepthByPriority()) {
-    v1::QueueDepth* depth = stats.add_queue_depth();
-    depth->set_priority(priority);
-    depth->set_jobs(jobs);
-  }
-  stats.set_queued_jobs(scheduler_.size());
-  stats.set_running_jobs(running());
-  stats.set_cache_hits(cache_hits_.load());
-  stats.set_cache_misses(cache_misses_.load());
-  stats.set_results_stored(results_.size());
-  stats.set_result_bytes(results_.bytes());
-  stats.set_jobs_submitted(submitted_.load());
-  stats.set_jobs_succeeded(succeeded_.load());
-  stats.set_jobs_failed(failed_.load());
-  stats.set_jobs_cancelled(cancelled_.load());
-  stats.set_jobs_expired(expired_.load());
+void JobManager::FillStats(EngineStats& stats) const {
+  stats.queue_depth = scheduler_.DepthByPriority();
+  stats.queued_jobs = scheduler_.size();
+  stats.running_jobs = running();
+  stats.cache_hits = cache_hits_.load();
+  stats.cache_misses = cache_misses_.load();
+  stats.results_stored = results_.size();
+  stats.result_bytes = results_.bytes();
+  stats.jobs_submitted = submitted_.load();
+  stats.jobs_succeeded = succeeded_.load();
+  stats.jobs_failed = failed_.load();
+  stats.jobs_cancelled = cancelled_.load();
+  stats.jobs_expired = expired_.load();
 }
 
 // ------------------------------------------------------------ workers
@@ -419,7 +355,7 @@ void JobManager::ExpireQueued(absl::Time now) {
   for (const QueuedJob& queued : scheduler_.TakeExpired(now)) {
     absl::StatusOr<JobRecordPtr> job = Find(queued.id);
     if (!job.ok()) continue;
-    End(**job, v1::JOB_STATE_EXPIRED,
+    End(**job, JobState::kExpired,
         absl::DeadlineExceededError(absl::StrFormat(
             "job %s waited %.1f s in the queue, past its queue deadline",
             queued.id, absl::ToDoubleSeconds(now - (*job)->create_time))),
@@ -446,11 +382,11 @@ JobRecordPtr JobManager::Start(const QueuedJob& queued,
   JobRecordPtr job = *std::move(found);
   {
     absl::MutexLock lock(&job->mu_);
-    if (job->state_ != v1::JOB_STATE_QUEUED) {
+    if (job->state_ != JobState::kQueued) {
       scheduler_.Done(queued.id);
       return nullptr;
     }
-    job->state_ = v1::JOB_STATE_RUNNING;
+    job->state_ = JobState::kRunning;
     job->start_time_ = absl::Now();
     job->device_ = device;
   }
@@ -489,7 +425,7 @@ bool JobManager::Advance(JobRecord& job, int64_t steps_done) {
   return !job.watchers_.empty();
 }
 
-void JobManager::Publish(JobRecord& job, const v1::RenderProgress& progress) {
+void JobManager::Publish(JobRecord& job, const JobProgress& progress) {
   std::vector<JobWatcherPtr> watchers;
   {
     absl::MutexLock lock(&job.mu_);
@@ -499,19 +435,18 @@ void JobManager::Publish(JobRecord& job, const v1::RenderProgress& progress) {
 }
 
 void JobManager::Finish(JobRecord& job, const absl::Status& status,
-                        std::shared_ptr<const v1::RenderResult> result) {
+                        JobResultPtr result) {
   if (status.ok() && result != nullptr) {
     const absl::Time now = absl::Now();
-    results_.Put(job.id, result, static_cast<int64_t>(result->ByteSizeLong()),
-                 now);
+    results_.Put(job.id, result, result->bytes(), now);
     if (!job.cache_key.empty()) results_.Remember(job.cache_key, job.id);
-    End(job, v1::JOB_STATE_SUCCEEDED, status, std::move(result));
+    End(job, JobState::kSucceeded, status, std::move(result));
     return;
   }
   const absl::Status error =
       status.ok() ? absl::InternalError("job ended without a result") : status;
   const bool stopped = StopRequested(job) != StopReason::kNone;
-  End(job, stopped ? v1::JOB_STATE_CANCELLED : v1::JOB_STATE_FAILED, error,
+  End(job, stopped ? JobState::kCancelled : JobState::kFailed, error,
       nullptr);
 }
 
@@ -530,7 +465,7 @@ void JobManager::Close() {
       if ((*job)->stop_ == StopReason::kNone)
         (*job)->stop_ = StopReason::kShutdown;
     }
-    End(**job, v1::JOB_STATE_CANCELLED,
+    End(**job, JobState::kCancelled,
         absl::UnavailableError(
             "server is shutting down; the render had not started"),
         nullptr);
@@ -563,9 +498,8 @@ int64_t JobManager::running() const {
 
 // ------------------------------------------------------------ private
 
-void JobManager::End(JobRecord& job, v1::JobState state,
-                     const absl::Status& status,
-                     std::shared_ptr<const v1::RenderResult> result) {
+void JobManager::End(JobRecord& job, JobState state,
+                     const absl::Status& status, JobResultPtr result) {
   const absl::Time now = absl::Now();
   std::vector<JobWatcherPtr> watchers;
   int64_t steps_done = 0;
@@ -578,23 +512,25 @@ void JobManager::End(JobRecord& job, v1::JobState state,
     job.state_ = state;
     job.status_ = status;
     job.end_time_ = now;
-    if (state == v1::JOB_STATE_SUCCEEDED)
+    if (state == JobState::kSucceeded)
       job.steps_done_ = job.plan.options.steps;
     steps_done = job.steps_done_;
     device = job.device_;
     watchers.swap(job.watchers_);
   }
   switch (state) {
-    case v1::JOB_STATE_SUCCEEDED:
+    case JobState::kSucceeded:
       succeeded_.fetch_add(1);
       break;
-    case v1::JOB_STATE_FAILED:
+    case JobState::kFailed:
       failed_.fetch_add(1);
       break;
-    case v1::JOB_STATE_EXPIRED:
+    case JobState::kExpired:
       expired_.fetch_add(1);
       break;
-    default:
+    case JobState::kQueued:
+    case JobState::kRunning:
+    case JobState::kCancelled:
       cancelled_.fetch_add(1);
       break;
   }

@@ -33,8 +33,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "featviz/v1/featviz.pb.h"
-#include "server/convert.h"
+#include "server/engine_types.h"
 #include "server/result_store.h"
 #include "server/scheduler.h"
 
@@ -48,10 +47,9 @@ class JobWatcher {
  public:
   virtual ~JobWatcher() = default;
   // A progress event of the running job (on the worker's thread).
-  virtual void OnProgress(const v1::RenderProgress& progress) = 0;
+  virtual void OnProgress(const JobProgress& progress) = 0;
   // The last call: OK with the job's result, or the job's error status.
-  virtual void OnFinished(const absl::Status& status,
-                          std::shared_ptr<const v1::RenderResult> result) = 0;
+  virtual void OnFinished(const absl::Status& status, JobResultPtr result) = 0;
 };
 using JobWatcherPtr = std::shared_ptr<JobWatcher>;
 
@@ -84,7 +82,7 @@ class JobRecord {
   friend class JobManager;
 
   mutable absl::Mutex mu_;
-  v1::JobState state_ ABSL_GUARDED_BY(mu_) = v1::JOB_STATE_QUEUED;
+  JobState state_ ABSL_GUARDED_BY(mu_) = JobState::kQueued;
   absl::Time start_time_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   absl::Time end_time_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   int64_t steps_done_ ABSL_GUARDED_BY(mu_) = 0;
@@ -99,7 +97,7 @@ using JobRecordPtr = std::shared_ptr<JobRecord>;
 // A job's end, as monitoring sees it (JobManagerOptions::on_end).
 struct JobEnd {
   const JobRecord& job;
-  v1::JobState state;
+  JobState state;
   bool started;             // It ran (or was taken by a worker).
   absl::Duration queued;    // Creation to start, or to its end if never run.
   absl::Duration total;     // Creation to end.
@@ -128,15 +126,15 @@ class JobManager {
 
   // ------------------------------------------------------------ clients
 
-  // Accepts `plan` (PlanRender's result for `request`) as a job of `owner`.
-  // `watcher` (may be null) hears the job from the start. Returns the job,
-  // QUEUED, or SUCCEEDED (cached) when the request gave a seed and an
-  // identical request's result is stored. `quota` is the owner's own
+  // Accepts `plan` (a validated request) as a job of `owner`. `watcher` (may
+  // be null) hears the job from the start. `cache_key` names the result in
+  // the result cache ("" when the request is not reproducible). Returns the
+  // job, QUEUED, or SUCCEEDED (cached) when an earlier job with the same
+  // cache key has its result stored. `quota` is the owner's own
   // (authenticated clients'). Errors: Unavailable "server is shutting down"
   // after Close(); ResourceExhausted naming the queue limit or quota.
-  absl::StatusOr<JobRecordPtr> Submit(const v1::RenderRequest& request,
-                                      RenderPlan plan, std::string owner,
-                                      JobWatcherPtr watcher,
+  absl::StatusOr<JobRecordPtr> Submit(RenderPlan plan, std::string cache_key,
+                                      std::string owner, JobWatcherPtr watcher,
                                       OwnerQuota quota = {});
 
   // The address clients reach this replica at (featviz-server's
@@ -151,10 +149,12 @@ class JobManager {
   // issued.
   absl::StatusOr<JobRecordPtr> Find(absl::string_view id) const;
 
-  // The job as the API describes it; with its result when `include_result`
-  // and it succeeded (NotFound, saying "expired" or "evicted", when the
-  // result is gone).
-  absl::StatusOr<v1::Job> Describe(const JobRecord& job, bool include_result);
+  // The job as it is now.
+  JobSnapshot Snapshot(const JobRecord& job) const;
+  // A succeeded job's result: FailedPrecondition naming the state for a job
+  // that has not succeeded; NotFound, saying "expired" or "evicted", when
+  // the result is gone.
+  absl::StatusOr<JobResultPtr> Result(const JobRecord& job);
 
   // Adds `watcher` to `job`: progress from now on, then the end. For a
   // finished job the end (with its stored result) is delivered at once, on
@@ -170,10 +170,12 @@ class JobManager {
   void Cancel(const JobRecordPtr& job, StopReason reason);
 
   // Jobs newest first, filtered by owner and state, paged.
-  absl::StatusOr<v1::ListJobsResponse> List(const v1::ListJobsRequest& request);
+  // InvalidArgument for a negative page size or a token this server did not
+  // issue.
+  absl::StatusOr<JobPage> List(const JobQuery& query) const;
 
   // Queue, cache, result and job counter figures (not the devices').
-  void FillStats(v1::ServerStats& stats) const;
+  void FillStats(EngineStats& stats) const;
   // Jobs queued and running now, per owner that has any.
   struct OwnerLoad {
     int64_t queued = 0;
@@ -199,12 +201,11 @@ class JobManager {
   // watches it (so that progress events are worth making).
   bool Advance(JobRecord& job, int64_t steps_done);
   // Sends a progress event to `job`'s watchers.
-  void Publish(JobRecord& job, const v1::RenderProgress& progress);
+  void Publish(JobRecord& job, const JobProgress& progress);
   // Ends a running `job`: SUCCEEDED with `result` when `status` is OK
   // (stored, and remembered in the cache when the request was cacheable);
   // otherwise CANCELLED for a Cancelled status, FAILED for any other.
-  void Finish(JobRecord& job, const absl::Status& status,
-              std::shared_ptr<const v1::RenderResult> result);
+  void Finish(JobRecord& job, const absl::Status& status, JobResultPtr result);
 
   // ----------------------------------------------------------- shutdown
 
@@ -220,16 +221,15 @@ class JobManager {
 
  private:
   // Puts `job` in its final state and hands its watchers their last call.
-  void End(JobRecord& job, v1::JobState state, const absl::Status& status,
-           std::shared_ptr<const v1::RenderResult> result);
+  void End(JobRecord& job, JobState state, const absl::Status& status,
+           JobResultPtr result);
   // Registers a new record, forgetting old finished ones beyond the limit.
   void AddRecord(const JobRecordPtr& job);
   // A finished job's seq, for forgetting the oldest first.
   void Retire(const JobRecord& job);
   // A new job answered at once with job `cached_id`'s stored `result`.
   absl::StatusOr<JobRecordPtr> SubmitCached(
-      const std::string& cached_id,
-      std::shared_ptr<const v1::RenderResult> result, RenderPlan plan,
+      const std::string& cached_id, JobResultPtr result, RenderPlan plan,
       std::string owner, std::string cache_key, const JobWatcherPtr& watcher);
 
   // The id of the job numbered `seq`: "<seq>" or "<seq>@<replica>".

@@ -15,7 +15,6 @@
 #include "absl/strings/strip.h"
 #include "spdlog/spdlog.h"
 #include "absl/time/time.h"
-#include "featviz/v1/featviz.pb.h"
 #include "prometheus/collectable.h"
 #include "prometheus/family.h"
 #include "prometheus/histogram.h"
@@ -40,20 +39,6 @@ const prometheus::Histogram::BucketBoundaries& DurationBuckets() {
   return *buckets;
 }
 
-std::string OutcomeName(v1::JobState state) {
-  switch (state) {
-    case v1::JOB_STATE_SUCCEEDED:
-      return "succeeded";
-    case v1::JOB_STATE_FAILED:
-      return "failed";
-    case v1::JOB_STATE_CANCELLED:
-      return "cancelled";
-    case v1::JOB_STATE_EXPIRED:
-      return "expired";
-    default:
-      return "other";
-  }
-}
 
 void LogHttpError(void*, const char* format, va_list args) {
   char message[512];
@@ -95,7 +80,7 @@ class MetricsCollector final : public prometheus::Collectable {
         registries_(std::move(registries)) {}
 
   std::vector<MetricFamily> Collect() const override {
-    const v1::ServerStats stats = service_.Stats();
+    const EngineStats stats = service_.Stats();
     std::vector<MetricFamily> out;
 
     MetricFamily depth = Family(
@@ -104,13 +89,9 @@ class MetricsCollector final : public prometheus::Collectable {
         MetricType::Gauge);
     // Every priority a request may ask for (convert.h) is always exposed,
     // so that an autoscaler's query never finds a series missing.
-    std::map<int, int64_t> by_priority;
-    for (const v1::QueueDepth& d : stats.queue_depth()) {
-      by_priority[d.priority()] = d.jobs();
-    }
     for (int p = kMaxPriority; p >= kMinPriority; --p) {
-      auto it = by_priority.find(p);
-      AddValue(depth, it == by_priority.end() ? 0 : it->second,
+      auto it = stats.queue_depth.find(p);
+      AddValue(depth, it == stats.queue_depth.end() ? 0 : it->second,
                {{"priority", absl::StrCat(p)}});
     }
     out.push_back(std::move(depth));
@@ -131,34 +112,34 @@ class MetricsCollector final : public prometheus::Collectable {
     MetricFamily submitted =
         Family("featviz_jobs_submitted_total",
                "Jobs accepted (cached answers included)", MetricType::Counter);
-    AddValue(submitted, stats.jobs_submitted());
+    AddValue(submitted, stats.jobs_submitted);
     out.push_back(std::move(submitted));
     MetricFamily ended = Family("featviz_jobs_ended_total",
                                 "Jobs ended, per outcome", MetricType::Counter);
-    AddValue(ended, stats.jobs_succeeded(), {{"outcome", "succeeded"}});
-    AddValue(ended, stats.jobs_failed(), {{"outcome", "failed"}});
-    AddValue(ended, stats.jobs_cancelled(), {{"outcome", "cancelled"}});
-    AddValue(ended, stats.jobs_expired(), {{"outcome", "expired"}});
+    AddValue(ended, stats.jobs_succeeded, {{"outcome", "succeeded"}});
+    AddValue(ended, stats.jobs_failed, {{"outcome", "failed"}});
+    AddValue(ended, stats.jobs_cancelled, {{"outcome", "cancelled"}});
+    AddValue(ended, stats.jobs_expired, {{"outcome", "expired"}});
     out.push_back(std::move(ended));
 
     MetricFamily hits = Family("featviz_result_cache_hits_total",
                                "Seeded requests answered from the result cache",
                                MetricType::Counter);
-    AddValue(hits, stats.cache_hits());
+    AddValue(hits, stats.cache_hits);
     out.push_back(std::move(hits));
     MetricFamily misses =
         Family("featviz_result_cache_misses_total",
                "Seeded requests not in the result cache", MetricType::Counter);
-    AddValue(misses, stats.cache_misses());
+    AddValue(misses, stats.cache_misses);
     out.push_back(std::move(misses));
     MetricFamily stored = Family("featviz_results_stored",
                                  "Finished results kept", MetricType::Gauge);
-    AddValue(stored, stats.results_stored());
+    AddValue(stored, stats.results_stored);
     out.push_back(std::move(stored));
     MetricFamily stored_bytes =
         Family("featviz_results_stored_bytes", "Bytes of finished results kept",
                MetricType::Gauge);
-    AddValue(stored_bytes, stats.result_bytes());
+    AddValue(stored_bytes, stats.result_bytes);
     out.push_back(std::move(stored_bytes));
 
     MetricFamily steps_rate = Family(
@@ -181,13 +162,13 @@ class MetricsCollector final : public prometheus::Collectable {
     MetricFamily device_jobs =
         Family("featviz_device_running_jobs",
                "Jobs in the device's current batch", MetricType::Gauge);
-    for (const v1::DeviceStats& d : stats.devices()) {
-      const std::vector<ClientMetric::Label> labels = {{"device", d.device()}};
-      AddValue(steps_rate, d.steps_per_second(), labels);
-      AddValue(image_steps_rate, d.image_steps_per_second(), labels);
-      AddValue(steps_total, d.steps_total(), labels);
-      AddValue(occupancy, d.batch_occupancy(), labels);
-      AddValue(device_jobs, d.running_jobs(), labels);
+    for (const DeviceStats& d : stats.devices) {
+      const std::vector<ClientMetric::Label> labels = {{"device", d.device}};
+      AddValue(steps_rate, d.steps_per_second, labels);
+      AddValue(image_steps_rate, d.image_steps_per_second, labels);
+      AddValue(steps_total, d.steps_total, labels);
+      AddValue(occupancy, d.batch_occupancy, labels);
+      AddValue(device_jobs, d.running_jobs, labels);
     }
     out.push_back(std::move(steps_rate));
     out.push_back(std::move(image_steps_rate));
@@ -200,12 +181,12 @@ class MetricsCollector final : public prometheus::Collectable {
         "Bytes of a hosted model's parameters and buffers, per device",
         MetricType::Gauge);
     for (const ModelRegistry* registry : registries_) {
-      for (const v1::Model& model : registry->List()) {
+      for (const ModelSummary& model : registry->List()) {
         for (const c10::Device& device : registry->devices()) {
-          AddValue(model_memory, static_cast<double>(model.memory_bytes()),
+          AddValue(model_memory, static_cast<double>(model.memory_bytes),
                    {{"device", device.str()},
-                    {"model", model.name()},
-                    {"version", model.version()}});
+                    {"model", model.card.name},
+                    {"version", model.card.version}});
         }
       }
     }
@@ -231,11 +212,11 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                            "took it (or before it ended, if none did)")
                      .Register(*registry_);
   // Every outcome from the start, so rates over them are defined at once.
-  for (v1::JobState state :
-       {v1::JOB_STATE_SUCCEEDED, v1::JOB_STATE_FAILED,
-        v1::JOB_STATE_CANCELLED, v1::JOB_STATE_EXPIRED}) {
-    latency_->Add({{"outcome", OutcomeName(state)}}, DurationBuckets());
-    queue_time_->Add({{"outcome", OutcomeName(state)}}, DurationBuckets());
+  for (JobState state : {JobState::kSucceeded, JobState::kFailed,
+                         JobState::kCancelled, JobState::kExpired}) {
+    const std::string outcome(JobStateName(state));
+    latency_->Add({{"outcome", outcome}}, DurationBuckets());
+    queue_time_->Add({{"outcome", outcome}}, DurationBuckets());
   }
 }
 
@@ -243,7 +224,8 @@ Metrics::~Metrics() { Stop(); }
 
 void Metrics::OnJobEnd(const JobEnd& end) {
   // Family::Add returns the existing series for known labels; it locks.
-  const prometheus::Labels labels = {{"outcome", OutcomeName(end.state)}};
+  const prometheus::Labels labels = {
+      {"outcome", std::string(JobStateName(end.state))}};
   latency_->Add(labels, DurationBuckets())
       .Observe(absl::ToDoubleSeconds(end.total));
   queue_time_->Add(labels, DurationBuckets())

@@ -18,7 +18,7 @@
 #include "core/model_card.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
-#include "server/convert.h"
+#include "server/engine_types.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -166,7 +166,7 @@ absl::StatusOr<ModelRegistryPtr> ModelRegistry::FromModels(
     entry->name = model->card().name;
     entry->version = model->card().version;
     entry->content_hash = model->content_hash();
-    entry->proto = ModelToProto(*model);
+    entry->summary = Summarize(*model);
     entry->copies.push_back(SharedModel(std::move(model)));
     if (entry->name.empty()) {
       return absl::InvalidArgumentError("the model has no name");
@@ -201,9 +201,10 @@ absl::StatusOr<SharedModel> ModelRegistry::Resolve(absl::string_view ref) const 
   return entry->copies.front();
 }
 
-absl::StatusOr<v1::Model> ModelRegistry::FindProto(absl::string_view ref) const {
+absl::StatusOr<ModelSummary> ModelRegistry::Describe(
+    absl::string_view ref) const {
   FEATVIZ_ASSIGN_OR_RETURN(const EntryPtr entry, FindEntry(ref));
-  return entry->proto;
+  return entry->summary;
 }
 
 absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::FindEntry(
@@ -269,11 +270,11 @@ std::vector<std::string> ModelRegistry::Names() const {
   return names;
 }
 
-std::vector<v1::Model> ModelRegistry::List() const {
+std::vector<ModelSummary> ModelRegistry::List() const {
   absl::ReaderMutexLock lock(&mu_);
-  std::vector<v1::Model> list;
+  std::vector<ModelSummary> list;
   for (const auto& [name, versions] : served_) {
-    for (const auto& [version, entry] : versions) list.push_back(entry->proto);
+    for (const auto& [version, entry] : versions) list.push_back(entry->summary);
   }
   return list;
 }
@@ -417,8 +418,7 @@ absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::LoadEntry(
   entry->name = first.card().name;
   entry->version = first.card().version;
   entry->content_hash = first.content_hash();
-  entry->proto = ModelToProto(first);
-  entry->proto.set_path(found.path);
+  entry->summary = Summarize(first, found.path);
   return EntryPtr(std::move(entry));
 }
 
@@ -463,7 +463,7 @@ void ModelRegistry::WaitReleased(Retired retired) {
   }
 }
 
-absl::StatusOr<v1::Model> ModelRegistry::Load(const std::string& path) {
+absl::StatusOr<ModelSummary> ModelRegistry::Load(const std::string& path) {
   if (root_.empty()) {
     return absl::FailedPreconditionError("this server has no model repository");
   }
@@ -487,10 +487,10 @@ absl::StatusOr<v1::Model> ModelRegistry::Load(const std::string& path) {
   held_out_.erase(Key(entry->name, entry->version));
   spdlog::info("model {} loaded from {} (sha256 {}, {} bytes per device)",
                Key(entry->name, entry->version), entry->path,
-               ShortHash(entry->content_hash), entry->proto.memory_bytes());
-  v1::Model proto = entry->proto;
+               ShortHash(entry->content_hash), entry->summary.memory_bytes);
+  ModelSummary summary = entry->summary;
   Serve(std::move(entry));
-  return proto;
+  return summary;
 }
 
 absl::StatusOr<fs::path> ModelRegistry::NewStagingDir() const {
@@ -513,7 +513,7 @@ absl::StatusOr<fs::path> ModelRegistry::NewStagingDir() const {
                                           error.message()));
 }
 
-absl::StatusOr<v1::Model> ModelRegistry::Publish(const std::string& name,
+absl::StatusOr<ModelSummary> ModelRegistry::Publish(const std::string& name,
                                                  const fs::path& staged) {
   std::error_code ignored;
   auto discard = [&](const absl::Status& status) {
@@ -586,15 +586,15 @@ absl::StatusOr<v1::Model> ModelRegistry::Publish(const std::string& name,
   spdlog::info("model {} uploaded to {} (sha256 {}, {} bytes per device)",
                Key(name, version), (*entry)->path,
                ShortHash((*entry)->content_hash),
-               (*entry)->proto.memory_bytes());
-  v1::Model proto = (*entry)->proto;
+               (*entry)->summary.memory_bytes);
+  ModelSummary summary = (*entry)->summary;
   Serve(*std::move(entry));
-  return proto;
+  return summary;
 }
 
-absl::StatusOr<std::vector<v1::Model>> ModelRegistry::Unload(
+absl::StatusOr<std::vector<ModelSummary>> ModelRegistry::Unload(
     const std::string& name, const std::string& version) {
-  std::vector<v1::Model> unloaded;
+  std::vector<ModelSummary> unloaded;
   Retired retired;
   {
     absl::MutexLock admin(&admin_mu_);
@@ -616,7 +616,7 @@ absl::StatusOr<std::vector<v1::Model>> ModelRegistry::Unload(
     }
     for (const EntryPtr& entry : entries) {
       held_out_.insert(Key(entry->name, entry->version));
-      unloaded.push_back(entry->proto);
+      unloaded.push_back(entry->summary);
     }
     retired = TakeOut(entries);
   }
@@ -677,7 +677,7 @@ absl::StatusOr<ModelRegistry::Changes> ModelRegistry::Sync(
     }
     spdlog::info("model {} loaded from {} (sha256 {}, {} bytes per device)",
                  Key((*entry)->name, (*entry)->version), f.path,
-                 ShortHash((*entry)->content_hash), (*entry)->proto.memory_bytes());
+                 ShortHash((*entry)->content_hash), (*entry)->summary.memory_bytes);
     return *std::move(entry);
   };
   for (const Found& f : found) {
@@ -707,10 +707,10 @@ absl::StatusOr<ModelRegistry::Changes> ModelRegistry::Sync(
       }
       EntryPtr fresh = load(f);
       if (fresh == nullptr) continue;  // The old copy keeps serving.
-      changes.loaded.push_back(fresh->proto);
+      changes.loaded.push_back(fresh->summary);
       EntryPtr old = Serve(std::move(fresh));
       if (old != nullptr) {
-        changes.unloaded.push_back(old->proto);
+        changes.unloaded.push_back(old->summary);
         out.push_back(std::move(old));
       }
       continue;
@@ -723,13 +723,13 @@ absl::StatusOr<ModelRegistry::Changes> ModelRegistry::Sync(
           absl::StrCat(f.path, ": its card changed while loading"));
       continue;
     }
-    changes.loaded.push_back(fresh->proto);
+    changes.loaded.push_back(fresh->summary);
     Serve(std::move(fresh));
   }
   for (const auto& [key, entry] : current) {
     if (seen.count(key) > 0 || entry->path.empty()) continue;
     spdlog::info("model {}: {} is gone from the repository", key, entry->path);
-    changes.unloaded.push_back(entry->proto);
+    changes.unloaded.push_back(entry->summary);
     out.push_back(entry);
   }
   *retired = TakeOut(out);

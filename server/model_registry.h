@@ -39,7 +39,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/model.h"
-#include "featviz/v1/featviz.pb.h"
+#include "server/engine_types.h"
 
 namespace featviz::server {
 
@@ -93,13 +93,13 @@ class ModelRegistry {
                                       const std::string& version,
                                       const std::string& content_hash,
                                       size_t device) const;
-  // The model `ref` names as the API describes it.
-  absl::StatusOr<v1::Model> FindProto(absl::string_view ref) const;
+  // The model `ref` names, described.
+  absl::StatusOr<ModelSummary> Describe(absl::string_view ref) const;
 
   // Served model names, sorted, each once.
   std::vector<std::string> Names() const;
   // Every served version, sorted by name, then version (oldest first).
-  std::vector<v1::Model> List() const;
+  std::vector<ModelSummary> List() const;
   // Served versions.
   size_t size() const;
 
@@ -111,7 +111,7 @@ class ModelRegistry {
   // it. Errors: see ConfinedPath; InvalidArgument for a path that is not one
   // of those forms or a file that is not a model; AlreadyExists when that
   // name and version is served; FailedPrecondition without a repository.
-  absl::StatusOr<v1::Model> Load(const std::string& path);
+  absl::StatusOr<ModelSummary> Load(const std::string& path);
 
   // A fresh, empty directory under the root where an upload stages its files
   // (`<root>/.uploads/<unique>`; scans skip names starting with '.').
@@ -125,18 +125,18 @@ class ModelRegistry {
   // repository: `staged` and the published directory are removed.
   // InvalidArgument for a name outside [A-Za-z0-9_-]{1,64} or a file that
   // is not a model that runs.
-  absl::StatusOr<v1::Model> Publish(const std::string& name,
-                                    const std::filesystem::path& staged);
+  absl::StatusOr<ModelSummary> Publish(const std::string& name,
+                                       const std::filesystem::path& staged);
 
   // Stops serving `name` (the version `version`, or all when empty) and
   // returns once no running job holds it any more. NotFound when nothing
   // matches.
-  absl::StatusOr<std::vector<v1::Model>> Unload(const std::string& name,
-                                                const std::string& version);
+  absl::StatusOr<std::vector<ModelSummary>> Unload(
+      const std::string& name, const std::string& version);
 
   struct Changes {
-    std::vector<v1::Model> loaded;
-    std::vector<v1::Model> unloaded;
+    std::vector<ModelSummary> loaded;
+    std::vector<ModelSummary> unloaded;
     std::vector<std::string> failed;  // "path: why".
   };
   // Brings the served versions of `name` (all models when empty) in line
@@ -162,7 +162,7 @@ class ModelRegistry {
     uintmax_t file_size = 0;
     std::filesystem::file_time_type file_time;
     std::vector<SharedModel> copies;  // Index: device.
-    v1::Model proto;
+    ModelSummary summary;  // Of the first copy.
   };
   using EntryPtr = std::shared_ptr<const Entry>;
   struct VersionOrder {

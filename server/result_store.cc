@@ -14,7 +14,7 @@ bool ResultStore::Expired(const Stored& stored, absl::Time now) const {
 }
 
 void ResultStore::Put(const std::string& job_id,
-                      std::shared_ptr<const featviz::v1::RenderResult> result,
+                      JobResultPtr result,
                       int64_t bytes, absl::Time now) {
   absl::MutexLock lock(&mu_);
   bytes = std::max<int64_t>(bytes, 0);
@@ -51,7 +51,7 @@ void ResultStore::Put(const std::string& job_id,
   }
 }
 
-absl::StatusOr<std::shared_ptr<const featviz::v1::RenderResult>>
+absl::StatusOr<JobResultPtr>
 ResultStore::Get(const std::string& job_id, absl::Time now) {
   absl::MutexLock lock(&mu_);
   auto it = results_.find(job_id);

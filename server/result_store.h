@@ -24,7 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "featviz/v1/featviz.pb.h"
+#include "server/engine_types.h"
 
 namespace featviz::server {
 
@@ -48,18 +48,18 @@ class ResultStore {
   ResultStore& operator=(const ResultStore&) = delete;
 
   // Stores `job_id`'s result, replacing any it had, as the newest result.
-  // `bytes` is the result's ByteSizeLong(). Then evicts the oldest results
+  // `bytes` is the result's size (JobResult::bytes). Then evicts the oldest results
   // (this one last) until the total is at most max_bytes. Expired results
   // stay until Sweep() or eviction removes them.
   void Put(const std::string& job_id,
-           std::shared_ptr<const featviz::v1::RenderResult> result,
+           JobResultPtr result,
            int64_t bytes, absl::Time now);
 
   // `job_id`'s result while it is stored and less than `ttl` old. NotFound
   // otherwise: "the result of job X expired (results are kept 1h)", "the
   // result of job X was evicted to keep results under N bytes", or "no
   // result for job X".
-  absl::StatusOr<std::shared_ptr<const featviz::v1::RenderResult>> Get(
+  absl::StatusOr<JobResultPtr> Get(
       const std::string& job_id, absl::Time now);
 
   // The job id whose stored, unexpired result answers `key`; nullopt
@@ -85,7 +85,7 @@ class ResultStore {
  private:
   enum class Removal { kExpired, kEvicted };
   struct Stored {
-    std::shared_ptr<const featviz::v1::RenderResult> result;
+    JobResultPtr result;
     int64_t bytes = 0;
     absl::Time stored_at;
     uint64_t seq = 0;               // Position in order_.

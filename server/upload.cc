@@ -227,14 +227,15 @@ class UploadReactor final
           "; the file was changed or cut on the way")));
       return;
     }
-    absl::StatusOr<v1::Model> model = context_.models->Publish(name_, staged_);
+    absl::StatusOr<ModelSummary> model =
+        context_.models->Publish(name_, staged_);
     staged_.clear();  // Published or removed by Publish.
     if (!model.ok()) {
       End(Prefixed("UploadModel", model.status()));
       return;
     }
     reserved_ = 0;  // Kept: the bytes count against the quota.
-    *response_->mutable_model() = *std::move(model);
+    *response_->mutable_model() = ModelToProto(*model);
     End(absl::OkStatus());
   }
 

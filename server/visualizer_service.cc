@@ -44,9 +44,8 @@ uint64_t RandomSeed() {
 class EndWatcher final : public JobWatcher {
  public:
   explicit EndWatcher(std::function<void()> done) : done_(std::move(done)) {}
-  void OnProgress(const v1::RenderProgress&) override {}
-  void OnFinished(const absl::Status&,
-                  std::shared_ptr<const v1::RenderResult>) override {
+  void OnProgress(const JobProgress&) override {}
+  void OnFinished(const absl::Status&, JobResultPtr) override {
     done_();
   }
 
@@ -85,9 +84,8 @@ class EventStream final : public grpc::ServerWriteReactor<v1::RenderEvent>,
     Begin(false, ToGrpcStatus(status));
   }
 
-  void OnProgress(const v1::RenderProgress& progress) override;
-  void OnFinished(const absl::Status& status,
-                  std::shared_ptr<const v1::RenderResult> result) override;
+  void OnProgress(const JobProgress& progress) override;
+  void OnFinished(const absl::Status& status, JobResultPtr result) override;
 
   void OnSendInitialMetadataDone(bool ok) override { OpDone(ok); }
   void OnWriteDone(bool ok) override { OpDone(ok); }
@@ -181,22 +179,22 @@ void EventStream::Begin(bool send_metadata,
   Pump();
 }
 
-void EventStream::OnProgress(const v1::RenderProgress& progress) {
+void EventStream::OnProgress(const JobProgress& progress) {
   {
     absl::MutexLock lock(&mu_);
     if (broken_ || finished_ || pending_.size() >= kMaxPendingEvents) return;
-    *pending_.emplace_back().mutable_progress() = progress;
+    *pending_.emplace_back().mutable_progress() = ProgressToProto(progress);
   }
   Pump();
 }
 
 void EventStream::OnFinished(const absl::Status& status,
-                             std::shared_ptr<const v1::RenderResult> result) {
+                             JobResultPtr result) {
   {
     absl::MutexLock lock(&mu_);
     if (final_.has_value()) return;
     if (status.ok() && result != nullptr && !broken_) {
-      *pending_.emplace_back().mutable_result() = *result;
+      *pending_.emplace_back().mutable_result() = ResultToProto(*result);
     }
     final_ = ToGrpcStatus(status);
   }
@@ -425,16 +423,17 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
     quota.max_running = quotas.max_running;
   }
   if (!plan->seed.has_value()) plan->options.seed = RandomSeed();
-  return jobs_->Submit(request, *std::move(plan), std::move(owner),
+  std::string cache_key = CacheKey(request, *plan);
+  return jobs_->Submit(*std::move(plan), std::move(cache_key), std::move(owner),
                        std::move(watcher), quota);
 }
 
-v1::ServerStats VisualizerService::Stats() const {
-  v1::ServerStats stats;
+EngineStats VisualizerService::Stats() const {
+  EngineStats stats;
   jobs_->FillStats(stats);
   const absl::Time now = absl::Now();
   for (const WorkerPtr& worker : workers_) {
-    *stats.add_devices() = worker->Stats(now);
+    stats.devices.push_back(worker->Stats(now));
   }
   return stats;
 }
@@ -443,27 +442,27 @@ void VisualizerService::LogStatsLoop() {
   absl::MutexLock lock(&log_mu_);
   while (
       !log_mu_.AwaitWithTimeout(absl::Condition(&log_stop_), kStatsLogEvery)) {
-    const v1::ServerStats stats = Stats();
-    bool busy = stats.queued_jobs() > 0 || stats.running_jobs() > 0;
+    const EngineStats stats = Stats();
+    bool busy = stats.queued_jobs > 0 || stats.running_jobs > 0;
     std::string devices;
-    for (const v1::DeviceStats& d : stats.devices()) {
-      busy = busy || d.steps_per_second() > 0;
+    for (const DeviceStats& d : stats.devices) {
+      busy = busy || d.steps_per_second > 0;
       absl::StrAppend(
-          &devices, " ", d.device(), ":{jobs=", d.running_jobs(),
-          " occupancy=", absl::StrFormat("%.2f", d.batch_occupancy()),
-          " steps/s=", absl::StrFormat("%.1f", d.steps_per_second()),
+          &devices, " ", d.device, ":{jobs=", d.running_jobs,
+          " occupancy=", absl::StrFormat("%.2f", d.batch_occupancy),
+          " steps/s=", absl::StrFormat("%.1f", d.steps_per_second),
           " image_steps/s=",
-          absl::StrFormat("%.1f", d.image_steps_per_second()), "}");
+          absl::StrFormat("%.1f", d.image_steps_per_second), "}");
     }
     if (!busy) continue;
     spdlog::info(
         "stats queued={} running={} submitted={} succeeded={} failed={} "
         "cancelled={} expired={} cache_hits={} cache_misses={} results={} "
         "result_bytes={}{}",
-        stats.queued_jobs(), stats.running_jobs(), stats.jobs_submitted(),
-        stats.jobs_succeeded(), stats.jobs_failed(), stats.jobs_cancelled(),
-        stats.jobs_expired(), stats.cache_hits(), stats.cache_misses(),
-        stats.results_stored(), stats.result_bytes(), devices);
+        stats.queued_jobs, stats.running_jobs, stats.jobs_submitted,
+        stats.jobs_succeeded, stats.jobs_failed, stats.jobs_cancelled,
+        stats.jobs_expired, stats.cache_hits, stats.cache_misses,
+        stats.results_stored, stats.result_bytes, devices);
   }
 }
 
@@ -492,12 +491,13 @@ absl::Status VisualizerService::ListModelsPage(
     after.emplace(std::string(rest.substr(0, at)),
                   std::string(rest.substr(at + 1)));
   }
-  auto listed = [&](const v1::Model& model) {
+  auto listed = [&](const ModelSummary& model) {
     if (!after.has_value()) return false;
-    if (model.name() != after->first) return model.name() < after->first;
-    return !VersionLess(after->second, model.version());
+    const std::string& name = model.card.name;
+    if (name != after->first) return name < after->first;
+    return !VersionLess(after->second, model.card.version);
   };
-  for (const v1::Model& model : models_.List()) {
+  for (const ModelSummary& model : models_.List()) {
     if (listed(model)) continue;
     if (request.page_size() > 0 &&
         response.models_size() == request.page_size()) {
@@ -506,7 +506,7 @@ absl::Status VisualizerService::ListModelsPage(
           kPageTokenPrefix, last.name(), "@", last.version())));
       break;
     }
-    *response.add_models() = model;
+    *response.add_models() = ModelToProto(model);
   }
   return absl::OkStatus();
 }
@@ -535,9 +535,9 @@ grpc::ServerUnaryReactor* VisualizerService::GetModel(
         absl::StrCat("name must name a hosted model; models are: ",
                      absl::StrJoin(models_.Names(), ", ")));
   } else {
-    absl::StatusOr<v1::Model> model = models_.FindProto(request->name());
+    absl::StatusOr<ModelSummary> model = models_.Describe(request->name());
     if (model.ok()) {
-      *response = *std::move(model);
+      *response = ModelToProto(*model);
     } else {
       status = model.status();
     }
@@ -583,9 +583,7 @@ grpc::ServerUnaryReactor* VisualizerService::SubmitJob(
   absl::StatusOr<JobRecordPtr> job =
       Submit(context, *caller, request->request(), nullptr);
   if (job.ok()) {
-    absl::StatusOr<v1::Job> described = jobs_->Describe(**job, false);
-    status = described.status();
-    if (described.ok()) *response = *std::move(described);
+    *response = JobToProto(jobs_->Snapshot(**job));
   } else {
     status = job.status();
     spdlog::info("submit refused model={} client={} peer={} outcome={} ({})",
@@ -602,7 +600,7 @@ absl::StatusOr<v1::Job> VisualizerService::SubmitRender(
   FEATVIZ_ASSIGN_OR_RETURN(Identity caller, Caller(context, "SubmitJob"));
   FEATVIZ_ASSIGN_OR_RETURN(JobRecordPtr job,
                            Submit(context, caller, request, nullptr));
-  return jobs_->Describe(*job, false);
+  return JobToProto(jobs_->Snapshot(*job));
 }
 
 grpc::ServerUnaryReactor* VisualizerService::GetJob(
@@ -613,8 +611,14 @@ grpc::ServerUnaryReactor* VisualizerService::GetJob(
       [&](const Identity& caller) -> absl::Status {
         FEATVIZ_ASSIGN_OR_RETURN(JobRecordPtr job, jobs_->Find(request->id()));
         FEATVIZ_RETURN_IF_ERROR(CheckOwns(caller, *job));
-        FEATVIZ_ASSIGN_OR_RETURN(
-            *response, jobs_->Describe(*job, request->include_result()));
+        const JobSnapshot snapshot = jobs_->Snapshot(*job);
+        v1::Job out = JobToProto(snapshot);
+        if (request->include_result() &&
+            snapshot.state == JobState::kSucceeded) {
+          FEATVIZ_ASSIGN_OR_RETURN(JobResultPtr result, jobs_->Result(*job));
+          *out.mutable_result() = ResultToProto(*result);
+        }
+        *response = std::move(out);
         return absl::OkStatus();
       });
 }
@@ -643,9 +647,8 @@ grpc::ServerUnaryReactor* VisualizerService::CancelJob(
   JobManager* jobs = jobs_.get();
   jobs_->Watch(
       *job, std::make_shared<EndWatcher>([jobs, job, reactor, response] {
-        absl::StatusOr<v1::Job> described = jobs->Describe(*job, false);
-        if (described.ok()) *response = *std::move(described);
-        reactor->Finish(ToGrpcStatus(described.status()));
+        *response = JobToProto(jobs->Snapshot(*job));
+        reactor->Finish(grpc::Status::OK);
       }));
   return reactor;
 }
@@ -656,10 +659,11 @@ grpc::ServerUnaryReactor* VisualizerService::ListJobs(
   return AuthenticatedUnary(
       auth_, context, absl::StrCat(kMethodPrefix, "ListJobs"),
       [&](const Identity& caller) -> absl::Status {
-        v1::ListJobsRequest own = *request;
-        FEATVIZ_ASSIGN_OR_RETURN(*own.mutable_owner(),
+        FEATVIZ_ASSIGN_OR_RETURN(JobQuery query, JobQueryFromProto(*request));
+        FEATVIZ_ASSIGN_OR_RETURN(query.owner,
                                  auth_.ListScope(caller, request->owner()));
-        FEATVIZ_ASSIGN_OR_RETURN(*response, jobs_->List(own));
+        FEATVIZ_ASSIGN_OR_RETURN(JobPage page, jobs_->List(query));
+        *response = JobPageToProto(page);
         return absl::OkStatus();
       });
 }
@@ -670,7 +674,7 @@ grpc::ServerUnaryReactor* VisualizerService::GetServerStats(
   return AuthenticatedUnary(auth_, context,
                             absl::StrCat(kMethodPrefix, "GetServerStats"),
                             [&](const Identity&) {
-                              *response = Stats();
+                              *response = StatsToProto(Stats());
                               return absl::OkStatus();
                             });
 }
@@ -713,9 +717,9 @@ grpc::ServerUnaryReactor* VisualizerService::LoadModel(
   return RunAdmin(
       context, "LoadModel", absl::StrCat("LoadModel path='", request->path(), "'"),
       [this, request, response] {
-        absl::StatusOr<v1::Model> model = models_.Load(request->path());
+        absl::StatusOr<ModelSummary> model = models_.Load(request->path());
         if (!model.ok()) return Prefixed("LoadModel", model.status());
-        *response->mutable_model() = *std::move(model);
+        *response->mutable_model() = ModelToProto(*model);
         return absl::OkStatus();
       });
 }
@@ -759,11 +763,11 @@ grpc::ServerUnaryReactor* VisualizerService::UnloadModel(
           return absl::InvalidArgumentError(
               "UnloadModel: name must name a hosted model, got ''");
         }
-        absl::StatusOr<std::vector<v1::Model>> unloaded =
+        absl::StatusOr<std::vector<ModelSummary>> unloaded =
             models_.Unload(request->name(), request->version());
         if (!unloaded.ok()) return Prefixed("UnloadModel", unloaded.status());
-        for (v1::Model& model : *unloaded) {
-          *response->add_models() = std::move(model);
+        for (const ModelSummary& model : *unloaded) {
+          *response->add_models() = ModelToProto(model);
         }
         return absl::OkStatus();
       });
@@ -778,11 +782,11 @@ grpc::ServerUnaryReactor* VisualizerService::ReloadModel(
         absl::StatusOr<ModelRegistry::Changes> changes =
             models_.Reload(request->name());
         if (!changes.ok()) return Prefixed("ReloadModel", changes.status());
-        for (v1::Model& model : changes->loaded) {
-          *response->add_loaded() = std::move(model);
+        for (const ModelSummary& model : changes->loaded) {
+          *response->add_loaded() = ModelToProto(model);
         }
-        for (v1::Model& model : changes->unloaded) {
-          *response->add_unloaded() = std::move(model);
+        for (const ModelSummary& model : changes->unloaded) {
+          *response->add_unloaded() = ModelToProto(model);
         }
         for (std::string& failed : changes->failed) {
           response->add_failed(std::move(failed));

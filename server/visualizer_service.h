@@ -136,7 +136,7 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   void Shutdown(absl::Time grace_deadline);
 
   // The figures GetServerStats returns.
-  v1::ServerStats Stats() const;
+  EngineStats Stats() const;
   // Jobs queued and running per owner (metrics).
   std::map<std::string, JobManager::OwnerLoad> LoadByOwner() const {
     return jobs_->LoadByOwner();

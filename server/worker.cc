@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/batch.h"
 #include "core/torch_status.h"
-#include "server/convert.h"
+#include "server/engine_types.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -241,8 +241,8 @@ bool Worker::ReportStep(Running& running) {
   const bool watched = jobs_.Advance(*running.job, done);
   const int64_t every = plan.options.progress_every;
   if (watched && every > 0 && (done % every == 0 || session.done())) {
-    absl::StatusOr<v1::RenderProgress> progress =
-        ProgressToProto(session.Progress(plan.options.progress_images),
+    absl::StatusOr<JobProgress> progress =
+        MakeJobProgress(session.Progress(plan.options.progress_images),
                         plan.options.steps, plan.preview_png);
     if (!progress.ok()) {
       End(running, progress.status(), nullptr);
@@ -257,21 +257,21 @@ bool Worker::ReportStep(Running& running) {
     return false;
   }
   const absl::Time now = absl::Now();
-  absl::StatusOr<v1::RenderResult> proto = ResultToProto(
+  absl::StatusOr<JobResult> host = MakeJobResult(
       *result, plan,
       absl::ToDoubleSeconds(running.start - running.job->create_time),
       absl::ToDoubleSeconds(now - running.start));
-  if (!proto.ok()) {
-    End(running, proto.status(), nullptr);
+  if (!host.ok()) {
+    End(running, host.status(), nullptr);
     return false;
   }
   End(running, absl::OkStatus(),
-      std::make_shared<const v1::RenderResult>(*std::move(proto)));
+      std::make_shared<const JobResult>(*std::move(host)));
   return false;
 }
 
 void Worker::End(Running& running, const absl::Status& status,
-                 std::shared_ptr<const v1::RenderResult> result) {
+                 JobResultPtr result) {
   jobs_.Finish(*running.job, status, std::move(result));
 }
 
@@ -284,12 +284,12 @@ void Worker::RecordStep(absl::Time now, int64_t images) {
   }
 }
 
-v1::DeviceStats Worker::Stats(absl::Time now) const {
-  v1::DeviceStats stats;
-  stats.set_device(device_);
+DeviceStats Worker::Stats(absl::Time now) const {
+  DeviceStats stats;
+  stats.device = device_;
   absl::MutexLock lock(&stats_mu_);
-  stats.set_running_jobs(running_jobs_);
-  stats.set_steps_total(steps_total_);
+  stats.running_jobs = running_jobs_;
+  stats.steps_total = steps_total_;
   int64_t steps = 0;
   int64_t image_steps = 0;
   for (const auto& [time, images] : window_) {
@@ -301,11 +301,11 @@ v1::DeviceStats Worker::Stats(absl::Time now) const {
   const double seconds = std::max(
       1e-3, absl::ToDoubleSeconds(std::min(kStatsWindow, now - started_)));
   if (steps > 0) {
-    stats.set_batch_occupancy(static_cast<double>(image_steps) / steps /
-                              static_cast<double>(options_.max_batch_images));
+    stats.batch_occupancy = static_cast<double>(image_steps) / steps /
+                            static_cast<double>(options_.max_batch_images);
   }
-  stats.set_steps_per_second(steps / seconds);
-  stats.set_image_steps_per_second(image_steps / seconds);
+  stats.steps_per_second = steps / seconds;
+  stats.image_steps_per_second = image_steps / seconds;
   return stats;
 }
 

@@ -44,7 +44,6 @@
 #include "core/device.h"
 #include "core/render.h"
 #include "core/step_graph.h"
-#include "featviz/v1/featviz.pb.h"
 #include "server/job_manager.h"
 #include "server/model_registry.h"
 
@@ -86,7 +85,7 @@ class Worker {
   const std::string& device() const { return device_; }
   // Running jobs, batch occupancy, steps per second and images x steps per
   // second over the last minute, steps since start.
-  v1::DeviceStats Stats(absl::Time now) const;
+  DeviceStats Stats(absl::Time now) const;
 
  private:
   struct Running {
@@ -116,7 +115,7 @@ class Worker {
   void FailRunning(const absl::Status& status);
   // Ends running job `i` with `status` (and `result`) and forgets it.
   void End(Running& running, const absl::Status& status,
-           std::shared_ptr<const v1::RenderResult> result);
+           JobResultPtr result);
   void RecordStep(absl::Time now, int64_t images);
   // Steps `sessions` in groups below the memory cap, splitting a group that
   // runs out of memory; one status per session.

@@ -582,10 +582,10 @@ class ObjectiveValidate : public ::testing::Test {
  protected:
   ObjectiveValidate() {
     model_.layers = {
-        {"conv1", "Conv2d", {1, 16, 24, 24}, 16},
-        {"conv2", "Conv2d", {1, 32, 8, 8}, 32},
-        {"fc1", "Linear", {1, 64}, 64},
-        {"fc2", "Linear", {1, 10}, 10},
+        {"conv1", "Conv2d", {1, 16, 24, 24}, 16, true, ""},
+        {"conv2", "Conv2d", {1, 32, 8, 8}, 32, true, ""},
+        {"fc1", "Linear", {1, 64}, 64, true, ""},
+        {"fc2", "Linear", {1, 10}, 10, true, ""},
     };
     model_.num_classes = 10;
   }
@@ -730,7 +730,7 @@ TEST_F(ObjectiveValidate, RejectsAlignmentDecayThatIsNotPositive) {
 }
 
 TEST_F(ObjectiveValidate, RejectsLayerWithoutChannels) {
-  model_.layers.push_back({"aux", "Tuple", {}, 0});
+  model_.layers.push_back({"aux", "Tuple", {}, 0, true, ""});
   const absl::Status status = Validate("layer(aux)");
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(Contains(status.message(), "layer aux has no channels"));

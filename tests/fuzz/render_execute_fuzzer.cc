@@ -2,8 +2,8 @@
 // (PlanRender, the real MNIST classifier hosted) and, when accepted, RUN as
 // a worker runs it: a core::RenderSession stepped together with a second,
 // fixed session (StepTogether, the worker's cross-job batch), its progress
-// events converted (ProgressToProto, with preview PNGs when asked), then
-// Finish and ResultToProto. Only a few steps run, so each input costs
+// events made (MakeJobProgress, with preview PNGs when asked), then
+// Finish, MakeJobResult and ResultToProto. Only a few steps run, so each input costs
 // milliseconds.
 //
 // What must hold: nothing crashes or throws (an exception escaping here
@@ -146,19 +146,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (!stepped.ok()) return 0;
     const int64_t done = (*session)->steps_done();
     if (every > 0 && (done % every == 0 || (*session)->done())) {
-      absl::StatusOr<featviz::v1::RenderProgress> progress =
-          featviz::server::ProgressToProto(
+      absl::StatusOr<featviz::server::JobProgress> progress =
+          featviz::server::MakeJobProgress(
               (*session)->Progress(options.progress_images), options.steps,
               plan->preview_png);
-      CheckRun("ProgressToProto", progress.status());
+      CheckRun("MakeJobProgress", progress.status());
       if (!progress.ok()) return 0;
     }
   }
   absl::StatusOr<featviz::core::RenderResult> result = (*session)->Finish();
   CheckRun("Finish", result.status());
   if (!result.ok()) return 0;
-  absl::StatusOr<featviz::v1::RenderResult> proto =
-      featviz::server::ResultToProto(*result, *plan, 0.0, 0.0);
-  CheckRun("ResultToProto", proto.status());
+  absl::StatusOr<featviz::server::JobResult> host =
+      featviz::server::MakeJobResult(*result, *plan, 0.0, 0.0);
+  CheckRun("MakeJobResult", host.status());
+  if (host.ok()) featviz::server::ResultToProto(*host);
   return 0;
 }

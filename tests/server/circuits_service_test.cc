@@ -239,7 +239,9 @@ TEST_F(CircuitsServiceTest, TopExamplesAreCachedAndAreTheMaxima) {
   for (int i = 0; i < 5; ++i) {
     const float max = *std::max_element(values.begin() + i * 64, values.begin() + (i + 1) * 64);
     EXPECT_NEAR(max, unit.values(i), 1e-4);
-    if (i > 0) EXPECT_GE(unit.values(i - 1), unit.values(i));
+    if (i > 0) {
+      EXPECT_GE(unit.values(i - 1), unit.values(i));
+    }
   }
   EXPECT_NEAR(maps.layers(0).stats(0).max(), unit.values(0), 1e-4);
 }

@@ -1,5 +1,5 @@
-// The job engine in process, no gRPC and no child process: a JobManager and
-// a Worker on the bundled MNIST classifier. Every wait is for an event the
+// The job engine in process, no gRPC, no protobuf and no child process: a
+// JobManager and a Worker on the bundled MNIST classifier. Every wait is for an event the
 // engine itself sends (a progress event or the final call), so the tests
 // hold however fast or loaded the machine is.
 #include <cstdint>
@@ -18,10 +18,9 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "core/model.h"
-#include "featviz/v1/featviz.pb.h"
-#include "server/convert.h"
+#include "core/objective.h"
+#include "server/engine_types.h"
 #include "server/job_manager.h"
-#include "server/limits.h"
 #include "server/model_registry.h"
 #include "server/worker.h"
 #include "tests/core/test_paths.h"
@@ -34,12 +33,11 @@ using ::featviz::testing::MnistModel;
 // Hears one job: the latest step reported and the final call.
 class Recorder : public JobWatcher {
  public:
-  void OnProgress(const v1::RenderProgress& progress) override {
+  void OnProgress(const JobProgress& progress) override {
     absl::MutexLock lock(&mu_);
-    step_ = progress.step();
+    step_ = progress.step;
   }
-  void OnFinished(const absl::Status& status,
-                  std::shared_ptr<const v1::RenderResult> result) override {
+  void OnFinished(const absl::Status& status, JobResultPtr result) override {
     absl::MutexLock lock(&mu_);
     ++finished_;
     status_ = status;
@@ -64,7 +62,7 @@ class Recorder : public JobWatcher {
     absl::MutexLock lock(&mu_);
     return finished_;
   }
-  std::shared_ptr<const v1::RenderResult> result() {
+  JobResultPtr result() {
     absl::MutexLock lock(&mu_);
     return result_;
   }
@@ -81,7 +79,7 @@ class Recorder : public JobWatcher {
   int64_t step_ ABSL_GUARDED_BY(mu_) = 0;
   int finished_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Status status_ ABSL_GUARDED_BY(mu_);
-  std::shared_ptr<const v1::RenderResult> result_ ABSL_GUARDED_BY(mu_);
+  JobResultPtr result_ ABSL_GUARDED_BY(mu_);
   int64_t wanted_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
@@ -112,43 +110,36 @@ class EngineTest : public ::testing::Test {
     worker_ = *std::move(worker);
   }
 
-  // A render of `objective` with `batch` images and `steps` steps, a
-  // progress event every step.
-  static v1::RenderRequest Request(const std::string& objective, int64_t batch,
-                                   int64_t steps) {
-    v1::RenderRequest request;
-    request.set_model("mnist_classifier");
-    request.set_objective_text(objective);
-    request.mutable_image()->set_batch(batch);
-    request.mutable_optimizer()->set_steps(steps);
-    request.mutable_output()->set_progress_every(1);
-    return request;
+  // A job rendering `objective` on the MNIST classifier with `batch` images
+  // and `steps` steps, a progress event every step: the plan the edge
+  // (PlanRender) would make, built here without a request.
+  RenderPlan Plan(const std::string& objective, int64_t batch, int64_t steps) {
+    RenderPlan plan;
+    absl::StatusOr<SharedModel> model = registry_->Resolve("mnist_classifier");
+    EXPECT_TRUE(model.ok()) << model.status();
+    if (!model.ok()) return plan;
+    plan.model_ref = *model;
+    plan.model = model->get();
+    plan.model_name = (*model)->card().name;
+    plan.model_version = (*model)->card().version;
+    plan.model_hash = (*model)->content_hash();
+    absl::StatusOr<core::Objective> parsed = core::Objective::Parse(objective);
+    EXPECT_TRUE(parsed.ok()) << parsed.status();
+    if (parsed.ok()) plan.objective = *std::move(parsed);
+    plan.options.steps = steps;
+    plan.options.param.batch = batch;
+    plan.options.progress_every = 1;
+    return plan;
   }
 
-  RenderPlan Plan(const v1::RenderRequest& request) {
-    absl::StatusOr<RenderPlan> plan = PlanRender(request, *registry_, Limits{});
-    EXPECT_TRUE(plan.ok()) << plan.status();
-    return plan.ok() ? *std::move(plan) : RenderPlan{};
-  }
-
-  JobRecordPtr Submit(const v1::RenderRequest& request, RenderPlan plan,
-                      std::shared_ptr<Recorder> recorder) {
+  JobRecordPtr Submit(RenderPlan plan, std::shared_ptr<Recorder> recorder) {
     absl::StatusOr<JobRecordPtr> job =
-        jobs_->Submit(request, std::move(plan), "tester", std::move(recorder));
+        jobs_->Submit(std::move(plan), "", "tester", std::move(recorder));
     EXPECT_TRUE(job.ok()) << job.status();
     return job.ok() ? *job : nullptr;
   }
 
-  JobRecordPtr Submit(const v1::RenderRequest& request,
-                      std::shared_ptr<Recorder> recorder) {
-    return Submit(request, Plan(request), std::move(recorder));
-  }
-
-  v1::JobState State(const JobRecord& job) {
-    absl::StatusOr<v1::Job> described = jobs_->Describe(job, false);
-    EXPECT_TRUE(described.ok()) << described.status();
-    return described.ok() ? described->state() : v1::JOB_STATE_UNSPECIFIED;
-  }
+  JobState State(const JobRecord& job) { return jobs_->Snapshot(job).state; }
 
   ModelRegistryPtr registry_;
   JobManagerPtr jobs_;
@@ -157,8 +148,7 @@ class EngineTest : public ::testing::Test {
 
 TEST_F(EngineTest, QueuedJobsCarryTheirImageCountUnderReplicaNamedIds) {
   jobs_->SetReplica("10.0.0.2:8980");
-  const v1::RenderRequest request = Request("logit(3)", 3, 4);
-  JobRecordPtr job = Submit(request, nullptr);
+  JobRecordPtr job = Submit(Plan("logit(3)", 3, 4), nullptr);
   ASSERT_NE(job, nullptr);
   EXPECT_EQ(job->id, "1@10.0.0.2:8980");
   std::optional<QueuedJob> queued =
@@ -175,38 +165,38 @@ TEST_F(EngineTest, WorkerKeepsTheBatchCapWithReplicaNamedIds) {
   jobs_->SetReplica("10.0.0.2:8980");
   StartWorker(/*max_batch_images=*/2);
   auto first = std::make_shared<Recorder>();
-  JobRecordPtr running = Submit(Request("logit(3)", 2, 10000), first);
+  JobRecordPtr running = Submit(Plan("logit(3)", 2, 10000), first);
   ASSERT_NE(first->WaitForStep(1), 0);
-  ASSERT_EQ(State(*running), v1::JOB_STATE_RUNNING);
+  ASSERT_EQ(State(*running), JobState::kRunning);
 
   auto second = std::make_shared<Recorder>();
-  JobRecordPtr waiting = Submit(Request("logit(4)", 1, 4), second);
+  JobRecordPtr waiting = Submit(Plan("logit(4)", 1, 4), second);
   // The worker admits queued jobs before every step: two steps after the
   // second job was queued, it would be running if it were let in.
   const int64_t now = first->WaitForStep(1);
   ASSERT_GE(first->WaitForStep(now + 2), now + 2);
-  EXPECT_EQ(State(*waiting), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(State(*waiting), JobState::kQueued);
 
   jobs_->Cancel(running, StopReason::kClient);
   EXPECT_EQ(first->WaitForEnd().code(), absl::StatusCode::kCancelled);
   EXPECT_TRUE(second->WaitForEnd().ok());
-  EXPECT_EQ(State(*waiting), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(State(*waiting), JobState::kSucceeded);
 }
 
 TEST_F(EngineTest, WorkerLetsAJobThatFitsJoinARunningBatch) {
   jobs_->SetReplica("10.0.0.2:8980");
   StartWorker(/*max_batch_images=*/2);
   auto first = std::make_shared<Recorder>();
-  JobRecordPtr running = Submit(Request("logit(3)", 1, 10000), first);
+  JobRecordPtr running = Submit(Plan("logit(3)", 1, 10000), first);
   ASSERT_NE(first->WaitForStep(1), 0);
 
   auto second = std::make_shared<Recorder>();
-  JobRecordPtr joining = Submit(Request("logit(4)", 1, 3), second);
+  JobRecordPtr joining = Submit(Plan("logit(4)", 1, 3), second);
   // It joins between two steps and finishes while the first still runs.
   EXPECT_TRUE(second->WaitForEnd().ok());
-  EXPECT_EQ(State(*running), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(State(*running), JobState::kRunning);
   ASSERT_NE(second->result(), nullptr);
-  EXPECT_EQ(second->result()->steps(), 3);
+  EXPECT_EQ(second->result()->steps, 3);
   jobs_->Cancel(running, StopReason::kClient);
   EXPECT_EQ(first->WaitForEnd().code(), absl::StatusCode::kCancelled);
 }
@@ -216,59 +206,94 @@ TEST_F(EngineTest, WorkerLetsAJobThatFitsJoinARunningBatch) {
 // job batched with it and the next one are unharmed, and the worker serves.
 TEST_F(EngineTest, AJobWhoseStepThrowsFailsAloneAndTheWorkerServesOn) {
   StartWorker(/*max_batch_images=*/8);
-  const v1::RenderRequest bad_request = Request("logit(3)", 1, 8);
-  RenderPlan bad_plan = Plan(bad_request);
+  RenderPlan bad_plan = Plan("logit(3)", 1, 8);
   bad_plan.options.lr = 1e300;
   auto bad = std::make_shared<Recorder>();
-  JobRecordPtr bad_job = Submit(bad_request, std::move(bad_plan), bad);
+  JobRecordPtr bad_job = Submit(std::move(bad_plan), bad);
 
   const absl::Status failed = bad->WaitForEnd();
   EXPECT_FALSE(failed.ok());
   EXPECT_NE(failed.code(), absl::StatusCode::kCancelled);
   EXPECT_FALSE(failed.message().empty());
-  EXPECT_EQ(State(*bad_job), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(State(*bad_job), JobState::kFailed);
   EXPECT_EQ(bad->finished(), 1);
 
   auto good = std::make_shared<Recorder>();
-  Submit(Request("logit(5)", 2, 6), good);
+  Submit(Plan("logit(5)", 2, 6), good);
   EXPECT_TRUE(good->WaitForEnd().ok());
   ASSERT_NE(good->result(), nullptr);
-  EXPECT_EQ(good->result()->steps(), 6);
+  EXPECT_EQ(good->result()->steps, 6);
+}
+
+// The result cache: a second job with the cache key of a succeeded one is
+// answered at once with the stored result, without a worker.
+TEST_F(EngineTest, AJobWithAStoredCacheKeyIsAnsweredFromTheCache) {
+  StartWorker(/*max_batch_images=*/8);
+  auto first = std::make_shared<Recorder>();
+  absl::StatusOr<JobRecordPtr> ran =
+      jobs_->Submit(Plan("logit(3)", 1, 4), "key-3", "tester", first);
+  ASSERT_TRUE(ran.ok()) << ran.status();
+  ASSERT_TRUE(first->WaitForEnd().ok());
+  worker_->Stop();
+
+  auto second = std::make_shared<Recorder>();
+  absl::StatusOr<JobRecordPtr> cached =
+      jobs_->Submit(Plan("logit(3)", 1, 4), "key-3", "someone", second);
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  const JobSnapshot snapshot = jobs_->Snapshot(**cached);
+  EXPECT_EQ(snapshot.state, JobState::kSucceeded);
+  EXPECT_TRUE(snapshot.cached);
+  EXPECT_EQ(snapshot.owner, "someone");
+  EXPECT_EQ(second->finished(), 1);
+  EXPECT_EQ(second->result(), first->result());
+  absl::StatusOr<JobResultPtr> stored = jobs_->Result(**cached);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_EQ(*stored, first->result());
+
+  EngineStats stats;
+  jobs_->FillStats(stats);
+  EXPECT_EQ(stats.cache_hits, 1);
+  EXPECT_EQ(stats.cache_misses, 1);
+  EXPECT_EQ(stats.jobs_succeeded, 2);
+  absl::StatusOr<JobPage> page = jobs_->List(JobQuery{});
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->jobs.size(), 2u);
+  EXPECT_EQ(page->jobs[0].id, (*cached)->id);  // Newest first.
 }
 
 TEST_F(EngineTest, CancelledQueuedJobHearsExactlyOneFinalCall) {
   auto recorder = std::make_shared<Recorder>();
-  JobRecordPtr job = Submit(Request("logit(3)", 1, 8), recorder);
+  JobRecordPtr job = Submit(Plan("logit(3)", 1, 8), recorder);
   jobs_->Cancel(job, StopReason::kClient);
   EXPECT_EQ(recorder->WaitForEnd().code(), absl::StatusCode::kCancelled);
   jobs_->Cancel(job, StopReason::kClient);
   EXPECT_EQ(recorder->finished(), 1);
-  EXPECT_EQ(State(*job), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(State(*job), JobState::kCancelled);
 }
 
 TEST_F(EngineTest, ARequestMayShortenItsQueueDeadlineButNotExtendIt) {
   JobManagerOptions options;
   options.default_queue_timeout = absl::Seconds(10);
   jobs_ = std::make_unique<JobManager>(options);
-  v1::RenderRequest shorter = Request("logit(1)", 1, 8);
-  shorter.set_queue_timeout_seconds(2);
-  v1::RenderRequest longer = Request("logit(2)", 1, 8);
-  longer.set_queue_timeout_seconds(100);
+  RenderPlan shorter = Plan("logit(1)", 1, 8);
+  shorter.queue_timeout = absl::Seconds(2);
+  RenderPlan longer = Plan("logit(2)", 1, 8);
+  longer.queue_timeout = absl::Seconds(100);
   auto short_recorder = std::make_shared<Recorder>();
   auto long_recorder = std::make_shared<Recorder>();
-  JobRecordPtr short_job = Submit(shorter, short_recorder);
-  JobRecordPtr long_job = Submit(longer, long_recorder);
+  JobRecordPtr short_job = Submit(std::move(shorter), short_recorder);
+  JobRecordPtr long_job = Submit(std::move(longer), long_recorder);
   EXPECT_EQ(short_job->queue_deadline, short_job->create_time + absl::Seconds(2));
   // The server's 10 s, not the 100 s asked for.
   EXPECT_EQ(long_job->queue_deadline, long_job->create_time + absl::Seconds(10));
 
   jobs_->ExpireQueued(short_job->queue_deadline);
-  EXPECT_EQ(State(*short_job), v1::JOB_STATE_EXPIRED);
+  EXPECT_EQ(State(*short_job), JobState::kExpired);
   EXPECT_EQ(short_recorder->WaitForEnd().code(),
             absl::StatusCode::kDeadlineExceeded);
-  EXPECT_EQ(State(*long_job), v1::JOB_STATE_QUEUED);
+  EXPECT_EQ(State(*long_job), JobState::kQueued);
   jobs_->ExpireQueued(long_job->queue_deadline);
-  EXPECT_EQ(State(*long_job), v1::JOB_STATE_EXPIRED);
+  EXPECT_EQ(State(*long_job), JobState::kExpired);
   EXPECT_EQ(long_recorder->WaitForEnd().code(),
             absl::StatusCode::kDeadlineExceeded);
 }
@@ -276,7 +301,7 @@ TEST_F(EngineTest, ARequestMayShortenItsQueueDeadlineButNotExtendIt) {
 TEST_F(EngineTest, StoppingTheWorkerEndsRunningJobsInsteadOfDroppingThem) {
   StartWorker(/*max_batch_images=*/8);
   auto recorder = std::make_shared<Recorder>();
-  JobRecordPtr job = Submit(Request("logit(3)", 1, 10000), recorder);
+  JobRecordPtr job = Submit(Plan("logit(3)", 1, 10000), recorder);
   ASSERT_NE(recorder->WaitForStep(1), 0);
   worker_->Stop();
   const absl::Status status = recorder->WaitForEnd();

@@ -88,10 +88,10 @@ TEST(ModelRegistry, ServesVersionedAndFlatModelsNamedByTheirDirectories) {
   EXPECT_EQ((*one)->card().version, "1");
   EXPECT_NE(one->get(), newest->get());
 
-  absl::StatusOr<v1::Model> proto = registry->FindProto("mnist@2");
-  ASSERT_TRUE(proto.ok());
-  EXPECT_EQ(proto->path(), "mnist/2/model.pt");
-  EXPECT_GT(proto->memory_bytes(), 0);
+  absl::StatusOr<ModelSummary> described = registry->Describe("mnist@2");
+  ASSERT_TRUE(described.ok());
+  EXPECT_EQ(described->path, "mnist/2/model.pt");
+  EXPECT_GT(described->memory_bytes, 0);
 
   const absl::Status missing = registry->Resolve("mnist@7").status();
   EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
@@ -135,11 +135,11 @@ TEST(ModelRegistry, LoadRefusesTraversalAndServesANewVersion) {
             absl::StatusCode::kAlreadyExists);
 
   repo.AddMnist("3");
-  absl::StatusOr<v1::Model> loaded = registry->Load("mnist/3/model.pt");
+  absl::StatusOr<ModelSummary> loaded = registry->Load("mnist/3/model.pt");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  EXPECT_EQ(loaded->name(), "mnist");
-  EXPECT_EQ(loaded->version(), "3");
-  EXPECT_EQ(loaded->content_hash(), FileSha256(MnistFile()));
+  EXPECT_EQ(loaded->card.name, "mnist");
+  EXPECT_EQ(loaded->card.version, "3");
+  EXPECT_EQ(loaded->content_hash, FileSha256(MnistFile()));
   EXPECT_EQ((*registry->Resolve("mnist"))->card().version, "3");
   EXPECT_EQ(registry->Names(), (std::vector<std::string>{"mnist"}));
 }
@@ -158,7 +158,7 @@ TEST(ModelRegistry, UnloadRefusesNewUsersAndWaitsForTheLastOne) {
   std::weak_ptr<const core::Model> watch = *held;
 
   std::atomic<bool> returned{false};
-  absl::StatusOr<std::vector<v1::Model>> unloaded;
+  absl::StatusOr<std::vector<ModelSummary>> unloaded;
   std::thread unload([&] {
     unloaded = registry->Unload("mnist", "2");
     returned = true;
@@ -179,7 +179,7 @@ TEST(ModelRegistry, UnloadRefusesNewUsersAndWaitsForTheLastOne) {
   unload.join();
   ASSERT_TRUE(unloaded.ok()) << unloaded.status();
   ASSERT_EQ(unloaded->size(), 1u);
-  EXPECT_EQ((*unloaded)[0].version(), "2");
+  EXPECT_EQ((*unloaded)[0].card.version, "2");
   EXPECT_TRUE(watch.expired());
   // Gone, not draining any more.
   EXPECT_EQ(registry->Resolve("mnist@2").status().code(),
@@ -211,8 +211,12 @@ TEST(ModelRegistry, ReloadLoadsNewReplacesChangedAndUnloadsRemovedVersions) {
   ASSERT_TRUE(changes.ok()) << changes.status();
   EXPECT_TRUE(changes->failed.empty());
   std::vector<std::string> loaded, unloaded;
-  for (const v1::Model& m : changes->loaded) loaded.push_back(m.name() + "@" + m.version());
-  for (const v1::Model& m : changes->unloaded) unloaded.push_back(m.name() + "@" + m.version());
+  for (const ModelSummary& m : changes->loaded) {
+    loaded.push_back(m.card.name + "@" + m.card.version);
+  }
+  for (const ModelSummary& m : changes->unloaded) {
+    unloaded.push_back(m.card.name + "@" + m.card.version);
+  }
   std::sort(loaded.begin(), loaded.end());
   std::sort(unloaded.begin(), unloaded.end());
   EXPECT_EQ(loaded, (std::vector<std::string>{"mnist@3", "scripted@1"}));
@@ -264,9 +268,9 @@ TEST(ModelRegistry, UnloadFreesTheModelsMemory) {
   ASSERT_TRUE(registry->Unload("wide", "").ok());
 
   const int64_t before = ResidentBytes();
-  absl::StatusOr<v1::Model> loaded = registry->Load("wide/1");
+  absl::StatusOr<ModelSummary> loaded = registry->Load("wide/1");
   ASSERT_TRUE(loaded.ok()) << loaded.status();
-  const int64_t model_bytes = loaded->memory_bytes();
+  const int64_t model_bytes = loaded->memory_bytes;
   const int64_t after_load = ResidentBytes();
   ASSERT_TRUE(registry->Unload("wide", "1").ok());
   const int64_t after_unload = ResidentBytes();

@@ -9,16 +9,15 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "featviz/v1/featviz.pb.h"
 
 namespace featviz::server {
 namespace {
 
 const absl::Time kT0 = absl::FromUnixSeconds(1700000000);
 
-std::shared_ptr<const featviz::v1::RenderResult> Result(uint64_t seed) {
-  auto result = std::make_shared<featviz::v1::RenderResult>();
-  result->set_seed(seed);
+JobResultPtr Result(uint64_t seed) {
+  auto result = std::make_shared<JobResult>();
+  result->seed = seed;
   return result;
 }
 
@@ -34,7 +33,7 @@ TEST(ResultStore, GetsAResultAfterPut) {
   store.Put("job-1", Result(7), 100, kT0);
   auto got = store.Get("job-1", kT0 + absl::Minutes(1));
   ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ((*got)->seed(), 7u);
+  EXPECT_EQ((*got)->seed, 7u);
   EXPECT_EQ(store.size(), 1);
   EXPECT_EQ(store.bytes(), 100);
 }
@@ -52,7 +51,7 @@ TEST(ResultStore, PutReplacesAJobsResult) {
   store.Put("job-1", Result(2), 30, kT0 + absl::Minutes(1));
   EXPECT_EQ(store.size(), 1);
   EXPECT_EQ(store.bytes(), 30);
-  EXPECT_EQ((*store.Get("job-1", kT0 + absl::Minutes(1)))->seed(), 2u);
+  EXPECT_EQ((*store.Get("job-1", kT0 + absl::Minutes(1)))->seed, 2u);
 }
 
 TEST(ResultStore, ExpiresAResultAfterTheTtlSayingHowLongResultsAreKept) {

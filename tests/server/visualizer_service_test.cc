@@ -170,7 +170,9 @@ TEST_F(VisualizerServiceTest, RenderStreamsProgressInStepOrderThenTheResult) {
   const std::vector<float> probs = Floats(result.probs());
   ASSERT_EQ(probs.size(), 10u);
   for (int c = 0; c < 10; ++c) {
-    if (c != 3) EXPECT_GT(probs[3], probs[c]) << "class " << c;
+    if (c != 3) {
+      EXPECT_GT(probs[3], probs[c]) << "class " << c;
+    }
   }
   EXPECT_TRUE(result.layer_stats().empty());  // logit() names no layer.
   EXPECT_TRUE(result.has_timings());

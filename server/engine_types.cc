@@ -1,0 +1,161 @@
+#include "server/engine_types.h"
+
+#include <exception>
+#include <utility>
+
+#include <ATen/ATen.h>
+
+#include "absl/strings/str_cat.h"
+#include "core/image.h"
+#include "core/status_macros.h"
+#include "core/torch_status.h"
+
+namespace featviz::server {
+namespace {
+
+HostArray ToHost(const at::Tensor& tensor) {
+  HostArray out;
+  const at::Tensor t = tensor.detach().to(at::kCPU, at::kFloat).contiguous();
+  out.shape.assign(t.sizes().begin(), t.sizes().end());
+  const float* data = t.data_ptr<float>();
+  out.values.assign(data, data + t.numel());
+  return out;
+}
+
+int64_t BytesOf(const HostArray& array) {
+  return static_cast<int64_t>(array.values.size() * sizeof(float) +
+                              array.shape.size() * sizeof(int64_t));
+}
+
+}  // namespace
+
+ModelSummary Summarize(const core::Model& model, std::string path) {
+  ModelSummary out;
+  out.card = model.card();
+  out.content_hash = model.content_hash();
+  const int64_t classes = model.shape().num_classes;
+  for (int64_t i = 0; i < classes; ++i) {
+    out.class_names.push_back(
+        i < static_cast<int64_t>(out.card.classes.size())
+            ? out.card.classes[static_cast<size_t>(i)]
+            : absl::StrCat(i));
+  }
+  out.layers = model.layers();
+  out.outputs = model.outputs();
+  out.logits_output = model.logits_output();
+  out.log_probs = !out.logits_output.empty() && out.card.log_probs;
+  out.device = model.device().str();
+  out.memory_bytes = model.memory_bytes();
+  out.path = std::move(path);
+  return out;
+}
+
+absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(),
+                      absl::StrCat(prefix, ": ", status.message()));
+}
+
+bool IsFinal(JobState state) {
+  return state == JobState::kSucceeded || state == JobState::kFailed ||
+         state == JobState::kCancelled || state == JobState::kExpired;
+}
+
+absl::string_view JobStateName(JobState state) {
+  switch (state) {
+    case JobState::kQueued:
+      return "queued";
+    case JobState::kRunning:
+      return "running";
+    case JobState::kSucceeded:
+      return "succeeded";
+    case JobState::kFailed:
+      return "failed";
+    case JobState::kCancelled:
+      return "cancelled";
+    case JobState::kExpired:
+      return "expired";
+  }
+  return "unknown";
+}
+
+int64_t JobResult::bytes() const {
+  int64_t total = static_cast<int64_t>(model.size() + model_version.size() +
+                                       model_hash.size() + objective.size() +
+                                       transforms.size());
+  for (const TermOutcome& term : terms) {
+    total += static_cast<int64_t>(term.term.size() +
+                                  term.trace.size() * sizeof(float)) +
+             16;
+  }
+  if (images.has_value()) total += BytesOf(*images);
+  for (const std::string& p : png) total += static_cast<int64_t>(p.size());
+  total += BytesOf(logits) + BytesOf(probs);
+  for (const LayerSummary& s : layer_stats) {
+    total += static_cast<int64_t>(s.layer.size()) + BytesOf(s.mean) +
+             BytesOf(s.max);
+  }
+  return total + 64;  // The scalars.
+}
+
+absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
+                                        const RenderPlan& plan,
+                                        double queue_seconds,
+                                        double compute_seconds) {
+  JobResult out;
+  out.model = plan.model_name;
+  out.model_version = plan.model_version;
+  out.model_hash = plan.model_hash;
+  out.objective = result.objective;
+  try {
+    const at::Tensor trace = result.trace.to(at::kCPU, at::kFloat).contiguous();
+    for (size_t i = 0; i < result.terms.size(); ++i) {
+      TermOutcome& term = out.terms.emplace_back();
+      term.term = result.terms[i];
+      term.weight = result.weights[i];
+      term.final_value = result.final_values[i];
+      const at::Tensor column =
+          trace.select(1, static_cast<int64_t>(i)).contiguous();
+      term.trace.assign(column.data_ptr<float>(),
+                        column.data_ptr<float>() + column.numel());
+    }
+    out.final_total = result.final_total;
+    if (plan.tensor) out.images = ToHost(result.images);
+    if (plan.png) {
+      for (int64_t b = 0; b < result.images.size(0); ++b) {
+        FEATVIZ_ASSIGN_OR_RETURN(out.png.emplace_back(),
+                                 core::EncodePng(result.images[b]));
+      }
+    }
+    out.logits = ToHost(result.logits);
+    out.probs = ToHost(result.probs);
+    for (const core::LayerStats& stats : result.layer_stats) {
+      out.layer_stats.push_back(
+          LayerSummary{stats.layer, ToHost(stats.mean), ToHost(stats.max)});
+    }
+  } catch (const std::exception& e) {
+    return core::TorchError(e, "copying the result to the host");
+  }
+  out.seed = result.seed;
+  out.steps = result.steps;
+  out.transforms = result.transforms;
+  out.queue_seconds = queue_seconds;
+  out.compute_seconds = compute_seconds;
+  return out;
+}
+
+absl::StatusOr<JobProgress> MakeJobProgress(const core::ProgressEvent& event,
+                                            int64_t total_steps,
+                                            bool preview_png) {
+  JobProgress out;
+  out.step = event.step;
+  out.total_steps = total_steps;
+  out.term_values = event.values;
+  if (preview_png && event.images.defined()) {
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor grid, core::MakeGrid(event.images));
+    FEATVIZ_ASSIGN_OR_RETURN(out.preview_png, core::EncodePng(grid));
+  }
+  return out;
+}
+
+}  // namespace featviz::server

@@ -1,0 +1,218 @@
+// The job engine's own vocabulary. JobManager, ResultStore, Scheduler and
+// Worker keep and report their state in these plain C++ types; the gRPC edge
+// (server/convert.h) turns them into featviz.v1 messages and back. Nothing
+// here includes a protobuf header: a test or another front end can drive the
+// engine without one.
+#ifndef FEATVIZ_SERVER_ENGINE_TYPES_H_
+#define FEATVIZ_SERVER_ENGINE_TYPES_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "core/model.h"
+#include "core/objective.h"
+#include "core/render.h"
+
+namespace featviz::server {
+
+// A render request after validation, in core's terms (PlanRender's result).
+struct RenderPlan {
+  // The model the request names, as resolved when it was accepted. The
+  // pointer is valid only while the caller of PlanRender holds `model_ref`
+  // (the registry may unload the model later); a job keeps the identity
+  // below and takes its device's copy from the registry when it starts.
+  const core::Model* model = nullptr;
+  std::shared_ptr<const core::Model> model_ref;
+  std::string model_name;
+  std::string model_version;
+  std::string model_hash;  // SHA-256 hex of the model file.
+  core::Objective objective;
+  // Defaults filled in (steps, lr, sizes, progress_every); options.seed is
+  // meaningful only when `seed` is set.
+  core::RenderOptions options;
+  // The request's seed; unset when the server is to pick one.
+  std::optional<uint64_t> seed;
+  // What the result carries.
+  bool tensor = false;
+  bool png = false;
+  bool preview_png = false;
+  // Scheduling, as requested: the owner ("" means the caller's address), the
+  // priority (checked to be in [-10, 10]) and the queue timeout (unset when
+  // the request leaves it to the server).
+  std::string owner;
+  int priority = 0;
+  std::optional<absl::Duration> queue_timeout;
+};
+
+// A hosted model version as the registry describes it: what clients see of
+// it, taken from the loaded model (the first device's copy) once.
+struct ModelSummary {
+  core::ModelCard card;  // Name, version, input geometry, class names.
+  std::string content_hash;
+  std::vector<std::string> class_names;  // Every class, named (card or index).
+  std::vector<core::LayerInfo> layers;
+  std::vector<core::OutputInfo> outputs;
+  std::string logits_output;  // "" without a class output.
+  bool log_probs = false;     // The class output is log-probabilities.
+  std::string device;
+  int64_t memory_bytes = 0;
+  std::string path;  // Model file relative to the repository ("" if none).
+};
+
+// `model` summarised; `path` as given.
+ModelSummary Summarize(const core::Model& model, std::string path = "");
+
+// A job's life:
+//   kQueued -> kRunning -> kSucceeded | kFailed | kCancelled
+//   kQueued -> kExpired | kCancelled
+enum class JobState { kQueued, kRunning, kSucceeded, kFailed, kCancelled, kExpired };
+
+// True for the four states a job never leaves.
+bool IsFinal(JobState state);
+// "queued", "running", "succeeded", ...: for logs and metric labels.
+absl::string_view JobStateName(JobState state);
+
+// A float32 array on the host, C order.
+struct HostArray {
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+
+// One objective term's outcome.
+struct TermOutcome {
+  std::string term;  // Canonical text.
+  double weight = 0;
+  double final_value = 0;    // On the untransformed final images.
+  std::vector<float> trace;  // Its value at every step.
+};
+
+// Per-channel statistics of a layer the objective names.
+struct LayerSummary {
+  std::string layer;
+  HostArray mean;
+  HostArray max;
+};
+
+// A succeeded job's result, everything on the host (images already encoded
+// where the plan asked for PNGs). Shared, never changed once made.
+struct JobResult {
+  std::string model;
+  std::string model_version;
+  std::string model_hash;
+  std::string objective;
+  std::vector<TermOutcome> terms;
+  double final_total = 0;
+  std::optional<HostArray> images;  // [B, C, H, W] in [0, 1], when asked for.
+  std::vector<std::string> png;     // One per image, when asked for.
+  HostArray logits;
+  HostArray probs;
+  std::vector<LayerSummary> layer_stats;
+  uint64_t seed = 0;
+  int64_t steps = 0;
+  std::string transforms;  // The transform set, as text.
+  double queue_seconds = 0;
+  double compute_seconds = 0;
+
+  // About the bytes it holds (what the result store budgets).
+  int64_t bytes() const;
+};
+using JobResultPtr = std::shared_ptr<const JobResult>;
+
+// `result` (of a session that ran `plan`) on the host, with the outputs the
+// plan asked for. Errors: a LibTorch failure copying or encoding.
+absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
+                                        const RenderPlan& plan,
+                                        double queue_seconds,
+                                        double compute_seconds);
+
+// One progress event of a running job.
+struct JobProgress {
+  int64_t step = 0;
+  int64_t total_steps = 0;
+  std::vector<double> term_values;
+  std::string preview_png;  // A PNG grid of the current images, when asked.
+};
+
+// `event` as a JobProgress; `preview_png` attaches its images as a PNG grid
+// (the event must carry images then).
+absl::StatusOr<JobProgress> MakeJobProgress(const core::ProgressEvent& event,
+                                            int64_t total_steps,
+                                            bool preview_png);
+
+// A job as it is at one moment.
+struct JobSnapshot {
+  std::string id;
+  std::string owner;
+  int priority = 0;
+  JobState state = JobState::kQueued;
+  std::string model;
+  std::string model_version;
+  std::string model_hash;
+  std::string objective;  // Canonical text.
+  int64_t steps_done = 0;
+  int64_t total_steps = 0;
+  absl::Time create_time;
+  std::optional<absl::Time> start_time;  // Once a worker took it.
+  std::optional<absl::Time> end_time;    // Once it is final.
+  absl::Status status;                   // A failed, cancelled or expired job's.
+  bool cached = false;  // Answered from the result cache.
+  std::string device;   // Where it ran ("" if it never did).
+};
+
+// Which jobs a listing wants: newest first, filtered, paged.
+struct JobQuery {
+  std::string owner;               // "" for every owner.
+  std::optional<JobState> state;   // Unset for every state.
+  int32_t page_size = 0;           // 0: the default (100); at most 1000.
+  std::string page_token;          // A previous page's next_page_token.
+};
+
+struct JobPage {
+  std::vector<JobSnapshot> jobs;
+  std::string next_page_token;  // "" on the last page.
+};
+
+// One worker's figures.
+struct DeviceStats {
+  std::string device;
+  int64_t running_jobs = 0;
+  // Images of the running jobs over the batch cap, averaged over the window.
+  double batch_occupancy = 0;
+  double steps_per_second = 0;        // Over the last minute.
+  double image_steps_per_second = 0;  // Likewise.
+  int64_t steps_total = 0;            // Since start.
+};
+
+// The server's figures: queue, cache, results, job counters and devices.
+struct EngineStats {
+  // Priority -> jobs queued, highest priority first.
+  std::map<int, int64_t, std::greater<int>> queue_depth;
+  int64_t queued_jobs = 0;
+  int64_t running_jobs = 0;
+  int64_t cache_hits = 0;
+  int64_t cache_misses = 0;
+  int64_t results_stored = 0;
+  int64_t result_bytes = 0;
+  int64_t jobs_submitted = 0;
+  int64_t jobs_succeeded = 0;
+  int64_t jobs_failed = 0;
+  int64_t jobs_cancelled = 0;
+  int64_t jobs_expired = 0;
+  std::vector<DeviceStats> devices;
+};
+
+// `status` with `prefix` and ": " in front of its message, code kept.
+absl::Status Prefixed(absl::string_view prefix, const absl::Status& status);
+
+}  // namespace featviz::server
+
+#endif  // FEATVIZ_SERVER_ENGINE_TYPES_H_
