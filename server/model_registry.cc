@@ -761,6 +761,9 @@ void ModelRegistry::PollLoop(absl::Duration every) {
       absl::MutexLock admin(&admin_mu_);
       const absl::Status polled =
           core::CatchAtBoundary("model poll", [&]() -> absl::Status {
+            // Held by the caller; says so to the thread-safety analysis,
+            // which does not follow locks into lambdas.
+            admin_mu_.AssertHeld();
             changes = Sync("", true, &retired);
             return changes.status();
           });
