@@ -28,8 +28,19 @@ namespace {
 constexpr char kModelFile[] = "model.pt";
 constexpr char kFlatForms[] =
     "'<name>/<version>', '<name>/<version>/model.pt' or '<stem>.pt'";
-// How often Unload looks whether the last job has let go of a model.
-constexpr absl::Duration kReleasePoll = absl::Milliseconds(10);
+// A shared device copy whose destruction is announced: `freed` is notified
+// after the model (and every tensor it owns) has been deleted, on whichever
+// thread lets go of it last. Waiting for a weak_ptr to expire is not the
+// same: it expires when the count reaches zero, before the destructor has
+// run, so Unload could answer while a worker thread was still freeing the
+// weights.
+SharedModel Tracked(core::ModelPtr model,
+                    std::shared_ptr<absl::Notification> freed) {
+  return SharedModel(model.release(), [freed](const core::Model* m) {
+    delete m;
+    freed->Notify();
+  });
+}
 
 bool AllDigits(absl::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), absl::ascii_isdigit);
@@ -167,7 +178,8 @@ absl::StatusOr<ModelRegistryPtr> ModelRegistry::FromModels(
     entry->version = model->card().version;
     entry->content_hash = model->content_hash();
     entry->summary = Summarize(*model);
-    entry->copies.push_back(SharedModel(std::move(model)));
+    entry->freed.push_back(std::make_shared<absl::Notification>());
+    entry->copies.push_back(Tracked(std::move(model), entry->freed.back()));
     if (entry->name.empty()) {
       return absl::InvalidArgumentError("the model has no name");
     }
@@ -412,7 +424,8 @@ absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::LoadEntry(
     absl::StatusOr<core::ModelPtr> model =
         core::Model::Load(file, device, found.name, found.version);
     if (!model.ok()) return Prefixed(found.path, model.status());
-    entry->copies.push_back(SharedModel(*std::move(model)));
+    entry->freed.push_back(std::make_shared<absl::Notification>());
+    entry->copies.push_back(Tracked(*std::move(model), entry->freed.back()));
   }
   const core::Model& first = *entry->copies.front();
   entry->name = first.card().name;
@@ -445,7 +458,7 @@ ModelRegistry::Retired ModelRegistry::TakeOut(
     const std::string key = Key(entry->name, entry->version);
     ++draining_[key];
     retired.keys.push_back(key);
-    for (const SharedModel& copy : entry->copies) retired.copies.push_back(copy);
+    for (const auto& freed : entry->freed) retired.freed.push_back(freed);
   }
   return retired;
 }
@@ -453,8 +466,8 @@ ModelRegistry::Retired ModelRegistry::TakeOut(
 void ModelRegistry::WaitReleased(Retired retired) {
   // The registry's references are gone with the entries; running jobs hold
   // the others and let go when they end.
-  for (const std::weak_ptr<const core::Model>& copy : retired.copies) {
-    while (!copy.expired()) absl::SleepFor(kReleasePoll);
+  for (const std::shared_ptr<absl::Notification>& freed : retired.freed) {
+    freed->WaitForNotification();
   }
   absl::MutexLock lock(&mu_);
   for (const std::string& key : retired.keys) {

@@ -37,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "core/model.h"
 #include "server/engine_types.h"
@@ -162,6 +163,9 @@ class ModelRegistry {
     uintmax_t file_size = 0;
     std::filesystem::file_time_type file_time;
     std::vector<SharedModel> copies;  // Index: device.
+    // Notified once the copy of the same index has been destroyed (its
+    // memory freed), on whichever thread let go of it last.
+    std::vector<std::shared_ptr<absl::Notification>> freed;
     ModelSummary summary;  // Of the first copy.
   };
   using EntryPtr = std::shared_ptr<const Entry>;
@@ -181,7 +185,7 @@ class ModelRegistry {
 
   // Device copies taken out of service, to wait for.
   struct Retired {
-    std::vector<std::weak_ptr<const core::Model>> copies;
+    std::vector<std::shared_ptr<absl::Notification>> freed;
     std::vector<std::string> keys;  // name@version, counted in draining_.
   };
 
