@@ -38,6 +38,7 @@
 #include "server/convert.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
+#include "tests/fuzz/mnist_registry.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -45,7 +46,7 @@ namespace {
 // Steps run per accepted request; a request asking for fewer runs them all.
 constexpr int64_t kMaxSteps = 3;
 
-featviz::server::ModelRegistry* registry = nullptr;
+const featviz::server::ModelRegistry* registry = nullptr;
 featviz::server::Limits limits;
 
 [[noreturn]] void Fail(const std::string& what, const absl::Status& status) {
@@ -93,16 +94,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   spdlog::set_level(spdlog::level::off);
   // One intra-op thread: executions are small and stay reproducible.
   at::set_num_threads(1);
-  absl::StatusOr<featviz::core::ModelPtr> model = featviz::core::Model::Load(
-      std::string(FEATVIZ_MODELS_DIR) + "/mnist_classifier.pt");
-  if (!model.ok()) {
-    std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
-    std::abort();
-  }
-  std::vector<featviz::core::ModelPtr> models;
-  models.push_back(*std::move(model));
-  registry = featviz::server::ModelRegistry::FromModels(std::move(models))
-                 ->release();
+  registry = featviz::fuzz::LoadMnistRegistry();
   // The server's limits except for the size of the work: images up to 32
   // pixels (MNIST's are 28) and two of them, so that a step takes
   // milliseconds. Steps keep the server's bound; only kMaxSteps of them run.

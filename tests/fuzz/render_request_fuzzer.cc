@@ -17,11 +17,12 @@
 #include "server/convert.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
+#include "tests/fuzz/mnist_registry.h"
 #include "spdlog/spdlog.h"
 
 namespace {
 
-featviz::server::ModelRegistry* registry = nullptr;
+const featviz::server::ModelRegistry* registry = nullptr;
 featviz::server::Limits limits;
 
 void Check(bool ok, const char* what) {
@@ -36,16 +37,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   // Invalid UTF-8 in string fields is logged by the parser for every input.
   google::protobuf::SetLogHandler(nullptr);
   spdlog::set_level(spdlog::level::warn);
-  absl::StatusOr<featviz::core::ModelPtr> model = featviz::core::Model::Load(
-      std::string(FEATVIZ_MODELS_DIR) + "/mnist_classifier.pt");
-  if (!model.ok()) {
-    std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
-    std::abort();
-  }
-  std::vector<featviz::core::ModelPtr> models;
-  models.push_back(*std::move(model));
-  registry = featviz::server::ModelRegistry::FromModels(std::move(models))
-                 ->release();
+  registry = featviz::fuzz::LoadMnistRegistry();
   // The server's defaults, except smaller images so that init images and
   // result bounds stay cheap to check.
   limits.max_image_side = 64;
