@@ -220,18 +220,13 @@ struct Wild {
   const char* channel;     // A channel objective to render.
   int64_t cls;             // A class to reach (when classes).
   int64_t steps;           // Steps for it.
-  // The probability its picture must reach. 0.9, except the MobileNet-like
-  // net, whose fitted head on a random backbone gets to about 0.5 (issue 14's
-  // note): there the class must still be the top one.
-  double min_prob = 0.9;
 };
 
 std::ostream& operator<<(std::ostream& out, const Wild& w) { return out << w.file; }
 
 std::vector<Wild> WildModels() {
   return {
-      {"mobilenet_like.pt", 10, {"0"}, "0", "blocks.1.3", "channel(blocks.1.3, 5)", 5, 128,
-       0.45},
+      {"mobilenet_like.pt", 10, {"0"}, "0", "blocks.1.3", "channel(blocks.1.3, 5)", 5, 128},
       {"sequential.pt", 4, {"0"}, "0", "3", "channel('3', 2)", 1, 64},
       {"face_heads.pt", 2, {"0", "1", "2"}, "1", "trunk.3", "channel(trunk.3, 1)", 1, 64},
       {"dict_heads.pt", 6, {"species", "mask"}, "species", "encoder.0",
@@ -304,7 +299,7 @@ TEST_P(WildModel, ReachesAClassWhenItHasClasses) {
   const double p = r->probs[0][w.cls].item<double>();
   std::cout << w.file << ": prob(" << w.cls << ") = " << p << " after "
             << w.steps << " steps\n";
-  EXPECT_GE(p, w.min_prob);
+  EXPECT_GE(p, 0.9);
   EXPECT_EQ(r->probs[0].argmax().item<int64_t>(), w.cls);
   Keep(r->images, std::string("class_") + model->card().name);
 }
@@ -351,12 +346,15 @@ TEST(WildModels, ResNet18RendersAChannelAndReachesAClassAt64Pixels) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_GT(r->final_values[0], r->trace[0][0].item<double>());
   Keep(r->images, "channel_resnet18");
-  // Its fitted head on a random backbone does not reach 0.9 at 64 px in a
-  // test's budget (issue 14's note); class 7 must become the top class.
-  r = Render(*model, Logit(7), Steps(64));
+  // A random backbone's features vary little from one image to the next, so
+  // a class of a thousand takes more steps than on the small nets (64 steps
+  // reach about 0.5 with the head at a trained network's logit range).
+  r = Render(*model, Logit(7), Steps(256));
   ASSERT_TRUE(r.ok()) << r.status();
-  std::cout << "resnet18: prob(7) = " << r->probs[0][7].item<double>()
-            << ", top class " << r->probs[0].argmax().item<int64_t>() << "\n";
+  const double p = r->probs[0][7].item<double>();
+  std::cout << "resnet18: prob(7) = " << p << ", top class "
+            << r->probs[0].argmax().item<int64_t>() << "\n";
+  EXPECT_GE(p, 0.9);
   EXPECT_EQ(r->probs[0].argmax().item<int64_t>(), 7);
   Keep(r->images, "class_resnet18");
 }

@@ -1,14 +1,17 @@
 #!/usr/bin/python3
 """Test models that look like what labs bring (issue 14), for
 make_test_models.py: architectures and output structures that were not
-written for featviz. Weights are random (torch.manual_seed); nothing is
-trained or downloaded.
+written for featviz. Weights are random (torch.manual_seed) and nothing
+is downloaded; the class heads of the small nets are fitted by a linear probe
+on synthetic patterns (fit_heads), and the MobileNet-like net is trained
+briefly on them (train_classifier).
 
     /usr/bin/python3 tests/models/wild_models.py --out DIR   # these alone
 
 Writes into DIR, each with a .card.json:
   resnet18.pt          torchvision ResNet-18, scripted, ImageNet card (224 px,
-                       ImageNet mean/std, 1000 classes)
+                       ImageNet mean/std, 1000 classes); its random head is
+                       scaled to a trained network's logit range
   mobilenet_like.pt    depthwise-separable blocks (MobileNet v1 style), 10 classes
   sequential.pt        a top-level nn.Sequential: layers named 0, 1, 2, ...
   face_heads.pt        forward returns a tuple (age, gender, ethnicity) of
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+RESNET_HEAD_SCALE = 4.0
 
 
 def dw_separable(cin, cout, stride):
@@ -217,6 +221,53 @@ def fit_heads(model, heads, normalise, channels, height, width, per_class=48):
             head.bias.copy_(w[-1])
 
 
+def train_classifier(model, normalise, channels, height, width, classes, epochs=10,
+                     per_class=48, batch=40, lr=0.01):
+    """A brief training run, end to end: cross-entropy on synthetic images of
+    `classes` patterns (patterns() above), Adam, a few epochs. What a lab's
+    trained classifier has and a random one lacks: batch-norm statistics of
+    its data, features that tell its classes apart, and confident logits.
+    (A linear probe on this random MobileNet's features is not enough: with
+    default initialisation and ReLU6 its pooled features barely vary from one
+    image to another, and no picture reaches prob 0.9.) Deterministic: the
+    data and the batch order come from fixed seeds, dropout from its own fork
+    of the global generator (the models built after this one get the same
+    weights whether or not this one was trained), and one thread makes the
+    sums the same on any machine."""
+    with torch.random.fork_rng():
+        torch.manual_seed(1414)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _train(model, normalise, channels, height, width, classes, epochs, per_class,
+                   batch, lr)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def _train(model, normalise, channels, height, width, classes, epochs, per_class, batch, lr):
+    gen = torch.Generator().manual_seed(14)
+    images = torch.cat([patterns(k, per_class, channels, height, width, gen)
+                        for k in range(classes)])
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=gen)
+        for i in range(0, len(labels), batch):
+            take = order[i:i + batch]
+            loss = F.cross_entropy(model(normalise(images[take])), labels[take])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.eval()
+    with torch.no_grad():
+        p = torch.softmax(model(normalise(images)), 1)[torch.arange(len(labels)), labels]
+    print(f"trained {type(model).__name__}: {epochs} epochs on {classes} x {per_class} "
+          f"patterns; their class probability: mean {float(p.mean()):.3f}, "
+          f"lowest {float(p.min()):.3f}")
+
+
 def normaliser(mean, std):
     m = torch.tensor(mean).view(1, -1, 1, 1)
     s = torch.tensor(std).view(1, -1, 1, 1)
@@ -240,6 +291,14 @@ def build(out):
 
     import torchvision
     resnet = torchvision.models.resnet18(weights=None).eval()
+    # Random weights, but logits on the scale of a trained network's: the
+    # default head (uniform in +-1/sqrt(512)) spreads the 1000 logits of an
+    # image over about 7, a trained ImageNet ResNet-18 over about 25-30. Four
+    # times the head gives that spread (and consumes no random numbers, so the
+    # models below keep their weights).
+    with torch.no_grad():
+        resnet.fc.weight.mul_(RESNET_HEAD_SCALE)
+        resnet.fc.bias.mul_(RESNET_HEAD_SCALE)
     save(torch.jit.script(resnet), out, "resnet18", (3, 224, 224))
     card(out, "resnet18", 3, 224, 224, None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
          description="torchvision ResNet-18 with random weights; ImageNet input "
@@ -247,7 +306,7 @@ def build(out):
 
     mobile = MobileNetLike()
     randomise_batchnorm(mobile)
-    fit_heads(mobile, [mobile.classifier], normaliser([0.5] * 3, [0.5] * 3), 3, 32, 32)
+    train_classifier(mobile, normaliser([0.5] * 3, [0.5] * 3), 3, 32, 32, 10)
     save(torch.jit.script(mobile.eval()), out, "mobilenet_like", (3, 32, 32))
     card(out, "mobilenet_like", 3, 32, 32, [f"c{i}" for i in range(10)],
          mean=[0.5] * 3, std=[0.5] * 3)  # the [-1, 1] input convention
