@@ -132,6 +132,7 @@ absl::StatusOr<json> RenderResultToJson(
       {"seed", result.seed()},
       {"steps", result.steps()},
       {"transforms", result.transforms()},
+      {"linear_mode", result.linear_mode()},
       {"terms", std::move(terms)},
       {"final_total", DoubleToJson(result.final_total())},
       {"logits", MatrixToJson(*logits)},

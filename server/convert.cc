@@ -512,6 +512,7 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   plan.png = output.png() || !output.tensor();
   plan.preview_png = output.preview_png();
   plan.options.progress_images = output.preview_png();
+  plan.linear_mode = core::LinearModeName(core::GetLinearMode());
 
   // scheduling
   if (request.priority() < kMinPriority || request.priority() > kMaxPriority) {
@@ -694,7 +695,7 @@ std::string CacheKey(const v1::RenderRequest& request, const RenderPlan& plan) {
       plan.model_hash, "/",
       absl::BytesToHexString(absl::string_view(
           reinterpret_cast<const char*>(digest), static_cast<size_t>(length))),
-      "/", *plan.seed);
+      "/", *plan.seed, "/", plan.linear_mode);
 }
 
 // ---------------------------------------- the job engine's types
@@ -825,6 +826,7 @@ v1::RenderResult ResultToProto(const JobResult& result) {
   out.set_seed(result.seed);
   out.set_steps(result.steps);
   out.set_transforms(result.transforms);
+  out.set_linear_mode(result.linear_mode);
   out.mutable_timings()->set_queue_seconds(result.queue_seconds);
   out.mutable_timings()->set_compute_seconds(result.compute_seconds);
   return out;

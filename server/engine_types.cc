@@ -80,9 +80,9 @@ absl::string_view JobStateName(JobState state) {
 }
 
 int64_t JobResult::bytes() const {
-  int64_t total = static_cast<int64_t>(model.size() + model_version.size() +
-                                       model_hash.size() + objective.size() +
-                                       transforms.size());
+  int64_t total = static_cast<int64_t>(
+      model.size() + model_version.size() + model_hash.size() +
+      objective.size() + transforms.size() + linear_mode.size());
   for (const TermOutcome& term : terms) {
     total += static_cast<int64_t>(term.term.size() +
                                   term.trace.size() * sizeof(float)) +
@@ -139,6 +139,7 @@ absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
   out.seed = result.seed;
   out.steps = result.steps;
   out.transforms = result.transforms;
+  out.linear_mode = plan.linear_mode;
   out.queue_seconds = queue_seconds;
   out.compute_seconds = compute_seconds;
   return out;

@@ -45,6 +45,10 @@ struct RenderPlan {
   bool tensor = false;
   bool png = false;
   bool preview_png = false;
+  // How linear layers were computed (core::LinearModeName of the process's
+  // mode when the request was accepted): results say it, and it is part of
+  // the cache key.
+  std::string linear_mode;
   // Scheduling, as requested: the owner ("" means the caller's address), the
   // priority (checked to be in [-10, 10]) and the queue timeout (unset when
   // the request leaves it to the server).
@@ -119,6 +123,7 @@ struct JobResult {
   uint64_t seed = 0;
   int64_t steps = 0;
   std::string transforms;  // The transform set, as text.
+  std::string linear_mode;  // RenderPlan::linear_mode.
   double queue_seconds = 0;
   double compute_seconds = 0;
 

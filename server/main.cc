@@ -117,6 +117,12 @@ ABSL_FLAG(std::string, precision, "fp32",
 ABSL_FLAG(bool, cuda_graphs, false,
           "On CUDA devices, capture each batched step as a CUDA graph and "
           "replay it while the batch keeps its jobs");
+ABSL_FLAG(std::string, linear_mode, "blocked",
+          "How linear layers are computed: blocked (default; a job's images "
+          "are bitwise the same alone and batched), rowwise (also invariant, "
+          "slowest) or plain (the module's own addmm, fastest; batched "
+          "results differ from alone within float rounding, see "
+          "docs/performance.md). Results and cache keys record the mode");
 ABSL_FLAG(int32_t, worker_threads, 0,
           "Intra-op threads of each device's worker (at::set_num_threads "
           "in the worker thread); 0: LibTorch's default");
@@ -396,6 +402,15 @@ int WaitForSignal() {
 absl::Status Serve() {
   FEATVIZ_ASSIGN_OR_RETURN(const Limits limits, LimitsFromFlags());
   core::ConfigureProcessPrecision(limits.step.precision);
+  absl::StatusOr<core::LinearMode> linear_mode =
+      core::ParseLinearMode(absl::GetFlag(FLAGS_linear_mode));
+  if (!linear_mode.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--linear_mode: ", linear_mode.status().message()));
+  }
+  // Before any model is loaded: tapped graphs are built in the mode of the
+  // time.
+  core::SetLinearMode(*linear_mode);
   const double grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);
   if (!(grace_seconds >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -179,6 +179,7 @@ TEST_F(VisualizerServiceTest, RenderStreamsProgressInStepOrderThenTheResult) {
   EXPECT_GE(result.timings().queue_seconds(), 0);
   EXPECT_GT(result.timings().compute_seconds(), 0);
   EXPECT_NE(result.transforms(), "");
+  EXPECT_EQ(result.linear_mode(), "blocked");  // The server's default.
 }
 
 TEST_F(VisualizerServiceTest, RenderOfAChannelReportsThatLayersStatistics) {

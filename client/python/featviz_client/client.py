@@ -133,6 +133,9 @@ class RenderResult:
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
     job_id: str = ""
+    # How the server computed linear layers: "blocked" or "rowwise" (images
+    # bitwise the same alone and batched) or "plain" (within float rounding).
+    linear_mode: str = ""
     """The job's id ("17@10.0.0.2:8980" names the replica that ran it)."""
 
     class_names: list[str] = field(default_factory=list)
@@ -839,6 +842,7 @@ def _render_result(result: "featviz_pb2.RenderResult") -> RenderResult:
         seed=result.seed,
         steps=result.steps,
         transforms=result.transforms,
+        linear_mode=result.linear_mode,
         terms=[TermOutcome(t.term, t.weight, t.final_value) for t in result.terms],
         final_total=result.final_total,
         images=_from_tensor(result.images) if result.HasField("images") else None,
