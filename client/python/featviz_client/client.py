@@ -133,10 +133,12 @@ class RenderResult:
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
     job_id: str = ""
-    # How the server computed linear layers: "blocked" or "rowwise" (images
-    # bitwise the same alone and batched) or "plain" (within float rounding).
-    linear_mode: str = ""
     """The job's id ("17@10.0.0.2:8980" names the replica that ran it)."""
+
+    linear_mode: str = ""
+    """How the server computed linear layers: "blocked" or "rowwise" (the
+    images are bitwise the same alone and batched) or "plain" (they may differ
+    within float rounding; featviz-server --linear_mode)."""
 
     class_names: list[str] = field(default_factory=list)
     """The model's class names (logit order), for labels."""
