@@ -12,6 +12,14 @@ Adam::Adam(std::vector<at::Tensor> parameters, AdamOptions options)
   }
 }
 
+void Adam::Reset(std::vector<at::Tensor> parameters, std::vector<at::Tensor> m,
+                 std::vector<at::Tensor> v, int64_t steps) {
+  parameters_ = std::move(parameters);
+  m_ = std::move(m);
+  v_ = std::move(v);
+  step_ = steps;
+}
+
 void Adam::Step() {
   at::NoGradGuard no_grad;
   ++step_;

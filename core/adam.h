@@ -33,6 +33,14 @@ class Adam {
   int64_t steps() const { return step_; }
   // After StepOnDevice steps: the host's count of updates done.
   void set_steps(int64_t steps) { step_ = steps; }
+  const AdamOptions& options() const { return options_; }
+  // The moment estimates, one per parameter.
+  const std::vector<at::Tensor>& first_moments() const { return m_; }
+  const std::vector<at::Tensor>& second_moments() const { return v_; }
+  // Takes over parameters and their state optimised elsewhere (a ParamPack's
+  // rows): the next Step() continues from `steps` updates.
+  void Reset(std::vector<at::Tensor> parameters, std::vector<at::Tensor> m,
+             std::vector<at::Tensor> v, int64_t steps);
 
  private:
   std::vector<at::Tensor> parameters_;

@@ -8,6 +8,7 @@
 #include <ATen/TensorIndexing.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/param_pack.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "core/transform.h"
@@ -80,6 +81,7 @@ absl::Status StepTogether(const Model& model,
   const std::vector<std::string> layers(layer_set.begin(), layer_set.end());
   int64_t images_in_step = 0;
   for (const RenderSession* s : sessions) images_in_step += s->batch();
+  std::vector<std::shared_ptr<ParamPack>> packs;
   try {
     PrecisionGuard precision(options.precision, model.device());
     if (options.fail_above_images > 0 &&
@@ -101,12 +103,17 @@ absl::Status StepTogether(const Model& model,
     std::map<std::vector<int64_t>, std::vector<size_t>> by_size;
     std::vector<at::Tensor> thetas(sessions.size());
     // Sessions whose images come from same-shaped variables get them from
-    // one parameterisation call over their concatenated variables.
+    // one parameterisation call over one variable: their ParamPack's, which
+    // also runs their optimiser after the backward pass. Sessions in
+    // CUDA-graph mode keep their own leaves (a captured step must find the
+    // same tensors at every replay) and concatenate them.
     std::vector<std::vector<size_t>> param_groups;
     for (size_t i = 0; i < sessions.size(); ++i) {
       auto same = std::find_if(
           param_groups.begin(), param_groups.end(), [&](const auto& group) {
-            return sessions[group[0]]->param_->SameShape(*sessions[i]->param_);
+            const RenderSession& first = *sessions[group[0]];
+            return first.static_mode_ == sessions[i]->static_mode_ &&
+                   first.param_->SameShape(*sessions[i]->param_);
           });
       if (same == param_groups.end()) {
         param_groups.push_back({i});
@@ -116,20 +123,32 @@ absl::Status StepTogether(const Model& model,
     }
     for (const std::vector<size_t>& group : param_groups) {
       const ImageParam& param = *sessions[group[0]]->param_;
-      if (group.size() == 1) {
-        sessions[group[0]]->images_ = param.Image();
-        continue;
-      }
-      std::vector<at::Tensor> variables;
+      std::vector<RenderSession*> members;
       std::vector<int64_t> sizes;
       for (size_t i : group) {
-        variables.push_back(sessions[i]->param_->parameters()[0]);
+        members.push_back(sessions[i]);
         sizes.push_back(sessions[i]->batch());
       }
-      std::vector<at::Tensor> images =
-          param.ImageFrom(at::cat(variables)).split_with_sizes(sizes);
+      at::Tensor images;
+      if (!members[0]->static_mode_) {
+        packs.push_back(ParamPack::For(members));
+        images = param.ImageFrom(packs.back()->variable());
+      } else if (group.size() == 1) {
+        images = param.Image();
+      } else {
+        std::vector<at::Tensor> variables;
+        for (RenderSession* s : members) {
+          variables.push_back(s->param_->parameters()[0]);
+        }
+        images = param.ImageFrom(at::cat(variables));
+      }
+      if (group.size() == 1) {
+        members[0]->images_ = images;
+        continue;
+      }
+      std::vector<at::Tensor> pieces = images.split_with_sizes(sizes);
       for (size_t k = 0; k < group.size(); ++k) {
-        sessions[group[k]]->images_ = images[k];
+        members[k]->images_ = pieces[k];
       }
     }
     for (size_t i = 0; i < sessions.size(); ++i) {
@@ -285,6 +304,7 @@ absl::Status StepTogether(const Model& model,
       }
     }
     total.backward();
+    for (const std::shared_ptr<ParamPack>& pack : packs) pack->Update();
   } catch (const std::exception& e) {
     // A backward that failed half-way may have reached some gradients.
     for (RenderSession* s : sessions) s->ClearGradients();

@@ -1,12 +1,15 @@
 // Cross-job batching: several render sessions of one model stepped as ONE
-// forward/backward pass. Each session keeps its own parameters, transforms,
-// random stream, optimiser state, learning rate and step count; their inputs
-// are stacked, the tapped forward runs once over the stack, each session's
-// loss reads its own rows, and one backward reaches every session's
-// parameters. A session's images are bitwise identical whether it is
-// stepped alone or together with others (convolutions are computed per
-// image, linear layers row by row, and a session's loss depends only on its
-// own rows).
+// forward/backward pass. Each session keeps its own transforms, random
+// stream, learning rate and step count; the variables and optimiser moments
+// of same-shaped sessions are rows of one ParamPack (one leaf, one
+// parameterisation call, one Adam update for all of them); their inputs are
+// stacked, the tapped forward runs once over the stack, the common objective
+// terms of all sessions are read with a few gathers (others from each
+// session's own rows), and one backward reaches every row. A session's
+// images are bitwise identical whether it is stepped alone or together with
+// others (convolutions are computed per image, linear layers in fixed-size
+// row blocks, a session's loss depends only on its own rows, and Adam is
+// elementwise), unless linear layers run in LinearMode::kPlain.
 #ifndef FEATVIZ_CORE_BATCH_H_
 #define FEATVIZ_CORE_BATCH_H_
 
@@ -27,7 +30,8 @@ namespace featviz::core {
 //
 // Host synchronisation: none. Transform matrices come from each session's
 // schedule (drawn on the device at Create), term values are written to the
-// trace on the device, the optimiser's scalars are host arithmetic.
+// trace on the device, the optimiser's per-row step sizes are host
+// arithmetic sent in one (on CUDA, asynchronous) copy.
 absl::Status StepTogether(const Model& model,
                           const std::vector<RenderSession*>& sessions,
                           const StepOptions& options = {});

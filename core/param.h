@@ -53,6 +53,9 @@ class ImageParam {
 
   // The leaf tensors the optimiser updates.
   const std::vector<at::Tensor>& parameters() const { return parameters_; }
+  // Replaces the variable: a new leaf of the same shape, or a view of rows
+  // of a ParamPack's shared variable, which then optimises it.
+  void SetVariable(at::Tensor variable) { parameters_[0] = std::move(variable); }
   // The images, [B, C, H, W] in (0, 1), differentiable w.r.t. parameters().
   at::Tensor Image() const { return ImageFrom(parameters_[0]); }
   // The images for a variable of this parameterisation's shape, or for

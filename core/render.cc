@@ -107,13 +107,26 @@ at::Tensor RenderSession::StepMatrices() const {
 }
 
 void RenderSession::ClearGradients() {
+  if (pack_ != nullptr) {
+    pack_->ClearGradient();
+    return;
+  }
   for (const at::Tensor& p : param_->parameters()) {
     at::Tensor grad = p.grad();
     if (grad.defined()) grad.zero_();
   }
 }
 
+void RenderSession::LeavePack() {
+  if (pack_ == nullptr) return;
+  const std::shared_ptr<ParamPack> pack = std::move(pack_);
+  pack_ = nullptr;
+  pack->Unpack(*this);
+}
+
 at::Tensor RenderSession::PrepareInput() {
+  // Stepped on its own from here: gradients must reach its own leaf.
+  LeavePack();
   images_ = param_->Image();
   const ModelCard& card = model_.card();
   at::Tensor matrices = StepMatrices();
@@ -140,12 +153,15 @@ void RenderSession::Update() {
     adam_->StepOnDevice(static_step_);
     return;
   }
-  adam_->Step();
+  // In a pack, the pack's update (before this) moved its rows.
+  if (pack_ == nullptr) adam_->Step();
   ++step_;
 }
 
 void RenderSession::EnterStaticMode() {
   if (static_mode_) return;
+  // A captured step updates each session's own leaf with its own Adam.
+  LeavePack();
   const at::TensorOptions on_device =
       at::TensorOptions().device(model_.device()).dtype(at::kFloat);
   if (schedule_.defined()) static_theta_ = at::empty({1, 2, 3}, on_device);

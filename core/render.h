@@ -22,6 +22,7 @@
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/param.h"
+#include "core/param_pack.h"
 #include "core/transform.h"
 
 namespace featviz::core {
@@ -98,7 +99,8 @@ class RenderSession {
   // The loss to minimise (minus the objective) from this session's rows of
   // the taps. Records the step's term values in the trace.
   absl::StatusOr<at::Tensor> Loss(const Taps& taps);
-  // After backward(): one optimiser update; advances the step.
+  // After backward(): one optimiser update (by its pack when in one, which
+  // StepTogether updates first); advances the step.
   void Update();
   // Progress event for the current step (term values of the last Loss()).
   ProgressEvent Progress(bool with_images) const;
@@ -124,6 +126,11 @@ class RenderSession {
   // before the (captured) step, and CommitStaticStep() books after it:
   // the transform matrix, the optimiser's step number, the term values.
   friend class BatchStepper;
+  // Stepping with others: the sessions' variables and moments are rows of a
+  // ParamPack, which runs their optimiser.
+  friend class ParamPack;
+  // Takes its variable and optimiser state back from its pack, if in one.
+  void LeavePack();
   void EnterStaticMode();
   void LeaveStaticMode();
   void LoadStaticStep();
@@ -135,7 +142,11 @@ class RenderSession {
   TransformList transforms_;
   std::vector<std::string> layers_;
   ImageParamPtr param_;
-  std::unique_ptr<Adam> adam_;
+  std::unique_ptr<Adam> adam_;  // When not in a pack.
+  // The pack holding its variable's rows (param_'s variable is then a view
+  // of them), and its index there; null when it optimises its own.
+  std::shared_ptr<ParamPack> pack_;
+  size_t pack_index_ = 0;
   at::Generator generator_;  // On the model's device, seeded per job.
   at::Tensor schedule_;      // [steps, 2, 3]: every step's transform.
   at::Tensor images_;      // Untransformed images of the current step.

@@ -1,0 +1,72 @@
+// The optimiser variables of many render sessions as rows of shared tensors
+// (issue 13, point 3). Sessions whose images come from same-shaped variables
+// are stepped together with ONE leaf holding all their rows, one
+// parameterisation call on it and ONE Adam update of it per step, with each
+// session's learning rate and bias corrections as a vector over the rows:
+// about ten ATen ops per step for the whole batch instead of ten per job.
+//
+// A pack lasts while the same sessions are stepped together in the same
+// order. When a job joins or leaves, the sessions are re-packed: their rows
+// (variables and moment estimates) are copied into a new pack, taken from
+// the pack they were in or from their own tensors. A session keeps a view of
+// its rows, so its images (progress, final measurement) read the current
+// values; Unpack gives it its own leaf and optimiser back (CUDA-graph mode,
+// the per-session benchmarks).
+//
+// A job's images do not depend on its pack: Adam is elementwise and each
+// row's arithmetic is the same wherever the row sits (the ATen kernels give
+// the same bits at every offset), and a session stepped alone is a pack of
+// one, through the same code.
+#ifndef FEATVIZ_CORE_PARAM_PACK_H_
+#define FEATVIZ_CORE_PARAM_PACK_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "core/adam.h"
+
+namespace featviz::core {
+
+class RenderSession;
+
+class ParamPack {
+ public:
+  // The pack of `sessions` (same-shaped parameterisations, not in CUDA-graph
+  // mode, in this order): theirs when it holds exactly them in this order,
+  // else a new one made from their current state. May throw (LibTorch).
+  static std::shared_ptr<ParamPack> For(
+      const std::vector<RenderSession*>& sessions);
+
+  // Every row's variable, [rows, ...], a leaf that requires grad.
+  const at::Tensor& variable() const { return variable_; }
+  // Each member's number of rows, in order.
+  const std::vector<int64_t>& rows() const { return rows_; }
+
+  // One Adam update of every row from variable().grad(), which it then
+  // zeroes. Each member's update number is its session's steps done + 1.
+  void Update();
+  // Forgets the gradient of a step that failed half-way.
+  void ClearGradient();
+
+  // Gives `session` (a member) its own leaf and optimiser state again,
+  // copied from its rows. RenderSession::LeavePack calls it.
+  void Unpack(RenderSession& session) const;
+
+ private:
+  ParamPack() = default;
+  // The rows of member k, without autograd: a view of the shared tensors.
+  at::Tensor Rows(const at::Tensor& t, size_t k) const;
+
+  std::vector<RenderSession*> members_;
+  std::vector<int64_t> first_row_;  // Each member's first row.
+  std::vector<int64_t> rows_;
+  AdamOptions adam_;                // Betas and eps; lr is per member.
+  at::Tensor variable_, m_, v_;
+};
+
+}  // namespace featviz::core
+
+#endif  // FEATVIZ_CORE_PARAM_PACK_H_
