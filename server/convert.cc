@@ -14,6 +14,7 @@
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "server/model_registry.h"
+#include "server/render_inputs.h"
 
 #ifndef ABSL_IS_LITTLE_ENDIAN
 #error "featviz.v1 tensors are little-endian; this host would need byte swaps"
@@ -82,6 +83,12 @@ absl::StatusOr<core::TermKind> TermKindFromProto(int kind,
       return core::TermKind::kL2;
     case v1::TERM_KIND_OUTPUT:
       return core::TermKind::kOutput;
+    case v1::TERM_KIND_INVERSION:
+      return core::TermKind::kInversion;
+    case v1::TERM_KIND_INVERSION_L2:
+      return core::TermKind::kInversionL2;
+    case v1::TERM_KIND_CARICATURE:
+      return core::TermKind::kCaricature;
     case v1::TERM_KIND_UNSPECIFIED:
       return absl::InvalidArgumentError(
           absl::StrCat(field, " must be set, got TERM_KIND_UNSPECIFIED"));
@@ -256,6 +263,11 @@ int64_t ResultBytesBound(const RenderPlan& plan, int64_t channels) {
   const int64_t pixels = p.batch * channels * p.height * p.width;
   int64_t bytes = 64 * 1024;  // Names, logits, statistics.
   if (plan.tensor) bytes += 4 * pixels;
+  if (p.kind == core::ParamKind::kMaco) {
+    // The transparency map: a tensor like the images', RGB PNGs.
+    if (plan.tensor) bytes += 4 * pixels;
+    if (plan.png) bytes += 3 * pixels * 9 / 8 + p.batch * (p.height + 1024);
+  }
   // PNG stores 8-bit rows with a filter byte each; deflate never grows data
   // by more than a few bytes per 16 KiB block.
   if (plan.png) bytes += pixels + pixels / 8 + p.batch * (p.height + 1024);
@@ -300,6 +312,37 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(grpc_code, std::string(message));
 }
 
+absl::StatusOr<core::ReferenceImage> ReferenceFromProto(
+    const v1::ReferenceImage& reference, absl::string_view field) {
+  switch (reference.source_case()) {
+    case v1::ReferenceImage::kDatasetImage: {
+      const v1::DatasetImage& image = reference.dataset_image();
+      if (image.index() < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".dataset_image.index must be >= 0, got ", image.index()));
+      }
+      if (image.dataset().size() > kMaxNameBytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".dataset_image.dataset must be at most ",
+                         kMaxNameBytes, " bytes"));
+      }
+      return core::DatasetReference(image.dataset(), image.index());
+    }
+    case v1::ReferenceImage::kRequestIndex:
+      if (reference.request_index() < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".request_index must be >= 0, got ",
+                         reference.request_index()));
+      }
+      return core::TensorReference(reference.request_index());
+    case v1::ReferenceImage::SOURCE_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, " must be set (dataset_image or request_index) for an "
+             "inversion, inversion_l2 or caricature term"));
+}
+
 absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
   if (tree.terms_size() == 0) {
     return absl::InvalidArgumentError(
@@ -340,6 +383,11 @@ absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
     term.vector.assign(t.vector().begin(), t.vector().end());
     if (t.has_param()) term.param = t.param();
     if (t.has_batch()) term.batch = t.batch();
+    if (term.UsesReference()) {
+      FEATVIZ_ASSIGN_OR_RETURN(
+          term.reference,
+          ReferenceFromProto(t.reference(), absl::StrCat(field, ".term.reference")));
+    }
     objective = objective + core::Objective(std::move(term)) * weighted.weight();
   }
   if (absl::Status bounds = objective.CheckBounds(); !bounds.ok()) {
@@ -387,6 +435,9 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
       break;
     case v1::PARAMETERIZATION_PIXEL:
       param.kind = core::ParamKind::kPixel;
+      break;
+    case v1::PARAMETERIZATION_MACO:
+      param.kind = core::ParamKind::kMaco;
       break;
     default:
       return absl::InvalidArgumentError(absl::StrCat(
@@ -555,6 +606,18 @@ absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
   }
 }
 
+v1::Parameterization ParameterizationToProto(core::ParamKind kind) {
+  switch (kind) {
+    case core::ParamKind::kPixel:
+      return v1::PARAMETERIZATION_PIXEL;
+    case core::ParamKind::kFft:
+      return v1::PARAMETERIZATION_FFT;
+    case core::ParamKind::kMaco:
+      return v1::PARAMETERIZATION_MACO;
+  }
+  return v1::PARAMETERIZATION_UNSPECIFIED;
+}
+
 v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
                                    const RenderPlan& plan) {
   v1::RenderRequest canonical = request;
@@ -565,9 +628,7 @@ v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
   canonical.set_objective_text(plan.objective.ToString());  // Drops the tree.
   const core::ParamOptions& param = plan.options.param;
   v1::ImageSpec* image = canonical.mutable_image();
-  image->set_parameterization(param.kind == core::ParamKind::kPixel
-                                  ? v1::PARAMETERIZATION_PIXEL
-                                  : v1::PARAMETERIZATION_FFT);
+  image->set_parameterization(ParameterizationToProto(param.kind));
   if (image->size() == 0 && param.height == param.width) {
     image->set_size(param.height);
   }
@@ -690,6 +751,19 @@ absl::StatusOr<v1::RenderProgress> ProgressToProto(
   return out;
 }
 
+absl::Status AddMacoOutputs(const core::RenderResult& result, bool tensor,
+                            bool png, v1::RenderResult& out) {
+  if (!result.transparency.defined()) return absl::OkStatus();
+  out.set_maco_magnitude(result.magnitude_source);
+  if (tensor) *out.mutable_transparency() = TensorToProto(result.transparency);
+  if (png) {
+    FEATVIZ_ASSIGN_OR_RETURN(std::vector<std::string> pngs,
+                             TransparencyPngs(result.transparency));
+    for (std::string& bytes : pngs) out.add_transparency_png(std::move(bytes));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::RenderResult> ResultToProto(const core::RenderResult& result,
                                                const RenderPlan& plan,
                                                double queue_seconds,
@@ -720,6 +794,7 @@ absl::StatusOr<v1::RenderResult> ResultToProto(const core::RenderResult& result,
     }
     *out.mutable_logits() = TensorToProto(result.logits);
     *out.mutable_probs() = TensorToProto(result.probs);
+    FEATVIZ_RETURN_IF_ERROR(AddMacoOutputs(result, plan.tensor, plan.png, out));
     for (const core::LayerStats& stats : result.layer_stats) {
       v1::LayerStats* s = out.add_layer_stats();
       s->set_layer(stats.layer);
