@@ -103,6 +103,39 @@ TEST(MacoParam, RejectsAMagnitudeOfTheWrongShape) {
   EXPECT_TRUE(ImageParam::Create(o, 0, c10::kCPU).ok());
 }
 
+// StepTogether packs sessions whose SameShape() is true into one leaf and
+// makes all their images with one ImageFrom call on the rows stacked.
+TEST(MacoParam, PacksOnlyWithTheSameMagnitudeAndGivesEachRowItsOwnImage) {
+  const at::Tensor magnitude = DefaultMacoMagnitude(1, 28, 28);
+  ParamOptions shared = Maco(1, 28, 28, 2);
+  shared.magnitude = magnitude;
+  ParamOptions same = Maco(1, 28, 28, 1);
+  same.magnitude = magnitude;
+  ParamOptions copy = Maco(1, 28, 28, 1);
+  copy.magnitude = magnitude.clone();  // Equal values, another tensor.
+  ParamOptions fft = Maco(1, 28, 28, 1);
+  fft.kind = ParamKind::kFft;
+  auto a = ImageParam::Create(shared, 1, c10::kCPU);
+  auto b = ImageParam::Create(same, 2, c10::kCPU);
+  auto c = ImageParam::Create(copy, 3, c10::kCPU);
+  auto d = ImageParam::Create(Maco(1, 28, 28, 1), 4, c10::kCPU);
+  auto e = ImageParam::Create(Maco(1, 28, 28, 3), 5, c10::kCPU);
+  auto f = ImageParam::Create(fft, 6, c10::kCPU);
+  for (const auto* p : {&a, &b, &c, &d, &e, &f}) ASSERT_TRUE(p->ok()) << p->status();
+  EXPECT_TRUE((*a)->SameShape(**b));
+  EXPECT_FALSE((*a)->SameShape(**c));
+  EXPECT_FALSE((*a)->SameShape(**d));
+  EXPECT_TRUE((*d)->SameShape(**e));  // Both the 1/f default.
+  EXPECT_FALSE((*a)->SameShape(**f));
+  EXPECT_FALSE((*f)->SameShape(**a));
+
+  // Rows stacked give each row the image it gets alone, bit for bit.
+  const at::Tensor stacked = (*a)->ImageFrom(
+      at::cat({(*a)->parameters()[0], (*b)->parameters()[0]}));
+  EXPECT_TRUE(at::equal(stacked.narrow(0, 0, 2), (*a)->Image()));
+  EXPECT_TRUE(at::equal(stacked.narrow(0, 2, 1), (*b)->Image()));
+}
+
 // |rfft2| of the standardised pre-sigmoid image divided by the fixed
 // magnitude, on the bins the inverse FFT keeps as they are (the columns
 // strictly between 0 and the Nyquist column: the others are made Hermitian
