@@ -304,6 +304,7 @@ absl::Status StepTogether(const Model& model,
       }
     }
     total.backward();
+    for (const std::shared_ptr<ParamPack>& pack : packs) pack->PrepareUpdate();
     for (const std::shared_ptr<ParamPack>& pack : packs) pack->Update();
   } catch (const std::exception& e) {
     // A backward that failed half-way may have reached some gradients.
