@@ -406,6 +406,7 @@ int WaitForSignal() {
 absl::Status Serve() {
   FEATVIZ_ASSIGN_OR_RETURN(const Limits limits, LimitsFromFlags());
   core::ConfigureProcessPrecision(limits.step.precision);
+  core::KeepFreedHostMemory();
   absl::StatusOr<core::LinearMode> linear_mode =
       core::ParseLinearMode(absl::GetFlag(FLAGS_linear_mode));
   if (!linear_mode.ok()) {
