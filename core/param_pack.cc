@@ -57,7 +57,7 @@ at::Tensor ParamPack::Rows(const at::Tensor& t, size_t k) const {
   return t.detach().narrow(0, first_row_[k], rows_[k]);
 }
 
-void ParamPack::PrepareUpdate() {
+at::Tensor ParamPack::StepSizes() const {
   // Per row: the step size lr / (1 - beta1^t) and the correction
   // 1 - beta2^t of its member's update number t, computed on the host as
   // Adam::Step does, to be sent in one copy.
@@ -79,15 +79,14 @@ void ParamPack::PrepareUpdate() {
     std::fill_n(bias2 + first_row_[k], rows_[k],
                 static_cast<float>(1.0 - std::pow(adam_.beta2, t)));
   }
-  step_rows_ = host;
+  return host;
 }
 
-void ParamPack::Update() {
+void ParamPack::Update(at::Tensor step_sizes) {
   at::NoGradGuard no_grad;
   at::Tensor grad = variable_.grad();
-  at::Tensor rows = std::move(step_rows_);
-  step_rows_ = at::Tensor();
-  if (!grad.defined() || !rows.defined()) return;
+  if (!grad.defined()) return;
+  at::Tensor rows = std::move(step_sizes);
   if (variable_.is_cuda()) {
     rows = rows.pin_memory().to(variable_.device(), /*non_blocking=*/true);
   }
