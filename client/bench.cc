@@ -61,6 +61,7 @@ absl::StatusOr<v1::RenderRequest> JobRequest(
   render.steps = options.steps;
   render.batch = options.batch;
   render.param = options.param;
+  render.transforms = options.transforms;
   render.seed = options.seed_base + index;
   // One progress event (after the last step): the bench measures renders,
   // not event streaming.
@@ -301,6 +302,7 @@ absl::Status RunBench(VisualizerClient& client, const BenchOptions& options,
     report["steps"] = options.steps;
     report["batch"] = options.batch;
     report["param"] = options.param;
+    report["transforms"] = options.transforms;
     report["seed_base"] = options.seed_base;
     report["jobs"] = total;
     report["succeeded"] = succeeded;
@@ -323,14 +325,15 @@ absl::Status RunBench(VisualizerClient& client, const BenchOptions& options,
   }
 
   std::string text = absl::StrFormat(
-      "featviz bench: %d jobs (%s), %s, %d steps, batch %d, %s\n"
+      "featviz bench: %d jobs (%s), %s, %d steps, batch %d, %s, "
+      "transforms %s\n"
       "objectives:      %s\n",
       total,
       options.sequential
           ? "sequential, one thread"
           : absl::StrFormat("%d clients x %d jobs", clients, per_client),
       options.model, options.steps, options.batch, options.param,
-      absl::StrJoin(templates, " | "));
+      options.transforms, absl::StrJoin(templates, " | "));
   std::vector<std::string> failure_parts;
   for (const auto& [code, count] : failures) {
     failure_parts.push_back(absl::StrCat(code, " ", count));

@@ -39,6 +39,8 @@ struct BenchOptions {
   int64_t steps = 256;          // Optimisation steps per job.
   int64_t batch = 1;            // Images per job.
   std::string param = "fft";    // "fft" or "pixel".
+  // "default", "none" or a list, as featviz render --transforms.
+  std::string transforms = "default";
   int64_t seed_base = 0;        // Job g's seed is seed_base + g (>= 0).
   // The same clients x jobs_per_client jobs one after another, one thread.
   bool sequential = false;

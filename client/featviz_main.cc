@@ -215,6 +215,7 @@ bench options:
   --objectives 'channel(conv2, {i%32})|logit({i%10})'   job g uses template
                     g % T with {i} -> g and {i%K} -> g mod K
   --steps N (256)  --batch N (1)  --parameterization fft|pixel (fft)
+  --transforms default|none|LIST (default)
   --seed_base S (0) job g's seed is S + g; a server's result cache answers
                     seeds it has seen, so change S to rerun against it
   --sequential      the same jobs one after another (the baseline)
@@ -582,6 +583,7 @@ Outcome RunBenchCommand(const Invocation& in) {
     options.param = absl::GetFlag(FLAGS_parameterization);
   }
   options.seed_base = absl::GetFlag(FLAGS_seed_base);
+  options.transforms = absl::GetFlag(FLAGS_transforms);
   options.sequential = absl::GetFlag(FLAGS_sequential);
   options.json = Json();
   if (absl::Status valid = ValidateBenchOptions(options); !valid.ok()) {
@@ -622,7 +624,7 @@ const std::vector<Command>& Commands() {
        RenderFlags(), RunRenderCommand},
       {"bench", "featviz bench [options]", 0, 0,
        {"json", "steps", "batch", "parameterization", "clients", "jobs",
-        "model", "objectives", "sequential", "seed_base"},
+        "model", "objectives", "sequential", "seed_base", "transforms"},
        RunBenchCommand},
       {"submit", "featviz submit MODEL 'OBJECTIVE' [options]", 2, 2,
        Union(RenderFlags(), {"owner", "priority"}), RunSubmitCommand},

@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "core/device.h"
 #include "core/image.h"
 #include "core/model.h"
 #include "core/objective.h"
@@ -132,6 +133,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s\n", absl::ProgramUsageMessage().data());
     return 2;
   }
+  featviz::core::KeepFreedHostMemory();
   absl::Status status = featviz::core::Run(args[1], args[2]);
   if (!status.ok()) {
     std::fprintf(stderr, "featviz-render: %s\n", status.ToString().c_str());

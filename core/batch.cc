@@ -306,7 +306,11 @@ absl::Status StepTogether(const Model& model,
       }
     }
     total.backward();
-    for (const std::shared_ptr<ParamPack>& pack : packs) pack->Update();
+    std::vector<at::Tensor> step_sizes;
+    for (const std::shared_ptr<ParamPack>& pack : packs) {
+      step_sizes.push_back(pack->StepSizes());
+    }
+    for (size_t k = 0; k < packs.size(); ++k) packs[k]->Update(step_sizes[k]);
   } catch (const std::exception& e) {
     // A backward that failed half-way may have reached some gradients.
     for (RenderSession* s : sessions) s->ClearGradients();

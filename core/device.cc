@@ -1,5 +1,11 @@
 #include "core/device.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+#include <limits>
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
@@ -159,8 +165,19 @@ void HostCopies::Wait() {
 void ReleaseCachedMemory(const c10::Device& device) {
 #ifdef FEATVIZ_WITH_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
-#else
+#endif
+#ifdef __GLIBC__
+  if (device.is_cpu()) malloc_trim(0);
+#endif
   (void)device;
+}
+
+void KeepFreedHostMemory() {
+#ifdef __GLIBC__
+  // 32 MiB is glibc's largest mmap threshold on 64-bit systems; above it
+  // blocks are mapped and unmapped as before.
+  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
 #endif
 }
 

@@ -121,10 +121,21 @@ class HostCopies {
   std::vector<c10::Device> pending_;
 };
 
-// Hands cached, unused device memory back to the driver (CUDA's caching
-// allocator keeps freed blocks otherwise): after a model is unloaded and
-// before retrying a step that ran out of memory. No-op on the CPU.
+// Hands cached, unused memory back: on CUDA to the driver (the caching
+// allocator keeps freed blocks otherwise), on the CPU to the kernel (what
+// KeepFreedHostMemory keeps, malloc_trim): after a model is unloaded, when a
+// worker goes idle, and before retrying a step that ran out of memory.
 void ReleaseCachedMemory(const c10::Device& device);
+
+// Makes glibc's malloc keep freed blocks of up to 32 MiB in the process
+// instead of returning them to the kernel (mmap threshold at its maximum,
+// no automatic trimming of the heap). A CPU step allocates the same
+// activations every step; by default each large one is a fresh mmap whose
+// pages fault in again, which made a classic MNIST CNN's step 2.2x (16
+// images) to 3.4x (64 images) slower on the machine it was measured on
+// (docs/performance.md). Process-wide: call once at start, before threads.
+// ReleaseCachedMemory(kCPU) returns what is kept. No-op without glibc.
+void KeepFreedHostMemory();
 
 // True for the status of a step that ran out of (device) memory.
 inline bool IsOutOfMemory(const absl::Status& status) {

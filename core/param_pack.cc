@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#include "absl/strings/str_cat.h"
 
 #include "core/render.h"
 
@@ -53,13 +57,10 @@ at::Tensor ParamPack::Rows(const at::Tensor& t, size_t k) const {
   return t.detach().narrow(0, first_row_[k], rows_[k]);
 }
 
-void ParamPack::Update() {
-  at::NoGradGuard no_grad;
-  at::Tensor grad = variable_.grad();
-  if (!grad.defined()) return;
+at::Tensor ParamPack::StepSizes() const {
   // Per row: the step size lr / (1 - beta1^t) and the correction
   // 1 - beta2^t of its member's update number t, computed on the host as
-  // Adam::Step does and sent in one copy.
+  // Adam::Step does, to be sent in one copy.
   const int64_t total = variable_.size(0);
   at::Tensor host = at::empty({2, total}, at::TensorOptions().dtype(at::kFloat));
   float* step_size = host.data_ptr<float>();
@@ -67,19 +68,30 @@ void ParamPack::Update() {
   for (size_t k = 0; k < members_.size(); ++k) {
     const RenderSession& s = *members_[k];
     const double t = static_cast<double>(s.step_ + 1);
-    const float size =
-        static_cast<float>(s.options_.lr / (1.0 - std::pow(adam_.beta1, t)));
-    const float correction =
-        static_cast<float>(1.0 - std::pow(adam_.beta2, t));
-    std::fill_n(step_size + first_row_[k], rows_[k], size);
-    std::fill_n(bias2 + first_row_[k], rows_[k], correction);
+    const double size = s.options_.lr / (1.0 - std::pow(adam_.beta1, t));
+    if (!(std::abs(size) <= std::numeric_limits<float>::max())) {
+      // As ATen refuses a scalar that overflows the tensor's type.
+      throw std::overflow_error(absl::StrCat(
+          "Adam's step size lr / (1 - beta1^", t, ") = ", size,
+          " overflows float (lr ", s.options_.lr, ")"));
+    }
+    std::fill_n(step_size + first_row_[k], rows_[k], static_cast<float>(size));
+    std::fill_n(bias2 + first_row_[k], rows_[k],
+                static_cast<float>(1.0 - std::pow(adam_.beta2, t)));
   }
-  at::Tensor rows = host;
+  return host;
+}
+
+void ParamPack::Update(at::Tensor step_sizes) {
+  at::NoGradGuard no_grad;
+  at::Tensor grad = variable_.grad();
+  if (!grad.defined()) return;
+  at::Tensor rows = std::move(step_sizes);
   if (variable_.is_cuda()) {
-    rows = host.pin_memory().to(variable_.device(), /*non_blocking=*/true);
+    rows = rows.pin_memory().to(variable_.device(), /*non_blocking=*/true);
   }
   std::vector<int64_t> shape(static_cast<size_t>(variable_.dim()), 1);
-  shape[0] = total;
+  shape[0] = variable_.size(0);
   const at::Tensor size_rows = rows[0].view(shape);
   const at::Tensor bias2_rows = rows[1].view(shape);
   m_.mul_(adam_.beta1).add_(grad, 1.0 - adam_.beta1);

@@ -45,9 +45,15 @@ class ParamPack {
   // Each member's number of rows, in order.
   const std::vector<int64_t>& rows() const { return rows_; }
 
+  // The host half of the next update, [2, rows] on the CPU: each row's step
+  // size and bias correction (a member's update number is its session's
+  // steps done + 1). Throws std::overflow_error when a step size is not a
+  // float (a huge lr), before anything has changed: StepTogether computes
+  // them for every pack of a step before it updates any.
+  at::Tensor StepSizes() const;
   // One Adam update of every row from variable().grad(), which it then
-  // zeroes. Each member's update number is its session's steps done + 1.
-  void Update();
+  // zeroes, with StepSizes()' figures.
+  void Update(at::Tensor step_sizes);
   // Forgets the gradient of a step that failed half-way.
   void ClearGradient();
 

@@ -124,9 +124,13 @@ ABSL_FLAG(std::string, linear_mode, "blocked",
           "slowest) or plain (the module's own addmm, fastest; batched "
           "results differ from alone within float rounding, see "
           "docs/performance.md). Results and cache keys record the mode");
-ABSL_FLAG(int32_t, worker_threads, 0,
+ABSL_FLAG(int32_t, worker_threads, 1,
           "Intra-op threads of each device's worker (at::set_num_threads "
-          "in the worker thread); 0: LibTorch's default");
+          "in the worker thread); 0: LibTorch's default. 1 by default: on "
+          "the 2-core machine it was measured on, two threads were slower "
+          "at every batch size with another process busy (0.06-0.57x) and "
+          "faster only at 64 images of the classic CNN when idle (1.16x); "
+          "docs/performance.md, Threads");
 ABSL_FLAG(int64_t, fault_oom_above_images, 0,
           "Testing only: steps of more images than this fail as if the "
           "device ran out of memory (0: off)");
@@ -403,6 +407,7 @@ int WaitForSignal() {
 absl::Status Serve() {
   FEATVIZ_ASSIGN_OR_RETURN(const Limits limits, LimitsFromFlags());
   core::ConfigureProcessPrecision(limits.step.precision);
+  core::KeepFreedHostMemory();
   absl::StatusOr<core::LinearMode> linear_mode =
       core::ParseLinearMode(absl::GetFlag(FLAGS_linear_mode));
   if (!linear_mode.ok()) {

@@ -118,8 +118,12 @@ void Worker::FailRunning(const absl::Status& status) {
 
 void Worker::ReleaseIfIdle() {
   if (!running_.empty()) return;
+  const bool was_busy = model_ != nullptr;
   stepper_.reset();
   model_.reset();
+  // The host memory the steps kept (core::KeepFreedHostMemory) goes back
+  // once, when the worker runs out of work.
+  if (was_busy) core::ReleaseCachedMemory(c10::Device(c10::kCPU));
   batch_key_.clear();
   images_ = 0;
   memory_cap_ = options_.max_batch_images;

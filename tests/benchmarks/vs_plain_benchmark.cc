@@ -36,6 +36,7 @@
 #include <torch/script.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -46,6 +47,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "core/adam.h"
+#include "core/device.h"
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/render.h"
@@ -365,6 +367,16 @@ BENCHMARK_CAPTURE(BM_Threads, classic, true)->Apply(JobSizes);
 BENCHMARK_CAPTURE(BM_Threads, bundled, false)->Apply(JobSizes);
 
 const bool kContextAdded = ::featviz::bench::AddBlasContext();
+// As featviz-server does, for featviz and the plain loop alike (they run in
+// this process); FEATVIZ_BENCH_DEFAULT_MALLOC=1 measures glibc's defaults.
+const bool kHostMemory = [] {
+  const bool keep = std::getenv("FEATVIZ_BENCH_DEFAULT_MALLOC") == nullptr;
+  if (keep) KeepFreedHostMemory();
+  benchmark::AddCustomContext(
+      "host memory", keep ? "freed blocks kept (core::KeepFreedHostMemory)"
+                          : "glibc malloc defaults");
+  return true;
+}();
 
 }  // namespace
 }  // namespace featviz::core

@@ -118,6 +118,21 @@ TEST_F(BenchTest, SequentialRunsTheSameJobsOneAfterAnother) {
   }
 }
 
+TEST_F(BenchTest, TransformsAreTheRenderCommandsAndTheReportSaysWhich) {
+  const CommandResult r =
+      Bench({"--clients", "2", "--jobs", "1", "--steps", "4", "--transforms",
+             "none", "--json", "--seed_base", "5000"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json report = json::parse(r.out);
+  EXPECT_EQ(report["transforms"], "none");
+  EXPECT_EQ(report["succeeded"], 2);
+  // Parsed as featviz render parses it: a bad list is a usage error that
+  // names the flag, before anything is sent.
+  const CommandResult bad = Bench({"--transforms", "wobble(3)"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.out << bad.err;
+  EXPECT_TRUE(absl::StrContains(bad.err, "--transforms")) << bad.err;
+}
+
 TEST_F(BenchTest, TextReportNamesTheFigures) {
   const CommandResult r =
       Bench({"--clients", "2", "--jobs", "1", "--steps", "4", "--objectives",

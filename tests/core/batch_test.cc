@@ -78,16 +78,22 @@ std::vector<JobSpec> MixedJobs() {
   return jobs;
 }
 
-TEST(StepTogether, GivesEachJobTheImagesItGetsAlone) {
-  std::vector<JobSpec> jobs = MixedJobs();
-  std::vector<RenderResult> alone;
+// Each of `jobs` rendered alone, then all of them stepped together: a job
+// joins at its joins_at step and leaves when its own step count is done, so
+// the batch changes shape while every job runs.
+struct AloneAndTogether {
+  std::vector<RenderResult> alone, together;
+  int64_t max_batch_seen = 0;  // The most images one step held.
+};
+
+void RenderAloneAndTogether(const std::vector<JobSpec>& jobs,
+                            AloneAndTogether& out) {
   for (const JobSpec& job : jobs) {
     absl::StatusOr<RenderResult> r =
         Render(Mnist(), Objective::Parse(job.objective).value(), job.options);
     ASSERT_TRUE(r.ok()) << job.objective << ": " << r.status();
-    alone.push_back(*std::move(r));
+    out.alone.push_back(*std::move(r));
   }
-
   std::vector<std::unique_ptr<RenderSession>> sessions;
   for (const JobSpec& job : jobs) {
     auto s = RenderSession::Create(
@@ -95,9 +101,6 @@ TEST(StepTogether, GivesEachJobTheImagesItGetsAlone) {
     ASSERT_TRUE(s.ok()) << s.status();
     sessions.push_back(*std::move(s));
   }
-  // Jobs join late and leave when their own step count is done, so the
-  // batch changes shape while every job runs.
-  int64_t max_batch_seen = 0;
   for (int64_t step = 0;; ++step) {
     std::vector<RenderSession*> active;
     int64_t images = 0;
@@ -110,21 +113,29 @@ TEST(StepTogether, GivesEachJobTheImagesItGetsAlone) {
     const bool any_left = std::any_of(sessions.begin(), sessions.end(),
                                       [](const auto& s) { return !s->done(); });
     if (!any_left) break;
-    max_batch_seen = std::max(max_batch_seen, images);
+    out.max_batch_seen = std::max(out.max_batch_seen, images);
     ASSERT_TRUE(StepTogether(Mnist(), active).ok());
   }
-  EXPECT_GE(max_batch_seen, 7);
-
   for (size_t i = 0; i < jobs.size(); ++i) {
     absl::StatusOr<RenderResult> together = sessions[i]->Finish();
     ASSERT_TRUE(together.ok()) << together.status();
-    EXPECT_TRUE(at::equal(together->images, alone[i].images)) << jobs[i].objective;
-    EXPECT_TRUE(at::equal(together->trace, alone[i].trace)) << jobs[i].objective;
-    EXPECT_EQ(together->final_values, alone[i].final_values) << jobs[i].objective;
-    EXPECT_EQ(together->transparency.defined(),
+    out.together.push_back(*std::move(together));
+  }
+}
+
+TEST(StepTogether, GivesEachJobTheImagesItGetsAlone) {
+  const std::vector<JobSpec> jobs = MixedJobs();
+  AloneAndTogether r;
+  ASSERT_NO_FATAL_FAILURE(RenderAloneAndTogether(jobs, r));
+  EXPECT_GE(r.max_batch_seen, 7);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    EXPECT_TRUE(at::equal(r.together[i].images, r.alone[i].images)) << jobs[i].objective;
+    EXPECT_TRUE(at::equal(r.together[i].trace, r.alone[i].trace)) << jobs[i].objective;
+    EXPECT_EQ(r.together[i].final_values, r.alone[i].final_values) << jobs[i].objective;
+    EXPECT_EQ(r.together[i].transparency.defined(),
               jobs[i].options.param.kind == ParamKind::kMaco);
-    if (together->transparency.defined()) {
-      EXPECT_TRUE(at::equal(together->transparency, alone[i].transparency))
+    if (r.together[i].transparency.defined()) {
+      EXPECT_TRUE(at::equal(r.together[i].transparency, r.alone[i].transparency))
           << jobs[i].objective;
     }
   }
@@ -246,51 +257,25 @@ TEST(LinearModes, BlockedAndRowwiseGiveEveryImageTheSameBitsInAnyBatch) {
 TEST(LinearModes, PlainKeepsBatchedResultsWithinTheDocumentedTolerance) {
   const LinearMode before = GetLinearMode();
   SetLinearMode(LinearMode::kPlain);
-  std::vector<JobSpec> jobs = MixedJobs();
-  std::vector<RenderResult> alone;
-  for (const JobSpec& job : jobs) {
-    absl::StatusOr<RenderResult> r =
-        Render(Mnist(), Objective::Parse(job.objective).value(), job.options);
-    ASSERT_TRUE(r.ok()) << job.objective << ": " << r.status();
-    alone.push_back(*std::move(r));
-  }
-  std::vector<std::unique_ptr<RenderSession>> sessions;
-  for (const JobSpec& job : jobs) {
-    auto s = RenderSession::Create(
-        Mnist(), Objective::Parse(job.objective).value(), job.options);
-    ASSERT_TRUE(s.ok()) << s.status();
-    sessions.push_back(*std::move(s));
-  }
-  for (int64_t step = 0;; ++step) {
-    std::vector<RenderSession*> active;
-    for (size_t i = 0; i < jobs.size(); ++i) {
-      if (step >= jobs[i].joins_at && !sessions[i]->done()) {
-        active.push_back(sessions[i].get());
-      }
-    }
-    if (active.empty()) {
-      if (std::all_of(sessions.begin(), sessions.end(),
-                      [](const auto& s) { return s->done(); })) {
-        break;
-      }
-      continue;
-    }
-    ASSERT_TRUE(StepTogether(Mnist(), active).ok());
-  }
+  const std::vector<JobSpec> jobs = MixedJobs();
+  AloneAndTogether r;
+  RenderAloneAndTogether(jobs, r);
+  SetLinearMode(before);
+  ASSERT_FALSE(HasFatalFailure());
   double worst_pixel = 0;
   double worst_value = 0;
   bool any_differs = false;
   for (size_t i = 0; i < jobs.size(); ++i) {
-    absl::StatusOr<RenderResult> together = sessions[i]->Finish();
-    ASSERT_TRUE(together.ok()) << together.status();
+    const RenderResult& alone = r.alone[i];
+    const RenderResult& together = r.together[i];
     const double pixel =
-        (together->images - alone[i].images).abs().max().item<double>();
+        (together.images - alone.images).abs().max().item<double>();
     worst_pixel = std::max(worst_pixel, pixel);
     any_differs = any_differs || pixel > 0;
     EXPECT_LE(pixel, 1e-3) << jobs[i].objective;
-    for (size_t t = 0; t < alone[i].final_values.size(); ++t) {
-      const double a = alone[i].final_values[t];
-      const double b = together->final_values[t];
+    for (size_t t = 0; t < alone.final_values.size(); ++t) {
+      const double a = alone.final_values[t];
+      const double b = together.final_values[t];
       const double relative = std::abs(a - b) / std::max(1.0, std::abs(a));
       worst_value = std::max(worst_value, relative);
       EXPECT_LE(relative, 1e-3) << jobs[i].objective << " term " << t;
@@ -299,7 +284,6 @@ TEST(LinearModes, PlainKeepsBatchedResultsWithinTheDocumentedTolerance) {
   std::cout << "plain linear mode, batched vs alone: max pixel difference "
             << worst_pixel << ", max relative final-value difference "
             << worst_value << (any_differs ? "" : " (bitwise equal)") << "\n";
-  SetLinearMode(before);
 }
 
 // bf16 autocast changes the arithmetic of the step, and the class pictures
