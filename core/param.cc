@@ -124,6 +124,71 @@ absl::StatusOr<at::Tensor> MacoMagnitudeFromImages(const at::Tensor& images,
   }
 }
 
+namespace {
+
+// Mean over channels of the standard deviation of
+// sigmoid(gain * y + offset_c) for standardised samples `y` ([C, n], after
+// the colour matrix), with each channel's offset chosen so that its mean
+// pixel is `mean[c]`. Returns the spread; fills `offset`.
+double ToneSpread(const at::Tensor& y, const at::Tensor& mean, double gain,
+                  at::Tensor& offset) {
+  const int64_t channels = y.size(0);
+  at::Tensor low = at::full({channels, 1}, -6.0, at::kDouble);
+  at::Tensor high = at::full({channels, 1}, 6.0, at::kDouble);
+  for (int i = 0; i < 40; ++i) {  // Bisection: the mean rises with the offset.
+    const at::Tensor mid = (low + high) / 2;
+    const at::Tensor above =
+        at::sigmoid(gain * y + mid).mean(1, true) > mean.view({channels, 1});
+    high = at::where(above, mid, high);
+    low = at::where(above, low, mid);
+  }
+  offset = ((low + high) / 2).view({channels});
+  return at::sigmoid(gain * y + offset.view({channels, 1}))
+      .std(1)
+      .mean()
+      .item<double>();
+}
+
+}  // namespace
+
+absl::StatusOr<MacoTone> MacoToneFromImages(const at::Tensor& images,
+                                            bool decorrelate) {
+  if (!images.defined() || images.dim() != 4 || images.size(0) < 1 ||
+      images.size(2) < 2 || images.size(3) < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "MaCo tone needs images [N, C, H, W] with N >= 1 and H, W >= 2, got ",
+        images.defined() ? c10::str(images.sizes()) : "none"));
+  }
+  try {
+    at::NoGradGuard no_grad;
+    const at::Tensor x = images.narrow(0, 0, std::min(images.size(0), kMacoMaxImages))
+                             .to(at::kCPU, at::kDouble);
+    const int64_t channels = x.size(1);
+    const at::Tensor mean = x.mean({0, 2, 3}).clamp(0.02, 0.98);
+    const double spread =
+        x.transpose(0, 1).flatten(1).std(1).mean().item<double>();
+    // Standardised samples, as a MaCo image's pixels before the colour
+    // matrix (a fixed draw: the tone depends on the images only).
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(0);
+    at::Tensor y = at::randn({channels, 8192}, gen, at::kDouble);
+    y = (y - y.mean()) / y.pow(2).mean().sqrt();
+    if (channels == 3 && decorrelate) y = at::matmul(ColourMatrix().to(at::kDouble), y);
+    double low = 0.25, high = 8.0;
+    at::Tensor offset;
+    for (int i = 0; i < 30; ++i) {  // The spread rises with the gain.
+      const double mid = (low + high) / 2;
+      (ToneSpread(y, mean, mid, offset) > spread ? high : low) = mid;
+    }
+    MacoTone tone;
+    tone.gain = (low + high) / 2;
+    ToneSpread(y, mean, tone.gain, offset);
+    tone.offset = offset.to(at::kFloat).contiguous();
+    return tone;
+  } catch (const std::exception& e) {
+    return TorchError(e, "estimating the MaCo tone");
+  }
+}
+
 ImageParam::ImageParam(ParamOptions options, const c10::Device& device)
     : options_(std::move(options)) {
   if (options_.channels == 3 && options_.decorrelate) {
@@ -197,6 +262,21 @@ absl::StatusOr<std::unique_ptr<ImageParam>> ImageParam::Create(
             "MaCo magnitude must be finite and non-negative");
       }
       param->spectrum_scale_ = magnitude.to(device);
+      if (!std::isfinite(o.tone_gain) || o.tone_gain < 0.01 ||
+          o.tone_gain > 100) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "MaCo tone gain must be in [0.01, 100], got ", o.tone_gain));
+      }
+      if (o.tone_offset.defined()) {
+        if (o.tone_offset.dim() != 1 || o.tone_offset.size(0) != o.channels ||
+            !at::isfinite(o.tone_offset).all().item<bool>()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "MaCo tone offset must be ", o.channels,
+              " finite values, got shape ", c10::str(o.tone_offset.sizes())));
+        }
+        param->tone_offset_ =
+            o.tone_offset.to(device, at::kFloat).view({1, o.channels, 1, 1});
+      }
       if (init.defined()) {
         // The start image's phase; its magnitude is replaced by the fixed one.
         at::Tensor pre = param->FromImage(
@@ -268,7 +348,10 @@ at::Tensor ImageParam::ImageFrom(const at::Tensor& variable) const {
     // nor the other images of a batch change a picture.
     pre = pre - pre.mean({1, 2, 3}, true);
     pre = pre / (pre.pow(2).mean({1, 2, 3}, true).sqrt() + 1e-5);
-    return ToImage(pre);
+    if (options_.tone_gain != 1.0) pre = pre * options_.tone_gain;
+    if (!tone_offset_.defined()) return ToImage(pre);
+    if (colour_.defined()) pre = at::einsum("ij,bjhw->bihw", {colour_, pre});
+    return at::sigmoid(pre + tone_offset_);
   }
   at::Tensor spectrum = at::view_as_complex(variable) * spectrum_scale_;
   at::Tensor pre = at::fft_irfft2(
@@ -284,7 +367,9 @@ bool ImageParam::SameShape(const ImageParam& other) const {
          a.height == b.height && a.width == b.width &&
          a.decay_power == b.decay_power &&
          colour_.defined() == other.colour_.defined() &&
-         (a.kind != ParamKind::kMaco || a.magnitude.is_same(b.magnitude));
+         (a.kind != ParamKind::kMaco ||
+          (a.magnitude.is_same(b.magnitude) && a.tone_gain == b.tone_gain &&
+           a.tone_offset.is_same(b.tone_offset)));
 }
 
 }  // namespace featviz::core

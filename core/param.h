@@ -57,7 +57,35 @@ struct ParamOptions {
   // MaCo: where `magnitude` came from, for the result ("1/f" or
   // "dataset mnist (10000 images)"); informational.
   std::string magnitude_source;
+  // MaCo: the tone of real pictures (see MacoTone). The standardised image
+  // is multiplied by `tone_gain` and, after the colour matrix, `tone_offset`
+  // ([C] float, any device; undefined: 0) is added before the sigmoid.
+  // Sessions share a parameterisation call only with the same gain and the
+  // very same offset tensor.
+  double tone_gain = 1.0;
+  at::Tensor tone_offset;
 };
+
+// MaCo's tone: the standardised MaCo image has unit RMS, which after the
+// sigmoid is a mid-gray picture of modest contrast, whatever the pictures
+// the model was trained on look like. A dataset's tone makes a MaCo
+// picture's pixels as bright and as contrasted as the dataset's images:
+// `offset` moves each channel's mean to the dataset's mean pixel, and
+// `gain` scales the image so that its pixels' standard deviation per channel
+// is the dataset's (over all its pixels): the first two moments of each
+// channel's pixel histogram are the dataset's. Without a dataset the tone
+// is the neutral one (gain 1, no offset).
+struct MacoTone {
+  double gain = 1.0;
+  at::Tensor offset;  // [C] float CPU, in logit space after the colour matrix.
+};
+
+// The tone of real images ([N, C, H, W] in [0, 1]; at most kMacoMaxImages
+// of them), for MaCo images with the parameterisation's colour matrix (RGB
+// and `decorrelate`). Gain within [0.25, 8], offsets within [-6, 6].
+// InvalidArgument for an empty or wrongly shaped tensor.
+absl::StatusOr<MacoTone> MacoToneFromImages(const at::Tensor& images,
+                                            bool decorrelate = true);
 
 // MaCo's default magnitude when no dataset is at hand: 1 / max(f, 1 / side)
 // at spatial frequency f (cycles per pixel), the same for every channel.
@@ -120,6 +148,7 @@ class ImageParam {
   // FFT: [H, W/2 + 1]; MaCo: the magnitude, [C or 1, H, W/2 + 1].
   at::Tensor spectrum_scale_;
   at::Tensor colour_;          // RGB decorrelation matrix [3, 3], or undefined
+  at::Tensor tone_offset_;     // MaCo: [1, C, 1, 1] on the device, or undefined
 };
 
 using ImageParamPtr = std::unique_ptr<ImageParam>;

@@ -38,7 +38,7 @@ absl::StatusOr<at::Tensor> ModelInput(at::Tensor image, const core::Model& model
 RenderInputs::RenderInputs(std::vector<core::DatasetPtr> datasets)
     : datasets_(std::move(datasets)) {}
 
-absl::StatusOr<std::pair<at::Tensor, std::string>> RenderInputs::Magnitude(
+absl::StatusOr<RenderInputs::MacoPrior> RenderInputs::Prior(
     const std::string& dataset, int64_t channels, int64_t height,
     int64_t width) {
   // Which dataset: the one named, else the only one whose images have the
@@ -70,28 +70,31 @@ absl::StatusOr<std::pair<at::Tensor, std::string>> RenderInputs::Magnitude(
   const auto key = std::make_tuple(name, channels, height, width);
   {
     absl::MutexLock lock(&mu_);
-    auto it = magnitudes_.find(key);
-    if (it != magnitudes_.end()) return it->second;
+    auto it = priors_.find(key);
+    if (it != priors_.end()) return it->second;
   }
   // Estimated outside the lock (requests for other sizes need not wait); two
   // requests racing for one key both estimate, and the first stored wins,
   // so every session of a key holds the same tensor (and batches).
-  std::pair<at::Tensor, std::string> entry;
+  MacoPrior entry;
   if (source == nullptr) {
-    entry = {core::DefaultMacoMagnitude(channels, height, width), kOneOverF};
+    entry.magnitude = core::DefaultMacoMagnitude(channels, height, width);
+    entry.source = kOneOverF;
   } else {
     FEATVIZ_ASSIGN_OR_RETURN(
-        entry.first,
+        entry.magnitude,
         core::MacoMagnitudeFromImages(source->images, height, width));
-    entry.second = absl::StrCat(
+    FEATVIZ_ASSIGN_OR_RETURN(entry.tone,
+                             core::MacoToneFromImages(source->images));
+    entry.source = absl::StrCat(
         "dataset ", source->name, " (",
         std::min<int64_t>(source->size(), core::kMacoMaxImages), " images)");
   }
   absl::MutexLock lock(&mu_);
-  if (magnitudes_.size() >= kMaxCachedMagnitudes && !magnitudes_.count(key)) {
-    magnitudes_.clear();
+  if (priors_.size() >= kMaxCachedMagnitudes && !priors_.count(key)) {
+    priors_.clear();
   }
-  return magnitudes_.emplace(key, std::move(entry)).first->second;
+  return priors_.emplace(key, std::move(entry)).first->second;
 }
 
 absl::Status RenderInputs::Resolve(const v1::RenderRequest& request,
@@ -110,10 +113,12 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
   core::ParamOptions& param = plan.options.param;
   if (param.kind == core::ParamKind::kMaco) {
     FEATVIZ_ASSIGN_OR_RETURN(
-        auto magnitude, Magnitude(request.image().maco_dataset(),
-                                  param.channels, param.height, param.width));
-    param.magnitude = magnitude.first;
-    param.magnitude_source = magnitude.second;
+        MacoPrior prior, Prior(request.image().maco_dataset(), param.channels,
+                               param.height, param.width));
+    param.magnitude = prior.magnitude;
+    param.magnitude_source = prior.source;
+    param.tone_gain = prior.tone.gain;
+    param.tone_offset = prior.tone.offset;
   } else if (!request.image().maco_dataset().empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "image.maco_dataset is set to '", request.image().maco_dataset(),

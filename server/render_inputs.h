@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "core/dataset.h"
+#include "core/param.h"
 #include "server/circuits_convert.h"
 #include "server/convert.h"
 #include "server/engine_types.h"
@@ -46,11 +47,21 @@ class RenderInputs {
   // input, or a MaCo dataset with another channel count.
   absl::Status Resolve(const v1::RenderRequest& request, RenderPlan& plan);
 
-  // Magnitude for `channels` x `height` x `width` stimuli from `dataset`
-  // ("" as in Resolve), with its source text. Estimated once, then cached.
-  absl::StatusOr<std::pair<at::Tensor, std::string>> Magnitude(
-      const std::string& dataset, int64_t channels, int64_t height,
-      int64_t width);
+  // What a MaCo render holds fixed: the magnitude spectrum and the tone of
+  // a dataset's pictures (core::MacoTone; neutral for 1/f), with the source
+  // text.
+  struct MacoPrior {
+    at::Tensor magnitude;
+    core::MacoTone tone;
+    std::string source;
+  };
+
+  // The prior for `channels` x `height` x `width` stimuli from `dataset`
+  // ("" as in Resolve). Estimated once, then cached: every session of a key
+  // holds the same tensors, so they batch.
+  absl::StatusOr<MacoPrior> Prior(const std::string& dataset,
+                                  int64_t channels, int64_t height,
+                                  int64_t width);
 
   const DatasetIndex& datasets() const { return datasets_; }
 
@@ -60,10 +71,9 @@ class RenderInputs {
 
   const DatasetIndex datasets_;
   absl::Mutex mu_;
-  // (dataset, channels, height, width) -> magnitude and its source text.
-  std::map<std::tuple<std::string, int64_t, int64_t, int64_t>,
-           std::pair<at::Tensor, std::string>>
-      magnitudes_ ABSL_GUARDED_BY(mu_);
+  // (dataset, channels, height, width) -> its prior.
+  std::map<std::tuple<std::string, int64_t, int64_t, int64_t>, MacoPrior>
+      priors_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace featviz::server

@@ -1,6 +1,7 @@
 // MaCo (magnitude-constrained) images, their transparency maps, and the
 // feature inversion and caricature terms, on the bundled MNIST classifier
 // and real MNIST digits.
+#include <cmath>
 #include <cstdlib>
 #include <iostream>
 #include <string>
@@ -205,6 +206,70 @@ TEST(MacoMagnitude, IsEstimatedFromImagesAtAnySize) {
             (std::vector<int64_t>{3, 8, 6}));
 }
 
+// A dataset's tone makes MaCo pictures as bright and as contrasted as its
+// images: MNIST is mostly black with white strokes, where the neutral tone
+// gives mid-gray pictures.
+TEST(MacoTone, MakesPicturesAsDarkAndContrastedAsTheDataset) {
+  const at::Tensor digits = Digits().images.narrow(0, 0, 2000);
+  absl::StatusOr<MacoTone> tone = MacoToneFromImages(digits);
+  ASSERT_TRUE(tone.ok()) << tone.status();
+  ASSERT_EQ(tone->offset.sizes(), (std::vector<int64_t>{1}));
+  EXPECT_LT(tone->offset[0].item<double>(), -1.0);
+  EXPECT_GT(tone->gain, 1.0);
+
+  ParamOptions toned = Maco(1, 28, 28, 16);
+  toned.magnitude = MacoMagnitudeFromImages(digits, 28, 28).value();
+  toned.tone_gain = tone->gain;
+  toned.tone_offset = tone->offset;
+  ParamOptions neutral = toned;
+  neutral.tone_gain = 1.0;
+  neutral.tone_offset = at::Tensor();
+  const at::Tensor pictures = ImageParam::Create(toned, 3, c10::kCPU).value()->Image();
+  const at::Tensor gray = ImageParam::Create(neutral, 3, c10::kCPU).value()->Image();
+  const double mean = digits.mean().item<double>();  // 0.13
+  const double spread = digits.std().item<double>();  // 0.31
+  EXPECT_NEAR(pictures.mean().item<double>(), mean, 0.05);
+  EXPECT_NEAR(pictures.std().item<double>(), spread, 0.05);
+  EXPECT_NEAR(gray.mean().item<double>(), 0.5, 0.05);
+  MaybeWritePng(pictures, "maco_toned_start.png");
+
+  // Packs need the same tone as well as the same magnitude.
+  auto a = ImageParam::Create(toned, 1, c10::kCPU);
+  ParamOptions same_tone = toned;
+  same_tone.batch = 1;
+  ParamOptions other_gain = same_tone;
+  other_gain.tone_gain = tone->gain * 2;
+  auto b = ImageParam::Create(same_tone, 2, c10::kCPU);
+  auto c = ImageParam::Create(other_gain, 3, c10::kCPU);
+  auto d = ImageParam::Create(neutral, 4, c10::kCPU);
+  for (const auto* p : {&a, &b, &c, &d}) ASSERT_TRUE(p->ok()) << p->status();
+  EXPECT_TRUE((*a)->SameShape(**b));
+  EXPECT_FALSE((*a)->SameShape(**c));
+  EXPECT_FALSE((*a)->SameShape(**d));
+  const at::Tensor stacked = (*a)->ImageFrom(
+      at::cat({(*a)->parameters()[0], (*b)->parameters()[0]}));
+  EXPECT_TRUE(at::equal(stacked.narrow(0, 16, 1), (*b)->Image()));
+
+  // RGB: one offset per channel; hostile tones are refused by name.
+  absl::StatusOr<MacoTone> rgb = MacoToneFromImages(at::rand({8, 3, 12, 12}));
+  ASSERT_TRUE(rgb.ok()) << rgb.status();
+  EXPECT_EQ(rgb->offset.sizes(), (std::vector<int64_t>{3}));
+  EXPECT_TRUE(at::isfinite(rgb->offset).all().item<bool>());
+  EXPECT_EQ(MacoToneFromImages(at::rand({3, 12, 12})).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  for (double gain : {std::nan(""), 1e300, 0.0, -1.0}) {
+    ParamOptions bad = toned;
+    bad.tone_gain = gain;
+    absl::Status s = ImageParam::Create(bad, 1, c10::kCPU).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << gain;
+    EXPECT_NE(s.message().find("tone gain"), std::string::npos) << s;
+  }
+  ParamOptions bad_offset = toned;
+  bad_offset.tone_offset = at::zeros({3});
+  EXPECT_EQ(ImageParam::Create(bad_offset, 1, c10::kCPU).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 RenderOptions MacoRender(int64_t steps, int64_t batch, uint64_t seed) {
   RenderOptions o;
   o.param = Maco(0, 0, 0, batch);
@@ -236,6 +301,20 @@ TEST(MacoRender, ReachesEachClassAndReturnsATransparencyMap) {
   MaybeWritePng(r->images, "maco_classes.png");
   MaybeWritePng(r->transparency / r->transparency.flatten(1).amax(1).view({-1, 1, 1, 1}),
                 "maco_classes_transparency.png");
+
+  // With MNIST's tone (what a server hosting MNIST uses), every class too:
+  // white strokes on black, the pictures that read as handwriting.
+  absl::StatusOr<MacoTone> tone = MacoToneFromImages(Digits().images);
+  ASSERT_TRUE(tone.ok()) << tone.status();
+  o.param.tone_gain = tone->gain;
+  o.param.tone_offset = tone->offset;
+  absl::StatusOr<RenderResult> toned = Render(Mnist(), all, o);
+  ASSERT_TRUE(toned.ok()) << toned.status();
+  for (int c = 0; c < 10; ++c) {
+    EXPECT_GT(toned->probs[c][c].item<float>(), 0.9f) << "class " << c;
+  }
+  EXPECT_LT(toned->images.mean().item<float>(), 0.3f);  // A dark background.
+  MaybeWritePng(toned->images, "maco_toned_classes.png");
 
   // FFT renders carry no transparency map.
   RenderOptions fft;
