@@ -202,6 +202,20 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
   image->set_height(options.height);
   image->set_width(options.width);
   if (options.gray) image->set_color(v1::ImageSpec::COLOR_GRAY);
+  image->set_maco_dataset(options.maco_dataset);
+  for (const std::string& path : options.references) {
+    absl::StatusOr<at::Tensor> reference = core::ReadPng(path);
+    if (!reference.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--reference: ", reference.status().message()));
+    }
+    v1::Tensor* t = request.add_references();
+    const at::Tensor r = reference->contiguous();
+    for (int64_t d : r.sizes()) t->add_shape(d);
+    t->set_dtype(v1::Tensor::DTYPE_FLOAT32);
+    t->set_data(reinterpret_cast<const char*>(r.data_ptr<float>()),
+                static_cast<size_t>(r.numel()) * sizeof(float));
+  }
   image->set_batch(options.batch);
   image->set_decay_power(options.decay);
   absl::StatusOr<v1::Transforms> transforms =
@@ -217,7 +231,7 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
   if (options.seed >= 0) request.set_seed(static_cast<uint64_t>(options.seed));
   v1::OutputSpec* output = request.mutable_output();
   output->set_tensor(!options.out.empty() || !options.npy.empty());
-  output->set_png(!options.png_dir.empty());
+  output->set_png(!options.png_dir.empty() || !options.transparency.empty());
   output->set_preview_png(!options.previews.empty());
   output->set_progress_every(options.progress_every);
   return request;
@@ -354,6 +368,33 @@ absl::Status FollowRender(VisualizerClient& client,
     files["png"] = pngs;
   }
   if (!previews.empty()) files["previews"] = previews;
+  if (!options.transparency.empty()) {
+    if (result.transparency_png_size() == 0) {
+      return absl::FailedPreconditionError(
+          "--transparency: the result has no transparency map (only "
+          "--parameterization maco renders have one)");
+    }
+    std::vector<at::Tensor> maps;
+    for (const std::string& png : result.transparency_png()) {
+      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor map, core::DecodePng(png));
+      maps.push_back(std::move(map));
+    }
+    at::Tensor stacked = at::stack(maps);
+    core::GridOptions grid;
+    grid.scale = options.scale > 0
+                     ? options.scale
+                     : std::max<int64_t>(
+                           1, (kMinCellPixels + stacked.size(3) - 1) /
+                                  std::max<int64_t>(stacked.size(3), 1));
+    grid.columns = options.columns > 0 ? options.columns
+                   : stacked.size(0) <= 10
+                       ? stacked.size(0)
+                       : static_cast<int64_t>(std::ceil(std::sqrt(stacked.size(0))));
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(stacked, grid));
+    FEATVIZ_RETURN_IF_ERROR(MakeParent(options.transparency));
+    FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, options.transparency));
+    files["transparency"] = options.transparency;
+  }
 
   if (options.json) {
     FEATVIZ_ASSIGN_OR_RETURN(nlohmann::ordered_json report,
@@ -371,7 +412,7 @@ absl::Status FollowRender(VisualizerClient& client,
                                    probs[b][top[b]]));
   }
   std::vector<std::string> written;
-  for (const char* key : {"out", "npy"}) {
+  for (const char* key : {"out", "npy", "transparency"}) {
     if (files.contains(key)) written.push_back(files[key].get<std::string>());
   }
   if (files.contains("png")) {

@@ -41,7 +41,13 @@ struct RenderCommandOptions {
   int64_t height = 0;       // Non-square images; 0: the model's.
   int64_t width = 0;        // Non-square images; 0: the model's.
   bool gray = false;        // Gray stimuli for an RGB model.
-  std::string param;        // "fft", "pixel", or "": the server's (FFT).
+  std::string param;        // "fft", "pixel", "maco", or "": the server's (FFT).
+  // MaCo: the hosted dataset whose spectrum magnitude the images keep;
+  // "": the server's choice (its dataset for the model, else 1/f).
+  std::string maco_dataset;
+  // PNG files sent as RenderRequest.references: reference(k) of the
+  // objective is the k-th.
+  std::vector<std::string> references;
   int64_t batch = 1;        // Images rendered together.
   int64_t seed = -1;        // Negative: the server picks one and reports it.
   double lr = 0;            // 0: the server's default (0.05).
@@ -54,6 +60,8 @@ struct RenderCommandOptions {
   std::string npy;       // float32 [B, C, H, W].
   std::string png_dir;   // DIR/image_<b>.png, the server's PNGs.
   std::string previews;  // DIR/step_<NNNNN>.png, one per progress event.
+  // MaCo: grid PNG of the transparency maps (error for other renders).
+  std::string transparency;
   // Grid labels, one per image; empty: each image's top class and its
   // probability ("7 0.99").
   std::vector<std::string> labels;

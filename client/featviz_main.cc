@@ -59,7 +59,16 @@ ABSL_FLAG(bool, json, false, "Print JSON on stdout instead of text");
 ABSL_FLAG(int64_t, steps, 0, "Optimisation steps; 0: the server's (256)");
 ABSL_FLAG(int64_t, size, 0, "Image side in pixels; 0: the model's input size");
 ABSL_FLAG(std::string, parameterization, "",
-          "Parameterisation: fft or pixel; default fft (old name --param)");
+          "Parameterisation: fft, pixel or maco; default fft (old name "
+          "--param)");
+ABSL_FLAG(std::string, maco_dataset, "",
+          "MaCo: the hosted dataset whose spectrum magnitude the images keep "
+          "('1/f' for the default); empty: the server's choice");
+ABSL_FLAG(std::vector<std::string>, reference, {},
+          "Comma-separated PNG files sent as reference images: reference(k) "
+          "in the objective is the k-th (inversion, caricature)");
+ABSL_FLAG(std::string, transparency, "",
+          "MaCo: grid PNG of the transparency maps");
 ABSL_FLAG(int64_t, height, 0,
           "Image height in pixels (non-square images, with --width); 0: the "
           "model's");
@@ -192,7 +201,9 @@ global options:
 
 render and submit options (watch takes the output ones):
   --steps N  --size N | --height N --width N  --gray
-  --parameterization fft|pixel  --batch N (batch size)
+  --parameterization fft|pixel|maco  --batch N (batch size)
+  --maco_dataset NAME|1/f  --transparency FILE (MaCo's map)
+  --reference a.png,b.png (reference(0), reference(1) of the objective)
   --seed N  --lr X  --decay_power X  --progress_every N
   --transforms default|none|'pad(2), jitter(1), scale(0.9, 1.1), rotate(-5, 5)'
   --out FILE (render.png; --out= for none)  --labels 'a,b,c'  --scale N
@@ -228,6 +239,9 @@ objectives: neuron(conv2, 5)  channel(conv2, 5)  conv2:5  layer(conv2)
   channel('0', 3) (quoted layer paths)  output(age, 2) (a model output)
   logit(7)  prob(7)  direction(fc1, [...])  diversity(conv2)  alignment(conv2)
   tv()  l1()  l2()  any term with batch=i (image i of the batch);
+  inversion(conv2, dataset(mnist, 17))  inversion_l2(conv2, reference(0))
+  caricature(conv2, dataset(3)) (a reference image: a hosted dataset's, or
+  --reference's k-th);
   channel(conv2, 5) + 0.5 * prob(7) - 0.01 * tv()
 
 exit status: 0 ok, 1 server, job or file error, 2 usage error
@@ -252,13 +266,14 @@ const std::set<std::string>& RenderFlags() {
       "json", "steps", "size", "height", "width", "gray", "parameterization",
       "batch", "seed", "lr",
       "decay_power", "transforms", "progress_every", "out", "npy", "png_dir",
-      "preview_dir", "labels", "scale", "columns"};
+      "preview_dir", "labels", "scale", "columns", "maco_dataset", "reference",
+      "transparency"};
   return *flags;
 }
 const std::set<std::string>& OutputFlags() {
   static const auto* flags = new std::set<std::string>{
       "json", "out", "npy", "png_dir", "preview_dir", "labels", "scale",
-      "columns"};
+      "columns", "transparency"};
   return *flags;
 }
 const std::set<std::string>& SliceFlags() {
@@ -348,6 +363,9 @@ absl::StatusOr<RenderCommandOptions> RenderOptions(const Invocation& in) {
   options.npy = absl::GetFlag(FLAGS_npy);
   options.png_dir = absl::GetFlag(FLAGS_png_dir);
   options.previews = absl::GetFlag(FLAGS_preview_dir);
+  options.maco_dataset = absl::GetFlag(FLAGS_maco_dataset);
+  options.references = absl::GetFlag(FLAGS_reference);
+  options.transparency = absl::GetFlag(FLAGS_transparency);
   const std::string labels = absl::GetFlag(FLAGS_labels);
   if (!labels.empty()) options.labels = absl::StrSplit(labels, ',');
   options.scale = absl::GetFlag(FLAGS_scale);

@@ -144,6 +144,10 @@ absl::StatusOr<json> RenderResultToJson(
        {{"queue_seconds", result.timings().queue_seconds()},
         {"compute_seconds", result.timings().compute_seconds()}}},
   };
+  if (!result.maco_magnitude().empty()) {
+    out["maco_magnitude"] = result.maco_magnitude();
+    out["transparency_maps"] = result.transparency_png_size();
+  }
   if (result.has_images()) {
     out["image_shape"] = std::vector<int64_t>(result.images().shape().begin(),
                                               result.images().shape().end());

@@ -60,8 +60,9 @@ absl::StatusOr<v1::Parameterization> ParameterizationFromText(
   if (name.empty()) return v1::PARAMETERIZATION_UNSPECIFIED;
   if (name == "fft") return v1::PARAMETERIZATION_FFT;
   if (name == "pixel") return v1::PARAMETERIZATION_PIXEL;
-  return absl::InvalidArgumentError(
-      absl::StrCat("parameterisation must be fft or pixel, got '", text, "'"));
+  if (name == "maco") return v1::PARAMETERIZATION_MACO;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "parameterisation must be fft, pixel or maco, got '", text, "'"));
 }
 
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor) {

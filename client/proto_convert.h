@@ -23,7 +23,7 @@ namespace featviz::client {
 absl::StatusOr<featviz::v1::Transforms> TransformsFromText(
     absl::string_view text);
 
-// "fft" or "pixel" (any case); "" is the server's default.
+// "fft", "pixel" or "maco" (any case); "" is the server's default.
 absl::StatusOr<featviz::v1::Parameterization> ParameterizationFromText(
     absl::string_view text);
 

@@ -153,6 +153,8 @@ absl::Status StepTogether(const Model& model,
     }
     for (size_t i = 0; i < sessions.size(); ++i) {
       RenderSession* s = sessions[i];
+      // MaCo's transparency map reads the gradient of the images.
+      if (s->transparency_.defined()) s->images_.retain_grad();
       thetas[i] = s->StepMatrices();
       if (!thetas[i].defined()) {
         inputs[i] = s->images_;

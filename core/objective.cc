@@ -212,6 +212,7 @@ enum class Arg {
   kDecay,
   kConstant,
   kOutput,
+  kReference,
 };
 
 struct Signature {
@@ -266,6 +267,24 @@ constexpr Signature kSignatures[] = {
      2,
      {Arg::kOutput, Arg::kChannel},
      "output(name, c)"},
+    {"inversion",
+     TermKind::kInversion,
+     2,
+     2,
+     {Arg::kLayer, Arg::kReference},
+     "inversion(layer, dataset(name, i) or reference(k))"},
+    {"inversion_l2",
+     TermKind::kInversionL2,
+     2,
+     2,
+     {Arg::kLayer, Arg::kReference},
+     "inversion_l2(layer, dataset(name, i) or reference(k))"},
+    {"caricature",
+     TermKind::kCaricature,
+     2,
+     2,
+     {Arg::kLayer, Arg::kReference},
+     "caricature(layer, dataset(name, i) or reference(k))"},
 };
 
 const Signature* FindSignature(absl::string_view name) {
@@ -304,6 +323,8 @@ const char* ArgDescription(Arg arg) {
       return "constant";
     case Arg::kOutput:
       return "output name";
+    case Arg::kReference:
+      return "reference image";
   }
   return "argument";
 }
@@ -707,8 +728,50 @@ class Parser {
                                  ReadSignedNumber(ArgDescription(arg)));
         return absl::OkStatus();
       }
+      case Arg::kReference: {
+        FEATVIZ_ASSIGN_OR_RETURN(term.reference, ReadReference());
+        return absl::OkStatus();
+      }
     }
     return absl::InternalError("unhandled argument kind");
+  }
+
+  // dataset(name, i), dataset(i) or reference(k).
+  absl::StatusOr<ReferenceImage> ReadReference() {
+    const Token& start = Peek();
+    const bool is_dataset =
+        start.kind == TokenKind::kPath && start.text == "dataset";
+    const bool is_tensor =
+        start.kind == TokenKind::kPath && start.text == "reference";
+    if ((!is_dataset && !is_tensor) || !IsPunct(Peek(1), '(')) {
+      return Expected(start,
+                      "a reference image: dataset(name, i) or reference(k)");
+    }
+    Next();
+    Next();  // '('
+    ReferenceImage reference;
+    if (is_tensor) {
+      reference.source = ReferenceImage::Source::kTensor;
+      FEATVIZ_ASSIGN_OR_RETURN(reference.index,
+                               ReadNonNegativeInt("reference index"));
+    } else {
+      reference.source = ReferenceImage::Source::kDataset;
+      if (!(Peek().kind == TokenKind::kNumber && IsPunct(Peek(1), ')'))) {
+        FEATVIZ_ASSIGN_OR_RETURN(reference.dataset,
+                                 ReadName("a dataset name"));
+        if (!IsPunct(Peek(), ',')) {
+          return Expected(Peek(), "',' after the dataset name");
+        }
+        Next();
+      }
+      FEATVIZ_ASSIGN_OR_RETURN(reference.index,
+                               ReadNonNegativeInt("dataset index"));
+    }
+    if (!IsPunct(Peek(), ')')) {
+      return Expected(Peek(), "')' to close the reference image");
+    }
+    Next();
+    return reference;
   }
 
   // Reads `name=value` with the cursor on `name`; `after` is set to what was
@@ -1008,6 +1071,12 @@ absl::Status ValidateTerm(const Term& term, const ModelShape& model,
     }
     case TermKind::kLayer:
     case TermKind::kTotalVariation:
+    case TermKind::kInversion:
+    case TermKind::kInversionL2:
+    case TermKind::kCaricature:
+      // Whether the reference exists (and fits the model) is checked where
+      // it is resolved: by the server for datasets and request tensors, by
+      // RenderSession::Create for the images it is given.
       break;
   }
 
@@ -1056,6 +1125,12 @@ const char* TermKindName(TermKind kind) {
       return "l2";
     case TermKind::kOutput:
       return "output";
+    case TermKind::kInversion:
+      return "inversion";
+    case TermKind::kInversionL2:
+      return "inversion_l2";
+    case TermKind::kCaricature:
+      return "caricature";
   }
   return "unknown";
 }
@@ -1068,6 +1143,9 @@ bool Term::UsesLayer() const {
     case TermKind::kDirection:
     case TermKind::kDiversity:
     case TermKind::kAlignment:
+    case TermKind::kInversion:
+    case TermKind::kInversionL2:
+    case TermKind::kCaricature:
       return true;
     case TermKind::kLogit:
     case TermKind::kProb:
@@ -1105,8 +1183,23 @@ bool Term::operator==(const Term& other) const {
       return true;
     case TermKind::kOutput:
       return output == other.output && index == other.index;
+    case TermKind::kInversion:
+    case TermKind::kInversionL2:
+    case TermKind::kCaricature:
+      return reference == other.reference;
   }
   return true;
+}
+
+bool Term::UsesReference() const {
+  return kind == TermKind::kInversion || kind == TermKind::kInversionL2 ||
+         kind == TermKind::kCaricature;
+}
+
+std::string ReferenceImage::ToString() const {
+  if (source == Source::kTensor) return absl::StrCat("reference(", index, ")");
+  if (dataset.empty()) return absl::StrCat("dataset(", index, ")");
+  return absl::StrCat("dataset(", FormatName(dataset), ", ", index, ")");
 }
 
 std::string Term::ToString() const {
@@ -1156,6 +1249,11 @@ std::string Term::ToString() const {
     case TermKind::kL1:
     case TermKind::kL2:
       if (param.has_value()) args.push_back(FormatNumber(*param));
+      break;
+    case TermKind::kInversion:
+    case TermKind::kInversionL2:
+    case TermKind::kCaricature:
+      args = {FormatName(layer), reference.ToString()};
       break;
   }
   if (batch.has_value()) args.push_back(absl::StrCat("batch=", *batch));
@@ -1348,6 +1446,41 @@ Objective TotalVariation() {
 Objective L1() { return Objective(MakeTerm(TermKind::kL1)); }
 
 Objective L2() { return Objective(MakeTerm(TermKind::kL2)); }
+
+namespace {
+Objective ReferenceTerm(TermKind kind, std::string layer,
+                        ReferenceImage reference) {
+  Term term = MakeTerm(kind, std::move(layer));
+  term.reference = std::move(reference);
+  return Objective(std::move(term));
+}
+}  // namespace
+
+Objective Inversion(std::string layer, ReferenceImage reference) {
+  return ReferenceTerm(TermKind::kInversion, std::move(layer),
+                       std::move(reference));
+}
+Objective InversionL2(std::string layer, ReferenceImage reference) {
+  return ReferenceTerm(TermKind::kInversionL2, std::move(layer),
+                       std::move(reference));
+}
+Objective Caricature(std::string layer, ReferenceImage reference) {
+  return ReferenceTerm(TermKind::kCaricature, std::move(layer),
+                       std::move(reference));
+}
+ReferenceImage DatasetReference(std::string dataset, int64_t index) {
+  ReferenceImage reference;
+  reference.source = ReferenceImage::Source::kDataset;
+  reference.dataset = std::move(dataset);
+  reference.index = index;
+  return reference;
+}
+ReferenceImage TensorReference(int64_t index) {
+  ReferenceImage reference;
+  reference.source = ReferenceImage::Source::kTensor;
+  reference.index = index;
+  return reference;
+}
 
 Objective ForBatch(Objective objective, int64_t batch_index) {
   std::vector<Objective> parts;

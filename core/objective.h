@@ -31,6 +31,21 @@
 //                              activations (for interpolations)
 //   tv(), l1([c]), l2([c])     image regularisers: total variation, mean |x-c|,
 //                              root mean square of (x-c); c defaults to 0.5
+//   inversion(layer, REF)      feature inversion: cosine similarity of the
+//                              image's activations at `layer` (all of them,
+//                              flattened) with the reference image's
+//   inversion_l2(layer, REF)   feature inversion, L2 form: minus the mean
+//                              squared difference of the activations,
+//                              divided by the reference's mean square (so
+//                              0 is a perfect match, -1 an all-zero image)
+//   caricature(layer, REF)     the dot product of the activations with the
+//                              reference's, divided by the reference's
+//                              squared norm (1 when they are equal; larger
+//                              exaggerates what the layer sees in it)
+// where REF is a reference image, computed through the model once per job
+// (untransformed): dataset(name, i) is image i of a dataset the server
+// hosts (dataset(i): its only dataset), reference(k) the k-th reference
+// tensor sent with the request.
 //
 // Parsing checks syntax only; Validate() checks the objective against a
 // model's layer catalogue.
@@ -62,10 +77,32 @@ enum class TermKind {
   kL1,
   kL2,
   kOutput,
+  kInversion,
+  kInversionL2,
+  kCaricature,
 };
 
 // The function name of a term kind in the text syntax ("neuron", "tv", ...).
 const char* TermKindName(TermKind kind);
+
+// The reference image of an inversion or caricature term.
+struct ReferenceImage {
+  enum class Source { kDataset, kTensor };
+  Source source = Source::kTensor;
+  // kDataset: the dataset's name; empty for the server's only dataset.
+  std::string dataset;
+  // kDataset: the image's index in the dataset; kTensor: the index of the
+  // request's reference tensor.
+  int64_t index = 0;
+
+  bool operator==(const ReferenceImage& other) const {
+    return source == other.source && dataset == other.dataset &&
+           index == other.index;
+  }
+  // "dataset(mnist, 17)", "dataset(17)" or "reference(0)": the text syntax,
+  // and the key of RenderOptions::references.
+  std::string ToString() const;
+};
 
 // One term of an objective. Which fields matter depends on `kind`.
 struct Term {
@@ -85,6 +122,8 @@ struct Term {
   std::optional<double> param;
   // Only this image of the batch; every image when unset.
   std::optional<int64_t> batch;
+  // inversion, inversion_l2, caricature: the image to compare with.
+  ReferenceImage reference;
 
   bool operator==(const Term& other) const;
   bool operator!=(const Term& other) const { return !(*this == other); }
@@ -94,6 +133,8 @@ struct Term {
 
   // True for terms that read a layer's activations (not logit/prob/regularisers).
   bool UsesLayer() const;
+  // True for inversion, inversion_l2 and caricature (they need `reference`).
+  bool UsesReference() const;
 };
 
 struct WeightedTerm {
@@ -177,6 +218,12 @@ Objective Alignment(std::string layer);
 Objective TotalVariation();
 Objective L1();
 Objective L2();
+Objective Inversion(std::string layer, ReferenceImage reference);
+Objective InversionL2(std::string layer, ReferenceImage reference);
+Objective Caricature(std::string layer, ReferenceImage reference);
+// Convenience: the two sources of a reference image.
+ReferenceImage DatasetReference(std::string dataset, int64_t index);
+ReferenceImage TensorReference(int64_t index);
 // The same objective restricted to one image of the batch (every term).
 Objective ForBatch(Objective objective, int64_t batch_index);
 

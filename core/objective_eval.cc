@@ -6,6 +6,30 @@
 namespace featviz::core {
 namespace {
 
+// Per-image values [B] of a term that compares each image's activations
+// at the term's layer with a reference image's (`reference`, [1, ...]).
+// Each image's value depends on its own row only (batching cannot change
+// it).
+at::Tensor AgainstReference(const Term& term, const at::Tensor& activations,
+                            const at::Tensor& reference) {
+  at::Tensor a = activations.flatten(1);
+  at::Tensor r = reference.to(a.scalar_type()).flatten(1);  // [1, N]
+  switch (term.kind) {
+    case TermKind::kInversion: {
+      // Cosine similarity; the small floor keeps an all-zero start finite.
+      at::Tensor dot = (a * r).sum(1);
+      return dot / (a.norm(2, {1}) * r.norm(2, {1}) + 1e-8);
+    }
+    case TermKind::kInversionL2:
+      return -(a - r).pow(2).mean(1) / (r.pow(2).mean(1) + 1e-8);
+    case TermKind::kCaricature:
+      return (a * r).sum(1) / (r.pow(2).sum(1) + 1e-8);
+    default:
+      break;
+  }
+  return at::Tensor();
+}
+
 // Per-image values [B] of a term that is defined image by image.
 at::Tensor PerImage(const Term& term, const Taps& taps,
                     const at::Tensor& images) {
@@ -62,6 +86,9 @@ at::Tensor PerImage(const Term& term, const Taps& taps,
       return (images - term.param.value_or(0.5)).pow(2).flatten(1).mean(1).sqrt();
     case TermKind::kDiversity:
     case TermKind::kAlignment:
+    case TermKind::kInversion:
+    case TermKind::kInversionL2:
+    case TermKind::kCaricature:
       break;
   }
   return at::Tensor();
@@ -96,14 +123,26 @@ at::Tensor Alignment(const at::Tensor& a, double decay) {
 absl::StatusOr<ObjectiveValue> EvaluateObjective(const Objective& objective,
                                                  const Taps& taps,
                                                  const at::Tensor& images) {
+  return EvaluateObjective(objective, taps, images, ReferenceActivations());
+}
+
+absl::StatusOr<ObjectiveValue> EvaluateObjective(
+    const Objective& objective, const Taps& taps, const at::Tensor& images,
+    const ReferenceActivations& references) {
   if (objective.empty()) {
     return absl::InvalidArgumentError("objective is empty");
   }
   try {
     std::vector<at::Tensor> values;
     at::Tensor total;
-    for (const WeightedTerm& wt : objective.terms()) {
+    for (size_t t = 0; t < objective.terms().size(); ++t) {
+      const WeightedTerm& wt = objective.terms()[t];
       const Term& term = wt.term;
+      if (term.UsesReference() &&
+          (t >= references.size() || !references[t].defined())) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            term.ToString(), " has no reference activations"));
+      }
       if (term.UsesLayer() && !taps.activations.count(term.layer)) {
         return absl::InternalError(
             absl::StrCat("layer ", term.layer, " was not tapped"));
@@ -125,7 +164,11 @@ absl::StatusOr<ObjectiveValue> EvaluateObjective(const Objective& objective,
         }
         mean = summed;
       } else {
-        at::Tensor v = PerImage(term, taps, images);
+        at::Tensor v =
+            term.UsesReference()
+                ? AgainstReference(term, taps.activations.at(term.layer),
+                                   references[t])
+                : PerImage(term, taps, images);
         if (term.batch.has_value()) v = v.narrow(0, *term.batch, 1);
         summed = v.sum();
         mean = v.mean();

@@ -3,6 +3,8 @@
 #ifndef FEATVIZ_CORE_OBJECTIVE_EVAL_H_
 #define FEATVIZ_CORE_OBJECTIVE_EVAL_H_
 
+#include <vector>
+
 #include <ATen/ATen.h>
 
 #include "absl/status/statusor.h"
@@ -27,6 +29,18 @@ struct ObjectiveValue {
 absl::StatusOr<ObjectiveValue> EvaluateObjective(const Objective& objective,
                                                  const Taps& taps,
                                                  const at::Tensor& images);
+
+// One entry per term of an objective, in order: for an inversion,
+// inversion_l2 or caricature term the reference image's activations at the
+// term's layer ([1, ...], the layer's shape for one image), undefined for
+// every other term.
+using ReferenceActivations = std::vector<at::Tensor>;
+
+// As above, with the reference activations the objective's reference terms
+// compare with. FailedPrecondition when a reference term has none.
+absl::StatusOr<ObjectiveValue> EvaluateObjective(
+    const Objective& objective, const Taps& taps, const at::Tensor& images,
+    const ReferenceActivations& references);
 
 }  // namespace featviz::core
 

@@ -4,6 +4,13 @@
 // as easily as high ones), turned into an image by an inverse real FFT and a
 // sigmoid. RGB images go through a decorrelated colour space (the square root
 // of ImageNet's colour covariance) first; grayscale images need none.
+// MaCo (Fel et al., "Unlocking Feature Visualization for Deeper Networks with
+// MAgnitude Constrained Optimization", NeurIPS 2023): the spectrum's
+// magnitude is fixed (natural images' average magnitude) and only its phase
+// is optimised; the inverse FFT is standardised per image, then coloured and
+// squashed as above. Keeping the magnitude of real pictures keeps their
+// energy at every frequency, so the optimiser cannot pile energy into the
+// high frequencies that make FFT pictures look like checkerboards.
 #ifndef FEATVIZ_CORE_PARAM_H_
 #define FEATVIZ_CORE_PARAM_H_
 
@@ -19,10 +26,10 @@
 
 namespace featviz::core {
 
-enum class ParamKind { kPixel, kFft };
+enum class ParamKind { kPixel, kFft, kMaco };
 
 const char* ParamKindName(ParamKind kind);
-// "pixel" or "fft"; InvalidArgument otherwise.
+// "pixel", "fft" or "maco"; InvalidArgument otherwise.
 absl::StatusOr<ParamKind> ParseParamKind(absl::string_view name);
 
 struct ParamOptions {
@@ -39,8 +46,70 @@ struct ParamOptions {
   // Standard deviation of the random initial variables.
   double init_std = 0.01;
   // Optional start image, [C, H, W] or [1 or batch, C, H, W] in [0, 1].
+  // MaCo keeps only its phase.
   at::Tensor init_image;
+  // MaCo: the fixed magnitude spectrum, [C or 1, H, W/2 + 1] (float, any
+  // device; see MacoMagnitudeFromImages). Undefined: DefaultMacoMagnitude.
+  // Sessions share a batched parameterisation call only when they hold the
+  // very same tensor (is_same), so a server hands out one cached tensor per
+  // (source, size).
+  at::Tensor magnitude;
+  // MaCo: where `magnitude` came from, for the result ("1/f" or
+  // "dataset mnist (10000 images)"); informational.
+  std::string magnitude_source;
+  // MaCo: the tone of real pictures (see MacoTone). The standardised image
+  // is multiplied by `tone_gain` and, after the colour matrix, `tone_offset`
+  // ([C] float, any device; undefined: 0) is added before the sigmoid.
+  // Sessions share a parameterisation call only with the same gain and the
+  // very same offset tensor.
+  double tone_gain = 1.0;
+  at::Tensor tone_offset;
 };
+
+// MaCo's tone: the standardised MaCo image has unit RMS, which after the
+// sigmoid is a mid-gray picture of modest contrast, whatever the pictures
+// the model was trained on look like. A dataset's tone makes a MaCo
+// picture's pixels as bright and as contrasted as the dataset's images:
+// `offset` moves each channel's mean to the dataset's mean pixel, and
+// `gain` scales the image so that its pixels' standard deviation per channel
+// is the dataset's (over all its pixels): the first two moments of each
+// channel's pixel histogram are the dataset's. Without a dataset the tone
+// is the neutral one (gain 1, no offset).
+struct MacoTone {
+  double gain = 1.0;
+  at::Tensor offset;  // [C] float CPU, in logit space after the colour matrix.
+};
+
+// The tone of real images ([N, C, H, W] in [0, 1]; at most kMacoMaxImages
+// of them), for MaCo images with the parameterisation's colour matrix (RGB
+// and `decorrelate`). Gain within [0.25, 8], offsets within [-6, 6].
+// InvalidArgument for an empty or wrongly shaped tensor.
+absl::StatusOr<MacoTone> MacoToneFromImages(const at::Tensor& images,
+                                            bool decorrelate = true);
+
+// MaCo's default magnitude when no dataset is at hand: 1 / max(f, 1 / side)
+// at spatial frequency f (cycles per pixel), the same for every channel.
+// Natural photographs' amplitude spectra fall off close to 1/f (Field 1987;
+// van der Schaaf and van Hateren 1996), which is also what Lucid's FFT
+// parameterisation scales by. [channels, height, width/2 + 1] float CPU.
+at::Tensor DefaultMacoMagnitude(int64_t channels, int64_t height,
+                                int64_t width);
+
+// Images MacoMagnitudeFromImages reads at most (the first ones): the mean
+// spectrum of two thousand images no longer moves visibly.
+inline constexpr int64_t kMacoMaxImages = 2000;
+
+// MaCo's magnitude estimated from real images ([N, C, h, w] in [0, 1], any
+// size: resized to height x width; at most kMacoMaxImages of them): the
+// mean over the images of |rfft2| of
+// each image minus its per-channel mean, in the colour space the
+// parameterisation optimises in (decorrelated for RGB when `decorrelate`).
+// [C, height, width/2 + 1] float CPU. InvalidArgument for an empty or
+// wrongly shaped tensor.
+absl::StatusOr<at::Tensor> MacoMagnitudeFromImages(const at::Tensor& images,
+                                                   int64_t height,
+                                                   int64_t width,
+                                                   bool decorrelate = true);
 
 class ImageParam {
  public:
@@ -76,8 +145,10 @@ class ImageParam {
 
   ParamOptions options_;
   std::vector<at::Tensor> parameters_;
-  at::Tensor spectrum_scale_;  // FFT: [H, W/2 + 1]
+  // FFT: [H, W/2 + 1]; MaCo: the magnitude, [C or 1, H, W/2 + 1].
+  at::Tensor spectrum_scale_;
   at::Tensor colour_;          // RGB decorrelation matrix [3, 3], or undefined
+  at::Tensor tone_offset_;     // MaCo: [1, C, 1, 1] on the device, or undefined
 };
 
 using ImageParamPtr = std::unique_ptr<ImageParam>;

@@ -1,6 +1,8 @@
 #include "core/render.h"
 
+#include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "core/batch.h"
@@ -13,6 +15,70 @@ namespace featviz::core {
 namespace {
 
 std::atomic<uint64_t> next_session_id{1};
+
+// The activations of every reference term's reference image at its layer,
+// one forward pass per distinct image (no gradient, no transforms).
+absl::StatusOr<ReferenceActivations> ComputeReferences(
+    const Model& model, const Objective& objective,
+    const RenderOptions& options) {
+  const std::vector<WeightedTerm>& terms = objective.terms();
+  ReferenceActivations activations(terms.size());
+  // Reference text -> the layers its terms read.
+  std::map<std::string, std::vector<std::string>> layers;
+  for (const WeightedTerm& wt : terms) {
+    if (!wt.term.UsesReference()) continue;
+    const std::string key = wt.term.reference.ToString();
+    auto it = options.references.find(key);
+    if (it == options.references.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "reference image ", key, " of ", wt.term.ToString(),
+          " was not given"));
+    }
+    const ModelCard& card = model.card();
+    const at::Tensor& image = it->second;
+    const at::Tensor one = image.defined() && image.dim() == 4 &&
+                                   image.size(0) == 1
+                               ? image.squeeze(0)
+                               : image;
+    if (!one.defined() || one.dim() != 3 ||
+        (one.size(0) != card.channels &&
+         !(one.size(0) == 1 && card.channels == 3)) ||
+        one.size(1) != card.height || one.size(2) != card.width) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "reference image ", key, " has shape ",
+          image.defined() ? c10::str(image.sizes()) : "none",
+          ", expected the model's input [", card.channels, ", ", card.height,
+          ", ", card.width, "]"));
+    }
+    std::vector<std::string>& l = layers[key];
+    if (std::find(l.begin(), l.end(), wt.term.layer) == l.end()) {
+      l.push_back(wt.term.layer);
+    }
+  }
+  for (const auto& [key, key_layers] : layers) {
+    at::Tensor image = options.references.at(key);
+    if (image.dim() == 3) image = image.unsqueeze(0);
+    Taps taps;
+    try {
+      at::NoGradGuard no_grad;
+      if (!at::isfinite(image).all().item<bool>()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("reference image ", key, " has non-finite pixels"));
+      }
+      FEATVIZ_ASSIGN_OR_RETURN(
+          taps, model.Forward(image.to(model.device(), at::kFloat), key_layers));
+    } catch (const std::exception& e) {
+      return TorchError(e, absl::StrCat("computing reference image ", key));
+    }
+    for (size_t t = 0; t < terms.size(); ++t) {
+      const Term& term = terms[t].term;
+      if (term.UsesReference() && term.reference.ToString() == key) {
+        activations[t] = taps.activations.at(term.layer).detach();
+      }
+    }
+  }
+  return activations;
+}
 
 }  // namespace
 
@@ -59,10 +125,13 @@ absl::StatusOr<std::unique_ptr<RenderSession>> RenderSession::Create(
               "channels"));
   }
   FEATVIZ_RETURN_IF_ERROR(objective.Validate(model.shape(), p.batch));
+  FEATVIZ_ASSIGN_OR_RETURN(ReferenceActivations references,
+                           ComputeReferences(model, objective, options));
 
   std::unique_ptr<RenderSession> session(
       new RenderSession(model, std::move(objective), std::move(options)));
   RenderSession& s = *session;
+  s.references_ = std::move(references);
   s.transforms_ = s.options_.transforms.has_value()
                       ? *s.options_.transforms
                       : DefaultTransforms(p.height, p.width);
@@ -85,6 +154,14 @@ absl::StatusOr<std::unique_ptr<RenderSession>> RenderSession::Create(
                                       p.height, p.width, s.generator_);
     } catch (const std::exception& e) {
       return TorchError(e, "drawing the transforms");
+    }
+  }
+  if (p.kind == ParamKind::kMaco) {
+    try {
+      s.transparency_ = at::zeros({p.batch, p.channels, p.height, p.width},
+                                  at::TensorOptions().device(model.device()));
+    } catch (const std::exception& e) {
+      return TorchError(e, "allocating the transparency map");
     }
   }
   s.adam_ = std::make_unique<Adam>(s.param_->parameters(),
@@ -128,6 +205,7 @@ at::Tensor RenderSession::PrepareInput() {
   // Stepped on its own from here: gradients must reach its own leaf.
   LeavePack();
   images_ = param_->Image();
+  if (transparency_.defined()) images_.retain_grad();
   const ModelCard& card = model_.card();
   at::Tensor matrices = StepMatrices();
   if (!matrices.defined()) return images_;
@@ -135,8 +213,9 @@ at::Tensor RenderSession::PrepareInput() {
 }
 
 absl::StatusOr<at::Tensor> RenderSession::Loss(const Taps& taps) {
-  FEATVIZ_ASSIGN_OR_RETURN(ObjectiveValue value,
-                           EvaluateObjective(objective_, taps, images_));
+  FEATVIZ_ASSIGN_OR_RETURN(
+      ObjectiveValue value,
+      EvaluateObjective(objective_, taps, images_, references_));
   if (static_mode_) {
     static_terms_.copy_(value.terms.detach());
     last_terms_ = static_terms_;
@@ -149,6 +228,13 @@ absl::StatusOr<at::Tensor> RenderSession::Loss(const Taps& taps) {
 }
 
 void RenderSession::Update() {
+  if (transparency_.defined() && images_.defined()) {
+    // MaCo's transparency: how much each pixel moved the objective, summed
+    // over the steps (the gradient of a step's transformed input flows
+    // back to the untransformed image).
+    at::Tensor grad = images_.grad();
+    if (grad.defined()) transparency_.add_(grad.detach().abs());
+  }
   if (static_mode_) {
     adam_->StepOnDevice(static_step_);
     return;
@@ -220,6 +306,11 @@ absl::StatusOr<RenderResult> RenderSession::Finish() {
   result.seed = options_.seed;
   result.steps = step_;
   result.transforms = TransformsToString(transforms_);
+  if (param_->options().kind == ParamKind::kMaco) {
+    result.magnitude_source = param_->options().magnitude_source.empty()
+                                  ? "1/f"
+                                  : param_->options().magnitude_source;
+  }
   try {
     at::NoGradGuard no_grad;
     at::Tensor images = param_->Image();
@@ -229,8 +320,9 @@ absl::StatusOr<RenderResult> RenderSession::Finish() {
       input = ApplyTransforms({}, images, generator_, card.height, card.width);
     }
     FEATVIZ_ASSIGN_OR_RETURN(Taps taps, model_.Forward(input, layers_));
-    FEATVIZ_ASSIGN_OR_RETURN(ObjectiveValue value,
-                             EvaluateObjective(objective_, taps, images));
+    FEATVIZ_ASSIGN_OR_RETURN(
+        ObjectiveValue value,
+        EvaluateObjective(objective_, taps, images, references_));
     // Every copy queued first, then one wait: the result's only host
     // synchronisation.
     HostCopies copies;
@@ -240,6 +332,9 @@ absl::StatusOr<RenderResult> RenderSession::Finish() {
     result.trace = copies.Add(trace_.narrow(0, 0, step_));
     result.logits = copies.Add(taps.logits, at::kFloat);
     result.probs = copies.Add(taps.probs, at::kFloat);
+    if (transparency_.defined()) {
+      result.transparency = copies.Add(transparency_, at::kFloat);
+    }
     for (const std::string& layer : layers_) {
       const at::Tensor& a = taps.activations.at(layer);
       LayerStats stats;

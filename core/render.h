@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,6 +22,7 @@
 #include "core/device.h"
 #include "core/model.h"
 #include "core/objective.h"
+#include "core/objective_eval.h"
 #include "core/param.h"
 #include "core/param_pack.h"
 #include "core/transform.h"
@@ -42,6 +44,13 @@ struct RenderOptions {
   int64_t progress_every = 0;
   // Whether progress events carry the current images.
   bool progress_images = false;
+  // The reference images of the objective's inversion, inversion_l2 and
+  // caricature terms, by the reference's text (ReferenceImage::ToString():
+  // "dataset(mnist, 17)", "reference(0)"): [C, H, W] or [1, C, H, W] in
+  // [0, 1] at the model's input size (C = the model's channels, or 1 for a
+  // three-channel model). Each is put through the model once, when the
+  // session is created, untransformed.
+  std::map<std::string, at::Tensor> references;
 };
 
 struct ProgressEvent {
@@ -74,13 +83,22 @@ struct RenderResult {
   uint64_t seed = 0;
   int64_t steps = 0;
   std::string transforms;  // Text form of the transforms used.
+  // MaCo only (undefined otherwise): the transparency map, [B, C, H, W]
+  // float32 CPU, the absolute gradient of the objective with respect to
+  // each image (untransformed) summed over the steps: where the picture
+  // mattered to the objective while it was optimised.
+  at::Tensor transparency;
+  // MaCo only: where the fixed magnitude came from (ParamOptions).
+  std::string magnitude_source;
 };
 
 class RenderSession {
  public:
   // Validates the objective against the model and the options (steps >= 1,
-  // lr > 0, batch >= 1, a well-formed init image), fills sizes from the model
-  // card, and draws the initial images.
+  // lr > 0, batch >= 1, a well-formed init image, a reference image of the
+  // model's input shape for every reference term: InvalidArgument naming
+  // it), fills sizes from the model card, computes the reference terms'
+  // activations, and draws the initial images.
   static absl::StatusOr<std::unique_ptr<RenderSession>> Create(
       const Model& model, Objective objective, RenderOptions options);
 
@@ -152,6 +170,10 @@ class RenderSession {
   at::Tensor images_;      // Untransformed images of the current step.
   at::Tensor last_terms_;  // [T]
   at::Tensor trace_;       // [steps, T], filled on the session's device.
+  // Per term: the reference activations of a reference term (else undefined).
+  ReferenceActivations references_;
+  // MaCo: the running sum of |d loss / d images_| (else undefined).
+  at::Tensor transparency_;
   int64_t step_ = 0;
   // Unique per session for the life of the process: what a captured graph
   // was made for (addresses of freed sessions are reused).

@@ -22,9 +22,15 @@ struct BatchStepper::Graph {
 
 namespace {
 
+// Sessions whose steps read something a captured graph would freeze: a
+// direction() vector copied from the host, MaCo's transparency map (the
+// images' gradient, accumulated after the step), reference activations.
 bool HasDirection(const RenderSession& s) {
+  if (s.options().param.kind == ParamKind::kMaco) return true;
   for (const WeightedTerm& wt : s.objective().terms()) {
-    if (wt.term.kind == TermKind::kDirection) return true;
+    if (wt.term.kind == TermKind::kDirection || wt.term.UsesReference()) {
+      return true;
+    }
   }
   return false;
 }

@@ -87,6 +87,12 @@ absl::StatusOr<core::TermKind> TermKindFromProto(int kind,
       return core::TermKind::kL2;
     case v1::TERM_KIND_OUTPUT:
       return core::TermKind::kOutput;
+    case v1::TERM_KIND_INVERSION:
+      return core::TermKind::kInversion;
+    case v1::TERM_KIND_INVERSION_L2:
+      return core::TermKind::kInversionL2;
+    case v1::TERM_KIND_CARICATURE:
+      return core::TermKind::kCaricature;
     case v1::TERM_KIND_UNSPECIFIED:
       return absl::InvalidArgumentError(
           absl::StrCat(field, " must be set, got TERM_KIND_UNSPECIFIED"));
@@ -261,6 +267,11 @@ int64_t ResultBytesBound(const RenderPlan& plan, int64_t channels) {
   const int64_t pixels = p.batch * channels * p.height * p.width;
   int64_t bytes = 64 * 1024;  // Names, logits, statistics.
   if (plan.tensor) bytes += 4 * pixels;
+  if (p.kind == core::ParamKind::kMaco) {
+    // The transparency map: a tensor like the images', RGB PNGs.
+    if (plan.tensor) bytes += 4 * pixels;
+    if (plan.png) bytes += 3 * pixels * 9 / 8 + p.batch * (p.height + 1024);
+  }
   // PNG stores 8-bit rows with a filter byte each; deflate never grows data
   // by more than a few bytes per 16 KiB block.
   if (plan.png) bytes += pixels + pixels / 8 + p.batch * (p.height + 1024);
@@ -298,6 +309,37 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
                      message.size() - kMaxStatusMessageBytes, " bytes cut)"));
   }
   return grpc::Status(grpc_code, std::string(message));
+}
+
+absl::StatusOr<core::ReferenceImage> ReferenceFromProto(
+    const v1::ReferenceImage& reference, absl::string_view field) {
+  switch (reference.source_case()) {
+    case v1::ReferenceImage::kDatasetImage: {
+      const v1::DatasetImage& image = reference.dataset_image();
+      if (image.index() < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".dataset_image.index must be >= 0, got ", image.index()));
+      }
+      if (image.dataset().size() > kMaxNameBytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".dataset_image.dataset must be at most ",
+                         kMaxNameBytes, " bytes"));
+      }
+      return core::DatasetReference(image.dataset(), image.index());
+    }
+    case v1::ReferenceImage::kRequestIndex:
+      if (reference.request_index() < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(field, ".request_index must be >= 0, got ",
+                         reference.request_index()));
+      }
+      return core::TensorReference(reference.request_index());
+    case v1::ReferenceImage::SOURCE_NOT_SET:
+      break;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, " must be set (dataset_image or request_index) for an "
+             "inversion, inversion_l2 or caricature term"));
 }
 
 absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
@@ -340,6 +382,11 @@ absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
     term.vector.assign(t.vector().begin(), t.vector().end());
     if (t.has_param()) term.param = t.param();
     if (t.has_batch()) term.batch = t.batch();
+    if (term.UsesReference()) {
+      FEATVIZ_ASSIGN_OR_RETURN(
+          term.reference,
+          ReferenceFromProto(t.reference(), absl::StrCat(field, ".term.reference")));
+    }
     objective = objective + core::Objective(std::move(term)) * weighted.weight();
   }
   if (absl::Status bounds = objective.CheckBounds(); !bounds.ok()) {
@@ -387,6 +434,9 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
       break;
     case v1::PARAMETERIZATION_PIXEL:
       param.kind = core::ParamKind::kPixel;
+      break;
+    case v1::PARAMETERIZATION_MACO:
+      param.kind = core::ParamKind::kMaco;
       break;
     default:
       return absl::InvalidArgumentError(absl::StrCat(
@@ -556,6 +606,18 @@ absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
   }
 }
 
+v1::Parameterization ParameterizationToProto(core::ParamKind kind) {
+  switch (kind) {
+    case core::ParamKind::kPixel:
+      return v1::PARAMETERIZATION_PIXEL;
+    case core::ParamKind::kFft:
+      return v1::PARAMETERIZATION_FFT;
+    case core::ParamKind::kMaco:
+      return v1::PARAMETERIZATION_MACO;
+  }
+  return v1::PARAMETERIZATION_UNSPECIFIED;
+}
+
 v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
                                    const RenderPlan& plan) {
   v1::RenderRequest canonical = request;
@@ -566,9 +628,7 @@ v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
   canonical.set_objective_text(plan.objective.ToString());  // Drops the tree.
   const core::ParamOptions& param = plan.options.param;
   v1::ImageSpec* image = canonical.mutable_image();
-  image->set_parameterization(param.kind == core::ParamKind::kPixel
-                                  ? v1::PARAMETERIZATION_PIXEL
-                                  : v1::PARAMETERIZATION_FFT);
+  image->set_parameterization(ParameterizationToProto(param.kind));
   if (image->size() == 0 && param.height == param.width) {
     image->set_size(param.height);
   }
@@ -817,6 +877,13 @@ v1::RenderResult ResultToProto(const JobResult& result) {
   for (const std::string& png : result.png) out.add_png(png);
   *out.mutable_logits() = ArrayToProto(result.logits);
   *out.mutable_probs() = ArrayToProto(result.probs);
+  if (result.transparency.has_value()) {
+    *out.mutable_transparency() = ArrayToProto(*result.transparency);
+  }
+  for (const std::string& png : result.transparency_png) {
+    out.add_transparency_png(png);
+  }
+  out.set_maco_magnitude(result.maco_magnitude);
   for (const LayerSummary& stats : result.layer_stats) {
     v1::LayerStats* s = out.add_layer_stats();
     s->set_layer(stats.layer);

@@ -72,6 +72,13 @@ v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
 // Validation against a model is separate (core::Objective::Validate).
 absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree);
 
+// The reference image of an inversion or caricature term; errors name
+// `field`.
+absl::StatusOr<core::ReferenceImage> ReferenceFromProto(
+    const v1::ReferenceImage& reference, absl::string_view field);
+
+v1::Parameterization ParameterizationToProto(core::ParamKind kind);
+
 // A float32 tensor from the wire: dtype, shape and byte length are checked;
 // errors name `field`. The result is a CPU float tensor that owns its data.
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor,

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/heatmap.h"
 #include "core/image.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
@@ -95,6 +96,11 @@ int64_t JobResult::bytes() const {
     total += static_cast<int64_t>(s.layer.size()) + BytesOf(s.mean) +
              BytesOf(s.max);
   }
+  if (transparency.has_value()) total += BytesOf(*transparency);
+  for (const std::string& p : transparency_png) {
+    total += static_cast<int64_t>(p.size());
+  }
+  total += static_cast<int64_t>(maco_magnitude.size());
   return total + 64;  // The scalars.
 }
 
@@ -129,6 +135,14 @@ absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
     }
     out.logits = ToHost(result.logits);
     out.probs = ToHost(result.probs);
+    if (result.transparency.defined()) {
+      out.maco_magnitude = result.magnitude_source;
+      if (plan.tensor) out.transparency = ToHost(result.transparency);
+      if (plan.png) {
+        FEATVIZ_ASSIGN_OR_RETURN(out.transparency_png,
+                                 TransparencyPngs(result.transparency));
+      }
+    }
     for (const core::LayerStats& stats : result.layer_stats) {
       out.layer_stats.push_back(
           LayerSummary{stats.layer, ToHost(stats.mean), ToHost(stats.max)});
@@ -143,6 +157,25 @@ absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
   out.queue_seconds = queue_seconds;
   out.compute_seconds = compute_seconds;
   return out;
+}
+
+absl::StatusOr<std::vector<std::string>> TransparencyPngs(
+    const at::Tensor& transparency) {
+  std::vector<std::string> pngs;
+  try {
+    at::Tensor map = transparency.to(at::kCPU, at::kFloat).sum(1);  // [B, H, W]
+    for (int64_t b = 0; b < map.size(0); ++b) {
+      at::Tensor m = map[b];
+      const float max = m.max().item<float>();
+      if (max > 0) m = m / max;
+      FEATVIZ_ASSIGN_OR_RETURN(std::string png,
+                               core::EncodePng(core::Colourise(m)));
+      pngs.push_back(std::move(png));
+    }
+  } catch (const std::exception& e) {
+    return core::TorchError(e, "drawing the transparency map");
+  }
+  return pngs;
 }
 
 absl::StatusOr<JobProgress> MakeJobProgress(const core::ProgressEvent& event,

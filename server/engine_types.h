@@ -120,6 +120,12 @@ struct JobResult {
   HostArray logits;
   HostArray probs;
   std::vector<LayerSummary> layer_stats;
+  // MaCo only (empty otherwise): the transparency map [B, C, H, W] when the
+  // plan asked for tensors, one PNG per image of it (TransparencyPngs) when
+  // it asked for PNGs, and where the fixed magnitude came from.
+  std::optional<HostArray> transparency;
+  std::vector<std::string> transparency_png;
+  std::string maco_magnitude;
   uint64_t seed = 0;
   int64_t steps = 0;
   std::string transforms;  // The transform set, as text.
@@ -138,6 +144,12 @@ absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
                                         const RenderPlan& plan,
                                         double queue_seconds,
                                         double compute_seconds);
+
+// One PNG per image of a transparency map ([B, C, H, W], >= 0): channels
+// summed, divided by the image's maximum, in inferno colours (bright where
+// the picture mattered most to the objective).
+absl::StatusOr<std::vector<std::string>> TransparencyPngs(
+    const at::Tensor& transparency);
 
 // One progress event of a running job.
 struct JobProgress {

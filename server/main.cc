@@ -86,7 +86,8 @@ ABSL_FLAG(int64_t, max_upload_bytes, featviz::server::Limits{}.max_upload_bytes,
           "Largest model file UploadModel accepts, in bytes (a client's "
           "max_upload_bytes quota may allow less)");
 ABSL_FLAG(std::string, dataset_dir, "",
-          "Directory of datasets for the Circuits service: one per "
+          "Directory of datasets for the Circuits service, MaCo's magnitude "
+          "spectra and inversion references: one per "
           "subdirectory (MNIST IDX files or PNG folders), or itself one "
           "dataset; empty hosts none.");
 ABSL_FLAG(int64_t, max_queued_jobs, featviz::server::Limits{}.max_queued_jobs,
@@ -473,13 +474,15 @@ absl::Status Serve() {
   service_options.on_job_end = [&metrics](const JobEnd& end) {
     metrics.OnJobEnd(end);
   };
-  FEATVIZ_ASSIGN_OR_RETURN(
-      VisualizerServicePtr service,
-      VisualizerService::Create(registry.get(), limits, service_options));
   std::vector<core::DatasetPtr> datasets;
   if (const std::string dir = absl::GetFlag(FLAGS_dataset_dir); !dir.empty()) {
     FEATVIZ_ASSIGN_OR_RETURN(datasets, core::LoadDatasetDir(dir));
   }
+  // Renders read the datasets too (MaCo magnitudes, reference images).
+  service_options.datasets = datasets;
+  FEATVIZ_ASSIGN_OR_RETURN(
+      VisualizerServicePtr service,
+      VisualizerService::Create(registry.get(), limits, service_options));
   FEATVIZ_ASSIGN_OR_RETURN(
       CircuitsServicePtr circuits,
       CircuitsService::Create(

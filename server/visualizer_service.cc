@@ -354,7 +354,8 @@ VisualizerService::VisualizerService(ModelRegistry* models,
       auth_(options.authenticator != nullptr ? *options.authenticator
                                              : open_access_),
       jobs_(std::make_unique<JobManager>(
-          ManagerOptions(limits, std::move(options.on_job_end)))) {}
+          ManagerOptions(limits, std::move(options.on_job_end)))),
+      inputs_(std::make_unique<RenderInputs>(std::move(options.datasets))) {}
 
 absl::StatusOr<Identity> VisualizerService::Caller(
     grpc::CallbackServerContext* context, absl::string_view method) const {
@@ -406,6 +407,7 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
                            auth_.OwnerOf(caller, request.owner()));
   absl::StatusOr<RenderPlan> plan = PlanRender(request, models_, limits_);
   if (!plan.ok()) return plan.status();
+  FEATVIZ_RETURN_IF_ERROR(inputs_->Resolve(request, *plan));
   OwnerQuota quota;
   if (auth_.checks_tokens()) {
     const Quotas& quotas = caller.quotas;

@@ -41,6 +41,7 @@
 #include "server/job_manager.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
+#include "server/render_inputs.h"
 #include "server/upload.h"
 #include "server/worker.h"
 
@@ -56,6 +57,9 @@ struct ServiceOptions {
   const Authenticator* authenticator = nullptr;
   // JobManagerOptions::on_end (metrics).
   std::function<void(const JobEnd&)> on_job_end;
+  // The hosted datasets (--dataset_dir): MaCo's magnitude spectra and the
+  // dataset(name, i) reference images of inversion and caricature terms.
+  std::vector<core::DatasetPtr> datasets;
 };
 
 class VisualizerService;
@@ -182,6 +186,8 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   const Authenticator open_access_{nullptr};
   const Authenticator& auth_;  // options.authenticator, or open_access_.
   JobManagerPtr jobs_;
+  // MaCo magnitudes and reference images of accepted requests.
+  std::unique_ptr<RenderInputs> inputs_;
   std::vector<WorkerPtr> workers_;
   std::atomic<bool> shutting_down_{false};
 

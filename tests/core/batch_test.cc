@@ -27,7 +27,7 @@ struct JobSpec {
 };
 
 std::vector<JobSpec> MixedJobs() {
-  std::vector<JobSpec> jobs(6);
+  std::vector<JobSpec> jobs(8);
   jobs[0].objective = "channel(conv2, 5)";
   jobs[0].options.seed = 1;
   jobs[0].options.steps = 40;
@@ -60,6 +60,21 @@ std::vector<JobSpec> MixedJobs() {
   jobs[5].options.steps = 20;
   jobs[5].options.param.batch = 2;
   jobs[5].joins_at = 5;
+  // Two MaCo jobs holding the same magnitude tensor: they share a pack (and
+  // one parameterisation call), yet each keeps its own transparency map.
+  static const at::Tensor magnitude = DefaultMacoMagnitude(1, 28, 28);
+  jobs[6].objective = "logit(2)";
+  jobs[6].options.seed = 7;
+  jobs[6].options.steps = 35;
+  jobs[6].options.param.kind = ParamKind::kMaco;
+  jobs[6].options.param.magnitude = magnitude;
+  jobs[6].options.param.batch = 2;
+  jobs[7].objective = "channel(conv2, 4) - 0.01 * tv()";
+  jobs[7].options.seed = 8;
+  jobs[7].options.steps = 20;
+  jobs[7].options.param.kind = ParamKind::kMaco;
+  jobs[7].options.param.magnitude = magnitude;
+  jobs[7].joins_at = 12;
   return jobs;
 }
 
@@ -117,6 +132,12 @@ TEST(StepTogether, GivesEachJobTheImagesItGetsAlone) {
     EXPECT_TRUE(at::equal(r.together[i].images, r.alone[i].images)) << jobs[i].objective;
     EXPECT_TRUE(at::equal(r.together[i].trace, r.alone[i].trace)) << jobs[i].objective;
     EXPECT_EQ(r.together[i].final_values, r.alone[i].final_values) << jobs[i].objective;
+    EXPECT_EQ(r.together[i].transparency.defined(),
+              jobs[i].options.param.kind == ParamKind::kMaco);
+    if (r.together[i].transparency.defined()) {
+      EXPECT_TRUE(at::equal(r.together[i].transparency, r.alone[i].transparency))
+          << jobs[i].objective;
+    }
   }
 }
 

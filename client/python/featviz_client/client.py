@@ -41,10 +41,12 @@ _PARAMETERIZATIONS = {
     None: featviz_pb2.PARAMETERIZATION_UNSPECIFIED,
     "fft": featviz_pb2.PARAMETERIZATION_FFT,
     "pixel": featviz_pb2.PARAMETERIZATION_PIXEL,
+    "maco": featviz_pb2.PARAMETERIZATION_MACO,
 }
 # Old argument names of render/submit -> the vocabulary's (README).
 _DEPRECATED_RENDER_ARGS = {"param": "parameterization", "decay": "decay_power"}
-_TERM_FIELDS = frozenset({"layer", "index", "x", "y", "vector", "param", "batch"})
+_TERM_FIELDS = frozenset({"layer", "index", "x", "y", "vector", "param", "batch",
+                          "output", "reference"})
 
 ObjectiveSpec = Union[str, Mapping[str, Any], Sequence[Mapping[str, Any]],
                   "featviz_pb2.Objective"]
@@ -142,6 +144,18 @@ class RenderResult:
 
     class_names: list[str] = field(default_factory=list)
     """The model's class names (logit order), for labels."""
+
+    transparency: Optional[np.ndarray] = None
+    """MaCo only: the transparency map, float32 [B, C, H, W] (with tensors):
+    the absolute gradient of the objective with respect to each image,
+    summed over the steps; None for other parameterisations."""
+
+    transparency_png: list[bytes] = field(default_factory=list)
+    """MaCo only: one PNG per image of the transparency map (with png)."""
+
+    maco_magnitude: str = ""
+    """MaCo only: where the fixed magnitude came from ("dataset mnist (2000
+    images)" or "1/f")."""
 
     @property
     def images_hwc(self) -> Optional[np.ndarray]:
@@ -325,6 +339,8 @@ class Client:
                decay_power: Optional[float] = None,
                transforms: TransformSpec = "default",
                init_image: Optional[np.ndarray] = None,
+               maco_dataset: Optional[str] = None,
+               references: Sequence[np.ndarray] = (),
                png: bool = True,
                tensor: bool = True,
                progress_every: Optional[int] = None,
@@ -341,12 +357,18 @@ class Client:
         `batch` is the batch size (images optimised together; a term's
         `batch=i` picks image i). `transforms` is "default", "none", or a
         list such as [("pad", 2), ("jitter", 4), ("scale", [0.9, 1.1]),
-        ("rotate", [-5, 5])]. `parameterization` is "fft" or "pixel";
-        None (like every other None here) leaves the choice to the server
-        (FFT). `decay_power` is the FFT spectrum's (1.0). `init_image` is
-        float32 [C, H, W] or [B, C, H, W] in [0, 1]. `on_progress` gets a
-        `Progress` every `progress_every` steps, with a PNG of the current
-        images when `preview`; if it raises, the render is cancelled and
+        ("rotate", [-5, 5])]. `parameterization` is "fft", "pixel" or
+        "maco"; None (like every other None here) leaves the choice to the
+        server (FFT). MaCo keeps the spectrum magnitude of `maco_dataset` (a
+        hosted dataset's name, "1/f", or None for the server's choice) and
+        returns `transparency` maps. `decay_power` is the FFT spectrum's
+        (1.0). `init_image` is float32 [C, H, W] or [B, C, H, W] in [0, 1].
+        `references` are float32 [C, H, W] images at the model's input
+        size: `reference(k)` in the objective (inversion, inversion_l2,
+        caricature) is the k-th; `dataset(name, i)` names a hosted image.
+        `on_progress` gets a `Progress` every `progress_every` steps, with
+        a PNG of the current images when `preview`; if it raises, the
+        render is cancelled and
         the exception propagates. `timeout` is the whole render's deadline
         in seconds. The old names `param` and `decay` still work (deprecated).
         """
@@ -354,7 +376,8 @@ class Client:
             model, objective, steps=steps, size=size, batch=batch,
             parameterization=parameterization, seed=seed, lr=lr,
             decay_power=decay_power, transforms=transforms,
-            init_image=init_image, png=png, tensor=tensor,
+            init_image=init_image, maco_dataset=maco_dataset,
+            references=references, png=png, tensor=tensor,
             progress_every=progress_every, preview=preview,
             deprecated=deprecated, caller="render")
         call = self._stub.Render(request, timeout=timeout, metadata=self._metadata)
@@ -370,6 +393,8 @@ class Client:
                decay_power: Optional[float] = None,
                transforms: TransformSpec = "default",
                init_image: Optional[np.ndarray] = None,
+               maco_dataset: Optional[str] = None,
+               references: Sequence[np.ndarray] = (),
                png: bool = True,
                tensor: bool = True,
                progress_every: Optional[int] = None,
@@ -387,7 +412,8 @@ class Client:
             model, objective, steps=steps, size=size, batch=batch,
             parameterization=parameterization, seed=seed, lr=lr,
             decay_power=decay_power, transforms=transforms,
-            init_image=init_image, png=png, tensor=tensor,
+            init_image=init_image, maco_dataset=maco_dataset,
+            references=references, png=png, tensor=tensor,
             progress_every=progress_every, preview=preview,
             deprecated=deprecated, caller="submit")
         request.owner = owner
@@ -670,7 +696,8 @@ class Client:
     def _render_request(model: str, objective: ObjectiveSpec, *, steps, size, batch,
                         parameterization, seed, lr, decay_power, transforms,
                         init_image, png, tensor, progress_every, preview,
-                        deprecated, caller) -> "featviz_pb2.RenderRequest":
+                        deprecated, caller, maco_dataset=None,
+                        references=()) -> "featviz_pb2.RenderRequest":
         for old, new in _DEPRECATED_RENDER_ARGS.items():
             if old not in deprecated:
                 continue
@@ -690,8 +717,8 @@ class Client:
         else:
             request.objective_tree.CopyFrom(_objective_tree(objective))
         if parameterization not in _PARAMETERIZATIONS:
-            raise ValueError(f"parameterization must be 'fft', 'pixel' or None, "
-                             f"not {parameterization!r}")
+            raise ValueError(f"parameterization must be 'fft', 'pixel', 'maco' or "
+                             f"None, not {parameterization!r}")
         request.image.parameterization = _PARAMETERIZATIONS[parameterization]
         if size is not None:
             request.image.size = size
@@ -701,6 +728,10 @@ class Client:
             request.image.decay_power = decay_power
         if init_image is not None:
             request.image.init_image.CopyFrom(_to_tensor(init_image))
+        if maco_dataset is not None:
+            request.image.maco_dataset = maco_dataset
+        for k, reference in enumerate(references):
+            request.references.append(_to_tensor(reference, f"references[{k}]"))
         request.transforms.CopyFrom(_transforms(transforms))
         if lr is not None:
             request.optimizer.lr = lr
@@ -771,9 +802,26 @@ def _objective_tree(spec: ObjectiveSpec) -> "featviz_pb2.Objective":
                 raise ValueError(f"unknown objective term field {key!r}")
             if key == "vector":
                 weighted.term.vector.extend(float(v) for v in value)
+            elif key == "reference":
+                weighted.term.reference.CopyFrom(_reference(value))
             else:
                 setattr(weighted.term, key, value)
     return tree
+
+
+def _reference(spec) -> "featviz_pb2.ReferenceImage":
+    """A term's reference image: an int k (the request's references[k]), a
+    (dataset, index) pair, or {"dataset": name, "index": i}."""
+    if isinstance(spec, featviz_pb2.ReferenceImage):
+        return spec
+    if isinstance(spec, int):
+        return featviz_pb2.ReferenceImage(request_index=spec)
+    if isinstance(spec, Mapping):
+        dataset, index = spec.get("dataset", ""), spec["index"]
+    else:
+        dataset, index = spec
+    return featviz_pb2.ReferenceImage(
+        dataset_image=featviz_pb2.DatasetImage(dataset=dataset, index=int(index)))
 
 
 def _term_kind(kind: Union[str, int]) -> int:
@@ -856,6 +904,10 @@ def _render_result(result: "featviz_pb2.RenderResult") -> RenderResult:
                      for s in result.layer_stats},
         queue_seconds=result.timings.queue_seconds,
         compute_seconds=result.timings.compute_seconds,
+        transparency=(_from_tensor(result.transparency)
+                      if result.HasField("transparency") else None),
+        transparency_png=list(result.transparency_png),
+        maco_magnitude=result.maco_magnitude,
     )
 
 

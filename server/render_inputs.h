@@ -1,0 +1,81 @@
+// What a render needs beyond its own request, resolved when it is accepted:
+// MaCo's fixed magnitude spectrum (estimated from a hosted dataset once per
+// dataset, channel count and image size, then cached; the 1/f default when
+// there is no dataset for it) and the reference images of inversion and
+// caricature terms (the request's own tensors, or hosted dataset images).
+#ifndef FEATVIZ_SERVER_RENDER_INPUTS_H_
+#define FEATVIZ_SERVER_RENDER_INPUTS_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "core/dataset.h"
+#include "core/param.h"
+#include "server/circuits_convert.h"
+#include "server/convert.h"
+#include "server/engine_types.h"
+
+namespace featviz::server {
+
+// Magnitudes kept at most; the cache is emptied when it would grow beyond
+// (each is [C, H, W/2 + 1] floats: 1.5 MB at 3 x 512 x 512).
+inline constexpr size_t kMaxCachedMagnitudes = 64;
+
+class RenderInputs {
+ public:
+  explicit RenderInputs(std::vector<core::DatasetPtr> datasets);
+
+  RenderInputs(const RenderInputs&) = delete;
+  RenderInputs& operator=(const RenderInputs&) = delete;
+
+  // Completes `plan` (PlanRender's result for `request`): for a MaCo plan,
+  // options.param.magnitude and magnitude_source (image.maco_dataset: a
+  // dataset's name, "1/f", or empty for the only hosted dataset whose
+  // images have the stimuli's channel count, else 1/f); for every reference
+  // term, options.references. Errors name the field: NOT_FOUND an unknown
+  // dataset; OUT_OF_RANGE a dataset index or reference(k) beyond what there
+  // is; INVALID_ARGUMENT a reference of another shape than the model's
+  // input, or a MaCo dataset with another channel count.
+  absl::Status Resolve(const v1::RenderRequest& request, RenderPlan& plan);
+
+  // What a MaCo render holds fixed: the magnitude spectrum and the tone of
+  // a dataset's pictures (core::MacoTone; neutral for 1/f), with the source
+  // text.
+  struct MacoPrior {
+    at::Tensor magnitude;
+    core::MacoTone tone;
+    std::string source;
+  };
+
+  // The prior for `channels` x `height` x `width` stimuli from `dataset`
+  // ("" as in Resolve). Estimated once, then cached: every session of a key
+  // holds the same tensors, so they batch.
+  absl::StatusOr<MacoPrior> Prior(const std::string& dataset,
+                                  int64_t channels, int64_t height,
+                                  int64_t width);
+
+  const DatasetIndex& datasets() const { return datasets_; }
+
+ private:
+  absl::Status ResolveUnguarded(const v1::RenderRequest& request,
+                                RenderPlan& plan);
+
+  const DatasetIndex datasets_;
+  absl::Mutex mu_;
+  // (dataset, channels, height, width) -> its prior.
+  std::map<std::tuple<std::string, int64_t, int64_t, int64_t>, MacoPrior>
+      priors_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace featviz::server
+
+#endif  // FEATVIZ_SERVER_RENDER_INPUTS_H_
