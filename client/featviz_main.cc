@@ -59,8 +59,9 @@ ABSL_FLAG(bool, json, false, "Print JSON on stdout instead of text");
 ABSL_FLAG(int64_t, steps, 0, "Optimisation steps; 0: the server's (256)");
 ABSL_FLAG(int64_t, size, 0, "Image side in pixels; 0: the model's input size");
 ABSL_FLAG(std::string, parameterization, "",
-          "Parameterisation: fft, pixel or maco; default fft (old name "
-          "--param)");
+          "Parameterisation: fft, pixel or maco; empty: the server's choice "
+          "(MaCo for a gray model on a server hosting one gray dataset, else "
+          "fft) (old name --param)");
 ABSL_FLAG(std::string, maco_dataset, "",
           "MaCo: the hosted dataset whose spectrum magnitude the images keep "
           "('1/f' for the default); empty: the server's choice");
@@ -83,7 +84,7 @@ ABSL_FLAG(std::string, name, "",
           "the file's stem");
 ABSL_FLAG(int64_t, batch, 1, "Images rendered together");
 ABSL_FLAG(int64_t, seed, -1, "Random seed; -1: the server picks (and reports) one");
-ABSL_FLAG(double, lr, 0, "Adam learning rate; 0: the server's (0.05)");
+ABSL_FLAG(double, lr, 0, "Adam learning rate; 0: the server's (0.05; MaCo 0.5)");
 ABSL_FLAG(double, decay_power, 0,
           "FFT spectrum decay power; 0: the server's (1.0) (old name --decay)");
 ABSL_FLAG(std::string, transforms, "default",
@@ -214,7 +215,7 @@ bench options:
   --clients N (8)  --jobs M per client (4)  --model NAME (mnist_classifier)
   --objectives 'channel(conv2, {i%32})|logit({i%10})'   job g uses template
                     g % T with {i} -> g and {i%K} -> g mod K
-  --steps N (256)  --batch N (1)  --parameterization fft|pixel (fft)
+  --steps N (256)  --batch N (1)  --parameterization fft|pixel|maco (server's)
   --transforms default|none|LIST (default)
   --seed_base S (0) job g's seed is S + g; a server's result cache answers
                     seeds it has seen, so change S to rerun against it

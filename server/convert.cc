@@ -28,7 +28,6 @@ namespace featviz::server {
 namespace {
 
 constexpr int64_t kDefaultSteps = 256;
-constexpr double kDefaultLr = 0.05;
 // Adam's step is lr per pixel in the parameterisation's units; beyond 10 an
 // image only saturates, and the bound keeps lr * bias correction a float.
 constexpr double kMaxLr = 10.0;
@@ -533,11 +532,11 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         ", more than this server's max_steps ", limits.max_steps));
   }
   if (optimizer.lr() == 0) {
-    plan.options.lr = kDefaultLr;
+    plan.options.lr = DefaultLr(param.kind);
   } else if (!(optimizer.lr() > 0 && optimizer.lr() <= kMaxLr)) {
     return absl::InvalidArgumentError(
         absl::StrCat("optimizer.lr must be in (0, ", kMaxLr, "] (0 means ",
-                     kDefaultLr, "), got ", optimizer.lr()));
+                     DefaultLr(param.kind), "), got ", optimizer.lr()));
   } else {
     plan.options.lr = optimizer.lr();
   }
@@ -616,6 +615,10 @@ v1::Parameterization ParameterizationToProto(core::ParamKind kind) {
       return v1::PARAMETERIZATION_MACO;
   }
   return v1::PARAMETERIZATION_UNSPECIFIED;
+}
+
+double DefaultLr(core::ParamKind kind) {
+  return kind == core::ParamKind::kMaco ? kDefaultMacoLr : kDefaultLr;
 }
 
 v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,

@@ -79,6 +79,13 @@ absl::StatusOr<core::ReferenceImage> ReferenceFromProto(
 
 v1::Parameterization ParameterizationToProto(core::ParamKind kind);
 
+// Adam's learning rate when a request leaves optimizer.lr 0, per
+// parameterisation (measured, docs/quality.md): MaCo's variables are
+// phases, angles that need larger steps than FFT's spectrum or pixels.
+inline constexpr double kDefaultLr = 0.05;
+inline constexpr double kDefaultMacoLr = 0.5;
+double DefaultLr(core::ParamKind kind);
+
 // A float32 tensor from the wire: dtype, shape and byte length are checked;
 // errors name `field`. The result is a CPU float tensor that owns its data.
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor,

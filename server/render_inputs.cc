@@ -97,6 +97,24 @@ absl::StatusOr<RenderInputs::MacoPrior> RenderInputs::Prior(
   return priors_.emplace(key, std::move(entry)).first->second;
 }
 
+bool RenderInputs::DefaultsToMaco(const v1::RenderRequest& request,
+                                  const RenderPlan& plan) const {
+  const v1::ImageSpec& image = request.image();
+  // Only where the request leaves every parameterisation choice open: no
+  // kind, no FFT decay, no start image (MaCo would keep only its phase).
+  if (image.parameterization() != v1::PARAMETERIZATION_UNSPECIFIED ||
+      image.decay_power() != 0 || image.has_init_image() ||
+      !image.maco_dataset().empty()) {
+    return false;
+  }
+  if (plan.model->card().channels != 1 || plan.options.param.channels != 1) {
+    return false;
+  }
+  int fitting = 0;  // Hosted datasets of one-channel images.
+  for (const auto& [name, d] : datasets_.all()) fitting += d->images.size(1) == 1;
+  return fitting == 1;
+}
+
 absl::Status RenderInputs::Resolve(const v1::RenderRequest& request,
                                    RenderPlan& plan) {
   // On gRPC's threads: LibTorch's exceptions end here, as the request's
@@ -111,6 +129,10 @@ absl::Status RenderInputs::Resolve(const v1::RenderRequest& request,
 absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
                                             RenderPlan& plan) {
   core::ParamOptions& param = plan.options.param;
+  if (DefaultsToMaco(request, plan)) {
+    param.kind = core::ParamKind::kMaco;
+    if (request.optimizer().lr() == 0) plan.options.lr = DefaultLr(param.kind);
+  }
   if (param.kind == core::ParamKind::kMaco) {
     FEATVIZ_ASSIGN_OR_RETURN(
         MacoPrior prior, Prior(request.image().maco_dataset(), param.channels,

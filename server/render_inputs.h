@@ -37,7 +37,13 @@ class RenderInputs {
   RenderInputs(const RenderInputs&) = delete;
   RenderInputs& operator=(const RenderInputs&) = delete;
 
-  // Completes `plan` (PlanRender's result for `request`): for a MaCo plan,
+  // Completes `plan` (PlanRender's result for `request`). First the
+  // default parameterisation by model kind (docs/quality.md): a request for
+  // a one-channel model that leaves the parameterisation, decay, start
+  // image and MaCo dataset unset, on a server hosting exactly one dataset of
+  // one-channel images, is rendered with MaCo from that dataset (magnitude
+  // and tone), at MaCo's default learning rate when lr is unset; any other
+  // stays FFT. Then, for a MaCo plan,
   // options.param.magnitude and magnitude_source (image.maco_dataset: a
   // dataset's name, "1/f", or empty for the only hosted dataset whose
   // images have the stimuli's channel count, else 1/f); for every reference
@@ -68,6 +74,8 @@ class RenderInputs {
  private:
   absl::Status ResolveUnguarded(const v1::RenderRequest& request,
                                 RenderPlan& plan);
+  bool DefaultsToMaco(const v1::RenderRequest& request,
+                      const RenderPlan& plan) const;
 
   const DatasetIndex datasets_;
   absl::Mutex mu_;

@@ -62,8 +62,12 @@ def test_maco_render_returns_a_transparency_map(featviz):
     assert len(result.transparency_png) == 2
     assert result.probs[:, 8].min() > 0.5
 
-    fft = featviz.render(MODEL, "logit(8)", steps=4)
+    fft = featviz.render(MODEL, "logit(8)", parameterization="fft", steps=4)
     assert fft.transparency is None and fft.transparency_png == [] and fft.maco_magnitude == ""
+    # Left open, a gray model on a server hosting MNIST renders with MaCo.
+    default = featviz.render(MODEL, "logit(8)", steps=4)
+    assert default.maco_magnitude == "dataset mnist (2000 images)"
+    assert len(default.transparency_png) == 1
 
 
 def test_maco_with_the_1_over_f_default(featviz):

@@ -58,6 +58,49 @@ float Cosine(const std::vector<float>& a, const std::vector<float>& b) {
   return static_cast<float>(dot / std::sqrt(na * nb));
 }
 
+// The default parameterisation by model kind (docs/quality.md): a
+// one-channel model on a server hosting one one-channel dataset renders
+// with MaCo from it, at MaCo's learning rate, when the request leaves the
+// choice open; a request that names FFT, a decay or a start image gets FFT.
+TEST_F(MacoInversionServiceTest, AnOpenRequestForAGrayModelIsMacoFromTheDataset) {
+  v1::RenderRequest open = TextRequest("logit(3)", 192);
+  open.set_seed(2);
+  RenderOutcome outcome = RenderAll(*stub_, open);
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  ASSERT_TRUE(outcome.result.has_value());
+  EXPECT_EQ(outcome.result->maco_magnitude(), "dataset mnist (2000 images)");
+  EXPECT_EQ(outcome.result->transparency_png_size(), 1);
+  const std::vector<float> probs = Floats(outcome.result->probs());
+  ASSERT_EQ(probs.size(), 10u);
+  EXPECT_GT(probs[3], 0.9f);
+  // White strokes on a dark background: the dataset's tone.
+  float mean = 0;
+  const std::vector<float> pixels = Floats(outcome.result->images());
+  for (float v : pixels) mean += v / pixels.size();
+  EXPECT_LT(mean, 0.3f);
+
+  // Naming MaCo without an lr gives the same job, bit for bit.
+  v1::RenderRequest named = open;
+  named.mutable_image()->set_parameterization(v1::PARAMETERIZATION_MACO);
+  named.mutable_optimizer()->set_lr(0.5);
+  RenderOutcome same = RenderAll(*stub_, named);
+  ASSERT_TRUE(same.result.has_value()) << same.status.error_message();
+  EXPECT_EQ(Floats(same.result->images()), pixels);
+
+  v1::RenderRequest fft = open;
+  fft.mutable_image()->set_parameterization(v1::PARAMETERIZATION_FFT);
+  v1::RenderRequest decay = open;
+  decay.mutable_image()->set_decay_power(1.0);
+  for (const v1::RenderRequest& r : {fft, decay}) {
+    v1::RenderRequest shorter = r;
+    shorter.mutable_optimizer()->set_steps(4);
+    RenderOutcome o = RenderAll(*stub_, shorter);
+    ASSERT_TRUE(o.result.has_value()) << o.status.error_message();
+    EXPECT_EQ(o.result->maco_magnitude(), "");
+    EXPECT_EQ(o.result->transparency_png_size(), 0);
+  }
+}
+
 TEST_F(MacoInversionServiceTest, MacoRendersWithTheDatasetsMagnitudeAndAMap) {
   v1::RenderRequest request = TextRequest("logit(3)", 192);
   request.mutable_image()->set_parameterization(v1::PARAMETERIZATION_MACO);
@@ -103,7 +146,9 @@ TEST_F(MacoInversionServiceTest, MacoRendersWithTheDatasetsMagnitudeAndAMap) {
             (std::vector<int64_t>{1, 1, 24, 36}));
 
   // FFT renders carry no map.
-  outcome = RenderAll(*stub_, TextRequest("logit(5)", 4));
+  v1::RenderRequest fft = TextRequest("logit(5)", 4);
+  fft.mutable_image()->set_parameterization(v1::PARAMETERIZATION_FFT);
+  outcome = RenderAll(*stub_, fft);
   ASSERT_TRUE(outcome.status.ok());
   EXPECT_FALSE(outcome.result->has_transparency());
   EXPECT_EQ(outcome.result->transparency_png_size(), 0);

@@ -359,7 +359,10 @@ class Client:
         list such as [("pad", 2), ("jitter", 4), ("scale", [0.9, 1.1]),
         ("rotate", [-5, 5])]. `parameterization` is "fft", "pixel" or
         "maco"; None (like every other None here) leaves the choice to the
-        server (FFT). MaCo keeps the spectrum magnitude of `maco_dataset` (a
+        server: MaCo from the dataset for a gray model on a server hosting
+        one gray dataset (when decay_power, init_image and maco_dataset are
+        None too), FFT otherwise (docs/quality.md). `lr` None is 0.05, or
+        0.5 for MaCo. MaCo keeps the spectrum magnitude of `maco_dataset` (a
         hosted dataset's name, "1/f", or None for the server's choice) and
         returns `transparency` maps. `decay_power` is the FFT spectrum's
         (1.0). `init_image` is float32 [C, H, W] or [B, C, H, W] in [0, 1].
