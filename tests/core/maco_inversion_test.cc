@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
 #include "core/adam.h"
@@ -161,7 +162,8 @@ TEST(MacoParam, KeepsTheMagnitudeFixedWhileThePhaseChanges) {
   const at::Tensor ratio_before = MagnitudeRatio((*param)->Image().detach(), magnitude);
 
   Adam adam((*param)->parameters(), AdamOptions{.lr = 0.1});
-  const at::Tensor target = at::rand({1, 1, 20, 26});
+  const at::Tensor target = at::rand(
+      {1, 1, 20, 26}, at::make_generator<at::CPUGeneratorImpl>(7));
   for (int step = 0; step < 30; ++step) {
     at::Tensor loss = ((*param)->Image() - target).pow(2).sum();
     loss.backward();
@@ -177,11 +179,14 @@ TEST(MacoParam, KeepsTheMagnitudeFixedWhileThePhaseChanges) {
     const double mean = ratio.mean().item<double>();
     EXPECT_LT((ratio - mean).abs().max().item<double>() / mean, 1e-3);
   }
-  // The common scale moves a little (measured 0.4% here): the per-image
+  // The common scale moves a little (0.4% to 3% in runs seen): the per-image
   // standardisation divides by the RMS over all bins, and the bins the
   // real transform makes Hermitian change their magnitude with the phase.
+  // How much depends on the path Adam takes, and Adam turns float-rounding
+  // differences in near-zero gradients (the thread split of a reduction)
+  // into full-size steps, so the bound is loose; the shape above is exact.
   EXPECT_NEAR(ratio_before.mean().item<double>(), ratio_after.mean().item<double>(),
-              2e-2 * ratio_before.mean().item<double>());
+              0.1 * ratio_before.mean().item<double>());
 }
 
 TEST(MacoMagnitude, IsEstimatedFromImagesAtAnySize) {
