@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 #include "core/torch_status.h"
 
 namespace featviz::core {
@@ -84,16 +85,29 @@ at::Tensor DefaultMacoMagnitude(int64_t channels, int64_t height,
       .contiguous();
 }
 
+namespace {
+
+// InvalidArgument naming `what` unless `images` is [N, C, H, W] with N >= 1
+// and H, W >= min_side.
+absl::Status CheckImageStack(const at::Tensor& images, const char* what,
+                             int64_t min_side) {
+  if (images.defined() && images.dim() == 4 && images.size(0) >= 1 &&
+      images.size(2) >= min_side && images.size(3) >= min_side) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      what, " needs images [N, C, H, W] with N >= 1",
+      min_side > 1 ? absl::StrCat(" and H, W >= ", min_side) : "", ", got ",
+      images.defined() ? c10::str(images.sizes()) : "none"));
+}
+
+}  // namespace
+
 absl::StatusOr<at::Tensor> MacoMagnitudeFromImages(const at::Tensor& images,
                                                    int64_t height,
                                                    int64_t width,
                                                    bool decorrelate) {
-  if (!images.defined() || images.dim() != 4 || images.size(0) < 1 ||
-      images.size(2) < 1 || images.size(3) < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "MaCo magnitude needs images [N, C, H, W] with N >= 1, got ",
-        images.defined() ? c10::str(images.sizes()) : "none"));
-  }
+  FEATVIZ_RETURN_IF_ERROR(CheckImageStack(images, "MaCo magnitude", 1));
   if (height < 1 || width < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "MaCo magnitude needs a positive size, got ", height, "x", width));
@@ -153,12 +167,7 @@ double ToneSpread(const at::Tensor& y, const at::Tensor& mean, double gain,
 
 absl::StatusOr<MacoTone> MacoToneFromImages(const at::Tensor& images,
                                             bool decorrelate) {
-  if (!images.defined() || images.dim() != 4 || images.size(0) < 1 ||
-      images.size(2) < 2 || images.size(3) < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "MaCo tone needs images [N, C, H, W] with N >= 1 and H, W >= 2, got ",
-        images.defined() ? c10::str(images.sizes()) : "none"));
-  }
+  FEATVIZ_RETURN_IF_ERROR(CheckImageStack(images, "MaCo tone", 2));
   try {
     at::NoGradGuard no_grad;
     const at::Tensor x = images.narrow(0, 0, std::min(images.size(0), kMacoMaxImages))
@@ -321,14 +330,18 @@ absl::StatusOr<std::unique_ptr<ImageParam>> ImageParam::Create(
   return param;
 }
 
+// MaCo's tone offset (undefined for the other kinds) is added after the
+// colour matrix; FromImage takes it off again.
 at::Tensor ImageParam::ToImage(const at::Tensor& pre) const {
   at::Tensor x = pre;
   if (colour_.defined()) x = at::einsum("ij,bjhw->bihw", {colour_, x});
+  if (tone_offset_.defined()) x = x + tone_offset_;
   return at::sigmoid(x);
 }
 
 at::Tensor ImageParam::FromImage(const at::Tensor& image) const {
   at::Tensor x = at::logit(image.clamp(1e-3, 1 - 1e-3));
+  if (tone_offset_.defined()) x = x - tone_offset_;
   if (colour_.defined()) {
     x = at::einsum("ij,bjhw->bihw", {at::inverse(colour_), x});
   }
@@ -349,9 +362,7 @@ at::Tensor ImageParam::ImageFrom(const at::Tensor& variable) const {
     pre = pre - pre.mean({1, 2, 3}, true);
     pre = pre / (pre.pow(2).mean({1, 2, 3}, true).sqrt() + 1e-5);
     if (options_.tone_gain != 1.0) pre = pre * options_.tone_gain;
-    if (!tone_offset_.defined()) return ToImage(pre);
-    if (colour_.defined()) pre = at::einsum("ij,bjhw->bihw", {colour_, pre});
-    return at::sigmoid(pre + tone_offset_);
+    return ToImage(pre);
   }
   at::Tensor spectrum = at::view_as_complex(variable) * spectrum_scale_;
   at::Tensor pre = at::fft_irfft2(

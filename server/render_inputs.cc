@@ -33,6 +33,19 @@ absl::StatusOr<at::Tensor> ModelInput(at::Tensor image, const core::Model& model
   return image;
 }
 
+// The only hosted dataset whose images have `channels` channels; null when
+// none or several do (then none is "the model's").
+core::DatasetPtr OnlyDatasetWithChannels(const DatasetIndex& datasets,
+                                         int64_t channels) {
+  core::DatasetPtr only;
+  for (const auto& [name, d] : datasets.all()) {
+    if (d->images.size(1) != channels) continue;
+    if (only != nullptr) return nullptr;
+    only = d;
+  }
+  return only;
+}
+
 }  // namespace
 
 RenderInputs::RenderInputs(std::vector<core::DatasetPtr> datasets)
@@ -57,14 +70,7 @@ absl::StatusOr<RenderInputs::MacoPrior> RenderInputs::Prior(
           channels));
     }
   } else {
-    for (const auto& [name, d] : datasets_.all()) {
-      if (d->images.size(1) != channels) continue;
-      if (source != nullptr) {  // Several fit: none is "the model's".
-        source = nullptr;
-        break;
-      }
-      source = d;
-    }
+    source = OnlyDatasetWithChannels(datasets_, channels);
   }
   const std::string name = source == nullptr ? kOneOverF : source->name;
   const auto key = std::make_tuple(name, channels, height, width);
@@ -110,9 +116,7 @@ bool RenderInputs::DefaultsToMaco(const v1::RenderRequest& request,
   if (plan.model->card().channels != 1 || plan.options.param.channels != 1) {
     return false;
   }
-  int fitting = 0;  // Hosted datasets of one-channel images.
-  for (const auto& [name, d] : datasets_.all()) fitting += d->images.size(1) == 1;
-  return fitting == 1;
+  return OnlyDatasetWithChannels(datasets_, 1) != nullptr;
 }
 
 absl::Status RenderInputs::Resolve(const v1::RenderRequest& request,
