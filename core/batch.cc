@@ -4,6 +4,8 @@
 #include <map>
 #include <set>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include <ATen/TensorIndexing.h>
 
@@ -46,19 +48,125 @@ at::Tensor LongTensor(const std::vector<int64_t>& v, const c10::Device& d) {
   return at::tensor(v, at::TensorOptions().dtype(at::kLong)).to(d);
 }
 
-// [E] values of a group's entries, differentiable w.r.t. the taps.
-at::Tensor GatherValues(TermKind kind, const at::Tensor& source,
-                        const Gather& g) {
-  using at::indexing::TensorIndex;
-  const c10::Device device = source.device();
-  const at::Tensor rows = LongTensor(g.rows, device);
-  const at::Tensor index = LongTensor(g.index, device);
-  if (kind == TermKind::kNeuron && source.dim() == 4) {
-    return source.index({TensorIndex(rows), TensorIndex(index),
-                         TensorIndex(LongTensor(g.ys, device)),
-                         TensorIndex(LongTensor(g.xs, device))});
+}  // namespace
+
+// One (kind, layer) of the common terms: its entries' indices on the device.
+struct CommonGroup {
+  TermKind kind;
+  std::string layer;  // Empty for logits and probabilities.
+  at::Tensor rows, index, ys, xs;  // [E] each; ys, xs: neurons of maps only.
+};
+
+struct StepCache::Plan {
+  // The sessions (id, batch, static mode) it was built for, in order.
+  std::vector<std::tuple<uint64_t, int64_t, bool>> key;
+  // Per session: whether its terms are evaluated together here, and where
+  // its terms start among all of them.
+  std::vector<bool> common;
+  std::vector<int64_t> first_term;
+  bool any_common = false, any_own = false;
+  std::vector<CommonGroup> groups;
+  at::Tensor weights;  // [E] float, all groups' entries in order.
+  at::Tensor term_ids;  // [E] long: the term each entry counts towards.
+  at::Tensor counts;    // [terms] float: entries per term.
+  // [rows, terms]: row r holds the term values of the r-th step taken with
+  // this plan; rows_done of them are written.
+  at::Tensor trace;
+  int64_t rows_done = 0;
+};
+
+StepCache::StepCache() = default;
+StepCache::~StepCache() = default;
+void StepCache::Clear() { plan_ = nullptr; }
+
+namespace {
+
+using Key = std::vector<std::tuple<uint64_t, int64_t, bool>>;
+
+// Which sessions' terms are evaluated together on the stacked taps and the
+// indices of their gathers. `trace_rows`: how many steps the trace buffer
+// holds. Builds device tensors only when some session is common (so never
+// during a CUDA-graph capture, whose static-mode sessions are not).
+std::shared_ptr<StepCache::Plan> BuildPlan(
+    Key key, const std::vector<RenderSession*>& sessions,
+    const std::vector<bool>& common_sessions, const Taps& taps,
+    int64_t trace_rows) {
+  auto plan = std::make_shared<StepCache::Plan>();
+  plan->key = std::move(key);
+  plan->common = common_sessions;
+  plan->first_term.assign(sessions.size(), 0);
+  for (bool c : common_sessions) {
+    plan->any_common = plan->any_common || c;
+    plan->any_own = plan->any_own || !c;
   }
-  at::Tensor v = source.index({TensorIndex(rows), TensorIndex(index)});
+  if (!plan->any_common) return plan;
+  std::map<std::pair<TermKind, std::string>, Gather> groups;
+  std::vector<float> counts;
+  int64_t row = 0;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    const RenderSession* s = sessions[i];
+    if (common_sessions[i]) {
+      plan->first_term[i] = static_cast<int64_t>(counts.size());
+      for (const WeightedTerm& wt : s->objective().terms()) {
+        const Term& term = wt.term;
+        const bool logits =
+            term.kind == TermKind::kLogit || term.kind == TermKind::kProb;
+        Gather& g = groups[{term.kind, logits ? std::string() : term.layer}];
+        const int64_t t = static_cast<int64_t>(counts.size());
+        const int64_t first = term.batch.value_or(0);
+        const int64_t last =
+            term.batch.has_value() ? first : s->batch() - 1;
+        counts.push_back(static_cast<float>(last - first + 1));
+        for (int64_t b = first; b <= last; ++b) {
+          g.rows.push_back(row + b);
+          g.index.push_back(term.index);
+          g.terms.push_back(t);
+          g.weights.push_back(static_cast<float>(wt.weight));
+          if (term.kind == TermKind::kNeuron) {
+            const at::Tensor& a = taps.activations.at(term.layer);
+            if (a.dim() == 4) {
+              g.ys.push_back(term.y.value_or(a.size(2) / 2));
+              g.xs.push_back(term.x.value_or(a.size(3) / 2));
+            }
+          }
+        }
+      }
+    }
+    row += s->batch();
+  }
+  const c10::Device device = taps.logits.device();
+  std::vector<float> weights;
+  std::vector<int64_t> term_ids;
+  for (const auto& [key, g] : groups) {
+    CommonGroup group{key.first, key.second, LongTensor(g.rows, device),
+                      LongTensor(g.index, device), at::Tensor(), at::Tensor()};
+    if (!g.ys.empty()) {
+      group.ys = LongTensor(g.ys, device);
+      group.xs = LongTensor(g.xs, device);
+    }
+    plan->groups.push_back(std::move(group));
+    weights.insert(weights.end(), g.weights.begin(), g.weights.end());
+    term_ids.insert(term_ids.end(), g.terms.begin(), g.terms.end());
+  }
+  plan->weights = at::tensor(weights).to(device);
+  plan->term_ids = LongTensor(term_ids, device);
+  plan->counts = at::tensor(counts).to(device);
+  plan->trace = at::zeros({trace_rows, static_cast<int64_t>(counts.size())},
+                          at::TensorOptions().device(device));
+  return plan;
+}
+
+// [E] values of a group's entries, differentiable w.r.t. the taps.
+at::Tensor GatherValues(const CommonGroup& g, const Taps& taps) {
+  using at::indexing::TensorIndex;
+  const at::Tensor& source = g.kind == TermKind::kLogit  ? taps.logits
+                             : g.kind == TermKind::kProb ? taps.probs
+                                                         : taps.activations.at(g.layer);
+  if (g.ys.defined()) {
+    return source.index({TensorIndex(g.rows), TensorIndex(g.index),
+                         TensorIndex(g.ys), TensorIndex(g.xs)});
+  }
+  at::Tensor v = source.index({TensorIndex(g.rows), TensorIndex(g.index)});
   // A channel of a map: its spatial mean, image by image.
   return v.dim() == 1 ? v : v.flatten(1).mean(1);
 }
@@ -67,7 +175,7 @@ at::Tensor GatherValues(TermKind kind, const at::Tensor& source,
 
 absl::Status StepTogether(const Model& model,
                           const std::vector<RenderSession*>& sessions,
-                          const StepOptions& options) {
+                          const StepOptions& options, StepCache* cache) {
   if (sessions.empty()) return absl::OkStatus();
   std::set<std::string> layer_set;
   for (const RenderSession* s : sessions) {
@@ -82,6 +190,7 @@ absl::Status StepTogether(const Model& model,
   int64_t images_in_step = 0;
   for (const RenderSession* s : sessions) images_in_step += s->batch();
   std::vector<std::shared_ptr<ParamPack>> packs;
+  std::shared_ptr<StepCache::Plan> plan;
   try {
     PrecisionGuard precision(options.precision, model.device());
     if (options.fail_above_images > 0 &&
@@ -193,89 +302,54 @@ absl::Status StepTogether(const Model& model,
     // map, d(loss)/d(value) is minus the term's weight), so batching does
     // not change them. Sessions in static mode (CUDA graphs, whose steps
     // must not copy from the host) and those with other terms go through
-    // their own Loss().
-    std::vector<bool> common(sessions.size());
-    bool any_common = false, any_own = false;
-    for (size_t i = 0; i < sessions.size(); ++i) {
-      const RenderSession* s = sessions[i];
-      // An empty objective goes to Loss(), which says so.
-      bool c = !s->static_mode_ && !s->objective().empty();
-      for (const WeightedTerm& wt : s->objective().terms()) {
-        c = c && CommonTerm(wt.term, taps);
-      }
-      common[i] = c;
-      any_common = any_common || c;
-      any_own = any_own || !c;
+    // their own Loss(). Which is which, and the gathers' indices, depend
+    // only on the sessions: the plan is kept in `cache` while they stay.
+    Key key;
+    key.reserve(sessions.size());
+    for (const RenderSession* s : sessions) {
+      key.emplace_back(s->id_, s->batch(), s->static_mode_);
     }
-    at::Tensor total;
-    if (any_common) {
-      std::map<std::pair<TermKind, std::string>, Gather> groups;
-      std::vector<int64_t> first_term(sessions.size(), 0);
-      std::vector<float> counts;
-      int64_t row = 0;
+    plan = cache != nullptr ? cache->plan_ : nullptr;
+    if (plan == nullptr || plan->key != key ||
+        (plan->trace.defined() && plan->rows_done >= plan->trace.size(0))) {
+      std::vector<bool> common(sessions.size());
+      int64_t trace_rows = 1;
       for (size_t i = 0; i < sessions.size(); ++i) {
         const RenderSession* s = sessions[i];
-        if (common[i]) {
-          first_term[i] = static_cast<int64_t>(counts.size());
-          for (const WeightedTerm& wt : s->objective().terms()) {
-            const Term& term = wt.term;
-            const bool logits = term.kind == TermKind::kLogit ||
-                                term.kind == TermKind::kProb;
-            Gather& g =
-                groups[{term.kind, logits ? std::string() : term.layer}];
-            const int64_t t = static_cast<int64_t>(counts.size());
-            const int64_t first = term.batch.value_or(0);
-            const int64_t last = term.batch.has_value() ? first : s->batch() - 1;
-            counts.push_back(static_cast<float>(last - first + 1));
-            for (int64_t b = first; b <= last; ++b) {
-              g.rows.push_back(row + b);
-              g.index.push_back(term.index);
-              g.terms.push_back(t);
-              g.weights.push_back(static_cast<float>(wt.weight));
-              if (term.kind == TermKind::kNeuron) {
-                const at::Tensor& a = taps.activations.at(term.layer);
-                if (a.dim() == 4) {
-                  g.ys.push_back(term.y.value_or(a.size(2) / 2));
-                  g.xs.push_back(term.x.value_or(a.size(3) / 2));
-                }
-              }
-            }
-          }
+        // An empty objective goes to Loss(), which says so.
+        bool c = !s->static_mode_ && !s->objective().empty();
+        for (const WeightedTerm& wt : s->objective().terms()) {
+          c = c && CommonTerm(wt.term, taps);
         }
-        row += s->batch();
+        common[i] = c;
+        // Without a cache the plan lives for this step only.
+        if (c && cache != nullptr) {
+          trace_rows = std::max(trace_rows, s->options_.steps - s->step_);
+        }
       }
-      std::vector<at::Tensor> values, weights, term_ids;
-      const c10::Device device = taps.logits.device();
-      for (const auto& [key, g] : groups) {
-        const TermKind kind = key.first;
-        const at::Tensor& source =
-            kind == TermKind::kLogit  ? taps.logits
-            : kind == TermKind::kProb ? taps.probs
-                                      : taps.activations.at(key.second);
-        values.push_back(GatherValues(kind, source, g).to(at::kFloat));
-        weights.push_back(at::tensor(g.weights).to(device));
-        term_ids.push_back(LongTensor(g.terms, device));
-      }
-      at::Tensor v = values.size() == 1 ? values[0] : at::cat(values);
-      at::Tensor w = weights.size() == 1 ? weights[0] : at::cat(weights);
-      at::Tensor ids = term_ids.size() == 1 ? term_ids[0] : at::cat(term_ids);
-      total = -(v * w).sum();
-      // Each term's value: the mean over the images it targets.
-      at::Tensor term_values =
-          at::zeros({static_cast<int64_t>(counts.size())}, v.options())
-              .index_add_(0, ids, v.detach())
-              .div_(at::tensor(counts).to(device));
-      for (size_t i = 0; i < sessions.size(); ++i) {
-        if (!common[i]) continue;
-        RenderSession* s = sessions[i];
-        s->last_terms_ = term_values.narrow(
-            0, first_term[i],
-            static_cast<int64_t>(s->objective().terms().size()));
-        s->trace_[std::min(s->step_, s->options_.steps - 1)].copy_(
-            s->last_terms_);
+      plan = BuildPlan(std::move(key), sessions, common, taps, trace_rows);
+      if (cache != nullptr) {
+        cache->plan_ = plan;
+        ++cache->plans_built_;
       }
     }
-    if (any_own) {
+    at::Tensor total;
+    if (plan->any_common) {
+      std::vector<at::Tensor> values;
+      for (const CommonGroup& g : plan->groups) {
+        values.push_back(GatherValues(g, taps).to(at::kFloat));
+      }
+      at::Tensor v = values.size() == 1 ? values[0] : at::cat(values);
+      total = -(v * plan->weights).sum();
+      // Each term's value: the mean over the images it targets, written as
+      // this step's row of the plan's trace, for all sessions at once.
+      // (Zeroed first: a failed step may have written the row.)
+      plan->trace.select(0, plan->rows_done)
+          .zero_()
+          .index_add_(0, plan->term_ids, v.detach())
+          .div_(plan->counts);
+    }
+    if (plan->any_own) {
       // One split per tapped tensor, not a slice per session: each slice's
       // backward would materialise a zero gradient of the whole batch.
       std::vector<int64_t> sizes;
@@ -300,7 +374,7 @@ absl::Status StepTogether(const Model& model,
         });
       }
       for (size_t i = 0; i < sessions.size(); ++i) {
-        if (common[i]) continue;
+        if (plan->common[i]) continue;
         FEATVIZ_ASSIGN_OR_RETURN(at::Tensor loss, sessions[i]->Loss(parts[i]));
         total = total.defined() ? total + loss : loss;
       }
@@ -317,6 +391,19 @@ absl::Status StepTogether(const Model& model,
     return TorchError(e, absl::StrCat("batched step of ", sessions.size(),
                                       " renders (", images_in_step,
                                       " images)"));
+  }
+  if (plan->any_common) {
+    // The common sessions' trace rows: this step's row of the plan's.
+    for (size_t i = 0; i < sessions.size(); ++i) {
+      if (!plan->common[i]) continue;
+      RenderSession* s = sessions[i];
+      if (!s->shared_trace_.buffer.is_same(plan->trace)) {
+        s->FlushSharedTrace();
+        s->shared_trace_ = {plan->trace, s->step_, plan->rows_done,
+                            plan->first_term[i]};
+      }
+    }
+    ++plan->rows_done;
   }
   for (RenderSession* s : sessions) s->Update();
   return absl::OkStatus();

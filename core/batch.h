@@ -13,6 +13,8 @@
 #ifndef FEATVIZ_CORE_BATCH_H_
 #define FEATVIZ_CORE_BATCH_H_
 
+#include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -32,9 +34,45 @@ namespace featviz::core {
 // schedule (drawn on the device at Create), term values are written to the
 // trace on the device, the optimiser's per-row step sizes are host
 // arithmetic sent in one (on CUDA, asynchronous) copy.
+//
+// `cache`, when given, keeps what depends only on which sessions are
+// stepped together (StepCache) from one call to the next.
 absl::Status StepTogether(const Model& model,
                           const std::vector<RenderSession*>& sessions,
-                          const StepOptions& options = {});
+                          const StepOptions& options = {},
+                          StepCache* cache = nullptr);
+
+// What StepTogether reuses while the same sessions (by id, batch and
+// CUDA-graph mode, in the same order) are stepped together step after step:
+// which sessions' terms are evaluated together, the gathers' indices,
+// weights and term ids, put on the device once rather than built on the
+// host every step, and a [steps, terms] trace buffer into which each step's
+// term values of all those sessions are written as one row (a session's
+// own trace gets its rows in one copy when the batch changes or it
+// finishes). One cache per stepping thread (a worker's BatchStepper owns
+// one); not thread-safe.
+class StepCache {
+ public:
+  StepCache();
+  ~StepCache();
+  StepCache(const StepCache&) = delete;
+  StepCache& operator=(const StepCache&) = delete;
+
+  // Forgets the cached plan (the sessions' recorded steps stay theirs).
+  void Clear();
+  // Plans built so far: one per change of the batch's composition.
+  int64_t plans_built() const { return plans_built_; }
+
+  struct Plan;  // Defined in batch.cc.
+
+ private:
+  friend absl::Status StepTogether(const Model& model,
+                                   const std::vector<RenderSession*>& sessions,
+                                   const StepOptions& options,
+                                   StepCache* cache);
+  std::shared_ptr<Plan> plan_;
+  int64_t plans_built_ = 0;
+};
 
 }  // namespace featviz::core
 

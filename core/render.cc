@@ -212,7 +212,32 @@ at::Tensor RenderSession::PrepareInput() {
   return SampleAffine(images_, matrices, card.height, card.width);
 }
 
+at::Tensor RenderSession::LastTerms() const {
+  const SharedTrace& shared = shared_trace_;
+  if (!static_mode_ && shared.buffer.defined() && step_ > shared.first_step) {
+    return shared.buffer.select(0, shared.first_row + step_ - 1 -
+                                       shared.first_step)
+        .narrow(0, shared.column, trace_.size(1));
+  }
+  return last_terms_;
+}
+
+void RenderSession::FlushSharedTrace() {
+  SharedTrace& shared = shared_trace_;
+  if (!shared.buffer.defined()) return;
+  const int64_t steps = step_ - shared.first_step;
+  if (steps > 0) {
+    trace_.narrow(0, shared.first_step, steps)
+        .copy_(shared.buffer.narrow(0, shared.first_row, steps)
+                   .narrow(1, shared.column, trace_.size(1)));
+    last_terms_ = trace_[step_ - 1];
+  }
+  shared = SharedTrace{};
+}
+
 absl::StatusOr<at::Tensor> RenderSession::Loss(const Taps& taps) {
+  // Written to trace_ directly from here.
+  FlushSharedTrace();
   FEATVIZ_ASSIGN_OR_RETURN(
       ObjectiveValue value,
       EvaluateObjective(objective_, taps, images_, references_));
@@ -246,8 +271,10 @@ void RenderSession::Update() {
 
 void RenderSession::EnterStaticMode() {
   if (static_mode_) return;
-  // A captured step updates each session's own leaf with its own Adam.
+  // A captured step updates each session's own leaf with its own Adam,
+  // and writes its own trace.
   LeavePack();
+  FlushSharedTrace();
   const at::TensorOptions on_device =
       at::TensorOptions().device(model_.device()).dtype(at::kFloat);
   if (schedule_.defined()) static_theta_ = at::empty({1, 2, 3}, on_device);
@@ -284,7 +311,8 @@ ProgressEvent RenderSession::Progress(bool with_images) const {
   // The one host synchronisation of a progress point.
   HostCopies copies;
   at::Tensor v;
-  if (last_terms_.defined()) v = copies.Add(last_terms_, at::kDouble);
+  const at::Tensor last_terms = LastTerms();
+  if (last_terms.defined()) v = copies.Add(last_terms, at::kDouble);
   if (with_images) {
     at::NoGradGuard no_grad;
     event.images = copies.Add(param_->Image(), at::kFloat);
@@ -329,6 +357,7 @@ absl::StatusOr<RenderResult> RenderSession::Finish() {
     at::Tensor terms = copies.Add(value.terms, at::kDouble);
     at::Tensor total = copies.Add(value.total.reshape({1}), at::kDouble);
     result.images = copies.Add(images, at::kFloat);
+    FlushSharedTrace();
     result.trace = copies.Add(trace_.narrow(0, 0, step_));
     result.logits = copies.Add(taps.logits, at::kFloat);
     result.probs = copies.Add(taps.probs, at::kFloat);

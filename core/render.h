@@ -29,6 +29,8 @@
 
 namespace featviz::core {
 
+class StepCache;  // core/batch.h
+
 struct RenderOptions {
   // Batch, kind and size of the images; a size of 0 takes the model's.
   ParamOptions param;
@@ -130,7 +132,8 @@ class RenderSession {
   // Steps many sessions at once, reaching into their images and schedules.
   friend absl::Status StepTogether(const Model& model,
                                    const std::vector<RenderSession*>& sessions,
-                                   const StepOptions& options);
+                                   const StepOptions& options,
+                                   StepCache* cache);
 
   // This step's transform matrices, [batch, 2, 3] on the device (one draw
   // shared by the batch); undefined when the transforms are the identity.
@@ -138,6 +141,12 @@ class RenderSession {
   // Forgets the gradients of a step that failed half-way, so that a retry
   // does not add to them.
   void ClearGradients();
+  // The term values of the last step, [T] on the device (undefined before
+  // the first).
+  at::Tensor LastTerms() const;
+  // Copies the steps recorded in shared_trace_ into trace_ (one copy) and
+  // forgets it; called before trace_ is read or written directly.
+  void FlushSharedTrace();
 
   // CUDA-graph mode (BatchStepper): everything that changes from step to
   // step is read from fixed device buffers, which LoadStaticStep() fills
@@ -170,6 +179,18 @@ class RenderSession {
   at::Tensor images_;      // Untransformed images of the current step.
   at::Tensor last_terms_;  // [T]
   at::Tensor trace_;       // [steps, T], filled on the session's device.
+  // Steps whose term values StepTogether wrote for many sessions at once:
+  // rows first_row, first_row + 1, ... of `buffer` ([rows, all terms] on the
+  // device, shared by the sessions of one batch) hold steps first_step,
+  // first_step + 1, ... up to step_ - 1; this session's terms are columns
+  // [column, column + T). Undefined buffer: every step is in trace_.
+  struct SharedTrace {
+    at::Tensor buffer;
+    int64_t first_step = 0;
+    int64_t first_row = 0;
+    int64_t column = 0;
+  };
+  SharedTrace shared_trace_;
   // Per term: the reference activations of a reference term (else undefined).
   ReferenceActivations references_;
   // MaCo: the running sum of |d loss / d images_| (else undefined).

@@ -58,13 +58,13 @@ absl::Status BatchStepper::StepWithoutGraph(
     const std::vector<RenderSession*>& sessions) {
   Reset();
   for (RenderSession* s : sessions) s->LeaveStaticMode();
-  return StepTogether(model_, sessions, options_);
+  return StepTogether(model_, sessions, options_, &cache_);
 }
 
 absl::Status BatchStepper::StepEager(
     const std::vector<RenderSession*>& sessions) {
   for (RenderSession* s : sessions) s->LoadStaticStep();
-  FEATVIZ_RETURN_IF_ERROR(StepTogether(model_, sessions, options_));
+  FEATVIZ_RETURN_IF_ERROR(StepTogether(model_, sessions, options_, &cache_));
   for (RenderSession* s : sessions) s->CommitStaticStep();
   return absl::OkStatus();
 }
@@ -125,7 +125,7 @@ absl::Status BatchStepper::Capture(const std::vector<RenderSession*>& sessions) 
     // Capture needs a stream other than the legacy default one: the
     // worker's (WorkerStream) is.
     graph->graph.capture_begin();
-    captured = StepTogether(model_, sessions, options_);
+    captured = StepTogether(model_, sessions, options_, &cache_);
     try {
       graph->graph.capture_end();
     } catch (const std::exception& e) {

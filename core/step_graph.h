@@ -72,6 +72,7 @@ class BatchStepper {
 
   const Model& model_;
   const StepOptions options_;
+  StepCache cache_;
   const bool graph_mode_;
   [[maybe_unused]] const bool capture_;  // graph_mode_ and capturing (CUDA).
 

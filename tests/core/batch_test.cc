@@ -80,14 +80,17 @@ std::vector<JobSpec> MixedJobs() {
 
 // Each of `jobs` rendered alone, then all of them stepped together: a job
 // joins at its joins_at step and leaves when its own step count is done, so
-// the batch changes shape while every job runs.
+// the batch changes shape while every job runs. Stepped through `cache` (as
+// a worker's BatchStepper steps) when given.
 struct AloneAndTogether {
   std::vector<RenderResult> alone, together;
   int64_t max_batch_seen = 0;  // The most images one step held.
+  int64_t compositions = 0;    // How often the batch's jobs changed.
 };
 
 void RenderAloneAndTogether(const std::vector<JobSpec>& jobs,
-                            AloneAndTogether& out) {
+                            AloneAndTogether& out,
+                            StepCache* cache = nullptr) {
   for (const JobSpec& job : jobs) {
     absl::StatusOr<RenderResult> r =
         Render(Mnist(), Objective::Parse(job.objective).value(), job.options);
@@ -101,6 +104,7 @@ void RenderAloneAndTogether(const std::vector<JobSpec>& jobs,
     ASSERT_TRUE(s.ok()) << s.status();
     sessions.push_back(*std::move(s));
   }
+  std::vector<RenderSession*> previous;
   for (int64_t step = 0;; ++step) {
     std::vector<RenderSession*> active;
     int64_t images = 0;
@@ -114,7 +118,9 @@ void RenderAloneAndTogether(const std::vector<JobSpec>& jobs,
                                       [](const auto& s) { return !s->done(); });
     if (!any_left) break;
     out.max_batch_seen = std::max(out.max_batch_seen, images);
-    ASSERT_TRUE(StepTogether(Mnist(), active).ok());
+    if (active != previous) ++out.compositions;
+    previous = active;
+    ASSERT_TRUE(StepTogether(Mnist(), active, {}, cache).ok());
   }
   for (size_t i = 0; i < jobs.size(); ++i) {
     absl::StatusOr<RenderResult> together = sessions[i]->Finish();
@@ -123,11 +129,8 @@ void RenderAloneAndTogether(const std::vector<JobSpec>& jobs,
   }
 }
 
-TEST(StepTogether, GivesEachJobTheImagesItGetsAlone) {
-  const std::vector<JobSpec> jobs = MixedJobs();
-  AloneAndTogether r;
-  ASSERT_NO_FATAL_FAILURE(RenderAloneAndTogether(jobs, r));
-  EXPECT_GE(r.max_batch_seen, 7);
+void ExpectSameAsAlone(const std::vector<JobSpec>& jobs,
+                       const AloneAndTogether& r) {
   for (size_t i = 0; i < jobs.size(); ++i) {
     EXPECT_TRUE(at::equal(r.together[i].images, r.alone[i].images)) << jobs[i].objective;
     EXPECT_TRUE(at::equal(r.together[i].trace, r.alone[i].trace)) << jobs[i].objective;
@@ -139,6 +142,27 @@ TEST(StepTogether, GivesEachJobTheImagesItGetsAlone) {
           << jobs[i].objective;
     }
   }
+}
+
+TEST(StepTogether, GivesEachJobTheImagesItGetsAlone) {
+  const std::vector<JobSpec> jobs = MixedJobs();
+  AloneAndTogether r;
+  ASSERT_NO_FATAL_FAILURE(RenderAloneAndTogether(jobs, r));
+  EXPECT_GE(r.max_batch_seen, 7);
+  ExpectSameAsAlone(jobs, r);
+}
+
+// As a worker steps them: the gathers' indices and the trace rows are kept
+// from step to step and built again only when a job joins or leaves, and
+// every job still gets exactly the images and trace of a render alone.
+TEST(StepTogether, WithACacheBuildsOnePlanPerCompositionAndChangesNothing) {
+  const std::vector<JobSpec> jobs = MixedJobs();
+  AloneAndTogether r;
+  StepCache cache;
+  ASSERT_NO_FATAL_FAILURE(RenderAloneAndTogether(jobs, r, &cache));
+  EXPECT_GE(r.compositions, 6);
+  EXPECT_EQ(cache.plans_built(), r.compositions);
+  ExpectSameAsAlone(jobs, r);
 }
 
 TEST(StepTogether, RejectsFinishedSessions) {
@@ -179,8 +203,10 @@ TEST(StepTogether, OutOfMemoryAdvancesNobodyAndARetryInHalvesChangesNothing) {
   ASSERT_EQ(reference.size(), jobs.size());
   std::vector<RenderSession*> all_reference;
   for (auto& s : reference) all_reference.push_back(s.get());
+  StepCache reference_cache;
   for (int step = 0; step < 12; ++step) {
-    ASSERT_TRUE(StepTogether(Mnist(), all_reference).ok());
+    ASSERT_TRUE(
+        StepTogether(Mnist(), all_reference, {}, &reference_cache).ok());
   }
 
   auto sessions = Sessions(jobs);
@@ -189,17 +215,19 @@ TEST(StepTogether, OutOfMemoryAdvancesNobodyAndARetryInHalvesChangesNothing) {
   for (auto& s : sessions) all.push_back(s.get());
   StepOptions tight;
   tight.fail_above_images = 3;  // The three jobs hold 4 images.
+  // As a worker steps: its cache sees the batch split and put back.
+  StepCache cache;
   for (int step = 0; step < 12; ++step) {
     // Every other step first fails whole, after some steps have gradients.
     if (step % 2 == 0) {
-      const absl::Status full = StepTogether(Mnist(), all, tight);
+      const absl::Status full = StepTogether(Mnist(), all, tight, &cache);
       ASSERT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
       EXPECT_TRUE(IsOutOfMemory(full));
       EXPECT_NE(full.message().find("out of memory"), std::string::npos);
       for (const auto& s : sessions) EXPECT_EQ(s->steps_done(), step);
     }
-    ASSERT_TRUE(StepTogether(Mnist(), {all[0], all[1]}, tight).ok());
-    ASSERT_TRUE(StepTogether(Mnist(), {all[2]}, tight).ok());
+    ASSERT_TRUE(StepTogether(Mnist(), {all[0], all[1]}, tight, &cache).ok());
+    ASSERT_TRUE(StepTogether(Mnist(), {all[2]}, tight, &cache).ok());
   }
   for (size_t i = 0; i < jobs.size(); ++i) {
     absl::StatusOr<RenderResult> split = sessions[i]->Finish();
