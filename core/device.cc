@@ -1,5 +1,7 @@
 #include "core/device.h"
 
+#include <dlfcn.h>
+
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -179,6 +181,18 @@ void KeepFreedHostMemory() {
   mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
   mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
 #endif
+}
+
+int SetOpenBlasThreads(int threads) {
+  using SetThreads = void (*)(int);
+  using GetThreads = int (*)();
+  auto set = reinterpret_cast<SetThreads>(
+      dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  auto get = reinterpret_cast<GetThreads>(
+      dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (set == nullptr || get == nullptr || threads < 1) return 0;
+  set(threads);
+  return get();
 }
 
 }  // namespace featviz::core

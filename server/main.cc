@@ -26,6 +26,7 @@
 #include <cerrno>
 #include <cmath>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <cstdio>
 #include <fstream>
@@ -130,7 +131,8 @@ ABSL_FLAG(int32_t, worker_threads, 1,
           "the 2-core machine it was measured on, two threads were slower "
           "at every batch size with another process busy (0.06-0.57x) and "
           "faster only at 64 images of the classic CNN when idle (1.16x); "
-          "docs/performance.md, Threads");
+          "docs/performance.md, Threads. OpenBLAS's own pool is set to the "
+          "same count unless OPENBLAS_NUM_THREADS is set");
 ABSL_FLAG(int64_t, fault_oom_above_images, 0,
           "Testing only: steps of more images than this fail as if the "
           "device ran out of memory (0: off)");
@@ -408,6 +410,15 @@ absl::Status Serve() {
   FEATVIZ_ASSIGN_OR_RETURN(const Limits limits, LimitsFromFlags());
   core::ConfigureProcessPrecision(limits.step.precision);
   core::KeepFreedHostMemory();
+  // OpenBLAS's pool follows the worker's threads unless the operator set
+  // it (core::SetOpenBlasThreads).
+  const int worker_threads = limits.step.intra_op_threads;
+  if (worker_threads > 0 && std::getenv("OPENBLAS_NUM_THREADS") == nullptr) {
+    const int blas = core::SetOpenBlasThreads(worker_threads);
+    if (blas > 0) {
+      spdlog::info("OpenBLAS: {} thread(s), as --worker_threads", blas);
+    }
+  }
   absl::StatusOr<core::LinearMode> linear_mode =
       core::ParseLinearMode(absl::GetFlag(FLAGS_linear_mode));
   if (!linear_mode.ok()) {

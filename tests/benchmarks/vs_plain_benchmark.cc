@@ -377,6 +377,18 @@ const bool kHostMemory = [] {
                           : "glibc malloc defaults");
   return true;
 }();
+// OpenBLAS's pool at one thread, as featviz-server sets it for its one
+// worker thread (core::SetOpenBlasThreads), for both loops; an
+// OPENBLAS_NUM_THREADS in the environment wins.
+const bool kBlasThreads = [] {
+  if (std::getenv("OPENBLAS_NUM_THREADS") == nullptr) SetOpenBlasThreads(1);
+  benchmark::AddCustomContext(
+      "openblas threads",
+      std::getenv("OPENBLAS_NUM_THREADS") == nullptr
+          ? "1 (core::SetOpenBlasThreads, as featviz-server)"
+          : "OPENBLAS_NUM_THREADS");
+  return true;
+}();
 
 }  // namespace
 }  // namespace featviz::core

@@ -1,5 +1,7 @@
 #include "core/device.h"
 
+#include <dlfcn.h>
+
 #include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 
@@ -54,6 +56,29 @@ TEST(HostCopies, CpuTensorsComeBackContiguousInTheAskedType) {
   EXPECT_TRUE(host.is_contiguous());
   EXPECT_EQ(host.scalar_type(), at::kDouble);
   EXPECT_TRUE(at::equal(host, t.to(at::kDouble)));
+}
+
+// The server sets OpenBLAS's pool to its worker's threads: the count must
+// take (and products stay right), and anything but a positive count, or a
+// BLAS other than OpenBLAS, changes nothing.
+TEST(SetOpenBlasThreads, SetsOpenBlassOwnPoolWhenThatIsTheBlas) {
+  auto get = reinterpret_cast<int (*)()>(
+      dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (get == nullptr) {
+    EXPECT_EQ(SetOpenBlasThreads(1), 0);
+    GTEST_SKIP() << "LibTorch's BLAS here is not OpenBLAS";
+  }
+  const int before = get();
+  const at::Tensor a = at::rand({300, 200});
+  const at::Tensor b = at::rand({200, 100});
+  const at::Tensor product = at::mm(a, b);
+  EXPECT_EQ(SetOpenBlasThreads(1), 1);
+  EXPECT_EQ(get(), 1);
+  EXPECT_TRUE(at::allclose(at::mm(a, b), product));
+  EXPECT_EQ(SetOpenBlasThreads(0), 0);
+  EXPECT_EQ(SetOpenBlasThreads(-3), 0);
+  EXPECT_EQ(get(), 1);
+  EXPECT_EQ(SetOpenBlasThreads(before), before);
 }
 
 TEST(WorkerStream, IsANoOpOnTheCpu) {
