@@ -366,17 +366,6 @@ void BM_Threads(benchmark::State& state, bool classic) {
 BENCHMARK_CAPTURE(BM_Threads, classic, true)->Apply(JobSizes);
 BENCHMARK_CAPTURE(BM_Threads, bundled, false)->Apply(JobSizes);
 
-const bool kContextAdded = ::featviz::bench::AddBlasContext();
-// As featviz-server does, for featviz and the plain loop alike (they run in
-// this process); FEATVIZ_BENCH_DEFAULT_MALLOC=1 measures glibc's defaults.
-const bool kHostMemory = [] {
-  const bool keep = std::getenv("FEATVIZ_BENCH_DEFAULT_MALLOC") == nullptr;
-  if (keep) KeepFreedHostMemory();
-  benchmark::AddCustomContext(
-      "host memory", keep ? "freed blocks kept (core::KeepFreedHostMemory)"
-                          : "glibc malloc defaults");
-  return true;
-}();
 // OpenBLAS's pool at one thread, as featviz-server sets it for its one
 // worker thread (core::SetOpenBlasThreads), for both loops; an
 // OPENBLAS_NUM_THREADS in the environment wins.
@@ -389,6 +378,18 @@ const bool kBlasThreads = [] {
           : "OPENBLAS_NUM_THREADS");
   return true;
 }();
+const bool kContextAdded = ::featviz::bench::AddBlasContext();
+// As featviz-server does, for featviz and the plain loop alike (they run in
+// this process); FEATVIZ_BENCH_DEFAULT_MALLOC=1 measures glibc's defaults.
+const bool kHostMemory = [] {
+  const bool keep = std::getenv("FEATVIZ_BENCH_DEFAULT_MALLOC") == nullptr;
+  if (keep) KeepFreedHostMemory();
+  benchmark::AddCustomContext(
+      "host memory", keep ? "freed blocks kept (core::KeepFreedHostMemory)"
+                          : "glibc malloc defaults");
+  return true;
+}();
+
 
 }  // namespace
 }  // namespace featviz::core
