@@ -69,10 +69,19 @@ struct StepCache::Plan {
   at::Tensor weights;  // [E] float, all groups' entries in order.
   at::Tensor term_ids;  // [E] long: the term each entry counts towards.
   at::Tensor counts;    // [terms] float: entries per term.
-  // [rows, terms]: row r holds the term values of the r-th step taken with
-  // this plan; rows_done of them are written.
-  at::Tensor trace;
+  // Steps the plan can take (the most any of its sessions has left; 1
+  // without a cache), and steps taken.
+  int64_t rows = 1;
   int64_t rows_done = 0;
+  // [rows, terms]: row r holds the term values of the r-th step taken with
+  // this plan.
+  at::Tensor trace;
+  // Per image size (C, H, W), with a cache and no session in CUDA-graph
+  // mode: [rows, images, 2, 3], row r the transform matrices of the r-th
+  // step of that size's sessions that have transforms, in step order (a
+  // session's last matrix repeated past its end). One select per step
+  // instead of a narrow and expand per session and a cat.
+  std::map<std::vector<int64_t>, at::Tensor> thetas;
 };
 
 StepCache::StepCache() = default;
@@ -84,15 +93,16 @@ namespace {
 using Key = std::vector<std::tuple<uint64_t, int64_t, bool>>;
 
 // Which sessions' terms are evaluated together on the stacked taps and the
-// indices of their gathers. `trace_rows`: how many steps the trace buffer
-// holds. Builds device tensors only when some session is common (so never
-// during a CUDA-graph capture, whose static-mode sessions are not).
+// indices of their gathers, for `rows` steps. Builds device tensors only
+// when some session is common (so never during a CUDA-graph capture, whose
+// static-mode sessions are not).
 std::shared_ptr<StepCache::Plan> BuildPlan(
     Key key, const std::vector<RenderSession*>& sessions,
     const std::vector<bool>& common_sessions, const Taps& taps,
-    int64_t trace_rows) {
+    int64_t rows) {
   auto plan = std::make_shared<StepCache::Plan>();
   plan->key = std::move(key);
+  plan->rows = rows;
   plan->common = common_sessions;
   plan->first_term.assign(sessions.size(), 0);
   for (bool c : common_sessions) {
@@ -151,7 +161,7 @@ std::shared_ptr<StepCache::Plan> BuildPlan(
   plan->weights = at::tensor(weights).to(device);
   plan->term_ids = LongTensor(term_ids, device);
   plan->counts = at::tensor(counts).to(device);
-  plan->trace = at::zeros({trace_rows, static_cast<int64_t>(counts.size())},
+  plan->trace = at::zeros({rows, static_cast<int64_t>(counts.size())},
                           at::TensorOptions().device(device));
   return plan;
 }
@@ -210,7 +220,18 @@ absl::Status StepTogether(const Model& model,
     const ModelCard& card = model.card();
     std::vector<at::Tensor> inputs(sessions.size());
     std::map<std::vector<int64_t>, std::vector<size_t>> by_size;
-    std::vector<at::Tensor> thetas(sessions.size());
+    // The plan of the last step, if these are its sessions and it has a
+    // step left (see StepCache).
+    Key key;
+    key.reserve(sessions.size());
+    for (const RenderSession* s : sessions) {
+      key.emplace_back(s->id_, s->batch(), s->static_mode_);
+    }
+    if (cache != nullptr && cache->plan_ != nullptr &&
+        cache->plan_->key == key &&
+        cache->plan_->rows_done < cache->plan_->rows) {
+      plan = cache->plan_;
+    }
     // Sessions whose images come from same-shaped variables get them from
     // one parameterisation call over one variable: their ParamPack's, which
     // also runs their optimiser after the backward pass. Sessions in
@@ -264,8 +285,8 @@ absl::Status StepTogether(const Model& model,
       RenderSession* s = sessions[i];
       // MaCo's transparency map reads the gradient of the images.
       if (s->transparency_.defined()) s->images_.retain_grad();
-      thetas[i] = s->StepMatrices();
-      if (!thetas[i].defined()) {
+      // (No schedule: the identity, no sampling.)
+      if (!s->schedule_.defined()) {
         inputs[i] = s->images_;
         continue;
       }
@@ -274,14 +295,20 @@ absl::Status StepTogether(const Model& model,
     }
     for (const auto& [size, members] : by_size) {
       std::vector<at::Tensor> images, matrices;
-      for (size_t i : members) {
-        images.push_back(sessions[i]->images_);
-        matrices.push_back(thetas[i]);
+      for (size_t i : members) images.push_back(sessions[i]->images_);
+      at::Tensor theta;
+      if (plan != nullptr) {
+        if (auto t = plan->thetas.find(size); t != plan->thetas.end()) {
+          theta = t->second.select(0, plan->rows_done);
+        }
+      }
+      if (!theta.defined()) {
+        for (size_t i : members) matrices.push_back(sessions[i]->StepMatrices());
+        theta = members.size() == 1 ? matrices[0] : at::cat(matrices);
       }
       at::Tensor sampled =
           SampleAffine(members.size() == 1 ? images[0] : at::cat(images),
-                       members.size() == 1 ? matrices[0] : at::cat(matrices),
-                       card.height, card.width);
+                       theta, card.height, card.width);
       int64_t offset = 0;
       for (size_t i : members) {
         inputs[i] = sampled.narrow(0, offset, sessions[i]->batch());
@@ -304,16 +331,11 @@ absl::Status StepTogether(const Model& model,
     // must not copy from the host) and those with other terms go through
     // their own Loss(). Which is which, and the gathers' indices, depend
     // only on the sessions: the plan is kept in `cache` while they stay.
-    Key key;
-    key.reserve(sessions.size());
-    for (const RenderSession* s : sessions) {
-      key.emplace_back(s->id_, s->batch(), s->static_mode_);
-    }
-    plan = cache != nullptr ? cache->plan_ : nullptr;
-    if (plan == nullptr || plan->key != key ||
-        (plan->trace.defined() && plan->rows_done >= plan->trace.size(0))) {
+    if (plan == nullptr) {
       std::vector<bool> common(sessions.size());
-      int64_t trace_rows = 1;
+      // Without a cache the plan lives for this step only.
+      int64_t rows = 1;
+      bool any_static = false;
       for (size_t i = 0; i < sessions.size(); ++i) {
         const RenderSession* s = sessions[i];
         // An empty objective goes to Loss(), which says so.
@@ -322,12 +344,31 @@ absl::Status StepTogether(const Model& model,
           c = c && CommonTerm(wt.term, taps);
         }
         common[i] = c;
-        // Without a cache the plan lives for this step only.
-        if (c && cache != nullptr) {
-          trace_rows = std::max(trace_rows, s->options_.steps - s->step_);
+        any_static = any_static || s->static_mode_;
+        if (cache != nullptr) {
+          rows = std::max(rows, s->options_.steps - s->step_);
         }
       }
-      plan = BuildPlan(std::move(key), sessions, common, taps, trace_rows);
+      plan = BuildPlan(std::move(key), sessions, common, taps, rows);
+      if (cache != nullptr && !any_static) {
+        // Every later step's transform matrices, by image size: a session's
+        // rows from its current step on, its last one repeated past its end
+        // (it has left the batch by then, and the plan with it).
+        for (const auto& [size, members] : by_size) {
+          std::vector<at::Tensor> parts;
+          for (size_t i : members) {
+            const RenderSession* s = sessions[i];
+            const int64_t left = std::min(rows, s->options_.steps - s->step_);
+            at::Tensor own = s->schedule_.narrow(0, s->step_, left);
+            if (left < rows) {
+              own = at::cat({own, own.narrow(0, left - 1, 1)
+                                      .expand({rows - left, 2, 3})});
+            }
+            parts.push_back(own.unsqueeze(1).expand({rows, s->batch(), 2, 3}));
+          }
+          plan->thetas[size] = at::cat(parts, 1);
+        }
+      }
       if (cache != nullptr) {
         cache->plan_ = plan;
         ++cache->plans_built_;
@@ -403,8 +444,8 @@ absl::Status StepTogether(const Model& model,
                             plan->first_term[i]};
       }
     }
-    ++plan->rows_done;
   }
+  ++plan->rows_done;
   for (RenderSession* s : sessions) s->Update();
   return absl::OkStatus();
 }
