@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Which GEMM row blocks OpenBLAS computes the same at every position
 (docs/performance.md): a row at each position of an R-row zero block against
-position 0, forward (x W^T) and input gradient (g W).
+position 0, forward (x W^T) and input gradient (g W); then, across block
+sizes, each row of an R-row block against the same row multiplied alone
+(R = 1): "same" or "differs", forward and gradient.
 
     OPENBLAS_NUM_THREADS=1 /usr/bin/python3 scripts/linear_invariance.py 9216 128
 """
@@ -25,3 +27,16 @@ for R in (1, 2, 4, 8, 16, 24, 32):
         grefs.append(torch.mm(b, W)[pos])
     gpat = "".join("=" if torch.equal(r, grefs[0]) else "x" for r in grefs)
     print(f"K={K} M={M} R={R:2d} fwd {pattern:32s} bwd {gpat}", flush=True)
+
+# Across block sizes: a row in an R-row block against the row alone.
+X = torch.randn(8, K)
+G = torch.randn(8, M)
+alone_f = [torch.mm(X[i:i + 1], W.t())[0] for i in range(8)]
+alone_b = [torch.mm(G[i:i + 1], W)[0] for i in range(8)]
+for R in (2, 4, 8):
+    f = torch.mm(X[:R], W.t())
+    b = torch.mm(G[:R], W)
+    same_f = all(torch.equal(f[i], alone_f[i]) for i in range(R))
+    same_b = all(torch.equal(b[i], alone_b[i]) for i in range(R))
+    print(f"K={K} M={M} R={R} against R=1: fwd {'same' if same_f else 'differs'}, "
+          f"bwd {'same' if same_b else 'differs'}", flush=True)
