@@ -293,6 +293,7 @@ absl::Status StepTogether(const Model& model,
       by_size[{s->images_.size(1), s->images_.size(2), s->images_.size(3)}]
           .push_back(i);
     }
+    at::Tensor whole;  // The stack, when one sampling call made all of it.
     for (const auto& [size, members] : by_size) {
       std::vector<at::Tensor> images, matrices;
       for (size_t i : members) images.push_back(sessions[i]->images_);
@@ -309,17 +310,29 @@ absl::Status StepTogether(const Model& model,
       at::Tensor sampled =
           SampleAffine(members.size() == 1 ? images[0] : at::cat(images),
                        theta, card.height, card.width);
-      int64_t offset = 0;
-      for (size_t i : members) {
-        inputs[i] = sampled.narrow(0, offset, sessions[i]->batch());
-        offset += sessions[i]->batch();
+      if (members.size() == sessions.size()) {
+        // Every session, in order, in this one call: it is the stack.
+        whole = sampled;
+        continue;
+      }
+      // One split, not a narrow per session: each narrow's backward would
+      // fill a zero gradient of the whole sample (at 256 one-image jobs of
+      // the bundled classifier that was a third of the step).
+      std::vector<int64_t> sizes;
+      for (size_t i : members) sizes.push_back(sessions[i]->batch());
+      std::vector<at::Tensor> pieces = sampled.split_with_sizes(sizes);
+      for (size_t k = 0; k < members.size(); ++k) {
+        inputs[members[k]] = pieces[k];
       }
     }
-    // Gray stimuli of an RGB model join colour ones as three equal channels.
-    if (inputs.size() > 1) {
+    // Gray stimuli of an RGB model join colour ones as three equal channels
+    // (one sample holds images of one size and channel count).
+    if (!whole.defined() && inputs.size() > 1) {
       for (at::Tensor& input : inputs) input = model.ToModelChannels(input);
     }
-    at::Tensor stacked = inputs.size() == 1 ? inputs[0] : at::cat(inputs);
+    at::Tensor stacked = whole.defined()        ? whole
+                         : inputs.size() == 1 ? inputs[0]
+                                              : at::cat(inputs);
     FEATVIZ_ASSIGN_OR_RETURN(Taps taps, model.Forward(stacked, layers));
     // Sessions whose terms are all common ones (neuron, channel, logit,
     // prob, weighted sums of them) are evaluated together on the stacked
