@@ -69,8 +69,8 @@ struct StepCache::Plan {
   at::Tensor weights;  // [E] float, all groups' entries in order.
   at::Tensor term_ids;  // [E] long: the term each entry counts towards.
   at::Tensor counts;    // [terms] float: entries per term.
-  // Steps the plan can take (the most any of its sessions has left; 1
-  // without a cache), and steps taken.
+  // Steps the plan can take (the most any of its sessions has left, at
+  // most kMostPlanSteps; 1 without a cache), and steps taken.
   int64_t rows = 1;
   int64_t rows_done = 0;
   // [rows, terms]: row r holds the term values of the r-th step taken with
@@ -91,6 +91,11 @@ void StepCache::Clear() { plan_ = nullptr; }
 namespace {
 
 using Key = std::vector<std::tuple<uint64_t, int64_t, bool>>;
+
+// The most steps one plan covers: its trace rows and transform matrices
+// grow with it (a plan of 256 images holds 6 KiB of matrices per step), and
+// one more plan every 256 steps costs a few small ops.
+constexpr int64_t kMostPlanSteps = 256;
 
 // Which sessions' terms are evaluated together on the stacked taps and the
 // indices of their gathers, for `rows` steps. Builds device tensors only
@@ -359,7 +364,8 @@ absl::Status StepTogether(const Model& model,
         common[i] = c;
         any_static = any_static || s->static_mode_;
         if (cache != nullptr) {
-          rows = std::max(rows, s->options_.steps - s->step_);
+          rows = std::max(rows, std::min(s->options_.steps - s->step_,
+                                         kMostPlanSteps));
         }
       }
       plan = BuildPlan(std::move(key), sessions, common, taps, rows);

@@ -165,6 +165,30 @@ TEST(StepTogether, WithACacheBuildsOnePlanPerCompositionAndChangesNothing) {
   ExpectSameAsAlone(jobs, r);
 }
 
+// A plan covers at most 256 steps: a longer job goes through several, and
+// its images and trace are those of a job stepped without any cache.
+TEST(StepTogether, AJobLongerThanAPlanIsUnchangedAcrossPlans) {
+  RenderOptions options;
+  options.steps = 600;
+  options.seed = 21;
+  options.param.batch = 2;
+  auto cached = RenderSession::Create(Mnist(), Logit(4), options);
+  auto uncached = RenderSession::Create(Mnist(), Logit(4), options);
+  ASSERT_TRUE(cached.ok() && uncached.ok());
+  StepCache cache;
+  while (!(*cached)->done()) {
+    ASSERT_TRUE(StepTogether(Mnist(), {cached->get()}, {}, &cache).ok());
+    ASSERT_TRUE(StepTogether(Mnist(), {uncached->get()}).ok());
+  }
+  EXPECT_EQ(cache.plans_built(), 3);
+  absl::StatusOr<RenderResult> a = (*cached)->Finish();
+  absl::StatusOr<RenderResult> b = (*uncached)->Finish();
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(at::equal(a->images, b->images));
+  ASSERT_EQ(a->trace.size(0), 600);
+  EXPECT_TRUE(at::equal(a->trace, b->trace));
+}
+
 TEST(StepTogether, RejectsFinishedSessions) {
   RenderOptions o;
   o.steps = 1;
