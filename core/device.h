@@ -143,10 +143,10 @@ void KeepFreedHostMemory();
 // any other BLAS. Process-wide, and separate from LibTorch's intra-op
 // threads (at::set_num_threads does not reach it): by default OpenBLAS
 // starts one thread per core, which spin-wait beside a worker that runs on
-// one thread and take the cores the server's other threads need. On the
-// 2-core machine it was measured on, one OpenBLAS thread under one worker
-// thread served 64 concurrent one-image clients of the classic MNIST CNN
-// 2-2.7x faster than OpenBLAS's default (docs/performance.md).
+// one thread and burn a core the server's other threads and neighbours
+// could use (measured: 1.20 CPU seconds per wall second against 0.99 with
+// one OpenBLAS thread; no throughput difference was resolved through the
+// server, docs/performance.md).
 int SetOpenBlasThreads(int threads);
 
 // True for the status of a step that ran out of (device) memory.
