@@ -86,7 +86,6 @@ struct StepCache::Plan {
 
 StepCache::StepCache() = default;
 StepCache::~StepCache() = default;
-void StepCache::Clear() { plan_ = nullptr; }
 
 namespace {
 

@@ -58,8 +58,6 @@ class StepCache {
   StepCache(const StepCache&) = delete;
   StepCache& operator=(const StepCache&) = delete;
 
-  // Forgets the cached plan (the sessions' recorded steps stay theirs).
-  void Clear();
   // Plans built so far: one per change of the batch's composition.
   int64_t plans_built() const { return plans_built_; }
 

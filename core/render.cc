@@ -214,7 +214,8 @@ at::Tensor RenderSession::PrepareInput() {
 
 at::Tensor RenderSession::LastTerms() const {
   const SharedTrace& shared = shared_trace_;
-  if (!static_mode_ && shared.buffer.defined() && step_ > shared.first_step) {
+  // (Entering static mode flushed it: static steps are in trace_.)
+  if (shared.buffer.defined() && step_ > shared.first_step) {
     return shared.buffer.select(0, shared.first_row + step_ - 1 -
                                        shared.first_step)
         .narrow(0, shared.column, trace_.size(1));
