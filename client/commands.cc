@@ -4,10 +4,9 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <system_error>
 #include <utility>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -76,9 +75,9 @@ std::string InputShape(const v1::InputSpec& input) {
 std::vector<int64_t> ArgMaxRows(const std::vector<std::vector<float>>& rows) {
   std::vector<int64_t> out;
   for (const std::vector<float>& row : rows) {
-    out.push_back(row.empty() ? 0
-                              : std::max_element(row.begin(), row.end()) -
-                                    row.begin());
+    out.push_back(row.empty()
+                      ? 0
+                      : std::max_element(row.begin(), row.end()) - row.begin());
   }
   return out;
 }
@@ -102,21 +101,39 @@ absl::Status RunModels(VisualizerClient& client, bool json, std::FILE* out) {
   std::vector<std::vector<std::string>> rows;
   for (const v1::Model& m : models) {
     rows.push_back({m.name(), m.version(), m.content_hash().substr(0, 12),
-                    InputShape(m.input()),
-                    absl::StrCat(m.class_names_size()),
+                    InputShape(m.input()), absl::StrCat(m.class_names_size()),
                     absl::StrCat(m.layers_size())});
   }
-  Print(out, FormatTable({"name", "version", "hash", "input", "classes", "layers"},
-                         rows));
+  Print(out,
+        FormatTable({"name", "version", "hash", "input", "classes", "layers"},
+                    rows));
   return absl::OkStatus();
 }
+
+namespace {
+
+// "tokens: 1 + 4x4 patches" for a token layer, else its layout's name.
+std::string LayoutText(const v1::Layer& layer) {
+  if (layer.layout() != "tokens") return layer.layout();
+  if (layer.grid_height() == 0) {
+    return absl::StrCat("tokens: ", layer.tokens(), ", no patch grid");
+  }
+  return absl::StrCat("tokens: ",
+                      layer.token_prefix() > 0
+                          ? absl::StrCat(layer.token_prefix(), " + ")
+                          : std::string(),
+                      layer.grid_height(), "x", layer.grid_width(), " patches");
+}
+
+}  // namespace
 
 absl::Status RunLayers(VisualizerClient& client, const std::string& model,
                        bool json, std::FILE* out) {
   FEATVIZ_ASSIGN_OR_RETURN(v1::Model m, client.GetModel(model));
   if (json) {
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
-    for (const v1::Layer& layer : m.layers()) list.push_back(LayerToJson(layer));
+    for (const v1::Layer& layer : m.layers())
+      list.push_back(LayerToJson(layer));
     Print(out, list.dump() + "\n");
     return absl::OkStatus();
   }
@@ -127,9 +144,10 @@ absl::Status RunLayers(VisualizerClient& client, const std::string& model,
                         ? ShapeToString(layer.output_shape())
                         : absl::StrCat("(cannot be tapped: ",
                                        layer.untappable_reason(), ")"),
-                    absl::StrCat(layer.channels())});
+                    absl::StrCat(layer.channels()), LayoutText(layer)});
   }
-  Print(out, FormatTable({"path", "kind", "output", "channels"}, rows));
+  Print(out,
+        FormatTable({"path", "kind", "output", "channels", "layout"}, rows));
   // The model's own outputs, which output(name, c) reads.
   std::vector<std::vector<std::string>> outputs;
   for (const v1::ModelOutput& output : m.outputs()) {
@@ -167,7 +185,8 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
   FEATVIZ_RETURN_IF_ERROR(non_negative("width", options.width));
   FEATVIZ_RETURN_IF_ERROR(non_negative("scale", options.scale));
   FEATVIZ_RETURN_IF_ERROR(non_negative("columns", options.columns));
-  FEATVIZ_RETURN_IF_ERROR(non_negative("progress_every", options.progress_every));
+  FEATVIZ_RETURN_IF_ERROR(
+      non_negative("progress_every", options.progress_every));
   if (options.batch < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--batch must be at least 1, got ", options.batch));
@@ -182,9 +201,9 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
   }
   if (!options.labels.empty() &&
       static_cast<int64_t>(options.labels.size()) != options.batch) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--labels has ", options.labels.size(), " labels for --batch ",
-        options.batch));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--labels has ", options.labels.size(),
+                     " labels for --batch ", options.batch));
   }
 
   v1::RenderRequest request;
@@ -281,9 +300,9 @@ absl::Status FollowRender(VisualizerClient& client,
           if (options.previews.empty() || progress.preview_png().empty()) {
             return absl::OkStatus();
           }
-          const std::string path = JoinPath(
-              options.previews,
-              absl::StrFormat("step_%05d.png", progress.step()));
+          const std::string path =
+              JoinPath(options.previews,
+                       absl::StrFormat("step_%05d.png", progress.step()));
           FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, progress.preview_png()));
           previews.push_back(path);
           return absl::OkStatus();
@@ -309,8 +328,8 @@ absl::Status FollowRender(VisualizerClient& client,
   }
 
   at::Tensor images;
-  if ((!options.out.empty() || !options.npy.empty()) &&
-      !result.has_images() && result.png_size() > 0) {
+  if ((!options.out.empty() || !options.npy.empty()) && !result.has_images() &&
+      result.png_size() > 0) {
     // A watched job submitted without tensors: its PNGs (8 bits) will do.
     std::vector<at::Tensor> decoded;
     for (const std::string& png : result.png()) {
@@ -322,18 +341,18 @@ absl::Status FollowRender(VisualizerClient& client,
     FEATVIZ_ASSIGN_OR_RETURN(images, TensorFromProto(result.images()));
     if (images.dim() != 4) {
       return absl::InternalError(absl::StrCat(
-          "the server sent images of shape ", ShapeToString(result.images().shape()),
-          ", not [B, C, H, W]"));
+          "the server sent images of shape ",
+          ShapeToString(result.images().shape()), ", not [B, C, H, W]"));
     }
   }
   if (!options.out.empty()) {
     const int64_t batch = images.size(0);
     core::GridOptions grid;
-    grid.scale = options.scale > 0
-                     ? options.scale
-                     : std::max<int64_t>(
-                           1, (kMinCellPixels + images.size(3) - 1) /
-                                  std::max<int64_t>(images.size(3), 1));
+    grid.scale =
+        options.scale > 0
+            ? options.scale
+            : std::max<int64_t>(1, (kMinCellPixels + images.size(3) - 1) /
+                                       std::max<int64_t>(images.size(3), 1));
     grid.columns = options.columns > 0 ? options.columns
                    : batch <= 10
                        ? batch
@@ -381,15 +400,16 @@ absl::Status FollowRender(VisualizerClient& client,
     }
     at::Tensor stacked = at::stack(maps);
     core::GridOptions grid;
-    grid.scale = options.scale > 0
-                     ? options.scale
-                     : std::max<int64_t>(
-                           1, (kMinCellPixels + stacked.size(3) - 1) /
-                                  std::max<int64_t>(stacked.size(3), 1));
-    grid.columns = options.columns > 0 ? options.columns
-                   : stacked.size(0) <= 10
-                       ? stacked.size(0)
-                       : static_cast<int64_t>(std::ceil(std::sqrt(stacked.size(0))));
+    grid.scale =
+        options.scale > 0
+            ? options.scale
+            : std::max<int64_t>(1, (kMinCellPixels + stacked.size(3) - 1) /
+                                       std::max<int64_t>(stacked.size(3), 1));
+    grid.columns =
+        options.columns > 0 ? options.columns
+        : stacked.size(0) <= 10
+            ? stacked.size(0)
+            : static_cast<int64_t>(std::ceil(std::sqrt(stacked.size(0))));
     FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(stacked, grid));
     FEATVIZ_RETURN_IF_ERROR(MakeParent(options.transparency));
     FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, options.transparency));
@@ -431,44 +451,43 @@ absl::Status FollowRender(VisualizerClient& client,
             wall_seconds > 0 ? result.steps() / wall_seconds : 0.0,
             result.seed(), result.final_total(),
             tops.size() == 1 ? "class" : "classes", absl::StrJoin(tops, ", "),
-            written.empty() ? ""
-                            : absl::StrCat("; wrote ",
-                                           absl::StrJoin(written, ", "))));
+            written.empty()
+                ? ""
+                : absl::StrCat("; wrote ", absl::StrJoin(written, ", "))));
   return absl::OkStatus();
 }
 
 absl::Status RunJob(VisualizerClient& client, const std::string& id,
                     bool cancel, bool json, std::FILE* out) {
-  FEATVIZ_ASSIGN_OR_RETURN(
-      const v1::Job job,
-      cancel ? client.CancelJob(id) : client.GetJob(id, false));
+  FEATVIZ_ASSIGN_OR_RETURN(const v1::Job job, cancel
+                                                  ? client.CancelJob(id)
+                                                  : client.GetJob(id, false));
   const std::string state(
       absl::StripPrefix(v1::JobState_Name(job.state()), "JOB_STATE_"));
   if (json) {
-    nlohmann::ordered_json report = {
-        {"id", job.id()},
-        {"state", state},
-        {"owner", job.owner()},
-        {"model", job.model()},
-        {"objective", job.objective()},
-        {"steps_done", job.steps_done()},
-        {"total_steps", job.total_steps()},
-        {"device", job.device()},
-        {"cached", job.cached()},
-        {"error_code", job.error_code()},
-        {"error_message", job.error_message()}};
+    nlohmann::ordered_json report = {{"id", job.id()},
+                                     {"state", state},
+                                     {"owner", job.owner()},
+                                     {"model", job.model()},
+                                     {"objective", job.objective()},
+                                     {"steps_done", job.steps_done()},
+                                     {"total_steps", job.total_steps()},
+                                     {"device", job.device()},
+                                     {"cached", job.cached()},
+                                     {"error_code", job.error_code()},
+                                     {"error_message", job.error_message()}};
     Print(out, report.dump() + "\n");
     return absl::OkStatus();
   }
-  Print(out, absl::StrFormat(
-                 "%s %s %s '%s' %d/%d steps%s%s%s\n", job.id(), state,
-                 job.model(), job.objective(), job.steps_done(),
-                 job.total_steps(),
-                 job.device().empty() ? "" : absl::StrCat(" on ", job.device()),
-                 job.cached() ? " (cached)" : "",
-                 job.error_message().empty()
-                     ? ""
-                     : absl::StrCat(": ", job.error_message())));
+  Print(out,
+        absl::StrFormat(
+            "%s %s %s '%s' %d/%d steps%s%s%s\n", job.id(), state, job.model(),
+            job.objective(), job.steps_done(), job.total_steps(),
+            job.device().empty() ? "" : absl::StrCat(" on ", job.device()),
+            job.cached() ? " (cached)" : "",
+            job.error_message().empty()
+                ? ""
+                : absl::StrCat(": ", job.error_message())));
   return absl::OkStatus();
 }
 

@@ -54,6 +54,10 @@ json LayerToJson(const v1::Layer& layer) {
                                    layer.output_shape().begin(),
                                    layer.output_shape().end()))},
               {"channels", layer.channels()},
+              {"layout", layer.layout()},
+              {"tokens", layer.tokens()},
+              {"token_prefix", layer.token_prefix()},
+              {"grid", {layer.grid_height(), layer.grid_width()}},
               {"tappable", layer.tappable()},
               {"untappable_reason", layer.untappable_reason()}};
 }

@@ -378,6 +378,32 @@ absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
       term.x = t.x();
       term.y = t.y();
     }
+    if (t.has_token()) {
+      if (t.has_x()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".term sets token ", t.token(),
+            " and a position (x, y); set one"));
+      }
+      if (t.token() < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".term.token must be >= 0, got ", t.token()));
+      }
+      term.token = t.token();
+    }
+    switch (t.tokens()) {
+      case v1::TOKEN_SUBSET_ALL:
+        term.tokens = core::TokenSubset::kAll;
+        break;
+      case v1::TOKEN_SUBSET_CLS:
+        term.tokens = core::TokenSubset::kPrefix;
+        break;
+      case v1::TOKEN_SUBSET_PATCHES:
+        term.tokens = core::TokenSubset::kPatches;
+        break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".term.tokens: unknown TokenSubset ", t.tokens()));
+    }
     term.vector.assign(t.vector().begin(), t.vector().end());
     if (t.has_param()) term.param = t.param();
     if (t.has_batch()) term.batch = t.batch();
@@ -722,6 +748,11 @@ v1::Model ModelToProto(const ModelSummary& model) {
     layer->set_channels(info.channels);
     layer->set_tappable(info.tappable);
     layer->set_untappable_reason(info.untappable_reason);
+    if (info.tappable) layer->set_layout(core::LayerLayoutName(info.layout));
+    layer->set_tokens(info.tokens);
+    layer->set_token_prefix(info.token_prefix);
+    layer->set_grid_height(info.grid_h);
+    layer->set_grid_width(info.grid_w);
   }
   for (const core::OutputInfo& info : model.outputs) {
     v1::ModelOutput* output = out.add_outputs();
