@@ -59,7 +59,8 @@ ABSL_FLAG(std::string, params, "pixel,fft,maco", "Parameterisations to compare")
 ABSL_FLAG(int64_t, steps, 256, "Optimisation steps");
 ABSL_FLAG(double, lr, 0.05, "Adam learning rate");
 ABSL_FLAG(double, decay, 1.0, "FFT spectrum decay power");
-ABSL_FLAG(std::string, transforms, "default", "default, none, or a list like 'jitter(2), rotate(-5, 5)'");
+ABSL_FLAG(std::string, transforms, "default", "default (by the model's kind), cnn, tokens, none, or a list like "
+          "'jitter(2), rotate(-5, 5)'");
 ABSL_FLAG(int64_t, seed, 0, "Seed of the first picture; each further picture the next seed");
 ABSL_FLAG(int64_t, repeats, 1, "Pictures per unit, each from its own seed");
 ABSL_FLAG(bool, tone, true, "MaCo: the held-out images' tone (as a server with the dataset)");
@@ -222,7 +223,7 @@ absl::StatusOr<Rendered> RenderUnits(const Model& model, const Units& units,
   FEATVIZ_ASSIGN_OR_RETURN(
       options.transforms,
       ParseTransforms(absl::GetFlag(FLAGS_transforms), model.card().height,
-                      model.card().width));
+                      model.card().width, model.IsTokenModel()));
   if (kind == ParamKind::kMaco) {
     // One tensor for every session, so that they share a pack.
     FEATVIZ_ASSIGN_OR_RETURN(

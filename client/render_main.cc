@@ -57,7 +57,8 @@ absl::Status Run(const std::string& model_path, const std::string& text) {
   const int64_t side = size > 0 ? size : model->card().height;
   FEATVIZ_ASSIGN_OR_RETURN(
       options.transforms,
-      ParseTransforms(absl::GetFlag(FLAGS_transforms), side, side));
+      ParseTransforms(absl::GetFlag(FLAGS_transforms), side, side,
+                      model->IsTokenModel()));
   if (!absl::GetFlag(FLAGS_init).empty()) {
     FEATVIZ_ASSIGN_OR_RETURN(options.param.init_image,
                              ReadPng(absl::GetFlag(FLAGS_init)));

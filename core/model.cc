@@ -811,6 +811,12 @@ const LayerInfo* Model::Layer(const std::string& path) const {
   return nullptr;
 }
 
+bool Model::IsTokenModel() const {
+  return std::any_of(layers_.begin(), layers_.end(), [](const LayerInfo& l) {
+    return l.tappable && l.layout == LayerLayout::kTokens;
+  });
+}
+
 bool Model::IsTokenLayer(const std::string& path) const {
   const LayerInfo* layer = Layer(path);
   return layer != nullptr && layer->layout == LayerLayout::kTokens;

@@ -123,6 +123,10 @@ class Model {
   // True for a layer of LayerLayout::kTokens: Forward() returns its
   // activations transposed to [B, D, T] (channels first).
   bool IsTokenLayer(const std::string& path) const;
+  // True when some tappable layer is a token layer (a Vision Transformer,
+  // an MLP-mixer): such models get their own default transforms
+  // (DefaultTransformsFor).
+  bool IsTokenModel() const;
   // The catalogue entry of `path`; nullptr for an unknown path.
   const LayerInfo* Layer(const std::string& path) const;
   // Images with one channel for a three-channel model (gray stimuli) are

@@ -174,7 +174,8 @@ absl::StatusOr<at::Tensor> PlanInitImage(const v1::Tensor& tensor,
 
 absl::StatusOr<core::TransformList> PlanTransforms(const v1::Transforms& spec,
                                                    ImageSize size,
-                                                   const Limits& limits) {
+                                                   const Limits& limits,
+                                                   bool token_model) {
   switch (spec.preset()) {
     case v1::Transforms::PRESET_DEFAULT:
     case v1::Transforms::PRESET_NONE:
@@ -186,7 +187,8 @@ absl::StatusOr<core::TransformList> PlanTransforms(const v1::Transforms& spec,
       }
       return spec.preset() == v1::Transforms::PRESET_NONE
                  ? core::TransformList{}
-                 : core::DefaultTransforms(size.height, size.width);
+                 : core::DefaultTransformsFor(token_model, size.height,
+                                              size.width);
     case v1::Transforms::PRESET_CUSTOM:
       break;
     default:
@@ -542,7 +544,8 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
 
   // transforms
   FEATVIZ_ASSIGN_OR_RETURN(plan.options.transforms,
-                           PlanTransforms(request.transforms(), size, limits));
+                           PlanTransforms(request.transforms(), size, limits,
+                                          plan.model->IsTokenModel()));
 
   // optimizer
   const v1::Optimizer& optimizer = request.optimizer();
