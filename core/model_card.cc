@@ -123,7 +123,63 @@ absl::Status ReadLogitsAt(const Json& v, ModelCard* card) {
   return absl::OkStatus();
 }
 
+// "bands": {"names": [...], "composite": [r, g, b]}; checked against the
+// input's channel count by the caller.
+absl::Status ReadBands(const Json& v, ModelCard* card) {
+  if (!v.is_object()) {
+    return FieldError("bands", "must be an object such as {\"names\": [...], "
+                               "\"composite\": [0, 1, 2]}");
+  }
+  for (const auto& [key, value] : v.items()) {
+    if (key != "names" && key != "composite") {
+      return FieldError("bands", absl::StrCat("has unknown key \"",
+                                              key.substr(0, 64),
+                                              "\"; keys are names, composite"));
+    }
+  }
+  if (v.contains("names")) {
+    const Json& names = v.at("names");
+    if (!names.is_array()) return FieldError("bands.names", "must be a list");
+    for (const Json& name : names) {
+      if (!name.is_string() || name.get<std::string>().empty() ||
+          name.get<std::string>().size() > 64) {
+        return FieldError("bands.names",
+                          "must hold strings of 1 to 64 characters");
+      }
+      card->band_names.push_back(name.get<std::string>());
+    }
+  }
+  if (v.contains("composite")) {
+    const Json& composite = v.at("composite");
+    if (!composite.is_array() ||
+        (composite.size() != 1 && composite.size() != 3)) {
+      return FieldError("bands.composite",
+                        "must list 3 band indices (red, green, blue) or 1 "
+                        "(gray)");
+    }
+    for (const Json& band : composite) {
+      if (!band.is_number_integer() || band.get<int64_t>() < 0 ||
+          band.get<int64_t>() >= card->channels) {
+        return FieldError(
+            "bands.composite",
+            absl::StrCat("holds ", band.dump().substr(0, 64),
+                         "; band indices must be integers in [0, ",
+                         card->channels - 1, "] for ", card->channels,
+                         " input channels"));
+      }
+      card->composite.push_back(band.get<int64_t>());
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+std::vector<int64_t> ModelCard::CompositeBands() const {
+  if (!composite.empty()) return composite;
+  if (channels >= 3) return {0, 1, 2};
+  return {0};
+}
 
 absl::StatusOr<ModelCard> ModelCard::Parse(absl::string_view text) {
   Json root = Json::parse(text.begin(), text.end(), nullptr,
@@ -194,6 +250,16 @@ absl::StatusOr<ModelCard> ModelCard::Parse(absl::string_view text) {
       card.classes.push_back(name.get<std::string>());
     }
   }
+  if (root.contains("bands")) {
+    if (!(s = ReadBands(root.at("bands"), &card)).ok()) return s;
+    if (!card.band_names.empty() &&
+        card.band_names.size() != static_cast<size_t>(card.channels)) {
+      return FieldError("bands.names",
+                        absl::StrCat("has ", card.band_names.size(),
+                                     " names for ", card.channels,
+                                     " input channels"));
+    }
+  }
   return card;
 }
 
@@ -225,6 +291,11 @@ std::string ModelCard::ToJson() const {
   if (logits_at == LogitsAt::kNone) root["logits"] = nullptr;
   if (logits_at == LogitsAt::kOutput) root["logits"] = logits_output;
   root["classes"] = classes;
+  if (!band_names.empty() || !composite.empty()) {
+    root["bands"] = Json::object();
+    if (!band_names.empty()) root["bands"]["names"] = band_names;
+    if (!composite.empty()) root["bands"]["composite"] = composite;
+  }
   return root.dump(2);
 }
 
