@@ -2,10 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
-#include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -14,9 +10,12 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "client/json.h"
+#include "client/output_files.h"
 #include "client/progress_bar.h"
 #include "client/proto_convert.h"
+#include "client/result_images.h"
 #include "client/table.h"
+#include "core/bands.h"
 #include "core/image.h"
 #include "core/objective.h"
 #include "core/status_macros.h"
@@ -26,41 +25,6 @@ namespace featviz::client {
 namespace v1 = featviz::v1;
 
 namespace {
-
-// Grid cells are magnified until they are at least this many pixels wide, so
-// that a 28x28 digit can be seen.
-constexpr int64_t kMinCellPixels = 112;
-
-absl::Status MakeDirectories(const std::string& dir) {
-  if (dir.empty()) return absl::OkStatus();
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  if (error) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create directory ", dir, ": ", error.message()));
-  }
-  return absl::OkStatus();
-}
-
-// Makes the directory a file is to be written into.
-absl::Status MakeParent(const std::string& path) {
-  return MakeDirectories(std::filesystem::path(path).parent_path().string());
-}
-
-absl::Status WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream file(path, std::ios::binary | std::ios::trunc);
-  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  file.close();
-  if (!file) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
-  }
-  return absl::OkStatus();
-}
-
-// "dir/name" ("out/" and "out" give the same path).
-std::string JoinPath(const std::string& dir, const std::string& name) {
-  return (std::filesystem::path(dir) / name).string();
-}
 
 void Print(std::FILE* out, const std::string& text) {
   std::fwrite(text.data(), 1, text.size(), out);
@@ -328,35 +292,14 @@ absl::Status FollowRender(VisualizerClient& client,
   }
 
   at::Tensor images;
-  if ((!options.out.empty() || !options.npy.empty()) && !result.has_images() &&
-      result.png_size() > 0) {
-    // A watched job submitted without tensors: its PNGs (8 bits) will do.
-    std::vector<at::Tensor> decoded;
-    for (const std::string& png : result.png()) {
-      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor image, core::DecodePng(png));
-      decoded.push_back(std::move(image));
-    }
-    images = at::stack(decoded);
-  } else if (!options.out.empty() || !options.npy.empty()) {
-    FEATVIZ_ASSIGN_OR_RETURN(images, TensorFromProto(result.images()));
-    if (images.dim() != 4) {
-      return absl::InternalError(absl::StrCat(
-          "the server sent images of shape ",
-          ShapeToString(result.images().shape()), ", not [B, C, H, W]"));
-    }
+  if (!options.out.empty() || !options.npy.empty()) {
+    FEATVIZ_ASSIGN_OR_RETURN(images, ResultImages(result));
   }
   if (!options.out.empty()) {
-    const int64_t batch = images.size(0);
-    core::GridOptions grid;
-    grid.scale =
-        options.scale > 0
-            ? options.scale
-            : std::max<int64_t>(1, (kMinCellPixels + images.size(3) - 1) /
-                                       std::max<int64_t>(images.size(3), 1));
-    grid.columns = options.columns > 0 ? options.columns
-                   : batch <= 10
-                       ? batch
-                       : static_cast<int64_t>(std::ceil(std::sqrt(batch)));
+    FEATVIZ_ASSIGN_OR_RETURN(const at::Tensor pictures,
+                             ResultPictures(result, images));
+    core::GridOptions grid = SheetLayout(pictures.size(0), pictures.size(3),
+                                         options.scale, options.columns);
     if (!options.labels.empty()) {
       grid.labels = options.labels;
     } else {
@@ -365,10 +308,19 @@ absl::Status FollowRender(VisualizerClient& client,
             "%s %.2f", ClassName(class_names, top[b]), probs[b][top[b]]));
       }
     }
-    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(images, grid));
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(pictures, grid));
     FEATVIZ_RETURN_IF_ERROR(MakeParent(options.out));
     FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, options.out));
     files["out"] = options.out;
+    if (HasBands(result)) {
+      // Beside the composite, every band on its own: x.png -> x.bands.png.
+      FEATVIZ_ASSIGN_OR_RETURN(
+          const at::Tensor bands,
+          ResultBandSheet(result, images, {}, options.scale));
+      const std::string path = core::BandSheetPath(options.out);
+      FEATVIZ_RETURN_IF_ERROR(core::WritePng(bands, path));
+      files["bands"] = path;
+    }
   }
   if (!options.npy.empty()) {
     FEATVIZ_RETURN_IF_ERROR(MakeParent(options.npy));
@@ -383,6 +335,12 @@ absl::Status FollowRender(VisualizerClient& client,
           JoinPath(options.png_dir, absl::StrFormat("image_%d.png", b));
       FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, result.png(b)));
       pngs.push_back(path);
+      if (b < result.band_png_size()) {
+        const std::string bands = JoinPath(
+            options.png_dir, absl::StrFormat("image_%d.bands.png", b));
+        FEATVIZ_RETURN_IF_ERROR(WriteBytes(bands, result.band_png(b)));
+        pngs.push_back(bands);
+      }
     }
     files["png"] = pngs;
   }
@@ -399,17 +357,8 @@ absl::Status FollowRender(VisualizerClient& client,
       maps.push_back(std::move(map));
     }
     at::Tensor stacked = at::stack(maps);
-    core::GridOptions grid;
-    grid.scale =
-        options.scale > 0
-            ? options.scale
-            : std::max<int64_t>(1, (kMinCellPixels + stacked.size(3) - 1) /
-                                       std::max<int64_t>(stacked.size(3), 1));
-    grid.columns =
-        options.columns > 0 ? options.columns
-        : stacked.size(0) <= 10
-            ? stacked.size(0)
-            : static_cast<int64_t>(std::ceil(std::sqrt(stacked.size(0))));
+    const core::GridOptions grid = SheetLayout(
+        stacked.size(0), stacked.size(3), options.scale, options.columns);
     FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(stacked, grid));
     FEATVIZ_RETURN_IF_ERROR(MakeParent(options.transparency));
     FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, options.transparency));
@@ -432,7 +381,7 @@ absl::Status FollowRender(VisualizerClient& client,
                                    probs[b][top[b]]));
   }
   std::vector<std::string> written;
-  for (const char* key : {"out", "npy", "transparency"}) {
+  for (const char* key : {"out", "bands", "npy", "transparency"}) {
     if (files.contains(key)) written.push_back(files[key].get<std::string>());
   }
   if (files.contains("png")) {

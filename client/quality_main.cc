@@ -39,6 +39,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "core/analysis.h"
+#include "core/bands.h"
 #include "core/batch.h"
 #include "core/dataset.h"
 #include "core/device.h"
@@ -367,7 +368,11 @@ absl::Status Run(const std::string& model_path) {
                                        r.values[u].item<double>() / s)
                      : units.names[u]);
       }
-      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, MakeGrid(r.images, grid));
+      FEATVIZ_ASSIGN_OR_RETURN(
+          const at::Tensor pictures,
+          CompositeImages(r.images,
+                          BandDisplayFor(card, r.images.size(1)).composite));
+      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, MakeGrid(pictures, grid));
       std::string file = absl::StrCat(absl::GetFlag(FLAGS_sheets), "/",
                                       card.name, "_", what, "_", name);
       if (!label.empty()) absl::StrAppend(&file, "_", label);

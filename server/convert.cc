@@ -13,6 +13,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/bands.h"
 #include "core/image.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
@@ -276,6 +277,15 @@ int64_t ResultBytesBound(const RenderPlan& plan, int64_t channels) {
   // PNG stores 8-bit rows with a filter byte each; deflate never grows data
   // by more than a few bytes per 16 KiB block.
   if (plan.png) bytes += pixels + pixels / 8 + p.batch * (p.height + 1024);
+  if (plan.png && plan.display.shows_bands()) {
+    // One band sheet per image: an RGB grid of its bands, magnified to at
+    // least 112 pixels wide, with padding and a label row; at worst stored
+    // uncompressed.
+    const int64_t scale = std::max<int64_t>(1, (112 + p.width - 1) / p.width);
+    const int64_t sheet_w = 4 + channels * (p.width * scale + 4);
+    const int64_t sheet_h = 4 + p.height * scale + 48 + 4;
+    bytes += p.batch * (3 * sheet_w * sheet_h * 9 / 8 + sheet_h + 1024);
+  }
   bytes += 4 * plan.options.steps *
            static_cast<int64_t>(plan.objective.terms().size());
   if (plan.preview_png) {
@@ -516,6 +526,7 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
       return absl::InvalidArgumentError(
           absl::StrCat("image.color has unknown value ", image.color()));
   }
+  plan.display = core::BandDisplayFor(card, param.channels);
   ImageSize size{card.height, card.width};
   if (image.size() != 0) size = ImageSize{image.size(), image.size()};
   if (image.height() != 0) size.height = image.height();
@@ -742,6 +753,8 @@ v1::Model ModelToProto(const ModelSummary& model) {
   input->set_range_max(card.range_max);
   for (double m : card.mean) input->add_mean(m);
   for (double s : card.std) input->add_std(s);
+  for (const std::string& name : card.band_names) input->add_band_names(name);
+  for (int64_t band : card.CompositeBands()) input->add_composite(band);
   for (const std::string& name : model.class_names) out.add_class_names(name);
   for (const core::LayerInfo& info : model.layers) {
     v1::Layer* layer = out.add_layers();
@@ -912,6 +925,9 @@ v1::RenderResult ResultToProto(const JobResult& result) {
     *out.mutable_images() = ArrayToProto(*result.images);
   }
   for (const std::string& png : result.png) out.add_png(png);
+  for (int64_t band : result.composite) out.add_composite(band);
+  for (const std::string& name : result.band_names) out.add_band_names(name);
+  for (const std::string& png : result.band_png) out.add_band_png(png);
   *out.mutable_logits() = ArrayToProto(result.logits);
   *out.mutable_probs() = ArrayToProto(result.probs);
   if (result.transparency.has_value()) {
