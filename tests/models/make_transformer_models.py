@@ -193,9 +193,16 @@ def save(module, out, name, shape, classes):
           f"modules {[n for n, _ in m.named_modules() if n]}")
 
 
-def build(out):
+def build(out, only=None):
     """Writes every model of this file into `out` (also called by
-    make_test_models.py, the tests' fixture)."""
+    make_test_models.py, the tests' fixture); `only`: just the one named."""
+    if only == "multiband":
+        os.makedirs(out, exist_ok=True)
+        torch.manual_seed(0)
+        save(torch.jit.script(MultiBand().eval()), out, "multiband", (4, SIDE, SIDE), 6)
+        write_card(out, "multiband", 4, SIDE, list("uvwxyz"),
+                   {"bands": {"names": ["red", "green", "blue", "nir"], "composite": [0, 1, 2]}})
+        return
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
     shape = (3, SIDE, SIDE)
@@ -235,7 +242,9 @@ def build(out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output directory (created)")
-    build(ap.parse_args().out)
+    ap.add_argument("--only", choices=["multiband"], help="write just this model")
+    args = ap.parse_args()
+    build(args.out, args.only)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 layer at once) and `compare` against the real featviz-server.
 
 The server hosts a 4-band (RGB + NIR) model made by
-tests/models/make_multiband_model.py, the bundled MNIST classifier, and a
+tests/models/make_transformer_models.py (--only multiband), the bundled MNIST classifier, and a
 repository model "mnist" in two versions (2 with its last layer halved).
 Environment as for test_client.py.
 """
@@ -36,8 +36,9 @@ READY = re.compile(r"^featviz-server listening on (\S+:\d+)$")
 def repository(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     models = Path(os.environ.get("FEATVIZ_MODELS_DIR", str(REPO / "models")))
-    subprocess.run([sys.executable, str(REPO / "tests/models/make_multiband_model.py"),
-                    "--out", str(root)], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, str(REPO / "tests/models/make_transformer_models.py"),
+                    "--out", str(root), "--only", "multiband"],
+                   check=True, capture_output=True, timeout=300)
     for name in ("mnist_classifier.pt", "mnist_classifier.card.json"):
         shutil.copy(models / name, root / name)
     for version in ("1", "2"):
