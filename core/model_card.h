@@ -55,14 +55,6 @@ struct ModelCard {
   std::string logits_output;
   // "output": "log_probs": the class output is log_softmax'ed.
   bool log_probs = false;
-  // "bands": {"names": [...], "composite": [r, g, b]}: for inputs of other
-  // than 1 or 3 channels, each band's name and which bands are shown as the
-  // red, green and blue of a picture (one index: a gray composite). Default:
-  // bands named by index; the first three (or the first alone) composite.
-  std::vector<std::string> band_names;
-  std::vector<int64_t> composite;
-  // The composite's band indices, defaulted as above.
-  std::vector<int64_t> CompositeBands() const;
 
   // "tokens": {"prefix": P, "grid": [GH, GW]}: in the model's token layers
   // ([batch, tokens, features]) the first P tokens are not patches (a class
