@@ -115,7 +115,9 @@ TEST_F(CliTest, LayersListsConv2With32Channels) {
     found = true;
     std::vector<std::string> cells =
         absl::StrSplit(line, ' ', absl::SkipEmpty());
-    EXPECT_EQ(cells.back(), "32") << line;
+    ASSERT_GE(cells.size(), 2u) << line;
+    EXPECT_EQ(cells[cells.size() - 2], "32") << line;
+    EXPECT_EQ(cells.back(), "spatial") << line;
     EXPECT_TRUE(absl::StrContains(line, "[1, 32, 8, 8]")) << line;
   }
   EXPECT_TRUE(found) << r.out;
