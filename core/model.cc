@@ -1,7 +1,5 @@
 #include "core/model.h"
 
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
@@ -20,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "core/sha256.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "spdlog/spdlog.h"
@@ -232,20 +231,6 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
   RewriteLinears(graph->block(), linear_mode);
   result.graph = std::move(graph);
   return result;
-}
-
-std::string Sha256Hex(const std::string& bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(),
-             nullptr);
-  static const char kHex[] = "0123456789abcdef";
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) {
-    hex.push_back(kHex[digest[i] >> 4]);
-    hex.push_back(kHex[digest[i] & 15]);
-  }
-  return hex;
 }
 
 std::string ShortTypeName(const c10::TypePtr& type) {
