@@ -74,6 +74,11 @@ class DatasetUploadReactor final
           labels));
     }
     labels_bytes_ = labels;
+    if (header.class_names_size() > core::kMaxDatasetClasses) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          kMethod, ": header.class_names has ", header.class_names_size(),
+          " names; at most ", core::kMaxDatasetClasses));
+    }
     class_names_.assign(header.class_names().begin(),
                         header.class_names().end());
     name_ = header.name();
