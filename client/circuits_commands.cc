@@ -150,10 +150,17 @@ std::vector<AtlasLayer> AtlasLayers(const v1::Model& model,
     const bool conv = absl::StrContains(layer.kind(), "Conv") &&
                       layer.output_shape_size() == 4;
     const bool linear = layer.kind() == "Linear" && layer.output_shape_size() == 2;
-    if (!conv && !linear) continue;
+    // A transformer's or mixer's linear layers over tokens: their units are
+    // features, rendered as the mean over the tokens.
+    const bool tokens = layer.kind() == "Linear" && layer.layout() == "tokens";
+    // Any other layer with channels, when --layers names it.
+    const bool named =
+        layer.tappable() && layer.channels() > 0 &&
+        std::find(wanted.begin(), wanted.end(), layer.path()) != wanted.end();
+    if (!conv && !linear && !tokens && !named) continue;
     AtlasLayer entry;
     entry.layer = layer;
-    entry.spatial = conv;
+    entry.spatial = conv || layer.output_shape_size() >= 3;
     entry.first_conv = conv && !seen_conv;
     seen_conv = seen_conv || conv;
     if (!wanted.empty() &&
@@ -305,7 +312,9 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
   const std::vector<AtlasLayer> layers = AtlasLayers(model, options.layers);
   if (layers.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "model ", options.model, " has no convolutional or linear layers",
+        "model ", options.model,
+        " has no convolutional or linear layers (nor token layers of linear "
+        "units)",
         options.layers.empty() ? "" : " among --layers"));
   }
   // The examples' dataset, asked of the server before any render: the one

@@ -2,12 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
-#include <fstream>
-#include <system_error>
 #include <utility>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -15,9 +10,12 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "client/json.h"
+#include "client/output_files.h"
 #include "client/progress_bar.h"
 #include "client/proto_convert.h"
+#include "client/result_images.h"
 #include "client/table.h"
+#include "core/bands.h"
 #include "core/image.h"
 #include "core/objective.h"
 #include "core/status_macros.h"
@@ -27,41 +25,6 @@ namespace featviz::client {
 namespace v1 = featviz::v1;
 
 namespace {
-
-// Grid cells are magnified until they are at least this many pixels wide, so
-// that a 28x28 digit can be seen.
-constexpr int64_t kMinCellPixels = 112;
-
-absl::Status MakeDirectories(const std::string& dir) {
-  if (dir.empty()) return absl::OkStatus();
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  if (error) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create directory ", dir, ": ", error.message()));
-  }
-  return absl::OkStatus();
-}
-
-// Makes the directory a file is to be written into.
-absl::Status MakeParent(const std::string& path) {
-  return MakeDirectories(std::filesystem::path(path).parent_path().string());
-}
-
-absl::Status WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream file(path, std::ios::binary | std::ios::trunc);
-  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  file.close();
-  if (!file) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
-  }
-  return absl::OkStatus();
-}
-
-// "dir/name" ("out/" and "out" give the same path).
-std::string JoinPath(const std::string& dir, const std::string& name) {
-  return (std::filesystem::path(dir) / name).string();
-}
 
 void Print(std::FILE* out, const std::string& text) {
   std::fwrite(text.data(), 1, text.size(), out);
@@ -76,9 +39,9 @@ std::string InputShape(const v1::InputSpec& input) {
 std::vector<int64_t> ArgMaxRows(const std::vector<std::vector<float>>& rows) {
   std::vector<int64_t> out;
   for (const std::vector<float>& row : rows) {
-    out.push_back(row.empty() ? 0
-                              : std::max_element(row.begin(), row.end()) -
-                                    row.begin());
+    out.push_back(row.empty()
+                      ? 0
+                      : std::max_element(row.begin(), row.end()) - row.begin());
   }
   return out;
 }
@@ -102,21 +65,39 @@ absl::Status RunModels(VisualizerClient& client, bool json, std::FILE* out) {
   std::vector<std::vector<std::string>> rows;
   for (const v1::Model& m : models) {
     rows.push_back({m.name(), m.version(), m.content_hash().substr(0, 12),
-                    InputShape(m.input()),
-                    absl::StrCat(m.class_names_size()),
+                    InputShape(m.input()), absl::StrCat(m.class_names_size()),
                     absl::StrCat(m.layers_size())});
   }
-  Print(out, FormatTable({"name", "version", "hash", "input", "classes", "layers"},
-                         rows));
+  Print(out,
+        FormatTable({"name", "version", "hash", "input", "classes", "layers"},
+                    rows));
   return absl::OkStatus();
 }
+
+namespace {
+
+// "tokens: 1 + 4x4 patches" for a token layer, else its layout's name.
+std::string LayoutText(const v1::Layer& layer) {
+  if (layer.layout() != "tokens") return layer.layout();
+  if (layer.grid_height() == 0) {
+    return absl::StrCat("tokens: ", layer.tokens(), ", no patch grid");
+  }
+  return absl::StrCat("tokens: ",
+                      layer.token_prefix() > 0
+                          ? absl::StrCat(layer.token_prefix(), " + ")
+                          : std::string(),
+                      layer.grid_height(), "x", layer.grid_width(), " patches");
+}
+
+}  // namespace
 
 absl::Status RunLayers(VisualizerClient& client, const std::string& model,
                        bool json, std::FILE* out) {
   FEATVIZ_ASSIGN_OR_RETURN(v1::Model m, client.GetModel(model));
   if (json) {
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
-    for (const v1::Layer& layer : m.layers()) list.push_back(LayerToJson(layer));
+    for (const v1::Layer& layer : m.layers())
+      list.push_back(LayerToJson(layer));
     Print(out, list.dump() + "\n");
     return absl::OkStatus();
   }
@@ -127,9 +108,10 @@ absl::Status RunLayers(VisualizerClient& client, const std::string& model,
                         ? ShapeToString(layer.output_shape())
                         : absl::StrCat("(cannot be tapped: ",
                                        layer.untappable_reason(), ")"),
-                    absl::StrCat(layer.channels())});
+                    absl::StrCat(layer.channels()), LayoutText(layer)});
   }
-  Print(out, FormatTable({"path", "kind", "output", "channels"}, rows));
+  Print(out,
+        FormatTable({"path", "kind", "output", "channels", "layout"}, rows));
   // The model's own outputs, which output(name, c) reads.
   std::vector<std::vector<std::string>> outputs;
   for (const v1::ModelOutput& output : m.outputs()) {
@@ -167,7 +149,8 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
   FEATVIZ_RETURN_IF_ERROR(non_negative("width", options.width));
   FEATVIZ_RETURN_IF_ERROR(non_negative("scale", options.scale));
   FEATVIZ_RETURN_IF_ERROR(non_negative("columns", options.columns));
-  FEATVIZ_RETURN_IF_ERROR(non_negative("progress_every", options.progress_every));
+  FEATVIZ_RETURN_IF_ERROR(
+      non_negative("progress_every", options.progress_every));
   if (options.batch < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--batch must be at least 1, got ", options.batch));
@@ -182,9 +165,9 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
   }
   if (!options.labels.empty() &&
       static_cast<int64_t>(options.labels.size()) != options.batch) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--labels has ", options.labels.size(), " labels for --batch ",
-        options.batch));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--labels has ", options.labels.size(),
+                     " labels for --batch ", options.batch));
   }
 
   v1::RenderRequest request;
@@ -281,9 +264,9 @@ absl::Status FollowRender(VisualizerClient& client,
           if (options.previews.empty() || progress.preview_png().empty()) {
             return absl::OkStatus();
           }
-          const std::string path = JoinPath(
-              options.previews,
-              absl::StrFormat("step_%05d.png", progress.step()));
+          const std::string path =
+              JoinPath(options.previews,
+                       absl::StrFormat("step_%05d.png", progress.step()));
           FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, progress.preview_png()));
           previews.push_back(path);
           return absl::OkStatus();
@@ -309,35 +292,14 @@ absl::Status FollowRender(VisualizerClient& client,
   }
 
   at::Tensor images;
-  if ((!options.out.empty() || !options.npy.empty()) &&
-      !result.has_images() && result.png_size() > 0) {
-    // A watched job submitted without tensors: its PNGs (8 bits) will do.
-    std::vector<at::Tensor> decoded;
-    for (const std::string& png : result.png()) {
-      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor image, core::DecodePng(png));
-      decoded.push_back(std::move(image));
-    }
-    images = at::stack(decoded);
-  } else if (!options.out.empty() || !options.npy.empty()) {
-    FEATVIZ_ASSIGN_OR_RETURN(images, TensorFromProto(result.images()));
-    if (images.dim() != 4) {
-      return absl::InternalError(absl::StrCat(
-          "the server sent images of shape ", ShapeToString(result.images().shape()),
-          ", not [B, C, H, W]"));
-    }
+  if (!options.out.empty() || !options.npy.empty()) {
+    FEATVIZ_ASSIGN_OR_RETURN(images, ResultImages(result));
   }
   if (!options.out.empty()) {
-    const int64_t batch = images.size(0);
-    core::GridOptions grid;
-    grid.scale = options.scale > 0
-                     ? options.scale
-                     : std::max<int64_t>(
-                           1, (kMinCellPixels + images.size(3) - 1) /
-                                  std::max<int64_t>(images.size(3), 1));
-    grid.columns = options.columns > 0 ? options.columns
-                   : batch <= 10
-                       ? batch
-                       : static_cast<int64_t>(std::ceil(std::sqrt(batch)));
+    FEATVIZ_ASSIGN_OR_RETURN(const at::Tensor pictures,
+                             ResultPictures(result, images));
+    core::GridOptions grid = SheetLayout(pictures.size(0), pictures.size(3),
+                                         options.scale, options.columns);
     if (!options.labels.empty()) {
       grid.labels = options.labels;
     } else {
@@ -346,10 +308,19 @@ absl::Status FollowRender(VisualizerClient& client,
             "%s %.2f", ClassName(class_names, top[b]), probs[b][top[b]]));
       }
     }
-    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(images, grid));
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(pictures, grid));
     FEATVIZ_RETURN_IF_ERROR(MakeParent(options.out));
     FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, options.out));
     files["out"] = options.out;
+    if (HasBands(result)) {
+      // Beside the composite, every band on its own: x.png -> x.bands.png.
+      FEATVIZ_ASSIGN_OR_RETURN(
+          const at::Tensor bands,
+          ResultBandSheet(result, images, {}, options.scale));
+      const std::string path = core::BandSheetPath(options.out);
+      FEATVIZ_RETURN_IF_ERROR(core::WritePng(bands, path));
+      files["bands"] = path;
+    }
   }
   if (!options.npy.empty()) {
     FEATVIZ_RETURN_IF_ERROR(MakeParent(options.npy));
@@ -364,6 +335,12 @@ absl::Status FollowRender(VisualizerClient& client,
           JoinPath(options.png_dir, absl::StrFormat("image_%d.png", b));
       FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, result.png(b)));
       pngs.push_back(path);
+      if (b < result.band_png_size()) {
+        const std::string bands = JoinPath(
+            options.png_dir, absl::StrFormat("image_%d.bands.png", b));
+        FEATVIZ_RETURN_IF_ERROR(WriteBytes(bands, result.band_png(b)));
+        pngs.push_back(bands);
+      }
     }
     files["png"] = pngs;
   }
@@ -380,16 +357,8 @@ absl::Status FollowRender(VisualizerClient& client,
       maps.push_back(std::move(map));
     }
     at::Tensor stacked = at::stack(maps);
-    core::GridOptions grid;
-    grid.scale = options.scale > 0
-                     ? options.scale
-                     : std::max<int64_t>(
-                           1, (kMinCellPixels + stacked.size(3) - 1) /
-                                  std::max<int64_t>(stacked.size(3), 1));
-    grid.columns = options.columns > 0 ? options.columns
-                   : stacked.size(0) <= 10
-                       ? stacked.size(0)
-                       : static_cast<int64_t>(std::ceil(std::sqrt(stacked.size(0))));
+    const core::GridOptions grid = SheetLayout(
+        stacked.size(0), stacked.size(3), options.scale, options.columns);
     FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(stacked, grid));
     FEATVIZ_RETURN_IF_ERROR(MakeParent(options.transparency));
     FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, options.transparency));
@@ -412,7 +381,7 @@ absl::Status FollowRender(VisualizerClient& client,
                                    probs[b][top[b]]));
   }
   std::vector<std::string> written;
-  for (const char* key : {"out", "npy", "transparency"}) {
+  for (const char* key : {"out", "bands", "npy", "transparency"}) {
     if (files.contains(key)) written.push_back(files[key].get<std::string>());
   }
   if (files.contains("png")) {
@@ -431,44 +400,43 @@ absl::Status FollowRender(VisualizerClient& client,
             wall_seconds > 0 ? result.steps() / wall_seconds : 0.0,
             result.seed(), result.final_total(),
             tops.size() == 1 ? "class" : "classes", absl::StrJoin(tops, ", "),
-            written.empty() ? ""
-                            : absl::StrCat("; wrote ",
-                                           absl::StrJoin(written, ", "))));
+            written.empty()
+                ? ""
+                : absl::StrCat("; wrote ", absl::StrJoin(written, ", "))));
   return absl::OkStatus();
 }
 
 absl::Status RunJob(VisualizerClient& client, const std::string& id,
                     bool cancel, bool json, std::FILE* out) {
-  FEATVIZ_ASSIGN_OR_RETURN(
-      const v1::Job job,
-      cancel ? client.CancelJob(id) : client.GetJob(id, false));
+  FEATVIZ_ASSIGN_OR_RETURN(const v1::Job job, cancel
+                                                  ? client.CancelJob(id)
+                                                  : client.GetJob(id, false));
   const std::string state(
       absl::StripPrefix(v1::JobState_Name(job.state()), "JOB_STATE_"));
   if (json) {
-    nlohmann::ordered_json report = {
-        {"id", job.id()},
-        {"state", state},
-        {"owner", job.owner()},
-        {"model", job.model()},
-        {"objective", job.objective()},
-        {"steps_done", job.steps_done()},
-        {"total_steps", job.total_steps()},
-        {"device", job.device()},
-        {"cached", job.cached()},
-        {"error_code", job.error_code()},
-        {"error_message", job.error_message()}};
+    nlohmann::ordered_json report = {{"id", job.id()},
+                                     {"state", state},
+                                     {"owner", job.owner()},
+                                     {"model", job.model()},
+                                     {"objective", job.objective()},
+                                     {"steps_done", job.steps_done()},
+                                     {"total_steps", job.total_steps()},
+                                     {"device", job.device()},
+                                     {"cached", job.cached()},
+                                     {"error_code", job.error_code()},
+                                     {"error_message", job.error_message()}};
     Print(out, report.dump() + "\n");
     return absl::OkStatus();
   }
-  Print(out, absl::StrFormat(
-                 "%s %s %s '%s' %d/%d steps%s%s%s\n", job.id(), state,
-                 job.model(), job.objective(), job.steps_done(),
-                 job.total_steps(),
-                 job.device().empty() ? "" : absl::StrCat(" on ", job.device()),
-                 job.cached() ? " (cached)" : "",
-                 job.error_message().empty()
-                     ? ""
-                     : absl::StrCat(": ", job.error_message())));
+  Print(out,
+        absl::StrFormat(
+            "%s %s %s '%s' %d/%d steps%s%s%s\n", job.id(), state, job.model(),
+            job.objective(), job.steps_done(), job.total_steps(),
+            job.device().empty() ? "" : absl::StrCat(" on ", job.device()),
+            job.cached() ? " (cached)" : "",
+            job.error_message().empty()
+                ? ""
+                : absl::StrCat(": ", job.error_message())));
   return absl::OkStatus();
 }
 

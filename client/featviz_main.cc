@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -37,8 +38,10 @@
 #include "client/circuits_commands.h"
 #include "client/commands.h"
 #include "client/dataset_commands.h"
+#include "client/multi_render.h"
 #include "client/progress_bar.h"
 #include "client/rpc_commands.h"
+#include "client/unit_template.h"
 #include "client/upload.h"
 #include "client/visualizer_client.h"
 #include "core/status_macros.h"
@@ -84,6 +87,9 @@ ABSL_FLAG(std::string, name, "",
           "upload: the model's name on the server; default the card's, else "
           "the file's stem");
 ABSL_FLAG(int64_t, batch, 1, "Images rendered together");
+ABSL_FLAG(std::string, units, "",
+          "render: the units that '*' in the objective stands for, one image "
+          "each in one batched request: all, 0-15, 3,5,9; empty: all");
 ABSL_FLAG(int64_t, seed, -1, "Random seed; -1: the server picks (and reports) one");
 ABSL_FLAG(double, lr, 0, "Adam learning rate; 0: the server's (0.05; MaCo 0.5)");
 ABSL_FLAG(double, decay_power, 0,
@@ -94,7 +100,9 @@ ABSL_FLAG(std::string, transforms, "default",
 ABSL_FLAG(int64_t, progress_every, 0,
           "Progress event every N steps; 0: the server's (16)");
 ABSL_FLAG(std::string, out, "render.png",
-          "render, watch: labelled grid PNG of all images (--out= for none)");
+          "render, watch: labelled grid PNG of all images (--out= for none; "
+          "x.bands.png beside it for models with bands); compare: the sheet "
+          "(default compare.png)");
 ABSL_FLAG(std::string, out_dir, "",
           "circuits, atlas, activations, attribute, top: the folder to write "
           "into");
@@ -164,6 +172,13 @@ models and rendering:
   models                          the hosted models
   layers MODEL                    a model's layer catalogue
   render MODEL 'OBJECTIVE'        render a feature visualisation (render.png)
+  render MODEL 'channel(L, *)' [--units all|0-15|3,5,9]
+                                  every listed unit of layer L in one batched
+                                  request, one sheet labelled by unit
+  compare MODEL_A MODEL_B 'OBJECTIVE'
+                                  the same objective, seed and options on two
+                                  models (or versions name@1 name@2): one
+                                  sheet with a row each, a table of values
   bench                           load-test the server with many renders
 jobs:
   submit MODEL 'OBJECTIVE'        queue a render as a job; prints its id
@@ -222,6 +237,10 @@ render and submit options (watch takes the output ones):
   --out FILE (render.png; --out= for none)  --labels 'a,b,c'  --scale N
   --columns N  --npy FILE  --png_dir DIR  --preview_dir DIR
   submit: --owner O  --priority P
+  render: --units all|0-15|3,5,9 with '*' for the unit in the objective
+    (channel(conv2, *), neuron(fc1, *), conv2:*); no --units means all
+  models with other than 1 or 3 input channels (bands): --out x.png is the
+  composite the model card chooses, and x.bands.png beside it shows each band
 
 bench options:
   --clients N (8)  --jobs M per client (4)  --model NAME (mnist_classifier)
@@ -281,6 +300,14 @@ const std::set<std::string>& RenderFlags() {
       "decay_power", "transforms", "progress_every", "out", "npy", "png_dir",
       "preview_dir", "labels", "scale", "columns", "maco_dataset", "reference",
       "transparency"};
+  return *flags;
+}
+// What `featviz compare` takes: the render options that apply to both.
+const std::set<std::string>& CompareFlags() {
+  static const auto* flags = new std::set<std::string>{
+      "json", "steps", "size", "height", "width", "gray", "parameterization",
+      "batch", "seed", "lr", "decay_power", "transforms", "progress_every",
+      "out", "scale", "maco_dataset"};
   return *flags;
 }
 const std::set<std::string>& OutputFlags() {
@@ -438,18 +465,78 @@ Outcome RunCancelCommand(const Invocation& in) {
   return Done(RunJob(in.client, in.operands[0], true, Json(), stdout));
 }
 
+// `render` with '*' in the objective: a layer's units at once.
+Outcome RunUnitRenderCommand(const Invocation& in,
+                             const RenderCommandOptions& options) {
+  for (const char* flag : {"batch", "labels", "preview_dir", "transparency"}) {
+    if (in.args.flags.count(flag) > 0) {
+      return Usage(absl::StrCat(
+          "--", flag, " does not apply to a render of a layer's units ('*' "
+          "in the objective): each unit gets one image, labelled by unit"));
+    }
+  }
+  absl::StatusOr<UnitRenderPlan> plan =
+      PlanUnitRender(in.client, options, absl::GetFlag(FLAGS_units));
+  if (!plan.ok()) {
+    if (absl::IsInvalidArgument(plan.status()) ||
+        absl::IsOutOfRange(plan.status())) {
+      return Usage(std::string(plan.status().message()));
+    }
+    return Done(plan.status());
+  }
+  return Done(RunUnitRender(in.client, options, *plan, stdout, stderr));
+}
+
 Outcome RunRenderCommand(const Invocation& in) {
   absl::StatusOr<RenderCommandOptions> options = RenderOptions(in);
   if (!options.ok()) return Usage(std::string(options.status().message()));
+  absl::StatusOr<std::optional<UnitTemplate>> units =
+      FindUnitTemplate(options->objective);
+  if (!units.ok()) return Usage(std::string(units.status().message()));
+  if (units->has_value() || in.args.flags.count("units") > 0) {
+    return RunUnitRenderCommand(in, *options);
+  }
   absl::StatusOr<featviz::v1::RenderRequest> request =
       BuildRenderRequest(*options);
   if (!request.ok()) return Usage(std::string(request.status().message()));
   return Done(RunRender(in.client, *options, *request, stdout, stderr));
 }
 
+Outcome RunCompareCommand(const Invocation& in) {
+  absl::StatusOr<RenderCommandOptions> options = RenderOptions(in);
+  if (!options.ok()) return Usage(std::string(options.status().message()));
+  options->model = in.operands[0];
+  options->objective = in.operands[2];
+  if (in.args.flags.count("out") == 0) options->out = "compare.png";
+  absl::StatusOr<std::optional<UnitTemplate>> units =
+      FindUnitTemplate(options->objective);
+  if (!units.ok()) return Usage(std::string(units.status().message()));
+  if (units->has_value()) {
+    return Usage(
+        "featviz compare renders one objective; '*' (every unit of a layer) "
+        "works with featviz render");
+  }
+  for (const std::string& model : {in.operands[0], in.operands[1]}) {
+    options->model = ModelVersionRef(model);
+    absl::StatusOr<featviz::v1::RenderRequest> request =
+        BuildRenderRequest(*options);
+    if (!request.ok()) return Usage(std::string(request.status().message()));
+  }
+  return Done(RunCompare(in.client, *options,
+                         {in.operands[0], in.operands[1]}, stdout, stderr));
+}
+
 Outcome RunSubmitCommand(const Invocation& in) {
   absl::StatusOr<RenderCommandOptions> options = RenderOptions(in);
   if (!options.ok()) return Usage(std::string(options.status().message()));
+  absl::StatusOr<std::optional<UnitTemplate>> units =
+      FindUnitTemplate(options->objective);
+  if (!units.ok()) return Usage(std::string(units.status().message()));
+  if (units->has_value()) {
+    return Usage(
+        "featviz submit queues one objective; '*' (every unit of a layer) "
+        "works with featviz render");
+  }
   absl::StatusOr<featviz::v1::RenderRequest> request =
       BuildRenderRequest(*options);
   if (!request.ok()) return Usage(std::string(request.status().message()));
@@ -655,7 +742,9 @@ const std::vector<Command>& Commands() {
       {"models", "featviz models", 0, 0, {"json"}, RunModelsCommand},
       {"layers", "featviz layers MODEL", 1, 1, {"json"}, RunLayersCommand},
       {"render", "featviz render MODEL 'OBJECTIVE' [options]", 2, 2,
-       RenderFlags(), RunRenderCommand},
+       Union(RenderFlags(), {"units"}), RunRenderCommand},
+      {"compare", "featviz compare MODEL_A MODEL_B 'OBJECTIVE' [options]", 3, 3,
+       CompareFlags(), RunCompareCommand},
       {"bench", "featviz bench [options]", 0, 0,
        {"json", "steps", "batch", "parameterization", "clients", "jobs",
         "model", "objectives", "sequential", "seed_base", "transforms"},

@@ -72,6 +72,10 @@ json LayerToJson(const v1::Layer& layer) {
                                    layer.output_shape().begin(),
                                    layer.output_shape().end()))},
               {"channels", layer.channels()},
+              {"layout", layer.layout()},
+              {"tokens", layer.tokens()},
+              {"token_prefix", layer.token_prefix()},
+              {"grid", {layer.grid_height(), layer.grid_width()}},
               {"tappable", layer.tappable()},
               {"untappable_reason", layer.untappable_reason()}};
 }
@@ -94,7 +98,11 @@ json ModelToJson(const v1::Model& model) {
         {"width", in.width()},
         {"range", {in.range_min(), in.range_max()}},
         {"mean", std::vector<double>(in.mean().begin(), in.mean().end())},
-        {"std", std::vector<double>(in.std().begin(), in.std().end())}}},
+        {"std", std::vector<double>(in.std().begin(), in.std().end())},
+        {"band_names", std::vector<std::string>(in.band_names().begin(),
+                                                in.band_names().end())},
+        {"composite", std::vector<int64_t>(in.composite().begin(),
+                                           in.composite().end())}}},
       {"class_names", std::vector<std::string>(model.class_names().begin(),
                                                model.class_names().end())},
       {"layers", std::move(layers)}};
@@ -165,6 +173,14 @@ absl::StatusOr<json> RenderResultToJson(
   if (!result.maco_magnitude().empty()) {
     out["maco_magnitude"] = result.maco_magnitude();
     out["transparency_maps"] = result.transparency_png_size();
+  }
+  if (result.composite_size() > 0) {
+    out["bands"] = {
+        {"names", std::vector<std::string>(result.band_names().begin(),
+                                           result.band_names().end())},
+        {"composite", std::vector<int64_t>(result.composite().begin(),
+                                           result.composite().end())},
+        {"sheets", result.band_png_size()}};
   }
   if (result.has_images()) {
     out["image_shape"] = std::vector<int64_t>(result.images().shape().begin(),

@@ -39,6 +39,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "core/analysis.h"
+#include "core/bands.h"
 #include "core/batch.h"
 #include "core/dataset.h"
 #include "core/device.h"
@@ -59,7 +60,8 @@ ABSL_FLAG(std::string, params, "pixel,fft,maco", "Parameterisations to compare")
 ABSL_FLAG(int64_t, steps, 256, "Optimisation steps");
 ABSL_FLAG(double, lr, 0.05, "Adam learning rate");
 ABSL_FLAG(double, decay, 1.0, "FFT spectrum decay power");
-ABSL_FLAG(std::string, transforms, "default", "default, none, or a list like 'jitter(2), rotate(-5, 5)'");
+ABSL_FLAG(std::string, transforms, "default", "default (by the model's kind), cnn, tokens, none, or a list like "
+          "'jitter(2), rotate(-5, 5)'");
 ABSL_FLAG(int64_t, seed, 0, "Seed of the first picture; each further picture the next seed");
 ABSL_FLAG(int64_t, repeats, 1, "Pictures per unit, each from its own seed");
 ABSL_FLAG(bool, tone, true, "MaCo: the held-out images' tone (as a server with the dataset)");
@@ -222,7 +224,7 @@ absl::StatusOr<Rendered> RenderUnits(const Model& model, const Units& units,
   FEATVIZ_ASSIGN_OR_RETURN(
       options.transforms,
       ParseTransforms(absl::GetFlag(FLAGS_transforms), model.card().height,
-                      model.card().width));
+                      model.card().width, model.IsTokenModel()));
   if (kind == ParamKind::kMaco) {
     // One tensor for every session, so that they share a pack.
     FEATVIZ_ASSIGN_OR_RETURN(
@@ -366,7 +368,11 @@ absl::Status Run(const std::string& model_path) {
                                        r.values[u].item<double>() / s)
                      : units.names[u]);
       }
-      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, MakeGrid(r.images, grid));
+      FEATVIZ_ASSIGN_OR_RETURN(
+          const at::Tensor pictures,
+          CompositeImages(r.images,
+                          BandDisplayFor(card, r.images.size(1)).composite));
+      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, MakeGrid(pictures, grid));
       std::string file = absl::StrCat(absl::GetFlag(FLAGS_sheets), "/",
                                       card.name, "_", what, "_", name);
       if (!label.empty()) absl::StrAppend(&file, "_", label);

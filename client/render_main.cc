@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "core/bands.h"
 #include "core/device.h"
 #include "core/image.h"
 #include "core/model.h"
@@ -22,7 +23,9 @@
 #include "core/render.h"
 #include "core/status_macros.h"
 
-ABSL_FLAG(std::string, out, "render.png", "PNG file for the images (a grid when batch > 1)");
+ABSL_FLAG(std::string, out, "render.png",
+          "PNG file for the images (a grid when batch > 1); for a model with "
+          "bands, the card's composite, and x.bands.png beside it every band");
 ABSL_FLAG(std::string, npy, "", "Optional .npy file for the float images [B, C, H, W]");
 ABSL_FLAG(int64_t, steps, 256, "Optimisation steps");
 ABSL_FLAG(int64_t, size, 0, "Image side in pixels; 0 takes the model's input size");
@@ -57,8 +60,16 @@ absl::Status Run(const std::string& model_path, const std::string& text) {
   const int64_t side = size > 0 ? size : model->card().height;
   FEATVIZ_ASSIGN_OR_RETURN(
       options.transforms,
-      ParseTransforms(absl::GetFlag(FLAGS_transforms), side, side));
+      ParseTransforms(absl::GetFlag(FLAGS_transforms), side, side,
+                      model->IsTokenModel()));
   if (!absl::GetFlag(FLAGS_init).empty()) {
+    const int64_t channels = model->card().channels;
+    if (channels != 1 && channels != 3) {
+      // A PNG holds gray or RGB pixels, never another band count.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--init: a PNG holds 1 or 3 channels, but model ", model->card().name,
+          " takes ", channels, "-channel images; start from noise instead"));
+    }
     FEATVIZ_ASSIGN_OR_RETURN(options.param.init_image,
                              ReadPng(absl::GetFlag(FLAGS_init)));
   }
@@ -93,8 +104,21 @@ absl::Status Run(const std::string& model_path, const std::string& text) {
                                           model->card().classes[top],
                                           result.probs[b][top].item<double>()));
   }
-  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, MakeGrid(result.images, grid));
+  // Images with bands show the card's composite, and each band beside it.
+  const BandDisplay display =
+      BandDisplayFor(model->card(), result.images.size(1));
+  FEATVIZ_ASSIGN_OR_RETURN(const at::Tensor pictures,
+                           CompositeImages(result.images, display.composite));
+  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, MakeGrid(pictures, grid));
   FEATVIZ_RETURN_IF_ERROR(WritePng(sheet, absl::GetFlag(FLAGS_out)));
+  std::string bands_path;
+  if (display.shows_bands()) {
+    FEATVIZ_ASSIGN_OR_RETURN(
+        const at::Tensor bands,
+        BandSheet(result.images, display.names, {}, absl::GetFlag(FLAGS_scale)));
+    bands_path = BandSheetPath(absl::GetFlag(FLAGS_out));
+    FEATVIZ_RETURN_IF_ERROR(WritePng(bands, bands_path));
+  }
   if (!absl::GetFlag(FLAGS_npy).empty()) {
     FEATVIZ_RETURN_IF_ERROR(WriteNpy(result.images, absl::GetFlag(FLAGS_npy)));
   }
@@ -119,6 +143,7 @@ absl::Status Run(const std::string& model_path, const std::string& text) {
                 probs[b][top].item<double>());
   }
   std::printf("wrote      %s\n", absl::GetFlag(FLAGS_out).c_str());
+  if (!bands_path.empty()) std::printf("wrote      %s\n", bands_path.c_str());
   return absl::OkStatus();
 }
 

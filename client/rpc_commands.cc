@@ -1,9 +1,6 @@
 #include "client/rpc_commands.h"
 
 #include <algorithm>
-#include <filesystem>
-#include <fstream>
-#include <system_error>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -15,6 +12,7 @@
 #include "absl/strings/strip.h"
 #include "client/circuits_client.h"
 #include "client/json.h"
+#include "client/output_files.h"
 #include "client/proto_convert.h"
 #include "client/table.h"
 #include "core/image.h"
@@ -36,30 +34,6 @@ absl::Status PrintMessageJson(const google::protobuf::Message& message,
   FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(message));
   Print(out, doc.dump() + "\n");
   return absl::OkStatus();
-}
-
-absl::Status MakeDirectories(const std::string& dir) {
-  std::error_code error;
-  std::filesystem::create_directories(dir, error);
-  if (error) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create directory ", dir, ": ", error.message()));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream file(path, std::ios::binary | std::ios::trunc);
-  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  file.close();
-  if (!file) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot write ", path));
-  }
-  return absl::OkStatus();
-}
-
-std::string JoinPath(const std::string& dir, const std::string& name) {
-  return (std::filesystem::path(dir) / name).string();
 }
 
 // A file name part from a layer path ("layer1.0.conv1" stays, "/" goes).

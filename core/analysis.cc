@@ -20,9 +20,9 @@ constexpr int64_t kChunk = 256;
 absl::StatusOr<std::vector<int64_t>> ResolveChannels(
     const LayerInfo& info, const std::vector<int64_t>& channels) {
   if (info.shape.size() < 2) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer ", info.path, " has no channels (output rank ",
-        info.shape.size(), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", info.path, " has no channels (output rank ",
+                     info.shape.size(), ")"));
   }
   if (channels.empty()) {
     std::vector<int64_t> all(info.channels);
@@ -31,9 +31,9 @@ absl::StatusOr<std::vector<int64_t>> ResolveChannels(
   }
   for (int64_t c : channels) {
     if (c < 0 || c >= info.channels) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "channel ", c, " out of range for layer ", info.path, " with ",
-          info.channels, " channels"));
+      return absl::OutOfRangeError(
+          absl::StrCat("channel ", c, " out of range for layer ", info.path,
+                       " with ", info.channels, " channels"));
     }
   }
   return channels;
@@ -54,8 +54,8 @@ absl::Status CheckImagesFit(const Model& model, const at::Tensor& images) {
       images.size(1) != card.channels || images.size(2) != card.height ||
       images.size(3) != card.width) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "model ", card.name, " takes images of shape [B, ", card.channels,
-        ", ", card.height, ", ", card.width, "] with B >= 1, got ",
+        "model ", card.name, " takes images of shape [B, ", card.channels, ", ",
+        card.height, ", ", card.width, "] with B >= 1, got ",
         images.defined() ? c10::str(images.sizes()) : "no images"));
   }
   return absl::OkStatus();
@@ -70,8 +70,10 @@ absl::StatusOr<std::vector<LayerActivations>> ComputeActivations(
   }
   std::vector<LayerActivations> out;
   std::vector<std::string> paths;
+  std::vector<LayerInfo> infos;
   for (const auto& [path, channels] : layers) {
     FEATVIZ_ASSIGN_OR_RETURN(LayerInfo info, model.FindLayer(path));
+    infos.push_back(info);
     LayerActivations layer;
     layer.layer = path;
     FEATVIZ_ASSIGN_OR_RETURN(layer.channels, ResolveChannels(info, channels));
@@ -88,7 +90,9 @@ absl::StatusOr<std::vector<LayerActivations>> ComputeActivations(
           model.Forward(images.narrow(0, start, n).to(model.device()), paths));
       for (size_t i = 0; i < out.size(); ++i) {
         const at::Tensor index = at::tensor(out[i].channels, at::kLong);
-        const at::Tensor a = taps.activations.at(out[i].layer);
+        // Token layers as maps over their patch grid.
+        const at::Tensor a =
+            ActivationMaps(infos[i], taps.activations.at(out[i].layer));
         chunks[i].push_back(
             a.index_select(1, index.to(a.device())).to(at::kCPU, at::kFloat));
       }
@@ -104,8 +108,8 @@ absl::StatusOr<std::vector<LayerActivations>> ComputeActivations(
       layer.fraction_active = (per_channel > 0).to(at::kFloat).mean(1);
     }
   } catch (const std::exception& e) {
-    return TorchError(e, absl::StrCat("activations of model ",
-                                      model.card().name));
+    return TorchError(e,
+                      absl::StrCat("activations of model ", model.card().name));
   }
   return out;
 }
@@ -131,10 +135,14 @@ absl::StatusOr<Attribution> Attribute(const Model& model,
     return absl::InvalidArgumentError(
         absl::StrCat("layer ", layer, " has no channels"));
   }
-  if (gradcam && info.shape.size() != 4) {
+  const bool has_maps =
+      info.layout == LayerLayout::kSpatial ||
+      (info.layout == LayerLayout::kTokens && info.grid_h > 0);
+  if (gradcam && !has_maps) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "gradcam needs a layer with spatial maps; ", layer, " has shape ",
-        c10::str(c10::IntArrayRef(info.shape))));
+        "gradcam needs a layer with spatial maps (or a token layer with a "
+        "patch grid); ",
+        layer, " has shape ", c10::str(c10::IntArrayRef(info.shape))));
   }
 
   std::vector<std::string> paths = target.Layers();
@@ -148,9 +156,8 @@ absl::StatusOr<Attribution> Attribute(const Model& model,
     // Two seeded noise images join the batch as probes of linearity: the
     // gradient of a linear path is the same for every input.
     at::Generator generator = at::detail::createCPUGenerator(/*seed=*/7);
-    const at::Tensor probes =
-        at::rand({2, images.size(1), images.size(2), images.size(3)},
-                 generator);
+    const at::Tensor probes = at::rand(
+        {2, images.size(1), images.size(2), images.size(3)}, generator);
     at::Tensor input = at::cat({images.to(at::kCPU, at::kFloat), probes})
                            .to(model.device())
                            .set_requires_grad(true);
@@ -158,9 +165,17 @@ absl::StatusOr<Attribution> Attribute(const Model& model,
     FEATVIZ_ASSIGN_OR_RETURN(ObjectiveValue value,
                              EvaluateObjective(target, taps, input));
     const at::Tensor a = taps.activations.at(layer);
+    // A token layer's gradient is taken of the tensor the model computed
+    // and turned channels first like its activations.
+    auto token = taps.token_activations.find(layer);
     std::vector<at::Tensor> grads = torch::autograd::grad(
-        {value.total}, {a}, /*grad_outputs=*/{}, /*retain_graph=*/false,
+        {value.total},
+        {token == taps.token_activations.end() ? a : token->second},
+        /*grad_outputs=*/{}, /*retain_graph=*/false,
         /*create_graph=*/false, /*allow_unused=*/true);
+    if (grads[0].defined() && token != taps.token_activations.end()) {
+      grads[0] = grads[0].transpose(1, 2);
+    }
     if (!grads[0].defined()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "target ", target.ToString(), " does not depend on layer ", layer,
@@ -175,8 +190,8 @@ absl::StatusOr<Attribution> Attribute(const Model& model,
     out.scores = out.per_image.mean(0);
 
     const at::Tensor reference = g[0];
-    const double tolerance = 1e-4 * (reference.abs().max().item<double>() +
-                                     1e-12);
+    const double tolerance =
+        1e-4 * (reference.abs().max().item<double>() + 1e-12);
     out.linear_path =
         (g - reference.unsqueeze(0)).abs().max().item<double>() <= tolerance;
     if (out.linear_path) {
@@ -184,9 +199,11 @@ absl::StatusOr<Attribution> Attribute(const Model& model,
     }
 
     if (gradcam) {
-      const at::Tensor alpha = real_g.flatten(2).mean(2);  // [B, K]
+      const at::Tensor g_maps = ActivationMaps(info, real_g);
+      const at::Tensor a_maps = ActivationMaps(info, real_a);
+      const at::Tensor alpha = g_maps.flatten(2).mean(2);  // [B, K]
       at::Tensor cam =
-          (alpha.unsqueeze(2).unsqueeze(3) * real_a).sum(1).clamp_min(0);
+          (alpha.unsqueeze(2).unsqueeze(3) * a_maps).sum(1).clamp_min(0);
       cam = at::upsample_bilinear2d(cam.unsqueeze(1),
                                     {images.size(2), images.size(3)},
                                     /*align_corners=*/false)
@@ -196,16 +213,15 @@ absl::StatusOr<Attribution> Attribute(const Model& model,
       out.gradcam = cam / peak.view({b, 1, 1});
     }
   } catch (const std::exception& e) {
-    return TorchError(e, absl::StrCat("attribution on model ",
-                                      model.card().name));
+    return TorchError(e,
+                      absl::StrCat("attribution on model ", model.card().name));
   }
   return out;
 }
 
 absl::StatusOr<at::Tensor> UnitValues(const Model& model,
                                       const at::Tensor& images,
-                                      const std::string& layer,
-                                      int64_t chunk) {
+                                      const std::string& layer, int64_t chunk) {
   FEATVIZ_RETURN_IF_ERROR(CheckImagesFit(model, images));
   FEATVIZ_ASSIGN_OR_RETURN(LayerInfo info, model.FindLayer(layer));
   if (info.shape.size() < 2) {
@@ -225,15 +241,14 @@ absl::StatusOr<at::Tensor> UnitValues(const Model& model,
                           .to(at::kCPU, at::kFloat));
     }
   } catch (const std::exception& e) {
-    return TorchError(e, absl::StrCat("unit values of model ",
-                                      model.card().name));
+    return TorchError(e,
+                      absl::StrCat("unit values of model ", model.card().name));
   }
   return at::cat(parts);
 }
 
 absl::StatusOr<std::vector<TopUnitExamples>> TopUnits(
-    const at::Tensor& values, const std::vector<int64_t>& channels,
-    int64_t n) {
+    const at::Tensor& values, const std::vector<int64_t>& channels, int64_t n) {
   const int64_t k = values.size(1);
   std::vector<int64_t> wanted = channels;
   if (wanted.empty()) {
@@ -268,21 +283,23 @@ absl::StatusOr<ClassDetectors> FindDetectors(const Model& model,
       Attribute(model, Logit(class_index), layer, images, /*gradcam=*/false));
   const int64_t channels = attribution.scores.size(0);
   if (k < 1 || k > channels) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "top_k ", k, " out of range for layer ", layer, " with ", channels,
-        " channels"));
+    return absl::OutOfRangeError(absl::StrCat("top_k ", k,
+                                              " out of range for layer ", layer,
+                                              " with ", channels, " channels"));
   }
   ClassDetectors out;
   out.class_index = class_index;
+  FEATVIZ_ASSIGN_OR_RETURN(LayerInfo info, model.FindLayer(layer));
   at::NoGradGuard no_grad;
   try {
-    FEATVIZ_ASSIGN_OR_RETURN(
-        Taps taps, model.Forward(images.to(model.device()), {layer}));
+    FEATVIZ_ASSIGN_OR_RETURN(Taps taps,
+                             model.Forward(images.to(model.device()), {layer}));
     const at::Tensor predicted = taps.logits.argmax(1).to(at::kCPU);
     const at::Tensor correct = (predicted == class_index).nonzero();
     out.example = correct.size(0) > 0 ? correct[0][0].item<int64_t>() : 0;
     const at::Tensor example =
-        taps.activations.at(layer)[out.example].to(at::kCPU, at::kFloat);
+        ActivationMaps(info, taps.activations.at(layer))[out.example].to(
+            at::kCPU, at::kFloat);
     auto [top, index] = attribution.scores.topk(k);
     for (int64_t i = 0; i < k; ++i) {
       Detector detector;
@@ -296,7 +313,8 @@ absl::StatusOr<ClassDetectors> FindDetectors(const Model& model,
       out.detectors.push_back(std::move(detector));
     }
   } catch (const std::exception& e) {
-    return TorchError(e, absl::StrCat("detectors of model ", model.card().name));
+    return TorchError(e,
+                      absl::StrCat("detectors of model ", model.card().name));
   }
   return out;
 }

@@ -1,5 +1,7 @@
 #include "core/batch.h"
 
+#include <ATen/TensorIndexing.h>
+
 #include <algorithm>
 #include <map>
 #include <set>
@@ -7,9 +9,8 @@
 #include <tuple>
 #include <utility>
 
-#include <ATen/TensorIndexing.h>
-
 #include "absl/strings/str_cat.h"
+#include "core/objective_eval.h"
 #include "core/param_pack.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
@@ -28,8 +29,8 @@ bool CommonTerm(const Term& term, const Taps& taps) {
     case TermKind::kNeuron:
     case TermKind::kChannel: {
       auto it = taps.activations.find(term.layer);
-      return it != taps.activations.end() &&
-             (it->second.dim() == 2 || it->second.dim() == 4);
+      return it != taps.activations.end() && term.tokens == TokenSubset::kAll &&
+             it->second.dim() >= 2 && it->second.dim() <= 4;
     }
     default:
       return false;
@@ -53,7 +54,7 @@ at::Tensor LongTensor(const std::vector<int64_t>& v, const c10::Device& d) {
 // One (kind, layer) of the common terms: its entries' indices on the device.
 struct CommonGroup {
   TermKind kind;
-  std::string layer;  // Empty for logits and probabilities.
+  std::string layer;               // Empty for logits and probabilities.
   at::Tensor rows, index, ys, xs;  // [E] each; ys, xs: neurons of maps only.
 };
 
@@ -66,7 +67,7 @@ struct StepCache::Plan {
   std::vector<int64_t> first_term;
   bool any_common = false, any_own = false;
   std::vector<CommonGroup> groups;
-  at::Tensor weights;  // [E] float, all groups' entries in order.
+  at::Tensor weights;   // [E] float, all groups' entries in order.
   at::Tensor term_ids;  // [E] long: the term each entry counts towards.
   at::Tensor counts;    // [terms] float: entries per term.
   // Steps the plan can take (the most any of its sessions has left, at
@@ -102,8 +103,7 @@ constexpr int64_t kMostPlanSteps = 256;
 // static-mode sessions are not).
 std::shared_ptr<StepCache::Plan> BuildPlan(
     Key key, const std::vector<RenderSession*>& sessions,
-    const std::vector<bool>& common_sessions, const Taps& taps,
-    int64_t rows) {
+    const std::vector<bool>& common_sessions, const Taps& taps, int64_t rows) {
   auto plan = std::make_shared<StepCache::Plan>();
   plan->key = std::move(key);
   plan->rows = rows;
@@ -128,8 +128,7 @@ std::shared_ptr<StepCache::Plan> BuildPlan(
         Gather& g = groups[{term.kind, logits ? std::string() : term.layer}];
         const int64_t t = static_cast<int64_t>(counts.size());
         const int64_t first = term.batch.value_or(0);
-        const int64_t last =
-            term.batch.has_value() ? first : s->batch() - 1;
+        const int64_t last = term.batch.has_value() ? first : s->batch() - 1;
         counts.push_back(static_cast<float>(last - first + 1));
         for (int64_t b = first; b <= last; ++b) {
           g.rows.push_back(row + b);
@@ -141,6 +140,14 @@ std::shared_ptr<StepCache::Plan> BuildPlan(
             if (a.dim() == 4) {
               g.ys.push_back(term.y.value_or(a.size(2) / 2));
               g.xs.push_back(term.x.value_or(a.size(3) / 2));
+            } else if (a.dim() == 3) {
+              // A token layer's [B, D, T]: the token in xs alone.
+              auto layout = taps.token_layouts.find(term.layer);
+              g.xs.push_back(NeuronToken(term,
+                                         layout == taps.token_layouts.end()
+                                             ? Taps::TokenLayout()
+                                             : layout->second,
+                                         a.size(2)));
             }
           }
         }
@@ -152,12 +159,14 @@ std::shared_ptr<StepCache::Plan> BuildPlan(
   std::vector<float> weights;
   std::vector<int64_t> term_ids;
   for (const auto& [key, g] : groups) {
-    CommonGroup group{key.first, key.second, LongTensor(g.rows, device),
-                      LongTensor(g.index, device), at::Tensor(), at::Tensor()};
-    if (!g.ys.empty()) {
-      group.ys = LongTensor(g.ys, device);
-      group.xs = LongTensor(g.xs, device);
-    }
+    CommonGroup group{key.first,
+                      key.second,
+                      LongTensor(g.rows, device),
+                      LongTensor(g.index, device),
+                      at::Tensor(),
+                      at::Tensor()};
+    if (!g.ys.empty()) group.ys = LongTensor(g.ys, device);
+    if (!g.xs.empty()) group.xs = LongTensor(g.xs, device);
     plan->groups.push_back(std::move(group));
     weights.insert(weights.end(), g.weights.begin(), g.weights.end());
     term_ids.insert(term_ids.end(), g.terms.begin(), g.terms.end());
@@ -173,12 +182,17 @@ std::shared_ptr<StepCache::Plan> BuildPlan(
 // [E] values of a group's entries, differentiable w.r.t. the taps.
 at::Tensor GatherValues(const CommonGroup& g, const Taps& taps) {
   using at::indexing::TensorIndex;
-  const at::Tensor& source = g.kind == TermKind::kLogit  ? taps.logits
-                             : g.kind == TermKind::kProb ? taps.probs
-                                                         : taps.activations.at(g.layer);
+  const at::Tensor& source = g.kind == TermKind::kLogit ? taps.logits
+                             : g.kind == TermKind::kProb
+                                 ? taps.probs
+                                 : taps.activations.at(g.layer);
   if (g.ys.defined()) {
     return source.index({TensorIndex(g.rows), TensorIndex(g.index),
                          TensorIndex(g.ys), TensorIndex(g.xs)});
+  }
+  if (g.xs.defined()) {  // A neuron of a token layer: one token.
+    return source.index(
+        {TensorIndex(g.rows), TensorIndex(g.index), TensorIndex(g.xs)});
   }
   at::Tensor v = source.index({TensorIndex(g.rows), TensorIndex(g.index)});
   // A channel of a map: its spatial mean, image by image.
@@ -308,12 +322,13 @@ absl::Status StepTogether(const Model& model,
         }
       }
       if (!theta.defined()) {
-        for (size_t i : members) matrices.push_back(sessions[i]->StepMatrices());
+        for (size_t i : members)
+          matrices.push_back(sessions[i]->StepMatrices());
         theta = members.size() == 1 ? matrices[0] : at::cat(matrices);
       }
       at::Tensor sampled =
-          SampleAffine(members.size() == 1 ? images[0] : at::cat(images),
-                       theta, card.height, card.width);
+          SampleAffine(members.size() == 1 ? images[0] : at::cat(images), theta,
+                       card.height, card.width);
       if (members.size() == sessions.size()) {
         // Every session, in order, in this one call: it is the stack.
         whole = sampled;
@@ -334,7 +349,7 @@ absl::Status StepTogether(const Model& model,
     if (!whole.defined() && inputs.size() > 1) {
       for (at::Tensor& input : inputs) input = model.ToModelChannels(input);
     }
-    at::Tensor stacked = whole.defined()        ? whole
+    at::Tensor stacked = whole.defined()      ? whole
                          : inputs.size() == 1 ? inputs[0]
                                               : at::cat(inputs);
     FEATVIZ_ASSIGN_OR_RETURN(Taps taps, model.Forward(stacked, layers));
@@ -363,8 +378,8 @@ absl::Status StepTogether(const Model& model,
         common[i] = c;
         any_static = any_static || s->static_mode_;
         if (cache != nullptr) {
-          rows = std::max(rows, std::min(s->options_.steps - s->step_,
-                                         kMostPlanSteps));
+          rows = std::max(
+              rows, std::min(s->options_.steps - s->step_, kMostPlanSteps));
         }
       }
       plan = BuildPlan(std::move(key), sessions, common, taps, rows);
@@ -379,8 +394,9 @@ absl::Status StepTogether(const Model& model,
             const int64_t left = std::min(rows, s->options_.steps - s->step_);
             at::Tensor own = s->schedule_.narrow(0, s->step_, left);
             if (left < rows) {
-              own = at::cat({own, own.narrow(0, left - 1, 1)
-                                      .expand({rows - left, 2, 3})});
+              own = at::cat(
+                  {own,
+                   own.narrow(0, left - 1, 1).expand({rows - left, 2, 3})});
             }
             parts.push_back(own.unsqueeze(1).expand({rows, s->batch(), 2, 3}));
           }
@@ -420,7 +436,9 @@ absl::Status StepTogether(const Model& model,
           assign(parts[i], pieces[i]);
         }
       };
-      split(taps.logits, [](Taps& p, at::Tensor t) { p.logits = std::move(t); });
+      for (Taps& p : parts) p.token_layouts = taps.token_layouts;
+      split(taps.logits,
+            [](Taps& p, at::Tensor t) { p.logits = std::move(t); });
       split(taps.probs, [](Taps& p, at::Tensor t) { p.probs = std::move(t); });
       for (const auto& [layer, activation] : taps.activations) {
         split(activation, [&layer = layer](Taps& p, at::Tensor t) {
@@ -447,9 +465,9 @@ absl::Status StepTogether(const Model& model,
   } catch (const std::exception& e) {
     // A backward that failed half-way may have reached some gradients.
     for (RenderSession* s : sessions) s->ClearGradients();
-    return TorchError(e, absl::StrCat("batched step of ", sessions.size(),
-                                      " renders (", images_in_step,
-                                      " images)"));
+    return TorchError(
+        e, absl::StrCat("batched step of ", sessions.size(), " renders (",
+                        images_in_step, " images)"));
   }
   if (plan->any_common) {
     // The common sessions' trace rows: this step's row of the plan's.

@@ -72,7 +72,9 @@ absl::Status CheckImage(const at::Tensor& image) {
   if (image.size(0) != 1 && image.size(0) != 3) {
     return absl::InvalidArgumentError(
         absl::StrCat("image must have 1 (gray) or 3 (RGB) channels, got shape ",
-                     ShapeString(image)));
+                     ShapeString(image),
+                     "; other band counts are shown through their composite "
+                     "(core/bands.h)"));
   }
   if (image.size(1) == 0 || image.size(2) == 0) {
     return absl::InvalidArgumentError(
@@ -544,7 +546,9 @@ absl::StatusOr<at::Tensor> MakeGrid(const at::Tensor& images,
   if (images.dim() != 4 || (images.size(1) != 1 && images.size(1) != 3)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "grid images must be [N, C, H, W] with C = 1 or 3, got shape ",
-        ShapeString(images)));
+        ShapeString(images),
+        "; other band counts are shown through their composite "
+        "(core/bands.h)"));
   }
   const int64_t n = images.size(0);
   const int64_t height = images.size(2);

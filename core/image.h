@@ -1,6 +1,7 @@
 // Pictures out of tensors: PNG encoding and decoding, labelled contact sheets
 // (grids), and .npy files. Images are float tensors in [0, 1], [C, H, W] with
-// C = 1 (grayscale) or 3 (RGB); values outside [0, 1] are clamped.
+// C = 1 (grayscale) or 3 (RGB); values outside [0, 1] are clamped. Images of
+// other channel counts (bands) go through core/bands.h first.
 #ifndef FEATVIZ_CORE_IMAGE_H_
 #define FEATVIZ_CORE_IMAGE_H_
 

@@ -10,6 +10,27 @@
 
 namespace featviz::core {
 
+// How a layer's output is laid out, which says what its channels are.
+enum class LayerLayout {
+  kFlat,      // [B, N]: N units (a linear layer's output).
+  kSpatial,   // [B, C, H, W]: C channels over an H x W map.
+  kSequence,  // [B, C, L]: C channels over L positions (Conv1d, pooling 1d).
+  kTokens,    // [B, T, D]: T tokens of D features; the channels are the D
+              // features (a transformer's or an MLP-mixer's token layers).
+  kOther,     // Any other rank; channels are dimension 1.
+};
+// "flat", "spatial", "sequence", "tokens" or "other".
+const char* LayerLayoutName(LayerLayout layout);
+
+// Which tokens of a token layer a channel, direction or layer term averages
+// over (`tokens=` in the objective syntax).
+enum class TokenSubset {
+  kAll,      // every token
+  kPrefix,   // the tokens before the patch grid (the class token, ...): "cls"
+  kPatches,  // the patch grid's tokens: "patches"
+};
+const char* TokenSubsetName(TokenSubset subset);
+
 struct LayerInfo {
   // Submodule path as TorchScript names it: "conv2", "features.3",
   // "layer1.0.conv1".
@@ -19,13 +40,22 @@ struct LayerInfo {
   // Output shape for a batch of one image, batch dimension included:
   // [1, C, H, W] for convolutional maps, [1, N] for fully connected layers.
   std::vector<int64_t> shape;
-  // Size of dimension 1 (channels or neurons); 0 when the output has rank < 2.
+  // Channels or neurons: size of dimension 1, except for a token layer
+  // ([B, T, D]), whose channels are its D features. 0 for rank < 2.
   int64_t channels = 0;
   // False for a submodule that the catalogue lists but no objective can read:
   // one forward() calls only inside control flow (if/loop), or whose output
   // is not a tensor; `untappable_reason` says which. Its shape is empty.
   bool tappable = true;
   std::string untappable_reason;
+  LayerLayout layout = LayerLayout::kFlat;
+  // kTokens: the token count T, how many tokens precede the patch grid
+  // (from the card's "tokens", or inferred), and the grid (0 x 0 when the
+  // tokens after the prefix form no grid that fits the input's aspect).
+  int64_t tokens = 0;
+  int64_t token_prefix = 0;
+  int64_t grid_h = 0;
+  int64_t grid_w = 0;
 };
 
 // One tensor among the outputs of a model's forward(): a lone tensor is

@@ -1,18 +1,21 @@
 #include "core/model.h"
 
-#include <algorithm>
-#include <atomic>
-#include <filesystem>
-#include <fstream>
-#include <set>
-#include <sstream>
-#include <unordered_map>
-
 #include <torch/csrc/api/include/torch/jit.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <unordered_map>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -103,9 +106,9 @@ std::shared_ptr<Graph> CompileLinear(const std::string& source) {
 
 const torch::jit::Graph& LinearGraph(LinearMode mode) {
   static const std::shared_ptr<Graph> rowwise = CompileLinear(kRowwiseLinear);
-  static const std::shared_ptr<Graph> blocked = CompileLinear(absl::StrReplaceAll(
-      kBlockedLinearTemplate,
-      {{"BLOCK_ROWS", absl::StrCat(kLinearBlockRows)}}));
+  static const std::shared_ptr<Graph> blocked = CompileLinear(
+      absl::StrReplaceAll(kBlockedLinearTemplate,
+                          {{"BLOCK_ROWS", absl::StrCat(kLinearBlockRows)}}));
   return mode == LinearMode::kRowwise ? *rowwise : *blocked;
 }
 
@@ -130,18 +133,47 @@ void RewriteLinears(torch::jit::Block* block, LinearMode mode) {
 // The forward graph with the outputs of `wanted` submodules appended.
 struct TapGraph {
   std::shared_ptr<Graph> graph;
-  // Paths whose outputs the graph returns, in tuple order after the output.
+  // Paths whose outputs the graph returns, in tuple order after the output:
+  // each as a list of the tensors its calls returned in this forward pass,
+  // in call order (empty when no call was reached; see TakeTap).
   std::vector<std::string> tapped;
-  // Paths that could not be tapped (not called at the top level of forward).
+  // Paths forward() never calls (after inlining every module on the way).
   std::vector<std::string> missing;
+  // Paths that are called but return no tensor, with what they return.
+  std::map<std::string, std::string> not_tensors;
+  // Whether some tapped call sits inside control flow (if/loop): a forward
+  // pass may then not reach it, and a fast path taken only without
+  // gradients (nn.MultiheadAttention's, nn.TransformerEncoderLayer's) may
+  // skip it, so such graphs run with gradients on (Model::RunTapFunction).
+  bool conditional = false;
 };
 
+// The tensor a module's call gives a reader of the model, or nullptr: the
+// output itself, or the first element of a tuple led by a tensor
+// (nn.MultiheadAttention's (output, weights), an RNN's (output, state)),
+// inserted at the graph's insert point.
+Value* TappedTensor(Graph& graph, Value* value) {
+  if (value->type()->kind() == c10::TypeKind::TensorType) return value;
+  if (auto tuple = value->type()->cast<c10::TupleType>();
+      tuple && !tuple->elements().empty() &&
+      tuple->elements()[0]->kind() == c10::TypeKind::TensorType) {
+    return graph
+        .insertNode(graph.createTupleIndex(value, graph.insertConstant(0),
+                                           tuple->elements()[0]))
+        ->output();
+  }
+  return nullptr;
+}
+
 // Copies forward's graph and inlines the forward of every submodule that is
-// a strict prefix of a wanted path, until every wanted submodule's call sits
-// in the top-level block; then returns (output, taps...) as one tuple.
-// Values found while inlining are parked as extra graph outputs, because
-// inlining a child later replaces all *uses* of a value, and a graph output
-// is a use: so the parked values stay correct.
+// a strict prefix of a wanted path (and the helper methods of the model and
+// of those modules), wherever the call sits, until every wanted submodule's
+// calls are in the graph. Each wanted path gets a list, made at the top of
+// the graph, and each of its calls appends its tensor to that list where
+// the call is (inside an if or a loop too); the graph returns (output,
+// lists...) as one tuple. Appending where the call was inlined, rather than
+// returning the value, keeps the tap correct when a child is inlined later:
+// inlining replaces all *uses* of a value, and an append is a use.
 TapGraph BuildTapGraph(const torch::jit::Module& module,
                        const std::vector<std::string>& wanted_paths,
                        LinearMode linear_mode) {
@@ -153,70 +185,100 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
       return absl::StartsWith(w, prefix);
     });
   };
-  std::map<std::string, size_t> parked;  // path -> graph output index
+  TapGraph result;
+  std::map<std::string, Value*> lists;
+  std::set<std::string> appended;
+  Node* first = *graph->nodes().begin();
+  for (const std::string& path : wanted) {
+    Node* list = graph->createList(c10::TensorType::get(), {});
+    list->insertBefore(first);
+    lists[path] = list->output();
+  }
+  // Appends the tensor of `value`, a call of `path`, before `before`.
+  auto append = [&](const std::string& path, Value* value, Node* before) {
+    torch::jit::WithInsertPoint guard(before);
+    Value* tensor = TappedTensor(*graph, value);
+    if (tensor == nullptr) {
+      result.not_tensors[path] = value->type()->str();
+      return;
+    }
+    graph->insert(c10::aten::append, {lists.at(path), tensor});
+    appended.insert(path);
+    if (before->owningBlock() != graph->block()) result.conditional = true;
+  };
 
-  std::map<std::string, Value*> found;
+  std::vector<std::pair<Node*, std::string>> calls;
   while (true) {
     std::unordered_map<const Value*, std::string> module_path;
     module_path[graph->inputs()[0]] = "";
-    found.clear();
+    calls.clear();
     Node* to_inline = nullptr;
     std::string inline_path;
     std::string inline_method;
-    for (Node* node : graph->nodes()) {
-      if (node->kind() == c10::prim::GetAttr) {
-        auto it = module_path.find(node->input(0));
-        if (it != module_path.end() && IsModule(node->output())) {
-          const std::string name = node->s(c10::attr::name);
-          module_path[node->output()] =
-              it->second.empty() ? name : absl::StrCat(it->second, ".", name);
-        }
-      } else if (node->kind() == c10::prim::CallMethod) {
-        auto it = module_path.find(node->input(0));
-        if (it == module_path.end()) continue;
-        const std::string method = node->s(c10::attr::name);
-        // Helper methods (torchvision's `forward` calls
-        // `self._forward_impl(x)`) of the model or of a module on the way to
-        // a wanted layer are inlined too, so that the calls inside them
-        // reach the top level.
-        const bool on_the_way = is_strict_prefix_of_wanted(it->second);
-        if ((method == "forward" && on_the_way) ||
-            (method != "forward" && (it->second.empty() || on_the_way))) {
-          to_inline = node;
-          inline_path = it->second;
-          inline_method = method;
-          break;
-        }
-        if (method == "forward" && wanted.count(it->second) &&
-            node->outputs().size() == 1) {
-          found[it->second] = node->output();  // Last call wins.
-        }
-      }
-    }
+    std::function<bool(torch::jit::Block*)> scan =
+        [&](torch::jit::Block* block) {
+          for (Node* node : block->nodes()) {
+            if (node->kind() == c10::prim::GetAttr) {
+              auto it = module_path.find(node->input(0));
+              if (it != module_path.end() && IsModule(node->output())) {
+                const std::string name = node->s(c10::attr::name);
+                module_path[node->output()] =
+                    it->second.empty() ? name
+                                       : absl::StrCat(it->second, ".", name);
+              }
+            } else if (node->kind() == c10::prim::CallMethod) {
+              auto it = module_path.find(node->input(0));
+              if (it != module_path.end()) {
+                const std::string method = node->s(c10::attr::name);
+                // Helper methods (torchvision's `forward` calls
+                // `self._forward_impl(x)`) of the model or of a module on
+                // the way to a wanted layer are inlined too, so that the
+                // calls inside them are reached.
+                const bool on_the_way = is_strict_prefix_of_wanted(it->second);
+                if ((method == "forward" && on_the_way) ||
+                    (method != "forward" &&
+                     (it->second.empty() || on_the_way))) {
+                  to_inline = node;
+                  inline_path = it->second;
+                  inline_method = method;
+                  return true;
+                }
+                if (method == "forward" && wanted.count(it->second) &&
+                    node->outputs().size() == 1) {
+                  calls.emplace_back(node, it->second);
+                }
+              }
+            }
+            for (torch::jit::Block* sub : node->blocks()) {
+              if (scan(sub)) return true;
+            }
+          }
+          return false;
+        };
+    scan(graph->block());
     if (to_inline == nullptr) break;
     auto cls = to_inline->input(0)->type()->expect<c10::ClassType>();
+    Node* after = to_inline->next();
+    const bool tap_it = inline_method == "forward" &&
+                        wanted.count(inline_path) &&
+                        to_inline->outputs().size() == 1;
     // The callee's own graph, not its optimised one: optimisation inlines
     // the callee's children, and their calls are what the next scan taps.
     std::vector<Value*> outputs = torch::jit::inlineCallTo(
         to_inline, &torch::jit::toGraphFunction(cls->getMethod(inline_method)),
         /*use_graph=*/false);
-    if (inline_method == "forward" && wanted.count(inline_path) &&
-        outputs.size() == 1) {
-      parked[inline_path] = graph->registerOutput(outputs[0]);
-    }
+    if (tap_it && outputs.size() == 1) append(inline_path, outputs[0], after);
   }
+  for (const auto& [node, path] : calls)
+    append(path, node->output(), node->next());
 
   std::vector<Value*> values = {graph->outputs()[0]};
-  TapGraph result;
   for (const std::string& path : wanted) {
-    if (auto p = parked.find(path); p != parked.end()) {
-      values.push_back(graph->outputs()[p->second]);
-    } else if (auto f = found.find(path); f != found.end()) {
-      values.push_back(f->second);
-    } else {
-      result.missing.push_back(path);
+    if (!appended.count(path)) {
+      if (!result.not_tensors.count(path)) result.missing.push_back(path);
       continue;
     }
+    values.push_back(lists.at(path));
     result.tapped.push_back(path);
   }
   {
@@ -231,6 +293,85 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
   RewriteLinears(graph->block(), linear_mode);
   result.graph = std::move(graph);
   return result;
+}
+
+// The tensor a tapped path's list holds for one forward pass: its last call's
+// (a module called twice is read at its last call). Empty: no call of it was
+// reached.
+std::optional<at::Tensor> TakeTap(const c10::IValue& list) {
+  if (!list.isList()) return std::nullopt;
+  const c10::List<c10::IValue> calls = list.toList();
+  if (calls.empty()) return std::nullopt;
+  const c10::IValue last = calls.get(calls.size() - 1);
+  if (!last.isTensor()) return std::nullopt;
+  return last.toTensor();
+}
+
+// Modules whose rank-3 output is channels first, [B, C, L]; every other
+// rank-3 output is read as [B, tokens, features] (a linear layer, a norm, an
+// attention block or an activation applied to a sequence of tokens).
+bool ChannelsFirst1d(const std::string& kind) {
+  static const std::set<std::string>* const kKinds = new std::set<std::string>{
+      "Conv1d",    "ConvTranspose1d", "BatchNorm1d",       "InstanceNorm1d",
+      "MaxPool1d", "AvgPool1d",       "AdaptiveAvgPool1d", "AdaptiveMaxPool1d",
+      "LPPool1d",  "LazyConv1d"};
+  return kKinds->count(kind) > 0;
+}
+
+// The patch grid among `tokens` tokens: the card's when its prefix and grid
+// account for exactly these tokens; otherwise the fewest leading tokens (at
+// most 8: class, distillation and register tokens) after which the rest
+// form a grid of the input's aspect. Leaves the grid 0 x 0 when none fits.
+void FindTokenGrid(const ModelCard& card, LayerInfo& info) {
+  const int64_t t = info.tokens;
+  if (card.token_prefix >= 0) {
+    if (card.token_prefix + card.token_grid_h * card.token_grid_w == t) {
+      info.token_prefix = card.token_prefix;
+      info.grid_h = card.token_grid_h;
+      info.grid_w = card.token_grid_w;
+    } else {
+      // Not a layer of the card's patch tokens (a token-mixing MLP's
+      // hidden layer, a pooled sequence): no grid.
+      info.token_prefix = std::min(card.token_prefix, t);
+    }
+    return;
+  }
+  for (int64_t prefix = 0; prefix <= std::min<int64_t>(8, t - 1); ++prefix) {
+    const int64_t n = t - prefix;
+    const double aspect =
+        static_cast<double>(card.height) / static_cast<double>(card.width);
+    const auto gh = static_cast<int64_t>(
+        std::llround(std::sqrt(static_cast<double>(n) * aspect)));
+    if (gh < 1 || n % gh != 0) continue;
+    const int64_t gw = n / gh;
+    if (std::abs(static_cast<double>(gh) / gw - aspect) > 0.01 * aspect) {
+      continue;
+    }
+    info.token_prefix = prefix;
+    info.grid_h = gh;
+    info.grid_w = gw;
+    return;
+  }
+}
+
+// Sets `info`'s layout and channels from its shape and module kind.
+void ClassifyLayout(const ModelCard& card, LayerInfo& info) {
+  const std::vector<int64_t>& s = info.shape;
+  info.channels = s.size() >= 2 ? s[1] : 0;
+  if (s.size() <= 2) {
+    info.layout = LayerLayout::kFlat;
+  } else if (s.size() == 4) {
+    info.layout = LayerLayout::kSpatial;
+  } else if (s.size() == 3 && ChannelsFirst1d(info.kind)) {
+    info.layout = LayerLayout::kSequence;
+  } else if (s.size() == 3) {
+    info.layout = LayerLayout::kTokens;
+    info.tokens = s[1];
+    info.channels = s[2];
+    FindTokenGrid(card, info);
+  } else {
+    info.layout = LayerLayout::kOther;
+  }
 }
 
 std::string ShortTypeName(const c10::TypePtr& type) {
@@ -320,10 +461,10 @@ absl::StatusOr<ProbedOutputs> ProbeOutputs(torch::jit::Module& module,
           probed.outputs[0].shape.size() == 2) {
         logits = &probed.outputs[0];
       } else {
-        probed.no_classes_reason = absl::StrCat(
-            "forward() returns ", out.type()->str(),
-            " and its card names no \"logits\" output (outputs: ",
-            OutputNames(probed.outputs), ")");
+        probed.no_classes_reason =
+            absl::StrCat("forward() returns ", out.type()->str(),
+                         " and its card names no \"logits\" output (outputs: ",
+                         OutputNames(probed.outputs), ")");
       }
       break;
     case ModelCard::LogitsAt::kOutput:
@@ -386,6 +527,10 @@ Taps Taps::Slice(int64_t start, int64_t length) const {
   for (const auto& [name, t] : outputs) {
     out.outputs[name] = t.narrow(0, start, length);
   }
+  out.token_layouts = token_layouts;
+  for (const auto& [path, t] : token_activations) {
+    out.token_activations[path] = t.narrow(0, start, length);
+  }
   out.logits = logits.narrow(0, start, length);
   out.probs = probs.narrow(0, start, length);
   return out;
@@ -414,9 +559,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
     std::istringstream stream(content);
     module = torch::jit::load(stream, device);
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " is not a TorchScript model: ",
-                     FirstLine(e.what())));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, " is not a TorchScript model: ", FirstLine(e.what())));
   }
 
   std::filesystem::path card_path(path);
@@ -489,8 +633,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(torch::jit::Module module,
   for (const auto& s : shapes) {
     try {
       at::NoGradGuard no_grad;
-      at::Tensor probe = at::zeros({2, s[0], s[1], s[2]},
-                                   at::TensorOptions().device(device));
+      at::Tensor probe =
+          at::zeros({2, s[0], s[1], s[2]}, at::TensorOptions().device(device));
       absl::StatusOr<ProbedOutputs> probed =
           ProbeOutputs(model->module_, probe, c);
       if (!probed.ok()) return probed.status();
@@ -520,9 +664,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(torch::jit::Module module,
       last = absl::OkStatus();
       break;
     } catch (const std::exception& e) {
-      last = absl::InvalidArgumentError(absl::StrCat(
-          "model ", c.name, " does not run on input [2, ", s[0], ", ", s[1],
-          ", ", s[2], "]: ", FirstLine(e.what())));
+      last = absl::InvalidArgumentError(
+          absl::StrCat("model ", c.name, " does not run on input [2, ", s[0],
+                       ", ", s[1], ", ", s[2], "]: ", FirstLine(e.what())));
     }
   }
   FEATVIZ_RETURN_IF_ERROR(last);
@@ -534,10 +678,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(torch::jit::Module module,
     scale[i] = static_cast<float>((c.range_max - c.range_min) / sd);
     shift[i] = static_cast<float>((c.range_min - mean) / sd);
   }
-  model->norm_scale_ =
-      at::tensor(scale).view({1, c.channels, 1, 1}).to(device);
-  model->norm_shift_ =
-      at::tensor(shift).view({1, c.channels, 1, 1}).to(device);
+  model->norm_scale_ = at::tensor(scale).view({1, c.channels, 1, 1}).to(device);
+  model->norm_shift_ = at::tensor(shift).view({1, c.channels, 1, 1}).to(device);
   FEATVIZ_RETURN_IF_ERROR(model->BuildCatalogue());
   return model;
 }
@@ -551,44 +693,53 @@ absl::Status Model::BuildCatalogue() {
     kinds[named.name] = ShortTypeName(named.value.type());
   }
   TapGraph probe = BuildTapGraph(module_, paths, GetLinearMode());
-  for (const auto& path : probe.missing) {
-    spdlog::debug("model {}: layer {} is not tappable (not called at the top "
-                  "level of forward)", card_.name, path);
+  auto untappable = [&](const std::string& path, std::string reason) {
+    spdlog::debug("model {}: layer {} is not tappable: {}", card_.name, path,
+                  reason);
     LayerInfo info;
     info.path = path;
     info.kind = kinds[path];
     info.tappable = false;
-    info.untappable_reason =
-        "forward() calls it only inside control flow (if/loop) or not at "
-        "all, so its output cannot be tapped";
+    info.untappable_reason = std::move(reason);
     layers_.push_back(std::move(info));
+  };
+  for (const auto& path : probe.missing) {
+    untappable(path,
+               "forward() never calls it (its parameters are used directly, "
+               "or it is not called at all), so it has no output to tap");
   }
-  absl::StatusOr<Taps> taps;
+  for (const auto& [path, type] : probe.not_tensors) {
+    untappable(path, absl::StrCat("its output is ", type, ", not a tensor"));
+  }
   try {
-    at::NoGradGuard no_grad;
+    // With gradients on and an input that requires them, as in a render:
+    // modules with a fast path for inference (nn.MultiheadAttention,
+    // nn.TransformerEncoderLayer) then run the path whose submodules are
+    // called, so that their shapes are seen.
+    at::AutoGradMode grad(true);
     at::Tensor zeros = at::zeros({1, card_.channels, card_.height, card_.width},
-                                 at::TensorOptions().device(device_));
-    auto fn = std::make_shared<torch::jit::GraphFunction>(
-        "featviz_catalogue", probe.graph, nullptr);
+                                 at::TensorOptions().device(device_))
+                           .requires_grad_(true);
+    auto fn = std::make_shared<torch::jit::GraphFunction>("featviz_catalogue",
+                                                          probe.graph, nullptr);
     torch::jit::Stack stack{module_._ivalue(), Normalise(zeros)};
     torch::jit::GraphOptimizerEnabledGuard plain(false);
     fn->run(stack);
     const auto& elements = stack.back().toTupleRef().elements();
     for (size_t i = 0; i < probe.tapped.size(); ++i) {
-      const c10::IValue& v = elements[i + 1];
+      std::optional<at::Tensor> t = TakeTap(elements[i + 1]);
+      if (!t.has_value()) {
+        untappable(probe.tapped[i],
+                   "forward() calls it only inside control flow (if/loop) "
+                   "that a forward pass of the card's input shape does not "
+                   "reach");
+        continue;
+      }
       LayerInfo info;
       info.path = probe.tapped[i];
       info.kind = kinds[info.path];
-      if (!v.isTensor()) {
-        info.tappable = false;
-        info.untappable_reason = absl::StrCat(
-            "its output is ", v.type()->str(), ", not a tensor");
-        layers_.push_back(std::move(info));
-        continue;
-      }
-      const at::Tensor& t = v.toTensor();
-      info.shape = t.sizes().vec();
-      info.channels = t.dim() >= 2 ? t.size(1) : 0;
+      info.shape = t->sizes().vec();
+      ClassifyLayout(card_, info);
       layers_.push_back(std::move(info));
     }
   } catch (const std::exception& e) {
@@ -634,16 +785,45 @@ absl::StatusOr<LayerInfo> Model::FindLayer(const std::string& path) const {
   }
   std::vector<std::string> names;
   for (const LayerInfo& layer : layers_) names.push_back(layer.path);
-  return absl::NotFoundError(absl::StrCat("unknown layer '", path, "' in model ",
-                                          card_.name, "; layers are: ",
-                                          absl::StrJoin(names, ", ")));
+  return absl::NotFoundError(
+      absl::StrCat("unknown layer '", path, "' in model ", card_.name,
+                   "; layers are: ", absl::StrJoin(names, ", ")));
+}
+
+const LayerInfo* Model::Layer(const std::string& path) const {
+  for (const LayerInfo& layer : layers_) {
+    if (layer.path == path) return &layer;
+  }
+  return nullptr;
+}
+
+bool Model::IsTokenModel() const {
+  return std::any_of(layers_.begin(), layers_.end(), [](const LayerInfo& l) {
+    return l.tappable && l.layout == LayerLayout::kTokens;
+  });
+}
+
+bool Model::IsTokenLayer(const std::string& path) const {
+  const LayerInfo* layer = Layer(path);
+  return layer != nullptr && layer->layout == LayerLayout::kTokens;
+}
+
+at::Tensor ActivationMaps(const LayerInfo& layer, const at::Tensor& a) {
+  if (a.dim() <= 2 || a.dim() == 4) return a;
+  if (layer.layout == LayerLayout::kTokens && layer.grid_h > 0 &&
+      a.dim() == 3 &&
+      a.size(2) == layer.token_prefix + layer.grid_h * layer.grid_w) {
+    return a.narrow(2, layer.token_prefix, layer.grid_h * layer.grid_w)
+        .reshape({a.size(0), a.size(1), layer.grid_h, layer.grid_w});
+  }
+  return a.flatten(2).unsqueeze(2);
 }
 
 at::Tensor Model::Normalise(const at::Tensor& images) const {
   return images * norm_scale_ + norm_shift_;
 }
 
-absl::StatusOr<std::shared_ptr<torch::jit::GraphFunction>> Model::TapFunction(
+absl::StatusOr<Model::TapFunctionEntry> Model::TapFunction(
     const std::vector<std::string>& layers) const {
   // BuildTapGraph returns taps in sorted order; the key is that order.
   // The linear mode is part of the key, so that changing it (benchmarks,
@@ -660,15 +840,19 @@ absl::StatusOr<std::shared_ptr<torch::jit::GraphFunction>> Model::TapFunction(
     FEATVIZ_RETURN_IF_ERROR(FindLayer(path).status());
   }
   TapGraph tap = BuildTapGraph(module_, {sorted.begin(), sorted.end()}, mode);
-  if (!tap.missing.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "layer ", tap.missing.front(), " of model ", card_.name,
-        " is not called at the top level of forward() and cannot be tapped"));
+  if (!tap.missing.empty() || !tap.not_tensors.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ",
+                     tap.missing.empty() ? tap.not_tensors.begin()->first
+                                         : tap.missing.front(),
+                     " of model ", card_.name, " cannot be tapped"));
   }
-  auto fn = std::make_shared<torch::jit::GraphFunction>("featviz_taps",
-                                                        tap.graph, nullptr);
-  tap_functions_[key] = fn;
-  return fn;
+  TapFunctionEntry entry;
+  entry.fn = std::make_shared<torch::jit::GraphFunction>("featviz_taps",
+                                                         tap.graph, nullptr);
+  entry.conditional = tap.conditional;
+  tap_functions_[key] = entry;
+  return entry;
 }
 
 absl::StatusOr<Taps> Model::Forward(
@@ -677,19 +861,30 @@ absl::StatusOr<Taps> Model::Forward(
   const at::Tensor images = ToModelChannels(gray_or_colour);
   if (images.dim() != 4 || images.size(1) != card_.channels ||
       images.size(2) != card_.height || images.size(3) != card_.width) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model ", card_.name, " takes images of shape [B, ", card_.channels,
-        ", ", card_.height, ", ", card_.width, "], got ",
-        c10::str(images.sizes())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", card_.name, " takes images of shape [B, ",
+                     card_.channels, ", ", card_.height, ", ", card_.width,
+                     "], got ", c10::str(images.sizes())));
   }
-  FEATVIZ_ASSIGN_OR_RETURN(auto fn, TapFunction(layers));
+  FEATVIZ_ASSIGN_OR_RETURN(TapFunctionEntry tapped, TapFunction(layers));
   std::set<std::string> sorted(layers.begin(), layers.end());
   try {
-    torch::jit::Stack stack{module_._ivalue(), Normalise(images)};
+    // A tap inside control flow may sit on a path that modules skip when
+    // nothing needs gradients (nn.MultiheadAttention's and
+    // nn.TransformerEncoderLayer's fused inference path): run such a graph
+    // as a render does, with gradients on and an input that requires them.
+    // Both paths compute the same function.
+    const bool needs_grad_path =
+        tapped.conditional &&
+        !(at::GradMode::is_enabled() && images.requires_grad());
+    at::AutoGradMode grad(at::GradMode::is_enabled() || needs_grad_path);
+    const at::Tensor input =
+        needs_grad_path ? images.detach().requires_grad_(true) : images;
+    torch::jit::Stack stack{module_._ivalue(), Normalise(input)};
     // The plain interpreter: autograd records every op, and the graph is not
     // re-optimised between calls, so the same inputs give the same bits.
     torch::jit::GraphOptimizerEnabledGuard plain(false);
-    fn->run(stack);
+    tapped.fn->run(stack);
     const auto& elements = stack.back().toTupleRef().elements();
     Taps taps;
     std::vector<std::pair<std::string, at::Tensor>> flat;
@@ -704,24 +899,38 @@ absl::StatusOr<Taps> Model::Forward(
     } else {
       auto it = taps.outputs.find(logits_output_);
       if (it == taps.outputs.end()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "model ", card_.name, ": forward() did not return its logits "
-            "output '", logits_output_, "' this time"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("model ", card_.name,
+                         ": forward() did not return its logits "
+                         "output '",
+                         logits_output_, "' this time"));
       }
       taps.logits = it->second;
     }
     size_t i = 1;
     for (const std::string& path : sorted) {
-      const c10::IValue& v = elements[i++];
-      if (!v.isTensor()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("layer ", path, " of model ", card_.name,
-                         " outputs ", v.type()->str(), ", not a tensor"));
+      std::optional<at::Tensor> v = TakeTap(elements[i++]);
+      if (!v.has_value()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "layer ", path, " of model ", card_.name,
+            " was not reached by this forward pass: forward() calls it "
+            "only inside control flow (if/loop) that this input did not "
+            "take"));
       }
-      taps.activations[path] = v.toTensor();
+      // Token layers are handed on channels first, [B, D, T], so that every
+      // objective and analysis reads dimension 1 as the channels.
+      const LayerInfo* info = Layer(path);
+      if (info != nullptr && info->layout == LayerLayout::kTokens) {
+        taps.activations[path] = v->transpose(1, 2);
+        taps.token_activations[path] = *v;
+        taps.token_layouts[path] = {info->token_prefix, info->grid_h,
+                                    info->grid_w};
+      } else {
+        taps.activations[path] = *v;
+      }
     }
-    taps.probs = card_.log_probs ? taps.logits.exp()
-                                 : at::softmax(taps.logits, 1);
+    taps.probs =
+        card_.log_probs ? taps.logits.exp() : at::softmax(taps.logits, 1);
     return taps;
   } catch (const std::exception& e) {
     return TorchError(e, absl::StrCat("model ", card_.name, ": forward"));

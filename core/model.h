@@ -11,12 +11,12 @@
 #ifndef FEATVIZ_CORE_MODEL_H_
 #define FEATVIZ_CORE_MODEL_H_
 
+#include <torch/script.h>
+
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <torch/script.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -63,6 +63,19 @@ struct Taps {
   // [B, classes]: softmax(logits), or exp(logits) for "log_probs".
   at::Tensor probs;
 
+  // Where the patch grid lies among the tokens of each token layer in
+  // `activations` (LayerInfo's token_prefix, grid_h, grid_w).
+  struct TokenLayout {
+    int64_t prefix = 0;
+    int64_t grid_h = 0;
+    int64_t grid_w = 0;
+  };
+  std::map<std::string, TokenLayout> token_layouts;
+  // Token layers' activations as the model computed them, [B, T, D]: what
+  // gradients with respect to the layer are taken of (`activations` holds
+  // a transposed view, on no path to the model's outputs).
+  std::map<std::string, at::Tensor> token_activations;
+
   // Rows [start, start + length) of every tensor (for cross-job batches).
   Taps Slice(int64_t start, int64_t length) const;
 };
@@ -107,6 +120,15 @@ class Model {
   // NotFound naming the path and the available layers; InvalidArgument for
   // a layer that cannot be tapped, with the reason.
   absl::StatusOr<LayerInfo> FindLayer(const std::string& path) const;
+  // True for a layer of LayerLayout::kTokens: Forward() returns its
+  // activations transposed to [B, D, T] (channels first).
+  bool IsTokenLayer(const std::string& path) const;
+  // True when some tappable layer is a token layer (a Vision Transformer,
+  // an MLP-mixer): such models get their own default transforms
+  // (DefaultTransformsFor).
+  bool IsTokenModel() const;
+  // The catalogue entry of `path`; nullptr for an unknown path.
+  const LayerInfo* Layer(const std::string& path) const;
   // Images with one channel for a three-channel model (gray stimuli) are
   // repeated into its channels; other images are returned as they are.
   at::Tensor ToModelChannels(const at::Tensor& images) const;
@@ -117,7 +139,9 @@ class Model {
 
   // One forward pass of `images` ([B, C, H, W] in the card's [0, 1] pixel
   // space, on device(); C may be 1 for a three-channel model, see
-  // ToModelChannels) with the card's normalisation applied first.
+  // ToModelChannels) with the card's normalisation applied first. Every
+  // activation is channels first: a token layer's [B, T, D] output is
+  // returned as [B, D, T] (a transposed view).
   // Gradients flow back to `images` when it requires them. Thread-safe.
   absl::StatusOr<Taps> Forward(const at::Tensor& images,
                                const std::vector<std::string>& layers) const;
@@ -125,11 +149,15 @@ class Model {
  private:
   Model(torch::jit::Module module, ModelCard card, c10::Device device);
 
-  // The forward graph with `layers` tapped, built once per distinct set.
-  absl::StatusOr<std::shared_ptr<torch::jit::GraphFunction>> TapFunction(
+  // The forward graph with `layers` tapped (BuildTapGraph in model.cc),
+  // built once per distinct set; `conditional` when a tapped call sits
+  // inside control flow.
+  struct TapFunctionEntry {
+    std::shared_ptr<torch::jit::GraphFunction> fn;
+    bool conditional = false;
+  };
+  absl::StatusOr<TapFunctionEntry> TapFunction(
       const std::vector<std::string>& layers) const;
-  absl::StatusOr<Taps> RunTapped(const at::Tensor& input,
-                                 const std::vector<std::string>& layers) const;
   absl::Status BuildCatalogue();
   at::Tensor Normalise(const at::Tensor& images) const;
 
@@ -146,12 +174,19 @@ class Model {
   at::Tensor norm_shift_;  // [1, C, 1, 1]
 
   mutable absl::Mutex mu_;
-  mutable absl::flat_hash_map<std::string,
-                              std::shared_ptr<torch::jit::GraphFunction>>
-      tap_functions_ ABSL_GUARDED_BY(mu_);
+  mutable absl::flat_hash_map<std::string, TapFunctionEntry> tap_functions_
+      ABSL_GUARDED_BY(mu_);
 };
 
 using ModelPtr = std::unique_ptr<Model>;
+
+// A layer's activations (channels first, as Forward returns them) as maps
+// over the image: a spatial layer's [B, C, H, W] as they are; a token
+// layer's patch tokens as [B, D, grid_h, grid_w] (the tokens before the
+// grid left out), or [B, D, 1, T] when it has no grid; a sequence's
+// [B, C, L] as [B, C, 1, L]. Flat [B, N] activations are returned as they
+// are; other ranks flattened to [B, C, 1, N].
+at::Tensor ActivationMaps(const LayerInfo& layer, const at::Tensor& a);
 
 }  // namespace featviz::core
 

@@ -56,6 +56,24 @@ struct ModelCard {
   // "output": "log_probs": the class output is log_softmax'ed.
   bool log_probs = false;
 
+  // "tokens": {"prefix": P, "grid": [GH, GW]}: in the model's token layers
+  // ([batch, tokens, features]) the first P tokens are not patches (a class
+  // token, register or distillation tokens) and the next GH * GW are the
+  // patch grid in row-major order. Left out (token_prefix -1), each token
+  // layer's grid is inferred from its token count and the input's aspect
+  // (see Model's layer catalogue).
+  int64_t token_prefix = -1;
+  int64_t token_grid_h = 0;
+  int64_t token_grid_w = 0;
+  // "bands": {"names": [...], "composite": [r, g, b]}: for inputs of other
+  // than 1 or 3 channels, each band's name and which bands are shown as the
+  // red, green and blue of a picture (one index: a gray composite). Default:
+  // bands named by index; the first three (or the first alone) composite.
+  std::vector<std::string> band_names;
+  std::vector<int64_t> composite;
+  // The composite's band indices, defaulted as above.
+  std::vector<int64_t> CompositeBands() const;
+
   // InvalidArgument naming the field for malformed JSON, wrong types,
   // non-positive sizes, mean/std of the wrong length, std <= 0, or a
   // "logits" that is not an index, a key, a path or null.

@@ -230,13 +230,13 @@ constexpr Signature kSignatures[] = {
      2,
      4,
      {Arg::kLayer, Arg::kChannel, Arg::kX, Arg::kY},
-     "neuron(layer, c[, x, y])"},
+     "neuron(layer, c[, x, y]) or neuron(layer, c, token)"},
     {"channel",
      TermKind::kChannel,
      2,
      2,
      {Arg::kLayer, Arg::kChannel},
-     "channel(layer, c)"},
+     "channel(layer, c[, tokens=cls|patches])"},
     {"layer", TermKind::kLayer, 1, 1, {Arg::kLayer}, "layer(layer)"},
     {"logit", TermKind::kLogit, 1, 1, {Arg::kClass}, "logit(c)"},
     {"prob", TermKind::kProb, 1, 1, {Arg::kClass}, "prob(c)"},
@@ -669,10 +669,11 @@ class Parser {
             after.offset == EndOf(token)) {
           // "block-1": arithmetic has no place in an argument, so this is a
           // name with a character that needs quotes.
-          return ErrorAt(token.offset,
-                         absl::StrCat(what, " '", token.text, "' is followed by '",
-                                      after.text, "'; quote it, as in '",
-                                      token.text, after.text, "...'"));
+          return ErrorAt(
+              token.offset,
+              absl::StrCat(what, " '", token.text, "' is followed by '",
+                           after.text, "'; quote it, as in '", token.text,
+                           after.text, "...'"));
         }
         return std::string(token.text);
       }
@@ -690,8 +691,9 @@ class Parser {
       default:
         break;
     }
-    return Expected(token, absl::StrCat(what, " (quote it, as in 'block-1', "
-                                              "if it has other characters)"));
+    return Expected(token, absl::StrCat(what,
+                                        " (quote it, as in 'block-1', "
+                                        "if it has other characters)"));
   }
 
   absl::Status ReadPositional(Arg arg, Term& term) {
@@ -757,8 +759,7 @@ class Parser {
     } else {
       reference.source = ReferenceImage::Source::kDataset;
       if (!(Peek().kind == TokenKind::kNumber && IsPunct(Peek(1), ')'))) {
-        FEATVIZ_ASSIGN_OR_RETURN(reference.dataset,
-                                 ReadName("a dataset name"));
+        FEATVIZ_ASSIGN_OR_RETURN(reference.dataset, ReadName("a dataset name"));
         if (!IsPunct(Peek(), ',')) {
           return Expected(Peek(), "',' after the dataset name");
         }
@@ -783,6 +784,31 @@ class Parser {
     const Token& name = Next();
     Next();  // '='
     const bool is_neuron = signature.kind == TermKind::kNeuron;
+    const bool takes_tokens = signature.kind == TermKind::kChannel ||
+                              signature.kind == TermKind::kDirection ||
+                              signature.kind == TermKind::kLayer;
+    if (is_neuron && name.text == "token") {
+      if (term.token.has_value()) {
+        return ErrorAt(name.offset, "token given twice");
+      }
+      FEATVIZ_ASSIGN_OR_RETURN(term.token, ReadNonNegativeInt("token index"));
+      after = "token index";
+      return absl::OkStatus();
+    }
+    if (takes_tokens && name.text == "tokens") {
+      const Token& value = Peek();
+      if (value.kind != TokenKind::kPath ||
+          (value.text != "all" && value.text != "cls" &&
+           value.text != "patches")) {
+        return Expected(value, "all, cls or patches after tokens=");
+      }
+      term.tokens = value.text == "cls"       ? TokenSubset::kPrefix
+                    : value.text == "patches" ? TokenSubset::kPatches
+                                              : TokenSubset::kAll;
+      Next();
+      after = "tokens";
+      return absl::OkStatus();
+    }
     if (name.text == "batch") {
       if (term.batch.has_value()) {
         return ErrorAt(name.offset, "batch given twice");
@@ -802,10 +828,12 @@ class Parser {
       after = is_x ? "x" : "y";
       return absl::OkStatus();
     }
-    return ErrorAt(
-        name.offset,
-        absl::StrCat("unknown keyword '", name.text, "' for ", signature.name,
-                     "; expected ", is_neuron ? "x=, y= or batch=" : "batch="));
+    return ErrorAt(name.offset,
+                   absl::StrCat("unknown keyword '", name.text, "' for ",
+                                signature.name, "; expected ",
+                                is_neuron      ? "x=, y=, token= or batch="
+                                : takes_tokens ? "tokens= or batch="
+                                               : "batch="));
   }
 
   // Cursor on the '(' after the function name.
@@ -822,6 +850,7 @@ class Parser {
     int positional = 0;
     std::optional<size_t> x_offset;
     std::optional<size_t> y_offset;
+    bool x_positional = false;
     bool positional_done = false;
     auto finish_positional = [&](const Token& at) -> absl::Status {
       if (positional_done) return absl::OkStatus();
@@ -860,7 +889,10 @@ class Parser {
                              Describe(arg)));
           }
           const Arg kind = signature->args[positional];
-          if (kind == Arg::kX) x_offset = arg.offset;
+          if (kind == Arg::kX) {
+            x_offset = arg.offset;
+            x_positional = true;
+          }
           if (kind == Arg::kY) y_offset = arg.offset;
           FEATVIZ_RETURN_IF_ERROR(ReadPositional(kind, term));
           after = ArgDescription(kind);
@@ -882,6 +914,18 @@ class Parser {
       }
     }
 
+    // neuron(layer, d, t): one position alone is a token of a token layer.
+    if (x_positional && !term.y.has_value() && !term.token.has_value()) {
+      term.token = term.x;
+      term.x.reset();
+    }
+    if (term.token.has_value() && (term.x.has_value() || term.y.has_value())) {
+      return ErrorAt(
+          term.x.has_value() ? *x_offset : *y_offset,
+          absl::StrCat("neuron takes a token or a position (x, y), not both, "
+                       "as in ",
+                       signature->usage));
+    }
     if (term.x.has_value() != term.y.has_value()) {
       const bool has_x = term.x.has_value();
       return ErrorAt(
@@ -912,6 +956,67 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
+std::string TokenLayerText(const LayerInfo& layer) {
+  std::string grid =
+      layer.grid_h > 0
+          ? absl::StrCat(layer.token_prefix > 0
+                             ? absl::StrCat(layer.token_prefix, " + ")
+                             : std::string(),
+                         layer.grid_h, "x", layer.grid_w, " patches")
+          : std::string("no patch grid");
+  return absl::StrCat("token layer ", layer.path, " with output shape ",
+                      ShapeText(layer.shape), " (", layer.tokens,
+                      " tokens: ", grid, "; ", layer.channels, " features)");
+}
+
+// neuron(layer, d, t) or neuron(layer, d, x, y) on a token layer.
+absl::Status ValidateTokenNeuron(const Term& term, const LayerInfo& layer) {
+  if (term.token.has_value() &&
+      (*term.token < 0 || *term.token >= layer.tokens)) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "token ", *term.token, " out of range for ", TokenLayerText(layer)));
+  }
+  if (!term.x.has_value()) return absl::OkStatus();
+  if (layer.grid_h == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        term.ToString(), " gives a position (", *term.x, ", ", *term.y,
+        "), but ", TokenLayerText(layer),
+        " has no patch grid to place it on; give a token index, as in "
+        "neuron(layer, d, t), or the card's \"tokens\" grid"));
+  }
+  if (*term.x < 0 || *term.y < 0 || *term.x >= layer.grid_w ||
+      *term.y >= layer.grid_h) {
+    return absl::OutOfRangeError(
+        absl::StrCat("neuron position (", *term.x, ", ", *term.y,
+                     ") out of range for ", TokenLayerText(layer)));
+  }
+  return absl::OkStatus();
+}
+
+// tokens=cls|patches: only on a token layer that has such tokens.
+absl::Status ValidateTokenSubset(const Term& term, const LayerInfo& layer) {
+  if (term.tokens == TokenSubset::kAll) return absl::OkStatus();
+  if (layer.layout != LayerLayout::kTokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(term.ToString(), ": tokens=", TokenSubsetName(term.tokens),
+                     " needs a token layer, but layer ", layer.path, " is ",
+                     LayerLayoutName(layer.layout), " with output shape ",
+                     ShapeText(layer.shape)));
+  }
+  if (term.tokens == TokenSubset::kPrefix && layer.token_prefix == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(term.ToString(), ": tokens=cls needs a class token, but ",
+                     TokenLayerText(layer), " has none before its patches"));
+  }
+  if (term.tokens == TokenSubset::kPatches &&
+      layer.token_prefix >= layer.tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(term.ToString(), ": tokens=patches, but ",
+                     TokenLayerText(layer), " has no patch tokens"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateTerm(const Term& term, const ModelShape& model,
                           int64_t batch_size) {
   const LayerInfo* layer = nullptr;
@@ -939,6 +1044,7 @@ absl::Status ValidateTerm(const Term& term, const ModelShape& model,
           "); only tensor outputs of rank 2 or more can be used in ",
           term.ToString()));
     }
+    FEATVIZ_RETURN_IF_ERROR(ValidateTokenSubset(term, *layer));
   }
 
   switch (term.kind) {
@@ -954,6 +1060,34 @@ absl::Status ValidateTerm(const Term& term, const ModelShape& model,
         return absl::InvalidArgumentError(absl::StrCat(
             term.ToString(), " sets only ", term.x.has_value() ? "x" : "y",
             "; a neuron position needs both x and y or neither"));
+      }
+      if (term.token.has_value() &&
+          (term.x.has_value() || term.y.has_value())) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(term.ToString(),
+                         " gives both a token and a position (x, y); "
+                         "give one"));
+      }
+      if (layer->layout == LayerLayout::kTokens) {
+        FEATVIZ_RETURN_IF_ERROR(ValidateTokenNeuron(term, *layer));
+        break;
+      }
+      if (term.token.has_value() && layer->layout == LayerLayout::kSequence) {
+        if (*term.token < 0 || *term.token >= layer->shape[2]) {
+          return absl::OutOfRangeError(absl::StrCat(
+              "position ", *term.token, " out of range for layer ", layer->path,
+              " with output shape ", ShapeText(layer->shape), " (length ",
+              layer->shape[2], ")"));
+        }
+        break;
+      }
+      if (term.token.has_value()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            term.ToString(), " names token ", *term.token, ", but layer ",
+            layer->path, " is not a token layer (",
+            LayerLayoutName(layer->layout), ", output shape ",
+            ShapeText(layer->shape), ")",
+            layer->shape.size() == 4 ? "; give a position x, y" : ""));
       }
       if (term.x.has_value()) {
         if (layer->shape.size() != 4) {
@@ -1050,10 +1184,10 @@ absl::Status ValidateTerm(const Term& term, const ModelShape& model,
       if (output == nullptr) {
         std::vector<absl::string_view> names;
         for (const OutputInfo& o : model.outputs) names.push_back(o.name);
-        return absl::NotFoundError(absl::StrCat(
-            "unknown output ", FormatName(term.output), " of model ",
-            model.model_name, "; outputs are: ",
-            names.empty() ? "none" : absl::StrJoin(names, ", ")));
+        return absl::NotFoundError(
+            absl::StrCat("unknown output ", FormatName(term.output),
+                         " of model ", model.model_name, "; outputs are: ",
+                         names.empty() ? "none" : absl::StrJoin(names, ", ")));
       }
       if (output->channels <= 0) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -1064,8 +1198,7 @@ absl::Status ValidateTerm(const Term& term, const ModelShape& model,
       if (term.index < 0 || term.index >= output->channels) {
         return absl::OutOfRangeError(absl::StrCat(
             "channel ", term.index, " out of range for output ",
-            FormatName(output->name), " with ", output->channels,
-            " channels"));
+            FormatName(output->name), " with ", output->channels, " channels"));
       }
       break;
     }
@@ -1098,6 +1231,34 @@ Term MakeTerm(TermKind kind, std::string layer = "", int64_t index = 0) {
 }
 
 }  // namespace
+
+const char* LayerLayoutName(LayerLayout layout) {
+  switch (layout) {
+    case LayerLayout::kFlat:
+      return "flat";
+    case LayerLayout::kSpatial:
+      return "spatial";
+    case LayerLayout::kSequence:
+      return "sequence";
+    case LayerLayout::kTokens:
+      return "tokens";
+    case LayerLayout::kOther:
+      return "other";
+  }
+  return "other";
+}
+
+const char* TokenSubsetName(TokenSubset subset) {
+  switch (subset) {
+    case TokenSubset::kAll:
+      return "all";
+    case TokenSubset::kPrefix:
+      return "cls";
+    case TokenSubset::kPatches:
+      return "patches";
+  }
+  return "all";
+}
 
 const char* TermKindName(TermKind kind) {
   switch (kind) {
@@ -1166,18 +1327,21 @@ bool Term::operator==(const Term& other) const {
   if (UsesLayer() && layer != other.layer) return false;
   switch (kind) {
     case TermKind::kNeuron:
-      return index == other.index && x == other.x && y == other.y;
+      return index == other.index && x == other.x && y == other.y &&
+             token == other.token;
     case TermKind::kChannel:
+      return index == other.index && tokens == other.tokens;
+    case TermKind::kDirection:
+      return vector == other.vector && tokens == other.tokens;
+    case TermKind::kLayer:
+      return tokens == other.tokens;
     case TermKind::kLogit:
     case TermKind::kProb:
       return index == other.index;
-    case TermKind::kDirection:
-      return vector == other.vector;
     case TermKind::kAlignment:
     case TermKind::kL1:
     case TermKind::kL2:
       return param == other.param;
-    case TermKind::kLayer:
     case TermKind::kDiversity:
     case TermKind::kTotalVariation:
       return true;
@@ -1215,6 +1379,11 @@ std::string Term::ToString() const {
         args.push_back(absl::StrCat("x=", *x));
       } else if (y.has_value()) {
         args.push_back(absl::StrCat("y=", *y));
+      }
+      if (token.has_value()) {
+        args.push_back(x.has_value() || y.has_value()
+                           ? absl::StrCat("token=", *token)
+                           : absl::StrCat(*token));
       }
       break;
     case TermKind::kChannel:
@@ -1256,6 +1425,12 @@ std::string Term::ToString() const {
       args = {FormatName(layer), reference.ToString()};
       break;
   }
+  const bool takes_tokens = kind == TermKind::kChannel ||
+                            kind == TermKind::kDirection ||
+                            kind == TermKind::kLayer;
+  if (takes_tokens && tokens != TokenSubset::kAll) {
+    args.push_back(absl::StrCat("tokens=", TokenSubsetName(tokens)));
+  }
   if (batch.has_value()) args.push_back(absl::StrCat("batch=", *batch));
   return absl::StrCat(TermKindName(kind), "(", absl::StrJoin(args, ", "), ")");
 }
@@ -1265,9 +1440,9 @@ absl::StatusOr<Objective> Objective::Parse(absl::string_view text) {
   for (char c : text) blank = blank && IsSpace(c);
   if (blank) return absl::InvalidArgumentError("objective is empty");
   if (static_cast<int64_t>(text.size()) > kMaxObjectiveTextBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("objective text is ", text.size(),
-                     " bytes, more than the limit of ", kMaxObjectiveTextBytes));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "objective text is ", text.size(), " bytes, more than the limit of ",
+        kMaxObjectiveTextBytes));
   }
   FEATVIZ_ASSIGN_OR_RETURN(Objective objective, Parser(text).Parse());
   FEATVIZ_RETURN_IF_ERROR(objective.CheckBounds());
@@ -1283,9 +1458,9 @@ absl::Status Objective::CheckBounds() const {
   const auto within = [](double v) {
     return std::isfinite(v) && std::abs(v) <= kMaxObjectiveMagnitude;
   };
-  const std::string bound = absl::StrCat(
-      " must be finite and at most ", FormatNumber(kMaxObjectiveMagnitude),
-      " in magnitude");
+  const std::string bound =
+      absl::StrCat(" must be finite and at most ",
+                   FormatNumber(kMaxObjectiveMagnitude), " in magnitude");
   for (const WeightedTerm& weighted : terms_) {
     const Term& term = weighted.term;
     if (!within(weighted.weight)) {
@@ -1295,9 +1470,9 @@ absl::Status Objective::CheckBounds() const {
     }
     for (size_t i = 0; i < term.vector.size(); ++i) {
       if (!within(term.vector[i])) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "direction value ", FormatNumber(term.vector[i]), " at position ",
-            i, bound));
+        return absl::InvalidArgumentError(
+            absl::StrCat("direction value ", FormatNumber(term.vector[i]),
+                         " at position ", i, bound));
       }
     }
     if (term.param.has_value() && !within(*term.param)) {

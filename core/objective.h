@@ -17,7 +17,11 @@
 //
 // Terms (each may take `batch=N` to target one image of the batch):
 //   neuron(layer, c[, x, y])   one unit; the centre of the map when x, y unset
-//   channel(layer, c)          spatial mean of channel c
+//   neuron(layer, d, t)        feature d of token t of a token layer
+//   channel(layer, c)          spatial mean of channel c (for a token layer
+//                              [B, T, D]: feature c averaged over tokens;
+//                              tokens=cls or tokens=patches averages over the
+//                              tokens before the patch grid, or the grid's)
 //   layer(layer)               mean of squared activations (DeepDream)
 //   logit(c), prob(c)          pre-softmax logit / post-softmax probability
 //                              (only for a model with a class output; for a
@@ -114,8 +118,14 @@ struct Term {
   // output: the output's name (OutputInfo::name).
   std::string output;
   // neuron: position in the map; the centre when unset. Both or neither.
+  // On a token layer with a patch grid, (x, y) is the grid's patch.
   std::optional<int64_t> x;
   std::optional<int64_t> y;
+  // neuron on a token layer: the token's index (the class token when the
+  // layer has one and neither this nor x, y is set; else the centre patch).
+  std::optional<int64_t> token;
+  // channel, direction, layer on a token layer: the tokens averaged over.
+  TokenSubset tokens = TokenSubset::kAll;
   // direction: one weight per channel of `layer`.
   std::vector<double> vector;
   // alignment: decay ratio (default 2); l1, l2: the constant (default 0.5).

@@ -1,5 +1,7 @@
 #include "core/objective_eval.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "core/torch_status.h"
 
@@ -30,6 +32,18 @@ at::Tensor AgainstReference(const Term& term, const at::Tensor& activations,
   return at::Tensor();
 }
 
+Taps::TokenLayout LayoutOf(const Taps& taps, const std::string& layer) {
+  auto it = taps.token_layouts.find(layer);
+  return it == taps.token_layouts.end() ? Taps::TokenLayout() : it->second;
+}
+
+// A term's layer's activations, restricted to the tokens it averages over.
+at::Tensor TermActivations(const Term& term, const Taps& taps) {
+  const at::Tensor& a = taps.activations.at(term.layer);
+  if (term.tokens == TokenSubset::kAll || a.dim() != 3) return a;
+  return SelectTokens(a, term.tokens, LayoutOf(taps, term.layer));
+}
+
 // Per-image values [B] of a term that is defined image by image.
 at::Tensor PerImage(const Term& term, const Taps& taps,
                     const at::Tensor& images) {
@@ -37,18 +51,24 @@ at::Tensor PerImage(const Term& term, const Taps& taps,
     case TermKind::kNeuron: {
       const at::Tensor& a = taps.activations.at(term.layer);
       at::Tensor c = a.select(1, term.index);
-      if (a.dim() == 2) return c;
-      const int64_t y = term.y.value_or(a.size(2) / 2);
-      const int64_t x = term.x.value_or(a.size(3) / 2);
-      return c.select(1, y).select(1, x);
+      if (c.dim() == 1) return c;
+      if (a.dim() == 3) {
+        return c.select(
+            1, NeuronToken(term, LayoutOf(taps, term.layer), a.size(2)));
+      }
+      if (a.dim() == 4 && term.x.has_value() && term.y.has_value()) {
+        return c.select(1, *term.y).select(1, *term.x);
+      }
+      // The centre of the map (of every further dimension).
+      while (c.dim() > 1) c = c.select(1, c.size(1) / 2);
+      return c;
     }
     case TermKind::kChannel: {
-      const at::Tensor& a = taps.activations.at(term.layer);
-      at::Tensor c = a.select(1, term.index);
+      at::Tensor c = TermActivations(term, taps).select(1, term.index);
       return c.dim() == 1 ? c : c.flatten(1).mean(1);
     }
     case TermKind::kLayer:
-      return taps.activations.at(term.layer).flatten(1).pow(2).mean(1);
+      return TermActivations(term, taps).flatten(1).pow(2).mean(1);
     case TermKind::kLogit:
       return taps.logits.select(1, term.index);
     case TermKind::kProb:
@@ -58,10 +78,10 @@ at::Tensor PerImage(const Term& term, const Taps& taps,
       return c.dim() == 1 ? c : c.flatten(1).mean(1);
     }
     case TermKind::kDirection: {
-      const at::Tensor& a = taps.activations.at(term.layer);
-      at::Tensor v = at::tensor(std::vector<float>(term.vector.begin(),
-                                                   term.vector.end()))
-                         .to(a.device(), a.scalar_type());
+      const at::Tensor a = TermActivations(term, taps);
+      at::Tensor v =
+          at::tensor(std::vector<float>(term.vector.begin(), term.vector.end()))
+              .to(a.device(), a.scalar_type());
       std::vector<int64_t> shape(a.dim(), 1);
       shape[1] = v.size(0);
       at::Tensor dot = (a * v.view(shape)).sum(1);
@@ -83,7 +103,11 @@ at::Tensor PerImage(const Term& term, const Taps& taps,
     case TermKind::kL1:
       return (images - term.param.value_or(0.5)).abs().flatten(1).mean(1);
     case TermKind::kL2:
-      return (images - term.param.value_or(0.5)).pow(2).flatten(1).mean(1).sqrt();
+      return (images - term.param.value_or(0.5))
+          .pow(2)
+          .flatten(1)
+          .mean(1)
+          .sqrt();
     case TermKind::kDiversity:
     case TermKind::kAlignment:
     case TermKind::kInversion:
@@ -120,6 +144,34 @@ at::Tensor Alignment(const at::Tensor& a, double decay) {
 
 }  // namespace
 
+int64_t NeuronToken(const Term& term, const Taps::TokenLayout& layout,
+                    int64_t tokens) {
+  if (term.token.has_value()) return *term.token;
+  if (term.x.has_value() && term.y.has_value() && layout.grid_w > 0) {
+    return layout.prefix + *term.y * layout.grid_w + *term.x;
+  }
+  if (layout.prefix > 0) return 0;
+  if (layout.grid_h > 0) {
+    return layout.prefix + (layout.grid_h / 2) * layout.grid_w +
+           layout.grid_w / 2;
+  }
+  return tokens / 2;
+}
+
+at::Tensor SelectTokens(const at::Tensor& a, TokenSubset subset,
+                        const Taps::TokenLayout& layout) {
+  const int64_t prefix = std::min<int64_t>(layout.prefix, a.size(2));
+  switch (subset) {
+    case TokenSubset::kAll:
+      return a;
+    case TokenSubset::kPrefix:
+      return a.narrow(2, 0, prefix);
+    case TokenSubset::kPatches:
+      return a.narrow(2, prefix, a.size(2) - prefix);
+  }
+  return a;
+}
+
 absl::StatusOr<ObjectiveValue> EvaluateObjective(const Objective& objective,
                                                  const Taps& taps,
                                                  const at::Tensor& images) {
@@ -140,8 +192,8 @@ absl::StatusOr<ObjectiveValue> EvaluateObjective(
       const Term& term = wt.term;
       if (term.UsesReference() &&
           (t >= references.size() || !references[t].defined())) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            term.ToString(), " has no reference activations"));
+        return absl::FailedPreconditionError(
+            absl::StrCat(term.ToString(), " has no reference activations"));
       }
       if (term.UsesLayer() && !taps.activations.count(term.layer)) {
         return absl::InternalError(

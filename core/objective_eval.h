@@ -3,9 +3,9 @@
 #ifndef FEATVIZ_CORE_OBJECTIVE_EVAL_H_
 #define FEATVIZ_CORE_OBJECTIVE_EVAL_H_
 
-#include <vector>
-
 #include <ATen/ATen.h>
+
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/model.h"
@@ -22,6 +22,18 @@ struct ObjectiveValue {
   // gradient independent of how many images share the batch.
   at::Tensor total;
 };
+
+// The token a neuron term reads from a token layer's (or a sequence's)
+// [B, D, T] activations: its token, its (x, y) patch of the grid, or by
+// default the first token when the layout has tokens before its grid (the
+// class token), else the centre patch (the centre position without a grid).
+int64_t NeuronToken(const Term& term, const Taps::TokenLayout& layout,
+                    int64_t tokens);
+
+// The tokens of a token layer's [B, D, T] activations that a channel,
+// direction or layer term averages over (Term::tokens): [B, D, T'].
+at::Tensor SelectTokens(const at::Tensor& a, TokenSubset subset,
+                        const Taps::TokenLayout& layout);
 
 // `taps` must hold every layer objective.Layers() names; `images` are the
 // [B, C, H, W] images in [0, 1] that the regularisers read. Assumes the

@@ -134,7 +134,8 @@ absl::StatusOr<std::unique_ptr<RenderSession>> RenderSession::Create(
   s.references_ = std::move(references);
   s.transforms_ = s.options_.transforms.has_value()
                       ? *s.options_.transforms
-                      : DefaultTransforms(p.height, p.width);
+                      : DefaultTransformsFor(model.IsTokenModel(), p.height,
+                                            p.width);
   s.layers_ = s.objective_.Layers();
   // The image variables and the transforms draw from separate streams of the
   // one seed, so changing the transforms does not change the start image.

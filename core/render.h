@@ -34,8 +34,8 @@ class StepCache;  // core/batch.h
 struct RenderOptions {
   // Batch, kind and size of the images; a size of 0 takes the model's.
   ParamOptions param;
-  // Transforms before each forward pass; unset means DefaultTransforms for
-  // the image size, an empty list means none.
+  // Transforms before each forward pass; unset means DefaultTransformsFor
+  // the model's kind and the image size, an empty list means none.
   std::optional<TransformList> transforms;
   double lr = 0.05;
   int64_t steps = 256;

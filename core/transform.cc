@@ -64,6 +64,24 @@ TransformList DefaultTransforms(int64_t height, int64_t width) {
   };
 }
 
+TransformList TokenModelTransforms(int64_t height, int64_t width) {
+  const double side = static_cast<double>(std::min(height, width));
+  std::vector<double> scales;
+  for (int i = -2; i <= 2; ++i) scales.push_back(1.0 + i / 50.0);
+  return {
+      {Transform::Kind::kJitter,
+       std::max<int64_t>(1, std::llround(side * 4.0 / 224)),
+       {}},
+      {Transform::Kind::kScale, 0, scales},
+  };
+}
+
+TransformList DefaultTransformsFor(bool token_model, int64_t height,
+                                   int64_t width) {
+  return token_model ? TokenModelTransforms(height, width)
+                     : DefaultTransforms(height, width);
+}
+
 std::string TransformsToString(const TransformList& transforms) {
   if (transforms.empty()) return "none";
   std::vector<std::string> parts;
@@ -72,9 +90,14 @@ std::string TransformsToString(const TransformList& transforms) {
 }
 
 absl::StatusOr<TransformList> ParseTransforms(absl::string_view text,
-                                              int64_t height, int64_t width) {
+                                              int64_t height, int64_t width,
+                                              bool token_model) {
   const absl::string_view trimmed = absl::StripAsciiWhitespace(text);
-  if (trimmed == "default") return DefaultTransforms(height, width);
+  if (trimmed == "default") {
+    return DefaultTransformsFor(token_model, height, width);
+  }
+  if (trimmed == "cnn") return DefaultTransforms(height, width);
+  if (trimmed == "tokens") return TokenModelTransforms(height, width);
   if (trimmed == "none" || trimmed.empty()) return TransformList{};
   TransformList out;
   absl::string_view rest = trimmed;

@@ -47,10 +47,24 @@ using TransformList = std::vector<Transform>;
 // Lucid's 12-pixel pad and 8-pixel jitter would wreck a 28x28 digit.
 TransformList DefaultTransforms(int64_t height, int64_t width);
 
-// Parses the text form above ("default" uses height and width). Errors name
+// The default for models read in tokens (Vision Transformers, MLP-mixers:
+// Model::IsTokenModel): a patch-based model's features are tied to its patch
+// grid, and Lucid's set costs most of the objective there (docs/quality.md
+// measures both on a trained ViT). A small jitter and scale only.
+TransformList TokenModelTransforms(int64_t height, int64_t width);
+
+// The default for a model: TokenModelTransforms for a token model, else
+// DefaultTransforms.
+TransformList DefaultTransformsFor(bool token_model, int64_t height,
+                                   int64_t width);
+
+// Parses the text form above, or a preset: "default" (DefaultTransformsFor
+// with `token_model`), "cnn" (DefaultTransforms), "tokens"
+// (TokenModelTransforms), "none". Presets use height and width. Errors name
 // the offending transform and value.
 absl::StatusOr<TransformList> ParseTransforms(absl::string_view text,
-                                              int64_t height, int64_t width);
+                                              int64_t height, int64_t width,
+                                              bool token_model = false);
 std::string TransformsToString(const TransformList& transforms);
 
 // Draws the list's random parameters `count` times from `generator` (one

@@ -11,6 +11,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/bands.h"
 #include "core/image.h"
 #include "core/sha256.h"
 #include "core/status_macros.h"
@@ -173,7 +174,8 @@ absl::StatusOr<at::Tensor> PlanInitImage(const v1::Tensor& tensor,
 
 absl::StatusOr<core::TransformList> PlanTransforms(const v1::Transforms& spec,
                                                    ImageSize size,
-                                                   const Limits& limits) {
+                                                   const Limits& limits,
+                                                   bool token_model) {
   switch (spec.preset()) {
     case v1::Transforms::PRESET_DEFAULT:
     case v1::Transforms::PRESET_NONE:
@@ -185,7 +187,8 @@ absl::StatusOr<core::TransformList> PlanTransforms(const v1::Transforms& spec,
       }
       return spec.preset() == v1::Transforms::PRESET_NONE
                  ? core::TransformList{}
-                 : core::DefaultTransforms(size.height, size.width);
+                 : core::DefaultTransformsFor(token_model, size.height,
+                                              size.width);
     case v1::Transforms::PRESET_CUSTOM:
       break;
     default:
@@ -273,6 +276,15 @@ int64_t ResultBytesBound(const RenderPlan& plan, int64_t channels) {
   // PNG stores 8-bit rows with a filter byte each; deflate never grows data
   // by more than a few bytes per 16 KiB block.
   if (plan.png) bytes += pixels + pixels / 8 + p.batch * (p.height + 1024);
+  if (plan.png && plan.display.shows_bands()) {
+    // One band sheet per image: an RGB grid of its bands, magnified to at
+    // least 112 pixels wide, with padding and a label row; at worst stored
+    // uncompressed.
+    const int64_t scale = std::max<int64_t>(1, (112 + p.width - 1) / p.width);
+    const int64_t sheet_w = 4 + channels * (p.width * scale + 4);
+    const int64_t sheet_h = 4 + p.height * scale + 48 + 4;
+    bytes += p.batch * (3 * sheet_w * sheet_h * 9 / 8 + sheet_h + 1024);
+  }
   bytes += 4 * plan.options.steps *
            static_cast<int64_t>(plan.objective.terms().size());
   if (plan.preview_png) {
@@ -376,6 +388,32 @@ absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
     if (t.has_x()) {
       term.x = t.x();
       term.y = t.y();
+    }
+    if (t.has_token()) {
+      if (t.has_x()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".term sets token ", t.token(),
+            " and a position (x, y); set one"));
+      }
+      if (t.token() < 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".term.token must be >= 0, got ", t.token()));
+      }
+      term.token = t.token();
+    }
+    switch (t.tokens()) {
+      case v1::TOKEN_SUBSET_ALL:
+        term.tokens = core::TokenSubset::kAll;
+        break;
+      case v1::TOKEN_SUBSET_CLS:
+        term.tokens = core::TokenSubset::kPrefix;
+        break;
+      case v1::TOKEN_SUBSET_PATCHES:
+        term.tokens = core::TokenSubset::kPatches;
+        break;
+      default:
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".term.tokens: unknown TokenSubset ", t.tokens()));
     }
     term.vector.assign(t.vector().begin(), t.vector().end());
     if (t.has_param()) term.param = t.param();
@@ -487,6 +525,7 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
       return absl::InvalidArgumentError(
           absl::StrCat("image.color has unknown value ", image.color()));
   }
+  plan.display = core::BandDisplayFor(card, param.channels);
   ImageSize size{card.height, card.width};
   if (image.size() != 0) size = ImageSize{image.size(), image.size()};
   if (image.height() != 0) size.height = image.height();
@@ -515,7 +554,8 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
 
   // transforms
   FEATVIZ_ASSIGN_OR_RETURN(plan.options.transforms,
-                           PlanTransforms(request.transforms(), size, limits));
+                           PlanTransforms(request.transforms(), size, limits,
+                                          plan.model->IsTokenModel()));
 
   // optimizer
   const v1::Optimizer& optimizer = request.optimizer();
@@ -712,6 +752,8 @@ v1::Model ModelToProto(const ModelSummary& model) {
   input->set_range_max(card.range_max);
   for (double m : card.mean) input->add_mean(m);
   for (double s : card.std) input->add_std(s);
+  for (const std::string& name : card.band_names) input->add_band_names(name);
+  for (int64_t band : card.CompositeBands()) input->add_composite(band);
   for (const std::string& name : model.class_names) out.add_class_names(name);
   for (const core::LayerInfo& info : model.layers) {
     v1::Layer* layer = out.add_layers();
@@ -721,6 +763,11 @@ v1::Model ModelToProto(const ModelSummary& model) {
     layer->set_channels(info.channels);
     layer->set_tappable(info.tappable);
     layer->set_untappable_reason(info.untappable_reason);
+    if (info.tappable) layer->set_layout(core::LayerLayoutName(info.layout));
+    layer->set_tokens(info.tokens);
+    layer->set_token_prefix(info.token_prefix);
+    layer->set_grid_height(info.grid_h);
+    layer->set_grid_width(info.grid_w);
   }
   for (const core::OutputInfo& info : model.outputs) {
     v1::ModelOutput* output = out.add_outputs();
@@ -870,6 +917,9 @@ v1::RenderResult ResultToProto(const JobResult& result) {
     *out.mutable_images() = ArrayToProto(*result.images);
   }
   for (const std::string& png : result.png) out.add_png(png);
+  for (int64_t band : result.composite) out.add_composite(band);
+  for (const std::string& name : result.band_names) out.add_band_names(name);
+  for (const std::string& png : result.band_png) out.add_band_png(png);
   *out.mutable_logits() = ArrayToProto(result.logits);
   *out.mutable_probs() = ArrayToProto(result.probs);
   if (result.transparency.has_value()) {

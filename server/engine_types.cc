@@ -91,6 +91,11 @@ int64_t JobResult::bytes() const {
   }
   if (images.has_value()) total += BytesOf(*images);
   for (const std::string& p : png) total += static_cast<int64_t>(p.size());
+  for (const std::string& p : band_png) total += static_cast<int64_t>(p.size());
+  for (const std::string& name : band_names) {
+    total += static_cast<int64_t>(name.size());
+  }
+  total += static_cast<int64_t>(composite.size() * sizeof(int64_t));
   total += BytesOf(logits) + BytesOf(probs);
   for (const LayerSummary& s : layer_stats) {
     total += static_cast<int64_t>(s.layer.size()) + BytesOf(s.mean) +
@@ -127,10 +132,24 @@ absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
     }
     out.final_total = result.final_total;
     if (plan.tensor) out.images = ToHost(result.images);
+    const core::BandDisplay& display = plan.display;
+    if (display.shows_bands()) {
+      out.composite = display.composite;
+      out.band_names = display.names;
+    }
     if (plan.png) {
-      for (int64_t b = 0; b < result.images.size(0); ++b) {
+      FEATVIZ_ASSIGN_OR_RETURN(
+          const at::Tensor pictures,
+          core::CompositeImages(result.images, display.composite));
+      for (int64_t b = 0; b < pictures.size(0); ++b) {
         FEATVIZ_ASSIGN_OR_RETURN(out.png.emplace_back(),
-                                 core::EncodePng(result.images[b]));
+                                 core::EncodePng(pictures[b]));
+        if (!display.shows_bands()) continue;
+        FEATVIZ_ASSIGN_OR_RETURN(
+            const at::Tensor sheet,
+            core::BandSheet(result.images.narrow(0, b, 1), display.names));
+        FEATVIZ_ASSIGN_OR_RETURN(out.band_png.emplace_back(),
+                                 core::EncodePng(sheet));
       }
     }
     out.logits = ToHost(result.logits);
@@ -178,15 +197,17 @@ absl::StatusOr<std::vector<std::string>> TransparencyPngs(
   return pngs;
 }
 
-absl::StatusOr<JobProgress> MakeJobProgress(const core::ProgressEvent& event,
-                                            int64_t total_steps,
-                                            bool preview_png) {
+absl::StatusOr<JobProgress> MakeJobProgress(
+    const core::ProgressEvent& event, int64_t total_steps, bool preview_png,
+    const std::vector<int64_t>& composite) {
   JobProgress out;
   out.step = event.step;
   out.total_steps = total_steps;
   out.term_values = event.values;
   if (preview_png && event.images.defined()) {
-    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor grid, core::MakeGrid(event.images));
+    FEATVIZ_ASSIGN_OR_RETURN(const at::Tensor pictures,
+                             core::CompositeImages(event.images, composite));
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor grid, core::MakeGrid(pictures));
     FEATVIZ_ASSIGN_OR_RETURN(out.preview_png, core::EncodePng(grid));
   }
   return out;

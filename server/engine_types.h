@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "core/bands.h"
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/render.h"
@@ -45,6 +46,10 @@ struct RenderPlan {
   bool tensor = false;
   bool png = false;
   bool preview_png = false;
+  // How the images are shown (core::BandDisplayFor the model's card and the
+  // stimuli's channels): which bands the PNGs composite, and whether each
+  // image also gets a band sheet. Default: the images as they are.
+  core::BandDisplay display;
   // How linear layers were computed (core::LinearModeName of the process's
   // mode when the request was accepted): results say it, and it is part of
   // the cache key.
@@ -117,6 +122,12 @@ struct JobResult {
   double final_total = 0;
   std::optional<HostArray> images;  // [B, C, H, W] in [0, 1], when asked for.
   std::vector<std::string> png;     // One per image, when asked for.
+  // Images with bands (RenderPlan::display): the composite the PNGs show,
+  // every band's name, and with the PNGs one band sheet per image
+  // (core::BandSheet). Empty otherwise.
+  std::vector<int64_t> composite;
+  std::vector<std::string> band_names;
+  std::vector<std::string> band_png;
   HostArray logits;
   HostArray probs;
   std::vector<LayerSummary> layer_stats;
@@ -160,10 +171,11 @@ struct JobProgress {
 };
 
 // `event` as a JobProgress; `preview_png` attaches its images as a PNG grid
-// (the event must carry images then).
-absl::StatusOr<JobProgress> MakeJobProgress(const core::ProgressEvent& event,
-                                            int64_t total_steps,
-                                            bool preview_png);
+// (the event must carry images then), of their `composite` bands when that
+// is not empty (RenderPlan::display).
+absl::StatusOr<JobProgress> MakeJobProgress(
+    const core::ProgressEvent& event, int64_t total_steps, bool preview_png,
+    const std::vector<int64_t>& composite = {});
 
 // A job as it is at one moment.
 struct JobSnapshot {

@@ -247,7 +247,8 @@ bool Worker::ReportStep(Running& running) {
   if (watched && every > 0 && (done % every == 0 || session.done())) {
     absl::StatusOr<JobProgress> progress =
         MakeJobProgress(session.Progress(plan.options.progress_images),
-                        plan.options.steps, plan.preview_png);
+                        plan.options.steps, plan.preview_png,
+                        plan.display.composite);
     if (!progress.ok()) {
       End(running, progress.status(), nullptr);
       return false;

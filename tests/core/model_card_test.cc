@@ -67,7 +67,49 @@ INSTANTIATE_TEST_SUITE_P(
         BadCard{R"({"input": {"channels": 1, "std": [0]}})", "input.std"},
         BadCard{R"({"input": {"range": [1, 0]}})", "input.range"},
         BadCard{R"({"classes": "abc"})", "classes"},
-        BadCard{R"({"output": "probs"})", "output"}));
+        BadCard{R"({"output": "probs"})", "output"},
+        BadCard{R"({"tokens": 1})", "tokens"},
+        BadCard{R"({"tokens": {"prefix": -1, "grid": [4, 4]}})",
+                "tokens.prefix"},
+        BadCard{R"({"tokens": {"prefix": 1e300, "grid": [4, 4]}})",
+                "tokens.prefix"},
+        BadCard{R"({"tokens": {"prefix": 1, "grid": [4]}})", "tokens.grid"},
+        BadCard{R"({"tokens": {"prefix": 1, "grid": [0, 4]}})", "tokens.grid"},
+        BadCard{R"({"tokens": {"prefix": 1, "grid": [9223372036854775807, 4]}})",
+                "tokens.grid"},
+        BadCard{R"({"tokens": {"prefix": 1, "grid": [4, 4], "x": 1}})",
+                "unknown key"},
+        BadCard{R"({"bands": []})", "bands"},
+        BadCard{R"({"input": {"channels": 4}, "bands": {"names": ["a"]}})",
+                "bands.names"},
+        BadCard{R"({"input": {"channels": 4}, "bands": {"composite": [0, 1]}})",
+                "bands.composite"},
+        BadCard{R"({"input": {"channels": 4}, "bands": {"composite": [0, 1, 4]}})",
+                "bands.composite"},
+        BadCard{R"({"input": {"channels": 4}, "bands": {"composite": [-1]}})",
+                "bands.composite"},
+        BadCard{R"({"input": {"channels": 2}, "bands": {"names": [1, 2]}})",
+                "bands.names"}));
+
+TEST(ModelCard, ReadsTokensAndBandsAndRoundTripsThem) {
+  absl::StatusOr<ModelCard> card = ModelCard::Parse(
+      R"({"input": {"channels": 4, "height": 32, "width": 32},
+          "tokens": {"prefix": 1, "grid": [4, 8]},
+          "bands": {"names": ["r", "g", "b", "nir"], "composite": [3, 1, 0]}})");
+  ASSERT_TRUE(card.ok()) << card.status();
+  EXPECT_EQ(card->token_prefix, 1);
+  EXPECT_EQ(card->token_grid_h, 4);
+  EXPECT_EQ(card->token_grid_w, 8);
+  EXPECT_EQ(card->band_names, (std::vector<std::string>{"r", "g", "b", "nir"}));
+  EXPECT_EQ(card->CompositeBands(), (std::vector<int64_t>{3, 1, 0}));
+  absl::StatusOr<ModelCard> back = ModelCard::Parse(card->ToJson());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->token_prefix, 1);
+  EXPECT_EQ(back->token_grid_w, 8);
+  EXPECT_EQ(back->composite, card->composite);
+  EXPECT_EQ(ModelCard().token_prefix, -1);  // Unset: inferred per layer.
+  EXPECT_EQ(ModelCard().CompositeBands(), (std::vector<int64_t>{0, 1, 2}));
+}
 
 }  // namespace
 }  // namespace featviz::core

@@ -229,17 +229,21 @@ TEST(ObjectiveParse, UnknownFunctionListsTheValidNames) {
 TEST(ObjectiveParse, WrongArgumentCountNamesTheSignature) {
   const std::vector<MalformedCase> cases = {
       {"channel(conv2)", 14,
-       "too few arguments to channel; expected channel(layer, c), found ')'"},
+       "too few arguments to channel; expected channel(layer, c[, "
+       "tokens=cls|patches]), found ')'"},
       {"channel(conv2, 5, 6)", 19,
-       "too many arguments to channel; expected channel(layer, c), found '6'"},
+       "too many arguments to channel; expected channel(layer, c[, "
+       "tokens=cls|patches]), found '6'"},
       {"channel(batch=1, conv2, 5)", 9, "too few arguments to channel"},
       {"logit()", 7, "expected logit(c)"},
       {"tv(1)", 4, "too many arguments to tv; expected tv()"},
       {"l1(0.5, 1)", 9, "expected l1([c])"},
       {"alignment(conv2, 2, 3)", 21, "expected alignment(layer[, decay])"},
       {"direction(conv2)", 16, "expected direction(layer, [v1, v2, ...])"},
-      {"neuron(conv2, 5, 3)", 18,
+      {"neuron(conv2, 5, x=3)", 18,
        "neuron needs both x and y or neither, as in neuron(layer, c[, x, y])"},
+      {"neuron(conv2, 5, 3, token=1)", 18,
+       "neuron takes a token or a position (x, y), not both"},
       {"neuron(conv2, 5, y=3)", 18, "found only y"},
       {"neuron(conv2, 5, 1, 2, 3)", 24, "too many arguments to neuron"},
   };

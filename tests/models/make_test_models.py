@@ -7,7 +7,9 @@ Writes into DIR: scripted.pt, traced.pt, residual.pt, tuple_output.pt (each
 with a .card.json), no_card.pt (no card), corrupt.pt (random bytes),
 not_torchscript.pt (a plain torch.save'd state_dict) and wide.pt (64 MiB of
 weights in one layer, to measure the memory a model unload frees), then the
-models from the wild of wild_models.py (ResNet-18, MobileNet-like, ...). Weights
+models from the wild of wild_models.py (ResNet-18, MobileNet-like, ...) and
+the transformers of make_transformer_models.py (ViTs, an MLP-mixer, a
+4-band model). Weights
 are random but deterministic (torch.manual_seed(0)); nothing is trained or downloaded.
 """
 import argparse
@@ -216,6 +218,9 @@ def main():
 
     import wild_models  # beside this file
     wild_models.build(out)
+
+    import make_transformer_models  # beside this file
+    make_transformer_models.build(out)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,50 @@ TEST_F(ConvertTest, ObjectiveTreeBecomesTheSameObjectiveAsItsText) {
                 "2 * neuron(conv2, 3, 1, 2) - 0.5 * l2(0.25, batch=0)"));
 }
 
+TEST_F(ConvertTest, TokenTermsCrossTheWireAndBadOnesAreNamed) {
+  v1::Objective tree;
+  v1::Term* neuron = tree.add_terms()->mutable_term();
+  tree.mutable_terms(0)->set_weight(1);
+  neuron->set_kind(v1::TERM_KIND_NEURON);
+  neuron->set_layer("blocks.0.mlp.0");
+  neuron->set_index(3);
+  neuron->set_token(5);
+  v1::WeightedTerm* channel = tree.add_terms();
+  channel->set_weight(1);
+  channel->mutable_term()->set_kind(v1::TERM_KIND_CHANNEL);
+  channel->mutable_term()->set_layer("blocks.0.mlp.0");
+  channel->mutable_term()->set_index(4);
+  channel->mutable_term()->set_tokens(v1::TOKEN_SUBSET_CLS);
+  absl::StatusOr<core::Objective> objective = ObjectiveFromProto(tree);
+  ASSERT_TRUE(objective.ok()) << objective.status();
+  EXPECT_EQ(*objective, *core::Objective::Parse(
+                            "neuron(blocks.0.mlp.0, 3, 5) + "
+                            "channel(blocks.0.mlp.0, 4, tokens=cls)"));
+
+  v1::Objective bad = tree;
+  bad.mutable_terms(0)->mutable_term()->set_token(-1);
+  absl::Status s = ObjectiveFromProto(bad).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("objective_tree.terms[0].term.token"),
+            std::string::npos) << s;
+  bad = tree;
+  bad.mutable_terms(0)->mutable_term()->set_x(1);
+  bad.mutable_terms(0)->mutable_term()->set_y(1);
+  s = ObjectiveFromProto(bad).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("set one"), std::string::npos) << s;
+  bad = tree;
+  bad.mutable_terms(1)->mutable_term()->set_tokens(
+      static_cast<v1::TokenSubset>(99));
+  s = ObjectiveFromProto(bad).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("terms[1].term.tokens"), std::string::npos) << s;
+  // 2^63 - 1 parses; validation then names it out of range for the layer.
+  bad = tree;
+  bad.mutable_terms(0)->mutable_term()->set_token(INT64_MAX);
+  EXPECT_TRUE(ObjectiveFromProto(bad).ok());
+}
+
 TEST_F(ConvertTest, ModelToProtoNamesEveryClassAndLayer) {
   absl::StatusOr<SharedModel> model = registry_->Resolve("mnist_classifier");
   ASSERT_TRUE(model.ok());

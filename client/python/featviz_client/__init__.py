@@ -27,10 +27,12 @@ from featviz_client.client import (
     RenderResult,
     TermOutcome,
 )
-from featviz_client.images import grid, hwc, to_pil
+from featviz_client.images import band_sheet, composite, grid, hwc, to_pil
+from featviz_client.multi_render import Comparison, UnitRender
 
 __all__ = [
-    "Activations", "Attribution", "Circuit", "ClassCircuit", "Client", "Dataset",
-    "Detector", "FeatvizError", "Progress", "RenderResult", "TermOutcome",
-    "TopExamples", "UnitExamples", "grid", "hwc", "to_pil",
+    "Activations", "Attribution", "Circuit", "ClassCircuit", "Client", "Comparison",
+    "Dataset", "Detector", "FeatvizError", "Progress", "RenderResult", "TermOutcome",
+    "TopExamples", "UnitExamples", "UnitRender", "band_sheet", "composite", "grid",
+    "hwc", "to_pil",
 ]

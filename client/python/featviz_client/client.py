@@ -26,6 +26,9 @@ import grpc
 import numpy as np
 
 from featviz_client import images as _images
+from featviz_client import units as _units
+from featviz_client.multi_render import (Comparison, UnitRender, batch_term_value,
+                                         model_version_ref)
 from featviz_client.circuits import (Activations, Attribution, ChannelStats, Circuit,
                                      ClassCircuit, Dataset, Detector, LayerActivations,
                                      TopExamples, UnitExamples)
@@ -159,6 +162,18 @@ class RenderResult:
     """MaCo only: where the fixed magnitude came from ("dataset mnist (2000
     images)" or "1/f")."""
 
+    composite: list[int] = field(default_factory=list)
+    """Images with bands (a model of other than 1 or 3 input channels, or
+    whose card has "bands"): the bands the pictures show as red, green, blue
+    (3) or gray (1). Empty when the images are shown as they are."""
+
+    band_names: list[str] = field(default_factory=list)
+    """With `composite`: every band's name."""
+
+    band_png: list[bytes] = field(default_factory=list)
+    """With `composite` (and png): one PNG per image, a gray panel per band
+    labelled with its name (see `band_grid`)."""
+
     @property
     def images_hwc(self) -> Optional[np.ndarray]:
         """`images` as [B, H, W, C] (for matplotlib's imshow), or None."""
@@ -185,26 +200,47 @@ class RenderResult:
             out.append(f"{name} {row[top]:.2f}")
         return out
 
+    def pictures(self) -> np.ndarray:
+        """The images as pictures, float32 [B, 1 or 3, H, W]: `images` (their
+        `composite` when they have bands), else the PNGs decoded."""
+        if self.images is not None:
+            return _images.composite(self.images, self.composite or None)
+        pixels = self._pixels()
+        if pixels is None:
+            raise ValueError("the result carries no images (render with png or tensor)")
+        return pixels  # the server's PNGs: pictures already
+
     def to_pil(self) -> list:
-        """The images as PIL images, one per batch entry: "L", "LA", "RGB" or
-        "RGBA" for 1 to 4 channels, the channels side by side otherwise.
+        """The images as PIL images, one per batch entry ("L" or "RGB"; the
+        composite for images with bands).
 
         Converts `images` when present, otherwise decodes `png`. Raises
         ImportError without Pillow.
         """
-        pixels = self._pixels()
-        if pixels is None:
-            raise ValueError("the result carries no images (render with png or tensor)")
-        return _images.to_pil(pixels)
+        return _images.to_pil(self.pictures())
 
     def grid(self, labels: Optional[Sequence[str]] = None, **options):
-        """The images as one labelled contact sheet (a PIL image). `labels`
-        defaults to each image's top class and probability; `options` are
-        `featviz_client.grid`'s (columns, scale, padding, background)."""
-        pixels = self._pixels()
-        if pixels is None:
-            raise ValueError("the result carries no images (render with png or tensor)")
-        return _images.grid(pixels, self.labels() if labels is None else labels, **options)
+        """The images as one labelled contact sheet (a PIL image; the
+        composite for images with bands). `labels` defaults to each image's
+        top class and probability; `options` are `featviz_client.grid`'s
+        (columns, scale, padding, background)."""
+        return _images.grid(self.pictures(), self.labels() if labels is None else labels,
+                            **options)
+
+    def band_grid(self, rows: Optional[Sequence[str]] = None, **options):
+        """Images with bands: every band as a gray panel labelled with its
+        name, one row per image (a PIL image; `options` as for `grid`).
+        Raises ValueError for images without bands."""
+        if not self.composite:
+            raise ValueError("the result's images have no bands (the model takes 1 or 3 "
+                             "channels and its card names no bands)")
+        if self.images is not None:
+            return _images.band_sheet(self.images, self.band_names, rows, **options)
+        if not self.band_png:
+            raise ValueError("the result carries neither image tensors nor band PNGs")
+        sheets = np.stack([_images.from_png(data) for data in self.band_png])
+        return _images.grid(sheets, list(rows) if rows is not None else None, columns=1,
+                            scale=1, padding=0)
 
     def show(self, path: Union[str, Path, None] = None, **options):
         """Shows the labelled grid: writes it to `path` (a PNG) when given,
@@ -349,7 +385,8 @@ class Client:
                preview: bool = False,
                on_progress: Optional[Callable[[Progress], Any]] = None,
                timeout: Optional[float] = None,
-               **deprecated: Any) -> RenderResult:
+               units: Union[str, int, Sequence[int], None] = None,
+               **deprecated: Any) -> Union[RenderResult, UnitRender]:
         """Renders images that maximise `objective` on `model`.
 
         `objective` is the text syntax ("conv2:5 - 0.01 * tv()") or a
@@ -376,7 +413,32 @@ class Client:
         render is cancelled and
         the exception propagates. `timeout` is the whole render's deadline
         in seconds. The old names `param` and `decay` still work (deprecated).
+
+        A layer at once: a `*` for the unit in the objective text
+        ("channel(conv2, *)", "neuron(fc1, *) - 0.01 * tv()", "conv2:*")
+        renders every unit that `units` lists ("all" or None, 3, [3, 5, 9],
+        "0-15", "3,5,9"), one image each, as one batched request (several
+        of at most 64 units for more) and returns a `UnitRender`. The layer
+        and the units are checked against the model first; a bad template
+        or unit raises ValueError naming it.
         """
+        template = _units.find_unit_template(objective) if isinstance(objective, str) \
+            else None
+        if units is not None and template is None:
+            raise ValueError("units= needs an objective with '*' for the unit, such as "
+                             f"'channel(conv2, *)' or 'neuron(fc1, *)'; got {objective!r}")
+        if template is not None:
+            if batch is not None:
+                raise ValueError("batch does not apply to a render of a layer's units: "
+                                 "each unit gets one image")
+            return self._render_units(
+                model, template, units, on_progress=on_progress, timeout=timeout,
+                options=dict(steps=steps, size=size, parameterization=parameterization,
+                             seed=seed, lr=lr, decay_power=decay_power,
+                             transforms=transforms, init_image=init_image,
+                             maco_dataset=maco_dataset, references=references, png=png,
+                             tensor=tensor, progress_every=progress_every,
+                             preview=preview, **deprecated))
         request = self._render_request(
             model, objective, steps=steps, size=size, batch=batch,
             parameterization=parameterization, seed=seed, lr=lr,
@@ -387,6 +449,74 @@ class Client:
             deprecated=deprecated, caller="render")
         call = self._stub.Render(request, timeout=timeout, metadata=self._metadata)
         return self._named(self._follow(call, on_progress))
+
+    def _render_units(self, model: str, template: "_units.UnitTemplate", units,
+                      *, on_progress, timeout, options: dict) -> UnitRender:
+        """render() for an objective with '*': every listed unit at once."""
+        described = self.get_model(model)
+        layer = next((l for l in described.layers if l.path == template.layer), None)
+        if layer is None:
+            paths = ", ".join(l.path for l in described.layers)
+            raise ValueError(f"model {model} has no layer {template.layer} (layers: {paths})")
+        if not layer.tappable:
+            raise ValueError(f"layer {template.layer} of model {model} cannot be tapped: "
+                             f"{layer.untappable_reason}")
+        unit_list = _units.parse_units(units, template.layer, layer.channels)
+        per_request = template.units_per_request()
+        chunks = [unit_list[i:i + per_request]
+                  for i in range(0, len(unit_list), per_request)]
+        # Every request queued at once, so that the server batches them.
+        jobs: list[str] = []
+        try:
+            for chunk in chunks:
+                jobs.append(self.submit(model, template.expand(chunk), batch=len(chunk),
+                                        **options).id)
+            results = [self.wait(job, on_progress=on_progress, timeout=timeout)
+                       for job in jobs]
+        except BaseException:
+            for job in jobs:
+                try:
+                    self.cancel_job(job)
+                except FeatvizError:
+                    pass
+            raise
+        values = np.array([batch_term_value(result, i)
+                           for result, chunk in zip(results, chunks)
+                           for i in range(len(chunk))], dtype=np.float64)
+        first = results[0]
+        images = (np.concatenate([r.images for r in results], 0)
+                  if all(r.images is not None for r in results) else None)
+        probs = (np.concatenate([r.probs for r in results], 0)
+                 if all(r.probs is not None for r in results) else None)
+        return UnitRender(
+            model=first.model, model_version=first.model_version,
+            model_hash=first.model_hash, objective=template.objective,
+            layer=template.layer, kind=template.kind, units=unit_list, values=values,
+            images=images, probs=probs, results=results,
+            class_names=list(described.class_names), composite=list(first.composite),
+            band_names=list(first.band_names))
+
+    def compare(self, model_a: str, model_b: str, objective: ObjectiveSpec, *,
+                seed: Optional[int] = None, **options: Any) -> Comparison:
+        """Renders `objective` on two models (or two versions, "name@1" and
+        "name@2"; "name/1" is read the same) with the same seed and
+        `options` (as for `render`); the seed is drawn here when None.
+        Returns a `Comparison`: `grid()` is one sheet with a labelled row per
+        model, `table()` their term values, top classes and layer statistics."""
+        if isinstance(objective, str) and _units.find_unit_template(objective) is not None:
+            raise ValueError("compare renders one objective; '*' (every unit of a layer) "
+                             "works with render")
+        if options.get("units") is not None:
+            raise ValueError("compare takes no units")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        results = [self.render(model_version_ref(m), objective, seed=seed, **options)
+                   for m in (model_a, model_b)]
+        labels = [f"{r.model}@{r.model_version}" for r in results]
+        if labels[0] == labels[1]:
+            labels = [f"{label} {r.model_hash[:8]}" for label, r in zip(labels, results)]
+        return Comparison(objective=results[0].objective, seed=results[0].seed,
+                          results=results, labels=labels)
 
     def submit(self, model: str, objective: ObjectiveSpec, *,
                steps: Optional[int] = None,
@@ -725,14 +855,16 @@ class Client:
         return outcome
 
     def _named(self, result: RenderResult) -> RenderResult:
-        """Fills in the model's class names (asked once per model)."""
-        names = self._class_names.get(result.model)
+        """Fills in the model's class names (asked once per model version)."""
+        ref = (f"{result.model}@{result.model_version}" if result.model_version
+               else result.model)
+        names = self._class_names.get(ref)
         if names is None:
             try:
-                names = list(self.get_model(result.model).class_names)
+                names = list(self.get_model(ref).class_names)
             except FeatvizError:
                 names = []  # A model unloaded since only costs the names.
-            self._class_names[result.model] = names
+            self._class_names[ref] = names
         result.class_names = names
         return result
 
@@ -953,6 +1085,9 @@ def _render_result(result: "featviz_pb2.RenderResult") -> RenderResult:
                       if result.HasField("transparency") else None),
         transparency_png=list(result.transparency_png),
         maco_magnitude=result.maco_magnitude,
+        composite=list(result.composite),
+        band_names=list(result.band_names),
+        band_png=list(result.band_png),
     )
 
 

@@ -1,4 +1,5 @@
-"""Pictures from featviz arrays: PIL images for any channel count, labelled grids.
+"""Pictures from featviz arrays: PIL images for any channel count, labelled grids,
+the composite and band sheet of images with bands (RGB + NIR, multispectral).
 
 Arrays follow the server's layout, float32 [B, C, H, W] (or one [C, H, W])
 in [0, 1]; `hwc` turns them into [B, H, W, C] for matplotlib. Everything that
@@ -70,6 +71,60 @@ def to_pil(images) -> list:
     return out
 
 
+def composite(images, bands: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Images with bands ([B, C, H, W] or [C, H, W], any C) as pictures:
+    the `bands` (3 indices: red, green, blue; or 1: gray) in their order,
+    [B, 3 or 1, H, W]. With `bands` None, 1- and 3-channel images come back
+    as they are and others are refused: a model's card says which bands make
+    its picture (`RenderResult.composite`, `Model.input.composite`)."""
+    batch = _batch(images)
+    channels = batch.shape[1]
+    if bands is None or len(bands) == 0:
+        if channels in (1, 3):
+            return batch
+        raise ValueError(f"images of shape {batch.shape} have {channels} bands, and no "
+                         "composite says which make the picture (a model card's "
+                         "\"bands\": {\"composite\": [r, g, b]})")
+    bands = [int(b) for b in bands]
+    if len(bands) not in (1, 3):
+        raise ValueError(f"composite {bands} must list 3 band indices (red, green, blue) "
+                         "or 1 (gray)")
+    for band in bands:
+        if not 0 <= band < channels:
+            raise ValueError(f"composite band {band} is out of range for images of "
+                             f"{channels} bands (shape {batch.shape})")
+    return batch[:, bands]
+
+
+_composite = composite  # grid's argument of the same name hides it
+
+
+def band_sheet(images, names: Optional[Sequence[str]] = None,
+               rows: Optional[Sequence[str]] = None, **options):
+    """Every band of `images` ([B, C, H, W] or [C, H, W]) as a gray panel,
+    one row per image, labelled with the band's name (`names`, one per band;
+    default "band k") after the image's row label (`rows`, one per image;
+    default its index when there are several). Returns a PIL image; `options`
+    as for `grid` (scale, padding, background)."""
+    batch = _batch(images)
+    count, channels = batch.shape[:2]
+    names = list(names) if names else [f"band {k}" for k in range(channels)]
+    if len(names) != channels:
+        raise ValueError(f"band sheet has {len(names)} band names for {channels} bands")
+    if rows is not None and len(rows) != count:
+        raise ValueError(f"band sheet has {len(rows)} row labels for {count} images")
+    labels = []
+    for b in range(count):
+        for name in names:
+            if rows is not None:
+                labels.append(f"{rows[b]} {name}")
+            else:
+                labels.append(f"{b}: {name}" if count > 1 else name)
+    panels = batch.reshape(count * channels, 1, batch.shape[2], batch.shape[3])
+    options.setdefault("columns", channels)
+    return grid(panels, labels, **options)
+
+
 def _rgb(image) -> "np.ndarray":
     """A PIL image as uint8 [H, W, 3] (alpha dropped onto white)."""
     Image, _, _ = _pil()
@@ -92,9 +147,12 @@ def _label_bitmap(text: str, font) -> "np.ndarray":
 
 def grid(images, labels: Optional[Sequence[str]] = None, *,
          columns: Optional[int] = None, scale: Optional[int] = None,
-         padding: int = 2, background: float = 1.0):
+         padding: int = 2, background: float = 1.0,
+         composite: Optional[Sequence[int]] = None):
     """A contact sheet of `images` ([B, C, H, W] in [0, 1], or a list of PIL
     images) as one RGB PIL image, with `labels` (one per image) under the cells.
+    Images of other than 1 or 3 channels (bands) need `composite`, the bands
+    that make the picture (see `composite()`); without it they are refused.
 
     `scale` magnifies each cell (default: at least 112 pixels wide);
     `columns` defaults to one row up to 10 images, else a square. Every label
@@ -105,7 +163,7 @@ def grid(images, labels: Optional[Sequence[str]] = None, *,
     if isinstance(images, (list, tuple)) and images and hasattr(images[0], "mode"):
         cells = [_rgb(image) for image in images]
     else:
-        cells = [_rgb(image) for image in to_pil(images)]
+        cells = [_rgb(image) for image in to_pil(_composite(images, composite))]
     n = len(cells)
     if n == 0:
         raise ValueError("grid has nothing to show")
