@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "client/chunked_send.h"
+#include "core/sha256.h"
 
 namespace featviz::client {
 
@@ -80,6 +82,36 @@ absl::StatusOr<v1::ListDatasetsResponse> CircuitsClient::ListDatasets() {
   absl::Status status =
       FromGrpc(circuits_->ListDatasets(&context, v1::ListDatasetsRequest(),
                                        &response),
+               visualizer_.address());
+  if (!status.ok()) return status;
+  return response;
+}
+
+absl::StatusOr<v1::Dataset> CircuitsClient::UploadDataset(
+    v1::UploadDatasetRequest::Header header, absl::string_view bytes,
+    int64_t chunk_bytes) {
+  header.set_size_bytes(static_cast<int64_t>(bytes.size()));
+  header.set_sha256(core::Sha256Hex(bytes));
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::Dataset dataset;
+  std::unique_ptr<grpc::ClientWriter<v1::UploadDatasetRequest>> writer =
+      circuits_->UploadDataset(&context, &dataset);
+  SendChunks(*writer, header, bytes, chunk_bytes);
+  absl::Status status = FromGrpc(writer->Finish(), visualizer_.address());
+  if (!status.ok()) return status;
+  return dataset;
+}
+
+absl::StatusOr<v1::DeleteDatasetResponse> CircuitsClient::DeleteDataset(
+    const std::string& name) {
+  grpc::ClientContext context;
+  SetDeadline(context);
+  v1::DeleteDatasetRequest request;
+  request.set_name(name);
+  v1::DeleteDatasetResponse response;
+  absl::Status status =
+      FromGrpc(circuits_->DeleteDataset(&context, request, &response),
                visualizer_.address());
   if (!status.ok()) return status;
   return response;

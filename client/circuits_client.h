@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "client/visualizer_client.h"
 #include "featviz/v1/circuits.grpc.pb.h"
@@ -33,6 +34,13 @@ class CircuitsClient {
       const featviz::v1::FindCircuitRequest& request);
   absl::StatusOr<featviz::v1::TopExamplesResponse> TopExamples(
       const featviz::v1::TopExamplesRequest& request);
+  // Sends `bytes` with `header` (whose size_bytes and sha256 this fills in)
+  // in pieces of `chunk_bytes`; the hosted dataset (UploadDataset).
+  absl::StatusOr<featviz::v1::Dataset> UploadDataset(
+      featviz::v1::UploadDatasetRequest::Header header,
+      absl::string_view bytes, int64_t chunk_bytes);
+  absl::StatusOr<featviz::v1::DeleteDatasetResponse> DeleteDataset(
+      const std::string& name);
 
   absl::StatusOr<featviz::v1::Job> SubmitJob(
       const featviz::v1::RenderRequest& request);

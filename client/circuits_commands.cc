@@ -54,30 +54,6 @@ absl::StatusOr<at::Tensor> Rgb(const std::string& png) {
   return image.contiguous();
 }
 
-// The dataset to use: `wanted`, or the first hosted one whose images fit
-// `model` (and that has labels when `labelled`).
-absl::StatusOr<std::string> PickDataset(CircuitsClient& circuits,
-                                        const v1::Model& model,
-                                        const std::string& wanted,
-                                        bool labelled) {
-  if (!wanted.empty()) return wanted;
-  FEATVIZ_ASSIGN_OR_RETURN(v1::ListDatasetsResponse list,
-                           circuits.ListDatasets());
-  for (const v1::Dataset& d : list.datasets()) {
-    if (d.image_shape_size() == 3 && d.image_shape(0) == model.input().channels() &&
-        d.image_shape(1) == model.input().height() &&
-        d.image_shape(2) == model.input().width() &&
-        (!labelled || d.class_names_size() > 0)) {
-      return d.name();
-    }
-  }
-  return absl::FailedPreconditionError(absl::StrCat(
-      "the server hosts no ", labelled ? "labelled " : "",
-      "dataset of ", model.input().channels(), "x", model.input().height(),
-      "x", model.input().width(), " images for model ", model.name(),
-      " (start it with --dataset_dir, or pass --dataset)"));
-}
-
 v1::RenderRequest BaseRender(const std::string& model, int64_t steps,
                              int64_t seed) {
   v1::RenderRequest request;
@@ -203,14 +179,12 @@ absl::Status RunCircuits(VisualizerClient& client,
                          std::FILE* err) {
   CircuitsClient circuits(client);
   FEATVIZ_ASSIGN_OR_RETURN(v1::Model model, client.GetModel(options.model));
-  FEATVIZ_ASSIGN_OR_RETURN(
-      std::string dataset,
-      PickDataset(circuits, model, options.dataset, /*labelled=*/true));
   v1::FindCircuitRequest request;
   request.set_model(options.model);
   request.set_layer(options.layer);
   request.set_top_k(static_cast<int32_t>(options.top));
-  request.set_dataset(dataset);
+  // Empty: the server takes the one labelled dataset that fits the model.
+  request.set_dataset(options.dataset);
   request.set_examples_per_class(options.examples);
   for (int64_t c : options.classes) request.add_classes(c);
   *request.mutable_render() = BaseRender(options.model, options.steps, options.seed);
@@ -343,12 +317,28 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
         "units)",
         options.layers.empty() ? "" : " among --layers"));
   }
-  absl::StatusOr<std::string> dataset =
-      PickDataset(circuits, model, options.dataset, /*labelled=*/false);
-  if (!dataset.ok() && !options.dataset.empty()) return dataset.status();
-  if (!dataset.ok()) {
-    std::fprintf(err, "atlas: %s; pages will have no dataset examples\n",
-                 std::string(dataset.status().message()).c_str());
+  // The examples' dataset, asked of the server before any render: the one
+  // named, else the one that fits the model (several: the user must name
+  // one; none: the pages go without examples). The pass it makes for the
+  // first layer is cached for the examples below.
+  absl::StatusOr<std::string> dataset;
+  {
+    v1::TopExamplesRequest probe;
+    probe.set_model(options.model);
+    probe.set_layer(layers.front().layer.path());
+    probe.set_dataset(options.dataset);
+    probe.set_top_n(1);
+    absl::StatusOr<v1::TopExamplesResponse> found = circuits.TopExamples(probe);
+    if (found.ok()) {
+      dataset = found->dataset();
+    } else if (options.dataset.empty() &&
+               absl::IsFailedPrecondition(found.status())) {
+      dataset = found.status();
+      std::fprintf(err, "atlas: %s; pages will have no dataset examples\n",
+                   std::string(found.status().message()).c_str());
+    } else {
+      return found.status();
+    }
   }
 
   // Every unit's render, `window` jobs in flight at a time.

@@ -37,6 +37,7 @@
 #include "client/bench.h"
 #include "client/circuits_commands.h"
 #include "client/commands.h"
+#include "client/dataset_commands.h"
 #include "client/multi_render.h"
 #include "client/progress_bar.h"
 #include "client/rpc_commands.h"
@@ -63,8 +64,8 @@ ABSL_FLAG(int64_t, steps, 0, "Optimisation steps; 0: the server's (256)");
 ABSL_FLAG(int64_t, size, 0, "Image side in pixels; 0: the model's input size");
 ABSL_FLAG(std::string, parameterization, "",
           "Parameterisation: fft, pixel or maco; empty: the server's choice "
-          "(MaCo for a gray model on a server hosting one gray dataset, else "
-          "fft) (old name --param)");
+          "(MaCo for a gray model on a server hosting exactly one dataset that "
+          "fits it, else fft) (old name --param)");
 ABSL_FLAG(std::string, maco_dataset, "",
           "MaCo: the hosted dataset whose spectrum magnitude the images keep "
           "('1/f' for the default); empty: the server's choice");
@@ -136,11 +137,14 @@ ABSL_FLAG(int64_t, top_n, 0,
 ABSL_FLAG(int64_t, examples_per_class, 0,
           "circuits: images of each class to score on (64)");
 ABSL_FLAG(std::string, dataset, "",
-          "circuits, atlas: a dataset the server hosts; default: the first "
-          "that fits the model");
+          "circuits, atlas, top, activations, attribute: a dataset the server "
+          "hosts; default: the one whose images fit the model (the server "
+          "refuses to guess between several)");
 ABSL_FLAG(int64_t, examples, 0,
           "deprecated: circuits --examples_per_class, atlas --top_n");
-ABSL_FLAG(std::string, classes, "", "circuits: comma-separated classes; all when empty");
+ABSL_FLAG(std::string, classes, "",
+          "circuits: comma-separated class indices (all when empty); "
+          "dataset upload: comma-separated class names");
 ABSL_FLAG(std::string, layers, "", "atlas: comma-separated layers; all conv and linear when empty");
 ABSL_FLAG(std::string, channels, "",
           "activations, top: comma-separated channels; all when empty");
@@ -184,7 +188,15 @@ jobs:
   jobs [--owner O] [--state S]    the jobs the server knows, newest first
   stats                           queue, worker, cache and job figures
 circuits:
-  datasets                        the datasets the server hosts
+  datasets                        the datasets the server hosts (size, shape,
+                                  classes, who uploaded it, bytes)
+  dataset upload NAME PATH [--classes a,b,...]
+                                  send a dataset (the uploader role): an .npy
+                                  or .npz file, an IDX3 file (labels beside
+                                  it), or a folder of PNGs, one subfolder per
+                                  class (packed as .npz)
+  dataset rm NAME                 delete a dataset you uploaded (admins: any
+                                  uploaded one)
   activations MODEL --layer L     a layer's activations on dataset images
   attribute MODEL 'TARGET' --layer L
                                   L's channels ranked by contribution to TARGET
@@ -559,6 +571,27 @@ Outcome RunDatasetsCommand(const Invocation& in) {
   return Done(RunDatasets(in.client, Json(), stdout));
 }
 
+Outcome RunDatasetCommand(const Invocation& in) {
+  const std::string& action = in.operands[0];
+  if (action == "upload" && in.operands.size() == 3) {
+    DatasetUploadOptions options;
+    options.name = in.operands[1];
+    options.path = in.operands[2];
+    options.class_names = absl::StrSplit(absl::GetFlag(FLAGS_classes), ',',
+                                         absl::SkipWhitespace());
+    return Done(RunDatasetUpload(in.client, options, Json(), stdout));
+  }
+  if (action == "rm" && in.operands.size() == 2) {
+    if (in.args.flags.count("classes") > 0) {
+      return Usage("featviz dataset rm takes no flag --classes");
+    }
+    return Done(RunDatasetRemove(in.client, in.operands[1], Json(), stdout));
+  }
+  return Usage(
+      "usage: featviz dataset upload NAME PATH [--classes a,b,...] | "
+      "featviz dataset rm NAME");
+}
+
 Outcome RunActivationsCommand(const Invocation& in) {
   ActivationsCommandOptions options;
   options.model = in.operands[0];
@@ -726,6 +759,10 @@ const std::vector<Command>& Commands() {
        {"json", "owner", "state"}, RunJobsCommand},
       {"stats", "featviz stats", 0, 0, {"json"}, RunStatsCommand},
       {"datasets", "featviz datasets", 0, 0, {"json"}, RunDatasetsCommand},
+      {"dataset",
+       "featviz dataset upload NAME PATH [--classes a,b,...] | featviz "
+       "dataset rm NAME",
+       2, 3, {"json", "classes"}, RunDatasetCommand},
       {"activations", "featviz activations MODEL --layer L [options]", 1, 1,
        Union(SliceFlags(),
              {"json", "layer", "channels", "npy", "out_dir", "out"}),

@@ -3,6 +3,9 @@
 #include <cmath>
 #include <cstdlib>
 
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "client/proto_convert.h"
 
@@ -35,6 +38,21 @@ json DoubleToJson(double v) {
 }
 
 }  // namespace
+
+absl::StatusOr<json> MessageToJson(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;
+  std::string text;
+  const auto status =
+      google::protobuf::util::MessageToJsonString(message, &text, options);
+  if (!status.ok()) {
+    return absl::InternalError(
+        absl::StrCat("cannot print ", message.GetTypeName(), " as JSON: ",
+                     std::string(status.message())));
+  }
+  return json::parse(text);
+}
 
 double ShortestFloat(float value) {
   if (!std::isfinite(value)) return value;

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "featviz/v1/featviz.pb.h"
+#include "google/protobuf/message.h"
 
 namespace featviz::client {
 
@@ -31,6 +32,12 @@ nlohmann::ordered_json ModelToJson(const featviz::v1::Model& model);
 absl::StatusOr<nlohmann::ordered_json> RenderResultToJson(
     const featviz::v1::RenderResult& result,
     const std::vector<std::string>& class_names = {});
+
+// Any message as JSON with the .proto's field names, defaults included, so
+// that a script finds every field it reads. Internal when protobuf cannot
+// print it.
+absl::StatusOr<nlohmann::ordered_json> MessageToJson(
+    const google::protobuf::Message& message);
 
 // The shortest decimal that reads back to `value` as a float, as a double
 // (0.99f prints as 0.99, not 0.9900000095367432).

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <utility>
 
-#include <google/protobuf/util/json_util.h>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
@@ -30,26 +29,9 @@ void Print(std::FILE* out, const std::string& text) {
   std::fwrite(text.data(), 1, text.size(), out);
 }
 
-// The message as JSON with the .proto's field names, defaults included, so
-// that a script finds every field it reads.
-absl::StatusOr<json> MessageJson(const google::protobuf::Message& message) {
-  google::protobuf::util::JsonPrintOptions options;
-  options.preserve_proto_field_names = true;
-  options.always_print_primitive_fields = true;
-  std::string text;
-  const auto status =
-      google::protobuf::util::MessageToJsonString(message, &text, options);
-  if (!status.ok()) {
-    return absl::InternalError(
-        absl::StrCat("cannot print ", message.GetTypeName(), " as JSON: ",
-                     std::string(status.message())));
-  }
-  return json::parse(text);
-}
-
 absl::Status PrintMessageJson(const google::protobuf::Message& message,
                               std::FILE* out) {
-  FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageJson(message));
+  FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(message));
   Print(out, doc.dump() + "\n");
   return absl::OkStatus();
 }
@@ -66,22 +48,12 @@ std::string FileSafe(const std::string& text) {
   return out;
 }
 
-// The dataset the options name, else the first the server hosts.
-absl::StatusOr<v1::ImageInput> DatasetInput(CircuitsClient& circuits,
-                                            const DatasetSliceOptions& slice) {
+// The images the options name; a slice that names no dataset reads the one
+// the server finds fitting the model (it refuses to guess between several).
+v1::ImageInput DatasetInput(const DatasetSliceOptions& slice) {
   v1::ImageInput input;
   v1::DatasetSlice* d = input.mutable_dataset();
-  if (slice.dataset.empty()) {
-    FEATVIZ_ASSIGN_OR_RETURN(v1::ListDatasetsResponse list,
-                             circuits.ListDatasets());
-    if (list.datasets().empty()) {
-      return absl::FailedPreconditionError(
-          "the server hosts no dataset (start it with --dataset_dir)");
-    }
-    d->set_dataset(list.datasets(0).name());
-  } else {
-    d->set_dataset(slice.dataset);
-  }
+  d->set_dataset(slice.dataset);
   for (int64_t i : slice.indices) d->add_indices(i);
   d->set_start(slice.start);
   d->set_count(slice.count);
@@ -108,7 +80,7 @@ absl::Status RunDatasets(VisualizerClient& client, bool json_out,
   FEATVIZ_ASSIGN_OR_RETURN(v1::ListDatasetsResponse list,
                            circuits.ListDatasets());
   if (json_out) {
-    FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageJson(list));
+    FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(list));
     Print(out, doc["datasets"].dump() + "\n");
     return absl::OkStatus();
   }
@@ -116,9 +88,13 @@ absl::Status RunDatasets(VisualizerClient& client, bool json_out,
   for (const v1::Dataset& d : list.datasets()) {
     rows.push_back({d.name(), absl::StrCat(d.size()),
                     absl::StrJoin(d.image_shape(), "x"),
-                    absl::StrCat(d.class_names_size()), d.source()});
+                    absl::StrCat(d.class_names_size()), d.source(),
+                    d.uploaded() ? d.owner() : "(operator)",
+                    absl::StrCat(d.size_bytes())});
   }
-  Print(out, FormatTable({"name", "size", "image", "classes", "source"}, rows));
+  Print(out, FormatTable({"name", "size", "image", "classes", "source",
+                          "uploaded by", "bytes"},
+                         rows));
   return absl::OkStatus();
 }
 
@@ -128,8 +104,7 @@ absl::Status RunActivations(VisualizerClient& client,
   CircuitsClient circuits(client);
   v1::ComputeActivationsRequest request;
   request.set_model(options.model);
-  FEATVIZ_ASSIGN_OR_RETURN(*request.mutable_input(),
-                           DatasetInput(circuits, options.images));
+  *request.mutable_input() = DatasetInput(options.images);
   v1::LayerChannels* layer = request.add_layers();
   layer->set_layer(options.layer);
   for (int64_t c : options.channels) layer->add_channels(c);
@@ -195,7 +170,9 @@ absl::Status RunActivations(VisualizerClient& client,
   }
   Print(out, absl::StrFormat("%s on %d images of %s, maps %s\n", acts.layer(),
                              std::max(response.indices_size(), 1),
-                             request.input().dataset().dataset(),
+                             request.input().dataset().dataset().empty()
+                                 ? std::string("the dataset that fits")
+                                 : request.input().dataset().dataset(),
                              ShapeToString(acts.maps().shape())));
   Print(out, FormatTable({"channel", "mean", "max", "active"}, rows));
   return absl::OkStatus();
@@ -209,8 +186,7 @@ absl::Status RunAttribute(VisualizerClient& client,
   request.set_model(options.model);
   request.set_target(options.target);
   request.set_layer(options.layer);
-  FEATVIZ_ASSIGN_OR_RETURN(*request.mutable_input(),
-                           DatasetInput(circuits, options.images));
+  *request.mutable_input() = DatasetInput(options.images);
   request.set_gradcam(!options.out_dir.empty());
   request.set_gradcam_png(!options.out_dir.empty());
   FEATVIZ_ASSIGN_OR_RETURN(v1::AttributeResponse response,
@@ -233,7 +209,7 @@ absl::Status RunAttribute(VisualizerClient& client,
     slim.clear_per_image();
     slim.clear_gradcam();
     slim.clear_gradcam_png();
-    FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageJson(slim));
+    FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(slim));
     doc["files"] = std::move(files);
     Print(out, doc.dump() + "\n");
     return absl::OkStatus();
@@ -258,10 +234,7 @@ absl::Status RunTop(VisualizerClient& client, const TopCommandOptions& options,
   request.set_model(options.model);
   request.set_layer(options.layer);
   for (int64_t c : options.channels) request.add_channels(c);
-  DatasetSliceOptions slice;
-  slice.dataset = options.dataset;
-  FEATVIZ_ASSIGN_OR_RETURN(v1::ImageInput input, DatasetInput(circuits, slice));
-  request.set_dataset(input.dataset().dataset());
+  request.set_dataset(options.dataset);
   request.set_top_n(static_cast<int32_t>(options.top_n));
   request.set_png(!options.out_dir.empty());
   FEATVIZ_ASSIGN_OR_RETURN(v1::TopExamplesResponse response,
@@ -332,7 +305,7 @@ absl::Status RunJobs(VisualizerClient& client, const std::string& owner,
   if (json_out) {
     json list = json::array();
     for (const v1::Job& job : jobs) {
-      FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageJson(job));
+      FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(job));
       doc["state"] = StateName(job.state());
       list.push_back(std::move(doc));
     }
@@ -362,7 +335,7 @@ absl::Status RunSubmit(VisualizerClient& client, v1::RenderRequest request,
   request.set_priority(priority);
   FEATVIZ_ASSIGN_OR_RETURN(v1::Job job, client.SubmitJob(request));
   if (json_out) {
-    FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageJson(job));
+    FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(job));
     doc["state"] = StateName(job.state());
     Print(out, doc.dump() + "\n");
     return absl::OkStatus();

@@ -19,12 +19,13 @@
 
 namespace featviz::client {
 
-// `featviz datasets`: name, size, image shape, classes, source.
+// `featviz datasets`: name, size, image shape, classes, source, who
+// uploaded it (or "(operator)"), bytes in the server's memory.
 absl::Status RunDatasets(VisualizerClient& client, bool json, std::FILE* out);
 
 // The images of an analysis: a slice of a hosted dataset.
 struct DatasetSliceOptions {
-  std::string dataset;           // Empty: the first dataset the server hosts.
+  std::string dataset;  // Empty: the one dataset that fits the model.
   std::vector<int64_t> indices;  // These images; else `count` from `start`.
   int64_t start = 0;
   int64_t count = 0;             // 0: the server's (1).
@@ -67,7 +68,7 @@ struct TopCommandOptions {
   std::string model;
   std::string layer;
   std::vector<int64_t> channels;  // Empty: every channel.
-  std::string dataset;            // Empty: the server's first.
+  std::string dataset;  // Empty: the one dataset that fits the model.
   int64_t top_n = 9;              // Dataset examples per unit.
   std::string out_dir;  // DIR/<layer>_<channel>_<rank>.png; empty: none.
   bool json = false;

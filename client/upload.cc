@@ -1,7 +1,5 @@
 #include "client/upload.h"
 
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -12,7 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "client/chunked_send.h"
 #include "client/json.h"
+#include "core/sha256.h"
 
 namespace featviz::client {
 namespace {
@@ -27,20 +27,6 @@ absl::StatusOr<std::string> ReadAll(const std::string& path,
   std::stringstream bytes;
   bytes << in.rdbuf();
   return bytes.str();
-}
-
-std::string Sha256Hex(const std::string& bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(),
-             nullptr);
-  static const char kHex[] = "0123456789abcdef";
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) {
-    hex.push_back(kHex[digest[i] >> 4]);
-    hex.push_back(kHex[digest[i] & 15]);
-  }
-  return hex;
 }
 
 }  // namespace
@@ -85,28 +71,12 @@ absl::StatusOr<v1::Model> UploadModel(VisualizerClient& client,
   v1::UploadModelResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::UploadModelRequest>> writer =
       stub->UploadModel(&context, &response);
-  v1::UploadModelRequest request;
-  v1::UploadModelRequest::Header* header = request.mutable_header();
-  header->set_name(name);
-  header->set_size_bytes(static_cast<int64_t>(model->size()));
-  header->set_sha256(Sha256Hex(*model));
-  header->set_card_json(card);
-  const int64_t chunk = std::max<int64_t>(1, options.chunk_bytes);
-  size_t offset = 0;
-  bool first = true;
-  // The header travels with the first chunk; a write fails once the server
-  // has refused, and Finish then says why.
-  while (first || offset < model->size()) {
-    const size_t n = std::min<size_t>(chunk, model->size() - offset);
-    request.set_chunk(model->substr(offset, n));
-    offset += n;
-    if (!writer->Write(request)) break;
-    if (first) {
-      request.clear_header();
-      first = false;
-    }
-  }
-  writer->WritesDone();
+  v1::UploadModelRequest::Header header;
+  header.set_name(name);
+  header.set_size_bytes(static_cast<int64_t>(model->size()));
+  header.set_sha256(core::Sha256Hex(*model));
+  header.set_card_json(card);
+  SendChunks(*writer, header, *model, options.chunk_bytes);
   const grpc::Status status = writer->Finish();
   if (!status.ok()) {
     return absl::Status(

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "core/dataset_files.h"
 #include "core/image.h"
 #include "core/mnist.h"
 #include "spdlog/spdlog.h"
@@ -31,9 +32,11 @@ std::vector<fs::path> SortedEntries(const fs::path& dir,
   return out;
 }
 
+// Directories, but not hidden ones: uploads stage under ".uploads".
 bool IsDirectory(const fs::directory_entry& entry) {
   std::error_code error;
-  return fs::is_directory(entry.path(), error);
+  return fs::is_directory(entry.path(), error) &&
+         !absl::StartsWith(entry.path().filename().string(), ".");
 }
 
 bool IsPng(const fs::directory_entry& entry) {
@@ -147,11 +150,12 @@ absl::StatusOr<DatasetPtr> LoadPngs(const fs::path& dir, std::string name) {
 }
 
 void LogLoaded(const Dataset& d) {
-  spdlog::info("dataset {}: {} images {}x{}x{} ({}{})", d.name, d.size(),
+  spdlog::info("dataset {}: {} images {}x{}x{} ({}{}{})", d.name, d.size(),
                d.images.size(1), d.images.size(2), d.images.size(3), d.source,
                d.labelled()
                    ? absl::StrCat(", ", d.class_names.size(), " classes")
-                   : std::string(", unlabelled"));
+                   : std::string(", unlabelled"),
+               d.uploaded ? absl::StrCat(", uploaded by ", d.owner) : "");
 }
 
 }  // namespace
@@ -172,9 +176,14 @@ absl::StatusOr<DatasetPtr> LoadDataset(const std::string& dir,
     return absl::NotFoundError(
         absl::StrCat("dataset directory ", dir, " does not exist"));
   }
+  if (IsArrayDatasetDir(dir)) return ReadDatasetDir(dir, std::move(name));
   std::vector<fs::path> idx = SortedEntries(dir, IsIdxImages);
   if (!idx.empty()) return LoadIdx(idx.front(), std::move(name));
   return LoadPngs(dir, std::move(name));
+}
+
+bool HoldsOneDataset(const std::string& dir) {
+  return IsArrayDatasetDir(dir) || !SortedEntries(dir, IsIdxImages).empty();
 }
 
 absl::StatusOr<std::vector<DatasetPtr>> LoadDatasetDir(const std::string& dir) {
@@ -184,8 +193,7 @@ absl::StatusOr<std::vector<DatasetPtr>> LoadDatasetDir(const std::string& dir) {
         absl::StrCat("dataset directory ", dir, " does not exist"));
   }
   std::vector<DatasetPtr> out;
-  // The directory itself is one dataset when it holds IDX files.
-  if (!SortedEntries(dir, IsIdxImages).empty()) {
+  if (HoldsOneDataset(dir)) {
     const std::string name =
         fs::weakly_canonical(fs::path(dir)).filename().string();
     absl::StatusOr<DatasetPtr> dataset = LoadDataset(dir, name);

@@ -649,13 +649,16 @@ absl::StatusOr<std::string> EncodeNpy(const at::Tensor& tensor) {
     case at::kLong:
       descr = "<i8";
       break;
+    case at::kInt:
+      descr = "<i4";
+      break;
     case at::kByte:
       descr = "|u1";
       break;
     default:
       return absl::InvalidArgumentError(absl::StrCat(
           "cannot write a ", c10::toString(tensor.scalar_type()),
-          " tensor as .npy; supported: Float, Double, Long, Byte"));
+          " tensor as .npy; supported: Float, Double, Long, Int, Byte"));
   }
   // Python tuple syntax: a 1-tuple needs its trailing comma.
   std::string shape = absl::StrCat("(", absl::StrJoin(tensor.sizes(), ", "),

@@ -44,7 +44,8 @@ struct GridOptions {
 absl::StatusOr<at::Tensor> MakeGrid(const at::Tensor& images,
                                     const GridOptions& options = {});
 
-// NumPy .npy (format 1.0, little-endian float32/float64/int64/uint8, C order).
+// NumPy .npy (format 1.0, little-endian float32/float64/int64/int32/uint8, C
+// order).
 absl::StatusOr<std::string> EncodeNpy(const at::Tensor& tensor);
 absl::Status WriteNpy(const at::Tensor& tensor, const std::string& path);
 

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "core/zip.h"
 
 namespace featviz::core {
 namespace {
@@ -29,10 +30,62 @@ absl::StatusOr<std::string> ReadMaybeGzipped(const std::string& path) {
   return out;
 }
 
-uint32_t BigEndian32(const std::string& bytes, size_t offset) {
+uint32_t BigEndian32(absl::string_view bytes, size_t offset) {
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data()) + offset;
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) |
          (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+}
+
+// An IDX3 file's bytes (not gzip'd) as [N, 1, H, W] uint8.
+absl::StatusOr<at::Tensor> ParseIdxImages(absl::string_view bytes,
+                                          absl::string_view what) {
+  if (bytes.size() < 16 || BigEndian32(bytes, 0) != 0x803) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " is not an IDX3 image file (magic 0x00000803)"));
+  }
+  const int64_t n = BigEndian32(bytes, 4);
+  const int64_t h = BigEndian32(bytes, 8);
+  const int64_t w = BigEndian32(bytes, 12);
+  if (h <= 0 || w <= 0 || h > 4096 || w > 4096 ||
+      static_cast<int64_t>(bytes.size()) != 16 + n * h * w) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": header says ", n, "x", h, "x", w, " but the file holds ",
+        bytes.size() - 16, " pixel bytes"));
+  }
+  at::Tensor pixels = at::empty({n, 1, h, w}, at::kByte);
+  std::memcpy(pixels.data_ptr<uint8_t>(), bytes.data() + 16, n * h * w);
+  return pixels;
+}
+
+// An IDX1 file's bytes (not gzip'd) as [N] int64.
+absl::StatusOr<at::Tensor> ParseIdxLabels(absl::string_view bytes,
+                                          absl::string_view what) {
+  if (bytes.size() < 8 || BigEndian32(bytes, 0) != 0x801) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " is not an IDX1 label file (magic 0x00000801)"));
+  }
+  const int64_t n = BigEndian32(bytes, 4);
+  if (static_cast<int64_t>(bytes.size()) != 8 + n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": header says ", n, " labels but the file holds ",
+                     bytes.size() - 8));
+  }
+  at::Tensor labels = at::empty({n}, at::kByte);
+  std::memcpy(labels.data_ptr<uint8_t>(), bytes.data() + 8, n);
+  return labels.to(at::kLong);
+}
+
+// `bytes` gunzipped when they are gzip'd.
+absl::StatusOr<std::string> MaybeGunzip(absl::string_view bytes,
+                                        absl::string_view what,
+                                        int64_t max_bytes) {
+  if (!IsGzip(bytes)) return std::string(bytes);
+  absl::StatusOr<std::string> plain = Gunzip(bytes, max_bytes);
+  if (!plain.ok()) {
+    return absl::Status(plain.status().code(),
+                        absl::StrCat(what, ": ", plain.status().message()));
+  }
+  return plain;
 }
 
 }  // namespace
@@ -40,40 +93,31 @@ uint32_t BigEndian32(const std::string& bytes, size_t offset) {
 absl::StatusOr<at::Tensor> ReadIdxImages(const std::string& path) {
   absl::StatusOr<std::string> bytes = ReadMaybeGzipped(path);
   if (!bytes.ok()) return bytes.status();
-  if (bytes->size() < 16 || BigEndian32(*bytes, 0) != 0x803) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " is not an IDX3 image file"));
-  }
-  const int64_t n = BigEndian32(*bytes, 4);
-  const int64_t h = BigEndian32(*bytes, 8);
-  const int64_t w = BigEndian32(*bytes, 12);
-  if (h <= 0 || w <= 0 || h > 4096 || w > 4096 ||
-      static_cast<int64_t>(bytes->size()) != 16 + n * h * w) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": header says ", n, "x", h, "x", w, " but the file holds ",
-        bytes->size() - 16, " pixel bytes"));
-  }
-  at::Tensor pixels = at::empty({n, 1, h, w}, at::kByte);
-  std::memcpy(pixels.data_ptr<uint8_t>(), bytes->data() + 16, n * h * w);
-  return pixels.to(at::kFloat) / 255.0;
+  absl::StatusOr<at::Tensor> pixels = ParseIdxImages(*bytes, path);
+  if (!pixels.ok()) return pixels.status();
+  return pixels->to(at::kFloat) / 255.0;
 }
 
 absl::StatusOr<at::Tensor> ReadIdxLabels(const std::string& path) {
   absl::StatusOr<std::string> bytes = ReadMaybeGzipped(path);
   if (!bytes.ok()) return bytes.status();
-  if (bytes->size() < 8 || BigEndian32(*bytes, 0) != 0x801) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, " is not an IDX1 label file"));
-  }
-  const int64_t n = BigEndian32(*bytes, 4);
-  if (static_cast<int64_t>(bytes->size()) != 8 + n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": header says ", n, " labels but the file holds ",
-                     bytes->size() - 8));
-  }
-  at::Tensor labels = at::empty({n}, at::kByte);
-  std::memcpy(labels.data_ptr<uint8_t>(), bytes->data() + 8, n);
-  return labels.to(at::kLong);
+  return ParseIdxLabels(*bytes, path);
+}
+
+absl::StatusOr<at::Tensor> DecodeIdxImages(absl::string_view bytes,
+                                           absl::string_view what,
+                                           int64_t max_bytes) {
+  absl::StatusOr<std::string> plain = MaybeGunzip(bytes, what, max_bytes);
+  if (!plain.ok()) return plain.status();
+  return ParseIdxImages(*plain, what);
+}
+
+absl::StatusOr<at::Tensor> DecodeIdxLabels(absl::string_view bytes,
+                                           absl::string_view what,
+                                           int64_t max_bytes) {
+  absl::StatusOr<std::string> plain = MaybeGunzip(bytes, what, max_bytes);
+  if (!plain.ok()) return plain.status();
+  return ParseIdxLabels(*plain, what);
 }
 
 absl::StatusOr<LabelledImages> LoadMnistTestSet(const std::string& dir) {

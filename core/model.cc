@@ -1,6 +1,5 @@
 #include "core/model.h"
 
-#include <openssl/evp.h>
 #include <torch/csrc/api/include/torch/jit.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
@@ -22,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "core/sha256.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "spdlog/spdlog.h"
@@ -305,20 +305,6 @@ std::optional<at::Tensor> TakeTap(const c10::IValue& list) {
   const c10::IValue last = calls.get(calls.size() - 1);
   if (!last.isTensor()) return std::nullopt;
   return last.toTensor();
-}
-
-std::string Sha256Hex(const std::string& bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(),
-             nullptr);
-  static const char kHex[] = "0123456789abcdef";
-  std::string hex;
-  for (unsigned int i = 0; i < length; ++i) {
-    hex.push_back(kHex[digest[i] >> 4]);
-    hex.push_back(kHex[digest[i] & 15]);
-  }
-  return hex;
 }
 
 // Modules whose rank-3 output is channels first, [B, C, L]; every other

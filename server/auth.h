@@ -10,8 +10,9 @@
 //
 // A token is 16 to 512 printable characters without spaces; names are
 // [A-Za-z0-9._@-]+; roles are `user`, `uploader` (a user who may also send
-// models with UploadModel, up to max_upload_bytes in all while the server
-// runs) and `admin` (everything, uploads included). A quota left out is not
+// models with UploadModel and datasets with UploadDataset, up to
+// max_upload_bytes in all while the server runs, and delete its own
+// datasets) and `admin` (everything, uploads included). A quota left out is not
 // limited. Clients send "authorization: Bearer <token>" metadata.
 //
 // Every RPC is authorised at the top of its handler (Authorizer::Authorize):
@@ -47,7 +48,8 @@ struct Quotas {
   std::optional<int64_t> max_queued;       // Jobs waiting for a worker.
   std::optional<int64_t> max_running;      // Jobs running at once.
   std::optional<int64_t> max_image_steps;  // images x steps of one job.
-  // Bytes of model files this client may upload while the server runs.
+  // Bytes of model files and datasets this client may upload while the
+  // server runs.
   std::optional<int64_t> max_upload_bytes;
 };
 
@@ -72,7 +74,8 @@ absl::StatusOr<TokenTable> ReadTokensFile(const std::string& path);
 
 // The role a full method name ("/featviz.v1.Visualizer/Render") needs:
 // health checks are public, the three model administration RPCs need an
-// admin, UploadModel an uploader (or admin), every other featviz.v1 and
+// admin, UploadModel, UploadDataset and DeleteDataset an uploader (or
+// admin; DeleteDataset then checks the owner), every other featviz.v1 and
 // reflection method a user; a method the table does not know needs an admin.
 Role RequiredRole(absl::string_view method);
 // Every method the table names, with its role (for tests and docs).

@@ -43,31 +43,19 @@ ResolvedImages Gather(const core::Dataset& dataset,
 
 }  // namespace
 
-DatasetIndex::DatasetIndex(std::vector<core::DatasetPtr> datasets) {
-  for (core::DatasetPtr& dataset : datasets) {
-    const std::string name = dataset->name;
-    datasets_.emplace(name, std::move(dataset));
-  }
-}
-
-absl::StatusOr<core::DatasetPtr> DatasetIndex::Find(
-    absl::string_view name) const {
-  auto it = datasets_.find(name);
-  if (it != datasets_.end()) return it->second;
-  // A server with one dataset needs no name.
-  if (name.empty() && datasets_.size() == 1) return datasets_.begin()->second;
-  std::vector<std::string> names;
-  for (const auto& [n, d] : datasets_) names.push_back(n);
-  return absl::NotFoundError(absl::StrCat(
-      "dataset '", name, "' is not hosted here; ",
-      names.empty() ? "no datasets are hosted (start the server with "
-                      "--dataset_dir)"
-                    : absl::StrCat("datasets are: ", absl::StrJoin(names, ", "))));
+DatasetNeed NeedOf(const core::Model& model) {
+  const core::ModelCard& card = model.card();
+  DatasetNeed need;
+  need.model = card.name;
+  need.channels = card.channels;
+  need.height = card.height;
+  need.width = card.width;
+  return need;
 }
 
 absl::StatusOr<ResolvedImages> ResolveImages(const v1::ImageInput& input,
                                              const core::Model& model,
-                                             const DatasetIndex& datasets,
+                                             const DatasetRegistry& datasets,
                                              int64_t max_images,
                                              absl::string_view field) {
   ResolvedImages out;
@@ -94,11 +82,10 @@ absl::StatusOr<ResolvedImages> ResolveImages(const v1::ImageInput& input,
     case v1::ImageInput::kDataset: {
       const v1::DatasetSlice& slice = input.dataset();
       const std::string slice_field = absl::StrCat(field, ".dataset");
-      absl::StatusOr<core::DatasetPtr> found = datasets.Find(slice.dataset());
-      if (!found.ok()) {
-        return Prefixed(absl::StrCat(slice_field, ".dataset"), found.status());
-      }
-      const core::DatasetPtr dataset = *std::move(found);
+      FEATVIZ_ASSIGN_OR_RETURN(
+          const core::DatasetPtr dataset,
+          datasets.Pick(slice.dataset(), NeedOf(model),
+                        absl::StrCat(slice_field, ".dataset")));
       FEATVIZ_RETURN_IF_ERROR(DatasetFitsModel(*dataset, model, slice_field));
       std::vector<int64_t> indices;
       if (slice.indices_size() > 0) {
@@ -184,6 +171,9 @@ v1::Dataset DatasetToProto(const core::Dataset& dataset) {
         (dataset.labels == static_cast<int64_t>(c)).sum().item<int64_t>());
   }
   out.set_source(dataset.source);
+  out.set_owner(dataset.owner);
+  out.set_uploaded(dataset.uploaded);
+  out.set_size_bytes(dataset.bytes());
   return out;
 }
 

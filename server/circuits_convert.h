@@ -6,7 +6,6 @@
 #define FEATVIZ_SERVER_CIRCUITS_CONVERT_H_
 
 #include <cstdint>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -18,23 +17,12 @@
 #include "core/dataset.h"
 #include "core/model.h"
 #include "featviz/v1/circuits.pb.h"
+#include "server/dataset_registry.h"
 
 namespace featviz::server {
 
-// The datasets a server hosts, by name; immutable after construction.
-class DatasetIndex {
- public:
-  explicit DatasetIndex(std::vector<core::DatasetPtr> datasets);
-  // The dataset `name`, or the only one when `name` is empty and the server
-  // hosts exactly one; NotFound naming `name` and the hosted datasets.
-  absl::StatusOr<core::DatasetPtr> Find(absl::string_view name) const;
-  const std::map<std::string, core::DatasetPtr, std::less<>>& all() const {
-    return datasets_;
-  }
-
- private:
-  std::map<std::string, core::DatasetPtr, std::less<>> datasets_;
-};
+// What fits `model`'s input: its [C, H, W] exactly.
+DatasetNeed NeedOf(const core::Model& model);
 
 // Images an analysis runs on, with where they came from.
 struct ResolvedImages {
@@ -43,13 +31,16 @@ struct ResolvedImages {
   std::vector<int64_t> labels;   // Their labels; empty for client images.
 };
 
-// `input` as images `model` takes, at most `max_images` of them. `field`
-// prefixes error messages ("input"). NotFound: unknown dataset;
-// OutOfRange: an index or range outside the dataset (or its class);
-// InvalidArgument: no source, wrong shape, too many images.
+// `input` as images `model` takes, at most `max_images` of them; a slice
+// that names no dataset reads the one that fits the model
+// (DatasetRegistry::Pick). `field` prefixes error messages ("input").
+// NotFound: unknown dataset; OutOfRange: an index or range outside the
+// dataset (or its class); FailedPrecondition: no dataset named and none
+// fits; InvalidArgument: no source, wrong shape, too many images, several
+// datasets fit.
 absl::StatusOr<ResolvedImages> ResolveImages(const v1::ImageInput& input,
                                              const core::Model& model,
-                                             const DatasetIndex& datasets,
+                                             const DatasetRegistry& datasets,
                                              int64_t max_images,
                                              absl::string_view field);
 

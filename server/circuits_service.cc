@@ -11,6 +11,7 @@
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "server/convert.h"
+#include "server/dataset_upload.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -40,41 +41,59 @@ absl::StatusOr<core::LayerInfo> LayerWithChannels(const core::Model& model,
 }  // namespace
 
 absl::StatusOr<CircuitsServicePtr> CircuitsService::Create(
-    const ModelRegistry* models, std::vector<core::DatasetPtr> datasets,
-    SubmitFn submit, const Limits& render_limits, const CircuitLimits& limits,
-    const Authenticator* authenticator) {
-  if (models == nullptr || !submit) {
-    return absl::InvalidArgumentError("circuits: models and submit are needed");
+    const ModelRegistry* models, DatasetRegistry* datasets, SubmitFn submit,
+    const Limits& render_limits, const CircuitLimits& limits,
+    const Authenticator* authenticator, UploadLedger* uploads) {
+  if (models == nullptr || datasets == nullptr || !submit) {
+    return absl::InvalidArgumentError(
+        "circuits: models, datasets and submit are needed");
   }
   if (limits.max_pending < 1 || limits.max_images < 1 || limits.max_top_n < 1 ||
-      limits.cache_entries < 1) {
+      limits.cache_entries < 1 || limits.max_dataset_bytes < 1) {
     return absl::InvalidArgumentError("circuits: limits must be positive");
   }
   return CircuitsServicePtr(
-      new CircuitsService(models, std::move(datasets), std::move(submit),
-                          render_limits, limits, authenticator));
+      new CircuitsService(models, datasets, std::move(submit), render_limits,
+                          limits, authenticator, uploads));
 }
 
 CircuitsService::CircuitsService(const ModelRegistry* models,
-                                 std::vector<core::DatasetPtr> datasets,
-                                 SubmitFn submit, const Limits& render_limits,
+                                 DatasetRegistry* datasets, SubmitFn submit,
+                                 const Limits& render_limits,
                                  const CircuitLimits& limits,
-                                 const Authenticator* authenticator)
+                                 const Authenticator* authenticator,
+                                 UploadLedger* uploads)
     : models_(models),
-      datasets_(std::move(datasets)),
+      datasets_(datasets),
       submit_(std::move(submit)),
       auth_(authenticator != nullptr ? *authenticator : open_access_),
       render_limits_(render_limits),
       limits_(limits),
+      uploads_(uploads != nullptr ? *uploads : own_uploads_),
       thread_([this] { AnalysisLoop(); }) {}
 
 CircuitsService::~CircuitsService() {
   Shutdown();
+  thread_.join();
+}
+
+void CircuitsService::RunDetached(std::function<void()> work) {
+  bool here = false;
   {
     absl::MutexLock lock(&mu_);
-    stopping_ = true;
+    here = stopping_;
+    if (!here) ++detached_;
   }
-  thread_.join();
+  if (here) {
+    // Shutdown no longer waits for threads: the work runs on this one.
+    work();
+    return;
+  }
+  std::thread([this, work = std::move(work)] {
+    work();
+    absl::MutexLock lock(&mu_);
+    --detached_;
+  }).detach();
 }
 
 void CircuitsService::Shutdown() {
@@ -89,6 +108,14 @@ void CircuitsService::Shutdown() {
         grpc::StatusCode::UNAVAILABLE,
         "the server is shutting down; the analysis had not started"));
   }
+  // Uploads and deletions in progress end on their own (they point back at
+  // the service and finish their calls).
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](CircuitsService* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+        return s->detached_ == 0;
+      },
+      this));
 }
 
 absl::Status CircuitsService::Authorize(grpc::CallbackServerContext* context,
@@ -160,10 +187,69 @@ grpc::ServerUnaryReactor* CircuitsService::ListDatasets(
     reactor->Finish(ToGrpcStatus(allowed));
     return reactor;
   }
-  for (const auto& [name, dataset] : datasets_.all()) {
+  for (const core::DatasetPtr& dataset : datasets_->List()) {
     *response->add_datasets() = DatasetToProto(*dataset);
   }
   reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerReadReactor<v1::UploadDatasetRequest>*
+CircuitsService::UploadDataset(grpc::CallbackServerContext* context,
+                               v1::Dataset* response) {
+  absl::StatusOr<Identity> caller = auth_.Authenticate(
+      context, "/featviz.v1.Circuits/UploadDataset");
+  absl::Status refused = caller.status();
+  if (refused.ok()) {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) refused = absl::UnavailableError("server is shutting down");
+  }
+  DatasetUploadContext upload;
+  upload.datasets = datasets_;
+  upload.ledger = &uploads_;
+  upload.max_bytes = limits_.max_dataset_bytes;
+  upload.run_detached = [this](std::function<void()> work) {
+    RunDetached(std::move(work));
+  };
+  return StartDatasetUpload(std::move(upload),
+                            caller.ok() ? *caller : Identity{},
+                            context->peer(), response, refused);
+}
+
+grpc::ServerUnaryReactor* CircuitsService::DeleteDataset(
+    grpc::CallbackServerContext* context,
+    const v1::DeleteDatasetRequest* request,
+    v1::DeleteDatasetResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Identity> caller = auth_.Authenticate(
+      context, "/featviz.v1.Circuits/DeleteDataset");
+  if (!caller.ok()) {
+    reactor->Finish(ToGrpcStatus(caller.status()));
+    return reactor;
+  }
+  if (request->name().empty()) {
+    reactor->Finish(ToGrpcStatus(absl::InvalidArgumentError(
+        "DeleteDataset: name must name an uploaded dataset, got ''")));
+    return reactor;
+  }
+  // Removing the files may take a while: not on gRPC's thread.
+  RunDetached([this, reactor, request, response, caller = *caller,
+               peer = context->peer()] {
+    absl::StatusOr<core::DatasetPtr> removed =
+        datasets_->Remove(request->name(), caller.name, caller.admin());
+    absl::Status status = removed.status();
+    if (removed.ok()) {
+      *response->mutable_dataset() = DatasetToProto(**removed);
+    } else {
+      status = Prefixed("DeleteDataset", status);
+    }
+    spdlog::info("DeleteDataset client={} peer={} name={} outcome={}{}",
+                 caller.name, peer, request->name(),
+                 absl::StatusCodeToString(status.code()),
+                 status.ok() ? ""
+                             : absl::StrCat(" (", status.message(), ")"));
+    reactor->Finish(ToGrpcStatus(status));
+  });
   return reactor;
 }
 
@@ -218,7 +304,7 @@ absl::Status CircuitsService::DoComputeActivations(
   }
   FEATVIZ_ASSIGN_OR_RETURN(
       ResolvedImages input,
-      ResolveImages(request.input(), *model, datasets_, limits_.max_images,
+      ResolveImages(request.input(), *model, *datasets_, limits_.max_images,
                     "input"));
   absl::StatusOr<std::vector<core::LayerActivations>> maps =
       core::ComputeActivations(*model, input.images, layers);
@@ -246,7 +332,7 @@ absl::Status CircuitsService::DoAttribute(const v1::AttributeRequest& request,
   if (!layer.ok()) return Prefixed("layer", layer.status());
   FEATVIZ_ASSIGN_OR_RETURN(
       ResolvedImages input,
-      ResolveImages(request.input(), *model, datasets_, limits_.max_images,
+      ResolveImages(request.input(), *model, *datasets_, limits_.max_images,
                     "input"));
   absl::StatusOr<core::Attribution> attribution =
       core::Attribute(*model, *target, request.layer(), input.images,
@@ -275,13 +361,18 @@ absl::Status CircuitsService::DoFindCircuit(
   const core::Model* model = held.get();
   FEATVIZ_ASSIGN_OR_RETURN(const core::LayerInfo layer,
                            LayerWithChannels(*model, request.layer()));
-  absl::StatusOr<core::DatasetPtr> dataset = datasets_.Find(request.dataset());
-  if (!dataset.ok()) return Prefixed("dataset", dataset.status());
+  DatasetNeed need = NeedOf(*model);
+  need.labelled = true;
+  absl::StatusOr<core::DatasetPtr> dataset =
+      datasets_->Pick(request.dataset(), need, "dataset");
+  if (!dataset.ok()) return dataset.status();
   if (!(*dataset)->labelled()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "dataset: ", request.dataset(),
         " has no labels; circuits score channels on images of each class"));
   }
+  FEATVIZ_RETURN_IF_ERROR(
+      Prefixed("dataset", core::CheckImagesFit(*model, (*dataset)->images)));
   const int64_t classes = model->shape().num_classes;
   std::vector<int64_t> wanted = Int64s(request.classes());
   if (wanted.empty()) {
@@ -339,7 +430,7 @@ absl::Status CircuitsService::DoFindCircuit(
     const ResolvedImages images = ClassImages(**dataset, c, per_class);
     if (images.indices.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "dataset: ", request.dataset(), " has no images of class ", c));
+          "dataset: ", (*dataset)->name, " has no images of class ", c));
     }
     absl::StatusOr<core::ClassDetectors> found = core::FindDetectors(
         *model, images.images, c, request.layer(), k);
@@ -388,23 +479,26 @@ absl::Status CircuitsService::DoFindCircuit(
 }
 
 absl::StatusOr<at::Tensor> CircuitsService::CachedUnitValues(
-    const core::Model& model, const core::Dataset& dataset,
+    const core::Model& model, const core::DatasetPtr& dataset,
     const std::string& layer, bool& cached) {
   const std::string key =
       absl::StrCat(model.content_hash().empty() ? model.card().name
                                                 : model.content_hash(),
-                   "\n", dataset.name, "\n", layer);
+                   "\n", dataset->name, "\n", layer);
   for (auto it = cache_.begin(); it != cache_.end(); ++it) {
-    if (it->first == key) {
-      cache_.splice(cache_.begin(), cache_, it);
-      cached = true;
-      return cache_.front().second;
+    if (it->key != key) continue;
+    if (it->dataset.lock() != dataset) {
+      cache_.erase(it);  // A dataset since deleted (or replaced).
+      break;
     }
+    cache_.splice(cache_.begin(), cache_, it);
+    cached = true;
+    return cache_.front().values;
   }
   cached = false;
   FEATVIZ_ASSIGN_OR_RETURN(at::Tensor values,
-                           core::UnitValues(model, dataset.images, layer));
-  cache_.emplace_front(key, values);
+                           core::UnitValues(model, dataset->images, layer));
+  cache_.push_front({key, dataset, values});
   while (static_cast<int64_t>(cache_.size()) > limits_.cache_entries) {
     cache_.pop_back();
   }
@@ -431,15 +525,16 @@ absl::Status CircuitsService::DoTopExamples(
     return absl::InvalidArgumentError(absl::StrCat(
         "top_n must be in [1, ", limits_.max_top_n, "], got ", request.top_n()));
   }
-  absl::StatusOr<core::DatasetPtr> dataset = datasets_.Find(request.dataset());
-  if (!dataset.ok()) return Prefixed("dataset", dataset.status());
+  absl::StatusOr<core::DatasetPtr> dataset =
+      datasets_->Pick(request.dataset(), NeedOf(*model), "dataset");
+  if (!dataset.ok()) return dataset.status();
   const at::Tensor images = (*dataset)->images;
   FEATVIZ_RETURN_IF_ERROR(
       Prefixed("dataset", core::CheckImagesFit(*model, images)));
   bool cached = false;
   FEATVIZ_ASSIGN_OR_RETURN(
       at::Tensor values,
-      CachedUnitValues(*model, **dataset, request.layer(), cached));
+      CachedUnitValues(*model, *dataset, request.layer(), cached));
   FEATVIZ_ASSIGN_OR_RETURN(
       std::vector<core::TopUnitExamples> top,
       core::TopUnits(values, Int64s(request.channels()), n));

@@ -1,10 +1,12 @@
-// The featviz.v1.Circuits service: datasets, activation maps, attribution,
-// detector circuits and top dataset examples (see proto/featviz/v1/
-// circuits.proto). Analyses are forward/backward passes over real images;
-// they run one at a time on the service's own analysis thread (not on gRPC's
-// callback threads), on the first device's models, and a bounded number may
-// wait. The renders of FindCircuit go through the Visualizer's job engine
-// like any other job, so they batch with everyone else's.
+// The featviz.v1.Circuits service: datasets (listed, uploaded, deleted),
+// activation maps, attribution, detector circuits and top dataset examples
+// (see proto/featviz/v1/circuits.proto). Analyses are forward/backward
+// passes over real images; they run one at a time on the service's own
+// analysis thread (not on gRPC's callback threads), on the first device's
+// models, and a bounded number may wait. The renders of FindCircuit go
+// through the Visualizer's job engine like any other job, so they batch
+// with everyone else's. Uploads are decoded, and deletions remove files, on
+// threads of their own (dataset_upload.h).
 #ifndef FEATVIZ_SERVER_CIRCUITS_SERVICE_H_
 #define FEATVIZ_SERVER_CIRCUITS_SERVICE_H_
 
@@ -28,8 +30,10 @@
 #include "featviz/v1/circuits.grpc.pb.h"
 #include "server/authenticator.h"
 #include "server/circuits_convert.h"
+#include "server/dataset_registry.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
+#include "server/upload_ledger.h"
 
 namespace featviz::server {
 
@@ -44,6 +48,9 @@ struct CircuitLimits {
   int64_t max_top_n = 100;
   // (model, dataset, layer) passes TopExamples keeps.
   int64_t cache_entries = 32;
+  // Largest dataset UploadDataset accepts, in bytes (256 MiB;
+  // --max_dataset_bytes).
+  int64_t max_dataset_bytes = int64_t{256} << 20;
 };
 
 class CircuitsService;
@@ -55,19 +62,23 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   using SubmitFn = std::function<absl::StatusOr<v1::Job>(
       grpc::CallbackServerContext* context, const v1::RenderRequest& request)>;
 
-  // Serves analyses of `models` on `datasets`. `render_limits` checks
-  // FindCircuit's render settings before anything is queued; `submit`
-  // queues them. `authenticator` checks every call's caller
-  // ("/featviz.v1.Circuits/Method") before any work: UNAUTHENTICATED or
-  // PERMISSION_DENIED end the call; null lets every caller in. It must
-  // outlive the service. Starts the analysis thread.
+  // Serves analyses of `models` on `datasets`, whose uploads and deletions
+  // it also serves. `render_limits` checks FindCircuit's render settings
+  // before anything is queued; `submit` queues them. `authenticator` checks
+  // every call's caller ("/featviz.v1.Circuits/Method") before any work:
+  // UNAUTHENTICATED or PERMISSION_DENIED end the call; null lets every
+  // caller in. `uploads` books uploaded bytes against each client's
+  // max_upload_bytes (share the Visualizer's, so that models and datasets
+  // count together); null: a ledger of the service's own. Everything given
+  // by pointer must outlive the service. Starts the analysis thread.
   static absl::StatusOr<CircuitsServicePtr> Create(
-      const ModelRegistry* models, std::vector<core::DatasetPtr> datasets,
-      SubmitFn submit, const Limits& render_limits,
-      const CircuitLimits& limits = {},
-      const Authenticator* authenticator = nullptr);
+      const ModelRegistry* models, DatasetRegistry* datasets, SubmitFn submit,
+      const Limits& render_limits, const CircuitLimits& limits = {},
+      const Authenticator* authenticator = nullptr,
+      UploadLedger* uploads = nullptr);
 
-  // Stops the analysis thread; analyses still waiting end UNAVAILABLE.
+  // Stops the analysis thread (analyses still waiting end UNAVAILABLE) and
+  // waits for uploads and deletions in progress.
   ~CircuitsService() override;
 
   CircuitsService(const CircuitsService&) = delete;
@@ -93,15 +104,26 @@ class CircuitsService final : public v1::Circuits::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::TopExamplesRequest* request,
       v1::TopExamplesResponse* response) override;
+  grpc::ServerReadReactor<v1::UploadDatasetRequest>* UploadDataset(
+      grpc::CallbackServerContext* context, v1::Dataset* response) override;
+  grpc::ServerUnaryReactor* DeleteDataset(
+      grpc::CallbackServerContext* context,
+      const v1::DeleteDatasetRequest* request,
+      v1::DeleteDatasetResponse* response) override;
 
-  // Refuses new analyses with UNAVAILABLE and ends the waiting ones so.
+  // Refuses new analyses and uploads with UNAVAILABLE and ends the waiting
+  // analyses so.
   void Shutdown();
 
  private:
-  CircuitsService(const ModelRegistry* models,
-                  std::vector<core::DatasetPtr> datasets, SubmitFn submit,
-                  const Limits& render_limits, const CircuitLimits& limits,
-                  const Authenticator* authenticator);
+  CircuitsService(const ModelRegistry* models, DatasetRegistry* datasets,
+                  SubmitFn submit, const Limits& render_limits,
+                  const CircuitLimits& limits,
+                  const Authenticator* authenticator, UploadLedger* uploads);
+
+  // Runs `work` on a thread of its own, counted so that the destructor
+  // waits for it.
+  void RunDetached(std::function<void()> work);
 
   // Runs `work` on the analysis thread and finishes the call with its
   // status; RESOURCE_EXHAUSTED at once when too many wait.
@@ -129,20 +151,30 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   // [N, K] unit values of `layer` on `dataset`, from the cache or one pass;
   // `cached` says which. Analysis thread only.
   absl::StatusOr<at::Tensor> CachedUnitValues(const core::Model& model,
-                                              const core::Dataset& dataset,
+                                              const core::DatasetPtr& dataset,
                                               const std::string& layer,
                                               bool& cached);
 
   const ModelRegistry* const models_;
-  const DatasetIndex datasets_;
+  DatasetRegistry* const datasets_;
   const SubmitFn submit_;
   const Authenticator open_access_{nullptr};
   const Authenticator& auth_;  // The one given, or open_access_.
   const Limits render_limits_;
   const CircuitLimits limits_;
+  UploadLedger own_uploads_;
+  UploadLedger& uploads_;  // The one given, or own_uploads_.
 
+  // One pass's unit values. The dataset is held weakly (a deleted one is
+  // freed) and compared on a hit, so that a dataset uploaded again under
+  // the same name never gets the old one's values.
+  struct CacheEntry {
+    std::string key;
+    std::weak_ptr<const core::Dataset> dataset;
+    at::Tensor values;
+  };
   // Least recently used last. Touched only on the analysis thread.
-  std::list<std::pair<std::string, at::Tensor>> cache_;
+  std::list<CacheEntry> cache_;
 
   struct Task {
     grpc::ServerUnaryReactor* reactor;
@@ -151,6 +183,8 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   absl::Mutex mu_;
   std::deque<Task> pending_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Uploads and deletions running on their own threads.
+  int detached_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread thread_;
 
 };

@@ -1,7 +1,5 @@
 #include "server/convert.h"
 
-#include <openssl/evp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -15,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "core/bands.h"
 #include "core/image.h"
+#include "core/sha256.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "google/protobuf/io/coded_stream.h"
@@ -797,15 +796,8 @@ std::string CacheKey(const v1::RenderRequest& request, const RenderPlan& plan) {
     coded.SetSerializationDeterministic(true);
     CanonicalRequest(request, plan).SerializeToCodedStream(&coded);
   }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(),
-             nullptr);
-  return absl::StrCat(
-      plan.model_hash, "/",
-      absl::BytesToHexString(absl::string_view(
-          reinterpret_cast<const char*>(digest), static_cast<size_t>(length))),
-      "/", *plan.seed, "/", plan.linear_mode);
+  return absl::StrCat(plan.model_hash, "/", core::Sha256Hex(bytes), "/",
+                      *plan.seed, "/", plan.linear_mode);
 }
 
 // ---------------------------------------- the job engine's types

@@ -46,6 +46,13 @@ struct Limits {
   int64_t result_store_bytes = int64_t{512} << 20;
   // Largest model file UploadModel accepts, in bytes (1 GiB).
   int64_t max_upload_bytes = int64_t{1} << 30;
+  // Largest dataset UploadDataset accepts, in bytes (256 MiB); its images
+  // take up to four times this in memory (float32 pixels).
+  int64_t max_dataset_bytes = int64_t{256} << 20;
+  // Datasets hosted in all, the operator's and uploads in flight included.
+  int64_t max_datasets = 64;
+  // Uploaded datasets one owner may have.
+  int64_t max_datasets_per_owner = 8;
   // How the workers run their steps: --precision, --cuda_graphs and the
   // test-only --fault_oom_above_images.
   core::StepOptions step;

@@ -52,13 +52,13 @@
 #include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "core/dataset.h"
 #include "core/status_macros.h"
 #include "server/auth.h"
 #include "server/limits.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
 #include "server/circuits_service.h"
+#include "server/dataset_registry.h"
 #include "server/visualizer_service.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -88,9 +88,22 @@ ABSL_FLAG(int64_t, max_upload_bytes, featviz::server::Limits{}.max_upload_bytes,
           "max_upload_bytes quota may allow less)");
 ABSL_FLAG(std::string, dataset_dir, "",
           "Directory of datasets for the Circuits service, MaCo's magnitude "
-          "spectra and inversion references: one per "
-          "subdirectory (MNIST IDX files or PNG folders), or itself one "
-          "dataset; empty hosts none.");
+          "spectra and inversion references: one per subdirectory (MNIST IDX "
+          "files, PNG folders or images.npy arrays), or itself one dataset; "
+          "empty hosts none. Uploaded datasets are kept in it (a directory "
+          "of datasets), else in memory only");
+ABSL_FLAG(int64_t, max_dataset_bytes,
+          featviz::server::Limits{}.max_dataset_bytes,
+          "Largest dataset UploadDataset accepts, in bytes (a client's "
+          "max_upload_bytes quota may allow less); its images take up to "
+          "four times this in memory");
+ABSL_FLAG(int64_t, max_datasets, featviz::server::Limits{}.max_datasets,
+          "Datasets hosted in all (the --dataset_dir ones and uploads); "
+          "beyond this, UploadDataset is RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, max_datasets_per_owner,
+          featviz::server::Limits{}.max_datasets_per_owner,
+          "Uploaded datasets one client may have; beyond this, "
+          "UploadDataset is RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_queued_jobs, featviz::server::Limits{}.max_queued_jobs,
           "Jobs waiting for a worker, all owners; beyond this, "
           "RESOURCE_EXHAUSTED");
@@ -236,6 +249,9 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   limits.max_batch = absl::GetFlag(FLAGS_max_batch);
   limits.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   limits.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  limits.max_dataset_bytes = absl::GetFlag(FLAGS_max_dataset_bytes);
+  limits.max_datasets = absl::GetFlag(FLAGS_max_datasets);
+  limits.max_datasets_per_owner = absl::GetFlag(FLAGS_max_datasets_per_owner);
   limits.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
   limits.max_queued_per_owner = absl::GetFlag(FLAGS_max_queued_per_owner);
   limits.default_queue_timeout_seconds =
@@ -257,6 +273,16 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   if (limits.max_upload_bytes < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_upload_bytes must be at least 1, got ", limits.max_upload_bytes));
+  }
+  if (limits.max_dataset_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_dataset_bytes must be at least 1, got ",
+        limits.max_dataset_bytes));
+  }
+  if (limits.max_datasets < 0 || limits.max_datasets_per_owner < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_datasets and --max_datasets_per_owner must be >= 0, got ",
+        limits.max_datasets, " and ", limits.max_datasets_per_owner));
   }
   limits.step.intra_op_threads = absl::GetFlag(FLAGS_worker_threads);
   if (limits.step.intra_op_threads < 0 || limits.step.intra_op_threads > 256) {
@@ -485,24 +511,29 @@ absl::Status Serve() {
   service_options.on_job_end = [&metrics](const JobEnd& end) {
     metrics.OnJobEnd(end);
   };
-  std::vector<core::DatasetPtr> datasets;
-  if (const std::string dir = absl::GetFlag(FLAGS_dataset_dir); !dir.empty()) {
-    FEATVIZ_ASSIGN_OR_RETURN(datasets, core::LoadDatasetDir(dir));
-  }
+  DatasetRegistryOptions dataset_options;
+  dataset_options.max_datasets = limits.max_datasets;
+  dataset_options.max_per_owner = limits.max_datasets_per_owner;
+  FEATVIZ_ASSIGN_OR_RETURN(
+      DatasetRegistryPtr datasets,
+      DatasetRegistry::Create(absl::GetFlag(FLAGS_dataset_dir),
+                              dataset_options));
   // Renders read the datasets too (MaCo magnitudes, reference images).
-  service_options.datasets = datasets;
+  service_options.datasets = datasets.get();
   FEATVIZ_ASSIGN_OR_RETURN(
       VisualizerServicePtr service,
       VisualizerService::Create(registry.get(), limits, service_options));
+  CircuitLimits circuit_limits;
+  circuit_limits.max_dataset_bytes = limits.max_dataset_bytes;
   FEATVIZ_ASSIGN_OR_RETURN(
       CircuitsServicePtr circuits,
       CircuitsService::Create(
-          &models, std::move(datasets),
+          &models, datasets.get(),
           [&service](grpc::CallbackServerContext* context,
                      const v1::RenderRequest& request) {
             return service->SubmitRender(context, request);
           },
-          limits, CircuitLimits{}, &authenticator));
+          limits, circuit_limits, &authenticator, service->upload_ledger()));
   if (poll_seconds > 0) {
     registry->StartPolling(absl::Seconds(poll_seconds));
   }

@@ -19,6 +19,8 @@
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "server/engine_types.h"
+#include "server/names.h"
+#include "server/staging.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -510,20 +512,7 @@ absl::StatusOr<fs::path> ModelRegistry::NewStagingDir() const {
   if (root_.empty()) {
     return absl::FailedPreconditionError("this server has no model repository");
   }
-  static std::atomic<uint64_t> counter{0};
-  std::error_code error;
-  const fs::path base = root_ / ".uploads";
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    // Inside the loop: a finished upload removes `base` when it is empty.
-    fs::create_directories(base, error);
-    const fs::path dir =
-        base / absl::StrCat(getpid(), "-", counter.fetch_add(1), "-",
-                            absl::ToUnixNanos(absl::Now()));
-    if (fs::create_directory(dir, error)) return dir;
-  }
-  return absl::InternalError(absl::StrCat("cannot make a staging directory in ",
-                                          base.string(), ": ",
-                                          error.message()));
+  return server::NewStagingDir(root_);
 }
 
 absl::StatusOr<ModelSummary> ModelRegistry::Publish(const std::string& name,
@@ -537,13 +526,8 @@ absl::StatusOr<ModelSummary> ModelRegistry::Publish(const std::string& name,
     return discard(
         absl::FailedPreconditionError("this server has no model repository"));
   }
-  bool name_ok = !name.empty() && name.size() <= 64;
-  for (char c : name) {
-    name_ok = name_ok && (absl::ascii_isalnum(c) || c == '_' || c == '-');
-  }
-  if (!name_ok) {
-    return discard(absl::InvalidArgumentError(absl::StrCat(
-        "model name '", name, "' must be 1 to 64 of [A-Za-z0-9_-]")));
+  if (absl::Status valid = CheckName("model name", name); !valid.ok()) {
+    return discard(valid);
   }
   absl::MutexLock admin(&admin_mu_);
   const fs::path model_dir = root_ / name;

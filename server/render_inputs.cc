@@ -33,29 +33,29 @@ absl::StatusOr<at::Tensor> ModelInput(at::Tensor image, const core::Model& model
   return image;
 }
 
-// The only hosted dataset whose images have `channels` channels; null when
-// none or several do (then none is "the model's").
-core::DatasetPtr OnlyDatasetWithChannels(const DatasetIndex& datasets,
-                                         int64_t channels) {
-  core::DatasetPtr only;
-  for (const auto& [name, d] : datasets.all()) {
-    if (d->images.size(1) != channels) continue;
-    if (only != nullptr) return nullptr;
-    only = d;
-  }
-  return only;
+// What a model's render needs of a dataset: its input with `channels`
+// channels (the stimuli's, which may be gray for an RGB model).
+DatasetNeed RenderNeed(const core::Model& model, int64_t channels) {
+  const core::ModelCard& card = model.card();
+  DatasetNeed need;
+  need.model = card.name;
+  need.channels = channels;
+  need.height = card.height;
+  need.width = card.width;
+  return need;
 }
 
 }  // namespace
 
-RenderInputs::RenderInputs(std::vector<core::DatasetPtr> datasets)
-    : datasets_(std::move(datasets)) {}
+RenderInputs::RenderInputs(const DatasetRegistry* datasets)
+    : datasets_(datasets != nullptr ? *datasets : empty_) {}
 
 absl::StatusOr<RenderInputs::MacoPrior> RenderInputs::Prior(
-    const std::string& dataset, int64_t channels, int64_t height,
+    const std::string& dataset, const DatasetNeed& need, int64_t height,
     int64_t width) {
-  // Which dataset: the one named, else the only one whose images have the
-  // stimuli's channel count, else none (1/f).
+  const int64_t channels = need.channels;
+  // Which dataset: the one named, else the only one that fits the model,
+  // else none (1/f).
   core::DatasetPtr source;
   if (dataset == kOneOverF) {
     // Asked for the default.
@@ -70,14 +70,25 @@ absl::StatusOr<RenderInputs::MacoPrior> RenderInputs::Prior(
           channels));
     }
   } else {
-    source = OnlyDatasetWithChannels(datasets_, channels);
+    absl::StatusOr<core::DatasetPtr> picked =
+        datasets_.Pick("", need, "image.maco_dataset");
+    if (picked.ok()) {
+      source = *std::move(picked);
+    } else if (!absl::IsFailedPrecondition(picked.status())) {
+      // Several fit: which one is the request's to say.
+      return absl::Status(
+          picked.status().code(),
+          absl::StrCat(picked.status().message(), " (or '1/f')"));
+    }
   }
   const std::string name = source == nullptr ? kOneOverF : source->name;
   const auto key = std::make_tuple(name, channels, height, width);
   {
     absl::MutexLock lock(&mu_);
     auto it = priors_.find(key);
-    if (it != priors_.end()) return it->second;
+    if (it != priors_.end() && it->second.from.lock() == source) {
+      return it->second.prior;
+    }
   }
   // Estimated outside the lock (requests for other sizes need not wait); two
   // requests racing for one key both estimate, and the first stored wins,
@@ -97,10 +108,16 @@ absl::StatusOr<RenderInputs::MacoPrior> RenderInputs::Prior(
         std::min<int64_t>(source->size(), core::kMacoMaxImages), " images)");
   }
   absl::MutexLock lock(&mu_);
-  if (priors_.size() >= kMaxCachedMagnitudes && !priors_.count(key)) {
+  auto it = priors_.find(key);
+  if (it != priors_.end() && it->second.from.lock() == source) {
+    return it->second.prior;
+  }
+  if (priors_.size() >= kMaxCachedMagnitudes && it == priors_.end()) {
     priors_.clear();
   }
-  return priors_.emplace(key, std::move(entry)).first->second;
+  CachedPrior& cached = priors_[key];
+  cached = {std::move(entry), source};
+  return cached.prior;
 }
 
 bool RenderInputs::DefaultsToMaco(const v1::RenderRequest& request,
@@ -116,7 +133,7 @@ bool RenderInputs::DefaultsToMaco(const v1::RenderRequest& request,
   if (plan.model->card().channels != 1 || plan.options.param.channels != 1) {
     return false;
   }
-  return OnlyDatasetWithChannels(datasets_, 1) != nullptr;
+  return datasets_.Fitting(RenderNeed(*plan.model, 1)).size() == 1;
 }
 
 absl::Status RenderInputs::Resolve(const v1::RenderRequest& request,
@@ -139,8 +156,10 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
   }
   if (param.kind == core::ParamKind::kMaco) {
     FEATVIZ_ASSIGN_OR_RETURN(
-        MacoPrior prior, Prior(request.image().maco_dataset(), param.channels,
-                               param.height, param.width));
+        MacoPrior prior,
+        Prior(request.image().maco_dataset(),
+              RenderNeed(*plan.model, param.channels), param.height,
+              param.width));
     param.magnitude = prior.magnitude;
     param.magnitude_source = prior.source;
     param.tone_gain = prior.tone.gain;
@@ -170,8 +189,15 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
           image, TensorFromProto(request.references(static_cast<int>(ref.index)),
                                  what));
     } else {
-      absl::StatusOr<core::DatasetPtr> dataset = datasets_.Find(ref.dataset);
+      DatasetNeed need = RenderNeed(*plan.model, plan.model->card().channels);
+      need.gray_for_rgb = true;  // As ModelInput takes them.
+      absl::StatusOr<core::DatasetPtr> dataset =
+          ref.dataset.empty()
+              ? datasets_.Pick("", need,
+                               absl::StrCat("objective: ", term.ToString()))
+              : datasets_.Find(ref.dataset);
       if (!dataset.ok()) {
+        if (ref.dataset.empty()) return dataset.status();
         return Prefixed(absl::StrCat("objective: ", term.ToString()),
                         dataset.status());
       }

@@ -1,13 +1,16 @@
 // What a render needs beyond its own request, resolved when it is accepted:
 // MaCo's fixed magnitude spectrum (estimated from a hosted dataset once per
 // dataset, channel count and image size, then cached; the 1/f default when
-// there is no dataset for it) and the reference images of inversion and
+// no dataset fits the model) and the reference images of inversion and
 // caricature terms (the request's own tensors, or hosted dataset images).
+// A request that names no dataset gets only one whose images fit the model
+// (DatasetRegistry::Pick).
 #ifndef FEATVIZ_SERVER_RENDER_INPUTS_H_
 #define FEATVIZ_SERVER_RENDER_INPUTS_H_
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -22,6 +25,7 @@
 #include "core/param.h"
 #include "server/circuits_convert.h"
 #include "server/convert.h"
+#include "server/dataset_registry.h"
 #include "server/engine_types.h"
 
 namespace featviz::server {
@@ -32,7 +36,8 @@ inline constexpr size_t kMaxCachedMagnitudes = 64;
 
 class RenderInputs {
  public:
-  explicit RenderInputs(std::vector<core::DatasetPtr> datasets);
+  // Reads `datasets` (which must outlive this; null: none hosted).
+  explicit RenderInputs(const DatasetRegistry* datasets);
 
   RenderInputs(const RenderInputs&) = delete;
   RenderInputs& operator=(const RenderInputs&) = delete;
@@ -40,17 +45,20 @@ class RenderInputs {
   // Completes `plan` (PlanRender's result for `request`). First the
   // default parameterisation by model kind (docs/quality.md): a request for
   // a one-channel model that leaves the parameterisation, decay, start
-  // image and MaCo dataset unset, on a server hosting exactly one dataset of
-  // one-channel images, is rendered with MaCo from that dataset (magnitude
-  // and tone), at MaCo's default learning rate when lr is unset; any other
-  // stays FFT. Then, for a MaCo plan,
-  // options.param.magnitude and magnitude_source (image.maco_dataset: a
-  // dataset's name, "1/f", or empty for the only hosted dataset whose
-  // images have the stimuli's channel count, else 1/f); for every reference
-  // term, options.references. Errors name the field: NOT_FOUND an unknown
-  // dataset; OUT_OF_RANGE a dataset index or reference(k) beyond what there
-  // is; INVALID_ARGUMENT a reference of another shape than the model's
-  // input, or a MaCo dataset with another channel count.
+  // image and MaCo dataset unset, on a server hosting exactly one dataset
+  // that fits the model's input, is rendered with MaCo from that dataset
+  // (magnitude and tone), at MaCo's default learning rate when lr is unset;
+  // any other stays FFT. Then, for a MaCo plan, options.param.magnitude and
+  // magnitude_source (image.maco_dataset: a dataset's name, "1/f", or empty
+  // for the one hosted dataset whose images fit the model with the
+  // stimuli's channel count, else 1/f); for every reference term,
+  // options.references (dataset(i) without a name: the one dataset that
+  // fits the model, a gray one included for an RGB model). Errors name the
+  // field: NOT_FOUND an unknown dataset; OUT_OF_RANGE a dataset index or
+  // reference(k) beyond what there is; INVALID_ARGUMENT a reference of
+  // another shape than the model's input, a MaCo dataset with another
+  // channel count, or several datasets fitting where none is named;
+  // FAILED_PRECONDITION a dataset(i) reference when none fits.
   absl::Status Resolve(const v1::RenderRequest& request, RenderPlan& plan);
 
   // What a MaCo render holds fixed: the magnitude spectrum and the tone of
@@ -62,14 +70,13 @@ class RenderInputs {
     std::string source;
   };
 
-  // The prior for `channels` x `height` x `width` stimuli from `dataset`
-  // ("" as in Resolve). Estimated once, then cached: every session of a key
-  // holds the same tensors, so they batch.
+  // The prior for `need.channels` x `height` x `width` stimuli of the
+  // model `need` describes, from `dataset` ("" as in Resolve). Estimated
+  // once, then cached: every session of a key holds the same tensors, so
+  // they batch.
   absl::StatusOr<MacoPrior> Prior(const std::string& dataset,
-                                  int64_t channels, int64_t height,
+                                  const DatasetNeed& need, int64_t height,
                                   int64_t width);
-
-  const DatasetIndex& datasets() const { return datasets_; }
 
  private:
   absl::Status ResolveUnguarded(const v1::RenderRequest& request,
@@ -77,10 +84,18 @@ class RenderInputs {
   bool DefaultsToMaco(const v1::RenderRequest& request,
                       const RenderPlan& plan) const;
 
-  const DatasetIndex datasets_;
+  const DatasetRegistry empty_;
+  const DatasetRegistry& datasets_;  // The one given, or empty_.
   absl::Mutex mu_;
+  // A prior with the dataset it came from, held weakly (a deleted dataset
+  // is freed) and compared on a hit, so that a dataset uploaded again
+  // under the same name is estimated again.
+  struct CachedPrior {
+    MacoPrior prior;
+    std::weak_ptr<const core::Dataset> from;
+  };
   // (dataset, channels, height, width) -> its prior.
-  std::map<std::tuple<std::string, int64_t, int64_t, int64_t>, MacoPrior>
+  std::map<std::tuple<std::string, int64_t, int64_t, int64_t>, CachedPrior>
       priors_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -355,7 +355,7 @@ VisualizerService::VisualizerService(ModelRegistry* models,
                                              : open_access_),
       jobs_(std::make_unique<JobManager>(
           ManagerOptions(limits, std::move(options.on_job_end)))),
-      inputs_(std::make_unique<RenderInputs>(std::move(options.datasets))) {}
+      inputs_(std::make_unique<RenderInputs>(options.datasets)) {}
 
 absl::StatusOr<Identity> VisualizerService::Caller(
     grpc::CallbackServerContext* context, absl::string_view method) const {

@@ -38,6 +38,7 @@
 #include "featviz/v1/featviz.grpc.pb.h"
 #include "server/auth.h"
 #include "server/authenticator.h"
+#include "server/dataset_registry.h"
 #include "server/job_manager.h"
 #include "server/limits.h"
 #include "server/model_registry.h"
@@ -57,9 +58,10 @@ struct ServiceOptions {
   const Authenticator* authenticator = nullptr;
   // JobManagerOptions::on_end (metrics).
   std::function<void(const JobEnd&)> on_job_end;
-  // The hosted datasets (--dataset_dir): MaCo's magnitude spectra and the
-  // dataset(name, i) reference images of inversion and caricature terms.
-  std::vector<core::DatasetPtr> datasets;
+  // The hosted datasets (--dataset_dir and uploads): MaCo's magnitude
+  // spectra and the dataset(name, i) reference images of inversion and
+  // caricature terms. Null: none. Must outlive the service.
+  const DatasetRegistry* datasets = nullptr;
 };
 
 class VisualizerService;
@@ -147,6 +149,9 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   }
 
   const Limits& limits() const { return limits_; }
+  // Bytes each client has uploaded; the Circuits service books dataset
+  // uploads here too.
+  UploadLedger* upload_ledger() { return &uploads_; }
   // The address clients reach this server at: job ids name it from now on
   // (JobManager::SetReplica).
   void SetReplica(std::string replica) {

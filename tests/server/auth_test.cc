@@ -89,7 +89,9 @@ TEST(RequiredRole, CoversEveryFeatvizMethodAndTheAdminRpcs) {
       const bool admin = absl::EndsWith(method, "/LoadModel") ||
                          absl::EndsWith(method, "/UnloadModel") ||
                          absl::EndsWith(method, "/ReloadModel");
-      const bool upload = absl::EndsWith(method, "/UploadModel");
+      const bool upload = absl::EndsWith(method, "/UploadModel") ||
+                          absl::EndsWith(method, "/UploadDataset") ||
+                          absl::EndsWith(method, "/DeleteDataset");
       EXPECT_EQ(RequiredRole(method),
                 admin ? Role::kAdmin : upload ? Role::kUploader : Role::kUser)
           << method;

@@ -25,7 +25,16 @@ class Dataset:
     class_names: list[str]
     class_counts: list[int]
     source: str
-    """"idx" (MNIST-format files) or "png" (folders of PNGs)."""
+    """"idx" (MNIST-format files), "png" (folders of PNGs), "npy" (an
+    operator's arrays); for an upload the format it was sent in ("npy",
+    "npz", "idx")."""
+    owner: str = ""
+    """Who uploaded it; empty for the operator's datasets."""
+    uploaded: bool = False
+    """True for a dataset sent with upload_dataset (its owner or an admin may
+    delete it)."""
+    size_bytes: int = 0
+    """Bytes its images and labels take in the server's memory."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ run with --advertise_address give it an id naming that replica
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -640,8 +642,54 @@ class Client:
         """The datasets the server hosts, sorted by name."""
         response = self._call(self._circuits.ListDatasets,
                               circuits_pb2.ListDatasetsRequest(), timeout)
-        return [Dataset(d.name, d.size, tuple(d.image_shape), list(d.class_names),
-                        list(d.class_counts), d.source) for d in response.datasets]
+        return [_dataset(d) for d in response.datasets]
+
+    def upload_dataset(self, name: str,
+                       images_or_path: Union[np.ndarray, str, os.PathLike],
+                       labels: Union[None, np.ndarray, Sequence[int], str, os.PathLike] = None,
+                       class_names: Optional[Sequence[str]] = None, *,
+                       chunk_bytes: int = 1 << 20,
+                       timeout: Optional[float] = None) -> Dataset:
+        """Uploads a dataset of your own (UploadDataset; needs the uploader or
+        admin role) and returns it as the server now hosts it, owned by you.
+
+        `images_or_path` is an array (uint8 0..255 or float32 in [0, 1];
+        [N, H, W], [N, C, H, W] or [N, H, W, C] with C in 1..16), sent as
+        .npy, or as .npz with `labels` (int [N] class indices) when given;
+        or a path: an .npy or .npz file, an IDX3 image file
+        (`*-images-idx3-ubyte[.gz]`; `labels` is its IDX1 file, by default
+        the one beside it), or a folder of PNGs with one subfolder per class
+        (needs Pillow; the subfolders' names become the class names).
+        `class_names` names the label indices. The server refuses what it
+        cannot use (dtype, shape, NaN, values outside [0, 1], a label count
+        that is not the image count, a name in use, a size past its limit or
+        your quota) with a FeatvizError naming the field and value."""
+        fmt, data, labels_bytes, folder_classes = _pack_dataset(images_or_path, labels)
+        names = list(class_names) if class_names is not None else folder_classes
+        header = circuits_pb2.UploadDatasetRequest.Header(
+            name=name, format=fmt, size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(), labels_bytes=labels_bytes,
+            class_names=names)
+        step = max(1, int(chunk_bytes))
+
+        def messages():
+            yield circuits_pb2.UploadDatasetRequest(header=header, chunk=data[:step])
+            for offset in range(step, len(data), step):
+                yield circuits_pb2.UploadDatasetRequest(chunk=data[offset:offset + step])
+
+        try:
+            hosted = self._circuits.UploadDataset(messages(), timeout=timeout,
+                                                  metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise FeatvizError._from_rpc(err) from None
+        return _dataset(hosted)
+
+    def delete_dataset(self, name: str, *, timeout: Optional[float] = None) -> Dataset:
+        """Deletes a dataset you uploaded (an admin: anyone's); returns it.
+        The operator's datasets cannot be deleted (FAILED_PRECONDITION)."""
+        response = self._call(self._circuits.DeleteDataset,
+                              circuits_pb2.DeleteDatasetRequest(name=name), timeout)
+        return _dataset(response.dataset)
 
     def activations(self, model: str, layers, *,
                     images: Optional[np.ndarray] = None,
@@ -719,13 +767,14 @@ class Client:
                      timeout: Optional[float] = None) -> Circuit:
         """For each class (every class when `classes` is None), the `top_k`
         (3) channels of `layer` that feed its logit most, scored on
-        `examples_per_class` (64) images of the class from `dataset` (the
-        server's first labelled one when empty). With `render`,
+        `examples_per_class` (64) images of the class from `dataset` (when
+        empty, the one labelled dataset whose images fit the model; the
+        server refuses to guess between several). With `render`,
         the class and detector visualisations are queued as jobs
         (`Circuit.job_ids()`, then `wait`)."""
         request = circuits_pb2.FindCircuitRequest(
             model=model, layer=layer, classes=list(classes or []),
-            top_k=top_k or 0, dataset=dataset or self._first_dataset(labelled=True),
+            top_k=top_k or 0, dataset=dataset,
             examples_per_class=examples_per_class or 0, skip_renders=not render)
         if steps is not None:
             request.render.optimizer.steps = steps
@@ -750,10 +799,11 @@ class Client:
                      timeout: Optional[float] = None) -> TopExamples:
         """The `top_n` (9) images of `dataset` that excite each channel of
         `layer` most (every channel when `channels` is None), with their
-        PNGs when `png`. `dataset` defaults to the server's first."""
+        PNGs when `png`. `dataset` defaults to the one dataset whose images
+        fit the model (the server refuses to guess between several)."""
         request = circuits_pb2.TopExamplesRequest(
             model=model, layer=layer, channels=list(channels or []),
-            dataset=dataset or self._first_dataset(labelled=False),
+            dataset=dataset,
             top_n=top_n or 0, png=png)
         response = self._call(self._circuits.TopExamples, request, timeout)
         return TopExamples(
@@ -803,15 +853,6 @@ class Client:
         outcome = _render_result(result)
         outcome.job_id = dict(call.initial_metadata() or ()).get("featviz-job-id", "")
         return outcome
-
-    def _first_dataset(self, *, labelled: bool) -> str:
-        """The first dataset the server hosts (with classes when `labelled`)."""
-        hosted = [d for d in self.datasets() if d.class_names or not labelled]
-        if not hosted:
-            raise FeatvizError("FAILED_PRECONDITION",
-                               "the server hosts no " + ("labelled " if labelled else "") +
-                               "dataset (start it with --dataset_dir)")
-        return hosted[0].name
 
     def _named(self, result: RenderResult) -> RenderResult:
         """Fills in the model's class names (asked once per model version)."""
@@ -901,12 +942,13 @@ def _job_state(state: Optional[str]) -> int:
 
 
 def _image_input(images, dataset, indices, start, count, label) -> "circuits_pb2.ImageInput":
-    """Client-sent `images`, or a slice of `dataset`."""
-    if (images is None) == (dataset is None):
-        raise ValueError("give either images or dataset")
+    """Client-sent `images`, or a slice of `dataset` (None: the one dataset
+    whose images fit the model)."""
+    if images is not None and dataset is not None:
+        raise ValueError("give either images or dataset, not both")
     if images is not None:
         return circuits_pb2.ImageInput(images=_to_tensor(images, "images"))
-    dataset_slice = circuits_pb2.DatasetSlice(dataset=dataset, start=start,
+    dataset_slice = circuits_pb2.DatasetSlice(dataset=dataset or "", start=start,
                                               count=count or 0)
     if indices is not None:
         dataset_slice.indices.extend(int(i) for i in indices)
@@ -1047,6 +1089,106 @@ def _render_result(result: "featviz_pb2.RenderResult") -> RenderResult:
         band_names=list(result.band_names),
         band_png=list(result.band_png),
     )
+
+
+def _dataset(d: "circuits_pb2.Dataset") -> Dataset:
+    return Dataset(d.name, d.size, tuple(d.image_shape), list(d.class_names),
+                   list(d.class_counts), d.source, d.owner, d.uploaded, d.size_bytes)
+
+
+_IDX_IMAGES = "-images-idx3-ubyte"
+_IDX_LABELS = "-labels-idx1-ubyte"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, np.asarray(array), allow_pickle=False)
+    return out.getvalue()
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.savez(out, **{k: np.asarray(v) for k, v in arrays.items()})
+    return out.getvalue()
+
+
+def _png_folder(folder: Path) -> tuple[np.ndarray, Optional[np.ndarray], list[str]]:
+    """A folder of PNGs as the server reads one: one subfolder per class
+    (numeric names in numeric order first, then the others by name), or PNGs
+    in the folder itself (unlabelled)."""
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise ImportError("packing a folder of PNGs needs Pillow "
+                          "(pip install 'featviz-client[images]'; Debian: python3-pil)") from err
+
+    def pngs(d: Path) -> list[Path]:
+        return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+
+    def read(p: Path) -> np.ndarray:
+        with Image.open(p) as image:
+            return np.asarray(image.convert("L" if image.mode in ("1", "L", "I", "I;16") else "RGB"))
+
+    classes = sorted((d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                     key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0,
+                                    d.name))
+    loose = pngs(folder)
+    if classes and loose:
+        raise ValueError(f"{folder} holds both PNGs and class folders; keep the PNGs "
+                         "in one subfolder per class")
+    if not classes:
+        if not loose:
+            raise ValueError(f"{folder} holds no PNG files")
+        return np.stack([read(p) for p in loose]), None, []
+    images, labels = [], []
+    for index, d in enumerate(classes):
+        for p in pngs(d):
+            images.append(read(p))
+            labels.append(index)
+    if not images:
+        raise ValueError(f"the class folders of {folder} hold no PNG files")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), [d.name for d in classes]
+
+
+def _pack_dataset(images_or_path, labels) -> tuple[int, bytes, int, list[str]]:
+    """(format, the stream's bytes, labels_bytes, class names of a folder)."""
+    if isinstance(images_or_path, np.ndarray):
+        if labels is None:
+            return circuits_pb2.DATASET_FORMAT_NPY, _npy_bytes(images_or_path), 0, []
+        return (circuits_pb2.DATASET_FORMAT_NPZ,
+                _npz_bytes(images=images_or_path, labels=np.asarray(labels)), 0, [])
+    path = Path(images_or_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir():
+        images, folder_labels, names = _png_folder(path)
+        if labels is not None:
+            raise ValueError("a folder's labels are its class subfolders; do not pass labels")
+        if folder_labels is None:
+            return circuits_pb2.DATASET_FORMAT_NPZ, _npz_bytes(images=images), 0, []
+        return (circuits_pb2.DATASET_FORMAT_NPZ,
+                _npz_bytes(images=images, labels=folder_labels), 0, names)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        if labels is None:
+            return circuits_pb2.DATASET_FORMAT_NPY, path.read_bytes(), 0, []
+        return (circuits_pb2.DATASET_FORMAT_NPZ,
+                _npz_bytes(images=np.load(path, allow_pickle=False),
+                           labels=np.asarray(labels)), 0, [])
+    if suffix == ".npz":
+        if labels is not None:
+            raise ValueError("an .npz carries its labels inside, as labels.npy")
+        return circuits_pb2.DATASET_FORMAT_NPZ, path.read_bytes(), 0, []
+    if _IDX_IMAGES in path.name:
+        label_path = (Path(labels) if labels is not None
+                      else path.with_name(path.name.replace(_IDX_IMAGES, _IDX_LABELS)))
+        label_bytes = label_path.read_bytes() if label_path.exists() else b""
+        if labels is not None and not label_bytes:
+            raise FileNotFoundError(f"{label_path} does not exist")
+        return (circuits_pb2.DATASET_FORMAT_IDX, path.read_bytes() + label_bytes,
+                len(label_bytes), [])
+    raise ValueError(f"cannot tell the format of {path}: give an array, an .npy or .npz "
+                     f"file, an IDX3 image file (*{_IDX_IMAGES}[.gz]) or a folder of PNGs")
 
 
 def _upload_model(stub, metadata, model_path, *, card, name, chunk_bytes,
