@@ -47,14 +47,13 @@ using TransformList = std::vector<Transform>;
 // Lucid's 12-pixel pad and 8-pixel jitter would wreck a 28x28 digit.
 TransformList DefaultTransforms(int64_t height, int64_t width);
 
-// The default for models read in tokens (Vision Transformers, MLP-mixers:
-// Model::IsTokenModel): a patch-based model's features are tied to its patch
-// grid, and Lucid's set costs most of the objective there (docs/quality.md
-// measures both on a trained ViT). A small jitter and scale only.
+// A gentler set for models read in tokens (Vision Transformers,
+// MLP-mixers: Model::IsTokenModel): a small jitter and scale only, so that
+// a patch model's grid is barely moved. The "tokens" preset.
 TransformList TokenModelTransforms(int64_t height, int64_t width);
 
-// The default for a model: TokenModelTransforms for a token model, else
-// DefaultTransforms.
+// The default for a model: TokenModelTransforms for a token model (measured
+// on a trained ViT, docs/quality.md), else DefaultTransforms.
 TransformList DefaultTransformsFor(bool token_model, int64_t height,
                                    int64_t width);
 

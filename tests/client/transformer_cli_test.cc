@@ -1,6 +1,7 @@
 // Transformers and other token-layer models through the server (issue 24):
 // a scripted and a traced ViT (nn.MultiheadAttention without and with
-// weights), a ViT of nn.TransformerEncoderLayer and an MLP-mixer are
+// weights), a ViT of nn.TransformerEncoderLayer, an MLP-mixer and a 4-band
+// model are
 // uploaded with the CLI to a real featviz-server, listed with their token
 // layers, and rendered by token-layer objectives; bad token terms are
 // refused with the layer's shape named. The models are built by
@@ -111,6 +112,20 @@ TEST_F(TransformerCliTest, EveryTransformerUploadsListsAndRenders) {
     EXPECT_TRUE(fs::exists(Scratch() + "/" + c.stem + ".png"));
     EXPECT_FALSE(report.dump().empty());
   }
+}
+
+TEST_F(TransformerCliTest, AFourBandModelUploadsAndRendersItsCompositeAndBands) {
+  Upload("multiband");
+  const std::string out = Scratch() + "/multiband.png";
+  CommandResult r = Run({"render", "multiband", "conv2:3", "--steps", "8",
+                         "--batch", "2", "--out", out, "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(out));
+  EXPECT_TRUE(fs::exists(Scratch() + "/multiband.bands.png"));
+  const nlohmann::json report = nlohmann::json::parse(r.out);
+  EXPECT_EQ(report["image_shape"], nlohmann::json({2, 4, 32, 32})) << r.out;
+  EXPECT_EQ(report["bands"]["names"],
+            nlohmann::json({"red", "green", "blue", "nir"}));
 }
 
 TEST_F(TransformerCliTest, BadTokenTermsNameTheLayerAndItsShape) {

@@ -290,5 +290,25 @@ TEST(TokenLayers, AClassLogitRisesOnEveryTransformer) {
   }
 }
 
+// The small ViT trained on the coloured digits (scripts/quality_models.py,
+// 6 epochs, committed as tests/models/colour_vit.pt): with the default
+// options every class picture is its class at p >= 0.9.
+TEST(TrainedVit, ClassPicturesReachProbabilityPointNineWithTheDefaults) {
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      Model::Load(std::string(FEATVIZ_SOURCE_TESTS_DIR) +
+                  "/models/colour_vit.pt");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_TRUE((*model)->IsTokenModel());
+  Objective objective;
+  for (int64_t c = 0; c < 10; ++c) objective = objective + ForBatch(Logit(c), c);
+  RenderOptions options;  // Every default: FFT, the default transforms.
+  options.param.batch = 10;
+  absl::StatusOr<RenderResult> result = Render(**model, objective, options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  for (int64_t c = 0; c < 10; ++c) {
+    EXPECT_GE(result->probs[c][c].item<double>(), 0.9) << "class " << c;
+  }
+}
+
 }  // namespace
 }  // namespace featviz::core
