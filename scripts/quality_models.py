@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Models and data for the quality benchmark (scripts/quality, docs/quality.md).
 
-Writes into OUT (default build/quality-models), in about two minutes on two cores:
+Writes into OUT (default build/quality-models), in about five minutes on two cores (four of them training the ViT):
 
   colour_mnist.pt + .card.json   An RGB classifier: MNIST digits drawn in a
                                  random ink colour on a random background

@@ -128,6 +128,29 @@ TEST_F(TransformerCliTest, AFourBandModelUploadsAndRendersItsCompositeAndBands) 
             nlohmann::json({"red", "green", "blue", "nir"}));
 }
 
+// The small ViT trained on the coloured digits (tests/models/colour_vit.pt),
+// uploaded and rendered with the server's defaults: every class picture is
+// its class at p >= 0.9.
+TEST_F(TransformerCliTest, TheTrainedVitsClassPicturesReachPointNine) {
+  CommandResult r = Run({"upload",
+                         std::string(FEATVIZ_SOURCE_TESTS_DIR) +
+                             "/models/colour_vit.pt",
+                         "--name", "colour_vit", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string objective;
+  for (int c = 0; c < 10; ++c) {
+    absl::StrAppend(&objective, c > 0 ? " + " : "", "logit(", c, ", batch=", c,
+                    ")");
+  }
+  r = Run({"render", "colour_vit", objective, "--batch", "10", "--seed", "0",
+           "--json", "--out", Scratch() + "/colour_vit.png"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const nlohmann::json report = nlohmann::json::parse(r.out);
+  for (int c = 0; c < 10; ++c) {
+    EXPECT_GE(report["probs"][c][c].get<double>(), 0.9) << "class " << c;
+  }
+}
+
 TEST_F(TransformerCliTest, BadTokenTermsNameTheLayerAndItsShape) {
   Upload("vit_scripted");
   struct Case {
