@@ -141,7 +141,7 @@ class Wide(nn.Module):  # 1x16x16 -> 3, through one 64 MiB layer
         return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
 
 
-def write_card(out, name, channels, size, classes):
+def write_card(out, name, channels, size, classes, extra=None):
     card = {
         "name": name, "version": "1",
         "description": f"Untrained {name} test model for the featviz C++ tests.",
@@ -152,6 +152,7 @@ def write_card(out, name, channels, size, classes):
         "training": {"data": "none (random init, torch.manual_seed(0))", "heldout": "none",
                      "heldout_accuracy": 0.0, "seed": 0},
     }
+    card.update(extra or {})  # further card keys ("tokens", "bands")
     path = os.path.join(out, name + ".card.json")
     with open(path, "w") as f:
         json.dump(card, f, indent=2)

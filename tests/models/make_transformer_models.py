@@ -40,6 +40,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from make_test_models import write_card  # beside this file: one card writer
+
 DIM = 64
 HEADS = 4
 HIDDEN = 128
@@ -164,25 +166,6 @@ class MultiBand(nn.Module):  # 4x32x32 (red, green, blue, nir) -> 6
         return self.fc(torch.flatten(x, 1))
 
 
-def write_card(out, name, channels, size, classes, extra=None):
-    card = {
-        "name": name, "version": "1",
-        "description": f"Untrained {name} test model for the featviz C++ tests.",
-        "input": {"channels": channels, "height": size, "width": size, "range": [0.0, 1.0],
-                  "mean": [0.0] * channels, "std": [1.0] * channels},
-        "output": "logits",
-        "classes": classes,
-        "training": {"data": "none (random init, torch.manual_seed(0))", "heldout": "none",
-                     "heldout_accuracy": 0.0, "seed": 0},
-    }
-    card.update(extra or {})
-    path = os.path.join(out, name + ".card.json")
-    with open(path, "w") as f:
-        json.dump(card, f, indent=2)
-        f.write("\n")
-    print(f"wrote {path}")
-
-
 def save(module, out, name, shape, classes):
     path = os.path.join(out, name + ".pt")
     module.save(path)
@@ -193,18 +176,8 @@ def save(module, out, name, shape, classes):
           f"modules {[n for n, _ in m.named_modules() if n]}")
 
 
-def build(out, only=None):
-    """Writes every model of this file into `out` (also called by
-    make_test_models.py, the tests' fixture); `only`: just the one named."""
-    if only == "multiband":
-        os.makedirs(out, exist_ok=True)
-        torch.manual_seed(0)
-        save(torch.jit.script(MultiBand().eval()), out, "multiband", (4, SIDE, SIDE), 6)
-        write_card(out, "multiband", 4, SIDE, list("uvwxyz"),
-                   {"bands": {"names": ["red", "green", "blue", "nir"], "composite": [0, 1, 2]}})
-        return
-    os.makedirs(out, exist_ok=True)
-    torch.manual_seed(0)
+def build_token_models(out):
+    """The ViTs and the MLP-mixer (their random draws in this order)."""
     shape = (3, SIDE, SIDE)
     vit_tokens = {"tokens": {"prefix": 1, "grid": [GRID, GRID]}}
     classes5 = list("abcde")
@@ -234,6 +207,14 @@ def build(out, only=None):
     save(torch.jit.script(Mixer().eval()), out, "mixer", shape, 5)
     write_card(out, "mixer", 3, SIDE, classes5, {"tokens": {"prefix": 0, "grid": [GRID, GRID]}})
 
+
+def build(out, only=None):
+    """Writes every model of this file into `out` (also called by
+    make_test_models.py, the tests' fixture); `only`: just the one named."""
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(0)
+    if only is None:
+        build_token_models(out)
     save(torch.jit.script(MultiBand().eval()), out, "multiband", (4, SIDE, SIDE), 6)
     write_card(out, "multiband", 4, SIDE, list("uvwxyz"),
                {"bands": {"names": ["red", "green", "blue", "nir"], "composite": [0, 1, 2]}})
