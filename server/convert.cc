@@ -102,7 +102,7 @@ absl::StatusOr<core::TermKind> TermKindFromProto(int kind,
 
 // The objective, either form, checked against the model and the batch.
 absl::StatusOr<core::Objective> PlanObjective(const v1::RenderRequest& request,
-                                              const core::Model& model,
+                                              const ModelSummary& model,
                                               int64_t batch) {
   switch (request.objective_case()) {
     case v1::RenderRequest::kObjectiveText: {
@@ -111,7 +111,7 @@ absl::StatusOr<core::Objective> PlanObjective(const v1::RenderRequest& request,
       if (!objective.ok()) {
         return Prefixed("objective_text", objective.status());
       }
-      const absl::Status valid = objective->Validate(model.shape(), batch);
+      const absl::Status valid = objective->Validate(model.Shape(), batch);
       if (!valid.ok()) return Prefixed("objective_text", valid);
       return objective;
     }
@@ -119,7 +119,7 @@ absl::StatusOr<core::Objective> PlanObjective(const v1::RenderRequest& request,
       FEATVIZ_ASSIGN_OR_RETURN(core::Objective objective,
                                ObjectiveFromProto(request.objective_tree()));
       // Term by term, so that the message says which one is wrong.
-      const core::ModelShape shape = model.shape();
+      const core::ModelShape shape = model.Shape();
       for (size_t i = 0; i < objective.terms().size(); ++i) {
         const absl::Status valid =
             core::Objective(objective.terms()[i].term).Validate(shape, batch);
@@ -453,12 +453,14 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         absl::StrCat("model must name a hosted model; models are: ",
                      absl::StrJoin(names, ", ")));
   }
-  FEATVIZ_ASSIGN_OR_RETURN(plan.model_ref, models.Resolve(request.model()));
+  // Validated against the kept summary: planning never loads a model (the
+  // worker that runs the job does, when it is not in memory).
+  FEATVIZ_ASSIGN_OR_RETURN(plan.model_ref, models.Summary(request.model()));
   plan.model = plan.model_ref.get();
-  const core::ModelCard& card = plan.model->card();
+  const core::ModelCard& card = plan.model->card;
   plan.model_name = card.name;
   plan.model_version = card.version;
-  plan.model_hash = plan.model->content_hash();
+  plan.model_hash = plan.model->content_hash;
 
   // image
   const v1::ImageSpec& image = request.image();

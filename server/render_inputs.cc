@@ -18,9 +18,9 @@ std::string ShapeOf(const at::Tensor& t) { return c10::str(t.sizes()); }
 
 // `image` ([C, H, W] or [1, C, H, W]) checked against the model's input;
 // `what` names it in errors.
-absl::StatusOr<at::Tensor> ModelInput(at::Tensor image, const core::Model& model,
+absl::StatusOr<at::Tensor> ModelInput(at::Tensor image,
+                                      const core::ModelCard& card,
                                       const std::string& what) {
-  const core::ModelCard& card = model.card();
   if (image.dim() == 4 && image.size(0) == 1) image = image.squeeze(0);
   if (image.dim() != 3 ||
       (image.size(0) != card.channels &&
@@ -35,8 +35,7 @@ absl::StatusOr<at::Tensor> ModelInput(at::Tensor image, const core::Model& model
 
 // What a model's render needs of a dataset: its input with `channels`
 // channels (the stimuli's, which may be gray for an RGB model).
-DatasetNeed RenderNeed(const core::Model& model, int64_t channels) {
-  const core::ModelCard& card = model.card();
+DatasetNeed RenderNeed(const core::ModelCard& card, int64_t channels) {
   DatasetNeed need;
   need.model = card.name;
   need.channels = channels;
@@ -130,10 +129,10 @@ bool RenderInputs::DefaultsToMaco(const v1::RenderRequest& request,
       !image.maco_dataset().empty()) {
     return false;
   }
-  if (plan.model->card().channels != 1 || plan.options.param.channels != 1) {
+  if (plan.model->card.channels != 1 || plan.options.param.channels != 1) {
     return false;
   }
-  return datasets_.Fitting(RenderNeed(*plan.model, 1)).size() == 1;
+  return datasets_.Fitting(RenderNeed(plan.model->card, 1)).size() == 1;
 }
 
 absl::Status RenderInputs::Resolve(const v1::RenderRequest& request,
@@ -155,11 +154,10 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
     if (request.optimizer().lr() == 0) plan.options.lr = DefaultLr(param.kind);
   }
   if (param.kind == core::ParamKind::kMaco) {
-    FEATVIZ_ASSIGN_OR_RETURN(
-        MacoPrior prior,
-        Prior(request.image().maco_dataset(),
-              RenderNeed(*plan.model, param.channels), param.height,
-              param.width));
+    FEATVIZ_ASSIGN_OR_RETURN(MacoPrior prior,
+                             Prior(request.image().maco_dataset(),
+                                   RenderNeed(plan.model->card, param.channels),
+                                   param.height, param.width));
     param.magnitude = prior.magnitude;
     param.magnitude_source = prior.source;
     param.tone_gain = prior.tone.gain;
@@ -189,7 +187,8 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
           image, TensorFromProto(request.references(static_cast<int>(ref.index)),
                                  what));
     } else {
-      DatasetNeed need = RenderNeed(*plan.model, plan.model->card().channels);
+      DatasetNeed need =
+          RenderNeed(plan.model->card, plan.model->card.channels);
       need.gray_for_rgb = true;  // As ModelInput takes them.
       absl::StatusOr<core::DatasetPtr> dataset =
           ref.dataset.empty()
@@ -210,7 +209,7 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
       what = absl::StrCat("image ", ref.index, " of dataset ", (*dataset)->name);
       image = (*dataset)->images[ref.index];
     }
-    FEATVIZ_ASSIGN_OR_RETURN(image, ModelInput(image, *plan.model, what));
+    FEATVIZ_ASSIGN_OR_RETURN(image, ModelInput(image, plan.model->card, what));
     plan.options.references[key] = image;
   }
   return absl::OkStatus();
