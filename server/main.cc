@@ -117,12 +117,19 @@ ABSL_FLAG(double, default_queue_timeout_seconds,
 ABSL_FLAG(int64_t, max_batch_images, featviz::server::Limits{}.max_batch_images,
           "Most images a worker steps together (continuous batching)");
 ABSL_FLAG(int64_t, max_job_records, featviz::server::Limits{}.max_job_records,
-          "Job records kept; the oldest finished ones are forgotten beyond");
+          "Job records kept (about 1 KiB each); beyond this the oldest "
+          "finished ones are forgotten, and their results with them");
 ABSL_FLAG(double, result_ttl_seconds, featviz::server::Limits{}.result_ttl_seconds,
           "How long a finished job's result is kept");
 ABSL_FLAG(int64_t, result_store_bytes,
           featviz::server::Limits{}.result_store_bytes,
-          "Most bytes of results kept; the oldest go first");
+          "Most bytes of results kept, counted as the memory they take "
+          "(images, PNGs, traces, statistics, bookkeeping); when full, the "
+          "oldest result of the owner holding the most goes first");
+ABSL_FLAG(double, result_owner_share,
+          featviz::server::Limits{}.result_owner_share,
+          "The most of --result_store_bytes one owner's results may take, in "
+          "(0, 1]; beyond it the owner's own oldest results go first");
 ABSL_FLAG(int64_t, progress_every,
           featviz::server::Limits{}.default_progress_every,
           "Steps between progress events when a request does not say");
@@ -260,6 +267,7 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   limits.max_job_records = absl::GetFlag(FLAGS_max_job_records);
   limits.result_ttl_seconds = absl::GetFlag(FLAGS_result_ttl_seconds);
   limits.result_store_bytes = absl::GetFlag(FLAGS_result_store_bytes);
+  limits.result_owner_share = absl::GetFlag(FLAGS_result_owner_share);
   limits.default_progress_every = absl::GetFlag(FLAGS_progress_every);
   absl::StatusOr<core::Precision> precision =
       core::ParsePrecision(absl::GetFlag(FLAGS_precision));
