@@ -54,8 +54,15 @@ ModelSummary Summarize(const core::Model& model, std::string path) {
 
 absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
   if (status.ok()) return status;
-  return absl::Status(status.code(),
-                      absl::StrCat(prefix, ": ", status.message()));
+  absl::Status prefixed(status.code(),
+                        absl::StrCat(prefix, ": ", status.message()));
+  // Payloads say more than the text (core::RefusedOperator's operator,
+  // which the registry counts); they travel on.
+  status.ForEachPayload(
+      [&prefixed](absl::string_view type_url, const absl::Cord& payload) {
+        prefixed.SetPayload(type_url, payload);
+      });
+  return prefixed;
 }
 
 bool IsFinal(JobState state) {

@@ -267,7 +267,8 @@ struct EngineStats {
   std::vector<DeviceStats> devices;
 };
 
-// `status` with `prefix` and ": " in front of its message, code kept.
+// `status` with `prefix` and ": " in front of its message, code and payloads
+// kept.
 absl::Status Prefixed(absl::string_view prefix, const absl::Status& status);
 
 }  // namespace featviz::server

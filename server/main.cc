@@ -47,11 +47,13 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/operator_policy.h"
 #include "core/status_macros.h"
 #include "server/auth.h"
 #include "server/limits.h"
@@ -181,6 +183,13 @@ ABSL_FLAG(double, max_connection_age_seconds, 0,
           "long (gRPC GOAWAY, +-10% jitter; calls in flight finish), so that "
           "DNS round-robin clients re-resolve and reach replicas added since; "
           "0: never");
+ABSL_FLAG(std::string, allow_operators, "",
+          "Comma-separated operators (NAMESPACE::NAME, e.g. aten::save) and "
+          "TorchBind classes (torch.classes.NAMESPACE.CLASS) that models may "
+          "use besides the built-in allow-list of tensor computation, even "
+          "ones it refuses by name; for a repository whose models and "
+          "uploaders you trust with them (docs/models.md, What a model may "
+          "call)");
 
 namespace featviz::server {
 namespace {
@@ -462,6 +471,20 @@ absl::Status Serve() {
   // Before any model is loaded: tapped graphs are built in the mode of the
   // time.
   core::SetLinearMode(*linear_mode);
+  absl::StatusOr<core::OperatorPolicy> operators =
+      core::ParseOperatorPolicy(absl::GetFlag(FLAGS_allow_operators));
+  if (!operators.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--allow_operators: ", operators.status().message()));
+  }
+  if (!operators->also_allowed.empty()) {
+    spdlog::warn(
+        "--allow_operators: models may also use {} (beyond tensor "
+        "computation; uploads included)",
+        absl::StrJoin(operators->also_allowed, ", "));
+  }
+  // Before the registry loads the repository: every load is checked.
+  core::SetOperatorPolicy(*std::move(operators));
   const double grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);
   if (!(grace_seconds >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -7,6 +7,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <sstream>
 #include <utility>
 
@@ -222,6 +223,22 @@ class MetricsCollector final : public prometheus::Collectable {
       }
     }
     out.push_back(std::move(model_memory));
+
+    MetricFamily refused = Family(
+        "featviz_models_refused_total",
+        "Model loads refused because the model's code uses an operator or "
+        "class outside tensor computation (docs/models.md), by operator",
+        MetricType::Counter);
+    std::map<std::string, int64_t> refused_by_operator;
+    for (const ModelRegistry* registry : registries_) {
+      for (const auto& [name, count] : registry->RefusedOperators()) {
+        refused_by_operator[name] += count;
+      }
+    }
+    for (const auto& [name, count] : refused_by_operator) {
+      AddValue(refused, static_cast<double>(count), {{"operator", name}});
+    }
+    out.push_back(std::move(refused));
     return out;
   }
 

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "core/device.h"
 #include "core/model_card.h"
+#include "core/operator_policy.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "server/engine_types.h"
@@ -284,6 +285,11 @@ std::vector<std::string> ModelRegistry::Names() const {
   return names;
 }
 
+std::map<std::string, int64_t> ModelRegistry::RefusedOperators() const {
+  absl::MutexLock lock(&refused_mu_);
+  return refused_;
+}
+
 std::vector<ModelSummary> ModelRegistry::List() const {
   absl::ReaderMutexLock lock(&mu_);
   std::vector<ModelSummary> list;
@@ -425,7 +431,14 @@ absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::LoadEntry(
   for (const c10::Device& device : devices_) {
     absl::StatusOr<core::ModelPtr> model =
         core::Model::Load(file, device, found.name, found.version);
-    if (!model.ok()) return Prefixed(found.path, model.status());
+    if (!model.ok()) {
+      if (const std::string refused = core::RefusedOperator(model.status());
+          !refused.empty()) {
+        absl::MutexLock lock(&refused_mu_);
+        ++refused_[refused];
+      }
+      return Prefixed(found.path, model.status());
+    }
     entry->freed.push_back(std::make_shared<absl::Notification>());
     entry->copies.push_back(Tracked(*std::move(model), entry->freed.back()));
   }
