@@ -117,16 +117,11 @@ absl::StatusOr<core::DatasetPtr> DatasetRegistry::Pick(
   absl::ReaderMutexLock lock(&mu_);
   std::vector<std::string> fitting;
   core::DatasetPtr only;
-  // The operator's datasets are what a request that names none means: a
-  // user's upload must not make everyone else's requests ambiguous.
-  std::vector<core::DatasetPtr> operators;
   for (const auto& [n, dataset] : datasets_) {
     if (!Fits(*dataset, need)) continue;
     fitting.push_back(n);
     only = dataset;
-    if (!dataset->uploaded) operators.push_back(dataset);
   }
-  if (fitting.size() > 1 && operators.size() == 1) return operators.front();
   const std::string input =
       absl::StrCat("model ", need.model, "'s input [", need.channels, ", ",
                    need.height, ", ", need.width, "]");

@@ -104,17 +104,6 @@ TEST(DatasetRegistry, SeveralFittingDatasetsMustBeNamed) {
   EXPECT_EQ(registry.Fitting(Need(1, 28, 28)).size(), 2u);
 }
 
-TEST(DatasetRegistry, AnUploadDoesNotMakeTheOperatorsDatasetAmbiguous) {
-  // A user's upload of the same shape: requests that name no dataset still
-  // mean the operator's, so nobody else's renders start failing.
-  DatasetRegistry registry(
-      {Made("mnist", 1, 28, 28), Made("mine", 1, 28, 28, true, "alice")});
-  absl::StatusOr<core::DatasetPtr> picked = registry.Pick("", Need(1, 28, 28), "dataset");
-  ASSERT_TRUE(picked.ok()) << picked.status();
-  EXPECT_EQ((*picked)->name, "mnist");
-  EXPECT_EQ((*registry.Pick("mine", Need(1, 28, 28), "dataset"))->name, "mine");
-}
-
 TEST(DatasetRegistry, UploadsArePersistedAndLoadedAgain) {
   const std::string dir = TempDir("persist");
   {
