@@ -385,6 +385,44 @@ absl::Status RunStats(VisualizerClient& client, bool json_out, std::FILE* out) {
                         stats.dataset_memory_bytes() > 0
                             ? absl::StrCat(stats.dataset_memory_bytes())
                             : std::string("none")));
+  std::vector<std::string> removed;
+  for (const char* why : {"expired", "evicted", "owner_share", "forgotten"}) {
+    auto it = stats.results_removed().find(why);
+    removed.push_back(absl::StrCat(
+        it == stats.results_removed().end() ? 0 : it->second, " ", why));
+  }
+  Print(out,
+        absl::StrFormat(
+            "memory: results %s of %s (one owner at most %s); removed %s\n"
+            "        job records %d of %d kept (%s), %d forgotten\n"
+            "        heap %s in use, %s held\n",
+            HumanBytes(stats.result_bytes()),
+            HumanBytes(stats.result_max_bytes()),
+            HumanBytes(stats.result_owner_max_bytes()),
+            absl::StrJoin(removed, ", "), stats.job_records(),
+            stats.max_job_records(), HumanBytes(stats.job_record_bytes()),
+            stats.job_records_forgotten(), HumanBytes(stats.heap_in_use_bytes()),
+            HumanBytes(stats.heap_held_bytes())));
+  if (!stats.result_owners().empty()) {
+    std::vector<std::vector<std::string>> owners;
+    for (const v1::OwnerResultUsage& owner : stats.result_owners()) {
+      owners.push_back({owner.owner(), absl::StrCat(owner.results()),
+                        HumanBytes(owner.bytes()),
+                        absl::StrFormat(
+                            "%.0f%%", stats.result_owner_max_bytes() > 0
+                                          ? 100.0 * static_cast<double>(owner.bytes()) /
+                                                static_cast<double>(stats.result_owner_max_bytes())
+                                          : 0.0)});
+    }
+    Print(out, FormatTable({"owner", "results", "bytes", "of share"}, owners));
+  }
+  if (!stats.uploads().empty()) {
+    std::vector<std::vector<std::string>> uploads;
+    for (const v1::OwnerResultUsage& upload : stats.uploads()) {
+      uploads.push_back({upload.owner(), HumanBytes(upload.bytes())});
+    }
+    Print(out, FormatTable({"uploader", "uploaded"}, uploads));
+  }
   std::vector<std::vector<std::string>> rows;
   for (const v1::DeviceStats& d : stats.devices()) {
     rows.push_back(

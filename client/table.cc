@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace featviz::client {
 
@@ -31,6 +33,18 @@ std::string FormatTable(const std::vector<std::string>& header,
   append_row(header, /*upper=*/true);
   for (const auto& row : rows) append_row(row, /*upper=*/false);
   return out;
+}
+
+std::string HumanBytes(int64_t bytes) {
+  const double b = static_cast<double>(bytes);
+  if (bytes < 1024 && bytes > -1024) return absl::StrCat(bytes, " B");
+  if (b < 1024.0 * 1024 && b > -1024.0 * 1024) {
+    return absl::StrFormat("%.1f KiB", b / 1024);
+  }
+  if (b < 1024.0 * 1024 * 1024 && b > -1024.0 * 1024 * 1024) {
+    return absl::StrFormat("%.1f MiB", b / (1024.0 * 1024));
+  }
+  return absl::StrFormat("%.2f GiB", b / (1024.0 * 1024 * 1024));
 }
 
 }  // namespace featviz::client

@@ -3,6 +3,7 @@
 #ifndef FEATVIZ_CLIENT_TABLE_H_
 #define FEATVIZ_CLIENT_TABLE_H_
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,9 @@ namespace featviz::client {
 // shorter than the header are padded with empty cells.
 std::string FormatTable(const std::vector<std::string>& header,
                         const std::vector<std::vector<std::string>>& rows);
+
+// `bytes` for people: "812 B", "3.4 KiB", "12.0 MiB", "1.50 GiB".
+std::string HumanBytes(int64_t bytes);
 
 }  // namespace featviz::client
 

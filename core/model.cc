@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "core/operator_policy.h"
 #include "core/sha256.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
@@ -554,15 +555,6 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
   bytes << in.rdbuf();
   const std::string content = bytes.str();
 
-  torch::jit::Module module;
-  try {
-    std::istringstream stream(content);
-    module = torch::jit::load(stream, device);
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, " is not a TorchScript model: ", FirstLine(e.what())));
-  }
-
   std::filesystem::path card_path(path);
   card_path.replace_extension(".card.json");
   ModelCard card;
@@ -573,6 +565,25 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
   if (!name.empty()) card.name = name;
   if (!version.empty()) card.version = version;
   if (card.name.empty()) card.name = std::filesystem::path(path).stem();
+
+  // torch::jit::load runs code (the __setstate__ of every object it
+  // unpickles), so the archive's code is checked before it is loaded,
+  // from the same bytes that are then loaded.
+  if (absl::Status checked =
+          CheckModelArchive(content, card.name, GetOperatorPolicy());
+      !checked.ok()) {
+    if (!RefusedOperator(checked).empty()) return checked;
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " is not a TorchScript model: ", checked.message()));
+  }
+  torch::jit::Module module;
+  try {
+    std::istringstream stream(content);
+    module = torch::jit::load(stream, device);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, " is not a TorchScript model: ", FirstLine(e.what())));
+  }
   FEATVIZ_ASSIGN_OR_RETURN(auto model,
                            Create(std::move(module), card, device, card_found));
   model->content_hash_ = Sha256Hex(content);
@@ -584,6 +595,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(torch::jit::Module module,
                                                      const c10::Device& device,
                                                      bool card_found) {
   if (card.name.empty()) card.name = "model";
+  // Below, forward runs (the probe, the catalogue): a module that did not
+  // come through Load's archive check is checked here first, and one that
+  // did costs a walk over its graphs.
+  FEATVIZ_RETURN_IF_ERROR(
+      CheckModuleCode(module, card.name, GetOperatorPolicy()));
   std::unique_ptr<Model> model;
   try {
     // Cloned with autograd off: otherwise every copied weight is a non-leaf

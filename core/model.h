@@ -84,10 +84,13 @@ class Model {
  public:
   // Loads a TorchScript file onto `device`, with the card `<stem>.card.json`
   // beside it when present (defaults otherwise). Errors: NotFound for a
-  // missing file, InvalidArgument for a file that is not TorchScript, that
-  // does not run on the card's input shape, or whose outputs do not match
-  // the card's "logits" and "classes". forward() may return a tensor, or a
-  // tuple, list or dict of them (nested); see ModelCard for the logits.
+  // missing file, InvalidArgument for a file that is not TorchScript, whose
+  // code uses an operator the process's OperatorPolicy refuses (checked
+  // before anything of the file runs; RefusedOperator names it; see
+  // core/operator_policy.h), that does not run on the card's input shape,
+  // or whose outputs do not match the card's "logits" and "classes".
+  // forward() may return a tensor, or a tuple, list or dict of them
+  // (nested); see ModelCard for the logits.
   static absl::StatusOr<std::unique_ptr<Model>> Load(
       const std::string& path, const c10::Device& device = c10::kCPU);
   // The same, with the name and version given by where the file lives (a
@@ -99,6 +102,8 @@ class Model {
   // Wraps an already loaded module (copied, put in eval mode, parameters
   // frozen). `card_found` says whether `card` came from a file; when false
   // and the card's input shape does not run, common input shapes are tried.
+  // The module's code is checked against the OperatorPolicy before forward
+  // runs (InvalidArgument as Load's).
   static absl::StatusOr<std::unique_ptr<Model>> Create(
       torch::jit::Module module, ModelCard card, const c10::Device& device,
       bool card_found = true);

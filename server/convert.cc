@@ -1014,6 +1014,28 @@ v1::ServerStats StatsToProto(const EngineStats& stats) {
   out.set_jobs_failed(stats.jobs_failed);
   out.set_jobs_cancelled(stats.jobs_cancelled);
   out.set_jobs_expired(stats.jobs_expired);
+  out.set_result_max_bytes(stats.result_max_bytes);
+  out.set_result_owner_max_bytes(stats.result_owner_max_bytes);
+  for (const auto& [why, count] : stats.results_removed) {
+    (*out.mutable_results_removed())[why] = count;
+  }
+  for (const EngineStats::OwnerUsage& owner : stats.result_owners) {
+    v1::OwnerResultUsage* usage = out.add_result_owners();
+    usage->set_owner(owner.owner);
+    usage->set_results(owner.results);
+    usage->set_bytes(owner.bytes);
+  }
+  for (const EngineStats::OwnerUsage& upload : stats.uploads) {
+    v1::OwnerResultUsage* usage = out.add_uploads();
+    usage->set_owner(upload.owner);
+    usage->set_bytes(upload.bytes);
+  }
+  out.set_heap_in_use_bytes(stats.heap_in_use_bytes);
+  out.set_heap_held_bytes(stats.heap_held_bytes);
+  out.set_job_records(stats.job_records);
+  out.set_job_record_bytes(stats.job_record_bytes);
+  out.set_max_job_records(stats.max_job_records);
+  out.set_job_records_forgotten(stats.job_records_forgotten);
   for (const DeviceStats& device : stats.devices) {
     v1::DeviceStats* d = out.add_devices();
     d->set_device(device.device);

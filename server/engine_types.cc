@@ -11,6 +11,7 @@
 #include "core/image.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
+#include "server/heap_bytes.h"
 
 namespace featviz::server {
 namespace {
@@ -24,9 +25,9 @@ HostArray ToHost(const at::Tensor& tensor) {
   return out;
 }
 
-int64_t BytesOf(const HostArray& array) {
-  return static_cast<int64_t>(array.values.size() * sizeof(float) +
-                              array.shape.size() * sizeof(int64_t));
+// The heap an array holds beyond its own object.
+int64_t HeapBytes(const HostArray& array) {
+  return server::HeapBytes(array.shape) + server::HeapBytes(array.values);
 }
 
 }  // namespace
@@ -97,8 +98,15 @@ absl::string_view ModelStateName(ModelState state) {
 
 absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
   if (status.ok()) return status;
-  return absl::Status(status.code(),
-                      absl::StrCat(prefix, ": ", status.message()));
+  absl::Status prefixed(status.code(),
+                        absl::StrCat(prefix, ": ", status.message()));
+  // Payloads say more than the text (core::RefusedOperator's operator,
+  // which the registry counts); they travel on.
+  status.ForEachPayload(
+      [&prefixed](absl::string_view type_url, const absl::Cord& payload) {
+        prefixed.SetPayload(type_url, payload);
+      });
+  return prefixed;
 }
 
 bool IsFinal(JobState state) {
@@ -125,32 +133,28 @@ absl::string_view JobStateName(JobState state) {
 }
 
 int64_t JobResult::bytes() const {
-  int64_t total = static_cast<int64_t>(
-      model.size() + model_version.size() + model_hash.size() +
-      objective.size() + transforms.size() + linear_mode.size());
+  // The object and shared_ptr's control block, in one make_shared chunk.
+  int64_t total = HeapChunk(static_cast<int64_t>(sizeof(JobResult)) + 16);
+  for (const std::string* text :
+       {&model, &model_version, &model_hash, &objective, &maco_magnitude,
+        &transforms, &linear_mode}) {
+    total += HeapBytes(*text);
+  }
+  total += HeapChunk(static_cast<int64_t>(terms.capacity() * sizeof(TermOutcome)));
   for (const TermOutcome& term : terms) {
-    total += static_cast<int64_t>(term.term.size() +
-                                  term.trace.size() * sizeof(float)) +
-             16;
+    total += HeapBytes(term.term) + HeapBytes(term.trace);
   }
-  if (images.has_value()) total += BytesOf(*images);
-  for (const std::string& p : png) total += static_cast<int64_t>(p.size());
-  for (const std::string& p : band_png) total += static_cast<int64_t>(p.size());
-  for (const std::string& name : band_names) {
-    total += static_cast<int64_t>(name.size());
-  }
-  total += static_cast<int64_t>(composite.size() * sizeof(int64_t));
-  total += BytesOf(logits) + BytesOf(probs);
+  if (images.has_value()) total += HeapBytes(*images);
+  total += HeapBytes(png) + HeapBytes(band_png) + HeapBytes(band_names) +
+           HeapBytes(transparency_png) + HeapBytes(composite);
+  total += HeapBytes(logits) + HeapBytes(probs);
+  total += HeapChunk(
+      static_cast<int64_t>(layer_stats.capacity() * sizeof(LayerSummary)));
   for (const LayerSummary& s : layer_stats) {
-    total += static_cast<int64_t>(s.layer.size()) + BytesOf(s.mean) +
-             BytesOf(s.max);
+    total += HeapBytes(s.layer) + HeapBytes(s.mean) + HeapBytes(s.max);
   }
-  if (transparency.has_value()) total += BytesOf(*transparency);
-  for (const std::string& p : transparency_png) {
-    total += static_cast<int64_t>(p.size());
-  }
-  total += static_cast<int64_t>(maco_magnitude.size());
-  return total + 64;  // The scalars.
+  if (transparency.has_value()) total += HeapBytes(*transparency);
+  return total;
 }
 
 absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
@@ -219,6 +223,14 @@ absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
   out.linear_mode = plan.linear_mode;
   out.queue_seconds = queue_seconds;
   out.compute_seconds = compute_seconds;
+  // Kept for a while: no slack from growing containers.
+  out.terms.shrink_to_fit();
+  out.layer_stats.shrink_to_fit();
+  for (std::vector<std::string>* pngs :
+       {&out.png, &out.band_png, &out.transparency_png}) {
+    pngs->shrink_to_fit();
+    for (std::string& p : *pngs) p.shrink_to_fit();
+  }
   return out;
 }
 

@@ -210,7 +210,9 @@ struct JobResult {
   double queue_seconds = 0;
   double compute_seconds = 0;
 
-  // About the bytes it holds (what the result store budgets).
+  // The heap it takes, object included: every string, array and PNG at its
+  // allocated size, as glibc's malloc counts it (server/heap_bytes.h). What
+  // the result store budgets (plus its own bookkeeping per result).
   int64_t bytes() const;
 };
 using JobResultPtr = std::shared_ptr<const JobResult>;
@@ -296,7 +298,33 @@ struct EngineStats {
   int64_t cache_hits = 0;
   int64_t cache_misses = 0;
   int64_t results_stored = 0;
+  // Heap they take, bookkeeping included (also that of remembering why
+  // results left, at most about 3 MiB, which the budget does not bound).
   int64_t result_bytes = 0;
+  int64_t result_max_bytes = 0;        // The store's budget.
+  int64_t result_owner_max_bytes = 0;  // One owner's share of it.
+  // Results removed since start: expired, evicted (budget), owner_share,
+  // forgotten (with their job record).
+  std::map<std::string, int64_t> results_removed;
+  // The owners holding the most result bytes, most first.
+  struct OwnerUsage {
+    std::string owner;
+    int64_t results = 0;
+    int64_t bytes = 0;
+  };
+  std::vector<OwnerUsage> result_owners;
+  // Bytes each client has uploaded since start (models and datasets, what
+  // its max_upload_bytes quota counts), most first.
+  std::vector<OwnerUsage> uploads;
+  int64_t job_records = 0;       // Job records kept (all states).
+  int64_t job_record_bytes = 0;  // Their heap, approximately.
+  int64_t max_job_records = 0;
+  int64_t job_records_forgotten = 0;
+  // The process's heap as glibc's malloc counts it (mallinfo2): bytes in
+  // use by allocations, and bytes it holds from the system (in use or free
+  // for reuse); their difference is what fragmentation costs.
+  int64_t heap_in_use_bytes = 0;
+  int64_t heap_held_bytes = 0;
   int64_t jobs_submitted = 0;
   int64_t jobs_succeeded = 0;
   int64_t jobs_failed = 0;
@@ -312,7 +340,8 @@ struct EngineStats {
   int64_t dataset_budget_bytes = 0;
 };
 
-// `status` with `prefix` and ": " in front of its message, code kept.
+// `status` with `prefix` and ": " in front of its message, code and payloads
+// kept.
 absl::Status Prefixed(absl::string_view prefix, const absl::Status& status);
 
 }  // namespace featviz::server

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
+#include "server/heap_bytes.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -24,6 +25,39 @@ std::string Outcome(const absl::Status& status, bool cached) {
   if (status.ok()) return cached ? "OK (cached)" : "OK";
   return absl::StrCat(absl::StatusCodeToString(status.code()), " (",
                       status.message(), ")");
+}
+
+// The heap a job record takes once its job is over (its tensors dropped),
+// with its entries in records_ and finished_: an estimate from the sizes of
+// what it holds (server/heap_bytes.h).
+int64_t RecordBytes(const JobRecord& job) {
+  int64_t total = HeapChunk(static_cast<int64_t>(sizeof(JobRecord)) + 16) +
+                  MapNodeBytes(sizeof(std::pair<const uint64_t, JobRecordPtr>)) +
+                  static_cast<int64_t>(sizeof(uint64_t));
+  for (const std::string* text :
+       {&job.id, &job.owner, &job.model, &job.objective, &job.cache_key,
+        &job.plan.model_name, &job.plan.model_version, &job.plan.model_hash,
+        &job.plan.linear_mode, &job.plan.owner,
+        &job.plan.options.param.magnitude_source}) {
+    total += HeapBytes(*text);
+  }
+  const auto& terms = job.plan.objective.terms();
+  total += HeapChunk(
+      static_cast<int64_t>(terms.capacity() * sizeof(terms.front())));
+  for (const auto& weighted : terms) {
+    const core::Term& term = weighted.term;
+    total += HeapBytes(term.layer) + HeapBytes(term.output) +
+             HeapBytes(term.vector) + HeapBytes(term.reference.dataset);
+  }
+  if (job.plan.options.transforms.has_value()) {
+    total += HeapBytes(*job.plan.options.transforms);
+    for (const core::Transform& t : *job.plan.options.transforms) {
+      total += HeapBytes(t.values);
+    }
+  }
+  total += HeapBytes(job.plan.display.composite) +
+           HeapBytes(job.plan.display.names);
+  return total;
 }
 
 }  // namespace
@@ -108,6 +142,7 @@ absl::StatusOr<JobRecordPtr> JobManager::Submit(RenderPlan plan,
   queued.quota = quota;
   const absl::Status added = scheduler_.Add(std::move(queued));
   if (!added.ok()) {
+    record_bytes_.fetch_sub(RecordBytes(*job));
     absl::MutexLock lock(&mu_);
     records_.erase(job->seq);
     return added;
@@ -138,7 +173,7 @@ absl::StatusOr<JobRecordPtr> JobManager::SubmitCached(
   }
   // Stored under the new id as well, so that the new job's result lives as
   // long as any other result (the bytes are shared, the accounting is not).
-  results_.Put(job->id, result, result->bytes(), now);
+  results_.Put(job->id, job->owner, result, result->bytes(), now);
   AddRecord(job);
   Retire(*job);
   cache_hits_.fetch_add(1);
@@ -340,8 +375,26 @@ void JobManager::FillStats(EngineStats& stats) const {
   stats.running_jobs = running();
   stats.cache_hits = cache_hits_.load();
   stats.cache_misses = cache_misses_.load();
-  stats.results_stored = results_.size();
-  stats.result_bytes = results_.bytes();
+  const ResultStoreStats results = results_.Stats();
+  stats.results_stored = results.results;
+  stats.result_bytes = results.bytes + results.bookkeeping_bytes;
+  stats.result_max_bytes = results.max_bytes;
+  stats.result_owner_max_bytes = results.owner_max_bytes;
+  for (int why = 0; why < kResultRemovals; ++why) {
+    stats.results_removed[ResultRemovalName(static_cast<ResultRemoval>(why))] =
+        results.removed[why];
+  }
+  for (const OwnerResults& owner : results.owners) {
+    stats.result_owners.push_back(
+        EngineStats::OwnerUsage{owner.owner, owner.results, owner.bytes});
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    stats.job_records = static_cast<int64_t>(records_.size());
+  }
+  stats.job_record_bytes = record_bytes_.load();
+  stats.max_job_records = options_.max_job_records;
+  stats.job_records_forgotten = records_forgotten_.load();
   stats.jobs_submitted = submitted_.load();
   stats.jobs_succeeded = succeeded_.load();
   stats.jobs_failed = failed_.load();
@@ -438,7 +491,7 @@ void JobManager::Finish(JobRecord& job, const absl::Status& status,
                         JobResultPtr result) {
   if (status.ok() && result != nullptr) {
     const absl::Time now = absl::Now();
-    results_.Put(job.id, result, result->bytes(), now);
+    results_.Put(job.id, job.owner, result, result->bytes(), now);
     if (!job.cache_key.empty()) results_.Remember(job.cache_key, job.id);
     End(job, JobState::kSucceeded, status, std::move(result));
     return;
@@ -518,6 +571,11 @@ void JobManager::End(JobRecord& job, JobState state,
     device = job.device_;
     watchers.swap(job.watchers_);
   }
+  // Nothing reads the plan's tensors once the job is final (the worker has
+  // let go of the plan before it calls Finish), and the record outlives it.
+  job.plan.options.references.clear();
+  job.plan.options.param.init_image = at::Tensor();
+  job.plan.options.param.magnitude = at::Tensor();
   switch (state) {
     case JobState::kSucceeded:
       succeeded_.fetch_add(1);
@@ -559,17 +617,31 @@ void JobManager::End(JobRecord& job, JobState state,
 }
 
 void JobManager::AddRecord(const JobRecordPtr& job) {
+  record_bytes_.fetch_add(RecordBytes(*job));
   absl::MutexLock lock(&mu_);
   records_[job->seq] = job;
 }
 
 void JobManager::Retire(const JobRecord& job) {
-  absl::MutexLock lock(&mu_);
-  finished_.push_back(job.seq);
-  while (static_cast<int64_t>(records_.size()) > options_.max_job_records &&
-         !finished_.empty()) {
-    records_.erase(finished_.front());
-    finished_.pop_front();
+  std::vector<JobRecordPtr> forgotten;
+  {
+    absl::MutexLock lock(&mu_);
+    finished_.push_back(job.seq);
+    while (static_cast<int64_t>(records_.size()) > options_.max_job_records &&
+           !finished_.empty()) {
+      auto it = records_.find(finished_.front());
+      finished_.pop_front();
+      if (it == records_.end()) continue;
+      forgotten.push_back(std::move(it->second));
+      records_.erase(it);
+    }
+  }
+  // A result whose job is forgotten can no longer be asked for by id; the
+  // cache's keys go with it.
+  for (const JobRecordPtr& record : forgotten) {
+    results_.Forget(record->id);
+    record_bytes_.fetch_sub(RecordBytes(*record));
+    records_forgotten_.fetch_add(1);
   }
 }
 

@@ -71,7 +71,10 @@ class JobRecord {
   const uint64_t seq;    // Order of submission.
   const std::string id;  // "<seq>", or "<seq>@<replica>" (SetReplica).
   const std::string owner;
-  const RenderPlan plan;
+  // Fixed once submitted, except that the manager drops its tensors
+  // (reference images, initial image, MaCo magnitude) when the job ends:
+  // nothing reads them then, and a record outlives its job.
+  RenderPlan plan;
   const std::string model;      // The model's name.
   const std::string objective;  // Canonical text.
   const std::string cache_key;  // Empty when the request is not cacheable.
@@ -110,7 +113,8 @@ struct JobManagerOptions {
   ResultStoreOptions results;
   // Longest wait in the queue; a request may ask for less, never more.
   absl::Duration default_queue_timeout = absl::Seconds(600);
-  // Job records kept; the oldest finished ones are forgotten beyond this.
+  // Job records kept; the oldest finished ones are forgotten beyond this,
+  // and their results with them, so that this also bounds the results kept.
   int64_t max_job_records = 100000;
   // Told of every job's end (not of cached answers), without locks held;
   // must be quick and thread-safe. May be empty.
@@ -254,6 +258,9 @@ class JobManager {
   std::atomic<int64_t> cancelled_{0};
   std::atomic<int64_t> expired_{0};
   std::atomic<int64_t> cache_hits_{0};
+  // Heap of the records kept (RecordBytes), and records forgotten.
+  std::atomic<int64_t> record_bytes_{0};
+  std::atomic<int64_t> records_forgotten_{0};
   std::atomic<int64_t> cache_misses_{0};
 };
 using JobManagerPtr = std::unique_ptr<JobManager>;

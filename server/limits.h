@@ -38,12 +38,17 @@ struct Limits {
   // Most images one worker steps together (the sum of its running jobs'
   // batches). A job larger than this still runs, alone.
   int64_t max_batch_images = 256;
-  // Job records kept; beyond this the oldest finished ones are forgotten.
+  // Job records kept; beyond this the oldest finished ones are forgotten,
+  // with their results. A finished record takes about 1 KiB (stats'
+  // job_record_bytes says how much they take).
   int64_t max_job_records = 100000;
   // How long a finished job's result is kept.
   double result_ttl_seconds = 3600;
-  // Most bytes of results kept (512 MiB); the oldest go first.
+  // Most bytes of results kept (512 MiB), counted as the heap they take;
+  // when full, the oldest result of the owner holding the most goes first.
   int64_t result_store_bytes = int64_t{512} << 20;
+  // The most of result_store_bytes one owner's results may take, in (0, 1].
+  double result_owner_share = 0.5;
   // Largest model file UploadModel accepts, in bytes (1 GiB).
   int64_t max_upload_bytes = int64_t{1} << 30;
   // Largest dataset UploadDataset accepts, in bytes (256 MiB); its images

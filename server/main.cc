@@ -47,11 +47,13 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/operator_policy.h"
 #include "core/status_macros.h"
 #include "server/auth.h"
 #include "server/limits.h"
@@ -136,12 +138,19 @@ ABSL_FLAG(double, default_queue_timeout_seconds,
 ABSL_FLAG(int64_t, max_batch_images, featviz::server::Limits{}.max_batch_images,
           "Most images a worker steps together (continuous batching)");
 ABSL_FLAG(int64_t, max_job_records, featviz::server::Limits{}.max_job_records,
-          "Job records kept; the oldest finished ones are forgotten beyond");
+          "Job records kept (about 1 KiB each); beyond this the oldest "
+          "finished ones are forgotten, and their results with them");
 ABSL_FLAG(double, result_ttl_seconds, featviz::server::Limits{}.result_ttl_seconds,
           "How long a finished job's result is kept");
 ABSL_FLAG(int64_t, result_store_bytes,
           featviz::server::Limits{}.result_store_bytes,
-          "Most bytes of results kept; the oldest go first");
+          "Most bytes of results kept, counted as the memory they take "
+          "(images, PNGs, traces, statistics, bookkeeping); when full, the "
+          "oldest result of the owner holding the most goes first");
+ABSL_FLAG(double, result_owner_share,
+          featviz::server::Limits{}.result_owner_share,
+          "The most of --result_store_bytes one owner's results may take, in "
+          "(0, 1]; beyond it the owner's own oldest results go first");
 ABSL_FLAG(int64_t, progress_every,
           featviz::server::Limits{}.default_progress_every,
           "Steps between progress events when a request does not say");
@@ -193,6 +202,13 @@ ABSL_FLAG(double, max_connection_age_seconds, 0,
           "long (gRPC GOAWAY, +-10% jitter; calls in flight finish), so that "
           "DNS round-robin clients re-resolve and reach replicas added since; "
           "0: never");
+ABSL_FLAG(std::string, allow_operators, "",
+          "Comma-separated operators (NAMESPACE::NAME, e.g. aten::save) and "
+          "TorchBind classes (torch.classes.NAMESPACE.CLASS) that models may "
+          "use besides the built-in allow-list of tensor computation, even "
+          "ones it refuses by name; for a repository whose models and "
+          "uploaders you trust with them (docs/models.md, What a model may "
+          "call)");
 
 namespace featviz::server {
 namespace {
@@ -282,6 +298,7 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   limits.max_job_records = absl::GetFlag(FLAGS_max_job_records);
   limits.result_ttl_seconds = absl::GetFlag(FLAGS_result_ttl_seconds);
   limits.result_store_bytes = absl::GetFlag(FLAGS_result_store_bytes);
+  limits.result_owner_share = absl::GetFlag(FLAGS_result_owner_share);
   limits.default_progress_every = absl::GetFlag(FLAGS_progress_every);
   absl::StatusOr<core::Precision> precision =
       core::ParsePrecision(absl::GetFlag(FLAGS_precision));
@@ -488,6 +505,20 @@ absl::Status Serve() {
   // Before any model is loaded: tapped graphs are built in the mode of the
   // time.
   core::SetLinearMode(*linear_mode);
+  absl::StatusOr<core::OperatorPolicy> operators =
+      core::ParseOperatorPolicy(absl::GetFlag(FLAGS_allow_operators));
+  if (!operators.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--allow_operators: ", operators.status().message()));
+  }
+  if (!operators->also_allowed.empty()) {
+    spdlog::warn(
+        "--allow_operators: models may also use {} (beyond tensor "
+        "computation; uploads included)",
+        absl::StrJoin(operators->also_allowed, ", "));
+  }
+  // Before the registry loads the repository: every load is checked.
+  core::SetOperatorPolicy(*std::move(operators));
   const double grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);
   if (!(grace_seconds >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -7,6 +7,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <sstream>
 #include <utility>
 
@@ -141,6 +142,37 @@ class MetricsCollector final : public prometheus::Collectable {
                MetricType::Gauge);
     AddValue(stored_bytes, stats.result_bytes);
     out.push_back(std::move(stored_bytes));
+    MetricFamily budget = Family(
+        "featviz_results_budget_bytes",
+        "The result store's budget (--result_store_bytes)", MetricType::Gauge);
+    AddValue(budget, stats.result_max_bytes);
+    out.push_back(std::move(budget));
+    MetricFamily removed = Family(
+        "featviz_results_removed_total",
+        "Finished results removed, by reason (expired, evicted, owner_share, "
+        "forgotten)",
+        MetricType::Counter);
+    for (const auto& [why, count] : stats.results_removed) {
+      AddValue(removed, count, {{"reason", why}});
+    }
+    out.push_back(std::move(removed));
+    MetricFamily records = Family("featviz_job_records",
+                                  "Job records kept", MetricType::Gauge);
+    AddValue(records, stats.job_records);
+    out.push_back(std::move(records));
+    MetricFamily record_bytes =
+        Family("featviz_job_records_bytes",
+               "Approximate heap of the job records kept", MetricType::Gauge);
+    AddValue(record_bytes, stats.job_record_bytes);
+    out.push_back(std::move(record_bytes));
+    MetricFamily heap = Family(
+        "featviz_heap_bytes",
+        "The process's heap (mallinfo2): in use by allocations, and held from "
+        "the system",
+        MetricType::Gauge);
+    AddValue(heap, stats.heap_in_use_bytes, {{"state", "in_use"}});
+    AddValue(heap, stats.heap_held_bytes, {{"state", "held"}});
+    out.push_back(std::move(heap));
 
     MetricFamily steps_rate = Family(
         "featviz_steps_per_second",
@@ -272,6 +304,22 @@ class MetricsCollector final : public prometheus::Collectable {
       }
     }
     out.push_back(std::move(model_memory));
+
+    MetricFamily refused = Family(
+        "featviz_models_refused_total",
+        "Model loads refused because the model's code uses an operator or "
+        "class outside tensor computation (docs/models.md), by operator",
+        MetricType::Counter);
+    std::map<std::string, int64_t> refused_by_operator;
+    for (const ModelRegistry* registry : registries_) {
+      for (const auto& [name, count] : registry->RefusedOperators()) {
+        refused_by_operator[name] += count;
+      }
+    }
+    for (const auto& [name, count] : refused_by_operator) {
+      AddValue(refused, static_cast<double>(count), {{"operator", name}});
+    }
+    out.push_back(std::move(refused));
     return out;
   }
 

@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "core/device.h"
 #include "core/model_card.h"
+#include "core/operator_policy.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "server/engine_types.h"
@@ -327,6 +328,11 @@ std::vector<std::string> ModelRegistry::Names() const {
   return names;
 }
 
+std::map<std::string, int64_t> ModelRegistry::RefusedOperators() const {
+  absl::MutexLock lock(&refused_mu_);
+  return refused_;
+}
+
 std::vector<ModelSummary> ModelRegistry::List() const {
   std::vector<EntryPtr> entries;
   {
@@ -473,7 +479,14 @@ absl::StatusOr<core::ModelPtr> ModelRegistry::LoadCopy(
   // one found (and checked) above.
   absl::StatusOr<core::ModelPtr> model = core::Model::Load(
       (root_ / path).string(), devices_[device], name, version);
-  if (!model.ok()) return Prefixed(path, model.status());
+  if (!model.ok()) {
+    if (const std::string refused = core::RefusedOperator(model.status());
+        !refused.empty()) {
+      absl::MutexLock lock(&refused_mu_);
+      ++refused_[refused];
+    }
+    return Prefixed(path, model.status());
+  }
   if (!content_hash.empty() && (*model)->content_hash() != content_hash) {
     return absl::FailedPreconditionError(absl::StrCat(
         "model ", Key(name, version), ": ", path,

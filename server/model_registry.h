@@ -147,6 +147,11 @@ class ModelRegistry {
   // Each device's model memory: budget, bytes held, copies by state, loads
   // and evictions. Index: device.
   std::vector<ModelMemoryStats> MemoryStats() const;
+  // Model loads refused because the model's code uses an operator or class
+  // that core's OperatorPolicy refuses (core::RefusedOperator), by its name,
+  // since the registry was made: uploads, scans, loads and polls alike (a
+  // refused file found again by each poll counts each time).
+  std::map<std::string, int64_t> RefusedOperators() const;
 
   // ------------------------------------------------------------- admin
   // Load, Unload and Reload run one at a time.
@@ -290,6 +295,11 @@ class ModelRegistry {
   std::map<std::string, Versions, std::less<>> served_ ABSL_GUARDED_BY(mu_);
   // name@version of versions being unloaded, with the count of unloads.
   std::map<std::string, int, std::less<>> draining_ ABSL_GUARDED_BY(mu_);
+
+  // Counted by LoadEntry, which is const: the count is not the registry's
+  // state, only what it has seen.
+  mutable absl::Mutex refused_mu_;
+  mutable std::map<std::string, int64_t> refused_ ABSL_GUARDED_BY(refused_mu_);
 
   absl::Mutex poll_mu_;
   bool poll_stop_ ABSL_GUARDED_BY(poll_mu_) = false;

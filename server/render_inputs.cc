@@ -119,20 +119,24 @@ absl::StatusOr<RenderInputs::MacoPrior> RenderInputs::Prior(
   return cached.prior;
 }
 
-bool RenderInputs::DefaultsToMaco(const v1::RenderRequest& request,
-                                  const RenderPlan& plan) const {
+core::DatasetPtr RenderInputs::DefaultMacoDataset(
+    const v1::RenderRequest& request, const RenderPlan& plan) const {
   const v1::ImageSpec& image = request.image();
   // Only where the request leaves every parameterisation choice open: no
   // kind, no FFT decay, no start image (MaCo would keep only its phase).
   if (image.parameterization() != v1::PARAMETERIZATION_UNSPECIFIED ||
       image.decay_power() != 0 || image.has_init_image() ||
       !image.maco_dataset().empty()) {
-    return false;
+    return nullptr;
   }
   if (plan.model->card.channels != 1 || plan.options.param.channels != 1) {
-    return false;
+    return nullptr;
   }
-  return datasets_.Fitting(RenderNeed(plan.model->card, 1)).size() == 1;
+  // Decided once: an upload landing between this and the prior's lookup
+  // must not turn the request into an ambiguous one.
+  std::vector<core::DatasetPtr> fitting =
+      datasets_.Fitting(RenderNeed(plan.model->card, 1));
+  return fitting.size() == 1 ? fitting.front() : nullptr;
 }
 
 absl::Status RenderInputs::Resolve(const v1::RenderRequest& request,
@@ -149,15 +153,18 @@ absl::Status RenderInputs::Resolve(const v1::RenderRequest& request,
 absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
                                             RenderPlan& plan) {
   core::ParamOptions& param = plan.options.param;
-  if (DefaultsToMaco(request, plan)) {
+  std::string maco_dataset = request.image().maco_dataset();
+  if (core::DatasetPtr dataset = DefaultMacoDataset(request, plan)) {
     param.kind = core::ParamKind::kMaco;
+    maco_dataset = dataset->name;
     if (request.optimizer().lr() == 0) plan.options.lr = DefaultLr(param.kind);
   }
   if (param.kind == core::ParamKind::kMaco) {
-    FEATVIZ_ASSIGN_OR_RETURN(MacoPrior prior,
-                             Prior(request.image().maco_dataset(),
-                                   RenderNeed(plan.model->card, param.channels),
-                                   param.height, param.width));
+    FEATVIZ_ASSIGN_OR_RETURN(
+        MacoPrior prior,
+        Prior(maco_dataset,
+              RenderNeed(plan.model->card, param.channels), param.height,
+              param.width));
     param.magnitude = prior.magnitude;
     param.magnitude_source = prior.source;
     param.tone_gain = prior.tone.gain;

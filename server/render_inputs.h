@@ -81,8 +81,10 @@ class RenderInputs {
  private:
   absl::Status ResolveUnguarded(const v1::RenderRequest& request,
                                 RenderPlan& plan);
-  bool DefaultsToMaco(const v1::RenderRequest& request,
-                      const RenderPlan& plan) const;
+  // The dataset whose spectrum a request that leaves the parameterisation
+  // open defaults to MaCo with; null when it keeps the default (FFT).
+  core::DatasetPtr DefaultMacoDataset(const v1::RenderRequest& request,
+                                      const RenderPlan& plan) const;
 
   const DatasetRegistry empty_;
   const DatasetRegistry& datasets_;  // The one given, or empty_.

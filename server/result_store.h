@@ -1,8 +1,15 @@
 // Finished results kept for GetJob/WatchJob, plus the result cache: a map
 // from a canonical request key to the job whose result answers it. Results
-// are kept for a while (`ttl`) and within a size budget (`max_bytes`, oldest
-// results go first); once a result is gone, Get says which of the two took
+// are kept for a while (`ttl`) and within a size budget (`max_bytes`) shared
+// fairly between their owners: no owner keeps more than `max_owner_share` of
+// it, and when the budget is full the oldest result of the owner holding the
+// most goes first, so that one busy owner pushes out its own results, never
+// those of an owner holding less. Once a result is gone, Get says what took
 // it, and the cache stops pointing at it.
+//
+// What is budgeted is what a result really takes: its own heap
+// (JobResult::bytes) plus this store's bookkeeping for it (its entries in
+// the maps below, its cache keys).
 //
 // Time is passed in (`now`) rather than read from a clock, so that callers
 // decide what "now" is and tests need not sleep.
@@ -31,12 +38,46 @@ namespace featviz::server {
 struct ResultStoreOptions {
   absl::Duration ttl = absl::Hours(1);   // Results older than this expire.
   int64_t max_bytes = 512ll << 20;       // Oldest results go first past this.
+  // The most of max_bytes one owner's results may take, in (0, 1].
+  double max_owner_share = 0.5;
   // How many removed results Get remembers, to say whether one expired or
   // was evicted; older removals read as "no result".
   int64_t max_remembered_removals = 16384;
   // How many jobs may have cache keys remembered before their result is
   // Put (see Remember); the oldest such jobs are forgotten first.
   int64_t max_pending_jobs = 4096;
+};
+
+// Why a result left the store.
+enum class ResultRemoval {
+  kExpired,     // Older than the ttl.
+  kEvicted,     // The budget was full (oldest of the largest owner first).
+  kOwnerShare,  // Its owner held more than max_owner_share of the budget.
+  kForgotten,   // Its job record was forgotten (JobManager's max_job_records).
+};
+constexpr int kResultRemovals = 4;
+// "expired", "evicted", "owner_share", "forgotten": for metric labels.
+const char* ResultRemovalName(ResultRemoval why);
+
+// One owner's share of the store.
+struct OwnerResults {
+  std::string owner;
+  int64_t results = 0;
+  int64_t bytes = 0;
+};
+
+struct ResultStoreStats {
+  int64_t results = 0;  // Stored, expired ones not yet swept included.
+  int64_t bytes = 0;    // What they take, bookkeeping included.
+  // What remembering removed results and keys waiting for theirs takes:
+  // bounded by max_remembered_removals and max_pending_jobs, not max_bytes.
+  int64_t bookkeeping_bytes = 0;
+  int64_t max_bytes = 0;
+  int64_t owner_max_bytes = 0;  // max_owner_share of max_bytes.
+  // Results removed since start, by ResultRemoval.
+  int64_t removed[kResultRemovals] = {};
+  // The owners holding the most bytes, most first (at most `top_owners`).
+  std::vector<OwnerResults> owners;
 };
 
 // Thread-safe.
@@ -47,18 +88,24 @@ class ResultStore {
   ResultStore(const ResultStore&) = delete;
   ResultStore& operator=(const ResultStore&) = delete;
 
-  // Stores `job_id`'s result, replacing any it had, as the newest result.
-  // `bytes` is the result's size (JobResult::bytes). Then evicts the oldest results
-  // (this one last) until the total is at most max_bytes. Expired results
-  // stay until Sweep() or eviction removes them.
-  void Put(const std::string& job_id,
-           JobResultPtr result,
-           int64_t bytes, absl::Time now);
+  // Stores `job_id`'s result, replacing any it had, as `owner`'s newest
+  // result. `bytes` is the result's size (JobResult::bytes); the store adds
+  // its bookkeeping (EntryBytes). Then, while `owner` holds more than its
+  // share, evicts its oldest results (this one last); while the total is
+  // over max_bytes, the oldest result of the owner holding the most. Expired
+  // results stay until Sweep() or eviction removes them.
+  void Put(const std::string& job_id, const std::string& owner,
+           JobResultPtr result, int64_t bytes, absl::Time now);
+
+  // Removes `job_id`'s result (Get then says its record was forgotten).
+  // Nothing happens when none is stored.
+  void Forget(const std::string& job_id);
 
   // `job_id`'s result while it is stored and less than `ttl` old. NotFound
   // otherwise: "the result of job X expired (results are kept 1h)", "the
-  // result of job X was evicted to keep results under N bytes", or "no
-  // result for job X".
+  // result of job X was evicted to keep results under N bytes", "... was
+  // evicted: owner O's results reached its share (N bytes)", "the job
+  // record of X was forgotten...", or "no result for job X".
   absl::StatusOr<JobResultPtr> Get(
       const std::string& job_id, absl::Time now);
 
@@ -79,22 +126,42 @@ class ResultStore {
 
   // Results stored, expired ones not yet swept included.
   int64_t size() const;
-  // Sum of their `bytes`.
+  // What they take, their bookkeeping included: what max_bytes bounds.
   int64_t bytes() const;
+  // Figures, with the `top_owners` owners holding the most.
+  ResultStoreStats Stats(int top_owners = 20) const;
+
+  // The store's bookkeeping for one result of `owner` stored as `job_id`,
+  // without cache keys; and for one cache key of it.
+  static int64_t EntryBytes(const std::string& job_id,
+                            const std::string& owner);
+  static int64_t KeyBytes(const std::string& key, const std::string& job_id);
 
  private:
-  enum class Removal { kExpired, kEvicted };
+  using Removal = ResultRemoval;
   struct Stored {
     JobResultPtr result;
-    int64_t bytes = 0;
+    std::string owner;
+    int64_t bytes = 0;  // Result and bookkeeping, keys included.
     absl::Time stored_at;
     uint64_t seq = 0;               // Position in order_.
     std::vector<std::string> keys;  // Cache keys that point at this job.
   };
+  struct Owner {
+    int64_t bytes = 0;
+    std::map<uint64_t, std::string> order;  // seq -> job id, oldest first.
+  };
 
   bool Expired(const Stored& stored, absl::Time now) const;
-  // Removes `job_id`'s stored result and its cache keys, remembering why.
+  // Removes `job_id`'s stored result and its cache keys; returns its owner
+  // (nullopt when none was stored).
+  std::optional<std::string> EraseLocked(const std::string& job_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same, remembering why (for Get) and counting it.
   void RemoveLocked(const std::string& job_id, Removal why)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds `delta` bytes to `owner`'s and the total.
+  void AddBytesLocked(const std::string& owner, int64_t delta)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Points `key` at stored `job_id`, unlinking it from any other job.
   void LinkLocked(const std::string& key, const std::string& job_id)
@@ -105,10 +172,15 @@ class ResultStore {
 
   mutable absl::Mutex mu_;
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Stored results'.
+  // removed_, pending_ and their order deques.
+  int64_t bookkeeping_ ABSL_GUARDED_BY(mu_) = 0;
   std::unordered_map<std::string, Stored> results_ ABSL_GUARDED_BY(mu_);
   // seq -> job id of every stored result: oldest first.
   std::map<uint64_t, std::string> order_ ABSL_GUARDED_BY(mu_);
+  // Every owner with a stored result.
+  std::map<std::string, Owner> owners_ ABSL_GUARDED_BY(mu_);
+  int64_t removed_counts_[kResultRemovals] ABSL_GUARDED_BY(mu_) = {};
   // Cache key -> job id with a stored result.
   std::unordered_map<std::string, std::string> cache_ ABSL_GUARDED_BY(mu_);
   // Keys remembered for jobs whose result is not stored yet, with the seq
@@ -123,8 +195,17 @@ class ResultStore {
       ABSL_GUARDED_BY(mu_);
   // Why a job's result is gone, with the seq of its entry in removed_order_
   // (oldest first), kept the same way as pending_.
-  std::unordered_map<std::string, std::pair<Removal, uint64_t>> removed_
-      ABSL_GUARDED_BY(mu_);
+  struct Removed {
+    Removal why = Removal::kExpired;
+    uint64_t seq = 0;
+    std::string owner;  // For kOwnerShare's message.
+  };
+  std::unordered_map<std::string, Removed> removed_ ABSL_GUARDED_BY(mu_);
+  // What an entry of removed_ or pending_ takes.
+  static int64_t RemovedBytes(const std::string& job_id,
+                              const Removed& removed);
+  static int64_t PendingBytes(const std::string& job_id,
+                              const Pending& pending);
   std::deque<std::pair<std::string, uint64_t>> removed_order_
       ABSL_GUARDED_BY(mu_);
 };

@@ -1,5 +1,7 @@
 #include "server/upload_ledger.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace featviz::server {
@@ -28,6 +30,20 @@ int64_t UploadLedger::Used(const std::string& client) const {
   absl::MutexLock lock(&mu_);
   auto it = used_.find(client);
   return it == used_.end() ? 0 : it->second;
+}
+
+std::vector<std::pair<std::string, int64_t>> UploadLedger::Usage() const {
+  std::vector<std::pair<std::string, int64_t>> out;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [client, used] : used_) {
+      if (used > 0) out.emplace_back(client, used);
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return a.second != b.second ? a.second > b.second : a.first < b.first;
+  });
+  return out;
 }
 
 }  // namespace featviz::server

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
@@ -25,6 +27,8 @@ class UploadLedger {
   // Gives back bytes of an upload that failed.
   void Release(const std::string& client, int64_t bytes);
   int64_t Used(const std::string& client) const;
+  // Every client that has uploaded, with its bytes, most first.
+  std::vector<std::pair<std::string, int64_t>> Usage() const;
 
  private:
   mutable absl::Mutex mu_;

@@ -1,5 +1,7 @@
 #include "server/visualizer_service.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <chrono>
 #include <deque>
@@ -33,6 +35,8 @@ namespace {
 constexpr size_t kMaxPendingEvents = 64;
 constexpr absl::string_view kPageTokenPrefix = "after:";
 constexpr absl::Duration kStatsLogEvery = absl::Seconds(30);
+// How often freed heap pages are handed back to the system (malloc_trim).
+constexpr absl::Duration kTrimEvery = absl::Seconds(5);
 constexpr absl::string_view kMethodPrefix = "/featviz.v1.Visualizer/";
 
 uint64_t RandomSeed() {
@@ -312,6 +316,12 @@ absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
           absl::StrCat(name, " must be >= 0, got ", value));
     }
   }
+  // Also refuses NaN.
+  if (!(limits.result_owner_share > 0 && limits.result_owner_share <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("result_owner_share must be in (0, 1], got ",
+                     limits.result_owner_share));
+  }
   VisualizerServicePtr service(
       new VisualizerService(models, limits, std::move(options)));
   for (size_t device = 0; device < models->devices().size(); ++device) {
@@ -338,6 +348,7 @@ JobManagerOptions ManagerOptions(const Limits& limits,
   options.scheduler.max_queued_per_owner = limits.max_queued_per_owner;
   options.results.ttl = absl::Seconds(limits.result_ttl_seconds);
   options.results.max_bytes = limits.result_store_bytes;
+  options.results.max_owner_share = limits.result_owner_share;
   options.default_queue_timeout =
       absl::Seconds(limits.default_queue_timeout_seconds);
   options.max_job_records = limits.max_job_records;
@@ -434,6 +445,12 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
 EngineStats VisualizerService::Stats() const {
   EngineStats stats;
   jobs_->FillStats(stats);
+  const struct mallinfo2 heap = mallinfo2();
+  stats.heap_in_use_bytes = static_cast<int64_t>(heap.uordblks + heap.hblkhd);
+  stats.heap_held_bytes = static_cast<int64_t>(heap.arena + heap.hblkhd);
+  for (const auto& [client, bytes] : uploads_.Usage()) {
+    stats.uploads.push_back(EngineStats::OwnerUsage{client, 0, bytes});
+  }
   const absl::Time now = absl::Now();
   for (const WorkerPtr& worker : workers_) {
     stats.devices.push_back(worker->Stats(now));
@@ -450,8 +467,15 @@ EngineStats VisualizerService::Stats() const {
 
 void VisualizerService::LogStatsLoop() {
   absl::MutexLock lock(&log_mu_);
-  while (
-      !log_mu_.AwaitWithTimeout(absl::Condition(&log_stop_), kStatsLogEvery)) {
+  absl::Time next_log = absl::Now() + kStatsLogEvery;
+  while (!log_mu_.AwaitWithTimeout(absl::Condition(&log_stop_), kTrimEvery)) {
+    // Results and records come and go in many sizes from several threads'
+    // arenas; glibc keeps what they free and returns only the top of each
+    // heap. Trimming hands every free page back, so that what the server
+    // holds follows its budgets rather than its busiest moment.
+    malloc_trim(0);
+    if (absl::Now() < next_log) continue;
+    next_log = absl::Now() + kStatsLogEvery;
     const EngineStats stats = Stats();
     bool busy = stats.queued_jobs > 0 || stats.running_jobs > 0;
     std::string devices;

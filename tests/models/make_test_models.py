@@ -9,7 +9,8 @@ not_torchscript.pt (a plain torch.save'd state_dict) and wide.pt (64 MiB of
 weights in one layer, to measure the memory a model unload frees), then the
 models from the wild of wild_models.py (ResNet-18, MobileNet-like, ...) and
 the transformers of make_transformer_models.py (ViTs, an MLP-mixer, a
-4-band model). Weights
+4-band model), and the hostile_*.pt models of make_hostile_models.py, which
+try to read a file and must be refused. Weights
 are random but deterministic (torch.manual_seed(0)); nothing is trained or downloaded.
 """
 import argparse
@@ -222,6 +223,9 @@ def main():
 
     import make_transformer_models  # beside this file
     make_transformer_models.build(out)
+
+    import make_hostile_models  # beside this file
+    make_hostile_models.build(out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
@@ -260,6 +261,41 @@ TEST_F(EngineTest, AJobWithAStoredCacheKeyIsAnsweredFromTheCache) {
   ASSERT_TRUE(page.ok()) << page.status();
   ASSERT_EQ(page->jobs.size(), 2u);
   EXPECT_EQ(page->jobs[0].id, (*cached)->id);  // Newest first.
+}
+
+TEST_F(EngineTest, ForgettingAJobRecordDropsItsResultSoTheRecordBoundBoundsResults) {
+  JobManagerOptions options;
+  options.max_job_records = 3;
+  jobs_ = std::make_unique<JobManager>(options);
+  StartWorker(/*max_batch_images=*/8);
+  std::vector<JobRecordPtr> jobs;
+  for (int i = 0; i < 5; ++i) {
+    auto recorder = std::make_shared<Recorder>();
+    jobs.push_back(Submit(Plan(absl::StrCat("logit(", i, ")"), 1, 2), recorder));
+    ASSERT_TRUE(recorder->WaitForEnd().ok());
+  }
+  EngineStats stats;
+  jobs_->FillStats(stats);
+  EXPECT_EQ(stats.job_records, 3);
+  EXPECT_EQ(stats.results_stored, 3);
+  EXPECT_EQ(stats.job_records_forgotten, 2);
+  EXPECT_EQ(stats.results_removed["forgotten"], 2);
+  EXPECT_GT(stats.job_record_bytes, 3 * static_cast<int64_t>(sizeof(JobRecord)));
+  EXPECT_EQ(jobs_->Find(jobs[0]->id).status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_TRUE(jobs_->Result(*jobs[4]).ok());
+}
+
+TEST_F(EngineTest, AnEndedJobsRecordLetsGoOfItsReferenceImages) {
+  StartWorker(/*max_batch_images=*/8);
+  RenderPlan plan = Plan("logit(1)", 1, 2);
+  plan.options.references["ref"] = at::zeros({1, 1, 28, 28});
+  plan.options.param.init_image = at::zeros({1, 1, 28, 28});
+  auto recorder = std::make_shared<Recorder>();
+  JobRecordPtr job = Submit(std::move(plan), recorder);
+  ASSERT_TRUE(recorder->WaitForEnd().ok());
+  EXPECT_TRUE(job->plan.options.references.empty());
+  EXPECT_FALSE(job->plan.options.param.init_image.defined());
 }
 
 TEST_F(EngineTest, CancelledQueuedJobHearsExactlyOneFinalCall) {

@@ -19,6 +19,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "tests/server/scrape.h"
+#include "tests/server/model_repo.h"
 #include "tests/server/server_process.h"
 #include "tests/server/test_client.h"
 
@@ -133,6 +134,40 @@ TEST(MetricsTest, EndpointServesTheServersFiguresInPrometheusFormat) {
   EXPECT_EQ(Value(samples, "featviz_result_cache_hits_total", {}), 1);
 
   EXPECT_EQ(Get(port, "/elsewhere").status, 404);
+}
+
+TEST(MetricsTest, CountsModelsRefusedForWhatTheirCodeCallsByOperator) {
+  // Two models of the repository that leave tensor math
+  // (tests/models/make_hostile_models.py), refused at the start's scan.
+  TempRepository repo;
+  repo.AddMnist("1");
+  for (const char* stem : {"hostile_outputs", "hostile_namespace"}) {
+    repo.AddVersion(stem, "1", TestModelFile(absl::StrCat(stem, ".pt")),
+                    TestModelFile(absl::StrCat(stem, ".card.json")));
+  }
+  absl::StatusOr<std::unique_ptr<ServerProcess>> started = ServerProcess::Start(
+      {"--model_dir=" + repo.root(), "--metrics_listen=127.0.0.1:0"});
+  ASSERT_TRUE(started.ok()) << started.status();
+  ServerProcess& server = **started;
+  absl::StatusOr<std::string> line = server.NextLine();
+  ASSERT_TRUE(line.ok()) << line.status();
+  absl::string_view address = *line;
+  ASSERT_TRUE(
+      absl::ConsumePrefix(&address, "featviz-server metrics on 127.0.0.1:"))
+      << *line;
+  int port = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(address, &port)) << *line;
+  const Scrape scrape = Get(port, "/metrics");
+  ASSERT_EQ(scrape.status, 200) << scrape.error;
+  const std::vector<Sample> samples = Parse(scrape.body);
+  EXPECT_EQ(Value(samples, "featviz_models_refused_total",
+                  {{"operator", "aten::from_file"}}),
+            1);
+  EXPECT_EQ(Value(samples, "featviz_models_refused_total",
+                  {{"operator", "_test::leaky_relu"}}),
+            1);
+  EXPECT_TRUE(absl::StrContains(scrape.body,
+                                "# TYPE featviz_models_refused_total counter"));
 }
 
 TEST(MetricsTest, NoEndpointUnlessAsked) {

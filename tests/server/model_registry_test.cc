@@ -8,10 +8,12 @@
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <thread>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/operator_policy.h"
 #include "gtest/gtest.h"
 #include "tests/server/model_repo.h"
 
@@ -110,6 +112,37 @@ TEST(ModelRegistry, SkipsSymlinksThatEscapeTheRepository) {
   fs::create_symlink(repo.Outside() + "/secret.pt", repo.Path("secret.pt"));
   ModelRegistryPtr registry = MustCreate(repo.root());
   ASSERT_NE(registry, nullptr);
+  EXPECT_EQ(registry->Names(), (std::vector<std::string>{"mnist"}));
+}
+
+TEST(ModelRegistry, RefusesAndCountsModelsWhoseCodeLeavesTensorMath) {
+  // tests/models/make_hostile_models.py: its forward reads a file.
+  TempRepository repo;
+  repo.AddMnist("1");
+  repo.AddVersion("leaky", "1", TestModelFile("hostile_outputs.pt"),
+                  TestModelFile("hostile_outputs.card.json"));
+  ModelRegistryPtr registry = MustCreate(repo.root());
+  ASSERT_NE(registry, nullptr);
+  EXPECT_EQ(registry->Names(), (std::vector<std::string>{"mnist"}));
+  EXPECT_EQ(registry->RefusedOperators(),
+            (std::map<std::string, int64_t>{{"aten::from_file", 1}}));
+
+  // The refusal comes back through Load (and Publish) with its operator.
+  const absl::Status status = registry->Load("leaky/1").status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(core::RefusedOperator(status), "aten::from_file") << status;
+  EXPECT_NE(status.message().find("leaky/1/model.pt: model leaky calls "
+                                  "aten::from_file in forward ("),
+            std::string::npos)
+      << status;
+  const fs::path staged = *registry->NewStagingDir();
+  fs::copy_file(TestModelFile("hostile_namespace.pt"), staged / "model.pt");
+  const absl::Status published = registry->Publish("foreign", staged).status();
+  EXPECT_EQ(core::RefusedOperator(published), "_test::leaky_relu") << published;
+  EXPECT_FALSE(fs::exists(repo.Path("foreign")));
+  EXPECT_EQ(registry->RefusedOperators(),
+            (std::map<std::string, int64_t>{{"aten::from_file", 2},
+                                            {"_test::leaky_relu", 1}}));
   EXPECT_EQ(registry->Names(), (std::vector<std::string>{"mnist"}));
 }
 

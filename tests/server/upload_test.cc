@@ -401,6 +401,60 @@ TEST_F(UploadTest, BadUploadsAreRefusedAndLeaveNothingBehind) {
   EXPECT_TRUE(outcome.status.ok()) << outcome.status.error_message();
 }
 
+// Issue 25: an upload whose forward returns a file's bytes among its logits
+// (the server's tokens file, its TLS key) is refused naming the operator,
+// and so is one whose __setstate__ reads a file, before it runs; nothing of
+// them stays, and the server goes on taking uploads and rendering.
+TEST_F(UploadTest,
+       AModelThatReadsAFileIsRefusedNamingTheOperatorAndTheServerServesOn) {
+  // What the hostile models read, written here: a model that ran would
+  // hand back these bytes.
+  std::ofstream(TestModelFile("hostile_secret.bin"), std::ios::binary)
+      << "root:x:0";
+  const std::set<std::string> before = RepositoryFiles(repo_->root());
+  struct Hostile {
+    const char* file;
+    const char* says;
+  };
+  for (const Hostile& h : std::vector<Hostile>{
+           {"hostile_outputs",
+            "calls aten::from_file in forward (make_hostile_models.py line "},
+           {"hostile_setstate",
+            "calls aten::from_file in __setstate__ of submodule cache "
+            "(make_hostile_models.py line "}}) {
+    SCOPED_TRACE(h.file);
+    Upload upload;
+    upload.model_file = TestModelFile(absl::StrCat(h.file, ".pt"));
+    upload.card_json = Card(h.file);
+    upload.name = "leaky";
+    const UploadOutcome outcome = Send(*stub_, upload);
+    EXPECT_EQ(outcome.status.error_code(), StatusCode::INVALID_ARGUMENT)
+        << outcome.status.error_message();
+    EXPECT_TRUE(absl::StrContains(outcome.status.error_message(), h.says))
+        << outcome.status.error_message();
+    EXPECT_TRUE(absl::StrContains(outcome.status.error_message(),
+                                  "models may only compute on tensors"))
+        << outcome.status.error_message();
+    EXPECT_FALSE(absl::StrContains(outcome.status.error_message(), "root:x:0"));
+  }
+  EXPECT_EQ(RepositoryFiles(repo_->root()), before);
+  {
+    grpc::ClientContext context;
+    context.set_deadline(After(60));
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", kUserToken));
+    v1::GetModelRequest request;
+    request.set_name("leaky");
+    v1::Model model;
+    EXPECT_EQ(stub_->GetModel(&context, request, &model).error_code(),
+              StatusCode::NOT_FOUND);
+  }
+  // The server serves on: the next upload loads and renders.
+  MustUpload("sequential", "after_refusal");
+  const RenderOutcome r =
+      RenderAs(Request("after_refusal", "channel('3', 2)", 4));
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+}
+
 // ------------------------------------------------------------ geometry
 
 TEST_F(UploadTest, RendersNonSquareGrayAndRefusesWhatDoesNotFit) {
