@@ -30,6 +30,18 @@ void Print(std::FILE* out, const std::string& text) {
   std::fwrite(text.data(), 1, text.size(), out);
 }
 
+// The state of every device's copy: "loaded" with one device,
+// "cuda:0:loaded,cuda:1:unloaded" with several.
+std::string StatesText(const v1::Model& m) {
+  if (m.copies_size() <= 1) return ModelStateName(m.state());
+  std::vector<std::string> states;
+  for (const v1::ModelCopy& copy : m.copies()) {
+    states.push_back(
+        absl::StrCat(copy.device(), ":", ModelStateName(copy.state())));
+  }
+  return absl::StrJoin(states, ",");
+}
+
 std::string InputShape(const v1::InputSpec& input) {
   return absl::StrCat(input.channels(), "x", input.height(), "x",
                       input.width());
@@ -63,14 +75,18 @@ absl::Status RunModels(VisualizerClient& client, bool json, std::FILE* out) {
     return absl::OkStatus();
   }
   std::vector<std::vector<std::string>> rows;
+  const absl::Time now = absl::Now();
   for (const v1::Model& m : models) {
-    rows.push_back({m.name(), m.version(), m.content_hash().substr(0, 12),
-                    InputShape(m.input()), absl::StrCat(m.class_names_size()),
-                    absl::StrCat(m.layers_size())});
+    rows.push_back(
+        {m.name(), m.version(), m.content_hash().substr(0, 12),
+         InputShape(m.input()), absl::StrCat(m.class_names_size()),
+         absl::StrCat(m.layers_size()), StatesText(m),
+         absl::StrCat(m.memory_bytes()),
+         m.has_last_used_time() ? AgoText(m.last_used_time(), now) : "never"});
   }
-  Print(out,
-        FormatTable({"name", "version", "hash", "input", "classes", "layers"},
-                    rows));
+  Print(out, FormatTable({"name", "version", "hash", "input", "classes",
+                          "layers", "state", "bytes", "last used"},
+                         rows));
   return absl::OkStatus();
 }
 

@@ -86,6 +86,18 @@ json ModelToJson(const v1::Model& model) {
   for (const v1::Layer& layer : model.layers()) {
     layers.push_back(LayerToJson(layer));
   }
+  json copies = json::array();
+  for (const v1::ModelCopy& copy : model.copies()) {
+    copies.push_back(
+        {{"device", copy.device()},
+         {"state", ModelStateName(copy.state())},
+         {"bytes", copy.bytes()},
+         {"users", copy.users()},
+         {"last_used", copy.has_last_used_time()
+                           ? json(TimestampText(copy.last_used_time()))
+                           : json(nullptr)},
+         {"error", copy.error()}});
+  }
   return json{
       {"name", model.name()},
       {"version", model.version()},
@@ -105,7 +117,14 @@ json ModelToJson(const v1::Model& model) {
                                            in.composite().end())}}},
       {"class_names", std::vector<std::string>(model.class_names().begin(),
                                                model.class_names().end())},
-      {"layers", std::move(layers)}};
+      {"layers", std::move(layers)},
+      {"state", ModelStateName(model.state())},
+      {"memory_bytes", model.memory_bytes()},
+      {"activation_bytes", model.activation_bytes()},
+      {"last_used", model.has_last_used_time()
+                        ? json(TimestampText(model.last_used_time()))
+                        : json(nullptr)},
+      {"copies", std::move(copies)}};
 }
 
 absl::StatusOr<json> RenderResultToJson(

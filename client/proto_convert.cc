@@ -1,10 +1,12 @@
 #include "client/proto_convert.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "core/transform.h"
 
 namespace featviz::client {
@@ -113,6 +115,44 @@ absl::StatusOr<std::vector<std::vector<float>>> MatrixFromProto(
 std::string ShapeToString(
     const google::protobuf::RepeatedField<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+std::string ModelStateName(v1::ModelState state) {
+  switch (state) {
+    case v1::MODEL_STATE_UNLOADED:
+      return "unloaded";
+    case v1::MODEL_STATE_LOADING:
+      return "loading";
+    case v1::MODEL_STATE_LOADED:
+      return "loaded";
+    case v1::MODEL_STATE_FAILED:
+      return "failed";
+    default:
+      return "-";
+  }
+}
+
+namespace {
+
+absl::Time TimeOf(const google::protobuf::Timestamp& time) {
+  return absl::FromUnixSeconds(time.seconds()) +
+         absl::Nanoseconds(time.nanos());
+}
+
+}  // namespace
+
+std::string TimestampText(const google::protobuf::Timestamp& time) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%SZ", TimeOf(time),
+                          absl::UTCTimeZone());
+}
+
+std::string AgoText(const google::protobuf::Timestamp& time, absl::Time now) {
+  const int64_t seconds =
+      std::max<int64_t>(0, absl::ToInt64Seconds(now - TimeOf(time)));
+  if (seconds >= 86400) return absl::StrCat(seconds / 86400, "d");
+  if (seconds >= 3600) return absl::StrCat(seconds / 3600, "h");
+  if (seconds >= 60) return absl::StrCat(seconds / 60, "m");
+  return absl::StrCat(seconds, "s");
 }
 
 }  // namespace featviz::client

@@ -1,6 +1,6 @@
 // Conversions between the CLI's words, core/ types and featviz.v1 messages,
-// in one place: transform text to Transforms, parameterisation names, and
-// Tensor messages to at::Tensor.
+// in one place: transform text to Transforms, parameterisation names,
+// Tensor messages to at::Tensor, model states and times as text.
 #ifndef FEATVIZ_CLIENT_PROTO_CONVERT_H_
 #define FEATVIZ_CLIENT_PROTO_CONVERT_H_
 
@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "featviz/v1/featviz.pb.h"
 
 namespace featviz::client {
@@ -38,6 +39,16 @@ absl::StatusOr<std::vector<std::vector<float>>> MatrixFromProto(
 
 // "[1, 32, 8, 8]".
 std::string ShapeToString(const google::protobuf::RepeatedField<int64_t>& shape);
+
+// "loaded", "unloaded", "loading", "failed"; "-" when unspecified.
+std::string ModelStateName(featviz::v1::ModelState state);
+
+// A Timestamp message as RFC 3339 in UTC ("2025-01-31T14:02:11Z").
+std::string TimestampText(const google::protobuf::Timestamp& time);
+
+// How long before `now` a Timestamp was, in its largest unit ("12s", "4m",
+// "3h", "2d"; "0s" for a time after `now`).
+std::string AgoText(const google::protobuf::Timestamp& time, absl::Time now);
 
 }  // namespace featviz::client
 

@@ -379,6 +379,12 @@ absl::Status RunStats(VisualizerClient& client, bool json_out, std::FILE* out) {
             stats.jobs_failed(), stats.jobs_cancelled(), stats.jobs_expired(),
             stats.cache_hits(), stats.cache_misses(), stats.results_stored(),
             stats.result_bytes()));
+  Print(out,
+        absl::StrFormat("datasets: %d hosted, %d bytes in memory (budget %s)\n",
+                        stats.datasets(), stats.dataset_bytes(),
+                        stats.dataset_memory_bytes() > 0
+                            ? absl::StrCat(stats.dataset_memory_bytes())
+                            : std::string("none")));
   std::vector<std::string> removed;
   for (const char* why : {"expired", "evicted", "owner_share", "forgotten"}) {
     auto it = stats.results_removed().find(why);
@@ -419,14 +425,22 @@ absl::Status RunStats(VisualizerClient& client, bool json_out, std::FILE* out) {
   }
   std::vector<std::vector<std::string>> rows;
   for (const v1::DeviceStats& d : stats.devices()) {
-    rows.push_back({d.device(), absl::StrCat(d.running_jobs()),
-                    absl::StrFormat("%.2f", d.batch_occupancy()),
-                    absl::StrFormat("%.1f", d.steps_per_second()),
-                    absl::StrFormat("%.1f", d.image_steps_per_second()),
-                    absl::StrCat(d.steps_total())});
+    rows.push_back(
+        {d.device(), absl::StrCat(d.running_jobs()),
+         absl::StrFormat("%.2f", d.batch_occupancy()),
+         absl::StrFormat("%.1f", d.steps_per_second()),
+         absl::StrFormat("%.1f", d.image_steps_per_second()),
+         absl::StrCat(d.steps_total()),
+         absl::StrCat(d.models_loaded(), "/",
+                      d.models_loaded() + d.models_unloaded()),
+         absl::StrCat(d.model_bytes()),
+         d.model_memory_bytes() > 0 ? absl::StrCat(d.model_memory_bytes())
+                                    : std::string("none"),
+         absl::StrCat(d.model_loads()), absl::StrCat(d.model_evictions())});
   }
   Print(out, FormatTable({"device", "running", "occupancy", "steps/s",
-                          "image-steps/s", "steps"},
+                          "image-steps/s", "steps", "models loaded",
+                          "model bytes", "budget", "loads", "evictions"},
                          rows));
   return absl::OkStatus();
 }

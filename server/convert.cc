@@ -102,7 +102,7 @@ absl::StatusOr<core::TermKind> TermKindFromProto(int kind,
 
 // The objective, either form, checked against the model and the batch.
 absl::StatusOr<core::Objective> PlanObjective(const v1::RenderRequest& request,
-                                              const core::Model& model,
+                                              const ModelSummary& model,
                                               int64_t batch) {
   switch (request.objective_case()) {
     case v1::RenderRequest::kObjectiveText: {
@@ -111,7 +111,7 @@ absl::StatusOr<core::Objective> PlanObjective(const v1::RenderRequest& request,
       if (!objective.ok()) {
         return Prefixed("objective_text", objective.status());
       }
-      const absl::Status valid = objective->Validate(model.shape(), batch);
+      const absl::Status valid = objective->Validate(model.Shape(), batch);
       if (!valid.ok()) return Prefixed("objective_text", valid);
       return objective;
     }
@@ -119,7 +119,7 @@ absl::StatusOr<core::Objective> PlanObjective(const v1::RenderRequest& request,
       FEATVIZ_ASSIGN_OR_RETURN(core::Objective objective,
                                ObjectiveFromProto(request.objective_tree()));
       // Term by term, so that the message says which one is wrong.
-      const core::ModelShape shape = model.shape();
+      const core::ModelShape shape = model.Shape();
       for (size_t i = 0; i < objective.terms().size(); ++i) {
         const absl::Status valid =
             core::Objective(objective.terms()[i].term).Validate(shape, batch);
@@ -453,12 +453,14 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         absl::StrCat("model must name a hosted model; models are: ",
                      absl::StrJoin(names, ", ")));
   }
-  FEATVIZ_ASSIGN_OR_RETURN(plan.model_ref, models.Resolve(request.model()));
+  // Validated against the kept summary: planning never loads a model (the
+  // worker that runs the job does, when it is not in memory).
+  FEATVIZ_ASSIGN_OR_RETURN(plan.model_ref, models.Summary(request.model()));
   plan.model = plan.model_ref.get();
-  const core::ModelCard& card = plan.model->card();
+  const core::ModelCard& card = plan.model->card;
   plan.model_name = card.name;
   plan.model_version = card.version;
-  plan.model_hash = plan.model->content_hash();
+  plan.model_hash = plan.model->content_hash;
 
   // image
   const v1::ImageSpec& image = request.image();
@@ -737,6 +739,31 @@ v1::Tensor TensorToProto(const at::Tensor& tensor) {
   return out;
 }
 
+namespace {
+
+v1::ModelState ModelStateToProto(ModelState state) {
+  switch (state) {
+    case ModelState::kUnloaded:
+      return v1::MODEL_STATE_UNLOADED;
+    case ModelState::kLoading:
+      return v1::MODEL_STATE_LOADING;
+    case ModelState::kLoaded:
+      return v1::MODEL_STATE_LOADED;
+    case ModelState::kFailed:
+      return v1::MODEL_STATE_FAILED;
+  }
+  return v1::MODEL_STATE_UNSPECIFIED;
+}
+
+void SetTime(absl::Time time, google::protobuf::Timestamp* out) {
+  const int64_t seconds = absl::ToUnixSeconds(time);
+  out->set_seconds(seconds);
+  out->set_nanos(static_cast<int32_t>(
+      absl::ToInt64Nanoseconds(time - absl::FromUnixSeconds(seconds))));
+}
+
+}  // namespace
+
 v1::Model ModelToProto(const ModelSummary& model) {
   const core::ModelCard& card = model.card;
   v1::Model out;
@@ -780,6 +807,26 @@ v1::Model ModelToProto(const ModelSummary& model) {
   out.set_device(model.device);
   out.set_memory_bytes(model.memory_bytes);
   out.set_path(model.path);
+  out.set_activation_bytes(model.activation_bytes);
+  std::optional<absl::Time> last_used;
+  for (const ModelCopy& copy : model.copies) {
+    v1::ModelCopy* c = out.add_copies();
+    c->set_device(copy.device);
+    c->set_state(ModelStateToProto(copy.state));
+    c->set_bytes(copy.bytes);
+    c->set_users(copy.users);
+    if (copy.last_used.has_value()) {
+      SetTime(*copy.last_used, c->mutable_last_used_time());
+      if (!last_used.has_value() || *copy.last_used > *last_used) {
+        last_used = copy.last_used;
+      }
+    }
+    c->set_error(copy.error);
+  }
+  if (!model.copies.empty()) {
+    out.set_state(ModelStateToProto(model.copies.front().state));
+  }
+  if (last_used.has_value()) SetTime(*last_used, out.mutable_last_used_time());
   return out;
 }
 
@@ -842,17 +889,6 @@ absl::StatusOr<std::optional<JobState>> JobStateFromProto(int state) {
   return absl::InvalidArgumentError(
       absl::StrCat("state has unknown value ", state));
 }
-
-namespace {
-
-void SetTime(absl::Time time, google::protobuf::Timestamp* out) {
-  const int64_t seconds = absl::ToUnixSeconds(time);
-  out->set_seconds(seconds);
-  out->set_nanos(static_cast<int32_t>(
-      absl::ToInt64Nanoseconds(time - absl::FromUnixSeconds(seconds))));
-}
-
-}  // namespace
 
 v1::Job JobToProto(const JobSnapshot& job) {
   v1::Job out;
@@ -1008,7 +1044,26 @@ v1::ServerStats StatsToProto(const EngineStats& stats) {
     d->set_steps_per_second(device.steps_per_second);
     d->set_image_steps_per_second(device.image_steps_per_second);
     d->set_steps_total(device.steps_total);
+    for (const ModelMemoryStats& memory : stats.model_memory) {
+      if (memory.device != device.device) continue;
+      auto count = [&](ModelState state) {
+        auto it = memory.copies.find(state);
+        return it == memory.copies.end() ? int64_t{0} : it->second;
+      };
+      d->set_model_bytes(memory.used_bytes);
+      d->set_model_memory_bytes(memory.budget_bytes);
+      d->set_models_loaded(count(ModelState::kLoaded));
+      d->set_models_unloaded(count(ModelState::kUnloaded) +
+                             count(ModelState::kFailed));
+      d->set_model_loads(memory.loads);
+      d->set_model_load_seconds(memory.load_seconds);
+      d->set_model_evictions(memory.evictions);
+      d->set_model_loads_waiting(memory.waiting_loads);
+    }
   }
+  out.set_datasets(stats.datasets);
+  out.set_dataset_bytes(stats.dataset_bytes);
+  out.set_dataset_memory_bytes(stats.dataset_budget_bytes);
   return out;
 }
 

@@ -1,5 +1,6 @@
 #include "server/dataset_registry.h"
 
+#include <algorithm>
 #include <system_error>
 #include <utility>
 
@@ -43,11 +44,54 @@ absl::StatusOr<DatasetRegistryPtr> DatasetRegistry::Create(
 DatasetRegistry::DatasetRegistry(std::vector<core::DatasetPtr> datasets,
                                  DatasetRegistryOptions options)
     : options_(std::move(options)) {
+  std::sort(datasets.begin(), datasets.end(),
+            [](const core::DatasetPtr& a, const core::DatasetPtr& b) {
+              return a->name < b->name;
+            });
   absl::MutexLock lock(&mu_);
   for (core::DatasetPtr& dataset : datasets) {
     const std::string name = dataset->name;
+    const int64_t budget = options_.memory_bytes;
+    if (budget > 0 && UsedBytes() + dataset->bytes() > budget) {
+      spdlog::error(
+          "dataset {} not hosted: it takes {} bytes in memory and the "
+          "datasets before it {}, more than --dataset_memory_bytes {}",
+          name, dataset->bytes(), UsedBytes(), budget);
+      continue;
+    }
     datasets_.emplace(name, std::move(dataset));
   }
+}
+
+int64_t DatasetRegistry::UsedBytes() const {
+  int64_t used = 0;
+  for (const auto& [name, dataset] : datasets_) used += dataset->bytes();
+  for (const auto& [name, bytes] : publishing_) used += bytes;
+  return used;
+}
+
+std::string DatasetRegistry::BySize() const {
+  std::vector<const core::Dataset*> sorted;
+  for (const auto& [name, dataset] : datasets_) sorted.push_back(dataset.get());
+  std::sort(sorted.begin(), sorted.end(),
+            [](const core::Dataset* a, const core::Dataset* b) {
+              return a->bytes() > b->bytes();
+            });
+  std::vector<std::string> items;
+  for (const core::Dataset* d : sorted) {
+    items.push_back(absl::StrCat(d->name, " (", d->bytes(), " bytes)"));
+  }
+  return items.empty() ? "none" : absl::StrJoin(items, ", ");
+}
+
+DatasetMemory DatasetRegistry::Memory() const {
+  DatasetMemory memory;
+  memory.budget_bytes = options_.memory_bytes;
+  absl::ReaderMutexLock lock(&mu_);
+  memory.datasets = static_cast<int64_t>(datasets_.size());
+  for (const auto& [name, dataset] : datasets_)
+    memory.bytes += dataset->bytes();
+  return memory;
 }
 
 std::string DatasetRegistry::HostedList() const {
@@ -178,6 +222,14 @@ absl::Status DatasetRegistry::Reserve(const std::string& name,
         "(--max_datasets_per_owner ",
         options_.max_per_owner, "); delete one first"));
   }
+  // Refused before any byte is taken when nothing more can fit; the exact
+  // check is Publish's, once the upload is decoded.
+  if (options_.memory_bytes > 0 && UsedBytes() >= options_.memory_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the hosted datasets take ", UsedBytes(),
+        " bytes in memory, all of --dataset_memory_bytes ",
+        options_.memory_bytes, " (", BySize(), "); delete one first"));
+  }
   reserved_.emplace(name, owner);
   return absl::OkStatus();
 }
@@ -185,6 +237,7 @@ absl::Status DatasetRegistry::Reserve(const std::string& name,
 void DatasetRegistry::Unreserve(const std::string& name) {
   absl::MutexLock lock(&mu_);
   reserved_.erase(name);
+  publishing_.erase(name);
 }
 
 absl::StatusOr<fs::path> DatasetRegistry::NewStagingDir() const {
@@ -202,11 +255,23 @@ absl::StatusOr<core::DatasetPtr> DatasetRegistry::Publish(
     core::DatasetPtr dataset, const fs::path& staged) {
   const std::string& name = dataset->name;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    absl::MutexLock lock(&mu_);
     if (reserved_.count(name) == 0) {
       return absl::InternalError(
           absl::StrCat("dataset '", name, "' was not reserved"));
     }
+    const int64_t budget = options_.memory_bytes;
+    publishing_.erase(name);
+    if (budget > 0 && UsedBytes() + dataset->bytes() > budget) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "dataset '", name, "' needs ", dataset->bytes(),
+          " bytes in memory but --dataset_memory_bytes is ", budget,
+          ", of which ", UsedBytes(), " are taken (", BySize(),
+          publishing_.empty() ? "" : ", and uploads being published",
+          "); delete one first"));
+    }
+    // Counted from now on, while its files are written outside the lock.
+    publishing_[name] = dataset->bytes();
   }
   if (persists_uploads()) {
     // Written and renamed outside the lock: the name is ours.
@@ -227,6 +292,7 @@ absl::StatusOr<core::DatasetPtr> DatasetRegistry::Publish(
   }
   absl::MutexLock lock(&mu_);
   reserved_.erase(name);
+  publishing_.erase(name);
   datasets_[name] = dataset;
   spdlog::info("dataset {} uploaded by {}: {} images {} ({}, {} bytes{})",
                name, dataset->owner, dataset->size(), ImageShape(*dataset),

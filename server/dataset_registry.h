@@ -39,6 +39,20 @@ struct DatasetRegistryOptions {
   // Uploaded datasets one owner may have, in flight included
   // (--max_datasets_per_owner).
   int64_t max_per_owner = 8;
+  // Bytes the hosted datasets' images and labels may take in memory, the
+  // operator's and uploads together (--dataset_memory_bytes); 0: no budget.
+  // A dataset that would go past it is refused (ResourceExhausted naming
+  // the budget): an upload when it is published, an operator's at start
+  // (logged and left out, in name order). Nothing is evicted: an uploaded
+  // dataset is its owner's until they delete it.
+  int64_t memory_bytes = 0;
+};
+
+// The datasets' share of memory (DatasetRegistry::Memory).
+struct DatasetMemory {
+  int64_t datasets = 0;
+  int64_t bytes = 0;         // Of the hosted datasets' images and labels.
+  int64_t budget_bytes = 0;  // DatasetRegistryOptions::memory_bytes.
 };
 
 // What a request needs of a dataset it does not name: images of the
@@ -78,6 +92,7 @@ class DatasetRegistry {
   // Every hosted dataset, sorted by name.
   std::vector<core::DatasetPtr> List() const;
   size_t size() const;
+  DatasetMemory Memory() const;
 
   // The dataset a request uses: the one `name` names (as Find; its shape is
   // the caller's to check), or, when `name` is empty, the only hosted one
@@ -94,8 +109,8 @@ class DatasetRegistry {
 
   // Holds `name` for an upload by `owner`. AlreadyExists when a dataset (or
   // an upload in flight, or a directory in the dataset directory) has the
-  // name; ResourceExhausted when the server hosts max_datasets or `owner`
-  // has max_per_owner.
+  // name; ResourceExhausted when the server hosts max_datasets, `owner` has
+  // max_per_owner, or the hosted datasets already fill memory_bytes.
   absl::Status Reserve(const std::string& name, const std::string& owner);
   // Gives a reserved name back (a failed upload).
   void Unreserve(const std::string& name);
@@ -105,7 +120,9 @@ class DatasetRegistry {
   absl::StatusOr<std::filesystem::path> NewStagingDir() const;
   // Hosts `dataset` under its reserved name: written into `staged` (whose
   // other files are removed) and renamed to `<dataset_dir>/<name>` when
-  // uploads are kept on disk. The name stays reserved on error, and
+  // uploads are kept on disk. ResourceExhausted, naming the budget, when
+  // its bytes would take the hosted datasets (and the uploads being
+  // published) past memory_bytes. The name stays reserved on error, and
   // `staged` is the caller's to remove.
   absl::StatusOr<core::DatasetPtr> Publish(core::DatasetPtr dataset,
                                            const std::filesystem::path& staged);
@@ -122,6 +139,10 @@ class DatasetRegistry {
 
  private:
   std::string HostedList() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Bytes of the hosted datasets and of the uploads being published.
+  int64_t UsedBytes() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // "a (N bytes), b (M bytes)": the hosted datasets by size, largest first.
+  std::string BySize() const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   bool Fits(const core::Dataset& dataset, const DatasetNeed& need) const;
 
   const DatasetRegistryOptions options_;
@@ -131,6 +152,9 @@ class DatasetRegistry {
   // Names held by uploads in flight -> their owner.
   std::map<std::string, std::string, std::less<>> reserved_
       ABSL_GUARDED_BY(mu_);
+  // Uploads being published (checked against the budget, being written)
+  // -> their bytes.
+  std::map<std::string, int64_t, std::less<>> publishing_ ABSL_GUARDED_BY(mu_);
 };
 
 // "[C, H, W]" of a dataset's images.

@@ -1,5 +1,6 @@
 #include "server/engine_types.h"
 
+#include <algorithm>
 #include <exception>
 #include <utility>
 
@@ -46,10 +47,53 @@ ModelSummary Summarize(const core::Model& model, std::string path) {
   out.outputs = model.outputs();
   out.logits_output = model.logits_output();
   out.log_probs = !out.logits_output.empty() && out.card.log_probs;
+  out.no_classes_reason = model.shape().no_classes_reason;
   out.device = model.device().str();
   out.memory_bytes = model.memory_bytes();
+  auto bytes = [](const std::vector<int64_t>& shape) {
+    int64_t n = static_cast<int64_t>(sizeof(float));
+    for (int64_t dim : shape) n *= std::max<int64_t>(dim, 0);
+    return n;
+  };
+  for (const core::LayerInfo& layer : out.layers) {
+    if (layer.tappable) out.activation_bytes += bytes(layer.shape);
+  }
+  for (const core::OutputInfo& output : out.outputs) {
+    out.activation_bytes += bytes(output.shape);
+  }
   out.path = std::move(path);
   return out;
+}
+
+core::ModelShape ModelSummary::Shape() const {
+  core::ModelShape shape;
+  shape.layers = layers;
+  shape.num_classes = static_cast<int64_t>(class_names.size());
+  shape.outputs = outputs;
+  shape.model_name = card.name;
+  shape.no_classes_reason = no_classes_reason;
+  return shape;
+}
+
+bool ModelSummary::IsTokenModel() const {
+  return std::any_of(
+      layers.begin(), layers.end(), [](const core::LayerInfo& l) {
+        return l.tappable && l.layout == core::LayerLayout::kTokens;
+      });
+}
+
+absl::string_view ModelStateName(ModelState state) {
+  switch (state) {
+    case ModelState::kUnloaded:
+      return "unloaded";
+    case ModelState::kLoading:
+      return "loading";
+    case ModelState::kLoaded:
+      return "loaded";
+    case ModelState::kFailed:
+      return "failed";
+  }
+  return "unknown";
 }
 
 absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {

@@ -25,14 +25,18 @@
 
 namespace featviz::server {
 
+struct ModelSummary;
+
 // A render request after validation, in core's terms (PlanRender's result).
 struct RenderPlan {
-  // The model the request names, as resolved when it was accepted. The
-  // pointer is valid only while the caller of PlanRender holds `model_ref`
-  // (the registry may unload the model later); a job keeps the identity
-  // below and takes its device's copy from the registry when it starts.
-  const core::Model* model = nullptr;
-  std::shared_ptr<const core::Model> model_ref;
+  // What the request was validated against: the summary of the model it
+  // names (ModelRegistry::Summary: card, layers, hash; no model is loaded to
+  // plan a render). The pointer is valid only while the caller of
+  // PlanRender holds `model_ref`; a job keeps the identity below and takes
+  // its device's copy of the model from the registry when it starts
+  // (loading it then, if need be).
+  const ModelSummary* model = nullptr;
+  std::shared_ptr<const ModelSummary> model_ref;
   std::string model_name;
   std::string model_version;
   std::string model_hash;  // SHA-256 hex of the model file.
@@ -62,8 +66,53 @@ struct RenderPlan {
   std::optional<absl::Duration> queue_timeout;
 };
 
+// Whether a device's copy of a served model version is in memory
+// (server/model_memory.h):
+//   kUnloaded -> kLoading -> kLoaded -> (evicted) kUnloaded
+//                        \-> kFailed (the next use loads it again)
+enum class ModelState { kUnloaded, kLoading, kLoaded, kFailed };
+// "unloaded", "loading", "loaded", "failed": for logs, metric labels and
+// the CLI.
+absl::string_view ModelStateName(ModelState state);
+
+// One device's copy of a served model version, as its ModelMemory has it.
+struct ModelCopy {
+  std::string device;
+  ModelState state = ModelState::kUnloaded;
+  // What the copy takes in memory: its parameters and buffers once it has
+  // been loaded, its file's size before. Counted against the device's
+  // budget while kLoaded or kLoading.
+  int64_t bytes = 0;
+  int64_t users = 0;  // Leases held: running jobs, analyses.
+  // When it was last acquired or let go; unset when never used.
+  std::optional<absl::Time> last_used;
+  std::string error;  // kFailed: why the last load failed.
+};
+
+// One device's model memory (ModelMemory::Stats).
+struct ModelMemoryStats {
+  std::string device;
+  int64_t budget_bytes = 0;  // --model_memory_bytes; 0: none.
+  // Bytes of the copies loaded or being loaded (and of retired copies
+  // still held by their last users).
+  int64_t used_bytes = 0;
+  // Copies of served versions, by state.
+  std::map<ModelState, int64_t> copies;
+  // Copies of versions no longer served, still held by running jobs.
+  int64_t retired = 0;
+  int64_t waiting_loads = 0;  // Loads waiting for models in use to go idle.
+  // Since start: loads (failed ones included), their seconds, and copies
+  // unloaded to make room.
+  int64_t loads = 0;
+  int64_t load_failures = 0;
+  double load_seconds = 0;
+  int64_t evictions = 0;
+};
+
 // A hosted model version as the registry describes it: what clients see of
-// it, taken from the loaded model (the first device's copy) once.
+// it, taken from the loaded model (the first device's copy) when the version
+// was registered and kept while it is served, loaded or not; and where each
+// device's copy is now.
 struct ModelSummary {
   core::ModelCard card;  // Name, version, input geometry, class names.
   std::string content_hash;
@@ -72,9 +121,26 @@ struct ModelSummary {
   std::vector<core::OutputInfo> outputs;
   std::string logits_output;  // "" without a class output.
   bool log_probs = false;     // The class output is log-probabilities.
-  std::string device;
+  std::string no_classes_reason;  // Why there are no classes, if so.
+  std::string device;             // The first device.
+  // Bytes of the model's parameters and buffers per device copy: what a
+  // loaded copy is charged against --model_memory_bytes.
   int64_t memory_bytes = 0;
+  // Bytes of every tappable layer's output and the model's outputs for one
+  // image at its input size (float32): the activations a render keeps per
+  // image for its backward pass are of this order. Not counted against the
+  // budget (they belong to a worker's batch).
+  int64_t activation_bytes = 0;
   std::string path;  // Model file relative to the repository ("" if none).
+  // Each device's copy, in the server's device order (the registry's List
+  // and Describe fill it; empty in the summary a render is planned from).
+  std::vector<ModelCopy> copies;
+
+  // Layers, classes and outputs, for validating objectives (as
+  // core::Model::shape()).
+  core::ModelShape Shape() const;
+  // As core::Model::IsTokenModel().
+  bool IsTokenModel() const;
 };
 
 // `model` summarised; `path` as given.
@@ -265,6 +331,13 @@ struct EngineStats {
   int64_t jobs_cancelled = 0;
   int64_t jobs_expired = 0;
   std::vector<DeviceStats> devices;
+  // Each device's model memory, in the server's device order.
+  std::vector<ModelMemoryStats> model_memory;
+  // The hosted datasets: how many, the bytes of their images in memory, and
+  // --dataset_memory_bytes (0: none).
+  int64_t datasets = 0;
+  int64_t dataset_bytes = 0;
+  int64_t dataset_budget_bytes = 0;
 };
 
 // `status` with `prefix` and ": " in front of its message, code and payloads

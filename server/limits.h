@@ -58,6 +58,18 @@ struct Limits {
   int64_t max_datasets = 64;
   // Uploaded datasets one owner may have.
   int64_t max_datasets_per_owner = 8;
+  // Bytes of models each device may hold (parameters and buffers of the
+  // copies loaded); 0: no budget, every model stays loaded on every device.
+  // With one, models are loaded on first use and the least recently used
+  // idle ones unloaded to make room (server/model_memory.h).
+  int64_t model_memory_bytes = 0;
+  // How long a model load waits for models in use to be let go when the
+  // budget is full of them, before the job (or upload, or analysis) fails
+  // RESOURCE_EXHAUSTED.
+  double model_load_wait_seconds = 30;
+  // Bytes the hosted datasets may take in memory, all together; 0: no
+  // budget.
+  int64_t dataset_memory_bytes = 0;
   // How the workers run their steps: --precision, --cuda_graphs and the
   // test-only --fault_oom_above_images.
   core::StepOptions step;

@@ -106,6 +106,25 @@ ABSL_FLAG(int64_t, max_datasets_per_owner,
           featviz::server::Limits{}.max_datasets_per_owner,
           "Uploaded datasets one client may have; beyond this, "
           "UploadDataset is RESOURCE_EXHAUSTED");
+ABSL_FLAG(int64_t, dataset_memory_bytes,
+          featviz::server::Limits{}.dataset_memory_bytes,
+          "Bytes the hosted datasets (--dataset_dir's and uploads) may take in "
+          "memory, all together; an upload past it is RESOURCE_EXHAUSTED, "
+          "a --dataset_dir dataset past it is left out (logged). 0: no "
+          "budget");
+ABSL_FLAG(int64_t, model_memory_bytes,
+          featviz::server::Limits{}.model_memory_bytes,
+          "Bytes of models (parameters and buffers) each device may hold. "
+          "0: no budget, every model loaded on every device at start and "
+          "kept. Otherwise models are loaded on first use and the least "
+          "recently used idle ones unloaded to make room; a model larger "
+          "than this is refused (RESOURCE_EXHAUSTED). See "
+          "docs/operations.md, sizing");
+ABSL_FLAG(double, model_load_wait_seconds,
+          featviz::server::Limits{}.model_load_wait_seconds,
+          "With --model_memory_bytes: how long a load waits for models in "
+          "use to be let go when they fill the budget, before it fails "
+          "RESOURCE_EXHAUSTED");
 ABSL_FLAG(int64_t, max_queued_jobs, featviz::server::Limits{}.max_queued_jobs,
           "Jobs waiting for a worker, all owners; beyond this, "
           "RESOURCE_EXHAUSTED");
@@ -268,6 +287,9 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   limits.max_dataset_bytes = absl::GetFlag(FLAGS_max_dataset_bytes);
   limits.max_datasets = absl::GetFlag(FLAGS_max_datasets);
   limits.max_datasets_per_owner = absl::GetFlag(FLAGS_max_datasets_per_owner);
+  limits.dataset_memory_bytes = absl::GetFlag(FLAGS_dataset_memory_bytes);
+  limits.model_memory_bytes = absl::GetFlag(FLAGS_model_memory_bytes);
+  limits.model_load_wait_seconds = absl::GetFlag(FLAGS_model_load_wait_seconds);
   limits.max_queued_jobs = absl::GetFlag(FLAGS_max_queued_jobs);
   limits.max_queued_per_owner = absl::GetFlag(FLAGS_max_queued_per_owner);
   limits.default_queue_timeout_seconds =
@@ -300,6 +322,18 @@ absl::StatusOr<Limits> LimitsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_datasets and --max_datasets_per_owner must be >= 0, got ",
         limits.max_datasets, " and ", limits.max_datasets_per_owner));
+  }
+  if (limits.model_memory_bytes < 0 || limits.dataset_memory_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--model_memory_bytes and --dataset_memory_bytes must be >= 0 (0: no "
+        "budget), got ",
+        limits.model_memory_bytes, " and ", limits.dataset_memory_bytes));
+  }
+  if (!(limits.model_load_wait_seconds >= 0) ||
+      limits.model_load_wait_seconds > 86400) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model_load_wait_seconds must be in [0, 86400], got ",
+                     limits.model_load_wait_seconds));
   }
   limits.step.intra_op_threads = absl::GetFlag(FLAGS_worker_threads);
   if (limits.step.intra_op_threads < 0 || limits.step.intra_op_threads > 256) {
@@ -511,10 +545,21 @@ absl::Status Serve() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--model_poll_seconds must be >= 0 (0 = off), got ", poll_seconds));
   }
-  // The models once per device: each device's worker runs its own copies.
+  // The models once per device: each device's worker runs its own copies,
+  // within the device's budget when there is one.
+  ModelRegistryOptions registry_options;
+  registry_options.memory_bytes = limits.model_memory_bytes;
+  registry_options.load_wait = absl::Seconds(limits.model_load_wait_seconds);
+  if (limits.model_memory_bytes > 0) {
+    spdlog::info(
+        "model memory: {} bytes per device; models load on first "
+        "use, the least recently used idle ones unload to make room",
+        limits.model_memory_bytes);
+  }
   FEATVIZ_ASSIGN_OR_RETURN(
       ModelRegistryPtr registry,
-      ModelRegistry::Create(absl::GetFlag(FLAGS_model_dir), devices));
+      ModelRegistry::Create(absl::GetFlag(FLAGS_model_dir), devices,
+                            std::move(registry_options)));
   const ModelRegistry& models = *registry;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   FEATVIZ_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
@@ -545,6 +590,7 @@ absl::Status Serve() {
   DatasetRegistryOptions dataset_options;
   dataset_options.max_datasets = limits.max_datasets;
   dataset_options.max_per_owner = limits.max_datasets_per_owner;
+  dataset_options.memory_bytes = limits.dataset_memory_bytes;
   FEATVIZ_ASSIGN_OR_RETURN(
       DatasetRegistryPtr datasets,
       DatasetRegistry::Create(absl::GetFlag(FLAGS_dataset_dir),

@@ -208,9 +208,90 @@ class MetricsCollector final : public prometheus::Collectable {
     out.push_back(std::move(occupancy));
     out.push_back(std::move(device_jobs));
 
+    MetricFamily loaded_bytes = Family(
+        "featviz_model_loaded_bytes",
+        "Bytes of the models in a device's memory (loaded, being loaded, or "
+        "unloaded but still held by a running job), per device",
+        MetricType::Gauge);
+    MetricFamily budget_bytes =
+        Family("featviz_model_memory_budget_bytes",
+               "A device's --model_memory_bytes (0: no budget), per device",
+               MetricType::Gauge);
+    MetricFamily by_state = Family(
+        "featviz_models",
+        "Served model versions per device, by the state of their copy there "
+        "(loaded, loading, unloaded, failed)",
+        MetricType::Gauge);
+    MetricFamily loads = Family("featviz_model_loads_total",
+                                "Model loads since start, per device and "
+                                "outcome (ok, failed)",
+                                MetricType::Counter);
+    MetricFamily load_seconds =
+        Family("featviz_model_load_seconds_total",
+               "Seconds spent loading and warming up models, per device",
+               MetricType::Counter);
+    MetricFamily evictions =
+        Family("featviz_model_evictions_total",
+               "Idle models unloaded, per device and reason (budget: the least "
+               "recently used, to make room for a load)",
+               MetricType::Counter);
+    MetricFamily waiting =
+        Family("featviz_model_loads_waiting",
+               "Model loads waiting for models in use to be let go, per device",
+               MetricType::Gauge);
+    for (const ModelMemoryStats& memory : stats.model_memory) {
+      const std::vector<ClientMetric::Label> labels = {
+          {"device", memory.device}};
+      AddValue(loaded_bytes, static_cast<double>(memory.used_bytes), labels);
+      AddValue(budget_bytes, static_cast<double>(memory.budget_bytes), labels);
+      for (ModelState state : {ModelState::kLoaded, ModelState::kLoading,
+                               ModelState::kUnloaded, ModelState::kFailed}) {
+        auto it = memory.copies.find(state);
+        AddValue(
+            by_state,
+            static_cast<double>(it == memory.copies.end() ? 0 : it->second),
+            {{"device", memory.device},
+             {"state", std::string(ModelStateName(state))}});
+      }
+      AddValue(loads, static_cast<double>(memory.loads - memory.load_failures),
+               {{"device", memory.device}, {"outcome", "ok"}});
+      AddValue(loads, static_cast<double>(memory.load_failures),
+               {{"device", memory.device}, {"outcome", "failed"}});
+      AddValue(load_seconds, memory.load_seconds, labels);
+      AddValue(evictions, static_cast<double>(memory.evictions),
+               {{"device", memory.device}, {"reason", "budget"}});
+      AddValue(waiting, static_cast<double>(memory.waiting_loads), labels);
+    }
+    out.push_back(std::move(loaded_bytes));
+    out.push_back(std::move(budget_bytes));
+    out.push_back(std::move(by_state));
+    out.push_back(std::move(loads));
+    out.push_back(std::move(load_seconds));
+    out.push_back(std::move(evictions));
+    out.push_back(std::move(waiting));
+
+    MetricFamily datasets = Family("featviz_datasets",
+                                   "Hosted datasets (the operator's and "
+                                   "uploads)",
+                                   MetricType::Gauge);
+    AddValue(datasets, static_cast<double>(stats.datasets));
+    out.push_back(std::move(datasets));
+    MetricFamily dataset_bytes =
+        Family("featviz_dataset_bytes",
+               "Bytes of the hosted datasets' images and labels in memory",
+               MetricType::Gauge);
+    AddValue(dataset_bytes, static_cast<double>(stats.dataset_bytes));
+    out.push_back(std::move(dataset_bytes));
+    MetricFamily dataset_budget =
+        Family("featviz_dataset_memory_budget_bytes",
+               "--dataset_memory_bytes (0: no budget)", MetricType::Gauge);
+    AddValue(dataset_budget, static_cast<double>(stats.dataset_budget_bytes));
+    out.push_back(std::move(dataset_budget));
+
     MetricFamily model_memory = Family(
         "featviz_model_memory_bytes",
-        "Bytes of a hosted model's parameters and buffers, per device",
+        "Bytes of a served model's parameters and buffers per device copy "
+        "(what a loaded copy is counted for; loaded or not)",
         MetricType::Gauge);
     for (const ModelRegistry* registry : registries_) {
       for (const ModelSummary& model : registry->List()) {

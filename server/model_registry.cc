@@ -20,6 +20,7 @@
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "server/engine_types.h"
+#include "server/model_warm_up.h"
 #include "server/names.h"
 #include "server/staging.h"
 #include "spdlog/spdlog.h"
@@ -31,20 +32,6 @@ namespace {
 constexpr char kModelFile[] = "model.pt";
 constexpr char kFlatForms[] =
     "'<name>/<version>', '<name>/<version>/model.pt' or '<stem>.pt'";
-// A shared device copy whose destruction is announced: `freed` is notified
-// after the model (and every tensor it owns) has been deleted, on whichever
-// thread lets go of it last. Waiting for a weak_ptr to expire is not the
-// same: it expires when the count reaches zero, before the destructor has
-// run, so Unload could answer while a worker thread was still freeing the
-// weights.
-SharedModel Tracked(core::ModelPtr model,
-                    std::shared_ptr<absl::Notification> freed) {
-  return SharedModel(model.release(), [freed](const core::Model* m) {
-    delete m;
-    freed->Notify();
-  });
-}
-
 bool AllDigits(absl::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), absl::ascii_isdigit);
 }
@@ -132,13 +119,23 @@ absl::StatusOr<fs::path> ConfinedPath(const fs::path& root,
 
 // ------------------------------------------------------------ creation
 
-ModelRegistry::ModelRegistry(std::vector<c10::Device> devices)
-    : devices_(std::move(devices)) {}
+ModelRegistry::ModelRegistry(std::vector<c10::Device> devices,
+                             ModelRegistryOptions options)
+    : devices_(std::move(devices)), options_(std::move(options)) {
+  for (const c10::Device& device : devices_) {
+    ModelMemory::Options memory;
+    memory.device = device;
+    memory.budget_bytes = std::max<int64_t>(options_.memory_bytes, 0);
+    memory.wait = options_.load_wait;
+    memory_.push_back(ModelMemory::Create(std::move(memory)));
+  }
+}
 
 ModelRegistry::~ModelRegistry() { StopPolling(); }
 
 absl::StatusOr<ModelRegistryPtr> ModelRegistry::Create(
-    const std::string& root, std::vector<c10::Device> devices) {
+    const std::string& root, std::vector<c10::Device> devices,
+    ModelRegistryOptions options) {
   if (devices.empty()) {
     return absl::InvalidArgumentError("a model registry needs a device");
   }
@@ -147,7 +144,13 @@ absl::StatusOr<ModelRegistryPtr> ModelRegistry::Create(
     return absl::NotFoundError(
         absl::StrCat("model directory '", root, "' does not exist"));
   }
-  ModelRegistryPtr registry(new ModelRegistry(std::move(devices)));
+  if (options.memory_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the model memory budget must be >= 0 (0: none), got ",
+                     options.memory_bytes));
+  }
+  ModelRegistryPtr registry(
+      new ModelRegistry(std::move(devices), std::move(options)));
   registry->root_ = fs::canonical(root, error);
   if (error) {
     return absl::NotFoundError(absl::StrCat("model directory '", root,
@@ -169,7 +172,7 @@ absl::StatusOr<ModelRegistryPtr> ModelRegistry::FromModels(
     std::vector<core::ModelPtr> models) {
   const c10::Device device =
       models.empty() ? c10::Device(c10::kCPU) : models.front()->device();
-  ModelRegistryPtr registry(new ModelRegistry({device}));
+  ModelRegistryPtr registry(new ModelRegistry({device}, {}));
   for (core::ModelPtr& model : models) {
     if (model->device() != device) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -180,9 +183,7 @@ absl::StatusOr<ModelRegistryPtr> ModelRegistry::FromModels(
     entry->name = model->card().name;
     entry->version = model->card().version;
     entry->content_hash = model->content_hash();
-    entry->summary = Summarize(*model);
-    entry->freed.push_back(std::make_shared<absl::Notification>());
-    entry->copies.push_back(Tracked(std::move(model), entry->freed.back()));
+    entry->summary = std::make_shared<const ModelSummary>(Summarize(*model));
     if (entry->name.empty()) {
       return absl::InvalidArgumentError("the model has no name");
     }
@@ -193,6 +194,9 @@ absl::StatusOr<ModelRegistryPtr> ModelRegistry::FromModels(
           absl::StrCat("a model named '", entry->name, "' version '",
                        entry->version, "' is already hosted"));
     }
+    // Nothing to load it again from: it stays in memory.
+    entry->slots.push_back(registry->memory_.front()->AddLoaded(
+        Key(entry->name, entry->version), std::move(model)));
     versions.emplace(entry->version, std::move(entry));
   }
   return registry;
@@ -213,13 +217,47 @@ absl::Status ModelRegistry::NotServed(absl::string_view name) const {
 
 absl::StatusOr<SharedModel> ModelRegistry::Resolve(absl::string_view ref) const {
   FEATVIZ_ASSIGN_OR_RETURN(const EntryPtr entry, FindEntry(ref));
-  return entry->copies.front();
+  absl::StatusOr<SharedModel> copy = AcquireCopy(*entry, 0);
+  if (copy.status().code() == absl::StatusCode::kAborted) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model ", Key(entry->name, entry->version),
+                     " is being unloaded; new jobs are refused"));
+  }
+  return copy;
 }
 
 absl::StatusOr<ModelSummary> ModelRegistry::Describe(
     absl::string_view ref) const {
   FEATVIZ_ASSIGN_OR_RETURN(const EntryPtr entry, FindEntry(ref));
+  return Described(*entry);
+}
+
+absl::StatusOr<std::shared_ptr<const ModelSummary>> ModelRegistry::Summary(
+    absl::string_view ref) const {
+  FEATVIZ_ASSIGN_OR_RETURN(const EntryPtr entry, FindEntry(ref));
   return entry->summary;
+}
+
+ModelSummary ModelRegistry::Described(const Entry& entry) const {
+  ModelSummary summary = *entry.summary;
+  for (size_t d = 0; d < entry.slots.size(); ++d) {
+    summary.copies.push_back(memory_[d]->Copy(entry.slots[d]));
+  }
+  return summary;
+}
+
+absl::StatusOr<SharedModel> ModelRegistry::AcquireCopy(const Entry& entry,
+                                                       size_t device) const {
+  return memory_[device]->Acquire(entry.slots[device], [&] {
+    return LoadCopy(entry.path, entry.name, entry.version, entry.content_hash,
+                    device);
+  });
+}
+
+std::vector<ModelMemoryStats> ModelRegistry::MemoryStats() const {
+  std::vector<ModelMemoryStats> stats;
+  for (const ModelMemoryPtr& memory : memory_) stats.push_back(memory->Stats());
+  return stats;
 }
 
 absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::FindEntry(
@@ -260,16 +298,21 @@ absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::FindEntry(
 absl::StatusOr<SharedModel> ModelRegistry::Acquire(
     const std::string& name, const std::string& version,
     const std::string& content_hash, size_t device) const {
+  EntryPtr entry;
   {
     absl::ReaderMutexLock lock(&mu_);
     auto it = served_.find(name);
     if (it != served_.end()) {
       auto v = it->second.find(version);
       if (v != it->second.end() && v->second->content_hash == content_hash &&
-          device < v->second->copies.size()) {
-        return v->second->copies[device];
+          device < v->second->slots.size()) {
+        entry = v->second;
       }
     }
+  }
+  if (entry != nullptr) {
+    absl::StatusOr<SharedModel> copy = AcquireCopy(*entry, device);
+    if (copy.status().code() != absl::StatusCode::kAborted) return copy;
   }
   return absl::FailedPreconditionError(absl::StrCat(
       "model ", Key(name, version), " (sha256 ", ShortHash(content_hash),
@@ -291,11 +334,16 @@ std::map<std::string, int64_t> ModelRegistry::RefusedOperators() const {
 }
 
 std::vector<ModelSummary> ModelRegistry::List() const {
-  absl::ReaderMutexLock lock(&mu_);
-  std::vector<ModelSummary> list;
-  for (const auto& [name, versions] : served_) {
-    for (const auto& [version, entry] : versions) list.push_back(entry->summary);
+  std::vector<EntryPtr> entries;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    for (const auto& [name, versions] : served_) {
+      for (const auto& [version, entry] : versions) entries.push_back(entry);
+    }
   }
+  std::vector<ModelSummary> list;
+  list.reserve(entries.size());
+  for (const EntryPtr& entry : entries) list.push_back(Described(*entry));
   return list;
 }
 
@@ -410,47 +458,113 @@ absl::StatusOr<ModelRegistry::Found> ModelRegistry::FoundAt(
   return wrong_form();
 }
 
-absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::LoadEntry(
-    const Found& found) const {
-  // Checked again at load time: the file or its card may have changed.
-  FEATVIZ_ASSIGN_OR_RETURN(const fs::path real, ConfinedPath(root_, found.path));
-  const fs::path card = fs::path(found.path).replace_extension(".card.json");
+absl::StatusOr<core::ModelPtr> ModelRegistry::LoadCopy(
+    const std::string& path, const std::string& name,
+    const std::string& version, const std::string& content_hash,
+    size_t device) const {
+  if (path.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model ", Key(name, version), " has no file to be loaded from"));
+  }
+  // Checked at every load: the file or its card may have changed.
+  FEATVIZ_RETURN_IF_ERROR(ConfinedPath(root_, path).status());
+  const fs::path card = fs::path(path).replace_extension(".card.json");
   std::error_code error;
   if (fs::exists(root_ / card, error) || fs::is_symlink(root_ / card, error)) {
     FEATVIZ_RETURN_IF_ERROR(
-        Prefixed(absl::StrCat("card of ", found.path),
+        Prefixed(absl::StrCat("card of ", path),
                  ConfinedPath(root_, card.string()).status()));
   }
+  // Loaded from the path inside the root, so that the card beside it is the
+  // one found (and checked) above.
+  absl::StatusOr<core::ModelPtr> model = core::Model::Load(
+      (root_ / path).string(), devices_[device], name, version);
+  if (!model.ok()) {
+    if (const std::string refused = core::RefusedOperator(model.status());
+        !refused.empty()) {
+      absl::MutexLock lock(&refused_mu_);
+      ++refused_[refused];
+    }
+    return Prefixed(path, model.status());
+  }
+  if (!content_hash.empty() && (*model)->content_hash() != content_hash) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model ", Key(name, version), ": ", path,
+        " changed since it was registered (sha256 ", ShortHash(content_hash),
+        ", now ", ShortHash((*model)->content_hash()),
+        "); ReloadModel (or --model_poll_seconds) serves the new file"));
+  }
+  if (options_.on_warm_up)
+    options_.on_warm_up(Key(name, version), devices_[device]);
+  const absl::Time start = absl::Now();
+  FEATVIZ_RETURN_IF_ERROR(Prefixed(path, WarmUp(**model)));
+  spdlog::debug("model {} warmed up on {} in {:.3f}s", Key(name, version),
+                devices_[device].str(),
+                absl::ToDoubleSeconds(absl::Now() - start));
+  return model;
+}
+
+absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::LoadEntry(
+    const Found& found) const {
+  // Checked again at load time: the file or its card may have changed.
+  FEATVIZ_ASSIGN_OR_RETURN(const fs::path real,
+                           ConfinedPath(root_, found.path));
+  std::error_code error;
   auto entry = std::make_shared<Entry>();
   entry->path = found.path;
   entry->file_size = fs::file_size(real, error);
   entry->file_time = fs::last_write_time(real, error);
-  // Loaded from the path inside the root, so that the card beside it is the
-  // one found (and checked) above.
-  const std::string file = (root_ / found.path).string();
-  for (const c10::Device& device : devices_) {
-    absl::StatusOr<core::ModelPtr> model =
-        core::Model::Load(file, device, found.name, found.version);
-    if (!model.ok()) {
-      if (const std::string refused = core::RefusedOperator(model.status());
-          !refused.empty()) {
-        absl::MutexLock lock(&refused_mu_);
-        ++refused_[refused];
-      }
-      return Prefixed(found.path, model.status());
-    }
-    entry->freed.push_back(std::make_shared<absl::Notification>());
-    entry->copies.push_back(Tracked(*std::move(model), entry->freed.back()));
+  // Until a copy has been measured, a load is charged the file's size: a
+  // TorchScript archive stores its tensors uncompressed.
+  const std::string key = Key(found.name, found.version);
+  for (const ModelMemoryPtr& memory : memory_) {
+    entry->slots.push_back(
+        memory->Add(key, static_cast<int64_t>(entry->file_size)));
   }
-  const core::Model& first = *entry->copies.front();
+  // The first device's copy gives the summary; without a budget every
+  // device's is loaded now, as they all stay loaded anyway.
+  const size_t eager = options_.memory_bytes > 0 ? 1 : devices_.size();
+  std::vector<SharedModel> copies;
+  absl::Status failed;
+  for (size_t d = 0; d < eager && failed.ok(); ++d) {
+    const std::string hash =
+        copies.empty() ? std::string() : copies.front()->content_hash();
+    absl::StatusOr<SharedModel> copy =
+        memory_[d]->Acquire(entry->slots[d], [&] {
+          return LoadCopy(found.path, found.name, found.version, hash, d);
+        });
+    if (copy.ok()) {
+      copies.push_back(*std::move(copy));
+    } else {
+      failed = copy.status();
+    }
+  }
+  if (!failed.ok()) {
+    copies.clear();
+    for (size_t d = 0; d < memory_.size(); ++d)
+      memory_[d]->Retire(entry->slots[d]);
+    return failed;
+  }
+  const core::Model& first = *copies.front();
   entry->name = first.card().name;
   entry->version = first.card().version;
   entry->content_hash = first.content_hash();
-  entry->summary = Summarize(first, found.path);
+  entry->summary =
+      std::make_shared<const ModelSummary>(Summarize(first, found.path));
+  for (size_t d = eager; d < memory_.size(); ++d) {
+    memory_[d]->SetEstimate(entry->slots[d], first.memory_bytes());
+  }
+  // The copies stay loaded, idle, until the budget needs their room.
   return EntryPtr(std::move(entry));
 }
 
 // ---------------------------------------------------------------- admin
+
+void ModelRegistry::Discard(const Entry& entry) const {
+  for (size_t d = 0; d < entry.slots.size(); ++d) {
+    memory_[d]->Retire(entry.slots[d]);
+  }
+}
 
 ModelRegistry::EntryPtr ModelRegistry::Serve(EntryPtr entry) {
   absl::MutexLock lock(&mu_);
@@ -462,25 +576,33 @@ ModelRegistry::EntryPtr ModelRegistry::Serve(EntryPtr entry) {
 ModelRegistry::Retired ModelRegistry::TakeOut(
     const std::vector<EntryPtr>& entries) {
   Retired retired;
-  absl::MutexLock lock(&mu_);
-  for (const EntryPtr& entry : entries) {
-    auto it = served_.find(entry->name);
-    if (it != served_.end()) {
-      auto v = it->second.find(entry->version);
-      if (v != it->second.end() && v->second == entry) it->second.erase(v);
-      if (it->second.empty()) served_.erase(it);
+  {
+    absl::MutexLock lock(&mu_);
+    for (const EntryPtr& entry : entries) {
+      auto it = served_.find(entry->name);
+      if (it != served_.end()) {
+        auto v = it->second.find(entry->version);
+        if (v != it->second.end() && v->second == entry) it->second.erase(v);
+        if (it->second.empty()) served_.erase(it);
+      }
+      const std::string key = Key(entry->name, entry->version);
+      ++draining_[key];
+      retired.keys.push_back(key);
     }
-    const std::string key = Key(entry->name, entry->version);
-    ++draining_[key];
-    retired.keys.push_back(key);
-    for (const auto& freed : entry->freed) retired.freed.push_back(freed);
+  }
+  // Out of service first, so that no new user finds them; then each copy
+  // is freed as soon as its last user lets go.
+  for (const EntryPtr& entry : entries) {
+    for (size_t d = 0; d < entry->slots.size(); ++d) {
+      retired.freed.push_back(memory_[d]->Retire(entry->slots[d]));
+    }
   }
   return retired;
 }
 
 void ModelRegistry::WaitReleased(Retired retired) {
-  // The registry's references are gone with the entries; running jobs hold
-  // the others and let go when they end.
+  // Idle copies were freed when retired; running jobs hold the others and
+  // let go when they end.
   for (const std::shared_ptr<absl::Notification>& freed : retired.freed) {
     freed->WaitForNotification();
   }
@@ -511,12 +633,15 @@ absl::StatusOr<ModelSummary> ModelRegistry::Load(const std::string& path) {
   };
   FEATVIZ_RETURN_IF_ERROR(served(found.name, found.version));
   FEATVIZ_ASSIGN_OR_RETURN(EntryPtr entry, LoadEntry(found));
-  FEATVIZ_RETURN_IF_ERROR(served(entry->name, entry->version));
+  if (absl::Status free = served(entry->name, entry->version); !free.ok()) {
+    Discard(*entry);
+    return free;
+  }
   held_out_.erase(Key(entry->name, entry->version));
   spdlog::info("model {} loaded from {} (sha256 {}, {} bytes per device)",
                Key(entry->name, entry->version), entry->path,
-               ShortHash(entry->content_hash), entry->summary.memory_bytes);
-  ModelSummary summary = entry->summary;
+               ShortHash(entry->content_hash), entry->summary->memory_bytes);
+  ModelSummary summary = Described(*entry);
   Serve(std::move(entry));
   return summary;
 }
@@ -596,8 +721,8 @@ absl::StatusOr<ModelSummary> ModelRegistry::Publish(const std::string& name,
   spdlog::info("model {} uploaded to {} (sha256 {}, {} bytes per device)",
                Key(name, version), (*entry)->path,
                ShortHash((*entry)->content_hash),
-               (*entry)->summary.memory_bytes);
-  ModelSummary summary = (*entry)->summary;
+               (*entry)->summary->memory_bytes);
+  ModelSummary summary = Described(**entry);
   Serve(*std::move(entry));
   return summary;
 }
@@ -626,7 +751,7 @@ absl::StatusOr<std::vector<ModelSummary>> ModelRegistry::Unload(
     }
     for (const EntryPtr& entry : entries) {
       held_out_.insert(Key(entry->name, entry->version));
-      unloaded.push_back(entry->summary);
+      unloaded.push_back(Described(*entry));
     }
     retired = TakeOut(entries);
   }
@@ -687,7 +812,8 @@ absl::StatusOr<ModelRegistry::Changes> ModelRegistry::Sync(
     }
     spdlog::info("model {} loaded from {} (sha256 {}, {} bytes per device)",
                  Key((*entry)->name, (*entry)->version), f.path,
-                 ShortHash((*entry)->content_hash), (*entry)->summary.memory_bytes);
+                 ShortHash((*entry)->content_hash),
+                 (*entry)->summary->memory_bytes);
     return *std::move(entry);
   };
   for (const Found& f : found) {
@@ -717,10 +843,10 @@ absl::StatusOr<ModelRegistry::Changes> ModelRegistry::Sync(
       }
       EntryPtr fresh = load(f);
       if (fresh == nullptr) continue;  // The old copy keeps serving.
-      changes.loaded.push_back(fresh->summary);
+      changes.loaded.push_back(Described(*fresh));
       EntryPtr old = Serve(std::move(fresh));
       if (old != nullptr) {
-        changes.unloaded.push_back(old->summary);
+        changes.unloaded.push_back(*old->summary);
         out.push_back(std::move(old));
       }
       continue;
@@ -729,17 +855,18 @@ absl::StatusOr<ModelRegistry::Changes> ModelRegistry::Sync(
     if (fresh == nullptr) continue;
     if (Key(fresh->name, fresh->version) != key) {
       // A flat card changed between the scan and the load.
+      Discard(*fresh);
       changes.failed.push_back(
           absl::StrCat(f.path, ": its card changed while loading"));
       continue;
     }
-    changes.loaded.push_back(fresh->summary);
+    changes.loaded.push_back(Described(*fresh));
     Serve(std::move(fresh));
   }
   for (const auto& [key, entry] : current) {
     if (seen.count(key) > 0 || entry->path.empty()) continue;
     spdlog::info("model {}: {} is gone from the repository", key, entry->path);
-    changes.unloaded.push_back(entry->summary);
+    changes.unloaded.push_back(Described(*entry));
     out.push_back(entry);
   }
   *retired = TakeOut(out);

@@ -1,5 +1,6 @@
-// The model repository a server serves, loaded once per device, with
-// versions that an operator loads, unloads and reloads while the server runs.
+// The model repository a server serves, with versions that an operator
+// loads, unloads and reloads while the server runs, held in each device's
+// memory within a budget.
 //
 // Layout of the repository root (--model_dir); both kinds may be mixed:
 //
@@ -16,22 +17,37 @@
 // Versions that are all digits compare as numbers and are newer than any
 // other version; other versions compare as text.
 //
-// Lifetime: each device copy of a model is a shared_ptr. Jobs hold theirs
-// while they run (Acquire), so Unload takes the model out of service at once
-// (new jobs are refused; queued jobs fail when a worker picks them up) and
-// then waits until the last running job lets go, when its memory is freed.
+// Served and in memory are two things. A version is served from the moment
+// it is registered (at start, Load, Publish, Reload, polling) until Unload
+// or a Reload that finds its file gone or changed; registering loads it
+// once on the first device, which gives its summary (card, layers, hash,
+// bytes), kept for as long as it is served. In memory, each device copy is
+// a slot of that device's ModelMemory (server/model_memory.h): without a
+// budget (memory_bytes 0) every copy is loaded at registration and stays
+// loaded, as before budgets; with one, copies are loaded on first use
+// (Resolve, Acquire), warmed up (server/model_warm_up.h) before they are
+// ready, and the least recently used idle ones are unloaded when a load
+// needs room. Describe, List and the summary a render is planned from never
+// load anything.
+//
+// Lifetime: each copy handed out is a lease (a SharedModel). Jobs hold
+// theirs while they run (Acquire), so a copy in use is never evicted, and
+// Unload takes the model out of service at once (new jobs are refused;
+// queued jobs fail when a worker picks them up) and then waits until the
+// last running job lets go, when its memory is freed.
 #ifndef FEATVIZ_SERVER_MODEL_REGISTRY_H_
 #define FEATVIZ_SERVER_MODEL_REGISTRY_H_
 
+#include <torch/script.h>
+
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <torch/script.h>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -41,12 +57,25 @@
 #include "absl/time/time.h"
 #include "core/model.h"
 #include "server/engine_types.h"
+#include "server/model_memory.h"
 
 namespace featviz::server {
 
 class ModelRegistry;
 using ModelRegistryPtr = std::unique_ptr<ModelRegistry>;
-using SharedModel = std::shared_ptr<const core::Model>;
+
+struct ModelRegistryOptions {
+  // Bytes of models each device may hold (--model_memory_bytes); 0: no
+  // budget, every model loaded on every device when registered and kept.
+  int64_t memory_bytes = 0;
+  // How long a load that needs room waits for models in use to be let go
+  // before it fails ResourceExhausted (--model_load_wait_seconds).
+  absl::Duration load_wait = absl::Seconds(30);
+  // Testing: called on the loading thread when a copy has been read and is
+  // about to be warmed up, with "name@version" and the device.
+  std::function<void(const std::string& model, const c10::Device& device)>
+      on_warm_up;
+};
 
 // True when version `a` is older than `b` (see the header comment).
 bool VersionLess(absl::string_view a, absl::string_view b);
@@ -64,8 +93,11 @@ class ModelRegistry {
   // model that fails to load, or whose name and version are taken, is logged
   // and skipped. NotFound when `root` is not a directory; InvalidArgument for
   // no devices. An empty repository is not an error.
+  // See ModelRegistryOptions for the budget; a model that does not fit in
+  // it even alone is logged and skipped like one that fails to load.
   static absl::StatusOr<ModelRegistryPtr> Create(
-      const std::string& root, std::vector<c10::Device> devices);
+      const std::string& root, std::vector<c10::Device> devices,
+      ModelRegistryOptions options = {});
 
   // Serves already loaded models on their (common) device, with no
   // repository behind them: Load and Reload fail (for tests and tools).
@@ -83,26 +115,38 @@ class ModelRegistry {
   const std::vector<c10::Device>& devices() const { return devices_; }
 
   // The first device's copy of the model `ref` names ("name" or
-  // "name@version"). NotFound naming the model and the served ones, or the
-  // version and the served versions; FailedPrecondition for a version that is
-  // being unloaded.
+  // "name@version"), loaded first if it is not in memory (so this may take
+  // a load's time, or wait for room: see ModelMemory::Acquire). NotFound
+  // naming the model and the served ones, or the version and the served
+  // versions; FailedPrecondition for a version that is being unloaded;
+  // ResourceExhausted when it cannot fit in the budget.
   absl::StatusOr<SharedModel> Resolve(absl::string_view ref) const;
   // Device `device`'s copy of exactly this version and content, for a job
-  // about to run. FailedPrecondition when it was unloaded or replaced since
-  // the job was accepted.
+  // about to run, loaded first if need be (as Resolve). FailedPrecondition
+  // when it was unloaded or replaced since the job was accepted, or when its
+  // file no longer has that content.
   absl::StatusOr<SharedModel> Acquire(const std::string& name,
                                       const std::string& version,
                                       const std::string& content_hash,
                                       size_t device) const;
-  // The model `ref` names, described.
+  // The model `ref` names, described, with where each device's copy is
+  // (ModelSummary::copies). Loads nothing. Errors as Resolve's lookup.
   absl::StatusOr<ModelSummary> Describe(absl::string_view ref) const;
+  // What a render is planned and validated against: the summary kept since
+  // the version was registered (no copies filled in). Loads nothing.
+  absl::StatusOr<std::shared_ptr<const ModelSummary>> Summary(
+      absl::string_view ref) const;
 
   // Served model names, sorted, each once.
   std::vector<std::string> Names() const;
-  // Every served version, sorted by name, then version (oldest first).
+  // Every served version, sorted by name, then version (oldest first), with
+  // its copies' states.
   std::vector<ModelSummary> List() const;
   // Served versions.
   size_t size() const;
+  // Each device's model memory: budget, bytes held, copies by state, loads
+  // and evictions. Index: device.
+  std::vector<ModelMemoryStats> MemoryStats() const;
   // Model loads refused because the model's code uses an operator or class
   // that core's OperatorPolicy refuses (core::RefusedOperator), by its name,
   // since the registry was made: uploads, scans, loads and polls alike (a
@@ -112,11 +156,14 @@ class ModelRegistry {
   // ------------------------------------------------------------- admin
   // Load, Unload and Reload run one at a time.
 
-  // Loads the model at `path` (relative to the root: "<name>/<version>",
-  // "<name>/<version>/model.pt" or "<stem>.pt") on every device and serves
-  // it. Errors: see ConfinedPath; InvalidArgument for a path that is not one
-  // of those forms or a file that is not a model; AlreadyExists when that
-  // name and version is served; FailedPrecondition without a repository.
+  // Registers the model at `path` (relative to the root: "<name>/<version>",
+  // "<name>/<version>/model.pt" or "<stem>.pt") and serves it: loaded on
+  // the first device (on every device without a budget). Errors: see
+  // ConfinedPath; InvalidArgument for a path that is not one of those forms
+  // or a file that is not a model; AlreadyExists when that name and version
+  // is served; ResourceExhausted when it cannot fit in the budget (even
+  // alone, or beside the models in use); FailedPrecondition without a
+  // repository.
   absl::StatusOr<ModelSummary> Load(const std::string& path);
 
   // A fresh, empty directory under the root where an upload stages its files
@@ -130,7 +177,7 @@ class ModelRegistry {
   // and loads it as Load does. On any error nothing of it stays in the
   // repository: `staged` and the published directory are removed.
   // InvalidArgument for a name outside [A-Za-z0-9_-]{1,64} or a file that
-  // is not a model that runs.
+  // is not a model that runs; ResourceExhausted as Load.
   absl::StatusOr<ModelSummary> Publish(const std::string& name,
                                        const std::filesystem::path& staged);
 
@@ -157,7 +204,8 @@ class ModelRegistry {
   void StopPolling();
 
  private:
-  // One served version: a copy per device.
+  // One served version: its identity, its summary, and a slot per device
+  // in that device's ModelMemory. Never changed once served.
   struct Entry {
     std::string name;
     std::string version;
@@ -167,11 +215,8 @@ class ModelRegistry {
     // without hashing the file on every poll.
     uintmax_t file_size = 0;
     std::filesystem::file_time_type file_time;
-    std::vector<SharedModel> copies;  // Index: device.
-    // Notified once the copy of the same index has been destroyed (its
-    // memory freed), on whichever thread let go of it last.
-    std::vector<std::shared_ptr<absl::Notification>> freed;
-    ModelSummary summary;  // Of the first copy.
+    std::vector<ModelMemory::SlotId> slots;       // Index: device.
+    std::shared_ptr<const ModelSummary> summary;  // Of the first load.
   };
   using EntryPtr = std::shared_ptr<const Entry>;
   struct VersionOrder {
@@ -194,11 +239,26 @@ class ModelRegistry {
     std::vector<std::string> keys;  // name@version, counted in draining_.
   };
 
-  explicit ModelRegistry(std::vector<c10::Device> devices);
+  ModelRegistry(std::vector<c10::Device> devices, ModelRegistryOptions options);
 
   absl::StatusOr<EntryPtr> FindEntry(absl::string_view ref) const;
-  // Loads the model file `found` on every device.
+  // Registers the model file `found`: a slot per device, the first device's
+  // copy loaded (every device's without a budget) for its summary.
   absl::StatusOr<EntryPtr> LoadEntry(const Found& found) const;
+  // Reads one copy of `path` onto device `device` and warms it up; with a
+  // `content_hash`, FailedPrecondition unless the file still has it.
+  absl::StatusOr<core::ModelPtr> LoadCopy(const std::string& path,
+                                          const std::string& name,
+                                          const std::string& version,
+                                          const std::string& content_hash,
+                                          size_t device) const;
+  // Entry `entry`'s copy on `device`, loaded if need be.
+  absl::StatusOr<SharedModel> AcquireCopy(const Entry& entry,
+                                          size_t device) const;
+  // Frees the copies of `entry`, registered but never served.
+  void Discard(const Entry& entry) const;
+  // `entry`'s summary with its copies' states filled in.
+  ModelSummary Described(const Entry& entry) const;
   // The models of the repository (of `name` only, when not empty), sorted
   // by path. Escaping symlinks and unusable entries are logged and skipped.
   std::vector<Found> Scan(const std::string& name) const;
@@ -222,6 +282,9 @@ class ModelRegistry {
   void PollLoop(absl::Duration every);
 
   const std::vector<c10::Device> devices_;
+  const ModelRegistryOptions options_;
+  // Each device's model memory. Index: device.
+  std::vector<ModelMemoryPtr> memory_;
   std::filesystem::path root_;  // Canonical; empty without a repository.
 
   absl::Mutex admin_mu_ ABSL_ACQUIRED_BEFORE(mu_);

@@ -18,9 +18,9 @@ std::string ShapeOf(const at::Tensor& t) { return c10::str(t.sizes()); }
 
 // `image` ([C, H, W] or [1, C, H, W]) checked against the model's input;
 // `what` names it in errors.
-absl::StatusOr<at::Tensor> ModelInput(at::Tensor image, const core::Model& model,
+absl::StatusOr<at::Tensor> ModelInput(at::Tensor image,
+                                      const core::ModelCard& card,
                                       const std::string& what) {
-  const core::ModelCard& card = model.card();
   if (image.dim() == 4 && image.size(0) == 1) image = image.squeeze(0);
   if (image.dim() != 3 ||
       (image.size(0) != card.channels &&
@@ -35,8 +35,7 @@ absl::StatusOr<at::Tensor> ModelInput(at::Tensor image, const core::Model& model
 
 // What a model's render needs of a dataset: its input with `channels`
 // channels (the stimuli's, which may be gray for an RGB model).
-DatasetNeed RenderNeed(const core::Model& model, int64_t channels) {
-  const core::ModelCard& card = model.card();
+DatasetNeed RenderNeed(const core::ModelCard& card, int64_t channels) {
   DatasetNeed need;
   need.model = card.name;
   need.channels = channels;
@@ -130,13 +129,13 @@ core::DatasetPtr RenderInputs::DefaultMacoDataset(
       !image.maco_dataset().empty()) {
     return nullptr;
   }
-  if (plan.model->card().channels != 1 || plan.options.param.channels != 1) {
+  if (plan.model->card.channels != 1 || plan.options.param.channels != 1) {
     return nullptr;
   }
   // Decided once: an upload landing between this and the prior's lookup
   // must not turn the request into an ambiguous one.
   std::vector<core::DatasetPtr> fitting =
-      datasets_.Fitting(RenderNeed(*plan.model, 1));
+      datasets_.Fitting(RenderNeed(plan.model->card, 1));
   return fitting.size() == 1 ? fitting.front() : nullptr;
 }
 
@@ -164,7 +163,7 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
     FEATVIZ_ASSIGN_OR_RETURN(
         MacoPrior prior,
         Prior(maco_dataset,
-              RenderNeed(*plan.model, param.channels), param.height,
+              RenderNeed(plan.model->card, param.channels), param.height,
               param.width));
     param.magnitude = prior.magnitude;
     param.magnitude_source = prior.source;
@@ -195,7 +194,8 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
           image, TensorFromProto(request.references(static_cast<int>(ref.index)),
                                  what));
     } else {
-      DatasetNeed need = RenderNeed(*plan.model, plan.model->card().channels);
+      DatasetNeed need =
+          RenderNeed(plan.model->card, plan.model->card.channels);
       need.gray_for_rgb = true;  // As ModelInput takes them.
       absl::StatusOr<core::DatasetPtr> dataset =
           ref.dataset.empty()
@@ -216,7 +216,7 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
       what = absl::StrCat("image ", ref.index, " of dataset ", (*dataset)->name);
       image = (*dataset)->images[ref.index];
     }
-    FEATVIZ_ASSIGN_OR_RETURN(image, ModelInput(image, *plan.model, what));
+    FEATVIZ_ASSIGN_OR_RETURN(image, ModelInput(image, plan.model->card, what));
     plan.options.references[key] = image;
   }
   return absl::OkStatus();

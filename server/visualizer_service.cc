@@ -366,6 +366,7 @@ VisualizerService::VisualizerService(ModelRegistry* models,
                                              : open_access_),
       jobs_(std::make_unique<JobManager>(
           ManagerOptions(limits, std::move(options.on_job_end)))),
+      datasets_(options.datasets),
       inputs_(std::make_unique<RenderInputs>(options.datasets)) {}
 
 absl::StatusOr<Identity> VisualizerService::Caller(
@@ -453,6 +454,13 @@ EngineStats VisualizerService::Stats() const {
   const absl::Time now = absl::Now();
   for (const WorkerPtr& worker : workers_) {
     stats.devices.push_back(worker->Stats(now));
+  }
+  stats.model_memory = models_.MemoryStats();
+  if (datasets_ != nullptr) {
+    const DatasetMemory memory = datasets_->Memory();
+    stats.datasets = memory.datasets;
+    stats.dataset_bytes = memory.bytes;
+    stats.dataset_budget_bytes = memory.budget_bytes;
   }
   return stats;
 }

@@ -70,7 +70,7 @@ using VisualizerServicePtr = std::unique_ptr<VisualizerService>;
 class VisualizerService final : public v1::Visualizer::CallbackService {
  public:
   // Serves the models of `models` (which must outlive the service; requests
-  // are validated against its first device's copies) within `limits`, and
+  // are validated against their kept summaries) within `limits`, and
   // starts one worker per device of the registry. InvalidArgument for limits
   // that make no sense (non-positive sizes).
   static absl::StatusOr<VisualizerServicePtr> Create(
@@ -191,6 +191,7 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   const Authenticator open_access_{nullptr};
   const Authenticator& auth_;  // options.authenticator, or open_access_.
   JobManagerPtr jobs_;
+  const DatasetRegistry* const datasets_;  // options.datasets; may be null.
   // MaCo magnitudes and reference images of accepted requests.
   std::unique_ptr<RenderInputs> inputs_;
   std::vector<WorkerPtr> workers_;

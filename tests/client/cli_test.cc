@@ -74,10 +74,16 @@ TEST_F(CliTest, ModelsListsTheMnistClassifier) {
     found = true;
     std::vector<std::string> cells =
         absl::StrSplit(line, ' ', absl::SkipEmpty());
-    ASSERT_EQ(cells.size(), 6u) << line;
+    ASSERT_EQ(cells.size(), 9u) << line;
     EXPECT_EQ(cells[2].size(), 12u) << "hash column: " << line;
     EXPECT_EQ(cells[3], "1x28x28");
     EXPECT_EQ(cells[4], "10");
+    // A server without a model budget keeps every model loaded.
+    EXPECT_EQ(cells[6], "loaded") << line;
+    EXPECT_GT(std::stoll(cells[7]), 10000) << "bytes column: " << line;
+    EXPECT_TRUE(cells[8] == "never" || absl::EndsWith(cells[8], "s") ||
+                absl::EndsWith(cells[8], "m") || absl::EndsWith(cells[8], "h"))
+        << "last used column: " << line;
   }
   EXPECT_TRUE(found) << r.out;
   EXPECT_EQ(r.err, "");
@@ -95,6 +101,11 @@ TEST_F(CliTest, ModelsJsonIsAListOfModels) {
     EXPECT_EQ(m["content_hash"].get<std::string>().size(), 64u);
     EXPECT_EQ(m["input"]["height"], 28);
     EXPECT_EQ(m["class_names"].size(), 10u);
+    EXPECT_EQ(m["state"], "loaded");
+    EXPECT_GT(m["memory_bytes"].get<int64_t>(), 10000);
+    ASSERT_EQ(m["copies"].size(), 1u);
+    EXPECT_EQ(m["copies"][0]["device"], "cpu");
+    EXPECT_EQ(m["copies"][0]["state"], "loaded");
   }
   EXPECT_TRUE(found) << r.out;
 }
@@ -249,6 +260,10 @@ TEST_F(CliTest, SubmitWatchJobsAndStatsFollowOneJob) {
   const CommandResult stats_text = Run({"stats"});
   ASSERT_EQ(stats_text.exit_code, 0) << stats_text.err;
   EXPECT_TRUE(absl::StrContains(stats_text.out, "succeeded")) << stats_text.out;
+  EXPECT_TRUE(absl::StrContains(stats_text.out, "MODELS LOADED"))
+      << stats_text.out;
+  EXPECT_TRUE(absl::StrContains(stats_text.out, "datasets: "))
+      << stats_text.out;
 }
 
 TEST(CliAdmin, UnloadLoadAndReloadChangeWhatIsServed) {

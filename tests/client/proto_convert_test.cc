@@ -80,5 +80,27 @@ TEST(MatrixFromProto, SplitsRows) {
   EXPECT_FALSE(MatrixFromProto(MakeTensor({4}, {1, 2, 3, 4})).ok());
 }
 
+TEST(ModelStateName, NamesEveryStateAndADashForNone) {
+  EXPECT_EQ(ModelStateName(v1::MODEL_STATE_LOADED), "loaded");
+  EXPECT_EQ(ModelStateName(v1::MODEL_STATE_UNLOADED), "unloaded");
+  EXPECT_EQ(ModelStateName(v1::MODEL_STATE_LOADING), "loading");
+  EXPECT_EQ(ModelStateName(v1::MODEL_STATE_FAILED), "failed");
+  EXPECT_EQ(ModelStateName(v1::MODEL_STATE_UNSPECIFIED), "-");
+}
+
+TEST(TimestampText, IsRfc3339InUtcAndAgoIsOneUnit) {
+  google::protobuf::Timestamp time;
+  time.set_seconds(1700000000);  // 2023-11-14T22:13:20Z
+  time.set_nanos(5);
+  EXPECT_EQ(TimestampText(time), "2023-11-14T22:13:20Z");
+  time.set_nanos(0);
+  const absl::Time then = absl::FromUnixSeconds(1700000000);
+  EXPECT_EQ(AgoText(time, then + absl::Seconds(12)), "12s");
+  EXPECT_EQ(AgoText(time, then + absl::Minutes(4) + absl::Seconds(59)), "4m");
+  EXPECT_EQ(AgoText(time, then + absl::Hours(3)), "3h");
+  EXPECT_EQ(AgoText(time, then + absl::Hours(50)), "2d");
+  EXPECT_EQ(AgoText(time, then - absl::Seconds(3)), "0s");  // A clock behind.
+}
+
 }  // namespace
 }  // namespace featviz::client

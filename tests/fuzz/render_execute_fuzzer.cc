@@ -115,7 +115,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::StatusOr<featviz::server::RenderPlan> plan =
       featviz::server::PlanRender(request, *registry, limits);
   if (!plan.ok()) return 0;
-  const featviz::core::Model& model = *plan->model;
+  // Planned against the summary; rendered, as a worker does, on the model.
+  absl::StatusOr<featviz::server::SharedModel> held =
+      registry->Resolve(request.model());
+  if (!held.ok()) return 0;
+  const featviz::core::Model& model = **held;
   featviz::core::RenderOptions options = plan->options;
   options.steps = std::min(options.steps, kMaxSteps);
   // As the worker runs it: the seed is the request's or one the server drew.

@@ -115,8 +115,10 @@ TEST_F(BandResultsTest, ResultCarriesCompositePngsAndABandSheetPerImage) {
   request.mutable_output()->set_tensor(true);
   absl::StatusOr<RenderPlan> plan = PlanRender(request, *registry_, limits_);
   ASSERT_TRUE(plan.ok()) << plan.status();
+  absl::StatusOr<SharedModel> model = registry_->Resolve("multiband");
+  ASSERT_TRUE(model.ok()) << model.status();
   absl::StatusOr<core::RenderResult> rendered =
-      core::Render(*plan->model, plan->objective, plan->options);
+      core::Render(**model, plan->objective, plan->options);
   ASSERT_TRUE(rendered.ok()) << rendered.status();
   absl::StatusOr<JobResult> result = MakeJobResult(*rendered, *plan, 0, 0);
   ASSERT_TRUE(result.ok()) << result.status();

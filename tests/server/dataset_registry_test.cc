@@ -222,5 +222,55 @@ TEST(DatasetRegistry, ReadersAndWritersAtOnce) {
   EXPECT_EQ(registry.size(), 1u);
 }
 
+TEST(DatasetRegistry, AMemoryBudgetRefusesWhatWouldGoPastItNamingIt) {
+  // Each made dataset: 4 float images of 1x8x8 and 4 int64 labels.
+  const int64_t one = Made("x", 1, 8, 8)->bytes();
+  DatasetRegistryOptions options;
+  options.memory_bytes = 2 * one;  // Two fit, exactly.
+  // The operator's, in name order: the third is left out at start.
+  DatasetRegistry registry(
+      {Made("c", 1, 8, 8), Made("a", 1, 8, 8), Made("b", 1, 8, 8)}, options);
+  EXPECT_EQ(registry.size(), 2u);
+  EXPECT_TRUE(registry.Find("a").ok());
+  EXPECT_TRUE(registry.Find("b").ok());
+  EXPECT_FALSE(registry.Find("c").ok());
+  DatasetMemory memory = registry.Memory();
+  EXPECT_EQ(memory.datasets, 2);
+  EXPECT_EQ(memory.bytes, 2 * one);
+  EXPECT_EQ(memory.budget_bytes, options.memory_bytes);
+
+  // Full: an upload is refused before it sends a byte...
+  const absl::Status full = registry.Reserve("up", "lab");
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_TRUE(absl::StrContains(
+      full.message(),
+      absl::StrCat("all of --dataset_memory_bytes ", options.memory_bytes)))
+      << full;
+
+  // ...and with room for a small one, a large one is refused when
+  // published, naming the budget; the small one then fits.
+  options.memory_bytes = 2 * one + one / 2;
+  DatasetRegistry roomy({Made("a", 1, 8, 8)}, options);
+  ASSERT_TRUE(roomy.Reserve("big", "lab").ok());
+  absl::StatusOr<fs::path> staged = roomy.NewStagingDir();
+  ASSERT_TRUE(staged.ok());
+  const absl::Status big =
+      roomy.Publish(Made("big", 1, 16, 16, true, "lab"), *staged).status();
+  EXPECT_EQ(big.code(), absl::StatusCode::kResourceExhausted) << big;
+  EXPECT_TRUE(absl::StrContains(
+      big.message(),
+      absl::StrCat("but --dataset_memory_bytes is ", options.memory_bytes)))
+      << big;
+  EXPECT_TRUE(absl::StrContains(big.message(), "a (")) << big;
+  roomy.Unreserve("big");
+  ASSERT_TRUE(roomy.Reserve("small", "lab").ok());
+  ASSERT_TRUE(roomy.Publish(Made("small", 1, 8, 8, true, "lab"), *staged).ok());
+  RemoveStagingDir(*staged);
+  EXPECT_EQ(roomy.Memory().bytes, 2 * one);
+  // Deleting one makes room again.
+  ASSERT_TRUE(roomy.Remove("small", "lab", false).ok());
+  EXPECT_EQ(roomy.Memory().bytes, one);
+}
+
 }  // namespace
 }  // namespace featviz::server

@@ -116,14 +116,15 @@ class EngineTest : public ::testing::Test {
   // (PlanRender) would make, built here without a request.
   RenderPlan Plan(const std::string& objective, int64_t batch, int64_t steps) {
     RenderPlan plan;
-    absl::StatusOr<SharedModel> model = registry_->Resolve("mnist_classifier");
+    absl::StatusOr<std::shared_ptr<const ModelSummary>> model =
+        registry_->Summary("mnist_classifier");
     EXPECT_TRUE(model.ok()) << model.status();
     if (!model.ok()) return plan;
     plan.model_ref = *model;
     plan.model = model->get();
-    plan.model_name = (*model)->card().name;
-    plan.model_version = (*model)->card().version;
-    plan.model_hash = (*model)->content_hash();
+    plan.model_name = (*model)->card.name;
+    plan.model_version = (*model)->card.version;
+    plan.model_hash = (*model)->content_hash;
     absl::StatusOr<core::Objective> parsed = core::Objective::Parse(objective);
     EXPECT_TRUE(parsed.ok()) << parsed.status();
     if (parsed.ok()) plan.objective = *std::move(parsed);

@@ -28,11 +28,13 @@ from featviz_client.client import (
     TermOutcome,
 )
 from featviz_client.images import band_sheet, composite, grid, hwc, to_pil
+from featviz_client.models import ModelCopy, ModelStatus
 from featviz_client.multi_render import Comparison, UnitRender
 
 __all__ = [
     "Activations", "Attribution", "Circuit", "ClassCircuit", "Client", "Comparison",
-    "Dataset", "Detector", "FeatvizError", "Progress", "RenderResult", "TermOutcome",
+    "Dataset", "Detector", "FeatvizError", "ModelCopy", "ModelStatus", "Progress",
+    "RenderResult", "TermOutcome",
     "TopExamples", "UnitExamples", "UnitRender", "band_sheet", "composite", "grid",
     "hwc", "to_pil",
 ]

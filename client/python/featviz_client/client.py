@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 
 from featviz_client import images as _images
+from featviz_client import models as _models
 from featviz_client import units as _units
 from featviz_client.multi_render import (Comparison, UnitRender, batch_term_value,
                                          model_version_ref)
@@ -357,6 +358,16 @@ class Client:
             if not response.next_page_token:
                 return models
             request.page_token = response.next_page_token
+
+    def models(self, *, timeout: Optional[float] = None) -> list[_models.ModelStatus]:
+        """Every served model version with whether it is in memory: its state
+        ("loaded", "unloaded", "loading", "failed"), the bytes a loaded copy
+        takes, and when it was last used (featviz_client.models)."""
+        return [_models.model_status(m) for m in self.list_models(timeout=timeout)]
+
+    def models_table(self, *, timeout: Optional[float] = None) -> str:
+        """models() as the aligned table `featviz models` prints."""
+        return _models.table(self.models(timeout=timeout))
 
     def get_model(self, name: str, *, timeout: Optional[float] = None):
         """The hosted model `name` (a featviz.v1.Model); NOT_FOUND when unknown."""
