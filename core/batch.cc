@@ -206,6 +206,10 @@ absl::Status StepTogether(const Model& model,
                           const StepOptions& options, StepCache* cache) {
   if (sessions.empty()) return absl::OkStatus();
   std::set<std::string> layer_set;
+  // Whether some term reads the model's outputs; otherwise the forward pass
+  // stops at the deepest tapped layer (the taps are the same bits either
+  // way, so a job's images do not depend on who shares its batch).
+  bool outputs_read = false;
   for (const RenderSession* s : sessions) {
     if (s->done()) {
       return absl::FailedPreconditionError("a finished session was stepped");
@@ -213,6 +217,7 @@ absl::Status StepTogether(const Model& model,
     for (const std::string& layer : s->objective().Layers()) {
       layer_set.insert(layer);
     }
+    outputs_read = outputs_read || s->objective().ReadsOutputs();
   }
   const std::vector<std::string> layers(layer_set.begin(), layer_set.end());
   int64_t images_in_step = 0;
@@ -352,7 +357,11 @@ absl::Status StepTogether(const Model& model,
     at::Tensor stacked = whole.defined()      ? whole
                          : inputs.size() == 1 ? inputs[0]
                                               : at::cat(inputs);
-    FEATVIZ_ASSIGN_OR_RETURN(Taps taps, model.Forward(stacked, layers));
+    FEATVIZ_ASSIGN_OR_RETURN(
+        Taps taps, model.Forward(stacked, layers,
+                                 outputs_read || !options.stop_at_deepest_tap
+                                     ? Model::ForwardOutputs::kAll
+                                     : Model::ForwardOutputs::kTapsOnly));
     // Sessions whose terms are all common ones (neuron, channel, logit,
     // prob, weighted sums of them) are evaluated together on the stacked
     // taps: a few gathers for all of them instead of a chain of small ops

@@ -64,6 +64,11 @@ struct StepOptions {
   // default. See docs/performance.md for the measurement behind the
   // server's default.
   int intra_op_threads = 0;
+  // Each step's forward pass ends at the deepest layer the objectives read
+  // unless a term reads the model's outputs (Model::ForwardOutputs). Off:
+  // every step runs the whole network, as a plain loop does (benchmarks
+  // measure the difference; the images are the same bits either way).
+  bool stop_at_deepest_tap = true;
 };
 
 // Turns on the process-wide TF32 switches when `precision` is kTf32 (and

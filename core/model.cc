@@ -3,6 +3,7 @@
 #include <torch/csrc/api/include/torch/jit.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
@@ -175,9 +176,14 @@ Value* TappedTensor(Graph& graph, Value* value) {
 // lists...) as one tuple. Appending where the call was inlined, rather than
 // returning the value, keeps the tap correct when a child is inlined later:
 // inlining replaces all *uses* of a value, and an append is a use.
+//
+// Without `with_output` the tuple's first element is None instead, and the
+// nodes that only the output needed are removed (EliminateDeadCode, which
+// keeps the appends to the returned lists and anything with side effects):
+// the pass ends at the deepest tap.
 TapGraph BuildTapGraph(const torch::jit::Module& module,
                        const std::vector<std::string>& wanted_paths,
-                       LinearMode linear_mode) {
+                       LinearMode linear_mode, bool with_output = true) {
   std::shared_ptr<Graph> graph = module.get_method("forward").graph()->copy();
   const std::set<std::string> wanted(wanted_paths.begin(), wanted_paths.end());
   auto is_strict_prefix_of_wanted = [&](const std::string& path) {
@@ -273,7 +279,12 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
   for (const auto& [node, path] : calls)
     append(path, node->output(), node->next());
 
-  std::vector<Value*> values = {graph->outputs()[0]};
+  std::vector<Value*> values;
+  {
+    torch::jit::WithInsertPoint guard(graph->return_node());
+    values.push_back(with_output ? graph->outputs()[0]
+                                 : graph->insertConstant(c10::IValue()));
+  }
   for (const std::string& path : wanted) {
     if (!appended.count(path)) {
       if (!result.not_tensors.count(path)) result.missing.push_back(path);
@@ -292,6 +303,7 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
   // linear layers become batch-invariant (see LinearMode).
   torch::jit::Inline(*graph);
   RewriteLinears(graph->block(), linear_mode);
+  if (!with_output) torch::jit::EliminateDeadCode(graph);
   result.graph = std::move(graph);
   return result;
 }
@@ -840,14 +852,16 @@ at::Tensor Model::Normalise(const at::Tensor& images) const {
 }
 
 absl::StatusOr<Model::TapFunctionEntry> Model::TapFunction(
-    const std::vector<std::string>& layers) const {
+    const std::vector<std::string>& layers, ForwardOutputs outputs) const {
   // BuildTapGraph returns taps in sorted order; the key is that order.
   // The linear mode is part of the key, so that changing it (benchmarks,
   // tests) builds new graphs.
   std::set<std::string> sorted(layers.begin(), layers.end());
   const LinearMode mode = GetLinearMode();
+  const bool with_output = outputs == ForwardOutputs::kAll;
   const std::string key =
-      absl::StrCat(LinearModeName(mode), "\n", absl::StrJoin(sorted, "\n"));
+      absl::StrCat(LinearModeName(mode), with_output ? "" : " taps only", "\n",
+                   absl::StrJoin(sorted, "\n"));
   absl::MutexLock lock(&mu_);
   if (auto it = tap_functions_.find(key); it != tap_functions_.end()) {
     return it->second;
@@ -855,7 +869,8 @@ absl::StatusOr<Model::TapFunctionEntry> Model::TapFunction(
   for (const std::string& path : sorted) {
     FEATVIZ_RETURN_IF_ERROR(FindLayer(path).status());
   }
-  TapGraph tap = BuildTapGraph(module_, {sorted.begin(), sorted.end()}, mode);
+  TapGraph tap = BuildTapGraph(module_, {sorted.begin(), sorted.end()}, mode,
+                               with_output);
   if (!tap.missing.empty() || !tap.not_tensors.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("layer ",
@@ -871,9 +886,9 @@ absl::StatusOr<Model::TapFunctionEntry> Model::TapFunction(
   return entry;
 }
 
-absl::StatusOr<Taps> Model::Forward(
-    const at::Tensor& gray_or_colour,
-    const std::vector<std::string>& layers) const {
+absl::StatusOr<Taps> Model::Forward(const at::Tensor& gray_or_colour,
+                                    const std::vector<std::string>& layers,
+                                    ForwardOutputs outputs) const {
   const at::Tensor images = ToModelChannels(gray_or_colour);
   if (images.dim() != 4 || images.size(1) != card_.channels ||
       images.size(2) != card_.height || images.size(3) != card_.width) {
@@ -882,7 +897,8 @@ absl::StatusOr<Taps> Model::Forward(
                      card_.channels, ", ", card_.height, ", ", card_.width,
                      "], got ", c10::str(images.sizes())));
   }
-  FEATVIZ_ASSIGN_OR_RETURN(TapFunctionEntry tapped, TapFunction(layers));
+  FEATVIZ_ASSIGN_OR_RETURN(TapFunctionEntry tapped,
+                           TapFunction(layers, outputs));
   std::set<std::string> sorted(layers.begin(), layers.end());
   try {
     // A tap inside control flow may sit on a path that modules skip when
@@ -910,7 +926,7 @@ absl::StatusOr<Taps> Model::Forward(
         if (o.name == name) taps.outputs[name] = std::move(t);
       }
     }
-    if (logits_output_.empty()) {
+    if (logits_output_.empty() || outputs == ForwardOutputs::kTapsOnly) {
       taps.logits = at::zeros({images.size(0), 0}, images.options());
     } else {
       auto it = taps.outputs.find(logits_output_);

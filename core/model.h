@@ -148,8 +148,15 @@ class Model {
   // activation is channels first: a token layer's [B, T, D] output is
   // returned as [B, D, T] (a transposed view).
   // Gradients flow back to `images` when it requires them. Thread-safe.
-  absl::StatusOr<Taps> Forward(const at::Tensor& images,
-                               const std::vector<std::string>& layers) const;
+  // With ForwardOutputs::kTapsOnly the pass stops at the deepest tapped
+  // layer: the graph's outputs are dropped and TorchScript's dead-code pass
+  // removes what only they needed, so `logits`, `probs` and `outputs` come
+  // back empty ([B, 0] for the first two). An optimisation step whose terms
+  // read only layers runs this way; the taps' values are the same bits.
+  enum class ForwardOutputs { kAll, kTapsOnly };
+  absl::StatusOr<Taps> Forward(
+      const at::Tensor& images, const std::vector<std::string>& layers,
+      ForwardOutputs outputs = ForwardOutputs::kAll) const;
 
  private:
   Model(torch::jit::Module module, ModelCard card, c10::Device device);
@@ -162,7 +169,7 @@ class Model {
     bool conditional = false;
   };
   absl::StatusOr<TapFunctionEntry> TapFunction(
-      const std::vector<std::string>& layers) const;
+      const std::vector<std::string>& layers, ForwardOutputs outputs) const;
   absl::Status BuildCatalogue();
   at::Tensor Normalise(const at::Tensor& images) const;
 

@@ -1539,6 +1539,13 @@ std::vector<std::string> Objective::Layers() const {
   return layers;
 }
 
+bool Objective::ReadsOutputs() const {
+  return std::any_of(terms_.begin(), terms_.end(), [](const WeightedTerm& w) {
+    return w.term.kind == TermKind::kLogit || w.term.kind == TermKind::kProb ||
+           w.term.kind == TermKind::kOutput;
+  });
+}
+
 Objective Objective::operator+(const Objective& other) const {
   Objective sum = *this;
   sum.terms_.insert(sum.terms_.end(), other.terms_.begin(), other.terms_.end());

@@ -196,6 +196,9 @@ class Objective {
 
   // Every distinct layer path the terms read, in first-use order.
   std::vector<std::string> Layers() const;
+  // Whether a term reads the model's outputs (logit, prob, output): only
+  // then does an optimisation step need the network past its tapped layers.
+  bool ReadsOutputs() const;
 
   const std::vector<WeightedTerm>& terms() const { return terms_; }
   bool empty() const { return terms_.empty(); }

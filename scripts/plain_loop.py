@@ -16,6 +16,12 @@ torch.cuda.synchronize().
 --batches 1,16,64,256 runs several batch sizes one after another in the same
 process (one line or JSON object each), as scripts/bench-vs-plain does.
 --threads N sets torch's intra-op thread count (default: torch's choice).
+--channel LAYER maximises a channel's mean instead (image i: channel
+i % channels of LAYER), read as Lucent reads it: a forward hook on the
+layer of the eager module, the whole network run each step. Hooks need the
+eager module, so this works for models whose class this repository builds
+(classic_cnn, from tests/models/make_bench_models.py, its weights loaded
+from the TorchScript file).
 """
 import argparse
 import json
@@ -79,11 +85,33 @@ def affine(t, h, w, gen, device):
     return m[:2].float().unsqueeze(0)
 
 
+def eager_twin(path, scripted):
+    """The eager module of a TorchScript file this repository builds, with
+    the file's weights (forward hooks need eager modules)."""
+    import importlib.util
+    name = os.path.splitext(os.path.basename(path))[0]
+    if name != "classic_cnn":
+        raise SystemExit(f"--channel needs the eager class of {name}; known: classic_cnn")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "make_bench_models", os.path.join(here, "tests/models/make_bench_models.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    eager = module.ClassicCnn()
+    eager.load_state_dict(scripted.state_dict())
+    return eager
+
+
 def run(args):
     device = torch.device(args.device)
     card = card_for(args.model)
     c, h, w = (card["input"][k] for k in ("channels", "height", "width"))
     model = torch.jit.load(args.model, map_location=device).eval()
+    hooked = {}
+    if args.channel:
+        model = eager_twin(args.model, model).to(device).eval()
+        layer = dict(model.named_modules())[args.channel]
+        layer.register_forward_hook(lambda _m, _i, out: hooked.__setitem__("a", out))
     for p in model.parameters():
         p.requires_grad_(False)
     mean = torch.tensor(card["input"].get("mean", [0.0] * c), device=device).view(1, c, 1, 1)
@@ -104,6 +132,10 @@ def run(args):
     opt = torch.optim.Adam([var], lr=0.05)
     t = None if args.no_transforms else default_transforms(min(h, w))
     target = torch.arange(b, device=device) % classes
+    if args.channel:
+        with torch.no_grad():
+            model(torch.zeros(1, c, h, w, device=device))
+        channel_target = torch.arange(b, device=device) % hooked["a"].shape[1]
 
     def image():
         pre = torch.fft.irfft2(torch.view_as_complex(var) * scale, s=(h, w), norm="ortho") / 4.0
@@ -119,7 +151,11 @@ def run(args):
             x = torch.nn.functional.grid_sample(x, grid, mode="bilinear",
                                                 padding_mode="reflection", align_corners=False)
         logits = model((x - mean) / std)
-        loss = -logits.gather(1, target.view(-1, 1)).sum()
+        if args.channel:
+            a = hooked["a"]
+            loss = -a[torch.arange(b, device=device), channel_target].flatten(1).mean(1).sum()
+        else:
+            loss = -logits.gather(1, target.view(-1, 1)).sum()
         opt.zero_grad(set_to_none=False)
         loss.backward()
         opt.step()
@@ -142,6 +178,7 @@ def run(args):
         "loop": "plain-pytorch", "torch": torch.__version__, "device": str(device),
         "model": os.path.basename(args.model), "batch": b, "steps": args.steps,
         "transforms": t is not None, "threads": torch.get_num_threads(),
+        "objective": f"channel({args.channel}, i)" if args.channel else "logit(i)",
         "seconds": seconds, "steps_per_second": args.steps / seconds,
         "image_steps_per_second": b * args.steps / seconds,
         "mean_target_probability": final,
@@ -163,6 +200,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--channel", default="",
+                        help="maximise channel i %% C of this layer (forward hook) instead")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -174,7 +213,7 @@ def main():
             print(json.dumps(report), flush=True)
         else:
             print(f"plain PyTorch loop, {report['model']} on {report['device']}, batch {report['batch']}"
-                  f"{'' if report['transforms'] else ', no transforms'}: "
+                  f"{'' if report['transforms'] else ', no transforms'}, {report['objective']}: "
                   f"{report['steps_per_second']:.1f} steps/s, "
                   f"{report['image_steps_per_second']:.1f} images*steps/s, "
                   f"mean target probability {report['mean_target_probability']:.3f}", flush=True)

@@ -23,8 +23,10 @@
 // tests/models/make_bench_models.py at build time).
 //
 // Counters: featviz and plain images*steps/s, and ratio = plain's time /
-// featviz's time (>= 1: featviz is faster). BM_LinearModes and BM_Threads
-// (below) compare featviz with itself: linear-layer modes, thread counts. Prints figures, asserts nothing; see
+// featviz's time (>= 1: featviz is faster). BM_LinearModes, BM_StopAtTap
+// and BM_Threads (below) compare featviz with itself: linear-layer modes,
+// the forward pass ending at the objective's layer or running the whole
+// network, thread counts. Prints figures, asserts nothing; see
 // docs/performance.md ("featviz against plain loops").
 //
 //   build/tests/benchmarks/vs_plain_benchmark --benchmark_min_time=1
@@ -35,6 +37,7 @@
 #include <benchmark/benchmark.h>
 #include <torch/script.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstdint>
@@ -92,6 +95,10 @@ struct FeatvizSide {
   std::vector<std::unique_ptr<RenderSession>> sessions;
   std::vector<RenderSession*> pointers;
   std::unique_ptr<BatchStepper> stepper;
+  // Job j's objective when set (default: the class logits above), and the
+  // worker's step options.
+  std::function<Objective(int64_t j)> objective;
+  StepOptions step_options;
 
   absl::Status Create(const Model& model, int64_t n, bool one_job,
                       bool transforms) {
@@ -106,12 +113,14 @@ struct FeatvizSide {
       options.seed = static_cast<uint64_t>(j);
       if (!transforms) options.transforms = TransformList{};
       absl::StatusOr<std::unique_ptr<RenderSession>> s = RenderSession::Create(
-          model, one_job ? Logit(0) : Logit(j % 10), options);
+          model,
+          objective ? objective(j) : one_job ? Logit(0) : Logit(j % 10),
+          options);
       if (!s.ok()) return s.status();
       pointers.push_back(s->get());
       sessions.push_back(*std::move(s));
     }
-    stepper = std::make_unique<BatchStepper>(model, StepOptions{});
+    stepper = std::make_unique<BatchStepper>(model, step_options);
     return absl::OkStatus();
   }
 
@@ -329,6 +338,54 @@ BENCHMARK_CAPTURE(BM_LinearModes, bundled_blocked_vs_plain, false,
 BENCHMARK_CAPTURE(BM_LinearModes, classic_blocked_vs_rowwise, true,
                   LinearMode::kBlocked, LinearMode::kRowwise)
     ->Apply(JobSizes);
+
+// What stopping at the deepest tap saves (StepOptions::stop_at_deepest_tap):
+// featviz's step of n one-image jobs, objective channel(layer, j % channels)
+// (default transforms), with the forward pass ending at `layer` and running
+// the whole network, as a plain loop with a hook does; interleaved; ratio =
+// time of the whole network / time stopped at the tap.
+void BM_StopAtTap(benchmark::State& state, bool classic, const char* layer) {
+  const int64_t n = state.range(0);
+  const bool transforms = state.range(1) != 0;
+  const Model* model = LoadedModel(classic);
+  if (model == nullptr) {
+    state.SkipWithError(("cannot load " + ModelPath(classic)).c_str());
+    return;
+  }
+  absl::StatusOr<LayerInfo> info = model->FindLayer(layer);
+  if (!info.ok()) {
+    state.SkipWithError(info.status().ToString().c_str());
+    return;
+  }
+  const int64_t channels = std::max<int64_t>(info->channels, 1);
+  FeatvizSide stop, whole;
+  stop.objective = whole.objective = [&](int64_t j) {
+    return Channel(layer, j % channels);
+  };
+  whole.step_options.stop_at_deepest_tap = false;
+  absl::Status s = stop.Create(*model, n, false, transforms);
+  if (s.ok()) s = whole.Create(*model, n, false, transforms);
+  if (!s.ok()) {
+    state.SkipWithError(s.ToString().c_str());
+    return;
+  }
+  Interleave(
+      state, n, "stop_at_tap",
+      [&] { return stop.Step(*model, n, false, transforms); }, "whole_network",
+      [&] { return whole.Step(*model, n, false, transforms); });
+}
+
+void TapSizes(benchmark::internal::Benchmark* b) {
+  for (int64_t transforms : {1, 0}) {
+    for (int64_t n : {1, 16, 64}) b->Args({n, transforms});
+  }
+  b->ArgNames({"n", "transforms"});
+  b->Unit(benchmark::kMillisecond)->UseManualTime();
+}
+
+BENCHMARK_CAPTURE(BM_StopAtTap, classic_conv1, true, "conv1")->Apply(TapSizes);
+BENCHMARK_CAPTURE(BM_StopAtTap, classic_conv2, true, "conv2")->Apply(TapSizes);
+BENCHMARK_CAPTURE(BM_StopAtTap, bundled_conv2, false, "conv2")->Apply(TapSizes);
 
 // The worker's intra-op threads: featviz's step (n one-image jobs, default
 // transforms) on 1 thread and on 2 (at::set_num_threads around each step),

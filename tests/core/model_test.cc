@@ -2,8 +2,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <string>
 
+#include <ATen/record_function.h>
 #include <gtest/gtest.h>
 
 #include "tests/core/test_paths.h"
@@ -232,6 +235,69 @@ TEST(ModelForward, RejectsImagesOfTheWrongShape) {
   absl::StatusOr<Taps> taps = model->Forward(at::rand({1, 3, 28, 28}), {});
   ASSERT_FALSE(taps.ok());
   EXPECT_EQ(taps.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The names of the operators a call runs on this thread (RecordFunction).
+template <typename F>
+std::set<std::string> OperatorsRun(F&& call) {
+  std::set<std::string> names;
+  // A capturing lambda is no RecordFunction callback: the set goes through a
+  // thread-local pointer.
+  thread_local std::set<std::string>* sink = nullptr;
+  sink = &names;
+  at::CallbackHandle handle = at::addThreadLocalCallback(at::RecordFunctionCallback(
+      [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+        if (sink != nullptr) sink->insert(fn.name());
+        return nullptr;
+      }));
+  call();
+  at::removeCallback(handle);
+  sink = nullptr;
+  return names;
+}
+
+TEST(ModelForward, TapsOnlyStopsAtTheDeepestTapWithTheSameBits) {
+  auto model = MustLoad(featviz::testing::MnistModel());
+  ASSERT_NE(model, nullptr);
+  at::manual_seed(5);
+  const at::Tensor images = at::rand({3, 1, 28, 28});
+  auto run = [&](Model::ForwardOutputs outputs, at::Tensor* activation,
+                 at::Tensor* grad) {
+    at::Tensor x = images.clone().requires_grad_(true);
+    absl::StatusOr<Taps> taps = model->Forward(x, {"conv2"}, outputs);
+    ASSERT_TRUE(taps.ok()) << taps.status();
+    *activation = taps->activations.at("conv2");
+    activation->select(1, 7).sum().backward();
+    *grad = x.grad();
+    if (outputs == Model::ForwardOutputs::kTapsOnly) {
+      EXPECT_EQ(taps->logits.sizes(), (std::vector<int64_t>{3, 0}));
+      EXPECT_TRUE(taps->outputs.empty());
+    }
+  };
+  at::Tensor full_a, full_g, short_a, short_g;
+  const std::set<std::string> full = OperatorsRun(
+      [&] { run(Model::ForwardOutputs::kAll, &full_a, &full_g); });
+  const std::set<std::string> taps_only = OperatorsRun(
+      [&] { run(Model::ForwardOutputs::kTapsOnly, &short_a, &short_g); });
+  // The classifier's head (fc1, fc2) runs only when the outputs are wanted;
+  // conv2 runs both times.
+  auto has = [](const std::set<std::string>& ops, const std::string& part) {
+    for (const std::string& op : ops) {
+      if (op.find(part) != std::string::npos) return true;
+    }
+    return false;
+  };
+  // The classifier's head (fc1, fc2) is matrix products (blocked: bmm).
+  auto products = [&](const std::set<std::string>& ops) {
+    return has(ops, "aten::mm") || has(ops, "aten::bmm") ||
+           has(ops, "aten::addmm") || has(ops, "aten::matmul") ||
+           has(ops, "aten::linear");
+  };
+  EXPECT_TRUE(products(full));
+  EXPECT_FALSE(products(taps_only));
+  EXPECT_TRUE(has(taps_only, "conv"));
+  EXPECT_TRUE(at::equal(full_a, short_a));
+  EXPECT_TRUE(at::equal(full_g, short_g));
 }
 
 }  // namespace
