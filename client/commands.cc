@@ -226,6 +226,7 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
   }
   *request.mutable_transforms() = *std::move(transforms);
   request.mutable_optimizer()->set_lr(options.lr);
+  request.set_precision(options.precision);
   request.mutable_optimizer()->set_steps(options.steps);
   if (options.seed >= 0) request.set_seed(static_cast<uint64_t>(options.seed));
   v1::OutputSpec* output = request.mutable_output();

@@ -51,6 +51,7 @@ struct RenderCommandOptions {
   int64_t batch = 1;        // Images rendered together.
   int64_t seed = -1;        // Negative: the server picks one and reports it.
   double lr = 0;            // 0: the server's default (0.05).
+  std::string precision;    // "fp32", "bf16", "tf32"; empty: the server's.
   double decay = 0;         // FFT decay power; 0: the server's (1.0).
   std::string transforms = "default";  // "default", "none", or a list.
   int64_t progress_every = 0;          // 0: the server's default (16).

@@ -92,6 +92,10 @@ ABSL_FLAG(std::string, units, "",
           "each in one batched request: all, 0-15, 3,5,9; empty: all");
 ABSL_FLAG(int64_t, seed, -1, "Random seed; -1: the server picks (and reports) one");
 ABSL_FLAG(double, lr, 0, "Adam learning rate; 0: the server's (0.05; MaCo 0.5)");
+ABSL_FLAG(std::string, precision, "",
+          "arithmetic of the steps: fp32, bf16 (convolutions and matrix "
+          "products in bfloat16), tf32 (CUDA servers started with --precision "
+          "tf32); empty: the server's default");
 ABSL_FLAG(double, decay_power, 0,
           "FFT spectrum decay power; 0: the server's (1.0) (old name --decay)");
 ABSL_FLAG(std::string, transforms, "default",
@@ -233,6 +237,7 @@ render and submit options (watch takes the output ones):
   --maco_dataset NAME|1/f  --transparency FILE (MaCo's map)
   --reference a.png,b.png (reference(0), reference(1) of the objective)
   --seed N  --lr X  --decay_power X  --progress_every N
+  --precision fp32|bf16|tf32 (the steps' arithmetic; default: the server's)
   --transforms default|none|'pad(2), jitter(1), scale(0.9, 1.1), rotate(-5, 5)'
   --out FILE (render.png; --out= for none)  --labels 'a,b,c'  --scale N
   --columns N  --npy FILE  --png_dir DIR  --preview_dir DIR
@@ -296,7 +301,7 @@ const std::map<std::string, std::string>& FlagAliases() {
 const std::set<std::string>& RenderFlags() {
   static const auto* flags = new std::set<std::string>{
       "json", "steps", "size", "height", "width", "gray", "parameterization",
-      "batch", "seed", "lr",
+      "batch", "seed", "lr", "precision",
       "decay_power", "transforms", "progress_every", "out", "npy", "png_dir",
       "preview_dir", "labels", "scale", "columns", "maco_dataset", "reference",
       "transparency"};
@@ -306,8 +311,8 @@ const std::set<std::string>& RenderFlags() {
 const std::set<std::string>& CompareFlags() {
   static const auto* flags = new std::set<std::string>{
       "json", "steps", "size", "height", "width", "gray", "parameterization",
-      "batch", "seed", "lr", "decay_power", "transforms", "progress_every",
-      "out", "scale", "maco_dataset"};
+      "batch", "seed", "lr", "precision", "decay_power", "transforms",
+      "progress_every", "out", "scale", "maco_dataset"};
   return *flags;
 }
 const std::set<std::string>& OutputFlags() {
@@ -396,6 +401,7 @@ absl::StatusOr<RenderCommandOptions> RenderOptions(const Invocation& in) {
   options.batch = absl::GetFlag(FLAGS_batch);
   options.seed = absl::GetFlag(FLAGS_seed);
   options.lr = absl::GetFlag(FLAGS_lr);
+  options.precision = absl::GetFlag(FLAGS_precision);
   options.decay = absl::GetFlag(FLAGS_decay_power);
   options.transforms = absl::GetFlag(FLAGS_transforms);
   options.progress_every = absl::GetFlag(FLAGS_progress_every);

@@ -178,6 +178,7 @@ absl::StatusOr<json> RenderResultToJson(
       {"steps", result.steps()},
       {"transforms", result.transforms()},
       {"linear_mode", result.linear_mode()},
+      {"precision", result.precision()},
       {"terms", std::move(terms)},
       {"final_total", DoubleToJson(result.final_total())},
       {"logits", MatrixToJson(*logits)},

@@ -59,6 +59,9 @@ ABSL_FLAG(std::string, judge, "", "With --classes: an independently trained clas
 ABSL_FLAG(std::string, params, "pixel,fft,maco", "Parameterisations to compare");
 ABSL_FLAG(int64_t, steps, 256, "Optimisation steps");
 ABSL_FLAG(double, lr, 0.05, "Adam learning rate");
+ABSL_FLAG(std::string, precision, "fp32",
+          "Arithmetic of the steps: fp32, bf16 (tf32: CUDA); the measures "
+          "are float32 either way");
 ABSL_FLAG(double, decay, 1.0, "FFT spectrum decay power");
 ABSL_FLAG(std::string, transforms, "default", "default (by the model's kind), cnn, tokens, none, or a list like "
           "'jitter(2), rotate(-5, 5)'");
@@ -248,9 +251,14 @@ absl::StatusOr<Rendered> RenderUnits(const Model& model, const Units& units,
     all.push_back(session.get());
     sessions.push_back(std::move(session));
   }
+  FEATVIZ_ASSIGN_OR_RETURN(const Precision precision,
+                           ParsePrecision(absl::GetFlag(FLAGS_precision)));
+  ConfigureProcessPrecision(precision);  // TF32's switch is process-wide.
+  StepOptions step_options;
+  step_options.precision = precision;
   const absl::Time start = absl::Now();
   while (!all.front()->done()) {
-    FEATVIZ_RETURN_IF_ERROR(StepTogether(model, all));
+    FEATVIZ_RETURN_IF_ERROR(StepTogether(model, all, step_options));
   }
   Rendered out;
   out.seconds = absl::ToDoubleSeconds(absl::Now() - start);

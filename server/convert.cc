@@ -433,6 +433,41 @@ absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
 
 namespace {
 
+// The request's `precision`: empty takes the server's; TF32 is a
+// process-wide switch of CUDA's (core::ConfigureProcessPrecision), on only
+// when the server runs with --precision tf32, so "tf32" is refused elsewhere
+// and "fp32" there (its matrix products would be TF32).
+absl::StatusOr<core::Precision> RequestPrecision(const std::string& text,
+                                                 const Limits& limits) {
+  const core::Precision server = limits.step.precision;
+  if (text.empty()) return server;
+  if (text.size() > 16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "precision must be fp32, tf32, bf16 or empty, got ", text.size(),
+        " bytes"));
+  }
+  absl::StatusOr<core::Precision> precision = core::ParsePrecision(text);
+  if (!precision.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("precision: ", precision.status().message()));
+  }
+  const bool tf32_server = server == core::Precision::kTf32;
+  if (*precision == core::Precision::kTf32 && !tf32_server) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "precision is \"tf32\", but this server computes in ",
+        core::PrecisionName(server),
+        " (TF32 is a process-wide CUDA switch: featviz-server --precision "
+        "tf32 turns it on for every job); ask for \"fp32\" or \"bf16\""));
+  }
+  if (*precision == core::Precision::kFloat32 && tf32_server) {
+    return absl::InvalidArgumentError(
+        "precision is \"fp32\", but this server runs every CUDA matrix "
+        "product in TF32 (featviz-server --precision tf32, a process-wide "
+        "switch); ask for \"tf32\" or \"bf16\"");
+  }
+  return *precision;
+}
+
 absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
                                                const ModelRegistry& models,
                                                const Limits& limits) {
@@ -603,6 +638,8 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   plan.preview_png = output.preview_png();
   plan.options.progress_images = output.preview_png();
   plan.linear_mode = core::LinearModeName(core::GetLinearMode());
+  FEATVIZ_ASSIGN_OR_RETURN(plan.precision,
+                           RequestPrecision(request.precision(), limits));
 
   // scheduling
   if (request.priority() < kMinPriority || request.priority() > kMaxPriority) {
@@ -682,6 +719,9 @@ v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
   canonical.mutable_optimizer()->set_lr(plan.options.lr);
   canonical.mutable_output()->set_progress_every(plan.options.progress_every);
   if (plan.seed.has_value()) canonical.set_seed(*plan.seed);
+  // The precision used, so that "" and the server's default are one entry
+  // and each precision its own.
+  canonical.set_precision(core::PrecisionName(plan.precision));
   return canonical;
 }
 
@@ -975,6 +1015,7 @@ v1::RenderResult ResultToProto(const JobResult& result) {
   out.set_steps(result.steps);
   out.set_transforms(result.transforms);
   out.set_linear_mode(result.linear_mode);
+  out.set_precision(result.precision);
   out.mutable_timings()->set_queue_seconds(result.queue_seconds);
   out.mutable_timings()->set_compute_seconds(result.compute_seconds);
   return out;

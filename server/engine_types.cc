@@ -137,7 +137,7 @@ int64_t JobResult::bytes() const {
   int64_t total = HeapChunk(static_cast<int64_t>(sizeof(JobResult)) + 16);
   for (const std::string* text :
        {&model, &model_version, &model_hash, &objective, &maco_magnitude,
-        &transforms, &linear_mode}) {
+        &transforms, &linear_mode, &precision}) {
     total += HeapBytes(*text);
   }
   total += HeapChunk(static_cast<int64_t>(terms.capacity() * sizeof(TermOutcome)));
@@ -221,6 +221,7 @@ absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
   out.steps = result.steps;
   out.transforms = result.transforms;
   out.linear_mode = plan.linear_mode;
+  out.precision = core::PrecisionName(plan.precision);
   out.queue_seconds = queue_seconds;
   out.compute_seconds = compute_seconds;
   // Kept for a while: no slack from growing containers.

@@ -58,6 +58,10 @@ struct RenderPlan {
   // mode when the request was accepted): results say it, and it is part of
   // the cache key.
   std::string linear_mode;
+  // The steps' arithmetic: the request's precision or the server's default
+  // (Limits::step.precision). Part of the cache key (CanonicalRequest) and
+  // of the batch key: jobs of different precisions never share a step.
+  core::Precision precision = core::Precision::kFloat32;
   // Scheduling, as requested: the owner ("" means the caller's address), the
   // priority (checked to be in [-10, 10]) and the queue timeout (unset when
   // the request leaves it to the server).
@@ -207,6 +211,7 @@ struct JobResult {
   int64_t steps = 0;
   std::string transforms;  // The transform set, as text.
   std::string linear_mode;  // RenderPlan::linear_mode.
+  std::string precision;    // core::PrecisionName of RenderPlan::precision.
   double queue_seconds = 0;
   double compute_seconds = 0;
 

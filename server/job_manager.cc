@@ -134,9 +134,11 @@ absl::StatusOr<JobRecordPtr> JobManager::Submit(RenderPlan plan,
   queued.enqueue_time = now;
   queued.deadline = job->queue_deadline;
   // Sessions of one model take inputs of the model's size, whatever their
-  // parameterisation or image size, so they can share a step.
+  // parameterisation or image size, so they can share a step, if they ask
+  // for the same arithmetic.
   queued.batch_key = absl::StrCat(job->model, "@", job->plan.model_version,
-                                  "#", job->plan.model_hash);
+                                  "#", job->plan.model_hash, "/",
+                                  core::PrecisionName(job->plan.precision));
   queued.images = images;
   queued.cost = images * steps;
   queued.quota = quota;

@@ -171,7 +171,11 @@ void Worker::Admit() {
     if (running_.empty()) {
       model_ = *model;
       batch_key_ = next->batch_key;
-      stepper_ = std::make_unique<core::BatchStepper>(**model, options_.step);
+      // The batch's arithmetic is its first job's: the batch key keeps
+      // jobs of other precisions out.
+      core::StepOptions step = options_.step;
+      step.precision = job->plan.precision;
+      stepper_ = std::make_unique<core::BatchStepper>(**model, step);
     }
     images_ += (*session)->batch();
     running_.push_back(Running{*std::move(model), std::move(job),

@@ -182,6 +182,22 @@ TEST_F(CliTest, RenderProbJsonReachesTheClassAndWritesFiles) {
   // Piped: no progress bar.
   EXPECT_FALSE(absl::StrContains(r.err, "\033")) << r.err;
   EXPECT_FALSE(absl::StrContains(r.err, "\r")) << r.err;
+  EXPECT_EQ(report["precision"], "fp32");  // The server's default.
+}
+
+TEST_F(CliTest, RenderPrecisionGoesToTheServerAndComesBackInTheReport) {
+  const CommandResult bf16 =
+      Run({"render", "mnist_classifier", "conv2:3", "--steps", "4", "--seed",
+           "0", "--precision", "bf16", "--json", "--out="});
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
+  EXPECT_EQ(json::parse(bf16.out)["precision"], "bf16");
+  const CommandResult bad =
+      Run({"render", "mnist_classifier", "conv2:3", "--steps", "4",
+           "--precision", "half", "--out="});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(
+      bad.err, "precision must be fp32, tf32 or bf16, got 'half'"))
+      << bad.err;
 }
 
 TEST_F(CliTest, PipedRenderPrintsASummaryAndAProgressLinePerTenth) {

@@ -90,10 +90,12 @@ struct AloneAndTogether {
 
 void RenderAloneAndTogether(const std::vector<JobSpec>& jobs,
                             AloneAndTogether& out,
-                            StepCache* cache = nullptr) {
+                            StepCache* cache = nullptr,
+                            const StepOptions& step_options = {}) {
   for (const JobSpec& job : jobs) {
     absl::StatusOr<RenderResult> r =
-        Render(Mnist(), Objective::Parse(job.objective).value(), job.options);
+        Render(Mnist(), Objective::Parse(job.objective).value(), job.options,
+               nullptr, nullptr, step_options);
     ASSERT_TRUE(r.ok()) << job.objective << ": " << r.status();
     out.alone.push_back(*std::move(r));
   }
@@ -120,7 +122,7 @@ void RenderAloneAndTogether(const std::vector<JobSpec>& jobs,
     out.max_batch_seen = std::max(out.max_batch_seen, images);
     if (active != previous) ++out.compositions;
     previous = active;
-    ASSERT_TRUE(StepTogether(Mnist(), active, {}, cache).ok());
+    ASSERT_TRUE(StepTogether(Mnist(), active, step_options, cache).ok());
   }
   for (size_t i = 0; i < jobs.size(); ++i) {
     absl::StatusOr<RenderResult> together = sessions[i]->Finish();
@@ -340,6 +342,18 @@ TEST(LinearModes, PlainKeepsBatchedResultsWithinTheDocumentedTolerance) {
 
 // bf16 autocast changes the arithmetic of the step, and the class pictures
 // still reach their objective (measured in float32 at the end).
+// A request may ask for bf16 (RenderRequest.precision): its jobs batch with
+// other bf16 jobs, and still get the bits they get alone.
+TEST(StepTogether, Bf16JobsGetTheImagesTheyGetAlone) {
+  const std::vector<JobSpec> jobs = MixedJobs();
+  StepOptions bf16;
+  bf16.precision = Precision::kBf16;
+  AloneAndTogether r;
+  ASSERT_NO_FATAL_FAILURE(RenderAloneAndTogether(jobs, r, nullptr, bf16));
+  EXPECT_GE(r.max_batch_seen, 7);
+  ExpectSameAsAlone(jobs, r);
+}
+
 TEST(StepTogether, Bf16AutocastStillReachesEveryClassObjective) {
   Objective all;
   for (int c = 0; c < 10; ++c) all = all + ForBatch(Prob(c), c);

@@ -106,12 +106,26 @@ def test_render_prob_reaches_its_class_with_images_in_range(client):
     assert result.images.min() >= 0.0 and result.images.max() <= 1.0
     assert (result.seed, result.steps) == (0, 256)
     assert result.linear_mode == "blocked"  # the server's default
+    assert result.precision == "fp32"  # the server's default
     assert [term.term for term in result.terms] == ["prob(3)"]
     assert result.trace.shape == (1, 256)
     assert len(result.png) == 1
     decoded = Image.open(io.BytesIO(result.png[0]))
     assert decoded.size == (28, 28)
     assert [image.size for image in result.to_pil()] == [(28, 28)]
+
+
+def test_precision_is_the_requests_and_bf16_still_reaches_the_class(client):
+    fp32 = client.render(MODEL, "prob(3)", steps=128, seed=2, precision="fp32")
+    bf16 = client.render(MODEL, "prob(3)", steps=128, seed=2, precision="bf16")
+    assert (fp32.precision, bf16.precision) == ("fp32", "bf16")
+    assert not np.array_equal(fp32.images, bf16.images)
+    # The final statistics are float32 in both; bf16 steps still get there.
+    assert bf16.probs[0, 3] >= 0.9
+    with pytest.raises(FeatvizError) as refused:
+        client.render(MODEL, "prob(3)", steps=2, precision="fp8")
+    assert refused.value.code == "INVALID_ARGUMENT"
+    assert "precision must be fp32, tf32 or bf16, got 'fp8'" in refused.value.message
 
 
 def test_progress_callback_sees_increasing_steps(client):

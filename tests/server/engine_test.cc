@@ -203,6 +203,34 @@ TEST_F(EngineTest, WorkerLetsAJobThatFitsJoinARunningBatch) {
   EXPECT_EQ(first->WaitForEnd().code(), absl::StatusCode::kCancelled);
 }
 
+// bf16 autocast would change an fp32 job's bits: a job asking for another
+// precision than the running batch's waits for it to end, as a job for
+// another model does, then runs in its own arithmetic.
+TEST_F(EngineTest, JobsOfDifferentPrecisionsNeverShareABatch) {
+  StartWorker(/*max_batch_images=*/8);
+  auto first = std::make_shared<Recorder>();
+  JobRecordPtr running = Submit(Plan("logit(3)", 1, 10000), first);
+  ASSERT_NE(first->WaitForStep(1), 0);
+  ASSERT_EQ(State(*running), JobState::kRunning);
+
+  auto second = std::make_shared<Recorder>();
+  RenderPlan bf16 = Plan("logit(4)", 1, 3);
+  bf16.precision = core::Precision::kBf16;
+  JobRecordPtr waiting = Submit(std::move(bf16), second);
+  // The worker admits queued jobs before every step: two steps later an
+  // fp32 job would be running (WorkerLetsAJobThatFitsJoinARunningBatch).
+  const int64_t now = first->WaitForStep(1);
+  ASSERT_GE(first->WaitForStep(now + 2), now + 2);
+  EXPECT_EQ(State(*waiting), JobState::kQueued);
+
+  jobs_->Cancel(running, StopReason::kClient);
+  EXPECT_EQ(first->WaitForEnd().code(), absl::StatusCode::kCancelled);
+  ASSERT_TRUE(second->WaitForEnd().ok());
+  ASSERT_NE(second->result(), nullptr);
+  EXPECT_EQ(second->result()->precision, "bf16");
+  EXPECT_EQ(second->result()->steps, 3);
+}
+
 // Fault injection: a plan that validation would refuse (a learning rate a
 // float cannot hold) reaches the worker. That job fails with a message; the
 // job batched with it and the next one are unharmed, and the worker serves.

@@ -219,6 +219,35 @@ TEST_F(VisualizerServiceTest, RenderReportsThePickedSeedAndRepeatsBitwiseWithIt)
   EXPECT_EQ(again.result->logits().data(), first.result->logits().data());
 }
 
+// A request's precision is its own: the result says which arithmetic ran,
+// an empty field is the server's default (fp32 here), and the same seed in
+// bf16 is computed in bf16, not answered from the fp32 result's cache entry.
+TEST_F(VisualizerServiceTest, RenderPrecisionIsTheRequestsAndKeysTheCache) {
+  v1::RenderRequest request = TextRequest("channel(conv2, 5)", 8);
+  request.set_seed(11);
+  const RenderOutcome fp32 = RenderAll(*stub_, request);
+  ASSERT_TRUE(fp32.status.ok()) << fp32.status.error_message();
+  ASSERT_TRUE(fp32.result.has_value());
+  EXPECT_EQ(fp32.result->precision(), "fp32");
+
+  request.set_precision("fp32");
+  const RenderOutcome named = RenderAll(*stub_, request);
+  ASSERT_TRUE(named.status.ok()) << named.status.error_message();
+  ASSERT_TRUE(named.result.has_value());
+  EXPECT_EQ(named.result->precision(), "fp32");
+  EXPECT_EQ(named.result->images().data(), fp32.result->images().data());
+
+  request.set_precision("bf16");
+  const RenderOutcome bf16 = RenderAll(*stub_, request);
+  ASSERT_TRUE(bf16.status.ok()) << bf16.status.error_message();
+  ASSERT_TRUE(bf16.result.has_value());
+  EXPECT_EQ(bf16.result->precision(), "bf16");
+  // The steps ran in bfloat16: the images are not the fp32 ones.
+  EXPECT_NE(bf16.result->images().data(), fp32.result->images().data());
+  ASSERT_EQ(bf16.result->terms_size(), 1);
+  EXPECT_TRUE(std::isfinite(bf16.result->terms(0).final_value()));
+}
+
 TEST_F(VisualizerServiceTest, RenderOfAnObjectiveTreeMatchesTheSameText) {
   v1::RenderRequest text = TextRequest("logit(3) - 0.01 * tv()", 16);
   text.set_seed(7);
@@ -551,6 +580,18 @@ std::vector<BadRequest> BadRequests() {
        [](R& r) { r.mutable_output()->set_progress_every(-3); },
        StatusCode::INVALID_ARGUMENT,
        "output.progress_every must be in [0, 10000] (0 means 16), got -3"},
+      {"unknown precision",
+       [](R& r) { r.set_precision("fp64"); },
+       StatusCode::INVALID_ARGUMENT,
+       "precision must be fp32, tf32 or bf16, got 'fp64'"},
+      {"a megabyte of precision",
+       [](R& r) { r.set_precision(std::string(1 << 20, 'b')); },
+       StatusCode::INVALID_ARGUMENT,
+       "precision must be fp32, tf32, bf16 or empty, got 1048576 bytes"},
+      {"tf32 on a server without it",
+       [](R& r) { r.set_precision("tf32"); },
+       StatusCode::INVALID_ARGUMENT,
+       "precision is \"tf32\", but this server computes in fp32"},
   };
 }
 

@@ -148,6 +148,10 @@ class RenderResult:
     images are bitwise the same alone and batched) or "plain" (they may differ
     within float rounding; featviz-server --linear_mode)."""
 
+    precision: str = ""
+    """The arithmetic of the steps: "fp32", "bf16" or "tf32" (the request's,
+    or the server's default)."""
+
     class_names: list[str] = field(default_factory=list)
     """The model's class names (logit order), for labels."""
 
@@ -385,6 +389,7 @@ class Client:
                parameterization: Optional[str] = None,
                seed: Optional[int] = None,
                lr: Optional[float] = None,
+               precision: Optional[str] = None,
                decay_power: Optional[float] = None,
                transforms: TransformSpec = "default",
                init_image: Optional[np.ndarray] = None,
@@ -419,6 +424,10 @@ class Client:
         `references` are float32 [C, H, W] images at the model's input
         size: `reference(k)` in the objective (inversion, inversion_l2,
         caricature) is the k-th; `dataset(name, i)` names a hosted image.
+        `precision` is the steps' arithmetic: "fp32", "bf16" (convolutions
+        and matrix products in bfloat16; the final statistics stay float32),
+        "tf32" (CUDA servers started with --precision tf32), or None for the
+        server's default; `RenderResult.precision` says which was used.
         `on_progress` gets a `Progress` every `progress_every` steps, with
         a PNG of the current images when `preview`; if it raises, the
         render is cancelled and
@@ -445,7 +454,8 @@ class Client:
             return self._render_units(
                 model, template, units, on_progress=on_progress, timeout=timeout,
                 options=dict(steps=steps, size=size, parameterization=parameterization,
-                             seed=seed, lr=lr, decay_power=decay_power,
+                             seed=seed, lr=lr, precision=precision,
+                             decay_power=decay_power,
                              transforms=transforms, init_image=init_image,
                              maco_dataset=maco_dataset, references=references, png=png,
                              tensor=tensor, progress_every=progress_every,
@@ -453,7 +463,7 @@ class Client:
         request = self._render_request(
             model, objective, steps=steps, size=size, batch=batch,
             parameterization=parameterization, seed=seed, lr=lr,
-            decay_power=decay_power, transforms=transforms,
+            precision=precision, decay_power=decay_power, transforms=transforms,
             init_image=init_image, maco_dataset=maco_dataset,
             references=references, png=png, tensor=tensor,
             progress_every=progress_every, preview=preview,
@@ -536,6 +546,7 @@ class Client:
                parameterization: Optional[str] = None,
                seed: Optional[int] = None,
                lr: Optional[float] = None,
+               precision: Optional[str] = None,
                decay_power: Optional[float] = None,
                transforms: TransformSpec = "default",
                init_image: Optional[np.ndarray] = None,
@@ -557,7 +568,7 @@ class Client:
         request = self._render_request(
             model, objective, steps=steps, size=size, batch=batch,
             parameterization=parameterization, seed=seed, lr=lr,
-            decay_power=decay_power, transforms=transforms,
+            precision=precision, decay_power=decay_power, transforms=transforms,
             init_image=init_image, maco_dataset=maco_dataset,
             references=references, png=png, tensor=tensor,
             progress_every=progress_every, preview=preview,
@@ -884,7 +895,7 @@ class Client:
                         parameterization, seed, lr, decay_power, transforms,
                         init_image, png, tensor, progress_every, preview,
                         deprecated, caller, maco_dataset=None,
-                        references=()) -> "featviz_pb2.RenderRequest":
+                        references=(), precision=None) -> "featviz_pb2.RenderRequest":
         for old, new in _DEPRECATED_RENDER_ARGS.items():
             if old not in deprecated:
                 continue
@@ -922,6 +933,8 @@ class Client:
         request.transforms.CopyFrom(_transforms(transforms))
         if lr is not None:
             request.optimizer.lr = lr
+        if precision is not None:
+            request.precision = precision
         if steps is not None:
             request.optimizer.steps = steps
         if seed is not None:
@@ -1081,6 +1094,7 @@ def _render_result(result: "featviz_pb2.RenderResult") -> RenderResult:
         steps=result.steps,
         transforms=result.transforms,
         linear_mode=result.linear_mode,
+        precision=result.precision,
         terms=[TermOutcome(t.term, t.weight, t.final_value) for t in result.terms],
         final_total=result.final_total,
         images=_from_tensor(result.images) if result.HasField("images") else None,
