@@ -3,8 +3,10 @@
 #include <torch/csrc/api/include/torch/jit.h>
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
+#include <torch/csrc/jit/passes/remove_exceptions.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 
 #include <algorithm>
@@ -132,6 +134,21 @@ void RewriteLinears(torch::jit::Block* block, LinearMode mode) {
   }
 }
 
+// Replaces every read of a module's `training` flag in `block` (and the
+// blocks inside it) with the constant false: the modules of a Model are in
+// eval mode and nothing sets them back (Model::Create).
+void FoldEvalMode(torch::jit::Block* block, Graph& graph) {
+  for (Node* node : block->nodes()) {
+    for (torch::jit::Block* sub : node->blocks()) FoldEvalMode(sub, graph);
+    if (node->kind() == c10::prim::GetAttr &&
+        node->s(c10::attr::name) == "training" &&
+        node->output()->type()->kind() == c10::TypeKind::BoolType) {
+      torch::jit::WithInsertPoint guard(node);
+      node->output()->replaceAllUsesWith(graph.insertConstant(false));
+    }
+  }
+}
+
 // The forward graph with the outputs of `wanted` submodules appended.
 struct TapGraph {
   std::shared_ptr<Graph> graph;
@@ -178,9 +195,9 @@ Value* TappedTensor(Graph& graph, Value* value) {
 // inlining replaces all *uses* of a value, and an append is a use.
 //
 // Without `with_output` the tuple's first element is None instead, and the
-// nodes that only the output needed are removed (EliminateDeadCode, which
-// keeps the appends to the returned lists and anything with side effects):
-// the pass ends at the deepest tap.
+// nodes that only the output needed are removed (EliminateExceptions, then
+// EliminateDeadCode, which keeps the appends to the returned lists and
+// anything else with side effects): the pass ends at the deepest tap.
 TapGraph BuildTapGraph(const torch::jit::Module& module,
                        const std::vector<std::string>& wanted_paths,
                        LinearMode linear_mode, bool with_output = true) {
@@ -303,7 +320,24 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
   // linear layers become batch-invariant (see LinearMode).
   torch::jit::Inline(*graph);
   RewriteLinears(graph->block(), linear_mode);
-  if (!with_output) torch::jit::EliminateDeadCode(graph);
+  if (!with_output) {
+    // Two things past the taps would keep the rest of the network alive.
+    // A module's `training` flag is read from the module, so a BatchNorm
+    // counts as writing its running statistics (module state, hence live)
+    // unless the flag is a constant: every module is in eval mode
+    // (Model::Create), so each read of it is the constant false, and
+    // constant propagation folds the training branches away. And input
+    // checks (BatchNorm's "expected 4D input", a shape assertion before a
+    // classifier) raise on a tensor's rank; they cannot fire here: the card
+    // fixes the input's shape and the whole graph ran on it when the model
+    // was loaded (and runs again for every result's statistics), so the
+    // branches that raise are dropped (EliminateExceptions, the pass meant
+    // for graphs whose shapes are known) before the dead code is.
+    FoldEvalMode(graph->block(), *graph);
+    torch::jit::ConstantPropagationImmutableTypes(graph);
+    torch::jit::EliminateExceptions(graph);
+    torch::jit::EliminateDeadCode(graph);
+  }
   result.graph = std::move(graph);
   return result;
 }

@@ -20,8 +20,8 @@ process (one line or JSON object each), as scripts/bench-vs-plain does.
 i % channels of LAYER), read as Lucent reads it: a forward hook on the
 layer of the eager module, the whole network run each step. Hooks need the
 eager module, so this works for models whose class this repository builds
-(classic_cnn, from tests/models/make_bench_models.py, its weights loaded
-from the TorchScript file).
+(classic_cnn and resnet18_128, from tests/models/make_bench_models.py, their
+weights loaded from the TorchScript file).
 """
 import argparse
 import json
@@ -90,8 +90,14 @@ def eager_twin(path, scripted):
     the file's weights (forward hooks need eager modules)."""
     import importlib.util
     name = os.path.splitext(os.path.basename(path))[0]
+    if name == "resnet18_128":
+        import torchvision
+        eager = torchvision.models.resnet18(weights=None)
+        eager.load_state_dict(scripted.state_dict())
+        return eager
     if name != "classic_cnn":
-        raise SystemExit(f"--channel needs the eager class of {name}; known: classic_cnn")
+        raise SystemExit(f"--channel needs the eager class of {name}; "
+                         "known: classic_cnn, resnet18_128")
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = importlib.util.spec_from_file_location(
         "make_bench_models", os.path.join(here, "tests/models/make_bench_models.py"))

@@ -42,6 +42,7 @@
 #include <cstdlib>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -83,6 +84,18 @@ const Model* LoadedModel(bool classic) {
     if (m.ok()) models[i] = m->release();
   }
   return models[i];
+}
+
+// A benchmark model of build/bench_models by name, loaded once.
+const Model* LoadedBenchModel(const std::string& name) {
+  static auto* models = new std::map<std::string, const Model*>;
+  auto it = models->find(name);
+  if (it != models->end()) return it->second;
+  absl::StatusOr<ModelPtr> m = Model::Load(
+      absl::StrCat(FEATVIZ_BENCH_MODELS_DIR, "/", name, ".pt"));
+  const Model* loaded = m.ok() ? m->release() : nullptr;
+  (*models)[name] = loaded;
+  return loaded;
 }
 
 double Seconds(std::chrono::steady_clock::time_point start) {
@@ -344,12 +357,15 @@ BENCHMARK_CAPTURE(BM_LinearModes, classic_blocked_vs_rowwise, true,
 // (default transforms), with the forward pass ending at `layer` and running
 // the whole network, as a plain loop with a hook does; interleaved; ratio =
 // time of the whole network / time stopped at the tap.
-void BM_StopAtTap(benchmark::State& state, bool classic, const char* layer) {
+void BM_StopAtTap(benchmark::State& state, const char* model_name,
+                  const char* layer) {
   const int64_t n = state.range(0);
   const bool transforms = state.range(1) != 0;
-  const Model* model = LoadedModel(classic);
+  const std::string name = model_name;
+  const Model* model = name == "bundled" ? LoadedModel(false)
+                                         : LoadedBenchModel(name);
   if (model == nullptr) {
-    state.SkipWithError(("cannot load " + ModelPath(classic)).c_str());
+    state.SkipWithError(("cannot load the model " + name).c_str());
     return;
   }
   absl::StatusOr<LayerInfo> info = model->FindLayer(layer);
@@ -383,9 +399,27 @@ void TapSizes(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMillisecond)->UseManualTime();
 }
 
-BENCHMARK_CAPTURE(BM_StopAtTap, classic_conv1, true, "conv1")->Apply(TapSizes);
-BENCHMARK_CAPTURE(BM_StopAtTap, classic_conv2, true, "conv2")->Apply(TapSizes);
-BENCHMARK_CAPTURE(BM_StopAtTap, bundled_conv2, false, "conv2")->Apply(TapSizes);
+void ResNetSizes(benchmark::internal::Benchmark* b) {
+  for (int64_t transforms : {1, 0}) {
+    for (int64_t n : {1, 4}) b->Args({n, transforms});
+  }
+  b->ArgNames({"n", "transforms"});
+  b->Unit(benchmark::kMillisecond)->UseManualTime();
+}
+
+BENCHMARK_CAPTURE(BM_StopAtTap, classic_conv1, "classic_cnn", "conv1")
+    ->Apply(TapSizes);
+BENCHMARK_CAPTURE(BM_StopAtTap, classic_conv2, "classic_cnn", "conv2")
+    ->Apply(TapSizes);
+BENCHMARK_CAPTURE(BM_StopAtTap, bundled_conv2, "bundled", "conv2")
+    ->Apply(TapSizes);
+// torchvision's ResNet-18 at 128 px (tests/models/make_bench_models.py).
+BENCHMARK_CAPTURE(BM_StopAtTap, resnet18_layer1, "resnet18_128", "layer1")
+    ->Apply(ResNetSizes);
+BENCHMARK_CAPTURE(BM_StopAtTap, resnet18_layer2, "resnet18_128", "layer2")
+    ->Apply(ResNetSizes);
+BENCHMARK_CAPTURE(BM_StopAtTap, resnet18_layer3, "resnet18_128", "layer3")
+    ->Apply(ResNetSizes);
 
 // The worker's intra-op threads: featviz's step (n one-image jobs, default
 // transforms) on 1 thread and on 2 (at::set_num_threads around each step),

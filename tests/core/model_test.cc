@@ -2,9 +2,11 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <ATen/record_function.h>
 #include <gtest/gtest.h>
@@ -237,23 +239,38 @@ TEST(ModelForward, RejectsImagesOfTheWrongShape) {
   EXPECT_EQ(taps.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-// The names of the operators a call runs on this thread (RecordFunction).
+// How often each operator ran in a call, on this thread (RecordFunction).
 template <typename F>
-std::set<std::string> OperatorsRun(F&& call) {
-  std::set<std::string> names;
-  // A capturing lambda is no RecordFunction callback: the set goes through a
+std::map<std::string, int64_t> OperatorsRun(F&& call) {
+  std::map<std::string, int64_t> counts;
+  // A capturing lambda is no RecordFunction callback: the map goes through a
   // thread-local pointer.
-  thread_local std::set<std::string>* sink = nullptr;
-  sink = &names;
+  thread_local std::map<std::string, int64_t>* sink = nullptr;
+  sink = &counts;
   at::CallbackHandle handle = at::addThreadLocalCallback(at::RecordFunctionCallback(
       [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
-        if (sink != nullptr) sink->insert(fn.name());
+        if (sink != nullptr) ++(*sink)[fn.name()];
         return nullptr;
       }));
   call();
   at::removeCallback(handle);
   sink = nullptr;
-  return names;
+  return counts;
+}
+
+bool RanAnyOf(const std::map<std::string, int64_t>& ops,
+              const std::vector<std::string>& parts) {
+  for (const auto& [op, count] : ops) {
+    for (const std::string& part : parts) {
+      if (op.find(part) != std::string::npos) return true;
+    }
+  }
+  return false;
+}
+
+int64_t Count(const std::map<std::string, int64_t>& ops, const std::string& op) {
+  auto it = ops.find(op);
+  return it == ops.end() ? 0 : it->second;
 }
 
 TEST(ModelForward, TapsOnlyStopsAtTheDeepestTapWithTheSameBits) {
@@ -275,29 +292,47 @@ TEST(ModelForward, TapsOnlyStopsAtTheDeepestTapWithTheSameBits) {
     }
   };
   at::Tensor full_a, full_g, short_a, short_g;
-  const std::set<std::string> full = OperatorsRun(
+  const auto full = OperatorsRun(
       [&] { run(Model::ForwardOutputs::kAll, &full_a, &full_g); });
-  const std::set<std::string> taps_only = OperatorsRun(
+  const auto taps_only = OperatorsRun(
       [&] { run(Model::ForwardOutputs::kTapsOnly, &short_a, &short_g); });
-  // The classifier's head (fc1, fc2) runs only when the outputs are wanted;
-  // conv2 runs both times.
-  auto has = [](const std::set<std::string>& ops, const std::string& part) {
-    for (const std::string& op : ops) {
-      if (op.find(part) != std::string::npos) return true;
-    }
-    return false;
-  };
-  // The classifier's head (fc1, fc2) is matrix products (blocked: bmm).
-  auto products = [&](const std::set<std::string>& ops) {
-    return has(ops, "aten::mm") || has(ops, "aten::bmm") ||
-           has(ops, "aten::addmm") || has(ops, "aten::matmul") ||
-           has(ops, "aten::linear");
-  };
-  EXPECT_TRUE(products(full));
-  EXPECT_FALSE(products(taps_only));
-  EXPECT_TRUE(has(taps_only, "conv"));
+  // The classifier's head (fc1, fc2: matrix products, bmm when blocked)
+  // runs only when the outputs are wanted; conv1 and conv2 run both times.
+  const std::vector<std::string> products = {"aten::mm", "aten::bmm",
+                                             "aten::addmm", "aten::matmul",
+                                             "aten::linear"};
+  EXPECT_TRUE(RanAnyOf(full, products));
+  EXPECT_FALSE(RanAnyOf(taps_only, products));
+  EXPECT_EQ(Count(taps_only, "aten::conv2d"), 2);
   EXPECT_TRUE(at::equal(full_a, short_a));
   EXPECT_TRUE(at::equal(full_g, short_g));
+}
+
+// A residual network's BatchNorm layers check their input's rank and raise
+// otherwise: the checks past the tap must not keep the rest of the network
+// alive. Tapping layer1 runs the stem's and layer1's convolutions only.
+TEST(ModelForward, TapsOnlyStopsPastTheInputChecksOfLaterLayers) {
+  auto model = MustLoad(TestModel("residual.pt"));
+  ASSERT_NE(model, nullptr);
+  at::manual_seed(6);
+  const at::Tensor images = at::rand({2, 3, 16, 16});
+  at::Tensor full_a, short_a;
+  const auto full = OperatorsRun([&] {
+    absl::StatusOr<Taps> taps =
+        model->Forward(images, {"layer1"}, Model::ForwardOutputs::kAll);
+    ASSERT_TRUE(taps.ok()) << taps.status();
+    full_a = taps->activations.at("layer1");
+  });
+  const auto taps_only = OperatorsRun([&] {
+    absl::StatusOr<Taps> taps =
+        model->Forward(images, {"layer1"}, Model::ForwardOutputs::kTapsOnly);
+    ASSERT_TRUE(taps.ok()) << taps.status();
+    short_a = taps->activations.at("layer1");
+  });
+  // stem 1 + layer1 2 blocks x 2; layer2: 2 + the downsample's 1.
+  EXPECT_EQ(Count(full, "aten::conv2d"), 8);
+  EXPECT_EQ(Count(taps_only, "aten::conv2d"), 5);
+  EXPECT_TRUE(at::equal(full_a, short_a));
 }
 
 }  // namespace

@@ -8,8 +8,11 @@ Writes into DIR: classic_cnn.pt and classic_cnn.card.json, the network of
 PyTorch's MNIST example (conv 1->32 k3, conv 32->64 k3, max-pool 2, dropout,
 fc 9216->128, fc 128->10, log_softmax), the size of model researchers bring.
 About 1.2 M weights, 48 MFLOP per image for forward and backward together.
-Weights are random but deterministic (torch.manual_seed(0)): the benchmarks
-measure speed, not what the network has learnt. Runs in a few seconds, so
+And resnet18_128.pt + card: torchvision's ResNet-18 (random weights) with an
+RGB 128x128 ImageNet-normalised input, the deep network of the issue-26
+benchmarks (11.7 M weights). Weights are random but deterministic
+(torch.manual_seed(0)): the benchmarks measure speed, not what the network
+has learnt. Runs in a few seconds, so
 the file is built, not committed.
 """
 import argparse
@@ -68,6 +71,29 @@ def main():
         "classes": [str(d) for d in range(10)],
     }
     with open(os.path.join(args.out, "classic_cnn.card.json"), "w") as f:
+        json.dump(card, f, indent=2)
+    print(f"wrote {path}")
+    write_resnet18(args.out)
+
+
+def write_resnet18(out):
+    import torchvision  # Debian's python3-torchvision
+    torch.manual_seed(0)
+    module = torch.jit.script(torchvision.models.resnet18(weights=None).eval())
+    with torch.no_grad():
+        assert module(torch.zeros(2, 3, 128, 128)).shape == (2, 1000)
+    path = os.path.join(out, "resnet18_128.pt")
+    module.save(path + ".tmp")
+    os.replace(path + ".tmp", path)
+    card = {
+        "name": "resnet18_128",
+        "version": "1",
+        "description": "torchvision ResNet-18 with random weights at 128 px, for benchmarks.",
+        "input": {"channels": 3, "height": 128, "width": 128, "range": [0.0, 1.0],
+                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "output": "logits",
+    }
+    with open(os.path.join(out, "resnet18_128.card.json"), "w") as f:
         json.dump(card, f, indent=2)
     print(f"wrote {path}")
 
