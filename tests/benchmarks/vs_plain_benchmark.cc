@@ -358,7 +358,7 @@ BENCHMARK_CAPTURE(BM_LinearModes, classic_blocked_vs_rowwise, true,
 // the whole network, as a plain loop with a hook does; interleaved; ratio =
 // time of the whole network / time stopped at the tap.
 void BM_StopAtTap(benchmark::State& state, const char* model_name,
-                  const char* layer) {
+                  const char* layer, Precision precision = Precision::kFloat32) {
   const int64_t n = state.range(0);
   const bool transforms = state.range(1) != 0;
   const std::string name = model_name;
@@ -379,6 +379,7 @@ void BM_StopAtTap(benchmark::State& state, const char* model_name,
     return Channel(layer, j % channels);
   };
   whole.step_options.stop_at_deepest_tap = false;
+  stop.step_options.precision = whole.step_options.precision = precision;
   absl::Status s = stop.Create(*model, n, false, transforms);
   if (s.ok()) s = whole.Create(*model, n, false, transforms);
   if (!s.ok()) {
@@ -419,6 +420,13 @@ BENCHMARK_CAPTURE(BM_StopAtTap, resnet18_layer1, "resnet18_128", "layer1")
 BENCHMARK_CAPTURE(BM_StopAtTap, resnet18_layer2, "resnet18_128", "layer2")
     ->Apply(ResNetSizes);
 BENCHMARK_CAPTURE(BM_StopAtTap, resnet18_layer3, "resnet18_128", "layer3")
+    ->Apply(ResNetSizes);
+// The same in bf16 (a request's precision "bf16"), both sides.
+BENCHMARK_CAPTURE(BM_StopAtTap, resnet18_layer1_bf16, "resnet18_128", "layer1",
+                  Precision::kBf16)
+    ->Apply(ResNetSizes);
+BENCHMARK_CAPTURE(BM_StopAtTap, resnet18_layer2_bf16, "resnet18_128", "layer2",
+                  Precision::kBf16)
     ->Apply(ResNetSizes);
 
 // The worker's intra-op threads: featviz's step (n one-image jobs, default
