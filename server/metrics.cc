@@ -68,6 +68,14 @@ void AddValue(MetricFamily& family, double value,
   family.metric.push_back(std::move(metric));
 }
 
+// A family of one unlabelled value, appended to `out`.
+void AddFamily(std::vector<MetricFamily>& out, std::string name,
+               std::string help, MetricType type, double value) {
+  MetricFamily family = Family(std::move(name), std::move(help), type);
+  AddValue(family, value);
+  out.push_back(std::move(family));
+}
+
 }  // namespace
 
 // Reads the service's figures at scrape time.
@@ -110,11 +118,9 @@ class MetricsCollector final : public prometheus::Collectable {
     out.push_back(std::move(queued));
     out.push_back(std::move(running));
 
-    MetricFamily submitted =
-        Family("featviz_jobs_submitted_total",
-               "Jobs accepted (cached answers included)", MetricType::Counter);
-    AddValue(submitted, stats.jobs_submitted);
-    out.push_back(std::move(submitted));
+    AddFamily(out, "featviz_jobs_submitted_total",
+              "Jobs accepted (cached answers included)", MetricType::Counter,
+              stats.jobs_submitted);
     MetricFamily ended = Family("featviz_jobs_ended_total",
                                 "Jobs ended, per outcome", MetricType::Counter);
     AddValue(ended, stats.jobs_succeeded, {{"outcome", "succeeded"}});
@@ -123,30 +129,20 @@ class MetricsCollector final : public prometheus::Collectable {
     AddValue(ended, stats.jobs_expired, {{"outcome", "expired"}});
     out.push_back(std::move(ended));
 
-    MetricFamily hits = Family("featviz_result_cache_hits_total",
-                               "Seeded requests answered from the result cache",
-                               MetricType::Counter);
-    AddValue(hits, stats.cache_hits);
-    out.push_back(std::move(hits));
-    MetricFamily misses =
-        Family("featviz_result_cache_misses_total",
-               "Seeded requests not in the result cache", MetricType::Counter);
-    AddValue(misses, stats.cache_misses);
-    out.push_back(std::move(misses));
-    MetricFamily stored = Family("featviz_results_stored",
-                                 "Finished results kept", MetricType::Gauge);
-    AddValue(stored, stats.results_stored);
-    out.push_back(std::move(stored));
-    MetricFamily stored_bytes =
-        Family("featviz_results_stored_bytes", "Bytes of finished results kept",
-               MetricType::Gauge);
-    AddValue(stored_bytes, stats.result_bytes);
-    out.push_back(std::move(stored_bytes));
-    MetricFamily budget = Family(
-        "featviz_results_budget_bytes",
-        "The result store's budget (--result_store_bytes)", MetricType::Gauge);
-    AddValue(budget, stats.result_max_bytes);
-    out.push_back(std::move(budget));
+    AddFamily(out, "featviz_result_cache_hits_total",
+              "Seeded requests answered from the result cache",
+              MetricType::Counter, stats.cache_hits);
+    AddFamily(out, "featviz_result_cache_misses_total",
+              "Seeded requests not in the result cache", MetricType::Counter,
+              stats.cache_misses);
+    AddFamily(out, "featviz_results_stored", "Finished results kept",
+              MetricType::Gauge, stats.results_stored);
+    AddFamily(out, "featviz_results_stored_bytes",
+              "Bytes of finished results kept", MetricType::Gauge,
+              stats.result_bytes);
+    AddFamily(out, "featviz_results_budget_bytes",
+              "The result store's budget (--result_store_bytes)",
+              MetricType::Gauge, stats.result_max_bytes);
     MetricFamily removed = Family(
         "featviz_results_removed_total",
         "Finished results removed, by reason (expired, evicted, owner_share, "
@@ -156,15 +152,11 @@ class MetricsCollector final : public prometheus::Collectable {
       AddValue(removed, count, {{"reason", why}});
     }
     out.push_back(std::move(removed));
-    MetricFamily records = Family("featviz_job_records",
-                                  "Job records kept", MetricType::Gauge);
-    AddValue(records, stats.job_records);
-    out.push_back(std::move(records));
-    MetricFamily record_bytes =
-        Family("featviz_job_records_bytes",
-               "Approximate heap of the job records kept", MetricType::Gauge);
-    AddValue(record_bytes, stats.job_record_bytes);
-    out.push_back(std::move(record_bytes));
+    AddFamily(out, "featviz_job_records", "Job records kept", MetricType::Gauge,
+              stats.job_records);
+    AddFamily(out, "featviz_job_records_bytes",
+              "Approximate heap of the job records kept", MetricType::Gauge,
+              stats.job_record_bytes);
     MetricFamily heap = Family(
         "featviz_heap_bytes",
         "The process's heap (mallinfo2): in use by allocations, and held from "
@@ -270,23 +262,15 @@ class MetricsCollector final : public prometheus::Collectable {
     out.push_back(std::move(evictions));
     out.push_back(std::move(waiting));
 
-    MetricFamily datasets = Family("featviz_datasets",
-                                   "Hosted datasets (the operator's and "
-                                   "uploads)",
-                                   MetricType::Gauge);
-    AddValue(datasets, static_cast<double>(stats.datasets));
-    out.push_back(std::move(datasets));
-    MetricFamily dataset_bytes =
-        Family("featviz_dataset_bytes",
-               "Bytes of the hosted datasets' images and labels in memory",
-               MetricType::Gauge);
-    AddValue(dataset_bytes, static_cast<double>(stats.dataset_bytes));
-    out.push_back(std::move(dataset_bytes));
-    MetricFamily dataset_budget =
-        Family("featviz_dataset_memory_budget_bytes",
-               "--dataset_memory_bytes (0: no budget)", MetricType::Gauge);
-    AddValue(dataset_budget, static_cast<double>(stats.dataset_budget_bytes));
-    out.push_back(std::move(dataset_budget));
+    AddFamily(out, "featviz_datasets",
+              "Hosted datasets (the operator's and uploads)", MetricType::Gauge,
+              static_cast<double>(stats.datasets));
+    AddFamily(out, "featviz_dataset_bytes",
+              "Bytes of the hosted datasets' images and labels in memory",
+              MetricType::Gauge, static_cast<double>(stats.dataset_bytes));
+    AddFamily(out, "featviz_dataset_memory_budget_bytes",
+              "--dataset_memory_bytes (0: no budget)", MetricType::Gauge,
+              static_cast<double>(stats.dataset_budget_bytes));
 
     MetricFamily model_memory = Family(
         "featviz_model_memory_bytes",

@@ -42,6 +42,7 @@
 #include <cstdlib>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -291,12 +292,19 @@ void BM_VsPlain(benchmark::State& state, bool classic, bool one_job) {
       });
 }
 
-void Sizes(benchmark::internal::Benchmark* b) {
+// Arguments {n, transforms}: each size with the default transforms, then
+// each without.
+void SizesWithAndWithoutTransforms(benchmark::internal::Benchmark* b,
+                                   std::initializer_list<int64_t> sizes) {
   for (int64_t transforms : {1, 0}) {
-    for (int64_t n : {1, 16, 64, 256}) b->Args({n, transforms});
+    for (int64_t n : sizes) b->Args({n, transforms});
   }
   b->ArgNames({"n", "transforms"});
   b->Unit(benchmark::kMillisecond)->UseManualTime();
+}
+
+void Sizes(benchmark::internal::Benchmark* b) {
+  SizesWithAndWithoutTransforms(b, {1, 16, 64, 256});
 }
 
 BENCHMARK_CAPTURE(BM_VsPlain, bundled_jobs, false, false)->Apply(Sizes);
@@ -393,19 +401,11 @@ void BM_StopAtTap(benchmark::State& state, const char* model_name,
 }
 
 void TapSizes(benchmark::internal::Benchmark* b) {
-  for (int64_t transforms : {1, 0}) {
-    for (int64_t n : {1, 16, 64}) b->Args({n, transforms});
-  }
-  b->ArgNames({"n", "transforms"});
-  b->Unit(benchmark::kMillisecond)->UseManualTime();
+  SizesWithAndWithoutTransforms(b, {1, 16, 64});
 }
 
 void ResNetSizes(benchmark::internal::Benchmark* b) {
-  for (int64_t transforms : {1, 0}) {
-    for (int64_t n : {1, 4}) b->Args({n, transforms});
-  }
-  b->ArgNames({"n", "transforms"});
-  b->Unit(benchmark::kMillisecond)->UseManualTime();
+  SizesWithAndWithoutTransforms(b, {1, 4});
 }
 
 BENCHMARK_CAPTURE(BM_StopAtTap, classic_conv1, "classic_cnn", "conv1")
