@@ -446,26 +446,24 @@ absl::StatusOr<core::Precision> RequestPrecision(const std::string& text,
         "precision must be fp32, tf32, bf16 or empty, got ", text.size(),
         " bytes"));
   }
-  absl::StatusOr<core::Precision> precision = core::ParsePrecision(text);
-  if (!precision.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("precision: ", precision.status().message()));
-  }
+  // "precision must be fp32, tf32 or bf16, got '...'": names the field.
+  FEATVIZ_ASSIGN_OR_RETURN(const core::Precision precision,
+                           core::ParsePrecision(text));
   const bool tf32_server = server == core::Precision::kTf32;
-  if (*precision == core::Precision::kTf32 && !tf32_server) {
+  if (precision == core::Precision::kTf32 && !tf32_server) {
     return absl::InvalidArgumentError(absl::StrCat(
         "precision is \"tf32\", but this server computes in ",
         core::PrecisionName(server),
         " (TF32 is a process-wide CUDA switch: featviz-server --precision "
         "tf32 turns it on for every job); ask for \"fp32\" or \"bf16\""));
   }
-  if (*precision == core::Precision::kFloat32 && tf32_server) {
+  if (precision == core::Precision::kFloat32 && tf32_server) {
     return absl::InvalidArgumentError(
         "precision is \"fp32\", but this server runs every CUDA matrix "
         "product in TF32 (featviz-server --precision tf32, a process-wide "
         "switch); ask for \"tf32\" or \"bf16\"");
   }
-  return *precision;
+  return precision;
 }
 
 absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
