@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "core/invariant_linear.h"
 #include "core/operator_policy.h"
 #include "core/sha256.h"
 #include "core/status_macros.h"
@@ -77,6 +78,15 @@ def featviz_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
 // afterwards.
 constexpr char kBlockedLinearTemplate[] = R"JIT(
 def featviz_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    y = featviz_blocked(x, weight)
+    if bias is not None:
+        y = y + bias
+    return y
+)JIT";
+
+// The blocked product itself (no bias), shared by kBlocked and kInvariant.
+constexpr char kBlockedProduct[] = R"JIT(
+def featviz_blocked(x: Tensor, weight: Tensor) -> Tensor:
     r = BLOCK_ROWS
     k = x.size(-1)
     m = weight.size(0)
@@ -92,28 +102,57 @@ def featviz_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         y = y.narrow(0, 0, n)
     out_shape = x.size()[:-1]
     out_shape.append(m)
-    y = y.reshape(out_shape)
+    return y.reshape(out_shape)
+)JIT";
+
+// kInvariant: on the CPU in float32, featviz::invariant_linear
+// (core/invariant_linear.h: one fixed-order sum per output, so a row costs
+// one row); elsewhere (CUDA, bf16 autocast) the blocked product.
+constexpr char kInvariantLinearTemplate[] = R"JIT(
+def featviz_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    if x.is_cuda or x.dtype != FLOAT32 or weight.dtype != FLOAT32:
+        y = featviz_blocked(x, weight)
+    else:
+        y = featviz.invariant_linear(x, weight)
     if bias is not None:
         y = y + bias
     return y
 )JIT";
 
-std::atomic<LinearMode> linear_mode{LinearMode::kBlocked};
+std::atomic<LinearMode> linear_mode{LinearMode::kInvariant};
 
+// The graph of `featviz_linear` in `source`, with the functions it calls
+// inlined.
 std::shared_ptr<Graph> CompileLinear(const std::string& source) {
   std::shared_ptr<torch::jit::CompilationUnit> unit =
-      torch::jit::compile(source);
-  return torch::jit::toGraphFunction(unit->get_function("featviz_linear"))
-      .graph()
-      ->copy();
+      CompileWithInvariantLinear(source);
+  std::shared_ptr<Graph> graph =
+      torch::jit::toGraphFunction(unit->get_function("featviz_linear"))
+          .graph()
+          ->copy();
+  torch::jit::Inline(*graph);
+  return graph;
 }
 
 const torch::jit::Graph& LinearGraph(LinearMode mode) {
+  static const std::string blocked_product = absl::StrReplaceAll(
+      kBlockedProduct, {{"BLOCK_ROWS", absl::StrCat(kLinearBlockRows)}});
   static const std::shared_ptr<Graph> rowwise = CompileLinear(kRowwiseLinear);
-  static const std::shared_ptr<Graph> blocked = CompileLinear(
-      absl::StrReplaceAll(kBlockedLinearTemplate,
-                          {{"BLOCK_ROWS", absl::StrCat(kLinearBlockRows)}}));
-  return mode == LinearMode::kRowwise ? *rowwise : *blocked;
+  static const std::shared_ptr<Graph> blocked =
+      CompileLinear(blocked_product + kBlockedLinearTemplate);
+  static const std::shared_ptr<Graph> invariant = CompileLinear(
+      blocked_product +
+      absl::StrReplaceAll(
+          kInvariantLinearTemplate,
+          {{"FLOAT32", absl::StrCat(static_cast<int>(at::kFloat))}}));
+  switch (mode) {
+    case LinearMode::kRowwise:
+      return *rowwise;
+    case LinearMode::kInvariant:
+      return *invariant;
+    default:
+      return *blocked;
+  }
 }
 
 void RewriteLinears(torch::jit::Block* block, LinearMode mode) {
@@ -554,6 +593,8 @@ const char* LinearModeName(LinearMode mode) {
       return "rowwise";
     case LinearMode::kPlain:
       return "plain";
+    case LinearMode::kInvariant:
+      return "invariant";
   }
   return "blocked";
 }
@@ -562,8 +603,10 @@ absl::StatusOr<LinearMode> ParseLinearMode(absl::string_view name) {
   if (name == "blocked") return LinearMode::kBlocked;
   if (name == "rowwise") return LinearMode::kRowwise;
   if (name == "plain") return LinearMode::kPlain;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown linear mode '", name, "'; expected blocked, rowwise or plain"));
+  if (name == "invariant") return LinearMode::kInvariant;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown linear mode '", name,
+                   "'; expected invariant, blocked, rowwise or plain"));
 }
 
 Taps Taps::Slice(int64_t start, int64_t length) const {

@@ -31,7 +31,7 @@ namespace featviz::core {
 // How the tapped forward computes the model's linear layers (aten::linear,
 // nn.Linear). Process-wide; tap graphs built after a change use the new mode.
 enum class LinearMode {
-  // Default. GEMMs over fixed blocks of kLinearBlockRows rows (the batch
+  // GEMMs over fixed blocks of kLinearBlockRows rows (the batch
   // zero-padded to a multiple): a row's result has the same bits whatever
   // else shares the batch, so a job renders bitwise the same alone and
   // batched. Costs the padding rows (up to kLinearBlockRows - 1 per layer).
@@ -43,12 +43,17 @@ enum class LinearMode {
   // many rows share the batch (results batched differ from results alone
   // by float rounding, see docs/performance.md).
   kPlain,
+  // Default. On the CPU in float32: featviz::invariant_linear (core/invariant_linear.h),
+  // one fixed-order sum per output, invariant like kBlocked without its
+  // padding (a job alone pays for one row, not eight). Elsewhere (CUDA,
+  // bf16 autocast): kBlocked.
+  kInvariant,
 };
 inline constexpr int64_t kLinearBlockRows = 8;
 void SetLinearMode(LinearMode mode);
 LinearMode GetLinearMode();
 const char* LinearModeName(LinearMode mode);
-// "blocked", "rowwise" or "plain"; InvalidArgument otherwise.
+// "invariant", "blocked", "rowwise" or "plain"; InvalidArgument otherwise.
 absl::StatusOr<LinearMode> ParseLinearMode(absl::string_view name);
 
 // The result of one forward pass with taps.

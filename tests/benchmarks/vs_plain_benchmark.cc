@@ -359,6 +359,16 @@ BENCHMARK_CAPTURE(BM_LinearModes, bundled_blocked_vs_plain, false,
 BENCHMARK_CAPTURE(BM_LinearModes, classic_blocked_vs_rowwise, true,
                   LinearMode::kBlocked, LinearMode::kRowwise)
     ->Apply(JobSizes);
+// The invariant product against the two it replaces (issue 26, point 4).
+BENCHMARK_CAPTURE(BM_LinearModes, classic_invariant_vs_blocked, true,
+                  LinearMode::kInvariant, LinearMode::kBlocked)
+    ->Apply(JobSizes);
+BENCHMARK_CAPTURE(BM_LinearModes, classic_invariant_vs_plain, true,
+                  LinearMode::kInvariant, LinearMode::kPlain)
+    ->Apply(JobSizes);
+BENCHMARK_CAPTURE(BM_LinearModes, bundled_invariant_vs_blocked, false,
+                  LinearMode::kInvariant, LinearMode::kBlocked)
+    ->Apply(JobSizes);
 
 // What stopping at the deepest tap saves (StepOptions::stop_at_deepest_tap):
 // featviz's step of n one-image jobs, objective channel(layer, j % channels)

@@ -267,7 +267,7 @@ TEST(StepTogether, OutOfMemoryAdvancesNobodyAndARetryInHalvesChangesNothing) {
 // Each image's logits, tapped activations and input gradient have the same
 // bits whether it passes through the model alone or at any position of a
 // batch, in the batch-invariant linear modes.
-TEST(LinearModes, BlockedAndRowwiseGiveEveryImageTheSameBitsInAnyBatch) {
+TEST(LinearModes, InvariantBlockedAndRowwiseGiveEveryImageTheSameBitsInAnyBatch) {
   const LinearMode before = GetLinearMode();
   at::manual_seed(7);
   const at::Tensor x = at::rand({19, 1, 28, 28});
@@ -283,7 +283,8 @@ TEST(LinearModes, BlockedAndRowwiseGiveEveryImageTheSameBitsInAnyBatch) {
                                    taps->activations.at("fc1").detach(),
                                    in.grad()};
   };
-  for (LinearMode mode : {LinearMode::kBlocked, LinearMode::kRowwise}) {
+  for (LinearMode mode : {LinearMode::kInvariant, LinearMode::kBlocked,
+                          LinearMode::kRowwise}) {
     SetLinearMode(mode);
     std::vector<std::vector<at::Tensor>> alone;
     for (int64_t i = 0; i < 19; ++i) alone.push_back(run(i, 1));
