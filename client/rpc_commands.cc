@@ -379,6 +379,10 @@ absl::Status RunStats(VisualizerClient& client, bool json_out, std::FILE* out) {
             stats.jobs_failed(), stats.jobs_cancelled(), stats.jobs_expired(),
             stats.cache_hits(), stats.cache_misses(), stats.results_stored(),
             stats.result_bytes()));
+  if (!stats.default_precision().empty()) {
+    Print(out, absl::StrCat("precision: ", stats.default_precision(),
+                            " unless a request asks for another\n"));
+  }
   Print(out,
         absl::StrFormat("datasets: %d hosted, %d bytes in memory (budget %s)\n",
                         stats.datasets(), stats.dataset_bytes(),

@@ -6,18 +6,24 @@
 #include <malloc.h>
 #endif
 
+#include <fstream>
 #include <limits>
+#include <sstream>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/csrc/jit/passes/autocast.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "core/torch_status.h"
 
 #ifdef FEATVIZ_WITH_CUDA
 #include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
@@ -75,6 +81,69 @@ absl::StatusOr<Precision> ParsePrecision(absl::string_view text) {
   }
   return absl::InvalidArgumentError(absl::StrCat(
       "precision must be fp32, tf32 or bf16, got '", text, "'"));
+}
+
+bool CpuInfoHasNativeBf16(absl::string_view cpuinfo) {
+  for (absl::string_view line : absl::StrSplit(cpuinfo, '\n')) {
+    // "flags\t\t: fpu vme ... avx512_bf16 ... amx_bf16 ..."
+    if (!absl::StartsWith(line, "flags")) continue;
+    const size_t colon = line.find(':');
+    if (colon == absl::string_view::npos) continue;
+    for (absl::string_view flag :
+         absl::StrSplit(line.substr(colon + 1), ' ', absl::SkipEmpty())) {
+      if (flag == "avx512_bf16" || flag == "amx_bf16") return true;
+    }
+  }
+  return false;
+}
+
+PrecisionFacts PrecisionFactsFor(const std::vector<c10::Device>& devices) {
+  PrecisionFacts facts;
+  facts.cpu_device = false;
+  std::ifstream file("/proc/cpuinfo");
+  if (file) {
+    std::stringstream text;
+    text << file.rdbuf();
+    facts.cpu_native_bf16 = CpuInfoHasNativeBf16(text.str());
+  }
+  for (const c10::Device& device : devices) {
+    if (!device.is_cuda()) {
+      facts.cpu_device = true;
+      continue;
+    }
+#ifdef FEATVIZ_WITH_CUDA
+    facts.cuda_majors.push_back(
+        at::cuda::getDeviceProperties(device.index())->major);
+#else
+    facts.cuda_majors.push_back(0);  // Unreachable: no CUDA device here.
+#endif
+  }
+  return facts;
+}
+
+Precision DefaultPrecision(const PrecisionFacts& facts, std::string* why) {
+  if (facts.cpu_device && !facts.cpu_native_bf16) {
+    *why = "the CPU has neither avx512_bf16 nor amx_bf16 (bf16 would be "
+           "emulated, slower than fp32)";
+    return Precision::kFloat32;
+  }
+  for (int major : facts.cuda_majors) {
+    if (major < 8) {
+      *why = absl::StrCat(
+          "a GPU of compute capability ", major,
+          ".x has no bf16 tensor cores (Ampere, 8.0, is the first)");
+      return Precision::kFloat32;
+    }
+  }
+  if (facts.cuda_majors.empty()) {
+    *why = "the CPU computes bf16 natively (avx512_bf16 or amx_bf16)";
+  } else if (facts.cpu_device) {
+    *why = "the CPU computes bf16 natively and every GPU has bf16 tensor "
+           "cores (compute capability 8.0 or more)";
+  } else {
+    *why = "every GPU has bf16 tensor cores (compute capability 8.0 or more)";
+  }
+  return Precision::kBf16;
 }
 
 void ConfigureProcessPrecision(Precision precision) {

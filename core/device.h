@@ -49,6 +49,30 @@ const char* PrecisionName(Precision precision);
 // "fp32", "tf32" or "bf16"; InvalidArgument naming the value otherwise.
 absl::StatusOr<Precision> ParsePrecision(absl::string_view text);
 
+// What the default precision of a device depends on.
+struct PrecisionFacts {
+  // The CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16): oneDNN's
+  // bf16 convolutions and matmuls are then faster than float32.
+  bool cpu_native_bf16 = false;
+  // Whether the CPU itself runs jobs (a "cpu" worker).
+  bool cpu_device = true;
+  // Each CUDA device's compute capability major (8 and above: Ampere's
+  // bf16 tensor cores); empty on a CPU-only server.
+  std::vector<int> cuda_majors;
+};
+// The facts of this machine for `devices` (the CPU's flags from
+// /proc/cpuinfo; each CUDA device's properties in a CUDA build).
+PrecisionFacts PrecisionFactsFor(const std::vector<c10::Device>& devices);
+// Whether a /proc/cpuinfo text lists avx512_bf16 or amx_bf16 among the
+// flags of its processors.
+bool CpuInfoHasNativeBf16(absl::string_view cpuinfo);
+// The default for a server's devices (featviz-server --precision auto),
+// from the measurements in docs/performance.md and docs/quality.md: bf16
+// where every device computes it natively (the CPU has AVX512-BF16 or AMX;
+// every GPU is Ampere or newer), fp32 elsewhere (emulated bf16 is slower
+// than fp32). `why` gets a sentence for the log.
+Precision DefaultPrecision(const PrecisionFacts& facts, std::string* why);
+
 // How a worker runs its batched steps.
 struct StepOptions {
   Precision precision = Precision::kFloat32;

@@ -638,6 +638,17 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   plan.linear_mode = core::LinearModeName(core::GetLinearMode());
   FEATVIZ_ASSIGN_OR_RETURN(plan.precision,
                            RequestPrecision(request.precision(), limits));
+  if (plan.precision == core::Precision::kBf16 &&
+      !plan.model->bf16_problem.empty()) {
+    if (!request.precision().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "precision is \"bf16\", but model ", plan.model_name,
+          " cannot run in bf16 on this server (",
+          plan.model->bf16_problem, "); ask for \"fp32\""));
+    }
+    // The server's bf16 default does not apply to this model.
+    plan.precision = core::Precision::kFloat32;
+  }
 
   // scheduling
   if (request.priority() < kMinPriority || request.priority() > kMaxPriority) {

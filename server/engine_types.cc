@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/device.h"
 #include "core/heatmap.h"
 #include "core/image.h"
 #include "core/status_macros.h"
@@ -63,6 +64,33 @@ ModelSummary Summarize(const core::Model& model, std::string path) {
   }
   out.path = std::move(path);
   return out;
+}
+
+std::string Bf16Problem(const core::Model& model) {
+  try {
+    const core::ModelCard& card = model.card();
+    at::Tensor images =
+        at::zeros({1, card.channels, card.height, card.width},
+                  at::TensorOptions().device(model.device()))
+            .requires_grad_();
+    at::Tensor total;
+    {
+      core::PrecisionGuard guard(core::Precision::kBf16, model.device());
+      absl::StatusOr<core::Taps> taps = model.Forward(images, {});
+      if (!taps.ok()) return std::string(taps.status().message());
+      for (const auto& [name, output] : taps->outputs) {
+        if (!output.is_floating_point() || !output.requires_grad()) continue;
+        at::Tensor sum = output.to(at::kFloat).sum();
+        total = total.defined() ? total + sum : sum;
+      }
+    }
+    if (total.defined()) total.backward();
+    return "";
+  } catch (const std::exception& e) {
+    // LibTorch's messages carry a C++ backtrace after the first line.
+    const std::string what = e.what();
+    return what.substr(0, what.find('\n'));
+  }
 }
 
 core::ModelShape ModelSummary::Shape() const {

@@ -126,6 +126,10 @@ struct ModelSummary {
   std::string logits_output;  // "" without a class output.
   bool log_probs = false;     // The class output is log-probabilities.
   std::string no_classes_reason;  // Why there are no classes, if so.
+  // Why the model cannot step in bf16 on its device (Bf16Problem); empty
+  // when it can. A request that names no precision then runs in fp32 on a
+  // bf16 server, and one that asks for bf16 is refused naming this.
+  std::string bf16_problem;
   std::string device;             // The first device.
   // Bytes of the model's parameters and buffers per device copy: what a
   // loaded copy is charged against --model_memory_bytes.
@@ -149,6 +153,13 @@ struct ModelSummary {
 
 // `model` summarised; `path` as given.
 ModelSummary Summarize(const core::Model& model, std::string path = "");
+
+// Why `model` cannot run an optimisation step in bf16 autocast on its
+// device, or "" when it can: one forward and backward of a zero image at the
+// card's input size, from every output to the image. LibTorch 1.13 lacks
+// some CPU bf16 kernels (hardshrink's backward, for one); a job would fail
+// on them. The registry calls it once per loaded version.
+std::string Bf16Problem(const core::Model& model);
 
 // A job's life:
 //   kQueued -> kRunning -> kSucceeded | kFailed | kCancelled

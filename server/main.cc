@@ -154,16 +154,21 @@ ABSL_FLAG(double, result_owner_share,
 ABSL_FLAG(int64_t, progress_every,
           featviz::server::Limits{}.default_progress_every,
           "Steps between progress events when a request does not say");
-ABSL_FLAG(std::string, precision, "fp32",
-          "Arithmetic of the optimisation steps: fp32 (bitwise "
-          "deterministic), tf32 (CUDA tensor cores) or bf16 (autocast)");
+ABSL_FLAG(std::string, precision, "auto",
+          "Default arithmetic of the optimisation steps (a request may ask "
+          "for its own): auto (bf16 where every device computes it "
+          "natively: a CPU with avx512_bf16 or amx_bf16, GPUs of compute "
+          "capability 8.0 or more; fp32 elsewhere), fp32, tf32 (CUDA tensor "
+          "cores, process-wide) or bf16 (autocast)");
 ABSL_FLAG(bool, cuda_graphs, false,
           "On CUDA devices, capture each batched step as a CUDA graph and "
           "replay it while the batch keeps its jobs");
-ABSL_FLAG(std::string, linear_mode, "blocked",
-          "How linear layers are computed: blocked (default; a job's images "
-          "are bitwise the same alone and batched), rowwise (also invariant, "
-          "slowest) or plain (the module's own addmm, fastest; batched "
+ABSL_FLAG(std::string, linear_mode, "invariant",
+          "How linear layers are computed: invariant (default; featviz's own "
+          "fixed-order product on the CPU in fp32, blocked elsewhere; a "
+          "job's images are bitwise the same alone and batched), blocked "
+          "(BLAS over 8-row blocks: also invariant, a job alone pays for 8 "
+          "rows), rowwise (also invariant, slowest) or plain (the module's own addmm, fastest; batched "
           "results differ from alone within float rounding, see "
           "docs/performance.md). Results and cache keys record the mode");
 ABSL_FLAG(int32_t, worker_threads, 1,
@@ -300,13 +305,16 @@ absl::StatusOr<Limits> LimitsFromFlags() {
   limits.result_store_bytes = absl::GetFlag(FLAGS_result_store_bytes);
   limits.result_owner_share = absl::GetFlag(FLAGS_result_owner_share);
   limits.default_progress_every = absl::GetFlag(FLAGS_progress_every);
-  absl::StatusOr<core::Precision> precision =
-      core::ParsePrecision(absl::GetFlag(FLAGS_precision));
-  if (!precision.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--", precision.status().message()));
+  // "auto" is resolved once the devices are known (ResolvePrecision).
+  if (absl::GetFlag(FLAGS_precision) != "auto") {
+    absl::StatusOr<core::Precision> precision =
+        core::ParsePrecision(absl::GetFlag(FLAGS_precision));
+    if (!precision.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--", precision.status().message(), " (or auto)"));
+    }
+    limits.step.precision = *precision;
   }
-  limits.step.precision = *precision;
   limits.step.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   limits.step.fail_above_images = absl::GetFlag(FLAGS_fault_oom_above_images);
   if (limits.max_upload_bytes < 1) {
@@ -484,7 +492,19 @@ int WaitForSignal() {
 }
 
 absl::Status Serve() {
-  FEATVIZ_ASSIGN_OR_RETURN(const Limits limits, LimitsFromFlags());
+  FEATVIZ_ASSIGN_OR_RETURN(Limits limits, LimitsFromFlags());
+  FEATVIZ_ASSIGN_OR_RETURN(const std::vector<c10::Device> devices,
+                           ParseDevices(absl::GetFlag(FLAGS_devices)));
+  if (absl::GetFlag(FLAGS_precision) == "auto") {
+    std::string why;
+    limits.step.precision =
+        core::DefaultPrecision(core::PrecisionFactsFor(devices), &why);
+    spdlog::info("precision: {} by default (--precision auto: {})",
+                 core::PrecisionName(limits.step.precision), why);
+  } else {
+    spdlog::info("precision: {} by default (--precision)",
+                 core::PrecisionName(limits.step.precision));
+  }
   core::ConfigureProcessPrecision(limits.step.precision);
   core::KeepFreedHostMemory();
   // OpenBLAS's pool follows the worker's threads unless the operator set
@@ -538,8 +558,6 @@ absl::Status Serve() {
         "--advertise_address must be HOST or HOST:PORT, got '", advertise_flag,
         "'"));
   }
-  FEATVIZ_ASSIGN_OR_RETURN(const std::vector<c10::Device> devices,
-                           ParseDevices(absl::GetFlag(FLAGS_devices)));
   const double poll_seconds = absl::GetFlag(FLAGS_model_poll_seconds);
   if (!(poll_seconds >= 0) || !std::isfinite(poll_seconds)) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -183,7 +183,9 @@ absl::StatusOr<ModelRegistryPtr> ModelRegistry::FromModels(
     entry->name = model->card().name;
     entry->version = model->card().version;
     entry->content_hash = model->content_hash();
-    entry->summary = std::make_shared<const ModelSummary>(Summarize(*model));
+    ModelSummary summary = Summarize(*model);
+    summary.bf16_problem = Bf16Problem(*model);
+    entry->summary = std::make_shared<const ModelSummary>(std::move(summary));
     if (entry->name.empty()) {
       return absl::InvalidArgumentError("the model has no name");
     }
@@ -549,8 +551,9 @@ absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::LoadEntry(
   entry->name = first.card().name;
   entry->version = first.card().version;
   entry->content_hash = first.content_hash();
-  entry->summary =
-      std::make_shared<const ModelSummary>(Summarize(first, found.path));
+  ModelSummary summary = Summarize(first, found.path);
+  summary.bf16_problem = Bf16Problem(first);
+  entry->summary = std::make_shared<const ModelSummary>(std::move(summary));
   for (size_t d = eager; d < memory_.size(); ++d) {
     memory_[d]->SetEstimate(entry->slots[d], first.memory_bytes());
   }

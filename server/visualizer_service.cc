@@ -709,6 +709,8 @@ grpc::ServerUnaryReactor* VisualizerService::GetServerStats(
                             absl::StrCat(kMethodPrefix, "GetServerStats"),
                             [&](const Identity&) {
                               *response = StatsToProto(Stats());
+                              response->set_default_precision(
+                                  core::PrecisionName(limits_.step.precision));
                               return absl::OkStatus();
                             });
 }

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
+#include "core/device.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -182,7 +183,13 @@ TEST_F(CliTest, RenderProbJsonReachesTheClassAndWritesFiles) {
   // Piped: no progress bar.
   EXPECT_FALSE(absl::StrContains(r.err, "\033")) << r.err;
   EXPECT_FALSE(absl::StrContains(r.err, "\r")) << r.err;
-  EXPECT_EQ(report["precision"], "fp32");  // The server's default.
+  // The server's default (--precision auto): bf16 on a CPU that computes
+  // it natively, fp32 elsewhere.
+  std::string why;
+  EXPECT_EQ(report["precision"],
+            featviz::core::PrecisionName(featviz::core::DefaultPrecision(
+                featviz::core::PrecisionFactsFor({c10::Device(c10::kCPU)}),
+                &why)));
 }
 
 TEST_F(CliTest, RenderPrecisionGoesToTheServerAndComesBackInTheReport) {

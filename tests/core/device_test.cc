@@ -19,6 +19,49 @@ TEST(Precision, ParsesItsNamesAndRejectsOthersNamingThem) {
   EXPECT_NE(bad.status().message().find("'fp16'"), std::string::npos);
 }
 
+TEST(DefaultPrecision, ReadsTheCpusBf16FlagsFromCpuinfo) {
+  constexpr char kSapphireRapids[] =
+      "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 "
+      "amx_bf16 amx_tile\n\nprocessor\t: 1\nflags\t\t: fpu avx512f\n";
+  constexpr char kAmxOnly[] = "flags\t: fpu amx_bf16\n";
+  constexpr char kZen3[] =
+      "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: "
+      "avx512_bf16\n";  // A flag's name elsewhere is not a flag.
+  EXPECT_TRUE(CpuInfoHasNativeBf16(kSapphireRapids));
+  EXPECT_TRUE(CpuInfoHasNativeBf16(kAmxOnly));
+  EXPECT_FALSE(CpuInfoHasNativeBf16(kZen3));
+  EXPECT_FALSE(CpuInfoHasNativeBf16("flags\t: avx512_bf16x\n"));
+  EXPECT_FALSE(CpuInfoHasNativeBf16(""));
+}
+
+TEST(DefaultPrecision, IsBf16OnlyWhereEveryDeviceComputesItNatively) {
+  std::string why;
+  PrecisionFacts cpu;
+  cpu.cpu_native_bf16 = true;
+  EXPECT_EQ(DefaultPrecision(cpu, &why), Precision::kBf16);
+  EXPECT_NE(why.find("avx512_bf16"), std::string::npos) << why;
+  cpu.cpu_native_bf16 = false;
+  EXPECT_EQ(DefaultPrecision(cpu, &why), Precision::kFloat32);
+  EXPECT_NE(why.find("emulated"), std::string::npos) << why;
+
+  PrecisionFacts gpus;
+  gpus.cpu_device = false;
+  gpus.cuda_majors = {8, 9};
+  EXPECT_EQ(DefaultPrecision(gpus, &why), Precision::kBf16);
+  gpus.cuda_majors = {8, 7};  // A Volta beside an Ampere: fp32 for all.
+  EXPECT_EQ(DefaultPrecision(gpus, &why), Precision::kFloat32);
+  EXPECT_NE(why.find("7.x"), std::string::npos) << why;
+  // A CPU worker without bf16 beside Ampere GPUs: fp32.
+  gpus.cuda_majors = {8};
+  gpus.cpu_device = true;
+  EXPECT_EQ(DefaultPrecision(gpus, &why), Precision::kFloat32);
+
+  // This machine's CPU, as the server resolves --precision auto.
+  PrecisionFacts here = PrecisionFactsFor({c10::Device(c10::kCPU)});
+  EXPECT_TRUE(here.cpu_device);
+  EXPECT_TRUE(here.cuda_majors.empty());
+}
+
 TEST(PrecisionGuard, TurnsCpuAutocastOnForItsScopeOnly) {
   ASSERT_FALSE(at::autocast::is_cpu_enabled());
   {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <memory>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/device.h"
 #include "tests/server/server_process.h"
 #include "tests/server/test_client.h"
 
@@ -179,7 +181,7 @@ TEST_F(VisualizerServiceTest, RenderStreamsProgressInStepOrderThenTheResult) {
   EXPECT_GE(result.timings().queue_seconds(), 0);
   EXPECT_GT(result.timings().compute_seconds(), 0);
   EXPECT_NE(result.transforms(), "");
-  EXPECT_EQ(result.linear_mode(), "blocked");  // The server's default.
+  EXPECT_EQ(result.linear_mode(), "invariant");  // The server's default.
 }
 
 TEST_F(VisualizerServiceTest, RenderOfAChannelReportsThatLayersStatistics) {
@@ -220,22 +222,29 @@ TEST_F(VisualizerServiceTest, RenderReportsThePickedSeedAndRepeatsBitwiseWithIt)
 }
 
 // A request's precision is its own: the result says which arithmetic ran,
-// an empty field is the server's default (fp32 here), and the same seed in
-// bf16 is computed in bf16, not answered from the fp32 result's cache entry.
+// an empty field is the server's default (GetServerStats says which), and
+// the same seed in bf16 is computed in bf16, not answered from the fp32
+// result's cache entry.
 TEST_F(VisualizerServiceTest, RenderPrecisionIsTheRequestsAndKeysTheCache) {
+  std::string default_precision;
+  {
+    grpc::ClientContext context;
+    v1::ServerStats stats;
+    ASSERT_TRUE(stub_->GetServerStats(&context, {}, &stats).ok());
+    default_precision = stats.default_precision();
+  }
   v1::RenderRequest request = TextRequest("channel(conv2, 5)", 8);
   request.set_seed(11);
+  const RenderOutcome unnamed = RenderAll(*stub_, request);
+  ASSERT_TRUE(unnamed.status.ok()) << unnamed.status.error_message();
+  ASSERT_TRUE(unnamed.result.has_value());
+  EXPECT_EQ(unnamed.result->precision(), default_precision);
+
+  request.set_precision("fp32");
   const RenderOutcome fp32 = RenderAll(*stub_, request);
   ASSERT_TRUE(fp32.status.ok()) << fp32.status.error_message();
   ASSERT_TRUE(fp32.result.has_value());
   EXPECT_EQ(fp32.result->precision(), "fp32");
-
-  request.set_precision("fp32");
-  const RenderOutcome named = RenderAll(*stub_, request);
-  ASSERT_TRUE(named.status.ok()) << named.status.error_message();
-  ASSERT_TRUE(named.result.has_value());
-  EXPECT_EQ(named.result->precision(), "fp32");
-  EXPECT_EQ(named.result->images().data(), fp32.result->images().data());
 
   request.set_precision("bf16");
   const RenderOutcome bf16 = RenderAll(*stub_, request);
@@ -246,6 +255,10 @@ TEST_F(VisualizerServiceTest, RenderPrecisionIsTheRequestsAndKeysTheCache) {
   EXPECT_NE(bf16.result->images().data(), fp32.result->images().data());
   ASSERT_EQ(bf16.result->terms_size(), 1);
   EXPECT_TRUE(std::isfinite(bf16.result->terms(0).final_value()));
+  // The unnamed request is the named one of the server's default, bit for
+  // bit.
+  const RenderOutcome& same = default_precision == "bf16" ? bf16 : fp32;
+  EXPECT_EQ(unnamed.result->images().data(), same.result->images().data());
 }
 
 TEST_F(VisualizerServiceTest, RenderOfAnObjectiveTreeMatchesTheSameText) {
@@ -591,7 +604,7 @@ std::vector<BadRequest> BadRequests() {
       {"tf32 on a server without it",
        [](R& r) { r.set_precision("tf32"); },
        StatusCode::INVALID_ARGUMENT,
-       "precision is \"tf32\", but this server computes in fp32"},
+       "precision is \"tf32\", but this server computes in "},
   };
 }
 
@@ -732,6 +745,48 @@ TEST(VisualizerServiceStartTest, SkipsAModelThatFailsToLoadAndServesTheRest) {
   ASSERT_EQ(response.models_size(), 1);
   EXPECT_EQ(response.models(0).name(), kModel);
   fs::remove_all(dir);
+}
+
+// --precision auto (the default): bf16 where the CPU computes it natively,
+// fp32 elsewhere; GetServerStats and every result say which, and a request
+// may still ask for the other.
+TEST(VisualizerServiceStartTest, DefaultPrecisionIsChosenForTheMachine) {
+  std::string why;
+  const featviz::core::Precision expected = featviz::core::DefaultPrecision(
+      featviz::core::PrecisionFactsFor({c10::Device(c10::kCPU)}), &why);
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::unique_ptr<v1::Visualizer::Stub> stub = (*server)->NewStub();
+  {
+    grpc::ClientContext context;
+    v1::ServerStats stats;
+    ASSERT_TRUE(stub->GetServerStats(&context, {}, &stats).ok());
+    EXPECT_EQ(stats.default_precision(), featviz::core::PrecisionName(expected)) << why;
+  }
+  for (const char* asked : {"", "fp32", "bf16"}) {
+    v1::RenderRequest request = TextRequest("conv1:0", 2);
+    request.set_precision(asked);
+    const RenderOutcome outcome = RenderAll(*stub, request);
+    ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+    ASSERT_TRUE(outcome.result.has_value());
+    EXPECT_EQ(outcome.result->precision(),
+              *asked ? std::string(asked) : featviz::core::PrecisionName(expected))
+        << asked;
+  }
+}
+
+TEST(VisualizerServiceStartTest, RefusesAnUnknownPrecisionFlagNamingIt) {
+  const std::string log = ::testing::TempDir() + "/precision_flag.log";
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(
+      {"--precision=fp8"}, absl::Seconds(120), log);
+  ASSERT_FALSE(server.ok());
+  std::ifstream file(log);
+  const std::string text((std::istreambuf_iterator<char>(file)),
+                         std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("--precision must be fp32, tf32 or bf16, got 'fp8' (or "
+                      "auto)"),
+            std::string::npos)
+      << text;
 }
 
 TEST(VisualizerServiceStartTest, ExitsWithoutListeningWhenTheModelDirIsMissing) {

@@ -144,8 +144,8 @@ class RenderResult:
     """The job's id ("17@10.0.0.2:8980" names the replica that ran it)."""
 
     linear_mode: str = ""
-    """How the server computed linear layers: "blocked" or "rowwise" (the
-    images are bitwise the same alone and batched) or "plain" (they may differ
+    """How the server computed linear layers: "invariant", "blocked" or
+    "rowwise" (the images are bitwise the same alone and batched) or "plain" (they may differ
     within float rounding; featviz-server --linear_mode)."""
 
     precision: str = ""
