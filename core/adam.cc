@@ -80,8 +80,12 @@ void Adam::Step() {
   ++step_;
   const at::Tensor figures =
       AdamStepSizes(options_, {AdamRows{1, options_.lr, step_}});
+  // As 0-dim CPU tensors, which ATen hands to a device's kernels as values:
+  // no copy per step, as cheap as host scalars for the plain loops.
+  const at::Tensor step_size = figures[0][0];
+  const at::Tensor bias2 = figures[1][0];
   for (size_t i = 0; i < parameters_.size(); ++i) {
-    AdamUpdateRows(options_, parameters_[i], m_[i], v_[i], figures);
+    AdamUpdate(options_, parameters_[i], m_[i], v_[i], step_size, bias2);
   }
 }
 
