@@ -1,28 +1,31 @@
-// Cross-job batching: several render sessions of one model stepped as ONE
-// forward/backward pass. Each session keeps its own transforms, random
-// stream, learning rate and step count; the variables and optimiser moments
-// of same-shaped sessions are rows of one ParamPack (one leaf, one
+// Cross-job batching: several render jobs of one model stepped as ONE
+// forward/backward pass. Each job keeps its own transforms, random stream,
+// learning rate and step count (its JobState); the variables and Adam
+// moments of same-shaped jobs are rows of one ParamPack (one leaf, one
 // parameterisation call, one Adam update for all of them); their inputs are
-// stacked, the tapped forward runs once over the stack, the common objective
-// terms of all sessions are read with a few gathers (others from each
-// session's own rows), and one backward reaches every row. A session's
-// images are bitwise identical whether it is stepped alone or together with
-// others (convolutions are computed per image, linear layers in fixed-size
-// row blocks, a session's loss depends only on its own rows, and Adam is
+// stacked, the tapped forward runs once over the stack, the common
+// objective terms of all jobs are read with a few gathers (others from each
+// job's own rows), and one backward reaches every row. A job's images are
+// bitwise identical whether it is stepped alone or together with others
+// (convolutions are computed per image, linear layers in fixed-size row
+// blocks, a job's loss depends only on its own rows, and Adam is
 // elementwise), unless linear layers run in LinearMode::kPlain.
 #ifndef FEATVIZ_CORE_BATCH_H_
 #define FEATVIZ_CORE_BATCH_H_
 
 #include <cstdint>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "core/device.h"
 #include "core/model.h"
-#include "core/render.h"
+#include "core/render_session.h"
 
 namespace featviz::core {
+
+class StepCache;
 
 // One step of every session in `sessions` (all of `model`, none done) as a
 // single batched forward/backward, in `options.precision`. On error no
@@ -62,12 +65,15 @@ class StepCache {
   int64_t plans_built() const { return plans_built_; }
 
   struct Plan;  // Defined in batch.cc.
+  // The jobs a plan is for, in order: (id, batch, CUDA-graph mode).
+  using Key = std::vector<std::tuple<uint64_t, int64_t, bool>>;
+
+  // The plan kept for `key` when it has a step left; else null.
+  std::shared_ptr<Plan> Find(const Key& key) const;
+  // Keeps `plan` for the next steps.
+  void Keep(std::shared_ptr<Plan> plan);
 
  private:
-  friend absl::Status StepTogether(const Model& model,
-                                   const std::vector<RenderSession*>& sessions,
-                                   const StepOptions& options,
-                                   StepCache* cache);
   std::shared_ptr<Plan> plan_;
   int64_t plans_built_ = 0;
 };

@@ -4,6 +4,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/job_state.h"
+#include "core/param_pack.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 
@@ -35,6 +37,41 @@ bool HasDirection(const RenderSession& s) {
   return false;
 }
 
+// A captured step updates each job's own leaf with its own moments and
+// writes its own trace: the job leaves its pack, and gets the buffers that
+// the graph reads and writes.
+void EnterStaticMode(JobState& job, const c10::Device& device) {
+  if (job.statics.on) return;
+  LeavePack(job);
+  FlushSharedTrace(job);
+  const at::TensorOptions on_device =
+      at::TensorOptions().device(device).dtype(at::kFloat);
+  StaticBuffers statics;
+  statics.on = true;
+  if (job.schedule.defined()) statics.theta = at::empty({1, 2, 3}, on_device);
+  statics.step = at::zeros({}, on_device);
+  statics.terms = at::zeros({job.trace.size(1)}, on_device);
+  job.statics = std::move(statics);
+}
+
+// Before the (captured) step: this step's transform and update number.
+void LoadStaticStep(JobState& job) {
+  if (job.statics.theta.defined()) {
+    job.statics.theta.copy_(job.schedule.narrow(0, job.step, 1));
+  }
+  job.statics.step.fill_(static_cast<double>(job.step + 1));
+}
+
+// After it: the term values into the trace, and the step is done.
+void CommitStaticStep(JobState& job) {
+  job.trace[job.step].copy_(job.statics.terms);
+  ++job.step;
+}
+
+void DropStaticBuffers(const std::vector<RenderSession*>& sessions) {
+  for (RenderSession* s : sessions) LeaveStaticMode(s->state());
+}
+
 }  // namespace
 
 BatchStepper::BatchStepper(const Model& model, StepOptions options,
@@ -57,15 +94,15 @@ void BatchStepper::Reset() {
 absl::Status BatchStepper::StepWithoutGraph(
     const std::vector<RenderSession*>& sessions) {
   Reset();
-  for (RenderSession* s : sessions) s->LeaveStaticMode();
+  DropStaticBuffers(sessions);
   return StepTogether(model_, sessions, options_, &cache_);
 }
 
 absl::Status BatchStepper::StepEager(
     const std::vector<RenderSession*>& sessions) {
-  for (RenderSession* s : sessions) s->LoadStaticStep();
+  for (RenderSession* s : sessions) LoadStaticStep(s->state());
   FEATVIZ_RETURN_IF_ERROR(StepTogether(model_, sessions, options_, &cache_));
-  for (RenderSession* s : sessions) s->CommitStaticStep();
+  for (RenderSession* s : sessions) CommitStaticStep(s->state());
   return absl::OkStatus();
 }
 
@@ -77,15 +114,19 @@ absl::Status BatchStepper::Step(const std::vector<RenderSession*>& sessions) {
   if (eager_only) return StepWithoutGraph(sessions);
   std::vector<std::pair<uint64_t, int64_t>> key;
   key.reserve(sessions.size());
-  for (const RenderSession* s : sessions) key.emplace_back(s->id_, s->batch());
+  for (const RenderSession* s : sessions) {
+    key.emplace_back(s->state().id, s->batch());
+  }
   if (key != key_) {
     // A job joined or left: the graph no longer fits. Sessions that stay
     // keep their static buffers.
     Reset();
     try {
-      for (RenderSession* s : sessions) s->EnterStaticMode();
+      for (RenderSession* s : sessions) {
+        EnterStaticMode(s->state(), model_.device());
+      }
     } catch (const std::exception& e) {
-      for (RenderSession* s : sessions) s->LeaveStaticMode();
+      DropStaticBuffers(sessions);
       return TorchError(e, "setting up the graph's buffers");
     }
     key_ = std::move(key);
@@ -101,7 +142,7 @@ absl::Status BatchStepper::Step(const std::vector<RenderSession*>& sessions) {
   }
   if (!status.ok()) {
     Reset();
-    for (RenderSession* s : sessions) s->LeaveStaticMode();
+    DropStaticBuffers(sessions);
   }
   return status;
 }
@@ -114,7 +155,7 @@ absl::Status BatchStepper::Capture(const std::vector<RenderSession*>& sessions) 
     graph_ = std::make_unique<Graph>();
     return StepEager(sessions);
   }
-  for (RenderSession* s : sessions) s->LoadStaticStep();
+  for (RenderSession* s : sessions) LoadStaticStep(s->state());
   auto graph = std::make_unique<Graph>();
   // Autocast's cast cache would hold tensors of the capture's memory pool
   // past the capture (torch.cuda.graphs says: cache_enabled=False).
@@ -145,7 +186,7 @@ absl::Status BatchStepper::Capture(const std::vector<RenderSession*>& sessions) 
     return TorchError(e, "replaying the captured step");
   }
   ++replays_;
-  for (RenderSession* s : sessions) s->CommitStaticStep();
+  for (RenderSession* s : sessions) CommitStaticStep(s->state());
   return absl::OkStatus();
 }
 
@@ -157,14 +198,14 @@ absl::Status BatchStepper::Replay(const std::vector<RenderSession*>& sessions) {
     }
   }
   try {
-    for (RenderSession* s : sessions) s->LoadStaticStep();
+    for (RenderSession* s : sessions) LoadStaticStep(s->state());
     graph_->graph.replay();
   } catch (const std::exception& e) {
     return TorchError(e, absl::StrCat("replaying the step of ",
                                       sessions.size(), " renders"));
   }
   ++replays_;
-  for (RenderSession* s : sessions) s->CommitStaticStep();
+  for (RenderSession* s : sessions) CommitStaticStep(s->state());
   return absl::OkStatus();
 }
 

@@ -26,7 +26,7 @@
 #include "core/batch.h"
 #include "core/device.h"
 #include "core/model.h"
-#include "core/render.h"
+#include "core/render_session.h"
 
 namespace featviz::core {
 

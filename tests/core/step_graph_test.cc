@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/render.h"
 #include "tests/core/test_paths.h"
 
 namespace featviz::core {
