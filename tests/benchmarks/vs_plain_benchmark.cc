@@ -266,7 +266,8 @@ void Interleave(benchmark::State& state, int64_t n, const char* a_name,
   state.counters["ratio"] = b_s / a_s;
 }
 
-void BM_VsPlain(benchmark::State& state, bool classic, bool one_job) {
+void BM_VsPlain(benchmark::State& state, bool classic, bool one_job,
+                Precision precision = Precision::kFloat32) {
   const int64_t n = state.range(0);
   const bool transforms = state.range(1) != 0;
   const Model* model = LoadedModel(classic);
@@ -275,6 +276,7 @@ void BM_VsPlain(benchmark::State& state, bool classic, bool one_job) {
     return;
   }
   FeatvizSide featviz;
+  featviz.step_options.precision = precision;
   PlainSide plain;
   absl::Status s = featviz.Create(*model, n, one_job, transforms);
   if (s.ok()) s = plain.Create(ModelPath(classic), model->card(), n, one_job,
@@ -310,6 +312,12 @@ void Sizes(benchmark::internal::Benchmark* b) {
 BENCHMARK_CAPTURE(BM_VsPlain, bundled_jobs, false, false)->Apply(Sizes);
 BENCHMARK_CAPTURE(BM_VsPlain, classic_jobs, true, false)->Apply(Sizes);
 BENCHMARK_CAPTURE(BM_VsPlain, bundled_one_job, false, true)->Apply(Sizes);
+// featviz in bf16 (the server's default where the CPU computes it natively:
+// --precision auto) against the plain loop in fp32, as a researcher's
+// notebook runs it.
+BENCHMARK_CAPTURE(BM_VsPlain, classic_jobs_bf16, true, false,
+                  Precision::kBf16)
+    ->Apply(Sizes);
 BENCHMARK_CAPTURE(BM_VsPlain, classic_one_job, true, true)->Apply(Sizes);
 
 // What batch invariance costs: featviz's step (n one-image jobs, default
