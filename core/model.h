@@ -43,10 +43,10 @@ enum class LinearMode {
   // many rows share the batch (results batched differ from results alone
   // by float rounding, see docs/performance.md).
   kPlain,
-  // Default. On the CPU in float32: featviz::invariant_linear (core/invariant_linear.h),
-  // one fixed-order sum per output, invariant like kBlocked without its
-  // padding (a job alone pays for one row, not eight). Elsewhere (CUDA,
-  // bf16 autocast): kBlocked.
+  // Default. On the CPU: featviz::invariant_linear (core/invariant_linear.h),
+  // one fixed-order sum per output in float32 (bf16 jobs' inputs are cast
+  // up), invariant like kBlocked without its padding (a job alone pays for
+  // one row, not eight). On CUDA: kBlocked.
   kInvariant,
 };
 inline constexpr int64_t kLinearBlockRows = 8;
