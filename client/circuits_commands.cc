@@ -299,8 +299,10 @@ absl::Status RunCircuits(VisualizerClient& client,
     std::fprintf(out, "  class %-6s %s\n", c.class_name().c_str(),
                  absl::StrJoin(parts, "   ").c_str());
   }
-  std::fprintf(out, "wrote %s/circuits.png, class_<c>.png, circuits.json in %.1f s\n",
-               options.out_dir.c_str(), total_seconds);
+  const std::filesystem::path dir(options.out_dir);
+  std::fprintf(out, "wrote %s, %s and %s in %.1f s\n",
+               (dir / "circuits.png").c_str(), (dir / "class_<c>.png").c_str(),
+               (dir / "circuits.json").c_str(), total_seconds);
   return absl::OkStatus();
 }
 
@@ -522,10 +524,12 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
       WriteBytes(root / "index.html", Page(absl::StrCat("Atlas of ", model.name()), index)));
   const double total_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   std::fprintf(out,
-               "atlas of %s: %zu units in %zu layers, rendered in %.1f s, "
-               "site written to %s/index.html in %.1f s\n",
-               model.name().c_str(), units.size(), layers.size(), render_seconds,
-               options.out_dir.c_str(), total_seconds);
+               "atlas of %s: %zu unit%s in %zu layer%s, rendered in %.1f s, "
+               "site written to %s in %.1f s\n",
+               model.name().c_str(), units.size(), units.size() == 1 ? "" : "s",
+               layers.size(), layers.size() == 1 ? "" : "s", render_seconds,
+               (std::filesystem::path(options.out_dir) / "index.html").c_str(),
+               total_seconds);
   return absl::OkStatus();
 }
 

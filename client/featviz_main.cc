@@ -915,6 +915,17 @@ int Fail(const absl::Status& status) {
   std::fprintf(stderr, "featviz: %s: %s\n",
                absl::StatusCodeToString(status.code()).c_str(),
                std::string(status.message()).c_str());
+  if (status.code() == absl::StatusCode::kUnauthenticated) {
+    // The server's message speaks of metadata; say how this CLI sends it.
+    const char* env = std::getenv("FEATVIZ_TOKEN");
+    const bool sent = !absl::GetFlag(FLAGS_token_file).empty() ||
+                      (env != nullptr && env[0] != '\0');
+    std::fputs(sent ? "featviz: the server refused the token sent (from "
+                      "--token_file, else $FEATVIZ_TOKEN)\n"
+                    : "featviz: no token was sent: give it with --token_file "
+                      "FILE (its first line) or $FEATVIZ_TOKEN\n",
+               stderr);
+  }
   return 1;
 }
 

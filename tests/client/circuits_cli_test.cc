@@ -57,9 +57,14 @@ TEST_F(CircuitsCliTest, CircuitsWritesOneRowPerClassWithScoresAndMaps) {
   const std::string dir = ScratchDir("circuits");
   CommandResult r = Run({"circuits", "mnist_classifier", "--layer", "conv2", "--top_k",
                          "2", "--classes", "1,7", "--steps", "24",
-                         "--examples_per_class", "16", "--out_dir", dir});
+                         "--examples_per_class", "16", "--out_dir", dir + "/"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(absl::StrContains(r.out, "class 1")) << r.out;
+  // A folder given with its slash is not written with two.
+  EXPECT_TRUE(absl::StrContains(r.out, "wrote " + dir + "/circuits.png, " +
+                                           dir + "/class_<c>.png and " + dir +
+                                           "/circuits.json in "))
+      << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "class 7")) << r.out;
   const json doc = json::parse(ReadFileOrEmpty(dir + "/circuits.json"));
   EXPECT_EQ(doc["layer"], "conv2");

@@ -387,6 +387,18 @@ TEST(CliTokens, TheTokenComesFromTokenFileOrTheEnvironment) {
   const CommandResult none = Cli({"--server", address, "models"});
   EXPECT_EQ(none.exit_code, 1);
   EXPECT_TRUE(absl::StartsWith(none.err, "featviz: UNAUTHENTICATED: ")) << none.err;
+  // The CLI says how it sends a token, which the server's message cannot.
+  EXPECT_TRUE(absl::StrContains(
+      none.err, "featviz: no token was sent: give it with --token_file FILE "
+                "(its first line) or $FEATVIZ_TOKEN"))
+      << none.err;
+  const CommandResult wrong = Cli({"--server", address, "models"},
+                                  {"FEATVIZ_TOKEN=not-the-token"});
+  EXPECT_EQ(wrong.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(
+      wrong.err, "featviz: the server refused the token sent (from "
+                 "--token_file, else $FEATVIZ_TOKEN)"))
+      << wrong.err;
 
   const CommandResult from_file =
       Cli({"--server", address, "--token_file", dir + "/token", "models"});
