@@ -409,12 +409,17 @@ absl::Status FollowRender(VisualizerClient& client,
     written.push_back(absl::StrCat(JoinPath(options.previews, "step_*.png"),
                                    " (", files["previews"].size(), ")"));
   }
+  // The job's own compute time: a `watch` that attached half way (or a
+  // cached result) has seen only part of it.
+  const double job_seconds = result.timings().compute_seconds() > 0
+                                 ? result.timings().compute_seconds()
+                                 : wall_seconds;
   Print(out,
         absl::StrFormat(
             "%s on %s: %d steps in %.2f s (%.1f steps/s), seed %d, total "
             "%.5g, top %s %s%s\n",
-            result.objective(), result.model(), result.steps(), wall_seconds,
-            wall_seconds > 0 ? result.steps() / wall_seconds : 0.0,
+            result.objective(), result.model(), result.steps(), job_seconds,
+            job_seconds > 0 ? result.steps() / job_seconds : 0.0,
             result.seed(), result.final_total(),
             tops.size() == 1 ? "class" : "classes", absl::StrJoin(tops, ", "),
             written.empty()

@@ -32,8 +32,7 @@ ProgressBar::ProgressBar(std::FILE* out, ProgressMode mode,
     : out_(out),
       mode_(mode),
       labels_(std::move(labels)),
-      weights_(std::move(weights)),
-      start_(absl::Now()) {}
+      weights_(std::move(weights)) {}
 
 ProgressBar::ProgressBar(std::FILE* out, bool enabled,
                          std::vector<std::string> labels,
@@ -70,9 +69,16 @@ std::string ProgressBar::Line(const featviz::v1::RenderProgress& progress,
   } else {
     for (double v : values) absl::StrAppendFormat(&line, "  %.4g", v);
   }
-  const double seconds = absl::ToDoubleSeconds(now - start_);
-  if (seconds > 0 && step > 0) {
-    absl::StrAppendFormat(&line, "  %.1f steps/s", step / seconds);
+  if (!first_.has_value()) first_.emplace(step, now);
+  const double seconds = absl::ToDoubleSeconds(now - first_->second);
+  const int64_t steps = step - first_->first;
+  if (seconds > 0 && steps > 0) {
+    const double rate = steps / seconds;
+    absl::StrAppendFormat(&line, "  %.1f steps/s", rate);
+    if (total > step) {
+      absl::StrAppendFormat(&line, ", %.0f s left",
+                            static_cast<double>(total - step) / rate);
+    }
   }
   return line;
 }

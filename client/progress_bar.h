@@ -10,7 +10,9 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -47,6 +49,9 @@ class ProgressBar {
   void Finish();
 
   // The text of the bar for `progress` without escape codes (for tests).
+  // The rate and the time left are measured from the first event the bar
+  // saw (a `watch` may attach to a job half done), so the first line has
+  // neither.
   std::string Line(const featviz::v1::RenderProgress& progress,
                    absl::Time now) const;
 
@@ -55,7 +60,8 @@ class ProgressBar {
   const ProgressMode mode_;
   const std::vector<std::string> labels_;
   const std::vector<double> weights_;
-  const absl::Time start_;
+  // The first event's step and when it was seen (Line's rate).
+  mutable std::optional<std::pair<int64_t, absl::Time>> first_;
   bool drawn_ = false;
   int64_t deciles_written_ = 0;  // kLines: tenths of the steps reported.
 };

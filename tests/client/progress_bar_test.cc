@@ -22,13 +22,28 @@ featviz::v1::RenderProgress Progress(int64_t step, int64_t total,
 
 TEST(ProgressBar, ShowsStepsTermsAndTheWeightedTotal) {
   ProgressBar bar(stderr, /*enabled=*/false, {"prob(3)", "tv()"}, {1.0, -0.5});
+  const absl::Time start = absl::Now();
+  bar.Line(Progress(64, 256, {0.5, 0.5}), start);
   const std::string line =
-      bar.Line(Progress(128, 256, {0.75, 0.5}), absl::Now() + absl::Seconds(2));
+      bar.Line(Progress(128, 256, {0.75, 0.5}), start + absl::Seconds(2));
   EXPECT_NE(line.find("[##########..........]"), std::string::npos) << line;
   EXPECT_NE(line.find("128/256"), std::string::npos) << line;
   EXPECT_NE(line.find("prob(3)=0.75"), std::string::npos) << line;
   EXPECT_NE(line.find("total=0.5"), std::string::npos) << line;
-  EXPECT_NE(line.find("steps/s"), std::string::npos) << line;
+  // 64 steps in 2 s; 128 steps to go.
+  EXPECT_NE(line.find("32.0 steps/s, 4 s left"), std::string::npos) << line;
+}
+
+// `watch` attaching to a job at step 229 of 512 must not count those 229
+// steps as done since it attached (it printed 1161991.1 steps/s).
+TEST(ProgressBar, MeasuresTheRateFromTheFirstEventItSaw) {
+  ProgressBar bar(stderr, /*enabled=*/false, {"x"}, {1.0});
+  const absl::Time attached = absl::Now();
+  const std::string first = bar.Line(Progress(229, 512, {1}), attached);
+  EXPECT_EQ(first.find("steps/s"), std::string::npos) << first;
+  const std::string later = bar.Line(Progress(329, 512, {1}),
+                                     attached + absl::Seconds(4));
+  EXPECT_NE(later.find("25.0 steps/s, 7 s left"), std::string::npos) << later;
 }
 
 TEST(ProgressBar, ShowsRawValuesWhenTheTermsAreUnknown) {
