@@ -87,9 +87,7 @@ std::string Bf16Problem(const core::Model& model) {
     if (total.defined()) total.backward();
     return "";
   } catch (const std::exception& e) {
-    // LibTorch's messages carry a C++ backtrace after the first line.
-    const std::string what = e.what();
-    return what.substr(0, what.find('\n'));
+    return core::FirstLine(e.what());
   }
 }
 
