@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "core/invariant_conv.h"
 #include "core/invariant_linear.h"
 #include "core/operator_policy.h"
 #include "core/sha256.h"
@@ -358,9 +359,10 @@ TapGraph BuildTapGraph(const torch::jit::Module& module,
     graph->registerOutput(tuple);
   }
   // Everything left is inlined so that every linear layer is visible, then
-  // linear layers become batch-invariant (see LinearMode).
+  // linear layers and convolutions become batch-invariant (see LinearMode).
   torch::jit::Inline(*graph);
   RewriteLinears(graph->block(), linear_mode);
+  if (linear_mode != LinearMode::kPlain) RewriteConvolutions(graph->block());
   if (!with_output) {
     // Two things past the taps would keep the rest of the network alive.
     // A module's `training` flag is read from the module, so a BatchNorm

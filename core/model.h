@@ -30,6 +30,9 @@ namespace featviz::core {
 
 // How the tapped forward computes the model's linear layers (aten::linear,
 // nn.Linear). Process-wide; tap graphs built after a change use the new mode.
+// Every mode but kPlain also routes the model's convolutions through
+// featviz::invariant_conv (core/invariant_conv.h), which keeps a float32 CPU
+// convolution on one backend whatever the batch size.
 enum class LinearMode {
   // GEMMs over fixed blocks of kLinearBlockRows rows (the batch
   // zero-padded to a multiple): a row's result has the same bits whatever
