@@ -5,6 +5,7 @@
 #include <utility>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "absl/strings/str_cat.h"
 #include "core/device.h"
@@ -88,6 +89,70 @@ std::string Bf16Problem(const core::Model& model) {
     return "";
   } catch (const std::exception& e) {
     return core::FirstLine(e.what());
+  }
+}
+
+std::string BatchVariance(const core::Model& model,
+                          core::Precision precision) {
+  try {
+    const core::ModelCard& card = model.card();
+    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(20261206);
+    const at::Tensor images =
+        at::rand({3, card.channels, card.height, card.width}, generator)
+            .to(model.device());
+    struct Pass {
+      std::vector<std::pair<std::string, at::Tensor>> outputs;
+      at::Tensor grad;
+    };
+    auto run = [&](const at::Tensor& x) -> absl::StatusOr<Pass> {
+      at::Tensor input = x.clone().requires_grad_();
+      Pass pass;
+      at::Tensor total;
+      {
+        core::PrecisionGuard guard(precision, model.device());
+        FEATVIZ_ASSIGN_OR_RETURN(core::Taps taps, model.Forward(input, {}));
+        for (const auto& [name, output] : taps.outputs) {
+          if (!output.is_floating_point()) continue;
+          pass.outputs.emplace_back(name, output.detach());
+          if (!output.requires_grad()) continue;
+          at::Tensor sum = output.to(at::kFloat).square().sum();
+          total = total.defined() ? total + sum : sum;
+        }
+      }
+      if (total.defined()) {
+        total.backward();
+        pass.grad = input.grad();
+      }
+      return pass;
+    };
+    absl::StatusOr<Pass> batched = run(images);
+    if (!batched.ok()) return std::string(batched.status().message());
+    absl::StatusOr<Pass> alone = run(images.narrow(0, 1, 1));
+    if (!alone.ok()) return std::string(alone.status().message());
+    for (size_t i = 0; i < batched->outputs.size(); ++i) {
+      const auto& [name, output] = batched->outputs[i];
+      if (!at::equal(output[1], alone->outputs[i].second[0])) {
+        return absl::StrCat("output '", name,
+                            "' of an image differs alone and in a batch of 3");
+      }
+    }
+    if (batched->grad.defined() && alone->grad.defined() &&
+        !at::equal(batched->grad[1], alone->grad[0])) {
+      return "the gradient of an image differs alone and in a batch of 3";
+    }
+    return "";
+  } catch (const std::exception& e) {
+    return absl::StrCat("the check failed: ", core::FirstLine(e.what()));
+  }
+}
+
+void CheckArithmetic(const core::Model& model, ModelSummary& summary) {
+  summary.bf16_problem = Bf16Problem(model);
+  summary.batch_variance[core::Precision::kFloat32] =
+      BatchVariance(model, core::Precision::kFloat32);
+  if (summary.bf16_problem.empty()) {
+    summary.batch_variance[core::Precision::kBf16] =
+        BatchVariance(model, core::Precision::kBf16);
   }
 }
 

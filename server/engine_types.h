@@ -130,6 +130,10 @@ struct ModelSummary {
   // when it can. A request that names no precision then runs in fp32 on a
   // bf16 server, and one that asks for bf16 is refused naming this.
   std::string bf16_problem;
+  // Per precision the model runs in: why an image's bits depend on what
+  // shares its batch (BatchVariance); absent or empty when they do not. A
+  // job of such a precision runs in a batch of its own.
+  std::map<core::Precision, std::string> batch_variance;
   std::string device;             // The first device.
   // Bytes of the model's parameters and buffers per device copy: what a
   // loaded copy is charged against --model_memory_bytes.
@@ -160,6 +164,20 @@ ModelSummary Summarize(const core::Model& model, std::string path = "");
 // some CPU bf16 kernels (hardshrink's backward, for one); a job would fail
 // on them. The registry calls it once per loaded version.
 std::string Bf16Problem(const core::Model& model);
+
+// Whether an image gets the same bits alone and in a batch in `precision`,
+// or why not: the outputs and input gradient of the second of three random
+// images at the card's input size, alone and batched, compared bit for bit.
+// featviz routes linear layers and convolutions to batch-invariant kernels
+// (core/model.h); this catches what it does not know (a layer whose kernel
+// ATen picks by batch size), so that such a model's jobs are never batched
+// with others instead of being silently different. "" when they agree.
+std::string BatchVariance(const core::Model& model, core::Precision precision);
+
+// Fills `summary`'s bf16_problem and batch_variance (fp32, and bf16 when the
+// model can step in it) for `model`. The registry calls it once per loaded
+// version.
+void CheckArithmetic(const core::Model& model, ModelSummary& summary);
 
 // A job's life:
 //   kQueued -> kRunning -> kSucceeded | kFailed | kCancelled

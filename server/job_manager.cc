@@ -92,6 +92,14 @@ absl::StatusOr<JobRecordPtr> JobManager::Submit(RenderPlan plan,
     absl::MutexLock lock(&mu_);
     if (closed_) return absl::UnavailableError("server is shutting down");
   }
+  // A model whose images' bits depend on their batch in this precision
+  // (ModelSummary::batch_variance) never shares one: a job's pictures do
+  // not depend on who else is rendering.
+  bool runs_alone = false;
+  if (plan.model != nullptr) {
+    const auto it = plan.model->batch_variance.find(plan.precision);
+    runs_alone = it != plan.model->batch_variance.end() && !it->second.empty();
+  }
   // The record outlives the job: it keeps the model's identity, never the
   // model, so that unloading it frees its memory.
   plan.model_ref.reset();
@@ -139,6 +147,7 @@ absl::StatusOr<JobRecordPtr> JobManager::Submit(RenderPlan plan,
   queued.batch_key = absl::StrCat(job->model, "@", job->plan.model_version,
                                   "#", job->plan.model_hash, "/",
                                   core::PrecisionName(job->plan.precision));
+  if (runs_alone) absl::StrAppend(&queued.batch_key, "/alone:", job->id);
   queued.images = images;
   queued.cost = images * steps;
   queued.quota = quota;

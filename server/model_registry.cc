@@ -40,6 +40,17 @@ std::string Key(absl::string_view name, absl::string_view version) {
   return absl::StrCat(name, "@", version);
 }
 
+// An operator learns at load which precisions' jobs run unbatched.
+void LogBatchVariance(const ModelSummary& summary) {
+  for (const auto& [precision, why] : summary.batch_variance) {
+    if (why.empty()) continue;
+    spdlog::warn(
+        "model {}: in {} {}; its {} jobs run in batches of their own",
+        Key(summary.card.name, summary.card.version),
+        core::PrecisionName(precision), why, core::PrecisionName(precision));
+  }
+}
+
 // `path` is `root` or inside it (both canonical).
 bool Within(const fs::path& root, const fs::path& path) {
   auto [r, p] = std::mismatch(root.begin(), root.end(), path.begin(), path.end());
@@ -184,7 +195,8 @@ absl::StatusOr<ModelRegistryPtr> ModelRegistry::FromModels(
     entry->version = model->card().version;
     entry->content_hash = model->content_hash();
     ModelSummary summary = Summarize(*model);
-    summary.bf16_problem = Bf16Problem(*model);
+    CheckArithmetic(*model, summary);
+    LogBatchVariance(summary);
     entry->summary = std::make_shared<const ModelSummary>(std::move(summary));
     if (entry->name.empty()) {
       return absl::InvalidArgumentError("the model has no name");
@@ -552,7 +564,8 @@ absl::StatusOr<ModelRegistry::EntryPtr> ModelRegistry::LoadEntry(
   entry->version = first.card().version;
   entry->content_hash = first.content_hash();
   ModelSummary summary = Summarize(first, found.path);
-  summary.bf16_problem = Bf16Problem(first);
+  CheckArithmetic(first, summary);
+  LogBatchVariance(summary);
   entry->summary = std::make_shared<const ModelSummary>(std::move(summary));
   for (size_t d = eager; d < memory_.size(); ++d) {
     memory_[d]->SetEstimate(entry->slots[d], first.memory_bytes());

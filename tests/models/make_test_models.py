@@ -94,6 +94,20 @@ class TupleOutput(nn.Module):  # 3x16x16 -> (logits[3], features[8])
         return self.fc(feats), feats
 
 
+class BatchMixing(nn.Module):  # 3x16x16 -> 3
+    """Each image's logits read the whole batch's mean feature, as a layer of
+    batch statistics does: an image's output depends on what shares its
+    batch, so featviz must never batch its jobs with others."""
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv(x)).flatten(1)
+        return self.fc(h) + h.mean(0, keepdim=True).sum()
+
+
 class NoCard(nn.Module):  # 1x8x8 -> 3
     def __init__(self):
         super().__init__()
@@ -198,6 +212,9 @@ def main():
 
     save(torch.jit.script(TupleOutput().eval()), out, "tuple_output", (3, 16, 16))
     write_card(out, "tuple_output", 3, 16, ["p", "q", "r"])
+
+    save(torch.jit.script(BatchMixing().eval()), out, "batch_mixing", (3, 16, 16))
+    write_card(out, "batch_mixing", 3, 16, ["p", "q", "r"])
 
     save(torch.jit.script(NoCard().eval()), out, "no_card", (1, 8, 8))
 

@@ -231,6 +231,42 @@ TEST_F(EngineTest, JobsOfDifferentPrecisionsNeverShareABatch) {
   EXPECT_EQ(second->result()->steps, 3);
 }
 
+// A model whose images' bits depend on their batch in a precision
+// (ModelSummary::batch_variance) runs each job of that precision in a batch
+// of its own: a job that would join a running batch waits for it to end.
+TEST_F(EngineTest, JobsOfABatchVariantModelNeverShareABatch) {
+  StartWorker(/*max_batch_images=*/8);
+  absl::StatusOr<std::shared_ptr<const ModelSummary>> summary =
+      registry_->Summary("mnist_classifier");
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  auto variant = std::make_shared<ModelSummary>(**summary);
+  variant->batch_variance[core::Precision::kFloat32] = "it reads the batch";
+  auto plan = [&](const std::string& objective, int64_t steps) {
+    RenderPlan p = Plan(objective, 1, steps);
+    p.model_ref = variant;
+    p.model = variant.get();
+    return p;
+  };
+  auto first = std::make_shared<Recorder>();
+  JobRecordPtr running = Submit(plan("logit(3)", 10000), first);
+  ASSERT_NE(first->WaitForStep(1), 0);
+  ASSERT_EQ(State(*running), JobState::kRunning);
+
+  auto second = std::make_shared<Recorder>();
+  JobRecordPtr waiting = Submit(plan("logit(4)", 3), second);
+  // Two steps later a job of an invariant model would be running
+  // (WorkerLetsAJobThatFitsJoinARunningBatch).
+  const int64_t now = first->WaitForStep(1);
+  ASSERT_GE(first->WaitForStep(now + 2), now + 2);
+  EXPECT_EQ(State(*waiting), JobState::kQueued);
+
+  jobs_->Cancel(running, StopReason::kClient);
+  EXPECT_EQ(first->WaitForEnd().code(), absl::StatusCode::kCancelled);
+  ASSERT_TRUE(second->WaitForEnd().ok());
+  ASSERT_NE(second->result(), nullptr);
+  EXPECT_EQ(second->result()->steps, 3);
+}
+
 // Fault injection: a plan that validation would refuse (a learning rate a
 // float cannot hold) reaches the worker. That job fails with a message; the
 // job batched with it and the next one are unharmed, and the worker serves.

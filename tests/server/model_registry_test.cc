@@ -290,6 +290,34 @@ TEST(ModelRegistry, PollingPicksUpANewVersionButNotAnUnloadedOne) {
   EXPECT_EQ(registry->size(), 2u);
 }
 
+// At load the registry checks each precision's bits alone against batched
+// (BatchVariance): a model that reads the batch's statistics is found, in
+// every precision it runs in, and named; a residual network is not.
+TEST(ModelRegistry, FindsModelsWhoseImagesDependOnTheirBatch) {
+  TempRepository repo;
+  for (const char* name : {"batch_mixing", "residual"}) {
+    repo.AddVersion(name, "1", TestModelFile(absl::StrCat(name, ".pt")),
+                    TestModelFile(absl::StrCat(name, ".card.json")));
+  }
+  ModelRegistryPtr registry = MustCreate(repo.root());
+  ASSERT_NE(registry, nullptr);
+
+  absl::StatusOr<std::shared_ptr<const ModelSummary>> mixing =
+      registry->Summary("batch_mixing");
+  ASSERT_TRUE(mixing.ok()) << mixing.status();
+  ASSERT_TRUE((*mixing)->batch_variance.count(core::Precision::kFloat32));
+  for (const auto& [precision, why] : (*mixing)->batch_variance) {
+    EXPECT_NE(why.find("output '0' of an image differs alone and in a batch"),
+              std::string::npos)
+        << core::PrecisionName(precision) << ": " << why;
+  }
+
+  absl::StatusOr<std::shared_ptr<const ModelSummary>> residual =
+      registry->Summary("residual");
+  ASSERT_TRUE(residual.ok()) << residual.status();
+  EXPECT_EQ((*residual)->batch_variance.at(core::Precision::kFloat32), "");
+}
+
 TEST(ModelRegistry, UnloadFreesTheModelsMemory) {
   TempRepository repo;
   repo.AddVersion("wide", "1", TestModelFile("wide.pt"),
