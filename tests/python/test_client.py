@@ -81,7 +81,8 @@ def client(server_address):
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
-    """Runs a client/python script with this interpreter (Debian's python3)."""
+    """Runs a client/python script (a path below client/python) with this
+    interpreter (Debian's python3)."""
     return subprocess.run([sys.executable, str(CLIENT_DIR / script), *args],
                           capture_output=True, text=True, timeout=300)
 
@@ -227,7 +228,7 @@ def test_reflection_client_lists_services_and_calls_list_models(server_address):
 
 
 def test_example_writes_pngs(server_address, tmp_path):
-    ran = run_script("example.py", "--server", server_address, "--out", str(tmp_path),
+    ran = run_script("examples/example.py", "--server", server_address, "--out", str(tmp_path),
                      "--steps", "16")
     assert ran.returncode == 0, ran.stderr
     assert "logit(7)" in ran.stdout
