@@ -81,7 +81,8 @@ def client(server_address):
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
-    """Runs a client/python script with this interpreter (Debian's python3)."""
+    """Runs a client/python script (a path below client/python) with this
+    interpreter (Debian's python3)."""
     return subprocess.run([sys.executable, str(CLIENT_DIR / script), *args],
                           capture_output=True, text=True, timeout=300)
 
@@ -139,6 +140,34 @@ def test_progress_callback_sees_increasing_steps(client):
     assert steps == sorted(set(steps))
     assert steps[-1] == 64
     assert all(event.total_steps == 64 and len(event.term_values) == 1 for event in events)
+
+
+def test_a_cached_result_still_reports_its_final_progress(client):
+    options = dict(steps=24, seed=27, batch=2, progress_every=8, preview=True)
+    objective = "conv2:5 - 0.01 * tv()"
+    live: list[Progress] = []
+    first = client.render(MODEL, objective, on_progress=live.append, **options)
+    again: list[Progress] = []
+    second = client.render(MODEL, objective, on_progress=again.append, **options)
+    assert not client.get_job(first.job_id).cached
+    assert client.get_job(second.job_id).cached
+
+    # The cache sends no progress; the callback still sees the last step once,
+    # as the live render's last event showed it.
+    assert [event.step for event in live] == [8, 16, 24]
+    assert [(event.step, event.total_steps) for event in again] == [(24, 24)]
+    last, final = live[-1], again[0]
+    # The trace (float32) holds what the progress events (double) carried.
+    assert np.array_equal(np.float32(final.term_values), np.float32(last.term_values))
+    assert np.array_equal(np.asarray(final.preview()), np.asarray(last.preview()))
+
+    # wait() on a finished job: the final state, without a preview (the
+    # job's request, and so whether it asked for one, is not known there).
+    waited: list[Progress] = []
+    client.wait(first.job_id, on_progress=waited.append)
+    assert [(event.step, event.term_values) for event in waited] == \
+        [(24, final.term_values)]
+    assert waited[0].preview() is None
 
 
 def test_structured_objective_renders_the_same_bits_as_text(client):
@@ -227,7 +256,7 @@ def test_reflection_client_lists_services_and_calls_list_models(server_address):
 
 
 def test_example_writes_pngs(server_address, tmp_path):
-    ran = run_script("example.py", "--server", server_address, "--out", str(tmp_path),
+    ran = run_script("examples/example.py", "--server", server_address, "--out", str(tmp_path),
                      "--steps", "16")
     assert ran.returncode == 0, ran.stderr
     assert "logit(7)" in ran.stdout

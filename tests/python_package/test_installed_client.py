@@ -7,7 +7,8 @@ client/python` (offline: the in-tree build backend needs nothing from an
 index and generates the stubs), starts the real featviz-server with the
 bundled models and the MNIST test set, and runs a script in a temporary
 folder that renders, shows the result to a PNG, finds a circuit, lists jobs
-and reads the server's statistics.
+and reads the server's statistics; then runs client/python/examples/notebook.py
+in place, as a researcher does after the install.
 
 Environment (the ctest entry `python_client_installed` sets it):
 FEATVIZ_SERVER_BIN, FEATVIZ_MODELS_DIR, FEATVIZ_MNIST_DIR.
@@ -167,14 +168,27 @@ def test_an_installed_client_renders_shows_finds_circuits_and_reads_stats(
     assert shown.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_notebook_example_runs_top_to_bottom(venv, server_address, tmp_path):
+def test_a_script_beside_the_examples_imports_the_installed_package(venv):
+    # `python -c` puts its working folder first on sys.path, as running a
+    # script puts the script's folder there: an example run in place must
+    # find the installed package, which carries the stubs, not the sources.
+    examples = REPO / "client/python/examples"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = _run([str(venv), "-c",
+                "import featviz_client, featviz_client._stubs; print(featviz_client.__file__)"],
+               cwd=examples, env=env).stdout.strip()
+    assert not out.startswith(str(REPO)), out
+    assert Path(out).is_relative_to(venv.parent.parent), out
+
+
+def test_the_notebook_example_runs_in_place_top_to_bottom(venv, server_address, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(FEATVIZ_SERVER=server_address, FEATVIZ_NOTEBOOK_OUT=str(tmp_path / "out"))
-    # A copy: run in place, the script's folder (client/python) would come
-    # first on sys.path and shadow the installed package with the sources.
-    notebook = tmp_path / "notebook.py"
-    notebook.write_text((REPO / "client/python/notebook.py").read_text())
-    run = subprocess.run([str(venv), str(notebook)], cwd=tmp_path,
+    # In place, as a researcher runs it after `pip install ./client/python`:
+    # the script's folder comes first on sys.path, so it must hold no copy of
+    # featviz_client to shadow the installed one.
+    notebook = REPO / "client/python/examples/notebook.py"
+    run = subprocess.run([str(venv), str(notebook)], cwd=notebook.parent,
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     for name in ("classes.png", "preview.png", "circuit_3.png"):

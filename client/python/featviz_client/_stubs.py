@@ -24,8 +24,15 @@ except ImportError:
             featviz_pb2_grpc,
         )
     except ImportError:
+        import os
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # The usual cause: a checkout's sources found before an installed copy
+        # (the working folder, or a script's, is client/python).
         raise ImportError(
-            "featviz_client: no generated stubs. Install the package "
-            "(pip install ./client/python), or build the featviz_python_stubs "
-            "target and put <build>/python on PYTHONPATH") from None
+            f"featviz_client: no generated stubs in the copy imported from {here}. "
+            "Install the package (pip install ./client/python) and run from "
+            "outside that folder, so that the installed copy is found first; or "
+            "build the featviz_python_stubs target and put <build>/python on "
+            "PYTHONPATH") from None
     health_pb2 = health_pb2_grpc = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -430,8 +431,10 @@ class Client:
         server's default; `RenderResult.precision` says which was used.
         `on_progress` gets a `Progress` every `progress_every` steps, with
         a PNG of the current images when `preview`; if it raises, the
-        render is cancelled and
-        the exception propagates. `timeout` is the whole render's deadline
+        render is cancelled and the exception propagates. It always sees the
+        final state: a result from the server's cache comes without progress
+        events, and then `on_progress` is called once with the last step's
+        term values (and, with `preview`, the final images). `timeout` is the whole render's deadline
         in seconds. The old names `param` and `decay` still work (deprecated).
 
         A layer at once: a `*` for the unit in the objective text
@@ -469,7 +472,7 @@ class Client:
             progress_every=progress_every, preview=preview,
             deprecated=deprecated, caller="render")
         call = self._stub.Render(request, timeout=timeout, metadata=self._metadata)
-        return self._named(self._follow(call, on_progress))
+        return self._named(self._follow(call, on_progress, preview=preview))
 
     def _render_units(self, model: str, template: "_units.UnitTemplate", units,
                       *, on_progress, timeout, options: dict) -> UnitRender:
@@ -492,7 +495,8 @@ class Client:
             for chunk in chunks:
                 jobs.append(self.submit(model, template.expand(chunk), batch=len(chunk),
                                         **options).id)
-            results = [self.wait(job, on_progress=on_progress, timeout=timeout)
+            results = [self._wait(job, on_progress, timeout,
+                                  preview=bool(options.get("preview")))
                        for job in jobs]
         except BaseException:
             for job in jobs:
@@ -591,12 +595,19 @@ class Client:
              timeout: Optional[float] = None) -> RenderResult:
         """Watches job `job_id` to its end (WatchJob); returns its result.
 
+        `on_progress` gets the job's progress events from now on, and always
+        its final state: a job that had already finished (or was answered
+        from the cache) is reported once with its last step's term values
+        (without a preview: the job's request is not known here).
         A job that did not succeed raises `FeatvizError` with its status.
         """
+        return self._wait(job_id, on_progress, timeout, preview=False)
+
+    def _wait(self, job_id: str, on_progress, timeout, *, preview: bool) -> RenderResult:
         call = self._stub_for(job_id).WatchJob(
             featviz_pb2.WatchJobRequest(id=job_id), timeout=timeout,
             metadata=self._metadata)
-        result = self._named(self._follow(call, on_progress))
+        result = self._named(self._follow(call, on_progress, preview=preview))
         result.job_id = result.job_id or job_id
         return result
 
@@ -853,16 +864,22 @@ class Client:
                              name=name, chunk_bytes=chunk_bytes, timeout=timeout)
 
     @staticmethod
-    def _follow(call, on_progress) -> RenderResult:
-        """Reads a Render or WatchJob stream to its result."""
+    def _follow(call, on_progress, *, preview: bool = False) -> RenderResult:
+        """Reads a Render or WatchJob stream to its result. `on_progress`
+        sees the final step even when the stream carried no progress for it
+        (a cached result, a job that had finished); `preview` says whether
+        the request asked for previews."""
         result = None
+        last_step = None
         try:
             for event in call:
                 kind = event.WhichOneof("event")
-                if kind == "progress" and on_progress is not None:
+                if kind == "progress":
                     p = event.progress
-                    on_progress(Progress(p.step, p.total_steps, tuple(p.term_values),
-                                         p.preview_png))
+                    last_step = p.step
+                    if on_progress is not None:
+                        on_progress(Progress(p.step, p.total_steps, tuple(p.term_values),
+                                             p.preview_png))
                 elif kind == "result":
                     result = event.result
         except grpc.RpcError as err:
@@ -874,6 +891,8 @@ class Client:
             raise FeatvizError("INTERNAL", "render stream ended without a result")
         outcome = _render_result(result)
         outcome.job_id = dict(call.initial_metadata() or ()).get("featviz-job-id", "")
+        if on_progress is not None and last_step != outcome.steps:
+            on_progress(_final_progress(outcome, preview))
         return outcome
 
     def _named(self, result: RenderResult) -> RenderResult:
@@ -1082,6 +1101,26 @@ def _from_tensor(tensor: "featviz_pb2.Tensor") -> np.ndarray:
                            f"tensor of shape {shape} carries {flat.size} values")
     # astype copies: a writable array in native byte order.
     return flat.reshape(shape).astype(np.float32)
+
+
+def _final_progress(result: RenderResult, preview: bool) -> Progress:
+    """The progress event of a result's last step, made from the result: its
+    trace's last values (what the server's event at that step carries), and
+    with `preview` the final pictures laid out as the server lays out a
+    preview (core::MakeGrid's defaults: ceil(sqrt(n)) columns, scale 1,
+    padding 4, white)."""
+    values = tuple(float(trace[-1]) if len(trace) else term.final_value
+                   for term, trace in zip(result.terms, result.trace))
+    preview_png = b""
+    if preview:
+        try:
+            pictures = result.pictures()
+            columns = math.ceil(math.sqrt(len(pictures)))
+            preview_png = _images.png_bytes(
+                _images.grid(pictures, columns=columns, scale=1, padding=4))
+        except (ImportError, ValueError):
+            pass  # No Pillow, or no pictures: an event without a preview.
+    return Progress(result.steps, result.steps, values, preview_png)
 
 
 def _render_result(result: "featviz_pb2.RenderResult") -> RenderResult:

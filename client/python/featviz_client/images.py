@@ -8,6 +8,7 @@ makes a PIL image needs Pillow (Debian: python3-pil).
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Sequence
@@ -18,6 +19,19 @@ import numpy as np
 MIN_CELL_PIXELS = 112
 """Grid cells are magnified until they are at least this wide (a 28x28 digit
 becomes 112x112), as in the `featviz render` CLI."""
+
+LABEL_FONT = "DejaVuSansMono.ttf"
+"""The labels' font (Debian: fonts-dejavu-core), found by Pillow in the
+system's font folders: a sans-serif like the CLI's labels, and monospaced, so
+that labels of the same length take the same width. Without it, Pillow's
+built-in bitmap font stands in."""
+
+# The CLI's label metrics (core/image.cc), in pixels per text scale s: a label
+# row is 12 high, ink starts 2 below the picture, and the font is 10 pixels
+# (DejaVu Sans Mono's capitals then stand 7 high, as the CLI's do).
+_LINE_PIXELS = 12
+_BASELINE_PIXELS = 9
+_FONT_PIXELS = 10
 
 
 def _pil():
@@ -134,15 +148,45 @@ def _rgb(image) -> "np.ndarray":
     return np.asarray(image.convert("RGB"))
 
 
-def _label_bitmap(text: str, font) -> "np.ndarray":
-    """`text` drawn at the font's own size: bool [h, w] ink mask (may be empty)."""
-    Image, ImageDraw, _ = _pil()
-    left, top, right, bottom = font.getbbox(text) if text else (0, 0, 0, 0)
-    if right <= left or bottom <= top:
-        return np.zeros((0, 0), dtype=bool)
-    canvas = Image.new("L", (right - left, bottom - top), 0)
-    ImageDraw.Draw(canvas).text((-left, -top), text, fill=255, font=font)
-    return np.asarray(canvas) > 127
+@functools.lru_cache(maxsize=8)
+def _label_font(pixels: int):
+    """DejaVu Sans Mono at `pixels` pixels, or None when it is not installed."""
+    _, _, ImageFont = _pil()
+    try:
+        return ImageFont.truetype(LABEL_FONT, pixels)
+    except OSError:
+        return None
+
+
+def _label_width(text: str, s: int) -> int:
+    """Pixels `text` takes at text scale `s`."""
+    font = _label_font(_FONT_PIXELS * s)
+    if font is not None:
+        return math.ceil(font.getlength(text))
+    _, _, ImageFont = _pil()
+    return ImageFont.load_default().getbbox(text)[2] * s if text else 0
+
+
+def _label_ink(text: str, s: int, box_w: int) -> "np.ndarray":
+    """`text` at text scale `s` in a box `box_w` wide and one label row high:
+    bool [12 s, box_w] ink, centred when it fits, else its start kept and the
+    rest cut off at the box (a label never reaches past its box)."""
+    Image, ImageDraw, ImageFont = _pil()
+    line_h = _LINE_PIXELS * s
+    width = _label_width(text, s)
+    x = max(0, (box_w - width) // 2)
+    font = _label_font(_FONT_PIXELS * s)
+    if font is not None:
+        canvas = Image.new("L", (box_w, line_h), 0)
+        draw = ImageDraw.Draw(canvas)
+        draw.fontmode = "1"  # hard-edged ink, as the CLI draws it
+        draw.text((x, _BASELINE_PIXELS * s), text, fill=255, font=font, anchor="ls")
+        return np.asarray(canvas) > 127
+    # Pillow's bitmap font, drawn at its own size and magnified.
+    small = Image.new("L", (max(1, math.ceil(box_w / s)), _LINE_PIXELS), 0)
+    ImageDraw.Draw(small).text((x // s, 1), text, fill=255, font=ImageFont.load_default())
+    ink = np.asarray(small) > 127
+    return ink.repeat(s, 0).repeat(s, 1)[:line_h, :box_w]
 
 
 def grid(images, labels: Optional[Sequence[str]] = None, *,
@@ -155,11 +199,15 @@ def grid(images, labels: Optional[Sequence[str]] = None, *,
     that make the picture (see `composite()`); without it they are refused.
 
     `scale` magnifies each cell (default: at least 112 pixels wide);
-    `columns` defaults to one row up to 10 images, else a square. Every label
-    of the sheet has the same font size: the largest at which the longest
-    label fits its cell (longer ones are clipped).
+    `columns` defaults to one row up to 10 images, else a square. Labels are
+    drawn as the CLI draws them (a sans-serif, DejaVu Sans Mono: see
+    `LABEL_FONT`; a row 12 pixels high per text scale, the scale chosen from
+    the cell's width as the CLI chooses it). Every label of the sheet has the
+    same font size: the largest at which the longest label fits its cell
+    less a margin on each side; a longer one is cut off at that margin, so
+    that neighbouring labels never touch.
     """
-    Image, _, ImageFont = _pil()
+    Image, _, _ = _pil()
     if isinstance(images, (list, tuple)) and images and hasattr(images[0], "mode"):
         cells = [_rgb(image) for image in images]
     else:
@@ -181,17 +229,16 @@ def grid(images, labels: Optional[Sequence[str]] = None, *,
     rows = math.ceil(n / columns)
     cell_w, cell_h = width * scale, height * scale
 
-    bitmaps = []
-    text_scale = 0
+    label_h = 0
     if labels is not None:
-        font = ImageFont.load_default()
-        bitmaps = [_label_bitmap(str(label), font) for label in labels]
-        widest = max((b.shape[1] for b in bitmaps), default=0)
-        text_scale = max(1, min(4, cell_w // 64 + 1))
-        while text_scale > 1 and widest * text_scale > cell_w:
-            text_scale -= 1
-    line_h = max((b.shape[0] for b in bitmaps), default=0)
-    label_h = (line_h + 4) * text_scale if labels is not None else 0
+        labels = [str(label) for label in labels]
+        # The CLI's choice (core/image.cc): 1 per 64 pixels of cell, at most
+        # 4, lowered until the longest label fits inside the margins.
+        s = max(1, min(4, cell_w // 64 + 1))
+        while s > 1 and max(_label_width(l, s) for l in labels) > cell_w - 2 * s:
+            s -= 1
+        margin = min(s, cell_w // 4)
+        label_h = _LINE_PIXELS * s
 
     ink = 0 if background >= 0.5 else 255
     sheet = np.full((padding + rows * (cell_h + label_h + padding),
@@ -202,12 +249,11 @@ def grid(images, labels: Optional[Sequence[str]] = None, *,
         y0 = padding + (i // columns) * (cell_h + label_h + padding)
         big = cell.repeat(scale, 0).repeat(scale, 1)
         sheet[y0:y0 + big.shape[0], x0:x0 + big.shape[1]] = big
-        if labels is not None and bitmaps[i].size:
-            mask = bitmaps[i].repeat(text_scale, 0).repeat(text_scale, 1)[:, :cell_w]
-            lx = x0 + max(0, (cell_w - mask.shape[1]) // 2)
-            ly = y0 + cell_h + 2 * text_scale
-            region = sheet[ly:ly + mask.shape[0], lx:lx + mask.shape[1]]
-            region[mask[:region.shape[0], :region.shape[1]]] = ink
+        if labels is not None and labels[i]:
+            box_w = cell_w - 2 * margin
+            mask = _label_ink(labels[i], s, box_w)
+            ly = y0 + cell_h
+            sheet[ly:ly + label_h, x0 + margin:x0 + margin + box_w][mask] = ink
     return Image.fromarray(sheet, "RGB")
 
 

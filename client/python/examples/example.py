@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """featviz from Python: list the hosted models, render two objectives, save PNGs.
 
-    PYTHONPATH=build/python:client/python /usr/bin/python3 client/python/example.py \
-        --server 127.0.0.1:8980 --out featviz_out
+    ~/fv/bin/python client/python/examples/example.py --server 127.0.0.1:8980 --out out/example
+
+with the client installed (`pip install ./client/python`), or from a checkout
+without installing it:
+
+    PYTHONPATH=build/python:client/python /usr/bin/python3 \
+        client/python/examples/example.py --server 127.0.0.1:8980 --out out/example
 """
 
 from __future__ import annotations

@@ -3,15 +3,16 @@
 #
 # A notebook in the "percent" format: Jupyter (with jupytext), VS Code and
 # PyCharm open it as cells; `python notebook.py` runs it top to bottom (the
-# tests do, against a real server). It needs an installed client
-# (`pip install ./client/python`) and a server: `$FEATVIZ_SERVER`, else
-# 127.0.0.1:8980. Pictures go to `$FEATVIZ_NOTEBOOK_OUT` (default
-# `featviz_notebook/`) as well as into the notebook.
+# tests do, against a real server). It needs an installed client (`pip
+# install ./client/python`) and a server: `$FEATVIZ_SERVER`, else
+# 127.0.0.1:8980. It runs in place in a checkout: this folder holds no copy
+# of `featviz_client`, so the installed one is imported. Pictures go to
+# `$FEATVIZ_NOTEBOOK_OUT` (default `featviz_notebook/`) as well as into the
+# notebook.
 
 # %%
 import os
 from pathlib import Path
-
 
 from featviz_client import Client, grid
 
