@@ -4,6 +4,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/jit/ir/constants.h>
 #include <torch/library.h>
 
@@ -41,6 +42,27 @@ bool OneDnnAt(int64_t batch, at::IntArrayRef input, at::IntArrayRef weight,
 std::vector<int64_t> Expand(at::IntArrayRef values, size_t n) {
   if (values.size() == 1) return std::vector<int64_t>(n, values[0]);
   return values.vec();
+}
+
+// The convolution through its per-rank ATen op (not at::convolution), which
+// CPU and CUDA autocast cast to bf16 in a bf16 job.
+at::Tensor Conv(const at::Tensor& x, const at::Tensor& weight,
+                const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                at::IntArrayRef padding, at::IntArrayRef dilation,
+                int64_t groups) {
+  switch (x.dim()) {
+    case 3:
+      return at::conv1d(x, weight, bias, stride, padding, dilation, groups);
+    case 4:
+      return at::conv2d(x, weight, bias, stride, padding, dilation, groups);
+    case 5:
+      return at::conv3d(x, weight, bias, stride, padding, dilation, groups);
+    default: {
+      const std::vector<int64_t> output_padding(stride.size(), 0);
+      return at::convolution(x, weight, bias, stride, padding, dilation, false,
+                             output_padding, groups);
+    }
+  }
 }
 
 // The native (im2col) path for every batch: ATen's own slow kernels, which
@@ -82,19 +104,23 @@ at::Tensor InvariantConv2d(const at::Tensor& x, const at::Tensor& weight,
       break;
     case ConvRoute::kPadOneRow:
       if (x.size(0) == 1) {
-        return at::convolution(at::cat({x, at::zeros_like(x)}), weight, bias,
-                               s, p, d, false, {0, 0}, groups)
+        return at::conv2d(at::cat({x, at::zeros_like(x)}), weight, bias, s, p,
+                          d, groups)
             .narrow(0, 0, 1);
       }
       break;
     case ConvRoute::kNative:
       return NativeConv2d(x, weight, bias, s, p, d, groups);
   }
-  return at::convolution(x, weight, bias, s, p, d, false, {0, 0}, groups);
+  return at::conv2d(x, weight, bias, s, p, d, groups);
 }
 
+// Whether the call is a float32 CPU convolution that ATen may run on either
+// backend. Under CPU autocast (a bf16 job) the convolution runs in bf16,
+// always in oneDNN: nothing to route.
 bool Routed(const at::Tensor& x, const at::Tensor& weight) {
-  return x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+  return x.device().is_cpu() && !at::autocast::is_cpu_enabled() &&
+         x.scalar_type() == at::kFloat &&
          weight.scalar_type() == at::kFloat && !x.is_mkldnn() &&
          at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() &&
          x.dim() == weight.dim() && (x.dim() == 3 || x.dim() == 4) &&
@@ -132,10 +158,8 @@ at::Tensor InvariantConv(const at::Tensor& x, const at::Tensor& weight,
                          at::IntArrayRef dilation, int64_t groups) {
   const size_t spatial = x.dim() > 2 ? static_cast<size_t>(x.dim() - 2) : 1;
   if (!Routed(x, weight)) {
-    const std::vector<int64_t> output_padding(spatial, 0);
-    return at::convolution(x, weight, bias, Expand(stride, spatial),
-                           Expand(padding, spatial), Expand(dilation, spatial),
-                           false, output_padding, groups);
+    return Conv(x, weight, bias, Expand(stride, spatial),
+                Expand(padding, spatial), Expand(dilation, spatial), groups);
   }
   if (x.dim() == 4) {
     return InvariantConv2d(x, weight, bias, stride, padding, dilation, groups);

@@ -42,7 +42,9 @@ ConvRoute InvariantConvRoute(at::IntArrayRef input, at::IntArrayRef weight,
 //                           int[] stride, int[] padding, int[] dilation,
 //                           int groups) -> Tensor
 // registered when this file is linked in: a 1-D or 2-D convolution, routed as
-// above for float32 on the CPU with oneDNN on, at::convolution otherwise;
+// above for float32 on the CPU with oneDNN on (not under autocast), ATen's
+// conv1d/conv2d/conv3d otherwise, which autocast casts as it would the
+// model's own;
 // differentiable in every input. Also callable directly.
 at::Tensor InvariantConv(const at::Tensor& x, const at::Tensor& weight,
                          const c10::optional<at::Tensor>& bias,

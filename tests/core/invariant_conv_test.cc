@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <torch/script.h>
 
+#include "core/device.h"
 #include "core/model.h"
 #include "tests/core/test_paths.h"
 
@@ -138,6 +139,27 @@ TEST(InvariantConv, ModelsGiveAnImageTheSameBitsAloneAndBatched) {
       EXPECT_TRUE(at::equal(alone.first[0], batch.first[i])) << "image " << i;
       EXPECT_TRUE(at::equal(alone.second[0], batch.second[i])) << "image " << i;
     }
+  }
+}
+
+// In a bf16 job autocast still casts the model's convolutions after the
+// rewrite, scripted (aten::conv2d) and traced (aten::_convolution): the
+// operator calls ATen's conv2d, which autocast lists, not at::convolution,
+// which it does not (a bf16 step had silently run in float32).
+TEST(InvariantConv, AutocastStillRunsTheRewrittenConvolutionsInBf16) {
+  struct Case {
+    const char* file;
+    const char* layer;
+  };
+  for (const Case& c : {Case{"scripted.pt", "conv1"}, Case{"traced.pt", "features.0"}}) {
+    SCOPED_TRACE(c.file);
+    absl::StatusOr<ModelPtr> model = Model::Load(featviz::testing::TestModel(c.file));
+    ASSERT_TRUE(model.ok()) << model.status();
+    const at::Tensor images = at::rand({2, 3, 16, 16}).requires_grad_();
+    PrecisionGuard bf16(Precision::kBf16, at::kCPU);
+    absl::StatusOr<Taps> taps = (*model)->Forward(images, {c.layer});
+    ASSERT_TRUE(taps.ok()) << taps.status();
+    EXPECT_EQ(taps->activations.at(c.layer).scalar_type(), at::kBFloat16);
   }
 }
 
