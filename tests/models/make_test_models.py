@@ -95,9 +95,10 @@ class TupleOutput(nn.Module):  # 3x16x16 -> (logits[3], features[8])
 
 
 class BatchMixing(nn.Module):  # 3x16x16 -> 3
-    """Each image's logits read the whole batch's mean feature, as a layer of
+    """Each image's features are centred on the batch's mean, as a layer of
     batch statistics does: an image's output depends on what shares its
-    batch, so featviz must never batch its jobs with others."""
+    batch (alone, its features are all zero), so featviz must never batch
+    its jobs with others."""
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
@@ -105,7 +106,7 @@ class BatchMixing(nn.Module):  # 3x16x16 -> 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.conv(x)).flatten(1)
-        return self.fc(h) + h.mean(0, keepdim=True).sum()
+        return self.fc(h - h.mean(0, keepdim=True))
 
 
 class NoCard(nn.Module):  # 1x8x8 -> 3
