@@ -123,6 +123,7 @@ def featviz_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
 )JIT";
 
 std::atomic<LinearMode> linear_mode{LinearMode::kInvariant};
+std::atomic<ConvLayout> conv_layout{ConvLayout::kChannelsLast};
 
 // The graph of `featviz_linear` in `source`, with the functions it calls
 // inlined.
@@ -589,6 +590,22 @@ void SetLinearMode(LinearMode mode) { linear_mode.store(mode); }
 
 LinearMode GetLinearMode() { return linear_mode.load(); }
 
+void SetConvLayout(ConvLayout layout) { conv_layout.store(layout); }
+
+ConvLayout GetConvLayout() { return conv_layout.load(); }
+
+const char* ConvLayoutName(ConvLayout layout) {
+  return layout == ConvLayout::kChannelsLast ? "channels_last" : "contiguous";
+}
+
+absl::StatusOr<ConvLayout> ParseConvLayout(absl::string_view name) {
+  if (name == "channels_last") return ConvLayout::kChannelsLast;
+  if (name == "contiguous") return ConvLayout::kContiguous;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown convolution layout '", name,
+      "'; expected channels_last or contiguous"));
+}
+
 const char* LinearModeName(LinearMode mode) {
   switch (mode) {
     case LinearMode::kBlocked:
@@ -712,6 +729,15 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(torch::jit::Module module,
           absl::StrCat("model ", card.name, " has no forward() method"));
     }
     model.reset(new Model(std::move(copy), std::move(card), device));
+    if (device.is_cpu() && GetConvLayout() == ConvLayout::kChannelsLast) {
+      model->channels_last_ = true;
+      at::NoGradGuard no_grad;
+      for (at::Tensor p : model->module_.parameters()) {
+        if (p.dim() == 4) {
+          p.set_data(p.contiguous(at::MemoryFormat::ChannelsLast));
+        }
+      }
+    }
     for (const at::Tensor& p : model->module_.parameters()) {
       model->memory_bytes_ += static_cast<int64_t>(p.nbytes());
     }
@@ -929,7 +955,11 @@ at::Tensor ActivationMaps(const LayerInfo& layer, const at::Tensor& a) {
 }
 
 at::Tensor Model::Normalise(const at::Tensor& images) const {
-  return images * norm_scale_ + norm_shift_;
+  at::Tensor out = images * norm_scale_ + norm_shift_;
+  if (channels_last_ && out.dim() == 4) {
+    out = out.contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  return out;
 }
 
 absl::StatusOr<Model::TapFunctionEntry> Model::TapFunction(

@@ -171,6 +171,11 @@ ABSL_FLAG(std::string, linear_mode, "invariant",
           "rows), rowwise (also invariant, slowest) or plain (the module's own addmm, fastest; batched "
           "results differ from alone within float rounding, see "
           "docs/performance.md). Results and cache keys record the mode");
+ABSL_FLAG(std::string, conv_layout, "channels_last",
+          "Memory layout of CPU models' convolution weights and input "
+          "images: channels_last (default; oneDNN's own layout, faster on "
+          "the models measured in docs/performance.md) or contiguous "
+          "(LibTorch's NCHW). Chosen when a model is loaded");
 ABSL_FLAG(int32_t, worker_threads, 1,
           "Intra-op threads of each device's worker (at::set_num_threads "
           "in the worker thread); 0: LibTorch's default. 1 by default: on "
@@ -525,6 +530,13 @@ absl::Status Serve() {
   // Before any model is loaded: tapped graphs are built in the mode of the
   // time.
   core::SetLinearMode(*linear_mode);
+  absl::StatusOr<core::ConvLayout> conv_layout =
+      core::ParseConvLayout(absl::GetFlag(FLAGS_conv_layout));
+  if (!conv_layout.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--conv_layout: ", conv_layout.status().message()));
+  }
+  core::SetConvLayout(*conv_layout);
   absl::StatusOr<core::OperatorPolicy> operators =
       core::ParseOperatorPolicy(absl::GetFlag(FLAGS_allow_operators));
   if (!operators.ok()) {

@@ -447,6 +447,94 @@ BENCHMARK_CAPTURE(BM_StopAtTap, resnet18_layer2_bf16, "resnet18_128", "layer2",
                   Precision::kBf16)
     ->Apply(ResNetSizes);
 
+// Channels-last against contiguous convolutions (ConvLayout): featviz's step
+// of n one-image jobs, `objective` ("logit" for logit(j % 10), otherwise
+// channel(objective, j % channels)), default transforms, on the model loaded
+// once in each layout; interleaved; ratio = time contiguous / time
+// channels-last (> 1: channels-last is faster).
+void BM_ConvLayout(benchmark::State& state, const char* model_name,
+                   const char* objective, Precision precision) {
+  const int64_t n = state.range(0);
+  const std::string name = model_name;
+  static auto* models =
+      new std::map<std::pair<std::string, bool>, const Model*>;
+  auto load = [&](bool channels_last) -> const Model* {
+    auto [it, added] = models->emplace(std::make_pair(name, channels_last), nullptr);
+    if (!added) return it->second;
+    SetConvLayout(channels_last ? ConvLayout::kChannelsLast
+                                : ConvLayout::kContiguous);
+    absl::StatusOr<ModelPtr> m = Model::Load(
+        name == "bundled"
+            ? ::featviz::bench::MnistPath()
+            : absl::StrCat(FEATVIZ_BENCH_MODELS_DIR, "/", name, ".pt"));
+    SetConvLayout(ConvLayout::kChannelsLast);
+    if (m.ok()) it->second = m->release();
+    return it->second;
+  };
+  const Model* contiguous = load(false);
+  const Model* channels_last = load(true);
+  if (contiguous == nullptr || channels_last == nullptr) {
+    state.SkipWithError(("cannot load the model " + name).c_str());
+    return;
+  }
+  const std::string layer = objective;
+  int64_t channels = 1;
+  if (layer != "logit") {
+    absl::StatusOr<LayerInfo> info = contiguous->FindLayer(layer);
+    if (!info.ok()) {
+      state.SkipWithError(info.status().ToString().c_str());
+      return;
+    }
+    channels = std::max<int64_t>(info->channels, 1);
+  }
+  FeatvizSide nchw, nhwc;
+  nchw.objective = nhwc.objective = [&](int64_t j) {
+    return layer == "logit" ? Logit(j % 10) : Channel(layer, j % channels);
+  };
+  nchw.step_options.precision = nhwc.step_options.precision = precision;
+  absl::Status s = nchw.Create(*contiguous, n, false, true);
+  if (s.ok()) s = nhwc.Create(*channels_last, n, false, true);
+  if (!s.ok()) {
+    state.SkipWithError(s.ToString().c_str());
+    return;
+  }
+  Interleave(
+      state, n, "channels_last",
+      [&] { return nhwc.Step(*channels_last, n, false, true); }, "contiguous",
+      [&] { return nchw.Step(*contiguous, n, false, true); });
+}
+
+void LayoutSizes(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"n"});
+  for (int64_t n : {1, 4, 16}) b->Args({n});
+  b->Unit(benchmark::kMillisecond);
+}
+
+BENCHMARK_CAPTURE(BM_ConvLayout, bundled_logit_fp32, "bundled", "logit",
+                  Precision::kFloat32)
+    ->Apply(LayoutSizes);
+BENCHMARK_CAPTURE(BM_ConvLayout, bundled_logit_bf16, "bundled", "logit",
+                  Precision::kBf16)
+    ->Apply(LayoutSizes);
+BENCHMARK_CAPTURE(BM_ConvLayout, classic_logit_fp32, "classic_cnn", "logit",
+                  Precision::kFloat32)
+    ->Apply(LayoutSizes);
+BENCHMARK_CAPTURE(BM_ConvLayout, classic_logit_bf16, "classic_cnn", "logit",
+                  Precision::kBf16)
+    ->Apply(LayoutSizes);
+BENCHMARK_CAPTURE(BM_ConvLayout, resnet18_layer2_fp32, "resnet18_128", "layer2",
+                  Precision::kFloat32)
+    ->Apply(LayoutSizes);
+BENCHMARK_CAPTURE(BM_ConvLayout, resnet18_layer2_bf16, "resnet18_128", "layer2",
+                  Precision::kBf16)
+    ->Apply(LayoutSizes);
+BENCHMARK_CAPTURE(BM_ConvLayout, resnet18_logit_fp32, "resnet18_128", "logit",
+                  Precision::kFloat32)
+    ->Apply(LayoutSizes);
+BENCHMARK_CAPTURE(BM_ConvLayout, resnet18_logit_bf16, "resnet18_128", "logit",
+                  Precision::kBf16)
+    ->Apply(LayoutSizes);
+
 // The worker's intra-op threads: featviz's step (n one-image jobs, default
 // transforms) on 1 thread and on 2 (at::set_num_threads around each step),
 // interleaved; ratio = time on 2 / time on 1 (< 1: two threads are faster).
