@@ -414,13 +414,28 @@ absl::Status FollowRender(VisualizerClient& client,
   const double job_seconds = result.timings().compute_seconds() > 0
                                  ? result.timings().compute_seconds()
                                  : wall_seconds;
+  // Three figures of one objective, each named (ObjectiveFigures).
+  const ObjectiveFigures objective = ObjectiveFiguresOf(result);
+  const int64_t image_count = static_cast<int64_t>(probs.size());
+  std::string figures =
+      absl::StrFormat("objective %.5g per image on the final images",
+                      objective.per_image);
+  if (objective.has_last_step) {
+    absl::StrAppendFormat(&figures, " (%.5g at the last step, with transforms",
+                          objective.last_step);
+    if (image_count > 1) {
+      absl::StrAppendFormat(&figures, "; %.5g summed over the %d images",
+                            objective.summed, image_count);
+    }
+    figures += ")";
+  }
   Print(out,
         absl::StrFormat(
-            "%s on %s: %d steps in %.2f s (%.1f steps/s), seed %d, total "
-            "%.5g, top %s %s%s\n",
+            "%s on %s: %d steps in %.2f s (%.1f steps/s), seed %d, %s, top "
+            "%s %s%s\n",
             result.objective(), result.model(), result.steps(), job_seconds,
             job_seconds > 0 ? result.steps() / job_seconds : 0.0,
-            result.seed(), result.final_total(),
+            result.seed(), figures,
             tops.size() == 1 ? "class" : "classes", absl::StrJoin(tops, ", "),
             written.empty()
                 ? ""

@@ -180,6 +180,7 @@ absl::StatusOr<json> RenderResultToJson(
       {"linear_mode", result.linear_mode()},
       {"precision", result.precision()},
       {"terms", std::move(terms)},
+      // The quantity maximised: summed over the images.
       {"final_total", DoubleToJson(result.final_total())},
       {"logits", MatrixToJson(*logits)},
       {"probs", MatrixToJson(*probs)},
@@ -189,6 +190,17 @@ absl::StatusOr<json> RenderResultToJson(
       {"timings",
        {{"queue_seconds", result.timings().queue_seconds()},
         {"compute_seconds", result.timings().compute_seconds()}}},
+  };
+  // The objective three ways, each named (ObjectiveFigures): per image on
+  // the final images (Σ weight × final_value), per image at the last step
+  // with transforms (what the progress line ended at), and summed over the
+  // images (final_total).
+  const ObjectiveFigures figures = ObjectiveFiguresOf(result);
+  out["objective"] = {
+      {"per_image", DoubleToJson(figures.per_image)},
+      {"per_image_at_last_step",
+       figures.has_last_step ? DoubleToJson(figures.last_step) : json()},
+      {"summed_over_images", DoubleToJson(figures.summed)},
   };
   if (!result.maco_magnitude().empty()) {
     out["maco_magnitude"] = result.maco_magnitude();

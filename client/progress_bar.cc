@@ -59,13 +59,15 @@ std::string ProgressBar::Line(const featviz::v1::RenderProgress& progress,
   if (values.size() == static_cast<int>(labels_.size()) &&
       labels_.size() == weights_.size()) {
     double sum = 0;
-    // A long objective (ten logits) would wrap the line; the total says it.
+    // A long objective (ten logits) would wrap the line; the sum says it.
     const bool each = labels_.size() <= 3;
     for (int i = 0; i < values.size(); ++i) {
       sum += weights_[i] * values[i];
       if (each) absl::StrAppendFormat(&line, "  %s=%.4g", labels_[i], values[i]);
     }
-    absl::StrAppendFormat(&line, "  total=%.4g", sum);
+    // The objective per image at this step (with transforms): the figure
+    // the summary repeats as "at the last step" (ObjectiveFigures).
+    absl::StrAppendFormat(&line, "  objective=%.4g", sum);
   } else {
     for (double v : values) absl::StrAppendFormat(&line, "  %.4g", v);
   }

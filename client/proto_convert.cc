@@ -155,4 +155,19 @@ std::string AgoText(const google::protobuf::Timestamp& time, absl::Time now) {
   return absl::StrCat(seconds, "s");
 }
 
+ObjectiveFigures ObjectiveFiguresOf(const featviz::v1::RenderResult& result) {
+  ObjectiveFigures out;
+  out.summed = result.final_total();
+  out.has_last_step = result.terms_size() > 0;
+  for (const featviz::v1::TermResult& term : result.terms()) {
+    out.per_image += term.weight() * term.final_value();
+    if (term.trace_size() == 0) {
+      out.has_last_step = false;
+    } else {
+      out.last_step += term.weight() * term.trace(term.trace_size() - 1);
+    }
+  }
+  return out;
+}
+
 }  // namespace featviz::client

@@ -40,6 +40,20 @@ absl::StatusOr<std::vector<std::vector<float>>> MatrixFromProto(
 // "[1, 32, 8, 8]".
 std::string ShapeToString(const google::protobuf::RepeatedField<int64_t>& shape);
 
+// A render's objective three ways, so that the numbers a user sees agree:
+// the progress line shows Σ weight × term value at each step (the mean over
+// the images a term targets, on that step's transformed images); the result
+// holds each term's value on the final images without transforms, and
+// final_total, the quantity maximised: summed over the images, so that an
+// image's gradient does not depend on its batch.
+struct ObjectiveFigures {
+  double per_image = 0;   // Σ weight × final_value: final images, per image.
+  double last_step = 0;   // Σ weight × the trace's last value (transforms).
+  bool has_last_step = false;
+  double summed = 0;      // final_total: summed over the images.
+};
+ObjectiveFigures ObjectiveFiguresOf(const featviz::v1::RenderResult& result);
+
 // "loaded", "unloaded", "loading", "failed"; "-" when unspecified.
 std::string ModelStateName(featviz::v1::ModelState state);
 

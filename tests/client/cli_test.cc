@@ -2,6 +2,8 @@
 // started on a free loopback port with the bundled MNIST classifier.
 #include <unistd.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -220,6 +222,49 @@ TEST_F(CliTest, PipedRenderPrintsASummaryAndAProgressLinePerTenth) {
   const std::vector<std::string> progress = Lines(r.err);
   ASSERT_EQ(progress.size(), 10u) << r.err;
   EXPECT_TRUE(absl::StrContains(progress.back(), "32/32")) << r.err;
+}
+
+// Issue 27: the progress line ended at one total, the summary printed
+// another (the sum over the batch) and the JSON a third, unnamed. Each is now
+// named, and they agree: the progress line's last objective is the
+// summary's "at the last step", and the sum is the per-image value times the
+// images for an objective of per-image terms.
+TEST_F(CliTest, TheObjectiveFiguresAreNamedAndAgree) {
+  const std::vector<std::string> args = {
+      "render", "mnist_classifier", "channel(conv2, 5) - 0.01 * tv()",
+      "--batch", "4", "--steps", "16", "--progress_every", "1", "--seed", "3",
+      "--out="};
+  const CommandResult r = Run(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<std::string> progress = Lines(r.err);
+  ASSERT_FALSE(progress.empty());
+  auto number_after = [](const std::string& text, const std::string& key) {
+    const size_t at = text.find(key);
+    EXPECT_NE(at, std::string::npos) << key << " in " << text;
+    return at == std::string::npos ? 0.0
+                                   : std::strtod(text.c_str() + at + key.size(), nullptr);
+  };
+  const double last_line = number_after(progress.back(), "objective=");
+  EXPECT_TRUE(absl::StrContains(r.out, "per image on the final images")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "summed over the 4 images")) << r.out;
+  const std::string key = "per image on the final images (";
+  const size_t open = r.out.find(key);
+  ASSERT_NE(open, std::string::npos) << r.out;
+  const double at_last_step = std::strtod(r.out.c_str() + open + key.size(), nullptr);
+  EXPECT_TRUE(absl::StrContains(r.out, " at the last step, with transforms")) << r.out;
+  EXPECT_NEAR(at_last_step, last_line, 1e-3 * std::abs(last_line)) << r.out << r.err;
+
+  std::vector<std::string> json_args = args;
+  json_args.push_back("--json");
+  const CommandResult j = Run(json_args);
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  const nlohmann::json report = nlohmann::json::parse(j.out);
+  const double per_image = report["objective"]["per_image"].get<double>();
+  const double summed = report["objective"]["summed_over_images"].get<double>();
+  EXPECT_DOUBLE_EQ(summed, report["final_total"].get<double>());
+  EXPECT_NEAR(summed, 4 * per_image, 1e-5 * std::abs(summed)) << j.out;
+  EXPECT_NEAR(report["objective"]["per_image_at_last_step"].get<double>(), last_line,
+              1e-3 * std::abs(last_line));
 }
 
 TEST_F(CliTest, RenderWritesRenderPngByDefault) {

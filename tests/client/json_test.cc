@@ -1,5 +1,8 @@
 #include "client/json.h"
 
+#include <tuple>
+#include <vector>
+
 #include <gtest/gtest.h>
 
 namespace featviz::client {
@@ -57,6 +60,33 @@ TEST(RenderResultToJson, CarriesTheStatistics) {
   EXPECT_EQ((*j)["layer_stats"][0]["layer"], "conv2");
   EXPECT_EQ((*j)["layer_stats"][0]["mean"], nlohmann::ordered_json::parse("[[0.5], [1.5]]"));
   EXPECT_EQ((*j)["timings"]["compute_seconds"], 1.5);
+}
+
+// The progress line, the term values and final_total used to disagree with
+// nothing saying which was which (issue 27): the JSON names each figure.
+TEST(RenderResultToJson, NamesTheObjectivePerImageAtTheLastStepAndSummed) {
+  v1::RenderResult result;
+  for (const auto& [term, weight, value, last] :
+       std::vector<std::tuple<const char*, double, double, float>>{
+           {"channel(conv2, 5)", 1.0, 1.41, 1.6f}, {"tv()", -0.01, 2.0, 3.0f}}) {
+    auto* t = result.add_terms();
+    t->set_term(term);
+    t->set_weight(weight);
+    t->set_final_value(value);
+    t->add_trace(0.0f);
+    t->add_trace(last);
+  }
+  result.set_final_total(4 * (1.41 - 0.02));
+  SetMatrix(result.mutable_logits(), 4, 1, {0, 0, 0, 0});
+  SetMatrix(result.mutable_probs(), 4, 1, {1, 1, 1, 1});
+  auto j = RenderResultToJson(result, {"a"});
+  ASSERT_TRUE(j.ok()) << j.status();
+  EXPECT_DOUBLE_EQ((*j)["objective"]["per_image"].get<double>(), 1.41 - 0.02);
+  EXPECT_NEAR((*j)["objective"]["per_image_at_last_step"].get<double>(), 1.6 - 0.03,
+              1e-6);
+  EXPECT_DOUBLE_EQ((*j)["objective"]["summed_over_images"].get<double>(),
+                   result.final_total());
+  EXPECT_DOUBLE_EQ((*j)["final_total"].get<double>(), result.final_total());
 }
 
 TEST(RenderResultToJson, RejectsAMalformedTensor) {

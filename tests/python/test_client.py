@@ -161,6 +161,13 @@ def test_a_cached_result_still_reports_its_final_progress(client):
     assert np.array_equal(np.float32(final.term_values), np.float32(last.term_values))
     assert np.array_equal(np.asarray(final.preview()), np.asarray(last.preview()))
 
+    # The three figures of the objective agree (issue 27): the last event's
+    # weighted sum is the result's value at the last step, and the total
+    # maximised is the per-image value summed over the two images.
+    weighted = sum(t.weight * v for t, v in zip(first.terms, last.term_values))
+    assert first.objective_at_last_step == pytest.approx(weighted, rel=1e-6)
+    assert first.final_total == pytest.approx(2 * first.objective_per_image, rel=1e-5)
+
     # wait() on a finished job: the final state, without a preview (the
     # job's request, and so whether it asked for one, is not known there).
     waited: list[Progress] = []

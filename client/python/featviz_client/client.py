@@ -122,6 +122,12 @@ class RenderResult:
     is [terms, steps], row i the value of `terms[i]` at each step;
     `layer_stats` maps each layer the objective names to its ([B, C] spatial
     mean, [B, C] spatial max) of every channel.
+
+    The objective, three ways: `objective_per_image` (Σ weight ×
+    final_value, the final images without transforms), the same at the last
+    step with transforms (`objective_at_last_step`, where `on_progress`
+    ended), and `final_total`, the quantity maximised: summed over the
+    images, so that an image's gradient does not depend on its batch.
     """
 
     model: str
@@ -264,6 +270,18 @@ class RenderResult:
             if get_ipython() is not None:
                 display(image)
         return image
+
+    @property
+    def objective_per_image(self) -> float:
+        """Σ weight × final_value: the objective per image on the final images."""
+        return sum(t.weight * t.final_value for t in self.terms)
+
+    @property
+    def objective_at_last_step(self) -> Optional[float]:
+        """Σ weight × the trace's last value (with transforms); None without a trace."""
+        if self.trace.size == 0 or self.trace.shape[0] != len(self.terms):
+            return None
+        return float(sum(t.weight * float(row[-1]) for t, row in zip(self.terms, self.trace)))
 
     def _repr_png_(self) -> Optional[bytes]:
         """Jupyter's rich display: the labelled grid."""
