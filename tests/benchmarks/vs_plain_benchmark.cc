@@ -23,7 +23,9 @@
 // tests/models/make_bench_models.py at build time).
 //
 // Counters: featviz and plain images*steps/s, and ratio = plain's time /
-// featviz's time (>= 1: featviz is faster). BM_LinearModes, BM_StopAtTap
+// featviz's time (>= 1: featviz is faster); each side's share_of_peak, the
+// multiply-adds of its forward and backward-to-input per second as a share
+// of this machine's matrix-product limit for its precision (PeakFlops). BM_LinearModes, BM_StopAtTap
 // and BM_Threads (below) compare featviz with itself: linear-layer modes,
 // the forward pass ending at the objective's layer or running the whole
 // network, thread counts. Prints figures, asserts nothing; see
@@ -50,6 +52,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/adam.h"
 #include "core/device.h"
@@ -213,6 +216,74 @@ struct PlainSide {
   }
 };
 
+// One image's forward multiply-adds in the model's convolutions and linear
+// layers: for each `<path>.weight` of rank 2 (linear, [N, K]) or 3-4
+// (convolution, [O, I/groups, k...]) whose module `path` is a layer of known
+// output shape, the output's elements times the weight's per-output length.
+// Elementwise work, pooling and the parameterisation are not counted.
+double ForwardMacs(const std::string& file, const Model& model) {
+  std::map<std::string, const LayerInfo*> layers;
+  for (const LayerInfo& layer : model.layers()) layers[layer.path] = &layer;
+  const torch::jit::Module module = torch::jit::load(file);
+  double macs = 0;
+  for (const auto& p : module.named_parameters()) {
+    if (!absl::EndsWith(p.name, ".weight")) continue;
+    const auto it = layers.find(p.name.substr(0, p.name.size() - 7));
+    if (it == layers.end() || it->second->shape.size() < 2) continue;
+    const at::Tensor& w = p.value;
+    if (w.dim() < 2 || w.dim() > 4) continue;
+    double outputs = 1;
+    for (size_t d = 1; d < it->second->shape.size(); ++d) {
+      outputs *= static_cast<double>(it->second->shape[d]);
+    }
+    macs += outputs * static_cast<double>(w.numel() / w.size(0));
+  }
+  return macs;
+}
+
+// The machine's limit for `precision` on this thread count, in FLOP/s: the
+// faster of a 1024 x 1024 x 1024 matrix product (BLAS; oneDNN for bf16)
+// and a 3x3 convolution of 256 to 256 channels at 32 x 32, batch 8
+// (oneDNN), each the best of five after two warm-ups. On the 2-core Xeon of
+// docs/performance.md: 22 and 123 GFLOP/s in float32 (OpenBLAS's product is
+// far from the core's limit), 838 and 680 in bf16 (AMX). Measured once.
+double PeakFlops(Precision precision) {
+  static auto* measured = new std::map<Precision, double>;
+  if (auto it = measured->find(precision); it != measured->end()) {
+    return it->second;
+  }
+  const at::ScalarType type =
+      precision == Precision::kBf16 ? at::kBFloat16 : at::kFloat;
+  auto best_rate = [](double flops, const std::function<void()>& run) {
+    double best = 1e30;
+    for (int i = 0; i < 7; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      run();
+      if (i >= 2) best = std::min(best, Seconds(start));
+    }
+    return flops / best;
+  };
+  const at::Tensor a = at::randn({1024, 1024}).to(type);
+  const at::Tensor b = at::randn({1024, 1024}).to(type);
+  const at::Tensor x = at::randn({8, 256, 32, 32}).to(type);
+  const at::Tensor w = at::randn({256, 256, 3, 3}).to(type);
+  at::NoGradGuard no_grad;
+  const double mm = best_rate(2.0 * 1024 * 1024 * 1024, [&] { at::mm(a, b); });
+  const double conv = best_rate(2.0 * 8 * 256 * 256 * 9 * 32 * 32,
+                                [&] { at::conv2d(x, w, {}, 1, 1); });
+  return (*measured)[precision] = std::max(mm, conv);
+}
+
+// Adds `<side>_share_of_peak`: the side's multiply-adds of the forward pass
+// and its backward to the input (about twice the forward's) per second,
+// as a share of PeakFlops(precision).
+void AddShareOfPeak(benchmark::State& state, const std::string& side,
+                    double forward_macs, Precision precision) {
+  const double rate = state.counters[side + "_img*steps/s"].value;
+  state.counters[side + "_share_of_peak"] =
+      rate * 4.0 * forward_macs / PeakFlops(precision);
+}
+
 // Runs `a` and `b` once per iteration, alternating which goes first, and
 // reports each one's images*steps/s and ratio = time of b / time of a (> 1:
 // a is faster). Warm-up steps first.
@@ -292,6 +363,12 @@ void BM_VsPlain(benchmark::State& state, bool classic, bool one_job,
         plain.Step();
         return absl::OkStatus();
       });
+  // The share of the machine's limit for each side's precision (the plain
+  // loop is float32).
+  static auto* macs = new std::map<bool, double>;
+  if (!macs->count(classic)) (*macs)[classic] = ForwardMacs(ModelPath(classic), *model);
+  AddShareOfPeak(state, "featviz", macs->at(classic), precision);
+  AddShareOfPeak(state, "plain", macs->at(classic), Precision::kFloat32);
 }
 
 // Arguments {n, transforms}: each size with the default transforms, then
@@ -502,6 +579,15 @@ void BM_ConvLayout(benchmark::State& state, const char* model_name,
       state, n, "channels_last",
       [&] { return nhwc.Step(*channels_last, n, false, true); }, "contiguous",
       [&] { return nchw.Step(*contiguous, n, false, true); });
+  if (layer == "logit") {  // The whole network's work.
+    const double macs = ForwardMacs(
+        name == "bundled"
+            ? ::featviz::bench::MnistPath()
+            : absl::StrCat(FEATVIZ_BENCH_MODELS_DIR, "/", name, ".pt"),
+        *contiguous);
+    AddShareOfPeak(state, "channels_last", macs, precision);
+    AddShareOfPeak(state, "contiguous", macs, precision);
+  }
 }
 
 void LayoutSizes(benchmark::internal::Benchmark* b) {
