@@ -498,6 +498,11 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   // image
   const v1::ImageSpec& image = request.image();
   core::ParamOptions& param = plan.options.param;
+  plan.maco_dataset = image.maco_dataset();
+  plan.parameterisation_open =
+      image.parameterization() == v1::PARAMETERIZATION_UNSPECIFIED &&
+      image.decay_power() == 0 && !image.has_init_image() &&
+      image.maco_dataset().empty();
   switch (image.parameterization()) {
     case v1::PARAMETERIZATION_UNSPECIFIED:
     case v1::PARAMETERIZATION_FFT:
@@ -605,6 +610,7 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         "optimizer.steps is 0, meaning ", kDefaultSteps,
         ", more than this server's max_steps ", limits.max_steps));
   }
+  plan.lr_is_default = optimizer.lr() == 0;
   if (optimizer.lr() == 0) {
     plan.options.lr = DefaultLr(param.kind);
   } else if (!(optimizer.lr() > 0 && optimizer.lr() <= kMaxLr)) {

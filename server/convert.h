@@ -3,7 +3,10 @@
 // core::Objective and core::RenderOptions); the engine's jobs, progress,
 // results and figures (engine_types.h) become featviz.v1 messages; and
 // absl::Status becomes grpc::Status. Nothing else in the Visualizer service
-// reads or writes featviz.v1 messages field by field.
+// reads or writes featviz.v1 messages field by field, except the payload of
+// reference tensors, which RenderInputs decodes (PlanRender records in the
+// plan every choice the request left open, so that RenderInputs does not
+// read the request's options again).
 //
 // Status codes of request errors; every message names the field and the
 // value, e.g. "optimizer.steps must be in [1, 10000], got 1000000000":

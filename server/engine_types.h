@@ -44,6 +44,15 @@ struct RenderPlan {
   // Defaults filled in (steps, lr, sizes, progress_every); options.seed is
   // meaningful only when `seed` is set.
   core::RenderOptions options;
+  // What the request left to the server, recorded once by PlanRender so
+  // that no later stage (RenderInputs) reads the wire request's fields
+  // again: whether options.lr is the default for the parameterisation
+  // (optimizer.lr was 0), whether every parameterisation choice is open (no
+  // kind, FFT decay, start image or MaCo dataset: MaCo may then be picked
+  // from the one hosted dataset that fits), and the MaCo dataset named.
+  bool lr_is_default = false;
+  bool parameterisation_open = false;
+  std::string maco_dataset;
   // The request's seed; unset when the server is to pick one.
   std::optional<uint64_t> seed;
   // What the result carries.

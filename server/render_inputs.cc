@@ -120,15 +120,10 @@ absl::StatusOr<RenderInputs::MacoPrior> RenderInputs::Prior(
 }
 
 core::DatasetPtr RenderInputs::DefaultMacoDataset(
-    const v1::RenderRequest& request, const RenderPlan& plan) const {
-  const v1::ImageSpec& image = request.image();
+    const RenderPlan& plan) const {
   // Only where the request leaves every parameterisation choice open: no
   // kind, no FFT decay, no start image (MaCo would keep only its phase).
-  if (image.parameterization() != v1::PARAMETERIZATION_UNSPECIFIED ||
-      image.decay_power() != 0 || image.has_init_image() ||
-      !image.maco_dataset().empty()) {
-    return nullptr;
-  }
+  if (!plan.parameterisation_open) return nullptr;
   if (plan.model->card.channels != 1 || plan.options.param.channels != 1) {
     return nullptr;
   }
@@ -153,11 +148,11 @@ absl::Status RenderInputs::Resolve(const v1::RenderRequest& request,
 absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
                                             RenderPlan& plan) {
   core::ParamOptions& param = plan.options.param;
-  std::string maco_dataset = request.image().maco_dataset();
-  if (core::DatasetPtr dataset = DefaultMacoDataset(request, plan)) {
+  std::string maco_dataset = plan.maco_dataset;
+  if (core::DatasetPtr dataset = DefaultMacoDataset(plan)) {
     param.kind = core::ParamKind::kMaco;
-    maco_dataset = dataset->name;
-    if (request.optimizer().lr() == 0) plan.options.lr = DefaultLr(param.kind);
+    maco_dataset = plan.maco_dataset = dataset->name;
+    if (plan.lr_is_default) plan.options.lr = DefaultLr(param.kind);
   }
   if (param.kind == core::ParamKind::kMaco) {
     FEATVIZ_ASSIGN_OR_RETURN(
@@ -169,9 +164,9 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
     param.magnitude_source = prior.source;
     param.tone_gain = prior.tone.gain;
     param.tone_offset = prior.tone.offset;
-  } else if (!request.image().maco_dataset().empty()) {
+  } else if (!plan.maco_dataset.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "image.maco_dataset is set to '", request.image().maco_dataset(),
+        "image.maco_dataset is set to '", plan.maco_dataset,
         "', but the parameterization is not MaCo"));
   }
   for (const core::WeightedTerm& wt : plan.objective.terms()) {

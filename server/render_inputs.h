@@ -83,8 +83,7 @@ class RenderInputs {
                                 RenderPlan& plan);
   // The dataset whose spectrum a request that leaves the parameterisation
   // open defaults to MaCo with; null when it keeps the default (FFT).
-  core::DatasetPtr DefaultMacoDataset(const v1::RenderRequest& request,
-                                      const RenderPlan& plan) const;
+  core::DatasetPtr DefaultMacoDataset(const RenderPlan& plan) const;
 
   const DatasetRegistry empty_;
   const DatasetRegistry& datasets_;  // The one given, or empty_.
