@@ -297,15 +297,14 @@ absl::Status FollowRender(VisualizerClient& client,
   FEATVIZ_ASSIGN_OR_RETURN(std::vector<std::vector<float>> probs,
                            MatrixFromProto(result.probs()));
   const std::vector<int64_t> top = ArgMaxRows(probs);
-  // Class names label the grid and the JSON; a model that vanished since the
-  // render only costs the names.
+  // Class names label the grid, the JSON and the summary line alike, with or
+  // without a file; a model that vanished since the render only costs the
+  // names.
   std::vector<std::string> class_names;
-  if (options.json || (!options.out.empty() && options.labels.empty())) {
-    absl::StatusOr<v1::Model> model = client.GetModel(result.model());
-    if (model.ok()) {
-      class_names.assign(model->class_names().begin(),
-                         model->class_names().end());
-    }
+  if (absl::StatusOr<v1::Model> model = client.GetModel(result.model());
+      model.ok()) {
+    class_names.assign(model->class_names().begin(),
+                       model->class_names().end());
   }
 
   at::Tensor images;

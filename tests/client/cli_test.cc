@@ -2,6 +2,7 @@
 // started on a free loopback port with the bundled MNIST classifier.
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "tests/client/process.h"
 
 namespace featviz::testing {
@@ -314,6 +316,51 @@ TEST(CliAdmin, UnloadLoadAndReloadChangeWhatIsServed) {
   const CommandResult reloaded = cli({"reload"});
   ASSERT_EQ(reloaded.exit_code, 0) << reloaded.err;
   EXPECT_EQ(reloaded.out, "nothing changed\n");
+  EXPECT_EQ((*server)->Stop(), 0);
+}
+
+// A model whose class names are words, so that a name and an index differ.
+TEST(CliClassNames, RenderNamesTheTopClassWithAndWithoutAFile) {
+  const std::string dir = ScratchDir("class_names");
+  std::filesystem::copy_file(std::string(kModels) + "/mnist_classifier.pt",
+                             dir + "/words.pt");
+  json card = json::parse(
+      ReadFileOrEmpty(std::string(kModels) + "/mnist_classifier.card.json"));
+  const std::vector<std::string> names = {"zero", "one", "two",   "three",
+                                          "four", "five", "six",  "seven",
+                                          "eight", "nine"};
+  card["name"] = "words";
+  card["classes"] = names;
+  std::ofstream(dir + "/words.card.json") << card.dump(2);
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start(kServer, dir, dir + "/server.log");
+  ASSERT_TRUE(server.ok()) << server.status();
+  // The summary line's classes: "... top classes A (p), B (p)...".
+  auto top_classes = [&](const std::vector<std::string>& out_flags) {
+    std::vector<std::string> args = {"--server", (*server)->address(),
+                                     "render",   "words",
+                                     "logit(3)", "--steps",
+                                     "8",        "--seed",
+                                     "5",        "--batch",
+                                     "2"};
+    args.insert(args.end(), out_flags.begin(), out_flags.end());
+    const CommandResult r = Cli(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    const size_t at = r.out.find("top classes ");
+    EXPECT_NE(at, std::string::npos) << r.out;
+    if (at == std::string::npos) return std::string();
+    return r.out.substr(at, r.out.find_first_of(";\n", at) - at);
+  };
+  const std::string without_file = top_classes({"--out="});
+  const std::string with_file = top_classes({"--out", dir + "/words.png"});
+  EXPECT_EQ(without_file, with_file);
+  // Two names, no index.
+  for (absl::string_view part :
+       absl::StrSplit(absl::StripPrefix(without_file, "top classes "), ", ")) {
+    const std::string name(part.substr(0, part.find(" (")));
+    EXPECT_NE(std::find(names.begin(), names.end(), name), names.end())
+        << "'" << name << "' in " << without_file;
+  }
   EXPECT_EQ((*server)->Stop(), 0);
 }
 
