@@ -432,9 +432,11 @@ absl::Status RunJob(VisualizerClient& client, const std::string& id,
   FEATVIZ_ASSIGN_OR_RETURN(const v1::Job job, cancel
                                                   ? client.CancelJob(id)
                                                   : client.GetJob(id, false));
-  const std::string state(
-      absl::StripPrefix(v1::JobState_Name(job.state()), "JOB_STATE_"));
   if (json) {
+    // The enum's spelling, which scripts read; the text below spells the
+    // state as `jobs` does.
+    const std::string state(
+        absl::StripPrefix(v1::JobState_Name(job.state()), "JOB_STATE_"));
     nlohmann::ordered_json report = {{"id", job.id()},
                                      {"state", state},
                                      {"owner", job.owner()},
@@ -451,7 +453,8 @@ absl::Status RunJob(VisualizerClient& client, const std::string& id,
   }
   Print(out,
         absl::StrFormat(
-            "%s %s %s '%s' %d/%d steps%s%s%s\n", job.id(), state, job.model(),
+            "%s %s %s '%s' %d/%d steps%s%s%s\n", job.id(),
+            JobStateName(job.state()), job.model(),
             job.objective(), job.steps_done(), job.total_steps(),
             job.device().empty() ? "" : absl::StrCat(" on ", job.device()),
             job.cached() ? " (cached)" : "",

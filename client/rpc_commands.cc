@@ -9,7 +9,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/strip.h"
 #include "client/circuits_client.h"
 #include "client/json.h"
 #include "client/output_files.h"
@@ -59,11 +58,6 @@ v1::ImageInput DatasetInput(const DatasetSliceOptions& slice) {
   d->set_count(slice.count);
   if (slice.label.has_value()) d->set_label(*slice.label);
   return input;
-}
-
-std::string StateName(v1::JobState state) {
-  return absl::AsciiStrToLower(
-      absl::StripPrefix(v1::JobState_Name(state), "JOB_STATE_"));
 }
 
 std::string ModelLine(absl::string_view what, const v1::Model& m) {
@@ -306,7 +300,7 @@ absl::Status RunJobs(VisualizerClient& client, const std::string& owner,
     json list = json::array();
     for (const v1::Job& job : jobs) {
       FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(job));
-      doc["state"] = StateName(job.state());
+      doc["state"] = JobStateName(job.state());
       list.push_back(std::move(doc));
     }
     Print(out, list.dump() + "\n");
@@ -314,7 +308,7 @@ absl::Status RunJobs(VisualizerClient& client, const std::string& owner,
   }
   std::vector<std::vector<std::string>> rows;
   for (const v1::Job& job : jobs) {
-    rows.push_back({job.id(), StateName(job.state()), job.owner(), job.model(),
+    rows.push_back({job.id(), JobStateName(job.state()), job.owner(), job.model(),
                     job.objective(),
                     absl::StrCat(job.steps_done(), "/", job.total_steps()),
                     job.device()});
@@ -336,7 +330,7 @@ absl::Status RunSubmit(VisualizerClient& client, v1::RenderRequest request,
   FEATVIZ_ASSIGN_OR_RETURN(v1::Job job, client.SubmitJob(request));
   if (json_out) {
     FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(job));
-    doc["state"] = StateName(job.state());
+    doc["state"] = JobStateName(job.state());
     Print(out, doc.dump() + "\n");
     return absl::OkStatus();
   }

@@ -319,6 +319,31 @@ TEST(CliAdmin, UnloadLoadAndReloadChangeWhatIsServed) {
   EXPECT_EQ((*server)->Stop(), 0);
 }
 
+TEST_F(CliTest, JobAndJobsSpellAJobsStateAlike) {
+  const CommandResult submitted =
+      Run({"submit", "mnist_classifier", "logit(5)", "--steps", "8", "--seed",
+           "11", "--owner", "spelling"});
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  const std::string id = Lines(submitted.out).at(0);
+  // `watch` returns once the job has ended.
+  ASSERT_EQ(Run({"watch", id, "--out="}).exit_code, 0);
+
+  const CommandResult job = Run({"job", id});
+  ASSERT_EQ(job.exit_code, 0) << job.err;
+  EXPECT_TRUE(absl::StartsWith(job.out, id + " succeeded ")) << job.out;
+  const CommandResult table = Run({"jobs", "--owner", "spelling"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  const std::vector<std::string> rows = Lines(table.out);
+  ASSERT_EQ(rows.size(), 2u) << table.out;
+  EXPECT_TRUE(absl::StrContains(rows[1], " succeeded ")) << table.out;
+  EXPECT_FALSE(absl::StrContains(job.out + table.out, "SUCCEEDED"))
+      << job.out << table.out;
+  // The JSON keeps the spelling scripts read.
+  const CommandResult job_json = Run({"job", id, "--json"});
+  ASSERT_EQ(job_json.exit_code, 0) << job_json.err;
+  EXPECT_EQ(json::parse(job_json.out)["state"], "SUCCEEDED");
+}
+
 // A model whose class names are words, so that a name and an index differ.
 TEST(CliClassNames, RenderNamesTheTopClassWithAndWithoutAFile) {
   const std::string dir = ScratchDir("class_names");
