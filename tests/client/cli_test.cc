@@ -551,6 +551,41 @@ TEST(CliNoServer, HelpPrintsUsage) {
   const CommandResult r = Cli({"--help"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_TRUE(absl::StrContains(r.out, "usage: featviz")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "models and rendering:")) << r.out;
+}
+
+TEST(CliNoServer, EveryCommandsHelpIsItsOwn) {
+  for (const std::string command :
+       {"models", "layers", "render", "compare", "bench", "submit", "watch",
+        "job", "cancel", "jobs", "stats", "datasets", "dataset", "activations",
+        "attribute", "top", "circuits", "atlas", "upload", "load", "unload",
+        "reload"}) {
+    // Every spelling for a few; --help for the rest (each run loads LibTorch).
+    std::vector<std::vector<std::string>> spellings = {{command, "--help"}};
+    if (command == "circuits" || command == "models") {
+      spellings.push_back({"help", command});
+      spellings.push_back({command, "-h"});
+    }
+    for (const std::vector<std::string>& args : spellings) {
+      const CommandResult r = Cli(args);
+      EXPECT_EQ(r.exit_code, 0) << absl::StrJoin(args, " ") << "\n" << r.err;
+      const std::string usage = "usage: featviz " + command;
+      EXPECT_TRUE(absl::StartsWith(r.out, usage + " ") ||
+                  absl::StartsWith(r.out, usage + "\n"))
+          << absl::StrJoin(args, " ") << "\n" << r.out;
+      // Not the global help, which lists every command.
+      EXPECT_FALSE(absl::StrContains(r.out, "models and rendering:"))
+          << absl::StrJoin(args, " ");
+      EXPECT_TRUE(absl::StrContains(r.out, "--server")) << r.out;
+    }
+  }
+  const CommandResult circuits = Cli({"circuits", "--help"});
+  for (const char* flag : {"--layer", "--top_k", "--out_dir", "--classes",
+                           "--examples_per_class"}) {
+    EXPECT_TRUE(absl::StrContains(circuits.out, flag)) << flag << circuits.out;
+  }
+  // Only its own flags.
+  EXPECT_FALSE(absl::StrContains(circuits.out, "--batch")) << circuits.out;
 }
 
 }  // namespace
