@@ -9,6 +9,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "client/chunked_send.h"
+#include "client/proto_convert.h"
 #include "core/sha256.h"
 
 namespace featviz::client {
@@ -165,7 +166,7 @@ absl::StatusOr<std::vector<v1::Job>> CircuitsClient::WaitForJobs(
                 ? absl::StatusCode::kUnknown
                 : static_cast<absl::StatusCode>(job->error_code()),
             absl::StrCat("job ", id, " (", job->objective(), ") ended ",
-                         v1::JobState_Name(job->state()), ": ",
+                         JobStateName(job->state()), ": ",
                          job->error_message()));
       }
       absl::StatusOr<v1::Job> full = GetJob(id, /*include_result=*/true);

@@ -297,15 +297,14 @@ absl::Status FollowRender(VisualizerClient& client,
   FEATVIZ_ASSIGN_OR_RETURN(std::vector<std::vector<float>> probs,
                            MatrixFromProto(result.probs()));
   const std::vector<int64_t> top = ArgMaxRows(probs);
-  // Class names label the grid and the JSON; a model that vanished since the
-  // render only costs the names.
+  // Class names label the grid, the JSON and the summary line alike, with or
+  // without a file; a model that vanished since the render only costs the
+  // names.
   std::vector<std::string> class_names;
-  if (options.json || (!options.out.empty() && options.labels.empty())) {
-    absl::StatusOr<v1::Model> model = client.GetModel(result.model());
-    if (model.ok()) {
-      class_names.assign(model->class_names().begin(),
-                         model->class_names().end());
-    }
+  if (absl::StatusOr<v1::Model> model = client.GetModel(result.model());
+      model.ok()) {
+    class_names.assign(model->class_names().begin(),
+                       model->class_names().end());
   }
 
   at::Tensor images;
@@ -448,9 +447,11 @@ absl::Status RunJob(VisualizerClient& client, const std::string& id,
   FEATVIZ_ASSIGN_OR_RETURN(const v1::Job job, cancel
                                                   ? client.CancelJob(id)
                                                   : client.GetJob(id, false));
-  const std::string state(
-      absl::StripPrefix(v1::JobState_Name(job.state()), "JOB_STATE_"));
   if (json) {
+    // The enum's spelling, which scripts read; the text below spells the
+    // state as `jobs` does.
+    const std::string state(
+        absl::StripPrefix(v1::JobState_Name(job.state()), "JOB_STATE_"));
     nlohmann::ordered_json report = {{"id", job.id()},
                                      {"state", state},
                                      {"owner", job.owner()},
@@ -467,7 +468,8 @@ absl::Status RunJob(VisualizerClient& client, const std::string& id,
   }
   Print(out,
         absl::StrFormat(
-            "%s %s %s '%s' %d/%d steps%s%s%s\n", job.id(), state, job.model(),
+            "%s %s %s '%s' %d/%d steps%s%s%s\n", job.id(),
+            JobStateName(job.state()), job.model(),
             job.objective(), job.steps_done(), job.total_steps(),
             job.device().empty() ? "" : absl::StrCat(" on ", job.device()),
             job.cached() ? " (cached)" : "",

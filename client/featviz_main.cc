@@ -90,7 +90,9 @@ ABSL_FLAG(int64_t, batch, 1, "Images rendered together");
 ABSL_FLAG(std::string, units, "",
           "render: the units that '*' in the objective stands for, one image "
           "each in one batched request: all, 0-15, 3,5,9; empty: all");
-ABSL_FLAG(int64_t, seed, -1, "Random seed; -1: the server picks (and reports) one");
+ABSL_FLAG(int64_t, seed, -1,
+          "Random seed; -1: the server picks (and reports) one (circuits, "
+          "atlas: 0)");
 ABSL_FLAG(double, lr, 0, "Adam learning rate; 0: the server's (0.05; MaCo 0.5)");
 ABSL_FLAG(std::string, precision, "",
           "arithmetic of the steps: fp32, bf16 (convolutions and matrix "
@@ -363,6 +365,7 @@ Outcome Done(absl::Status status) { return {"", std::move(status)}; }
 struct Command {
   const char* name;
   const char* usage;  // "featviz NAME ..." for a wrong operand count.
+  const char* summary;  // What it does, for `featviz NAME --help`.
   int min_operands;
   int max_operands;
   std::set<std::string> flags;
@@ -741,58 +744,102 @@ Outcome RunReloadCommand(const Invocation& in) {
                         Json(), stdout));
 }
 
-// Every command: its operands, its flags besides the global ones, its
-// handler.
+// Every command: its operands, what it does (its --help), its flags besides
+// the global ones, its handler.
 const std::vector<Command>& Commands() {
   static const auto* commands = new std::vector<Command>{
-      {"models", "featviz models", 0, 0, {"json"}, RunModelsCommand},
-      {"layers", "featviz layers MODEL", 1, 1, {"json"}, RunLayersCommand},
-      {"render", "featviz render MODEL 'OBJECTIVE' [options]", 2, 2,
-       Union(RenderFlags(), {"units"}), RunRenderCommand},
-      {"compare", "featviz compare MODEL_A MODEL_B 'OBJECTIVE' [options]", 3, 3,
-       CompareFlags(), RunCompareCommand},
-      {"bench", "featviz bench [options]", 0, 0,
+      {"models", "featviz models", "the hosted models: each version's state, "
+       "bytes and last use", 0, 0, {"json"}, RunModelsCommand},
+      {"layers", "featviz layers MODEL",
+       "a model's layer catalogue and its outputs", 1, 1, {"json"},
+       RunLayersCommand},
+      {"render", "featviz render MODEL 'OBJECTIVE' [options]",
+       "render a feature visualisation (render.png); with '*' in the "
+       "objective (channel(conv2, *)), every listed unit of the layer in one "
+       "batched request, one sheet labelled by unit",
+       2, 2, Union(RenderFlags(), {"units"}), RunRenderCommand},
+      {"compare", "featviz compare MODEL_A MODEL_B 'OBJECTIVE' [options]",
+       "the same objective, seed and options on two models (or versions "
+       "name@1 name@2): one sheet with a row each, a table of values",
+       3, 3, CompareFlags(), RunCompareCommand},
+      {"bench", "featviz bench [options]",
+       "load-test the server with many renders: jobs/s, images*steps/s, "
+       "latency percentiles",
+       0, 0,
        {"json", "steps", "batch", "parameterization", "clients", "jobs",
         "model", "objectives", "sequential", "seed_base", "transforms"},
        RunBenchCommand},
-      {"submit", "featviz submit MODEL 'OBJECTIVE' [options]", 2, 2,
-       Union(RenderFlags(), {"owner", "priority"}), RunSubmitCommand},
-      {"watch", "featviz watch ID [--out FILE ...]", 1, 1, OutputFlags(),
-       RunWatchCommand},
-      {"job", "featviz job ID", 1, 1, {"json"}, RunJobCommand},
-      {"cancel", "featviz cancel ID", 1, 1, {"json"}, RunCancelCommand},
-      {"jobs", "featviz jobs [--owner O] [--state S]", 0, 0,
+      {"submit", "featviz submit MODEL 'OBJECTIVE' [options]",
+       "queue a render as a job and print its id (follow it with featviz "
+       "watch ID)",
+       2, 2, Union(RenderFlags(), {"owner", "priority"}), RunSubmitCommand},
+      {"watch", "featviz watch ID [--out FILE ...]",
+       "follow a job to its end; writes its files as render does", 1, 1,
+       OutputFlags(), RunWatchCommand},
+      {"job", "featviz job ID",
+       "a job's state (asked of the replica its id names)", 1, 1, {"json"},
+       RunJobCommand},
+      {"cancel", "featviz cancel ID",
+       "cancel a job; answers once it has ended", 1, 1, {"json"},
+       RunCancelCommand},
+      {"jobs", "featviz jobs [--owner O] [--state S]",
+       "the jobs the server knows, newest first", 0, 0,
        {"json", "owner", "state"}, RunJobsCommand},
-      {"stats", "featviz stats", 0, 0, {"json"}, RunStatsCommand},
-      {"datasets", "featviz datasets", 0, 0, {"json"}, RunDatasetsCommand},
+      {"stats", "featviz stats", "queue, worker, cache and job figures", 0, 0,
+       {"json"}, RunStatsCommand},
+      {"datasets", "featviz datasets",
+       "the datasets the server hosts (size, shape, classes, who uploaded "
+       "it, bytes)",
+       0, 0, {"json"}, RunDatasetsCommand},
       {"dataset",
        "featviz dataset upload NAME PATH [--classes a,b,...] | featviz "
        "dataset rm NAME",
+       "upload: send a dataset (the uploader role): an .npy or .npz file, an "
+       "IDX3 file (labels beside it), or a folder of PNGs, one subfolder per "
+       "class; rm: delete a dataset you uploaded (admins: any uploaded one)",
        2, 3, {"json", "classes"}, RunDatasetCommand},
-      {"activations", "featviz activations MODEL --layer L [options]", 1, 1,
+      {"activations", "featviz activations MODEL --layer L [options]",
+       "a layer's activations on dataset images", 1, 1,
        Union(SliceFlags(),
              {"json", "layer", "channels", "npy", "out_dir", "out"}),
        RunActivationsCommand},
-      {"attribute", "featviz attribute MODEL 'TARGET' --layer L [options]", 2,
-       2, Union(SliceFlags(), {"json", "layer", "top_k", "out_dir", "out"}),
+      {"attribute", "featviz attribute MODEL 'TARGET' --layer L [options]",
+       "L's channels ranked by their contribution to TARGET", 2, 2,
+       Union(SliceFlags(), {"json", "layer", "top_k", "out_dir", "out"}),
        RunAttributeCommand},
-      {"top", "featviz top MODEL --layer L [options]", 1, 1,
+      {"top", "featviz top MODEL --layer L [options]",
+       "the dataset images that excite each unit most; with --out_dir, each "
+       "image and one labelled contact sheet of them all (<layer>_top.png)",
+       1, 1,
        {"json", "layer", "channels", "dataset", "top_n", "out_dir", "out"},
        RunTopCommand},
-      {"circuits", "featviz circuits MODEL --layer L --out_dir DIR", 1, 1,
+      {"circuits", "featviz circuits MODEL --layer L --out_dir DIR",
+       "per class: its visualisation, its top-k detector channels in L with "
+       "their visualisations and activation maps",
+       1, 1,
        {"json", "layer", "top_k", "out_dir", "out", "dataset",
         "examples_per_class", "examples", "classes", "steps", "seed"},
        RunCircuitsCommand},
-      {"atlas", "featviz atlas MODEL --out_dir DIR", 1, 1,
+      {"atlas", "featviz atlas MODEL --out_dir DIR",
+       "a static site with every conv channel and linear neuron: pictures, "
+       "dataset examples, statistics, loss curves",
+       1, 1,
        {"out_dir", "out", "dataset", "top_n", "examples", "layers", "steps",
         "seed"},
        RunAtlasCommand},
-      {"upload", "featviz upload MODEL.pt [--card CARD.json] [--name NAME]", 1,
-       1, {"json", "card", "name"}, RunUploadCommand},
-      {"load", "featviz load PATH", 1, 1, {"json"}, RunLoadCommand},
-      {"unload", "featviz unload NAME [--version V]", 1, 1,
-       {"json", "version"}, RunUnloadCommand},
-      {"reload", "featviz reload [NAME]", 0, 1, {"json"}, RunReloadCommand},
+      {"upload", "featviz upload MODEL.pt [--card CARD.json] [--name NAME]",
+       "send a TorchScript model to the server (the admin or uploader role); "
+       "it is served as the next version of NAME",
+       1, 1, {"json", "card", "name"}, RunUploadCommand},
+      {"load", "featviz load PATH",
+       "serve a model of the server's repository (the admin role)", 1, 1,
+       {"json"}, RunLoadCommand},
+      {"unload", "featviz unload NAME [--version V]",
+       "stop serving a model; waits for its running jobs (the admin role)",
+       1, 1, {"json", "version"}, RunUnloadCommand},
+      {"reload", "featviz reload [NAME]",
+       "bring served models in line with the repository (the admin role)", 0,
+       1, {"json"}, RunReloadCommand},
   };
   return *commands;
 }
@@ -897,6 +944,49 @@ absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
   return args;
 }
 
+// `text` wrapped into lines of at most `width` characters, each after
+// `indent` spaces.
+std::string Wrap(absl::string_view text, size_t indent, size_t width) {
+  std::string out;
+  std::string line;
+  for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+    if (!line.empty() && indent + line.size() + 1 + word.size() > width) {
+      absl::StrAppend(&out, std::string(indent, ' '), line, "\n");
+      line.clear();
+    }
+    absl::StrAppend(&line, line.empty() ? "" : " ", word);
+  }
+  if (!line.empty()) absl::StrAppend(&out, std::string(indent, ' '), line, "\n");
+  return out;
+}
+
+// The flags `names` with the help text each was defined with.
+std::string FlagsHelp(const std::set<std::string>& names) {
+  std::string out;
+  for (const std::string& name : names) {
+    const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+    if (flag == nullptr) continue;
+    absl::StrAppend(&out, "  --", name, "\n", Wrap(flag->Help(), 6, 79));
+  }
+  return out;
+}
+
+// `featviz COMMAND --help`: the command's usage, what it does, and the flags
+// it takes (the global help lists every command).
+std::string CommandHelp(const Command& command) {
+  std::set<std::string> flags = command.flags;
+  // Old spellings (--examples; --out for a folder) stay out of the list.
+  flags.erase("examples");
+  if (flags.count("out_dir") > 0) flags.erase("out");
+  std::string help = absl::StrCat("usage: ", command.usage, "\n\n",
+                                  Wrap(command.summary, 0, 79));
+  if (!flags.empty()) absl::StrAppend(&help, "\noptions:\n", FlagsHelp(flags));
+  absl::StrAppend(&help, "\nglobal options:\n", FlagsHelp(GlobalFlags()),
+                  "\n'featviz --help' lists every command, the objective "
+                  "syntax and the exit status.\n");
+  return help;
+}
+
 std::string ServerAddress() {
   std::string server = absl::GetFlag(FLAGS_server);
   if (!server.empty()) return server;
@@ -933,7 +1023,13 @@ int Main(int argc, char** argv) {
   absl::StatusOr<Args> args = ParseArgs(argc, argv);
   if (!args.ok()) return UsageError(std::string(args.status().message()));
   if (args->help || (!args->positional.empty() && args->positional[0] == "help")) {
-    std::fputs(kUsage, stdout);
+    // `featviz CMD --help` and `featviz help CMD`: that command's own help.
+    const size_t at = !args->positional.empty() && args->positional[0] == "help";
+    const Command* command = args->positional.size() > at
+                                 ? FindCommand(args->positional[at])
+                                 : nullptr;
+    std::fputs(command != nullptr ? CommandHelp(*command).c_str() : kUsage,
+               stdout);
     return 0;
   }
   if (args->positional.empty()) {

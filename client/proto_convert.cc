@@ -6,6 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "core/transform.h"
 
@@ -130,6 +131,11 @@ std::string ModelStateName(v1::ModelState state) {
     default:
       return "-";
   }
+}
+
+std::string JobStateName(v1::JobState state) {
+  return absl::AsciiStrToLower(
+      absl::StripPrefix(v1::JobState_Name(state), "JOB_STATE_"));
 }
 
 namespace {

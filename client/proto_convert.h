@@ -57,6 +57,11 @@ ObjectiveFigures ObjectiveFiguresOf(const featviz::v1::RenderResult& result);
 // "loaded", "unloaded", "loading", "failed"; "-" when unspecified.
 std::string ModelStateName(featviz::v1::ModelState state);
 
+// A job's state as every human-readable line of the CLI spells it: "queued",
+// "running", "succeeded", "failed", "cancelled", "expired" ("unspecified").
+// `featviz job --json` keeps the enum's own spelling ("SUCCEEDED").
+std::string JobStateName(featviz::v1::JobState state);
+
 // A Timestamp message as RFC 3339 in UTC ("2025-01-31T14:02:11Z").
 std::string TimestampText(const google::protobuf::Timestamp& time);
 

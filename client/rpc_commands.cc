@@ -9,11 +9,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/strip.h"
 #include "client/circuits_client.h"
 #include "client/json.h"
 #include "client/output_files.h"
 #include "client/proto_convert.h"
+#include "client/result_images.h"
 #include "client/table.h"
 #include "core/image.h"
 #include "core/status_macros.h"
@@ -59,11 +59,6 @@ v1::ImageInput DatasetInput(const DatasetSliceOptions& slice) {
   d->set_count(slice.count);
   if (slice.label.has_value()) d->set_label(*slice.label);
   return input;
-}
-
-std::string StateName(v1::JobState state) {
-  return absl::AsciiStrToLower(
-      absl::StripPrefix(v1::JobState_Name(state), "JOB_STATE_"));
 }
 
 std::string ModelLine(absl::string_view what, const v1::Model& m) {
@@ -227,6 +222,98 @@ absl::Status RunAttribute(VisualizerClient& client,
   return absl::OkStatus();
 }
 
+namespace {
+
+// The class names of `dataset` as the server lists them; none when it is
+// unlabelled or cannot be listed (the sheet then shows label numbers).
+std::vector<std::string> DatasetClassNames(CircuitsClient& circuits,
+                                           const std::string& dataset) {
+  absl::StatusOr<v1::ListDatasetsResponse> list = circuits.ListDatasets();
+  if (!list.ok()) return {};
+  for (const v1::Dataset& d : list->datasets()) {
+    if (d.name() == dataset) {
+      return {d.class_names().begin(), d.class_names().end()};
+    }
+  }
+  return {};
+}
+
+// Under each example: "#<dataset index> [<label>] <value>", the label a
+// class name when the dataset has them. (Kept short: one font size serves
+// the whole sheet, and the longest label sets it.)
+std::string ExampleLabel(const v1::UnitExamples& unit, int rank,
+                         const std::vector<std::string>& class_names) {
+  std::string label = absl::StrCat("#", unit.indices(rank));
+  const int64_t cls = rank < unit.labels_size() ? unit.labels(rank) : -1;
+  if (cls >= 0) {
+    absl::StrAppend(&label, " [",
+                    cls < static_cast<int64_t>(class_names.size())
+                        ? class_names[cls]
+                        : absl::StrCat(cls),
+                    "]");
+  }
+  if (rank < unit.values_size()) {
+    absl::StrAppend(&label, absl::StrFormat(" %.3g", unit.values(rank)));
+  }
+  return label;
+}
+
+// The contact sheet of a TopExamples answer's PNGs: one unit's examples in a
+// row (a square past 10), several units a row each.
+absl::StatusOr<at::Tensor> TopSheet(const v1::TopExamplesResponse& response,
+                                    const std::vector<std::string>& class_names) {
+  const bool several = response.units_size() > 1;
+  int64_t per_unit = 0;
+  for (const v1::UnitExamples& unit : response.units()) {
+    per_unit = std::max<int64_t>(per_unit, unit.png_size());
+  }
+  std::vector<at::Tensor> cells;
+  std::vector<std::string> labels;
+  int64_t channels = 1;
+  for (const v1::UnitExamples& unit : response.units()) {
+    for (int r = 0; r < unit.png_size(); ++r) {
+      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor image, core::DecodePng(unit.png(r)));
+      channels = std::max<int64_t>(channels, image.size(0));
+      cells.push_back(std::move(image));
+      labels.push_back(ExampleLabel(unit, r, class_names));
+    }
+    // A unit with fewer examples than the others: blank cells keep the rows
+    // aligned.
+    for (int64_t r = unit.png_size(); several && r < per_unit; ++r) {
+      cells.push_back(at::Tensor());
+      labels.emplace_back();
+    }
+  }
+  if (cells.empty()) {
+    return absl::InternalError("the server sent no example images");
+  }
+  int64_t height = 0, width = 0;
+  for (const at::Tensor& cell : cells) {
+    if (!cell.defined()) continue;
+    height = cell.size(1);
+    width = cell.size(2);
+  }
+  for (at::Tensor& cell : cells) {
+    if (!cell.defined()) {
+      cell = at::ones({channels, height, width});
+      continue;
+    }
+    if (cell.size(1) != height || cell.size(2) != width) {
+      return absl::InternalError(absl::StrCat(
+          "the server sent example images of different sizes (", height, "x",
+          width, " and ", cell.size(1), "x", cell.size(2), ")"));
+    }
+    // Gray beside RGB: gray made RGB.
+    if (cell.size(0) != channels) cell = cell.expand({channels, height, width});
+  }
+  core::GridOptions grid = SheetLayout(static_cast<int64_t>(cells.size()),
+                                       width, 0, several ? per_unit : 0);
+  grid.labels = std::move(labels);
+  return core::MakeGrid(at::stack(cells), grid);
+}
+
+}  // namespace
+
 absl::Status RunTop(VisualizerClient& client, const TopCommandOptions& options,
                     std::FILE* out) {
   CircuitsClient circuits(client);
@@ -253,6 +340,15 @@ absl::Status RunTop(VisualizerClient& client, const TopCommandOptions& options,
       }
     }
   }
+  std::string sheet_path;
+  if (!options.out_dir.empty() && !files.empty()) {
+    FEATVIZ_ASSIGN_OR_RETURN(
+        const at::Tensor sheet,
+        TopSheet(response, DatasetClassNames(circuits, response.dataset())));
+    sheet_path = JoinPath(options.out_dir,
+                          absl::StrCat(FileSafe(response.layer()), "_top.png"));
+    FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, sheet_path));
+  }
   if (options.json) {
     json doc = {{"model", response.model()},
                 {"model_version", response.model_version()},
@@ -274,6 +370,7 @@ absl::Status RunTop(VisualizerClient& client, const TopCommandOptions& options,
     }
     doc["units"] = std::move(units);
     doc["files"] = std::move(files);
+    if (!sheet_path.empty()) doc["sheet"] = sheet_path;
     Print(out, doc.dump() + "\n");
     return absl::OkStatus();
   }
@@ -287,6 +384,24 @@ absl::Status RunTop(VisualizerClient& client, const TopCommandOptions& options,
     rows.push_back({absl::StrCat(unit.channel()), absl::StrJoin(examples, " ")});
   }
   Print(out, FormatTable({"channel", "dataset index (value), best first"}, rows));
+  if (!sheet_path.empty()) {
+    std::vector<int64_t> channels;
+    for (const v1::UnitExamples& unit : response.units()) {
+      channels.push_back(unit.channel());
+    }
+    Print(out, absl::StrFormat(
+                   "wrote %s (%s; under each image: #dataset index [label] "
+                   "value) and %d images %s\n",
+                   sheet_path,
+                   channels.size() == 1
+                       ? absl::StrCat("channel ", channels[0])
+                       : absl::StrCat("a row per channel: ",
+                                      absl::StrJoin(channels, ", ")),
+                   files.size(),
+                   JoinPath(options.out_dir,
+                            absl::StrCat(FileSafe(response.layer()),
+                                         "_<channel>_top<rank>.png"))));
+  }
   return absl::OkStatus();
 }
 
@@ -306,7 +421,7 @@ absl::Status RunJobs(VisualizerClient& client, const std::string& owner,
     json list = json::array();
     for (const v1::Job& job : jobs) {
       FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(job));
-      doc["state"] = StateName(job.state());
+      doc["state"] = JobStateName(job.state());
       list.push_back(std::move(doc));
     }
     Print(out, list.dump() + "\n");
@@ -314,7 +429,7 @@ absl::Status RunJobs(VisualizerClient& client, const std::string& owner,
   }
   std::vector<std::vector<std::string>> rows;
   for (const v1::Job& job : jobs) {
-    rows.push_back({job.id(), StateName(job.state()), job.owner(), job.model(),
+    rows.push_back({job.id(), JobStateName(job.state()), job.owner(), job.model(),
                     job.objective(),
                     absl::StrCat(job.steps_done(), "/", job.total_steps()),
                     job.device()});
@@ -336,7 +451,7 @@ absl::Status RunSubmit(VisualizerClient& client, v1::RenderRequest request,
   FEATVIZ_ASSIGN_OR_RETURN(v1::Job job, client.SubmitJob(request));
   if (json_out) {
     FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(job));
-    doc["state"] = StateName(job.state());
+    doc["state"] = JobStateName(job.state());
     Print(out, doc.dump() + "\n");
     return absl::OkStatus();
   }

@@ -70,12 +70,16 @@ struct TopCommandOptions {
   std::vector<int64_t> channels;  // Empty: every channel.
   std::string dataset;  // Empty: the one dataset that fits the model.
   int64_t top_n = 9;              // Dataset examples per unit.
-  std::string out_dir;  // DIR/<layer>_<channel>_<rank>.png; empty: none.
+  // DIR/<layer>_<channel>_top<rank>.png, and the contact sheet of them all,
+  // DIR/<layer>_top.png; empty: none.
+  std::string out_dir;
   bool json = false;
 };
 
 // `featviz top MODEL --layer L`: the dataset images that excite each unit
-// most, with their values and labels.
+// most, with their values and labels; with an out_dir, each image and a
+// contact sheet labelled with each one's dataset index, label and value (a
+// row per unit when there are several).
 absl::Status RunTop(VisualizerClient& client, const TopCommandOptions& options,
                     std::FILE* out);
 

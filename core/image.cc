@@ -53,8 +53,13 @@ constexpr double kMaxGridPixels = double{1 << 28};
 
 // stb_easy_font glyphs occupy rows [0, 9) of a 12-row line (descenders
 // included); starting the ink 2 rows down leaves a gap under the picture.
+// client/python/featviz_client/images.py draws its labels to the same
+// measurements; change both together.
 constexpr int64_t kFontLineHeight = 12;
 constexpr int64_t kFontTopMargin = 2;
+
+// What ends a label shortened to fit its cell.
+constexpr char kEllipsis[] = "...";
 
 std::string ShapeString(const at::Tensor& tensor) {
   return absl::StrCat("[", absl::StrJoin(tensor.sizes(), ", "), "]");
@@ -301,21 +306,30 @@ std::string PrintableAscii(const std::string& text) {
   return out;
 }
 
-// A label's font size: a 1-pixel font is unreadable under a big picture.
+// A label's font size before the sheet's labels are fitted: a 1-pixel font
+// is unreadable under a big picture.
 int64_t TextScaleForCell(int64_t cell_width) {
   return std::clamp<int64_t>(cell_width / 64 + 1, 1, 4);
+}
+
+// Blank columns kept inside each side of a cell at font size `s`, so that
+// the labels of neighbouring cells never touch, even on a sheet without
+// padding.
+int64_t LabelMargin(int64_t cell_w, int64_t s) {
+  return std::min(s, cell_w / 4);
 }
 
 struct Quad {
   int64_t x0, y0, x1, y1;  // font units, [x0, x1) x [y0, y1)
 };
 
-std::vector<Quad> LabelQuads(const std::string& label) {
-  std::string text = PrintableAscii(label);
+// `text` (printable ASCII) as stb_easy_font draws it at size 1.
+std::vector<Quad> LabelQuads(const std::string& text) {
   // At most 11 quads of 64 bytes per glyph ('X'); room for 16.
   std::vector<float> vertices(text.size() * 16 * 16 + 16);
+  std::string buffer = text;  // stb_easy_font takes a mutable char*
   const int num_quads =
-      stb_easy_font_print(0.0f, 0.0f, text.data(), nullptr, vertices.data(),
+      stb_easy_font_print(0.0f, 0.0f, buffer.data(), nullptr, vertices.data(),
                           static_cast<int>(vertices.size() * sizeof(float)));
   std::vector<Quad> quads;
   quads.reserve(num_quads);
@@ -335,8 +349,8 @@ std::vector<Quad> LabelQuads(const std::string& label) {
   return quads;
 }
 
-// The horizontal extent [x0, x1) of `label`'s ink in font units (0, 0 when
-// it has none).
+// The horizontal extent [x0, x1) of the ink in font units (0, 0 when there
+// is none).
 std::pair<int64_t, int64_t> InkExtent(const std::vector<Quad>& quads) {
   if (quads.empty()) return {0, 0};
   int64_t ink_x0 = quads[0].x0, ink_x1 = quads[0].x1;
@@ -347,32 +361,52 @@ std::pair<int64_t, int64_t> InkExtent(const std::vector<Quad>& quads) {
   return {ink_x0, ink_x1};
 }
 
+// The width of `text`'s ink (printable ASCII) in font units.
+int64_t InkWidth(const std::string& text) {
+  const auto [x0, x1] = InkExtent(LabelQuads(text));
+  return x1 - x0;
+}
+
 // The font size of every label of a sheet: `text_scale`, lowered until the
-// longest label fits its cell. One size for the whole sheet, so that "sad"
-// and "surprise" under neighbouring pictures read alike; a label that does
-// not fit even at 1 is clipped (its start, which names it best, stays).
+// longest label fits its cell less the margins. One size for the whole
+// sheet, so that "sad" and "surprise" under neighbouring pictures read
+// alike; a label that does not fit even at 1 is shortened (FitLabel).
 int64_t SheetTextScale(const std::vector<std::string>& labels,
                        int64_t cell_w, int64_t text_scale) {
   int64_t widest = 0;
   for (const std::string& label : labels) {
-    const auto [x0, x1] = InkExtent(LabelQuads(label));
-    widest = std::max(widest, x1 - x0);
+    widest = std::max(widest, InkWidth(PrintableAscii(label)));
   }
   int64_t s = text_scale;
-  while (s > 1 && widest * s > cell_w) --s;
+  while (s > 1 && widest * s > cell_w - 2 * s) --s;
   return s;
 }
 
+// `text` (printable ASCII) as it fits `box_w` pixels at font size `s`: whole
+// when it fits, else its start (which names it best) followed by "...", so
+// that a cut label reads as cut. Empty when not even "..." fits.
+std::string FitLabel(const std::string& text, int64_t box_w, int64_t s) {
+  if (InkWidth(text) * s <= box_w) return text;
+  for (size_t keep = text.size(); keep-- > 0;) {
+    std::string shorter = text.substr(0, keep);
+    while (!shorter.empty() && shorter.back() == ' ') shorter.pop_back();
+    shorter += kEllipsis;
+    if (InkWidth(shorter) * s <= box_w) return shorter;
+  }
+  return "";
+}
+
 // Draws `label` at font size `s` centred in the box [box_x, box_x + box_w) x
-// [box_y, box_y + box_h) of a [3, H, W] sheet, clipped to the box so that a
-// long label cannot spill into its neighbours.
+// [box_y, box_y + box_h) of a [3, H, W] sheet, shortened to fit the box
+// (FitLabel) and clipped to it, so that it cannot spill into its
+// neighbours.
 void DrawLabel(const std::string& label, int64_t box_x, int64_t box_y,
                int64_t box_w, int64_t box_h, int64_t s, float ink,
                at::Tensor& sheet) {
-  const std::vector<Quad> quads = LabelQuads(label);
+  const std::vector<Quad> quads =
+      LabelQuads(FitLabel(PrintableAscii(label), box_w, s));
   if (quads.empty()) return;
   const auto [ink_x0, ink_x1] = InkExtent(quads);
-  // Centred when it fits; otherwise its start stays.
   const int64_t slack = std::max<int64_t>(0, box_w - (ink_x1 - ink_x0) * s);
   const int64_t origin_x = box_x + slack / 2 - ink_x0 * s;
   const int64_t origin_y = box_y + kFontTopMargin * s;
@@ -623,8 +657,9 @@ absl::StatusOr<at::Tensor> MakeGrid(const at::Tensor& images,
     const int64_t y0 = padding + (i / columns) * (cell_h + label_h + padding);
     sheet.narrow(1, y0, cell_h).narrow(2, x0, cell_w).copy_(cells[i]);
     if (label_h > 0) {
-      DrawLabel(options.labels[i], x0, y0 + cell_h, cell_w, label_h, text_scale,
-                ink, sheet);
+      const int64_t margin = LabelMargin(cell_w, text_scale);
+      DrawLabel(options.labels[i], x0 + margin, y0 + cell_h,
+                cell_w - 2 * margin, label_h, text_scale, ink, sheet);
     }
   }
   return sheet;

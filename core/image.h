@@ -33,7 +33,11 @@ struct GridOptions {
   int64_t scale = 1;
   // Pixels between cells and around the sheet (after scaling).
   int64_t padding = 4;
-  // One label per image drawn under it (may be empty: no label row).
+  // One label per image drawn under it (may be empty: no label row), all in
+  // one font size: the largest (up to 1 per 64 pixels of cell width, at most
+  // 4) at which the longest label fits its cell less a margin on each side.
+  // A label too long even at size 1 is cut and ends in "...". Labels never
+  // reach past their margins, so neighbours never touch.
   std::vector<std::string> labels;
   // Sheet background gray level in [0, 1].
   float background = 1.0f;

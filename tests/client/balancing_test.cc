@@ -150,7 +150,7 @@ TEST_F(BalancingTest, JobsSpreadOverReplicasAndJobCommandsFindTheirReplica) {
   }
   const CommandResult cancel = Cli({"--server", AllReplicas(), "cancel", job});
   EXPECT_EQ(cancel.exit_code, 0) << cancel.err;
-  EXPECT_TRUE(absl::StartsWith(cancel.out, absl::StrCat(job, " SUCCEEDED ")))
+  EXPECT_TRUE(absl::StartsWith(cancel.out, absl::StrCat(job, " succeeded ")))
       << cancel.out;
 }
 

@@ -131,6 +131,57 @@ TEST_F(CircuitsCliTest, DatasetsActivationsAttributeAndTopAnswerInJson) {
   EXPECT_EQ(t["units"][0]["indices"].size(), 4u);
   EXPECT_EQ(t["files"].size(), 4u);
   EXPECT_EQ(ReadFileOrEmpty(dir + "/top/conv2_5_top1.png").substr(1, 3), "PNG");
+  EXPECT_EQ(t["sheet"], dir + "/top/conv2_top.png");
+}
+
+// The ink of the label band under cell `column` of row `row` of a white
+// sheet of `cell`-pixel cells, padding 4, label rows `label_h` high.
+at::Tensor LabelBand(const at::Tensor& sheet, int64_t cell, int64_t label_h,
+                     int64_t row, int64_t column) {
+  return sheet.narrow(1, 4 + row * (cell + label_h + 4) + cell, label_h)
+      .narrow(2, 4 + column * (cell + 4), cell)
+      .lt(0.5)
+      .all(0);
+}
+
+TEST_F(CircuitsCliTest, TopWritesALabelledContactSheetAndNamesIt) {
+  const std::string dir = ScratchDir("top_sheet");
+  const CommandResult one =
+      Run({"top", "mnist_classifier", "--layer", "conv2", "--channels", "5",
+           "--top_n", "4", "--out_dir", dir});
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  const std::string sheet_path = dir + "/conv2_top.png";
+  EXPECT_TRUE(absl::StrContains(one.out, "wrote " + sheet_path + " ")) << one.out;
+  absl::StatusOr<at::Tensor> sheet = core::ReadPng(sheet_path);
+  ASSERT_TRUE(sheet.ok()) << sheet.status();
+  // Four 28x28 digits magnified to 112 pixels in one row, a label under
+  // each.
+  EXPECT_EQ(sheet->size(2), 4 + 4 * (112 + 4));
+  const int64_t label_h = sheet->size(1) - (4 + 112 + 4);
+  EXPECT_TRUE(label_h == 12 || label_h == 24) << label_h;
+  for (int64_t c = 0; c < 4; ++c) {
+    EXPECT_GT(LabelBand(*sheet, 112, label_h, 0, c).sum().item<int64_t>(), 10)
+        << "no label under example " << c;
+  }
+
+  // Two units: a row each.
+  const CommandResult two =
+      Run({"top", "mnist_classifier", "--layer", "conv2", "--channels", "5,7",
+           "--top_n", "3", "--out_dir", dir, "--json"});
+  ASSERT_EQ(two.exit_code, 0) << two.err;
+  EXPECT_EQ(json::parse(two.out)["sheet"], sheet_path);
+  sheet = core::ReadPng(sheet_path);
+  ASSERT_TRUE(sheet.ok()) << sheet.status();
+  EXPECT_EQ(sheet->size(2), 4 + 3 * (112 + 4));
+  EXPECT_EQ((sheet->size(1) - 4) % 2, 0);
+  const int64_t row_h = (sheet->size(1) - 4) / 2;
+  for (int64_t r = 0; r < 2; ++r) {
+    for (int64_t c = 0; c < 3; ++c) {
+      EXPECT_GT(LabelBand(*sheet, 112, row_h - 116, r, c).sum().item<int64_t>(),
+                10)
+          << "no label under row " << r << " example " << c;
+    }
+  }
 }
 
 TEST_F(CircuitsCliTest, CircuitsRefusesALayerTheModelLacks) {

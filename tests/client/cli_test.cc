@@ -2,6 +2,7 @@
 // started on a free loopback port with the bundled MNIST classifier.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "tests/client/process.h"
 
 namespace featviz::testing {
@@ -362,6 +364,76 @@ TEST(CliAdmin, UnloadLoadAndReloadChangeWhatIsServed) {
   EXPECT_EQ((*server)->Stop(), 0);
 }
 
+TEST_F(CliTest, JobAndJobsSpellAJobsStateAlike) {
+  const CommandResult submitted =
+      Run({"submit", "mnist_classifier", "logit(5)", "--steps", "8", "--seed",
+           "11", "--owner", "spelling"});
+  ASSERT_EQ(submitted.exit_code, 0) << submitted.err;
+  const std::string id = Lines(submitted.out).at(0);
+  // `watch` returns once the job has ended.
+  ASSERT_EQ(Run({"watch", id, "--out="}).exit_code, 0);
+
+  const CommandResult job = Run({"job", id});
+  ASSERT_EQ(job.exit_code, 0) << job.err;
+  EXPECT_TRUE(absl::StartsWith(job.out, id + " succeeded ")) << job.out;
+  const CommandResult table = Run({"jobs", "--owner", "spelling"});
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  const std::vector<std::string> rows = Lines(table.out);
+  ASSERT_EQ(rows.size(), 2u) << table.out;
+  EXPECT_TRUE(absl::StrContains(rows[1], " succeeded ")) << table.out;
+  EXPECT_FALSE(absl::StrContains(job.out + table.out, "SUCCEEDED"))
+      << job.out << table.out;
+  // The JSON keeps the spelling scripts read.
+  const CommandResult job_json = Run({"job", id, "--json"});
+  ASSERT_EQ(job_json.exit_code, 0) << job_json.err;
+  EXPECT_EQ(json::parse(job_json.out)["state"], "SUCCEEDED");
+}
+
+// A model whose class names are words, so that a name and an index differ.
+TEST(CliClassNames, RenderNamesTheTopClassWithAndWithoutAFile) {
+  const std::string dir = ScratchDir("class_names");
+  std::filesystem::copy_file(std::string(kModels) + "/mnist_classifier.pt",
+                             dir + "/words.pt");
+  json card = json::parse(
+      ReadFileOrEmpty(std::string(kModels) + "/mnist_classifier.card.json"));
+  const std::vector<std::string> names = {"zero", "one", "two",   "three",
+                                          "four", "five", "six",  "seven",
+                                          "eight", "nine"};
+  card["name"] = "words";
+  card["classes"] = names;
+  std::ofstream(dir + "/words.card.json") << card.dump(2);
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start(kServer, dir, dir + "/server.log");
+  ASSERT_TRUE(server.ok()) << server.status();
+  // The summary line's classes: "... top classes A (p), B (p)...".
+  auto top_classes = [&](const std::vector<std::string>& out_flags) {
+    std::vector<std::string> args = {"--server", (*server)->address(),
+                                     "render",   "words",
+                                     "logit(3)", "--steps",
+                                     "8",        "--seed",
+                                     "5",        "--batch",
+                                     "2"};
+    args.insert(args.end(), out_flags.begin(), out_flags.end());
+    const CommandResult r = Cli(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    const size_t at = r.out.find("top classes ");
+    EXPECT_NE(at, std::string::npos) << r.out;
+    if (at == std::string::npos) return std::string();
+    return r.out.substr(at, r.out.find_first_of(";\n", at) - at);
+  };
+  const std::string without_file = top_classes({"--out="});
+  const std::string with_file = top_classes({"--out", dir + "/words.png"});
+  EXPECT_EQ(without_file, with_file);
+  // Two names, no index.
+  for (absl::string_view part :
+       absl::StrSplit(absl::StripPrefix(without_file, "top classes "), ", ")) {
+    const std::string name(part.substr(0, part.find(" (")));
+    EXPECT_NE(std::find(names.begin(), names.end(), name), names.end())
+        << "'" << name << "' in " << without_file;
+  }
+  EXPECT_EQ((*server)->Stop(), 0);
+}
+
 TEST_F(CliTest, RenderWritesOnePngPerImageAndPreviews) {
   const std::string dir = ScratchDir("render_batch");
   const CommandResult r =
@@ -524,6 +596,41 @@ TEST(CliNoServer, HelpPrintsUsage) {
   const CommandResult r = Cli({"--help"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_TRUE(absl::StrContains(r.out, "usage: featviz")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "models and rendering:")) << r.out;
+}
+
+TEST(CliNoServer, EveryCommandsHelpIsItsOwn) {
+  for (const std::string command :
+       {"models", "layers", "render", "compare", "bench", "submit", "watch",
+        "job", "cancel", "jobs", "stats", "datasets", "dataset", "activations",
+        "attribute", "top", "circuits", "atlas", "upload", "load", "unload",
+        "reload"}) {
+    // Every spelling for a few; --help for the rest (each run loads LibTorch).
+    std::vector<std::vector<std::string>> spellings = {{command, "--help"}};
+    if (command == "circuits" || command == "models") {
+      spellings.push_back({"help", command});
+      spellings.push_back({command, "-h"});
+    }
+    for (const std::vector<std::string>& args : spellings) {
+      const CommandResult r = Cli(args);
+      EXPECT_EQ(r.exit_code, 0) << absl::StrJoin(args, " ") << "\n" << r.err;
+      const std::string usage = "usage: featviz " + command;
+      EXPECT_TRUE(absl::StartsWith(r.out, usage + " ") ||
+                  absl::StartsWith(r.out, usage + "\n"))
+          << absl::StrJoin(args, " ") << "\n" << r.out;
+      // Not the global help, which lists every command.
+      EXPECT_FALSE(absl::StrContains(r.out, "models and rendering:"))
+          << absl::StrJoin(args, " ");
+      EXPECT_TRUE(absl::StrContains(r.out, "--server")) << r.out;
+    }
+  }
+  const CommandResult circuits = Cli({"circuits", "--help"});
+  for (const char* flag : {"--layer", "--top_k", "--out_dir", "--classes",
+                           "--examples_per_class"}) {
+    EXPECT_TRUE(absl::StrContains(circuits.out, flag)) << flag << circuits.out;
+  }
+  // Only its own flags.
+  EXPECT_FALSE(absl::StrContains(circuits.out, "--batch")) << circuits.out;
 }
 
 }  // namespace

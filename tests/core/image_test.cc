@@ -490,6 +490,69 @@ TEST(Grid, ToleratesLongAndNonAsciiLabels) {
   EXPECT_TRUE(grid->narrow(2, padding + 8, padding).ge(1.0).all().item<bool>());
 }
 
+// The label band [H', W'] of cell `column` of a one-row sheet of white
+// `cell`-pixel pictures without padding: true where there is ink.
+at::Tensor LabelInk(const at::Tensor& sheet, int64_t cell, int64_t column) {
+  return sheet.narrow(1, cell, sheet.size(1) - cell)
+      .narrow(2, column * cell, cell)
+      .lt(0.5)
+      .all(0);
+}
+
+TEST(Grid, LabelsTooLongForTheirCellsKeepAMarginAndEndInAnEllipsis) {
+  // "h_stripes 1.00" under 28-pixel neighbours without padding: each is cut
+  // and ends in "...", and a blank column stays at both edges of each cell,
+  // so the two never run into one another.
+  const std::string label = "h_stripes 1.00";
+  GridOptions options;
+  options.padding = 0;
+  options.columns = 2;
+  options.labels = {label, label};
+  absl::StatusOr<at::Tensor> grid = MakeGrid(at::ones({2, 1, 28, 28}), options);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  for (int64_t column = 0; column < 2; ++column) {
+    const at::Tensor ink = LabelInk(*grid, 28, column);
+    EXPECT_GT(ink.sum().item<int64_t>(), 3) << "cell " << column;
+    EXPECT_FALSE(ink.select(1, 0).any().item<bool>()) << "cell " << column;
+    EXPECT_FALSE(ink.select(1, 27).any().item<bool>()) << "cell " << column;
+  }
+  // What is drawn is the label's start and "...", whole.
+  GridOptions one;
+  one.padding = 0;
+  const at::Tensor drawn = LabelInk(*grid, 28, 0);
+  bool found = false;
+  for (size_t keep = 0; keep < label.size() && !found; ++keep) {
+    std::string shorter = label.substr(0, keep);
+    while (!shorter.empty() && shorter.back() == ' ') shorter.pop_back();
+    one.labels = {shorter + "..."};
+    absl::StatusOr<at::Tensor> alone = MakeGrid(at::ones({1, 1, 28, 28}), one);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    found = at::equal(LabelInk(*alone, 28, 0), drawn);
+  }
+  EXPECT_TRUE(found) << "the cut label is no prefix of it followed by ...";
+}
+
+TEST(Grid, LabelsThatFitAreDrawnWholeInsideTheMargins) {
+  GridOptions options;
+  options.padding = 0;
+  options.columns = 2;
+  options.scale = 4;  // 112-pixel cells: size 2 unless a label is too long.
+  options.labels = {"7 1.00", "h_stripes 1.00"};
+  absl::StatusOr<at::Tensor> grid = MakeGrid(at::ones({2, 1, 28, 28}), options);
+  ASSERT_TRUE(grid.ok()) << grid.status();
+  // The longer label needs size 1 within the margins; the sheet has one
+  // size, so its label row is 12 pixels high.
+  EXPECT_EQ(grid->size(1), 112 + 12);
+  GridOptions alone = options;
+  alone.columns = 1;
+  alone.labels = {"h_stripes 1.00"};
+  absl::StatusOr<at::Tensor> whole =
+      MakeGrid(at::ones({1, 1, 28, 28}), alone);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  // Not cut: the same ink as when it is alone on its sheet.
+  EXPECT_TRUE(at::equal(LabelInk(*grid, 112, 1), LabelInk(*whole, 112, 0)));
+}
+
 TEST(Grid, RejectsBadInputs) {
   GridOptions wrong_labels;
   wrong_labels.labels = {"only one"};

@@ -100,3 +100,22 @@ def test_the_fallback_font_keeps_one_size_per_sheet(monkeypatch):
     band = label_band(sheet, padding, cell)
     assert ink_rows(band, padding, padding + cell) == \
         ink_rows(band, 2 * padding + cell, 2 * (padding + cell))
+
+
+@pytest.mark.parametrize("font", ["dejavu", "pillow_default"])
+def test_a_label_cut_to_fit_ends_in_an_ellipsis_like_the_clis(font, monkeypatch):
+    if font == "pillow_default":
+        monkeypatch.setattr(featviz_images, "_label_font", lambda pixels: None)
+    padding, cell, label = 2, 28, "h_stripes 1.00"
+
+    def band_of(text):
+        sheet = grid(GRAY[None], labels=[text], scale=1, padding=padding)
+        return label_band(sheet, padding, cell)[:, padding:padding + cell]
+
+    cut = band_of(label)
+    assert cut.any(), "no label drawn"
+    # What is drawn is the label's start followed by "...", drawn whole.
+    shortened = [label[:keep].rstrip(" ") + "..." for keep in range(len(label))]
+    assert any(np.array_equal(cut, band_of(text)) for text in shortened)
+    # A label that fits is drawn as it is, not shortened.
+    assert not any(np.array_equal(band_of("h_s"), band_of(text)) for text in shortened)

@@ -32,6 +32,8 @@ built-in bitmap font stands in."""
 _LINE_PIXELS = 12
 _BASELINE_PIXELS = 9
 _FONT_PIXELS = 10
+# What ends a label shortened to fit its cell, as in the CLI.
+_ELLIPSIS = "..."
 
 
 def _pil():
@@ -167,12 +169,26 @@ def _label_width(text: str, s: int) -> int:
     return ImageFont.load_default().getbbox(text)[2] * s if text else 0
 
 
+def _fit_label(text: str, s: int, box_w: int) -> str:
+    """`text` as it fits `box_w` pixels at text scale `s`, as the CLI fits
+    it: whole when it fits, else its start followed by "...", so that a cut
+    label reads as cut; empty when not even "..." fits."""
+    if _label_width(text, s) <= box_w:
+        return text
+    for keep in range(len(text) - 1, -1, -1):
+        shorter = text[:keep].rstrip(" ") + _ELLIPSIS
+        if _label_width(shorter, s) <= box_w:
+            return shorter
+    return ""
+
+
 def _label_ink(text: str, s: int, box_w: int) -> "np.ndarray":
     """`text` at text scale `s` in a box `box_w` wide and one label row high:
-    bool [12 s, box_w] ink, centred when it fits, else its start kept and the
-    rest cut off at the box (a label never reaches past its box)."""
+    bool [12 s, box_w] ink, centred, shortened to fit (`_fit_label`) and
+    clipped to the box (a label never reaches past its box)."""
     Image, ImageDraw, ImageFont = _pil()
     line_h = _LINE_PIXELS * s
+    text = _fit_label(text, s, box_w)
     width = _label_width(text, s)
     x = max(0, (box_w - width) // 2)
     font = _label_font(_FONT_PIXELS * s)
@@ -204,8 +220,9 @@ def grid(images, labels: Optional[Sequence[str]] = None, *,
     `LABEL_FONT`; a row 12 pixels high per text scale, the scale chosen from
     the cell's width as the CLI chooses it). Every label of the sheet has the
     same font size: the largest at which the longest label fits its cell
-    less a margin on each side; a longer one is cut off at that margin, so
-    that neighbouring labels never touch.
+    less a margin on each side; a longer one is cut and ends in "...", and
+    no label reaches past its margins, so that neighbouring labels never
+    touch.
     """
     Image, _, _ = _pil()
     if isinstance(images, (list, tuple)) and images and hasattr(images[0], "mode"):
