@@ -196,7 +196,7 @@ absl::StatusOr<json> RenderResultToJson(
   // with transforms (what the progress line ended at), and summed over the
   // images (final_total).
   const ObjectiveFigures figures = ObjectiveFiguresOf(result);
-  out["objective"] = {
+  out["objective_values"] = {
       {"per_image", DoubleToJson(figures.per_image)},
       {"per_image_at_last_step",
        figures.has_last_step ? DoubleToJson(figures.last_step) : json()},

@@ -261,11 +261,11 @@ TEST_F(CliTest, TheObjectiveFiguresAreNamedAndAgree) {
   const CommandResult j = Run(json_args);
   ASSERT_EQ(j.exit_code, 0) << j.err;
   const nlohmann::json report = nlohmann::json::parse(j.out);
-  const double per_image = report["objective"]["per_image"].get<double>();
-  const double summed = report["objective"]["summed_over_images"].get<double>();
+  const double per_image = report["objective_values"]["per_image"].get<double>();
+  const double summed = report["objective_values"]["summed_over_images"].get<double>();
   EXPECT_DOUBLE_EQ(summed, report["final_total"].get<double>());
   EXPECT_NEAR(summed, 4 * per_image, 1e-5 * std::abs(summed)) << j.out;
-  EXPECT_NEAR(report["objective"]["per_image_at_last_step"].get<double>(), last_line,
+  EXPECT_NEAR(report["objective_values"]["per_image_at_last_step"].get<double>(), last_line,
               1e-3 * std::abs(last_line));
 }
 

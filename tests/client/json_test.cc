@@ -76,15 +76,18 @@ TEST(RenderResultToJson, NamesTheObjectivePerImageAtTheLastStepAndSummed) {
     t->add_trace(0.0f);
     t->add_trace(last);
   }
+  result.set_objective("channel(conv2, 5) - 0.01 * tv()");
   result.set_final_total(4 * (1.41 - 0.02));
   SetMatrix(result.mutable_logits(), 4, 1, {0, 0, 0, 0});
   SetMatrix(result.mutable_probs(), 4, 1, {1, 1, 1, 1});
   auto j = RenderResultToJson(result, {"a"});
   ASSERT_TRUE(j.ok()) << j.status();
-  EXPECT_DOUBLE_EQ((*j)["objective"]["per_image"].get<double>(), 1.41 - 0.02);
-  EXPECT_NEAR((*j)["objective"]["per_image_at_last_step"].get<double>(), 1.6 - 0.03,
+  // "objective" stays the objective's text.
+  EXPECT_EQ((*j)["objective"], "channel(conv2, 5) - 0.01 * tv()");
+  EXPECT_DOUBLE_EQ((*j)["objective_values"]["per_image"].get<double>(), 1.41 - 0.02);
+  EXPECT_NEAR((*j)["objective_values"]["per_image_at_last_step"].get<double>(), 1.6 - 0.03,
               1e-6);
-  EXPECT_DOUBLE_EQ((*j)["objective"]["summed_over_images"].get<double>(),
+  EXPECT_DOUBLE_EQ((*j)["objective_values"]["summed_over_images"].get<double>(),
                    result.final_total());
   EXPECT_DOUBLE_EQ((*j)["final_total"].get<double>(), result.final_total());
 }
