@@ -323,6 +323,24 @@ TEST_F(UploadTest, TheCatalogueShowsOutputsClassesAndUntappableLayers) {
   EXPECT_TRUE(saw_rarely);
   MustUpload("log_softmax", "cat_logsm");
   EXPECT_TRUE(Get("cat_logsm").log_probs());
+  // A tuple whose card names 3 classes but no "logits": the one [batch, 3]
+  // output is taken, and the catalogue says which.
+  MustUpload("tuple_output", "cat_tuple");
+  const v1::Model tuple = Get("cat_tuple");
+  EXPECT_EQ(tuple.logits_output(), "0");
+  EXPECT_EQ(tuple.class_names_size(), 3);
+  RenderOutcome r = RenderAs(Request("cat_tuple", "logit(2)", 4));
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  // Two outputs that wide: refused, naming them.
+  Upload twin;
+  twin.model_file = TestModelFile("twin_heads.pt");
+  twin.card_json = Card("twin_heads");
+  twin.name = "cat_twin";
+  const UploadOutcome refused = Send(*stub_, twin);
+  EXPECT_EQ(refused.status.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(refused.status.error_message(),
+                                "2 outputs have 3 columns ('0', '1')"))
+      << refused.status.error_message();
 }
 
 // Each refused upload leaves the repository as it was.
