@@ -179,6 +179,7 @@ absl::StatusOr<json> RenderResultToJson(
       {"transforms", result.transforms()},
       {"linear_mode", result.linear_mode()},
       {"precision", result.precision()},
+      {"parameterization", ParameterizationText(result.parameterization())},
       {"terms", std::move(terms)},
       {"final_total", DoubleToJson(result.final_total())},
       {"logits", MatrixToJson(*logits)},
@@ -190,6 +191,8 @@ absl::StatusOr<json> RenderResultToJson(
        {{"queue_seconds", result.timings().queue_seconds()},
         {"compute_seconds", result.timings().compute_seconds()}}},
   };
+  out["warnings"] = std::vector<std::string>(result.warnings().begin(),
+                                             result.warnings().end());
   if (!result.maco_magnitude().empty()) {
     out["maco_magnitude"] = result.maco_magnitude();
     out["transparency_maps"] = result.transparency_png_size();
