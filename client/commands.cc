@@ -293,6 +293,11 @@ absl::Status FollowRender(VisualizerClient& client,
   if (!rendered.ok()) return rendered.status();
   const double wall_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   const v1::RenderResult& result = *rendered;
+  // On stderr whatever stdout carries (the JSON has them too): a saturated
+  // prob(c) explains a flat picture.
+  for (const std::string& warning : result.warnings()) {
+    Print(err, absl::StrCat("warning: ", warning, "\n"));
+  }
 
   FEATVIZ_ASSIGN_OR_RETURN(std::vector<std::vector<float>> probs,
                            MatrixFromProto(result.probs()));

@@ -179,6 +179,7 @@ absl::StatusOr<json> RenderResultToJson(
       {"transforms", result.transforms()},
       {"linear_mode", result.linear_mode()},
       {"precision", result.precision()},
+      {"parameterization", ParameterizationText(result.parameterization())},
       {"terms", std::move(terms)},
       // The quantity maximised: summed over the images.
       {"final_total", DoubleToJson(result.final_total())},
@@ -202,6 +203,8 @@ absl::StatusOr<json> RenderResultToJson(
        figures.has_last_step ? DoubleToJson(figures.last_step) : json()},
       {"summed_over_images", DoubleToJson(figures.summed)},
   };
+  out["warnings"] = std::vector<std::string>(result.warnings().begin(),
+                                             result.warnings().end());
   if (!result.maco_magnitude().empty()) {
     out["maco_magnitude"] = result.maco_magnitude();
     out["transparency_maps"] = result.transparency_png_size();

@@ -68,6 +68,19 @@ absl::StatusOr<v1::Parameterization> ParameterizationFromText(
       "parameterisation must be fft, pixel or maco, got '", text, "'"));
 }
 
+std::string ParameterizationText(v1::Parameterization kind) {
+  switch (kind) {
+    case v1::PARAMETERIZATION_FFT:
+      return "fft";
+    case v1::PARAMETERIZATION_PIXEL:
+      return "pixel";
+    case v1::PARAMETERIZATION_MACO:
+      return "maco";
+    default:
+      return "";
+  }
+}
+
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor) {
   if (tensor.dtype() != v1::Tensor::DTYPE_FLOAT32) {
     return absl::InvalidArgumentError(

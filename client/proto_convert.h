@@ -28,6 +28,9 @@ absl::StatusOr<featviz::v1::Transforms> TransformsFromText(
 absl::StatusOr<featviz::v1::Parameterization> ParameterizationFromText(
     absl::string_view text);
 
+// "fft", "pixel" or "maco"; "" for PARAMETERIZATION_UNSPECIFIED.
+std::string ParameterizationText(featviz::v1::Parameterization kind);
+
 // A float32 Tensor message as an owning at::Tensor of its shape.
 // InvalidArgument when the dtype is not float32, a dimension is negative or
 // the byte count does not match the shape.

@@ -31,8 +31,8 @@ absl::StatusOr<std::string> ReadAll(const std::string& path,
 
 }  // namespace
 
-absl::StatusOr<v1::Model> UploadModel(VisualizerClient& client,
-                                      const UploadOptions& options) {
+absl::StatusOr<v1::UploadModelResponse> UploadModel(
+    VisualizerClient& client, const UploadOptions& options) {
   absl::StatusOr<std::string> model = ReadAll(options.model_path, "model");
   if (!model.ok()) return model.status();
   std::string card_path = options.card_path;
@@ -83,24 +83,30 @@ absl::StatusOr<v1::Model> UploadModel(VisualizerClient& client,
         static_cast<absl::StatusCode>(status.error_code()),
         absl::StrReplaceAll(status.error_message(), {{"\n", "; "}}));
   }
-  return response.model();
+  return response;
 }
 
 absl::Status RunUpload(VisualizerClient& client, const UploadOptions& options,
                        bool json, std::FILE* out) {
-  absl::StatusOr<v1::Model> model = UploadModel(client, options);
-  if (!model.ok()) return model.status();
+  absl::StatusOr<v1::UploadModelResponse> response =
+      UploadModel(client, options);
+  if (!response.ok()) return response.status();
+  const v1::Model* model = &response->model();
   if (json) {
-    const std::string text = ModelToJson(*model).dump() + "\n";
+    nlohmann::ordered_json report = ModelToJson(*model);
+    report["already_present"] = response->already_present();
+    const std::string text = report.dump() + "\n";
     std::fputs(text.c_str(), out);
     return absl::OkStatus();
   }
   const std::string text = absl::StrCat(
-      "uploaded ", model->name(), "@", model->version(), " (", model->path(),
-      ", sha256 ", model->content_hash().substr(0, 12), "): ",
-      model->layers_size(), " layers, ", model->class_names_size(),
-      " classes, input ", model->input().channels(), "x",
-      model->input().height(), "x", model->input().width(), "\n");
+      response->already_present() ? "already served, same file and card: "
+                                  : "uploaded ",
+      model->name(), "@", model->version(), " (", model->path(), ", sha256 ",
+      model->content_hash().substr(0, 12), "): ", model->layers_size(),
+      " layers, ", model->class_names_size(), " classes, input ",
+      model->input().channels(), "x", model->input().height(), "x",
+      model->input().width(), "\n");
   std::fputs(text.c_str(), out);
   return absl::OkStatus();
 }

@@ -25,13 +25,15 @@ struct UploadOptions {
   int64_t chunk_bytes = int64_t{1} << 20;
 };
 
-// Uploads and returns the model version the server now serves. NotFound for
+// Uploads and returns the server's reply: the model version it now serves,
+// and whether that version already had this file and card. NotFound for
 // files that cannot be read; the server's status otherwise.
-absl::StatusOr<featviz::v1::Model> UploadModel(VisualizerClient& client,
-                                               const UploadOptions& options);
+absl::StatusOr<featviz::v1::UploadModelResponse> UploadModel(
+    VisualizerClient& client, const UploadOptions& options);
 
-// The command: uploads, then prints the new version (one JSON object with
-// `json`).
+// The command: uploads, then prints the version served, saying when it was
+// already there (one JSON object with `json`, the model's fields and
+// "already_present").
 absl::Status RunUpload(VisualizerClient& client, const UploadOptions& options,
                        bool json, std::FILE* out);
 

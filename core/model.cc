@@ -521,7 +521,35 @@ struct ProbedOutputs {
   std::string logits;  // Output name, "" for none.
   int64_t classes = 0;
   std::string no_classes_reason;
+  // True when the card named classes but no "logits" output, and `logits`
+  // is the one [batch, N] output whose N is the number of classes.
+  bool logits_inferred = false;
 };
+
+// Among several outputs, the class output of a card that names classes but
+// not "logits": the one batch-first [B, N] output with N == the card's class
+// count. Nullptr when none fits (the caller says why there are no classes);
+// InvalidArgument naming them when two or more fit, since a guess could pick
+// the wrong head.
+absl::StatusOr<const OutputInfo*> InferLogits(
+    const std::vector<OutputInfo>& outputs, const ModelCard& card) {
+  const int64_t classes = static_cast<int64_t>(card.classes.size());
+  std::vector<const OutputInfo*> fits;
+  for (const OutputInfo& o : outputs) {
+    if (o.shape.size() == 2 && o.shape[1] == classes) fits.push_back(&o);
+  }
+  if (fits.size() <= 1) return fits.empty() ? nullptr : fits.front();
+  std::vector<std::string> names;
+  for (const OutputInfo* o : fits) {
+    names.push_back(absl::StrCat("'", o->name, "'"));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "model ", card.name, ": the card names ", classes,
+      " classes but no \"logits\" output, and ", fits.size(), " outputs have ",
+      classes, " columns (", absl::StrJoin(names, ", "),
+      "); set \"logits\" in the card to the one that holds the class "
+      "scores"));
+}
 
 // Runs forward on `input` (a batch of 2, so that batch-first outputs can be
 // told from others) and matches its outputs with the card. Throws what
@@ -551,11 +579,21 @@ absl::StatusOr<ProbedOutputs> ProbeOutputs(torch::jit::Module& module,
       if (out.isTensor() && probed.outputs.size() == 1 &&
           probed.outputs[0].shape.size() == 2) {
         logits = &probed.outputs[0];
-      } else {
+        break;
+      }
+      if (!out.isTensor() && !card.classes.empty()) {
+        FEATVIZ_ASSIGN_OR_RETURN(logits, InferLogits(probed.outputs, card));
+        probed.logits_inferred = logits != nullptr;
+      }
+      if (logits == nullptr) {
         probed.no_classes_reason =
             absl::StrCat("forward() returns ", out.type()->str(),
                          " and its card names no \"logits\" output (outputs: ",
                          OutputNames(probed.outputs), ")");
+        if (!out.isTensor() && !card.classes.empty()) {
+          absl::StrAppend(&probed.no_classes_reason, ", and none is [batch, ",
+                          card.classes.size(), "]");
+        }
       }
       break;
     case ModelCard::LogitsAt::kOutput:
@@ -792,6 +830,14 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(torch::jit::Module module,
         for (int64_t i = 0; i < probed->classes; ++i) {
           c.classes.push_back(absl::StrCat(i));
         }
+      }
+      if (probed->logits_inferred) {
+        // The card left it to us: the operator should see which head was
+        // taken, as ListModels shows it (logits_output).
+        spdlog::info(
+            "model {}: the card names {} classes and no \"logits\"; class "
+            "output '{}' taken, the only [batch, {}] output",
+            c.name, c.classes.size(), probed->logits, probed->classes);
       }
       model->outputs_ = std::move(probed->outputs);
       model->logits_output_ = std::move(probed->logits);

@@ -10,7 +10,9 @@
 // fine) says which of them holds the class scores with "logits": an index
 // (0), a key ("age"), or a path of both ([1, "age"]; written "1.age"); null
 // says the model has no class output (a backbone). Left out, a lone tensor
-// of shape [batch, N] is the logits and any other output means none.
+// of shape [batch, N] is the logits; of several outputs, the one [batch, N]
+// output whose N is the number of "classes" (when the card names classes;
+// two or more such outputs are refused, asking for "logits"); otherwise none.
 // "output" says what that tensor holds: "logits" (pre-softmax scores) or
 // "log_probs" (a log_softmax output; logit(c) is then log p(c) as given).
 // docs/models.md explains every field with examples.
@@ -46,7 +48,7 @@ struct ModelCard {
 
   // Where the class scores are among forward()'s outputs (see above).
   enum class LogitsAt {
-    kAuto,    // A lone [batch, N] tensor output; otherwise none.
+    kAuto,    // A lone [batch, N] output, or the one as wide as `classes`.
     kNone,    // "logits": null: no class output.
     kOutput,  // The output named `logits_output`.
   };

@@ -6,6 +6,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "core/device.h"
 #include "core/objective_eval.h"
 #include "core/param_pack.h"
@@ -246,6 +247,7 @@ absl::StatusOr<RenderResult> RenderSession::Finish() {
   result.seed = options_.seed;
   result.steps = state_.step;
   result.transforms = TransformsToString(transforms_);
+  result.parameterization = state_.param->options().kind;
   if (state_.param->options().kind == ParamKind::kMaco) {
     result.magnitude_source = state_.param->options().magnitude_source.empty()
                                   ? "1/f"
@@ -294,10 +296,52 @@ absl::StatusOr<RenderResult> RenderSession::Finish() {
     result.final_values.assign(terms.data_ptr<double>(),
                                terms.data_ptr<double>() + terms.numel());
     result.final_total = total.data_ptr<double>()[0];
+    result.warnings = ProbSaturationWarnings(state_.objective, result.probs,
+                                             model_.card().log_probs);
   } catch (const std::exception& e) {
     return TorchError(e, "measuring the final images");
   }
   return result;
+}
+
+std::vector<std::string> ProbSaturationWarnings(const Objective& objective,
+                                                const at::Tensor& probs,
+                                                bool log_probs) {
+  std::vector<std::string> warnings;
+  if (!probs.defined() || probs.dim() != 2 || probs.size(0) == 0) {
+    return warnings;
+  }
+  const at::Tensor p = probs.to(at::kCPU, at::kDouble).contiguous();
+  const int64_t images = p.size(0);
+  for (const WeightedTerm& wt : objective.terms()) {
+    const Term& term = wt.term;
+    if (term.kind != TermKind::kProb || term.index >= p.size(1)) continue;
+    const int64_t first = term.batch.value_or(0);
+    const int64_t count = term.batch.has_value() ? 1 : images;
+    if (first + count > images) continue;
+    const at::Tensor column = p.select(1, term.index).narrow(0, first, count);
+    const int64_t saturated = column.gt(kProbSaturated).sum().item<int64_t>();
+    if (saturated == 0) continue;
+    Term logit = term;
+    logit.kind = TermKind::kLogit;
+    const std::string instead =
+        log_probs
+            ? absl::StrCat("this model's logit(", term.index,
+                           ") is log p and saturates too; maximise class ",
+                           term.index,
+                           "'s unit in the layer before its log_softmax "
+                           "(neuron(LAYER, ",
+                           term.index, "))")
+            : absl::StrCat("maximise ", logit.ToString(),
+                           " instead, whose gradient does not vanish");
+    warnings.push_back(absl::StrFormat(
+        "%s saturated: p = %.5f on %d of %d images, so its gradient "
+        "(p(1 - p) times the logit's) all but vanished and the images hardly "
+        "changed; %s",
+        term.ToString(), column.max().item<double>(), saturated, count,
+        instead));
+  }
+  return warnings;
 }
 
 }  // namespace featviz::core

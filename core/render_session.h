@@ -86,7 +86,25 @@ struct RenderResult {
   at::Tensor transparency;
   // MaCo only: where the fixed magnitude came from (ParamOptions).
   std::string magnitude_source;
+  // How the images were parameterised (ParamOptions::kind).
+  ParamKind parameterization = ParamKind::kFft;
+  // What the user should know about the result, one sentence each: a
+  // prob(c) term whose softmax saturated (ProbSaturationWarnings).
+  std::vector<std::string> warnings;
 };
+
+// Above this probability a prob(c) term has saturated: its gradient,
+// p(1 - p) times the logit's, has all but vanished, so the images stop
+// changing (from a confident model, often a flat grey picture).
+inline constexpr double kProbSaturated = 0.999;
+
+// One warning per prob term of `objective` whose class has a probability
+// above kProbSaturated in `probs` ([B, classes], CPU float) on an image the
+// term reads, suggesting logit(c) (whose gradient does not vanish; for a
+// log_probs model, a unit of the layer before the log_softmax).
+std::vector<std::string> ProbSaturationWarnings(const Objective& objective,
+                                                const at::Tensor& probs,
+                                                bool log_probs);
 
 class RenderSession {
  public:

@@ -112,6 +112,10 @@ class ChunkedUpload : public grpc::ServerReadReactor<Request> {
   // Frees what Accept and Stage took, unless published; idempotent.
   virtual void Discard() = 0;
 
+  // For Publish, when the upload turned out to be there already: nothing
+  // of it is kept, so its bytes go back to the caller's quota.
+  void KeptNothing() { kept_ = false; }
+
   const Identity& caller() const { return caller_; }
   const std::string& method() const { return context_.method; }
 
@@ -205,7 +209,7 @@ class ChunkedUpload : public grpc::ServerReadReactor<Request> {
       return;
     }
     const absl::Status published = Publish(staged_file_);
-    if (published.ok()) reserved_ = 0;  // Kept: counts against the quota.
+    if (published.ok() && kept_) reserved_ = 0;  // Counts against the quota.
     End(published);
   }
 
@@ -241,6 +245,7 @@ class ChunkedUpload : public grpc::ServerReadReactor<Request> {
   std::string sha256_;
   int64_t received_ = 0;
   int64_t reserved_ = 0;
+  bool kept_ = true;  // See KeptNothing.
   std::filesystem::path staged_file_;
   std::ofstream file_;
   core::Sha256 digest_;

@@ -1020,6 +1020,8 @@ v1::RenderResult ResultToProto(const JobResult& result) {
     out.add_transparency_png(png);
   }
   out.set_maco_magnitude(result.maco_magnitude);
+  out.set_parameterization(ParameterizationToProto(result.parameterization));
+  for (const std::string& warning : result.warnings) out.add_warnings(warning);
   for (const LayerSummary& stats : result.layer_stats) {
     v1::LayerStats* s = out.add_layer_stats();
     s->set_layer(stats.layer);

@@ -237,7 +237,8 @@ int64_t JobResult::bytes() const {
   }
   if (images.has_value()) total += HeapBytes(*images);
   total += HeapBytes(png) + HeapBytes(band_png) + HeapBytes(band_names) +
-           HeapBytes(transparency_png) + HeapBytes(composite);
+           HeapBytes(transparency_png) + HeapBytes(composite) +
+           HeapBytes(warnings);
   total += HeapBytes(logits) + HeapBytes(probs);
   total += HeapChunk(
       static_cast<int64_t>(layer_stats.capacity() * sizeof(LayerSummary)));
@@ -308,6 +309,8 @@ absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
   } catch (const std::exception& e) {
     return core::TorchError(e, "copying the result to the host");
   }
+  out.parameterization = result.parameterization;
+  out.warnings = result.warnings;
   out.seed = result.seed;
   out.steps = result.steps;
   out.transforms = result.transforms;

@@ -245,6 +245,10 @@ struct JobResult {
   std::optional<HostArray> transparency;
   std::vector<std::string> transparency_png;
   std::string maco_magnitude;
+  // How the images were parameterised (the request's, or the server's pick).
+  core::ParamKind parameterization = core::ParamKind::kFft;
+  // core::RenderResult::warnings: what the user should know about it.
+  std::vector<std::string> warnings;
   uint64_t seed = 0;
   int64_t steps = 0;
   std::string transforms;  // The transform set, as text.

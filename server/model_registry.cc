@@ -30,6 +30,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr char kModelFile[] = "model.pt";
+constexpr char kCardFile[] = "model.card.json";
 constexpr char kFlatForms[] =
     "'<name>/<version>', '<name>/<version>/model.pt' or '<stem>.pt'";
 bool AllDigits(absl::string_view s) {
@@ -669,8 +670,48 @@ absl::StatusOr<fs::path> ModelRegistry::NewStagingDir() const {
   return server::NewStagingDir(root_);
 }
 
-absl::StatusOr<ModelSummary> ModelRegistry::Publish(const std::string& name,
-                                                 const fs::path& staged) {
+namespace {
+
+// The card at `path` as the model's load would read it, in one canonical
+// text; "" when there is none. Cards that do not parse never compare equal.
+std::string CanonicalCard(const fs::path& path) {
+  std::error_code ignored;
+  if (!fs::exists(path, ignored)) return "";
+  absl::StatusOr<core::ModelCard> card = core::ModelCard::Load(path.string());
+  return card.ok() ? card->ToJson()
+                   : absl::StrCat("unreadable ", path.string());
+}
+
+}  // namespace
+
+std::optional<ModelSummary> ModelRegistry::ServedWithContent(
+    const std::string& name, const std::string& sha256,
+    const fs::path& card) const {
+  std::vector<EntryPtr> same_file;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = served_.find(name);
+    if (it == served_.end()) return std::nullopt;
+    // Newest first: the answer is the version a request for `name` gets.
+    for (auto v = it->second.rbegin(); v != it->second.rend(); ++v) {
+      if (v->second->content_hash == sha256 && !v->second->path.empty()) {
+        same_file.push_back(v->second);
+      }
+    }
+  }
+  if (same_file.empty()) return std::nullopt;
+  const std::string wanted = CanonicalCard(card);
+  for (const EntryPtr& entry : same_file) {
+    const fs::path served_card =
+        (root_ / entry->path).replace_extension(".card.json");
+    if (CanonicalCard(served_card) == wanted) return Described(*entry);
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<ModelRegistry::Published> ModelRegistry::Publish(
+    const std::string& name, const fs::path& staged,
+    const std::string& sha256) {
   std::error_code ignored;
   auto discard = [&](const absl::Status& status) {
     fs::remove_all(staged, ignored);
@@ -684,6 +725,16 @@ absl::StatusOr<ModelSummary> ModelRegistry::Publish(const std::string& name,
     return discard(valid);
   }
   absl::MutexLock admin(&admin_mu_);
+  if (std::optional<ModelSummary> present =
+          ServedWithContent(name, sha256, staged / kCardFile);
+      present.has_value()) {
+    fs::remove_all(staged, ignored);
+    spdlog::info(
+        "model {} upload: the same file (sha256 {}) and card are "
+        "already served as version {}; nothing published",
+        name, ShortHash(sha256), present->card.version);
+    return Published{*std::move(present), true};
+  }
   const fs::path model_dir = root_ / name;
   if (fs::exists(model_dir, ignored)) {
     // Refuses a name that is a file or a symlink out of the repository.
@@ -738,9 +789,9 @@ absl::StatusOr<ModelSummary> ModelRegistry::Publish(const std::string& name,
                Key(name, version), (*entry)->path,
                ShortHash((*entry)->content_hash),
                (*entry)->summary->memory_bytes);
-  ModelSummary summary = Described(**entry);
+  Published published{Described(**entry), false};
   Serve(*std::move(entry));
-  return summary;
+  return published;
 }
 
 absl::StatusOr<std::vector<ModelSummary>> ModelRegistry::Unload(

@@ -44,6 +44,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -171,15 +172,28 @@ class ModelRegistry {
   // FailedPrecondition without a repository.
   absl::StatusOr<std::filesystem::path> NewStagingDir() const;
 
-  // Publishes a staged upload: renames `staged` (holding model.pt and maybe
-  // model.card.json) atomically to `<root>/<name>/<N>`, N one more than the
-  // largest numeric version of `name` on disk or served (1 for a new name),
-  // and loads it as Load does. On any error nothing of it stays in the
-  // repository: `staged` and the published directory are removed.
-  // InvalidArgument for a name outside [A-Za-z0-9_-]{1,64} or a file that
-  // is not a model that runs; ResourceExhausted as Load.
-  absl::StatusOr<ModelSummary> Publish(const std::string& name,
-                                       const std::filesystem::path& staged);
+  // What Publish did.
+  struct Published {
+    ModelSummary model;  // The version now served.
+    // True when a served version of the name already held the same file and
+    // card: nothing new was published, and `model` is that version.
+    bool already_present = false;
+  };
+  // Publishes a staged upload whose model.pt has the SHA-256 `sha256`
+  // (lowercase hex, as the upload checked it): renames `staged` (holding
+  // model.pt and maybe model.card.json) atomically to `<root>/<name>/<N>`,
+  // N one more than the largest numeric version of `name` on disk or served
+  // (1 for a new name), and loads it as Load does. When a served version of
+  // `name` has the same hash and the same card (both absent, or equal once
+  // parsed), `staged` is removed instead and that version is the answer, so
+  // sending a file twice does not make a second version of it. On any error
+  // nothing of it stays in the repository: `staged` and the published
+  // directory are removed. InvalidArgument for a name outside
+  // [A-Za-z0-9_-]{1,64} or a file that is not a model that runs;
+  // ResourceExhausted as Load.
+  absl::StatusOr<Published> Publish(const std::string& name,
+                                    const std::filesystem::path& staged,
+                                    const std::string& sha256);
 
   // Stops serving `name` (the version `version`, or all when empty) and
   // returns once no running job holds it any more. NotFound when nothing
@@ -259,6 +273,12 @@ class ModelRegistry {
   void Discard(const Entry& entry) const;
   // `entry`'s summary with its copies' states filled in.
   ModelSummary Described(const Entry& entry) const;
+  // The newest served version of `name` whose file has the SHA-256 `sha256`
+  // and whose card reads as the one at `card` (none when `card` does not
+  // exist); nullopt when there is none.
+  std::optional<ModelSummary> ServedWithContent(
+      const std::string& name, const std::string& sha256,
+      const std::filesystem::path& card) const ABSL_LOCKS_EXCLUDED(mu_);
   // The models of the repository (of `name` only, when not empty), sorted
   // by path. Escaping symlinks and unusable entries are logged and skipped.
   std::vector<Found> Scan(const std::string& name) const;

@@ -36,6 +36,7 @@ class UploadReactor final : public ChunkedUpload<v1::UploadModelRequest> {
           " bytes; at most ", kMaxUploadCardBytes));
     }
     name_ = header.name();
+    sha256_ = header.sha256();  // Compared with the bytes before Publish.
     if (!header.card_json().empty()) {
       absl::StatusOr<core::ModelCard> card =
           core::ModelCard::Parse(header.card_json());
@@ -67,10 +68,13 @@ class UploadReactor final : public ChunkedUpload<v1::UploadModelRequest> {
   }
 
   absl::Status Publish(const fs::path&) override {
-    absl::StatusOr<ModelSummary> model = models_->Publish(name_, staged_);
+    absl::StatusOr<ModelRegistry::Published> published =
+        models_->Publish(name_, staged_, sha256_);
     staged_.clear();  // Published or removed by Publish.
-    if (!model.ok()) return Prefixed("UploadModel", model.status());
-    *response_->mutable_model() = ModelToProto(*model);
+    if (!published.ok()) return Prefixed("UploadModel", published.status());
+    *response_->mutable_model() = ModelToProto(published->model);
+    response_->set_already_present(published->already_present);
+    if (published->already_present) KeptNothing();
     return absl::OkStatus();
   }
 
@@ -89,6 +93,7 @@ class UploadReactor final : public ChunkedUpload<v1::UploadModelRequest> {
   ModelRegistry* const models_;
   v1::UploadModelResponse* const response_;
   std::string card_json_;
+  std::string sha256_;
   fs::path staged_;
   fs::path staging_parent_;
 };

@@ -2,8 +2,10 @@
 // chunks (chunked_upload.h: size and quota checked before any byte is taken,
 // SHA-256 checked at the end); the server publishes the file as the next
 // version of the model in its repository (ModelRegistry::Publish), which
-// loads it as LoadModel does. Whatever fails, nothing of the upload stays in
-// the repository.
+// loads it as LoadModel does; a file and card that a served version of the
+// name already has are answered with that version (already_present), not
+// published again. Whatever fails, nothing of the upload stays in the
+// repository.
 //
 // Trust: a TorchScript file is code (its forward runs inside the server's
 // process, with the server's rights), so only clients with the uploader or

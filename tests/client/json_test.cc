@@ -46,6 +46,8 @@ TEST(RenderResultToJson, CarriesTheStatistics) {
   SetMatrix(s->mutable_mean(), 2, 1, {0.5f, 1.5f});
   SetMatrix(s->mutable_max(), 2, 1, {1, 2});
   result.mutable_timings()->set_compute_seconds(1.5);
+  result.set_parameterization(v1::PARAMETERIZATION_PIXEL);
+  result.add_warnings("prob(1) saturated");
 
   auto j = RenderResultToJson(result, {"zero", "one"});
   ASSERT_TRUE(j.ok()) << j.status();
@@ -60,6 +62,9 @@ TEST(RenderResultToJson, CarriesTheStatistics) {
   EXPECT_EQ((*j)["layer_stats"][0]["layer"], "conv2");
   EXPECT_EQ((*j)["layer_stats"][0]["mean"], nlohmann::ordered_json::parse("[[0.5], [1.5]]"));
   EXPECT_EQ((*j)["timings"]["compute_seconds"], 1.5);
+  EXPECT_EQ((*j)["parameterization"], "pixel");
+  EXPECT_EQ((*j)["warnings"],
+            nlohmann::ordered_json::parse(R"(["prob(1) saturated"])"));
 }
 
 // The progress line, the term values and final_total used to disagree with

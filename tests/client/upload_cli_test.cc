@@ -70,7 +70,23 @@ TEST_F(UploadCliTest, UploadsWithTheCardBesideItThenListsAndRenders) {
   EXPECT_EQ(model["version"], "1");
   EXPECT_TRUE(fs::exists(Scratch() + "/repo/digits/1/model.card.json"));
 
+  EXPECT_FALSE(model["already_present"].get<bool>());
+
+  // The same file and card again: the version that has them, not a copy.
   r = Run("uploader", {"upload", Scratch() + "/digits.pt", "--name", "digits"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(
+      r.out, "already served, same file and card: digits@1 (digits/1/model.pt"))
+      << r.out;
+  EXPECT_FALSE(fs::exists(Scratch() + "/repo/digits/2"));
+
+  // Another card makes the same file the next version.
+  nlohmann::json card =
+      nlohmann::json::parse(std::ifstream(Scratch() + "/digits.card.json"));
+  card["description"] = "the same weights, described again";
+  std::ofstream(Scratch() + "/other.card.json") << card.dump();
+  r = Run("uploader", {"upload", Scratch() + "/digits.pt", "--name", "digits",
+                       "--card", Scratch() + "/other.card.json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(absl::StrContains(r.out, "uploaded digits@2 (digits/2/model.pt"))
       << r.out;

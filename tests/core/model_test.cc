@@ -210,16 +210,73 @@ TEST(ModelLoad, RejectsMissingFileAsNotFound) {
   EXPECT_EQ(model.status().code(), absl::StatusCode::kNotFound);
 }
 
-// tuple_output's card names three classes but not which output holds them.
-TEST(ModelLoad, RejectsTupleOutputWhoseCardNamesClassesButNoLogits) {
+// tuple_output returns (logits [B, 3], features [B, 8]); its card names
+// three classes but not which output holds them. Only output 0 has three
+// columns, so it is the class output.
+TEST(ModelLoad, TakesTheOnlyOutputAsWideAsTheCardsClassesAsTheClassOutput) {
+  auto model = MustLoad(TestModel("tuple_output.pt"));
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(model->logits_output(), "0");
+  EXPECT_EQ(model->shape().num_classes, 3);
+  EXPECT_EQ(model->card().classes, (std::vector<std::string>{"p", "q", "r"}));
+  // logit(c) reads that output.
+  const at::Tensor images = at::rand({2, 3, 16, 16});
+  absl::StatusOr<Taps> taps = model->Forward(images, {});
+  ASSERT_TRUE(taps.ok()) << taps.status();
+  ASSERT_EQ(taps->logits.sizes(), (std::vector<int64_t>{2, 3}));
+  EXPECT_TRUE(at::equal(taps->logits, taps->outputs.at("0")));
+}
+
+// twin_heads returns two [B, 3] heads and its card names three classes but
+// no "logits": a guess could take the wrong one, so the load is refused,
+// naming both and what to write in the card.
+TEST(ModelLoad, RefusesTwoOutputsAsWideAsTheCardsClassesNamingThem) {
   absl::StatusOr<std::unique_ptr<Model>> model =
-      Model::Load(TestModel("tuple_output.pt"));
+      Model::Load(TestModel("twin_heads.pt"));
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(model.status().message().find("no class output"), std::string::npos)
-      << model.status();
-  EXPECT_NE(model.status().message().find("\"logits\""), std::string::npos)
-      << model.status();
+  const std::string message(model.status().message());
+  EXPECT_NE(message.find("2 outputs have 3 columns ('0', '1')"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("set \"logits\" in the card"), std::string::npos)
+      << message;
+}
+
+// A card that names the head itself is followed, whatever else fits.
+TEST(ModelLoad, TakesTheCardsLogitsOverTwoOutputsThatFit) {
+  absl::StatusOr<ModelCard> card =
+      ModelCard::Load(std::filesystem::path(TestModel("twin_heads.pt"))
+                          .replace_extension(".card.json")
+                          .string());
+  ASSERT_TRUE(card.ok()) << card.status();
+  card->logits_at = ModelCard::LogitsAt::kOutput;
+  card->logits_output = "1";
+  torch::jit::Module module = torch::jit::load(TestModel("twin_heads.pt"));
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      Model::Create(std::move(module), *card, c10::Device(c10::kCPU));
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->logits_output(), "1");
+}
+
+// Classes in the card but no output as wide: still refused, saying so.
+TEST(ModelLoad, RefusesATupleOutputWithNoOutputAsWideAsTheCardsClasses) {
+  absl::StatusOr<ModelCard> card =
+      ModelCard::Load(std::filesystem::path(TestModel("tuple_output.pt"))
+                          .replace_extension(".card.json")
+                          .string());
+  ASSERT_TRUE(card.ok()) << card.status();
+  card->classes = {"a", "b", "c", "d", "e", "f", "g"};
+  torch::jit::Module module = torch::jit::load(TestModel("tuple_output.pt"));
+  absl::StatusOr<std::unique_ptr<Model>> model =
+      Model::Create(std::move(module), *card, c10::Device(c10::kCPU));
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string message(model.status().message());
+  EXPECT_NE(message.find("7 classes but the model has no class output"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("none is [batch, 7]"), std::string::npos) << message;
 }
 
 TEST(ModelForward, RejectsUnknownLayerNamingIt) {

@@ -119,6 +119,75 @@ TEST(Render, ResultCarriesFinalStatisticsOfTheUntransformedImages) {
               1e-3);
 }
 
+TEST(Render, ResultNamesTheParameterisationUsed) {
+  RenderOptions pixel = Quick(2);
+  pixel.param.kind = ParamKind::kPixel;
+  EXPECT_EQ(MustRender("logit(3)", pixel).parameterization, ParamKind::kPixel);
+  EXPECT_EQ(MustRender("logit(3)", Quick(2)).parameterization, ParamKind::kFft);
+}
+
+// A prob(c) term whose class is at p > 0.999 on an image it reads gets a
+// warning naming it and the logit term to use; others get none.
+TEST(ProbSaturationWarnings, NameTheSaturatedTermAndItsLogit) {
+  absl::StatusOr<Objective> objective =
+      Objective::Parse("prob(0) + prob(1, batch=1) + logit(0) + 0.5 * prob(1)");
+  ASSERT_TRUE(objective.ok()) << objective.status();
+  const at::Tensor probs =
+      at::tensor({0.9995f, 0.0005f, 0.4f, 0.6f}).view({2, 2});
+  std::vector<std::string> warnings =
+      ProbSaturationWarnings(*objective, probs, /*log_probs=*/false);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_EQ(
+      warnings[0].rfind("prob(0) saturated: p = 0.99950 on 1 of 2 images", 0),
+      0u)
+      << warnings[0];
+  EXPECT_NE(warnings[0].find("maximise logit(0) instead"), std::string::npos)
+      << warnings[0];
+
+  // Only the images a term reads count, and the suggestion keeps its batch.
+  objective = Objective::Parse("prob(0, batch=1) + prob(0, batch=0)");
+  ASSERT_TRUE(objective.ok()) << objective.status();
+  warnings = ProbSaturationWarnings(*objective, probs, false);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(
+      warnings[0].find("prob(0, batch=0) saturated: p = 0.99950 on 1 of 1"),
+      std::string::npos)
+      << warnings[0];
+  EXPECT_NE(warnings[0].find("logit(0, batch=0)"), std::string::npos)
+      << warnings[0];
+
+  // A log_softmax model's logit(c) is log p: the suggestion is another.
+  warnings = ProbSaturationWarnings(*objective, probs, /*log_probs=*/true);
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("log_softmax"), std::string::npos) << warnings[0];
+
+  EXPECT_TRUE(ProbSaturationWarnings(*objective, at::full({2, 2}, 0.5f), false)
+                  .empty());
+}
+
+// A model whose softmax is saturated on every image: prob(0) cannot move
+// the images, and the result says so; logit(0) and prob(1) get no warning.
+TEST(Render, SaturatedProbTermOfAConfidentModelIsReported) {
+  absl::StatusOr<ModelPtr> model =
+      Model::Load(::featviz::testing::TestModel("confident.pt"));
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<Objective> objective = Objective::Parse("prob(0) + logit(0)");
+  ASSERT_TRUE(objective.ok()) << objective.status();
+  absl::StatusOr<RenderResult> r = Render(**model, *objective, Quick(4, 2));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->warnings.size(), 1u);
+  EXPECT_EQ(r->warnings[0].rfind(
+                "prob(0) saturated: p = 1.00000 on 2 of 2 images", 0),
+            0u)
+      << r->warnings[0];
+
+  objective = Objective::Parse("prob(1)");
+  ASSERT_TRUE(objective.ok()) << objective.status();
+  r = Render(**model, *objective, Quick(4));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->warnings.empty()) << r->warnings[0];
+}
+
 TEST(Render, ProgressArrivesInOrderAndCanCancel) {
   RenderOptions o = Quick(20);
   o.progress_every = 5;

@@ -3,9 +3,9 @@
 
     /usr/bin/python3 tests/models/make_test_models.py --out DIR
 
-Writes into DIR: scripted.pt, traced.pt, residual.pt, tuple_output.pt (each
-with a .card.json), no_card.pt (no card), corrupt.pt (random bytes),
-not_torchscript.pt (a plain torch.save'd state_dict) and wide.pt (64 MiB of
+Writes into DIR: scripted.pt, traced.pt, residual.pt, tuple_output.pt,
+twin_heads.pt, confident.pt (each with a .card.json), no_card.pt (no card),
+corrupt.pt (random bytes), not_torchscript.pt (a plain torch.save'd state_dict) and wide.pt (64 MiB of
 weights in one layer, to measure the memory a model unload frees), then the
 models from the wild of wild_models.py (ResNet-18, MobileNet-like, ...) and
 the transformers of make_transformer_models.py (ViTs, an MLP-mixer, a
@@ -92,6 +92,35 @@ class TupleOutput(nn.Module):  # 3x16x16 -> (logits[3], features[8])
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         feats = torch.flatten(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1), 1)
         return self.fc(feats), feats
+
+
+class TwinHeads(nn.Module):  # 3x16x16 -> (a[3], b[3]): which is the classes?
+    """Two heads as wide as the card's class list: featviz cannot tell which
+    holds the class scores, so a card without "logits" is refused."""
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.Linear(8, 3)
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        feats = torch.flatten(F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1), 1)
+        return self.a(feats), self.b(feats)
+
+
+class Confident(nn.Module):  # 1x8x8 -> 3, class 0 at p ~ 1 whatever the image
+    """A model as sure as a trained one gets: its softmax is saturated on
+    every image, so prob(c) has no gradient to follow."""
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+        with torch.no_grad():
+            self.fc.weight.mul_(0.01)
+            self.fc.bias.copy_(torch.tensor([30.0, 0.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.relu(self.conv(x)), 1))
 
 
 class BatchMixing(nn.Module):  # 3x16x16 -> 3
@@ -212,7 +241,7 @@ def main():
     write_card(out, "residual", 3, 16, ["w", "x", "y", "z"])
 
     save(torch.jit.script(TupleOutput().eval()), out, "tuple_output", (3, 16, 16))
-    write_card(out, "tuple_output", 3, 16, ["p", "q", "r"])
+    write_card(out, "tuple_output", 3, 16, ["p", "q", "r"])  # no "logits": inferred
 
     save(torch.jit.script(BatchMixing().eval()), out, "batch_mixing", (3, 16, 16))
     write_card(out, "batch_mixing", 3, 16, ["p", "q", "r"])
@@ -244,6 +273,14 @@ def main():
 
     import make_hostile_models  # beside this file
     make_hostile_models.build(out)
+
+    # Later additions, seeded on their own so that the models above keep
+    # their weights.
+    torch.manual_seed(27)
+    save(torch.jit.script(TwinHeads().eval()), out, "twin_heads", (3, 16, 16))
+    write_card(out, "twin_heads", 3, 16, ["p", "q", "r"])  # no "logits": ambiguous
+    save(torch.jit.script(Confident().eval()), out, "confident", (1, 8, 8))
+    write_card(out, "confident", 1, 8, ["sure", "never", "nope"])
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ namespace featviz::server {
 namespace {
 
 namespace fs = std::filesystem;
+using ::featviz::testing::FileSha256;
 using ::featviz::testing::MnistCard;
 using ::featviz::testing::MnistFile;
 using ::featviz::testing::TempRepository;
@@ -247,7 +248,8 @@ TEST(ModelBudget, AModelLargerThanTheBudgetIsRefusedNamingIt) {
   ASSERT_TRUE(staged.ok()) << staged.status();
   fs::copy_file(MnistFile(), *staged / "model.pt");
   fs::copy_file(MnistCard(), *staged / "model.card.json");
-  const absl::Status published = registry->Publish("big", *staged).status();
+  const absl::Status published =
+      registry->Publish("big", *staged, FileSha256(MnistFile())).status();
   EXPECT_EQ(published.code(), absl::StatusCode::kResourceExhausted)
       << published;
   EXPECT_TRUE(absl::StrContains(

@@ -137,7 +137,11 @@ TEST(ModelRegistry, RefusesAndCountsModelsWhoseCodeLeavesTensorMath) {
       << status;
   const fs::path staged = *registry->NewStagingDir();
   fs::copy_file(TestModelFile("hostile_namespace.pt"), staged / "model.pt");
-  const absl::Status published = registry->Publish("foreign", staged).status();
+  const absl::Status published =
+      registry
+          ->Publish("foreign", staged,
+                    FileSha256(TestModelFile("hostile_namespace.pt")))
+          .status();
   EXPECT_EQ(core::RefusedOperator(published), "_test::leaky_relu") << published;
   EXPECT_FALSE(fs::exists(repo.Path("foreign")));
   EXPECT_EQ(registry->RefusedOperators(),

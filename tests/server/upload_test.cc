@@ -169,6 +169,20 @@ class UploadTest : public ::testing::Test {
     return outcome.response.model();
   }
 
+  // What GetServerStats says `client` has uploaded, in bytes.
+  int64_t UploadedBytes(const std::string& client) {
+    grpc::ClientContext context;
+    context.set_deadline(After(30));
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", kUserToken));
+    v1::ServerStats stats;
+    grpc::Status status = stub_->GetServerStats(&context, {}, &stats);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    for (const v1::OwnerResultUsage& usage : stats.uploads()) {
+      if (usage.owner() == client) return usage.bytes();
+    }
+    return 0;
+  }
+
   static TempRepository* repo_;
   static std::string* tokens_;
   static ServerProcess* server_;
@@ -287,13 +301,62 @@ TEST_F(UploadTest, ResNet18UploadsWithItsCardAndRendersAt64Pixels) {
   EXPECT_EQ(std::max_element(probs.begin(), probs.end()) - probs.begin(), 7);
 }
 
-TEST_F(UploadTest, ASecondUploadIsTheNextVersion) {
-  MustUpload("sequential", "seq_versions");
-  v1::Model second = MustUpload("sequential", "seq_versions");
-  EXPECT_EQ(second.version(), "2");
-  EXPECT_EQ(second.path(), "seq_versions/2/model.pt");
+// Sending the same file and card again answers with the version that has
+// them instead of a copy of it, and the bytes do not count against the
+// quota; a changed card (or file) is the next version.
+TEST_F(UploadTest, AnIdenticalUploadAnswersWithTheServedVersion) {
+  const int64_t used_before = UploadedBytes("lab");
+  const std::string file = TestModelFile("sequential.pt");
+  const int64_t size = static_cast<int64_t>(fs::file_size(file));
+  const v1::Model first = MustUpload("sequential", "seq_versions");
+  EXPECT_EQ(first.version(), "1");
+  EXPECT_EQ(UploadedBytes("lab"), used_before + size);
+
+  Upload again;
+  again.model_file = file;
+  again.name = "seq_versions";
+  // The same card, written differently: it is the card that is compared,
+  // not its bytes.
+  again.card_json = Card("sequential") + "\n\n";
+  UploadOutcome outcome = Send(*stub_, again);
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_TRUE(outcome.response.already_present());
+  EXPECT_EQ(outcome.response.model().version(), "1");
+  EXPECT_EQ(outcome.response.model().path(), "seq_versions/1/model.pt");
+  EXPECT_EQ(outcome.response.model().content_hash(), FileSha256(file));
+  EXPECT_FALSE(fs::exists(repo_->Path("seq_versions/2")));
+  EXPECT_EQ(UploadedBytes("lab"), used_before + size);
+  EXPECT_EQ(Get("seq_versions").version(), "1");
+
+  // Another card (a description) makes the same file the next version ...
+  std::string card = Card("sequential");
+  ASSERT_NE(card.find("Untrained"), std::string::npos) << card;
+  card.replace(card.find("Untrained"), 9, "Retrained");
+  again.card_json = card;
+  outcome = Send(*stub_, again);
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_FALSE(outcome.response.already_present());
+  EXPECT_EQ(outcome.response.model().version(), "2");
+  EXPECT_EQ(outcome.response.model().path(), "seq_versions/2/model.pt");
   RenderOutcome r = RenderAs(Request("seq_versions@2", "channel(0, 1)", 4));
   EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  // ... which its next identical upload then finds.
+  outcome = Send(*stub_, again);
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_TRUE(outcome.response.already_present());
+  EXPECT_EQ(outcome.response.model().version(), "2");
+
+  // Files without a card: the first upload is new, the same again is not.
+  again.card_json.clear();
+  again.model_file = TestModelFile("tuple_output.pt");
+  outcome = Send(*stub_, again);
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_FALSE(outcome.response.already_present());
+  EXPECT_EQ(outcome.response.model().version(), "3");
+  outcome = Send(*stub_, again);
+  ASSERT_TRUE(outcome.status.ok()) << outcome.status.error_message();
+  EXPECT_TRUE(outcome.response.already_present());
+  EXPECT_EQ(outcome.response.model().version(), "3");
 }
 
 TEST_F(UploadTest, TheNameComesFromTheCardWhenNotGiven) {
@@ -323,6 +386,24 @@ TEST_F(UploadTest, TheCatalogueShowsOutputsClassesAndUntappableLayers) {
   EXPECT_TRUE(saw_rarely);
   MustUpload("log_softmax", "cat_logsm");
   EXPECT_TRUE(Get("cat_logsm").log_probs());
+  // A tuple whose card names 3 classes but no "logits": the one [batch, 3]
+  // output is taken, and the catalogue says which.
+  MustUpload("tuple_output", "cat_tuple");
+  const v1::Model tuple = Get("cat_tuple");
+  EXPECT_EQ(tuple.logits_output(), "0");
+  EXPECT_EQ(tuple.class_names_size(), 3);
+  RenderOutcome r = RenderAs(Request("cat_tuple", "logit(2)", 4));
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  // Two outputs that wide: refused, naming them.
+  Upload twin;
+  twin.model_file = TestModelFile("twin_heads.pt");
+  twin.card_json = Card("twin_heads");
+  twin.name = "cat_twin";
+  const UploadOutcome refused = Send(*stub_, twin);
+  EXPECT_EQ(refused.status.error_code(), StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(refused.status.error_message(),
+                                "2 outputs have 3 columns ('0', '1')"))
+      << refused.status.error_message();
 }
 
 // Each refused upload leaves the repository as it was.
