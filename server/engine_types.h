@@ -49,7 +49,8 @@ struct RenderPlan {
   // again: whether options.lr is the default for the parameterisation
   // (optimizer.lr was 0), whether every parameterisation choice is open (no
   // kind, FFT decay, start image or MaCo dataset: MaCo may then be picked
-  // from the one hosted dataset that fits), and the MaCo dataset named.
+  // from the one hosted dataset that fits), and the MaCo dataset: the one
+  // named, or the one RenderInputs picked for an open request.
   bool lr_is_default = false;
   bool parameterisation_open = false;
   std::string maco_dataset;

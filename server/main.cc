@@ -537,6 +537,8 @@ absl::Status Serve() {
         absl::StrCat("--conv_layout: ", conv_layout.status().message()));
   }
   core::SetConvLayout(*conv_layout);
+  spdlog::info("convolutions of CPU models: {} layout (--conv_layout)",
+               core::ConvLayoutName(*conv_layout));
   absl::StatusOr<core::OperatorPolicy> operators =
       core::ParseOperatorPolicy(absl::GetFlag(FLAGS_allow_operators));
   if (!operators.ok()) {
