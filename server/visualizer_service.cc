@@ -404,9 +404,8 @@ void VisualizerService::Shutdown(absl::Time grace_deadline) {
   if (log_thread_.joinable()) log_thread_.join();
 }
 
-absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
-    grpc::CallbackServerContext* /*context*/, const Identity& caller,
-    const v1::RenderRequest& request, JobWatcherPtr watcher) {
+absl::StatusOr<VisualizerService::Admitted> VisualizerService::Admit(
+    const Identity& caller, const v1::RenderRequest& request) {
   if (shutting_down_.load()) {
     return absl::UnavailableError("server is shutting down");
   }
@@ -415,17 +414,18 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
   // With tokens the owner is the authenticated client: a user cannot queue
   // work under another name (and so dodge its quotas or fair share); an
   // admin may.
-  FEATVIZ_ASSIGN_OR_RETURN(std::string owner,
+  Admitted admitted;
+  FEATVIZ_ASSIGN_OR_RETURN(admitted.owner,
                            auth_.OwnerOf(caller, request.owner()));
-  absl::StatusOr<RenderPlan> plan = PlanRender(request, models_, limits_);
-  if (!plan.ok()) return plan.status();
-  FEATVIZ_RETURN_IF_ERROR(inputs_->Resolve(request, *plan));
-  OwnerQuota quota;
+  FEATVIZ_ASSIGN_OR_RETURN(admitted.plan,
+                           PlanRender(request, models_, limits_));
+  RenderPlan& plan = admitted.plan;
+  FEATVIZ_RETURN_IF_ERROR(inputs_->Resolve(request, plan));
   if (auth_.checks_tokens()) {
     const Quotas& quotas = caller.quotas;
     if (quotas.max_image_steps.has_value()) {
-      const int64_t images = plan->options.param.batch;
-      const int64_t steps = plan->options.steps;
+      const int64_t images = plan.options.param.batch;
+      const int64_t steps = plan.options.steps;
       if (images * steps > *quotas.max_image_steps) {
         return absl::ResourceExhaustedError(absl::StrCat(
             "the render's ", images, " images x ", steps, " steps = ",
@@ -433,13 +433,22 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
             "''s quota max_image_steps (", *quotas.max_image_steps, ")"));
       }
     }
-    quota.max_queued = quotas.max_queued;
-    quota.max_running = quotas.max_running;
+    admitted.quota.max_queued = quotas.max_queued;
+    admitted.quota.max_running = quotas.max_running;
   }
-  if (!plan->seed.has_value()) plan->options.seed = RandomSeed();
-  std::string cache_key = CacheKey(request, *plan);
-  return jobs_->Submit(*std::move(plan), std::move(cache_key), std::move(owner),
-                       std::move(watcher), quota);
+  return admitted;
+}
+
+absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
+    grpc::CallbackServerContext* /*context*/, const Identity& caller,
+    const v1::RenderRequest& request, JobWatcherPtr watcher) {
+  FEATVIZ_ASSIGN_OR_RETURN(Admitted admitted, Admit(caller, request));
+  RenderPlan& plan = admitted.plan;
+  if (!plan.seed.has_value()) plan.options.seed = RandomSeed();
+  std::string cache_key = CacheKey(request, plan);
+  return jobs_->Submit(std::move(plan), std::move(cache_key),
+                       std::move(admitted.owner), std::move(watcher),
+                       admitted.quota);
 }
 
 EngineStats VisualizerService::Stats() const {
@@ -614,6 +623,22 @@ grpc::ServerUnaryReactor* VisualizerService::SubmitJob(
     return reactor;
   }
   absl::Status status;
+  if (request->validate_only()) {
+    // What would be queued, and nothing queued.
+    absl::StatusOr<Admitted> admitted = Admit(*caller, request->request());
+    if (admitted.ok()) {
+      const RenderPlan& plan = admitted->plan;
+      response->set_owner(admitted->owner);
+      response->set_priority(plan.priority);
+      response->set_model(plan.model_name);
+      response->set_model_version(plan.model_version);
+      response->set_model_hash(plan.model_hash);
+      response->set_objective(plan.objective.ToString());
+      response->set_total_steps(plan.options.steps);
+    }
+    reactor->Finish(ToGrpcStatus(admitted.status()));
+    return reactor;
+  }
   absl::StatusOr<JobRecordPtr> job =
       Submit(context, *caller, request->request(), nullptr);
   if (job.ok()) {

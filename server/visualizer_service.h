@@ -178,6 +178,16 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   absl::Status CheckOwns(const Identity& caller, const JobRecord& job) const;
   absl::Status ListModelsPage(const v1::ListModelsRequest& request,
                               v1::ListModelsResponse& response) const;
+  // A request that passed every check a submission makes, ready to queue.
+  struct Admitted {
+    RenderPlan plan;
+    std::string owner;
+    OwnerQuota quota;
+  };
+  // Checks `request` for `caller` as a submission does (validation, the
+  // caller's owner name and quotas) without queueing it.
+  absl::StatusOr<Admitted> Admit(const Identity& caller,
+                                 const v1::RenderRequest& request);
   // Validates `request` and submits it for `context`'s caller.
   absl::StatusOr<JobRecordPtr> Submit(grpc::CallbackServerContext* context,
                                       const Identity& caller,
