@@ -56,6 +56,7 @@
 #include "core/operator_policy.h"
 #include "core/status_macros.h"
 #include "server/auth.h"
+#include "server/http/studio_server.h"
 #include "server/limits.h"
 #include "server/metrics.h"
 #include "server/model_registry.h"
@@ -202,6 +203,13 @@ ABSL_FLAG(std::string, tokens_file, "",
           "re-read on SIGHUP. Empty: open access");
 ABSL_FLAG(std::string, metrics_listen, "",
           "HOST:PORT of the Prometheus /metrics endpoint; empty: none");
+ABSL_FLAG(std::string, http_listen, "",
+          "HOST:PORT of featviz studio, the web page and its JSON API over "
+          "these services (docs/studio.md): HTTPS with --tls_cert/--tls_key, "
+          "plain HTTP on loopback only unless --insecure; port 0 picks one. "
+          "Empty: none");
+ABSL_FLAG(std::string, studio_dir, "",
+          "The studio's files; empty: this source tree's studio/");
 ABSL_FLAG(std::string, advertise_address, "",
           "Address clients reach this replica at, HOST or HOST:PORT (no port: "
           "the port bound). When set, job ids end in @ADDRESS so that clients "
@@ -496,6 +504,32 @@ int WaitForSignal() {
   return byte;
 }
 
+// The studio's HTTP(S) listener on `listen`, over `server`'s services, with
+// the gRPC listener's TLS files and limits.
+absl::StatusOr<http::StudioServerPtr> StartStudio(const std::string& listen,
+                                                  const Limits& limits,
+                                                  grpc::Server* server) {
+  http::StudioOptions options;
+  options.listen = listen;
+  options.studio_dir = absl::GetFlag(FLAGS_studio_dir);
+  if (options.studio_dir.empty()) options.studio_dir = FEATVIZ_STUDIO_SOURCE_DIR;
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  options.insecure = absl::GetFlag(FLAGS_insecure);
+  options.max_body_bytes = limits.max_message_bytes;
+  options.max_upload_body_bytes =
+      std::max(limits.max_upload_bytes, limits.max_dataset_bytes) +
+      limits.max_message_bytes;
+  options.services = {v1::Visualizer::service_full_name(),
+                      v1::Circuits::service_full_name()};
+  FEATVIZ_ASSIGN_OR_RETURN(http::StudioServerPtr studio,
+                           http::StudioServer::Create(std::move(options),
+                                                      server));
+  studio->Start();
+  return studio;
+}
+
 absl::Status Serve() {
   FEATVIZ_ASSIGN_OR_RETURN(Limits limits, LimitsFromFlags());
   FEATVIZ_ASSIGN_OR_RETURN(const std::vector<c10::Device> devices,
@@ -687,6 +721,12 @@ absl::Status Serve() {
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
+  http::StudioServerPtr studio;
+  if (const std::string http_listen = absl::GetFlag(FLAGS_http_listen);
+      !http_listen.empty()) {
+    FEATVIZ_ASSIGN_OR_RETURN(studio, StartStudio(http_listen, limits,
+                                                 server.get()));
+  }
 
   const std::string address = ListeningAddress(listen, port);
   spdlog::info(
@@ -704,6 +744,15 @@ absl::Status Serve() {
   if (!metrics_address.empty()) {
     spdlog::info("metrics on http://{}/metrics", metrics_address);
     std::printf("featviz-server metrics on %s\n", metrics_address.c_str());
+  }
+  if (studio != nullptr) {
+    spdlog::info("studio on {}://{}/", studio->scheme(),
+                 ListeningAddress(absl::GetFlag(FLAGS_http_listen),
+                                  studio->port()));
+    std::printf("featviz-server studio on %s://%s/\n", studio->scheme(),
+                ListeningAddress(absl::GetFlag(FLAGS_http_listen),
+                                 studio->port())
+                    .c_str());
   }
   std::fflush(stdout);
 
@@ -723,11 +772,13 @@ absl::Status Serve() {
   spdlog::info("signal {}: draining, running renders may go on for {}s",
                signal_number, grace_seconds);
   health->Shutdown();  // Everything NOT_SERVING, and it stays so.
+  if (studio != nullptr) studio->StopAccepting();
   registry->StopPolling();
   circuits->Shutdown();
   service->Shutdown(absl::Now() + absl::Seconds(grace_seconds));
   server->Shutdown(absl::ToChronoTime(absl::Now() + kSendGrace));
   server->Wait();
+  if (studio != nullptr) studio->Stop();
   spdlog::info("stopped");
   return absl::OkStatus();
 }
