@@ -1,0 +1,268 @@
+"""featviz studio in a real browser: Debian's headless Chromium, driven by
+Selenium, against a real featviz-server on loopback ports. Every wait polls
+the page's state (WebDriverWait); none sleeps a fixed time. Screenshots go
+to $FEATVIZ_BROWSER_OUT (default build/tests/browser).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import (NoAlertPresentException,
+                                        StaleElementReferenceException)
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from studio_server import HOSTILE, REPO, Server, post
+
+OUT = Path(os.environ.get("FEATVIZ_BROWSER_OUT", REPO / "build/tests/browser"))
+TOKEN = "bob-studio-0123456789-token"
+WAIT = 120  # The longest any page state is waited for, in seconds.
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("studio"))
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("studio_tokens")
+    (base / "tokens").write_text(f"{TOKEN} bob user\n")
+    s = Server(base, "--tokens_file", str(base / "tokens"))
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-dev-shm-usage", "--window-size=1440,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    OUT.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def until(driver, condition, what: str):
+    """Polls `condition(driver)` until it is truthy; stale elements retry."""
+    return WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)
+                         ).until(condition, f"waiting for {what}")
+
+
+def visit(driver, url: str) -> None:
+    """Loads `url` afresh (not as a hash change of the page shown), so that
+    no state of the previous page can be mistaken for the new one's."""
+    driver.get("about:blank")
+    driver.get(url)
+
+
+def shoot(driver, name: str) -> None:
+    driver.save_screenshot(str(OUT / f"{name}.png"))
+
+
+def css(driver, selector: str):
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def number(driver, selector: str, name: str) -> int:
+    """data-NAME of the element at `selector` as a number; 0 while absent."""
+    found = css(driver, selector)
+    return int(found[0].get_attribute(f"data-{name}") or 0) if found else 0
+
+
+def state(driver, selector: str, value: str):
+    return lambda d: any(e.get_attribute("data-state") == value for e in css(d, selector))
+
+
+def errors(driver) -> list[str]:
+    """The page's console errors (a blocked script, an exception) since the
+    last call; an API call's refusal (a network error) is the page's business."""
+    return [e["message"] for e in driver.get_log("browser")
+            if e["level"] == "SEVERE" and e.get("source") != "network"]
+
+
+def test_the_model_list_loads(server, browser):
+    visit(browser, server.url + "#/models")
+    until(browser, lambda d: len(css(d, "#models .model-row")) == 2, "the model rows")
+    names = [e.text for e in css(browser, "#models .model-name")]
+    assert names == ["hostile_names", "mnist_classifier"]
+    row = css(browser, '#models .model-row[data-model="mnist_classifier"]')[0]
+    assert "1 × 28 × 28" in row.text and "10 classes" in row.text
+    shoot(browser, "models")
+    assert errors(browser) == []
+
+
+def test_an_objective_with_a_typo_shows_the_error_at_its_column(server, browser):
+    typo = "channel(conv2, 3) + lgoit(1)"
+    visit(browser, server.url + "#/editor?model=mnist_classifier&objective=" +
+                urllib.parse.quote(typo))
+    until(browser, state(browser, "#check", "error"), "the server's verdict")
+    check = css(browser, "#check")[0]
+    assert check.get_attribute("data-column") == str(typo.index("lgoit") + 1)
+    assert "unknown function 'lgoit'" in check.text
+    caret = css(browser, "#error-caret")[0].text.split("\n")
+    assert caret[0] == typo and caret[1].index("^") == typo.index("lgoit")
+    shoot(browser, "editor-typo")
+    # Mended in the page, the check turns OK with the canonical text.
+    box = css(browser, "#objective")[0]
+    box.clear()
+    box.send_keys("channel(conv2, 3) + logit(1)")
+    until(browser, state(browser, "#check", "ok"), "the objective to pass")
+    assert "channel(conv2, 3) + logit(1)" in css(browser, "#check")[0].text
+
+
+def test_the_editor_completes_layer_names(server, browser):
+    visit(browser, server.url + "#/editor?model=mnist_classifier&objective=")
+    until(browser, lambda d: css(d, "#objective"), "the editor")
+    box = css(browser, "#objective")[0]
+    box.clear()
+    box.send_keys("channel(co")
+    until(browser, lambda d: len(css(d, "#completions .completion")) >= 2, "completions")
+    options = [e.text.split(" ")[0] for e in css(browser, "#completions .completion")]
+    assert "conv1" in options and "conv2" in options
+    css(browser, "#completions .completion")[1].click()
+    assert box.get_attribute("value") == "channel(" + options[1]
+
+
+def test_a_render_shows_previews_and_a_loss_curve_then_the_grid(server, browser):
+    visit(browser, server.url + "#/render?model=mnist_classifier&objective=" +
+                urllib.parse.quote("channel(conv2, 3) - 0.05 * tv()") +
+                "&steps=96&every=8&batch=2&seed=11")
+    until(browser, lambda d: number(d, "#frames", "count") >= 2,
+          "two preview frames")
+    until(browser, lambda d: number(d, "#loss", "points") >= 2,
+          "two points of the loss curves")
+    shoot(browser, "render-progress")
+    until(browser, state(browser, "#render-status", "done"), "the render's end")
+    assert int(css(browser, "#frames")[0].get_attribute("data-count")) == 12
+    assert len(css(browser, "#grid img.result-image")) == 2
+    assert len(css(browser, "#grid .probs li")) == 6
+    assert [e.text for e in css(browser, "#legend li")] == [
+        "channel(conv2, 3) (weight 1)", "tv() (weight -0.05)"]
+    # The curves are drawn: the canvas has coloured pixels.
+    inked = browser.execute_script(
+        "const c = document.getElementById('loss');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 0; i < d.length; i += 4) {"
+        "  if (d[i + 3] > 0 && (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2])) n++; }"
+        "return n;")
+    assert inked > 100
+    downloads = [e.get_attribute("download") for e in css(browser, "#result a[download]")]
+    assert {"featviz-0.png", "featviz-1.png", "featviz-images.npy",
+            "featviz-result.json"} <= set(downloads)
+    shoot(browser, "render-done")
+    # The permalink: opened again, the same picture comes from the cache.
+    first = css(browser, "#grid img.result-image")[0].get_attribute("src")
+    browser.refresh()
+    until(browser, state(browser, "#render-status", "done"), "the cached render")
+    assert css(browser, "#grid img.result-image")[0].get_attribute("src") == first
+    assert "from the result cache" in css(browser, "#result")[0].text
+    assert errors(browser) == []
+
+
+def test_a_unit_page_shows_top_examples(server, browser):
+    visit(browser, server.url + "#/unit/mnist_classifier/conv2/3?steps=48")
+    until(browser, state(browser, "#examples", "done"), "the top examples")
+    assert len(css(browser, "#examples figure.example")) == 8
+    assert len(css(browser, "#examples img.overlay")) == 8
+    until(browser, state(browser, "#render-status", "done"), "the unit's pictures")
+    assert len(css(browser, "#pictures #grid img")) == 4
+    until(browser, state(browser, "#attribution", "done"), "the attribution")
+    assert len(css(browser, "#attribution tr")) == 11
+    browser.set_window_size(1440, 1500)
+    shoot(browser, "unit")
+    browser.set_window_size(1440, 1000)
+    # One click to the circuit of the class the unit feeds most.
+    css(browser, "#attribution a")[0].click()
+    until(browser, lambda d: len(css(d, "#detectors figure")) >= 1, "the class circuit")
+    shoot(browser, "circuit")
+
+
+def test_a_layer_sheet_renders_every_unit_and_the_second_visit_is_cached(server, browser):
+    sheet = server.url + "#/model/mnist_classifier/layer/conv1?steps=16"
+    visit(browser, sheet)
+    until(browser, lambda d: len(css(d, "#sheet .unit")) == 16, "the sheet")
+    until(browser, lambda d: all(e.get_attribute("data-state") in ("done", "cached")
+                                 for e in css(d, "#sheet .unit")), "every unit")
+    assert len(css(browser, "#sheet .unit img")) == 16
+    shoot(browser, "layer-sheet")
+    visit(browser, sheet)
+    until(browser, lambda d: len(css(d, "#sheet .unit img")) == 16, "the sheet again")
+    assert {e.get_attribute("data-state") for e in css(browser, "#sheet .unit")} == {"cached"}
+
+
+def test_a_job_is_cancelled_from_the_render_page(server, browser):
+    visit(browser, server.url + "#/render?model=mnist_classifier&objective=" +
+                urllib.parse.quote("channel(conv1, 1)") + "&steps=10000&batch=8&seed=3")
+    until(browser, lambda d: css(d, "#render-job[data-job]"), "the job's id")
+    job = css(browser, "#render-job")[0].get_attribute("data-job")
+    until(browser, lambda d: any(e.is_enabled() for e in css(d, "#cancel")),
+          "the cancel button")
+    css(browser, "#cancel")[0].click()
+    until(browser, state(browser, "#render-status", "cancelled"), "the page to say so")
+    status, reply = post(server.url, "Visualizer/WatchJob", {"id": job})
+    status, record = post(server.url, "Visualizer/GetJob", {"id": job})
+    assert record["state"] == "JOB_STATE_CANCELLED"
+
+
+def test_a_job_is_cancelled_from_the_jobs_page(server, browser):
+    status, job = post(server.url, "Visualizer/SubmitJob", {"request": {
+        "model": "mnist_classifier", "objectiveText": "channel(conv1, 4)",
+        "image": {"batch": "8"}, "optimizer": {"steps": "10000"}}})
+    assert status == 200
+    visit(browser, server.url + "#/jobs")
+    row = f'#job-table tr[data-job="{job["id"]}"]'
+    until(browser, lambda d: css(d, row + " .cancel-job"), "the job's cancel button")
+    shoot(browser, "jobs")
+    css(browser, row + " .cancel-job")[0].click()
+    until(browser, state(browser, row, "cancelled"), "the row to say cancelled")
+    status, record = post(server.url, "Visualizer/GetJob", {"id": job["id"]})
+    assert record["state"] == "JOB_STATE_CANCELLED"
+    assert "submitted" in css(browser, "#stats")[0].text
+
+
+def test_a_server_with_tokens_refuses_the_page_without_one(token_server, browser):
+    visit(browser, token_server.url + "#/models")
+    until(browser, state(browser, "#view", "error"), "the refusal")
+    view = css(browser, "#view")[0]
+    assert view.get_attribute("data-http-status") == "401"
+    assert "UNAUTHENTICATED" in view.text
+    shoot(browser, "tokens-refused")
+    css(browser, "#token")[0].send_keys(TOKEN)
+    css(browser, "#token-save")[0].click()
+    until(browser, lambda d: len(css(d, "#models .model-row")) == 2, "the models with a token")
+    # The token is in sessionStorage, never in the address.
+    assert TOKEN not in browser.current_url
+    assert browser.execute_script("return sessionStorage.getItem('featviz.token')") == TOKEN
+    browser.execute_script("sessionStorage.clear()")
+
+
+def test_a_hostile_class_name_is_shown_as_text(server, browser):
+    for route in ("#/models", "#/model/hostile_names"):
+        visit(browser, server.url + route)
+        until(browser, state(browser, "#view", "ready"), route)
+        names = [e.text for e in css(browser, ".class-name")]
+        assert HOSTILE in names, route
+        assert css(browser, 'img[src="x"]') == [], route
+        with pytest.raises(NoAlertPresentException):
+            browser.switch_to.alert.text
+    assert HOSTILE in css(browser, ".description")[0].text
+    shoot(browser, "hostile-class")
+    # In a render's class probabilities too.
+    visit(browser, server.url + "#/render?model=hostile_names&objective=logit(0)&steps=8&seed=1")
+    until(browser, state(browser, "#render-status", "done"), "the render")
+    assert HOSTILE in [e.text for e in css(browser, "#grid .class-name")]
+    assert css(browser, 'img[src="x"]') == []
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text
