@@ -67,6 +67,13 @@ export async function runRender(container, request, model, signal, opts = {}) {
   const series = [];
   let total = Number(request.optimizer && request.optimizer.steps) || 1;
   let final = null;
+  let received = 0;
+  // The terms' names for the legend while it runs: the server's canonical
+  // text of the objective (the check a submission makes), cut into terms.
+  let names = [];
+  call("Visualizer/SubmitJob", {request, validateOnly: true}, abort.signal)
+      .then(job => { names = splitTerms(job.objective); })
+      .catch(() => {});
   try {
     await stream("Visualizer/Render", request, (kind, data) => {
       if (kind === "metadata" && data["featviz-job-id"]) {
@@ -80,12 +87,15 @@ export async function runRender(container, request, model, signal, opts = {}) {
         const p = data.progress;
         total = Number(p.totalSteps) || total;
         series.push({step: Number(p.step), values: p.termValues.map(Number)});
-        drawCurves(canvas, series, total);
+        // The x axis grows with the steps done, up to the total.
+        drawCurves(canvas, series, Math.min(total, Math.ceil(Number(p.step) * 1.25)));
         canvas.dataset.points = String(series.length);
-        if (legend.childElementCount !== p.termValues.length) {
+        if (legend.dataset.named !== String(names.length)) {
           clear(legend);
+          legend.dataset.named = String(names.length);
           p.termValues.forEach((_, i) => legend.appendChild(
-              el("li", {className: "term-" + (i % 8)}, "term " + (i + 1))));
+              el("li", {className: "term-" + (i % 8)},
+                 names.length === p.termValues.length ? names[i] : "term " + (i + 1))));
         }
         status.textContent = "step " + p.step + " / " + p.totalSteps;
         status.dataset.state = "running";
@@ -93,7 +103,9 @@ export async function runRender(container, request, model, signal, opts = {}) {
           preview.src = "data:image/png;base64," + p.previewPng;
           frames.appendChild(png(p.previewPng, {className: "frame pixelated",
                                                 title: "step " + p.step}));
-          frames.dataset.count = String(frames.childElementCount);
+          // The latest frames only: a long render sends hundreds.
+          while (frames.childElementCount > MAX_FRAMES) frames.removeChild(frames.firstChild);
+          frames.dataset.count = String(++received);
         }
       } else if (kind === "message" && data.result) {
         final = data.result;
@@ -125,6 +137,35 @@ export async function runRender(container, request, model, signal, opts = {}) {
   status.textContent = "done";
   status.dataset.state = "done";
   return final;
+}
+
+// Frames kept in the strip.
+const MAX_FRAMES = 48;
+
+// "channel(conv2, 3) - 0.05 * tv()" -> ["channel(conv2, 3)", "-0.05 * tv()"]:
+// canonical text cut at the " + " and " - " outside brackets and quotes.
+export function splitTerms(text) {
+  const terms = [];
+  let depth = 0, quote = "", start = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (quote) {
+      if (c === "\\") i++;
+      else if (c === quote) quote = "";
+    } else if (c === "'" || c === '"') {
+      quote = c;
+    } else if (c === "(" || c === "[") {
+      depth++;
+    } else if (c === ")" || c === "]") {
+      depth--;
+    } else if (depth === 0 && (text.startsWith(" + ", i) || text.startsWith(" - ", i))) {
+      terms.push(text.slice(start, i).trim());
+      start = i + (c === " " && text[i + 1] === "+" ? 3 : 1);
+      i += 2;
+    }
+  }
+  terms.push(text.slice(start).trim());
+  return terms.map(t => t.replace(/^- /, "-"));
 }
 
 export function showResult(section, r, model, cached) {

@@ -60,9 +60,12 @@ def test_docs_name_every_api_path(open_server):
     with urllib.request.urlopen(open_server.url + "api") as response:
         listed = json.load(response)
     docs = (REPO / "docs/studio.md").read_text()
-    documented = set(re.findall(r"`POST (/api/featviz\.v1\.\w+/\w+)`", docs))
-    paths = {m["path"] for s in listed["services"] for m in s["methods"]}
-    assert documented == paths
+    documented = dict(re.findall(
+        r"^\| `POST (/api/featviz\.v1\.\w+/\w+)` \| \w+ \| ([^|]+?) \|$", docs, re.M))
+    kind = {m["path"]: "upload (multipart)" if m["clientStreaming"]
+            else "event stream" if m["serverStreaming"] else "JSON"
+            for s in listed["services"] for m in s["methods"]}
+    assert documented == kind
 
 
 def test_a_unary_call_answers_the_message_as_json(open_server):

@@ -204,8 +204,12 @@ def test_a_layer_sheet_renders_every_unit_and_the_second_visit_is_cached(server,
 
 def test_a_job_is_cancelled_from_the_render_page(server, browser):
     visit(browser, server.url + "#/render?model=mnist_classifier&objective=" +
-                urllib.parse.quote("channel(conv1, 1)") + "&steps=10000&batch=8&seed=3")
+          urllib.parse.quote("channel(conv2, 5) - 0.05 * tv()") +
+          "&steps=10000&batch=4&every=25&seed=3")
     until(browser, lambda d: css(d, "#render-job[data-job]"), "the job's id")
+    # 10000 steps: still running after a few frames (the README's picture).
+    until(browser, lambda d: number(d, "#frames", "count") >= 4, "four preview frames")
+    shoot(browser, "render-in-progress")
     job = css(browser, "#render-job")[0].get_attribute("data-job")
     until(browser, lambda d: any(e.is_enabled() for e in css(d, "#cancel")),
           "the cancel button")
