@@ -2,7 +2,8 @@
 // sheet of every unit, each rendered on demand when it scrolls into view.
 // The renders go through the server's queue (which batches them) with a
 // fixed seed, so the server's result cache makes the second visit instant.
-import {call, stream} from "./api.js";
+import {call} from "./api.js";
+import {layerText} from "./editor.js";
 import {el, append, png, bytesText, href} from "./dom.js";
 
 export async function modelPage(view, route, signal) {
@@ -64,13 +65,26 @@ export async function layerSheetPage(view, route, signal) {
     el("p", {className: "meta"}, units + " units, each " + kind + "(" + layerPath +
        ", k) rendered for " + steps + " steps with seed 0 when it comes into view"),
     sheet);
+  // Units are rendered as they come into view, at most IN_FLIGHT jobs at
+  // a time (the queue batches them); their ends are polled with GetJob, so
+  // the sheet holds no connection open (a browser has six per server).
+  const waiting = [];
+  let inFlight = 0;
+  const next = () => {
+    while (inFlight < IN_FLIGHT && waiting.length) {
+      const cell = waiting.shift();
+      inFlight++;
+      fillUnit(cell, name, kind, layerPath, Number(cell.dataset.unit), steps, signal)
+          .finally(() => { inFlight--; next(); });
+    }
+  };
   const observer = new IntersectionObserver(entries => {
     for (const entry of entries) {
       if (!entry.isIntersecting) continue;
       observer.unobserve(entry.target);
-      fillUnit(entry.target, name, kind, layerPath, Number(entry.target.dataset.unit),
-               steps, signal);
+      waiting.push(entry.target);
     }
+    next();
   });
   signal.addEventListener("abort", () => observer.disconnect());
   for (let k = 0; k < units; k++) {
@@ -82,39 +96,34 @@ export async function layerSheetPage(view, route, signal) {
   }
 }
 
+// Jobs of a sheet queued at once, and how often their state is asked for.
+const IN_FLIGHT = 16;
+const POLL_MS = 400;
+
 async function fillUnit(cell, model, kind, layer, unit, steps, signal) {
-  const request = {model, objectiveText: kind + "('" + layer.replace(/[\\']/g, "\\$&") + "', " + unit + ")",
+  const request = {model, objectiveText: kind + "(" + layerText(layer) + ", " + unit + ")",
                    seed: "0", optimizer: {steps: String(steps)}, output: {png: true}};
   try {
     cell.dataset.state = "queued";
     let job = await call("Visualizer/SubmitJob", {request}, signal);
-    if (job.state === "JOB_STATE_QUEUED" || job.state === "JOB_STATE_RUNNING") {
-      job = await watchEnd(job.id, signal);
+    const cached = job.cached;
+    while (job.state === "JOB_STATE_QUEUED" || job.state === "JOB_STATE_RUNNING") {
+      await new Promise(resolve => setTimeout(resolve, POLL_MS));
+      job = await call("Visualizer/GetJob", {id: job.id}, signal);
     }
     if (job.state !== "JOB_STATE_SUCCEEDED") {
       cell.dataset.state = "failed";
       cell.title = job.errorMessage || job.state;
       return;
     }
-    const full = job.result ? job : await call("Visualizer/GetJob",
-                                               {id: job.id, includeResult: true}, signal);
+    const full = await call("Visualizer/GetJob", {id: job.id, includeResult: true}, signal);
     cell.insertBefore(png(full.result.png[0], {className: "pixelated", alt: "unit " + unit}),
                       cell.firstChild);
-    cell.dataset.state = job.cached ? "cached" : "done";
+    cell.dataset.state = cached ? "cached" : "done";
   } catch (error) {
     if (error.name !== "AbortError") {
       cell.dataset.state = "failed";
       cell.title = error.message;
     }
   }
-}
-
-// The job once it has ended: WatchJob streams until then (no polling).
-async function watchEnd(id, signal) {
-  try {
-    await stream("Visualizer/WatchJob", {id}, () => {}, signal);
-  } catch (error) {
-    if (error.name === "AbortError") throw error;
-  }
-  return call("Visualizer/GetJob", {id, includeResult: true}, signal);
 }

@@ -232,3 +232,57 @@ def test_no_cors_and_a_content_security_policy(open_server):
         assert "Access-Control-Allow-Origin" not in response.headers
         assert "script-src 'self'" in response.headers["Content-Security-Policy"]
         assert b"featviz studio" in response.read()
+
+
+def test_sigterm_ends_open_streams_and_stops_accepting(tmp_path):
+    import signal
+    server = Server(tmp_path, "--shutdown_grace_seconds", "0")
+    parts = urllib.parse.urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    connection.request("POST", "/api/featviz.v1.Visualizer/Render", json.dumps({
+        "model": "mnist_classifier", "objectiveText": "channel(conv1, 2)",
+        "image": {"batch": "8"}, "optimizer": {"steps": "10000"}}),
+        {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    first = b""
+    while b"\n\n" not in first:
+        first += response.read1(4096)
+    assert events(first.decode())[0][0] == "metadata"
+    server.process.send_signal(signal.SIGTERM)
+    # The stream ends with the render's end: cancelled by the drain.
+    kind, status = events((first + response.read()).decode())[-1]
+    assert kind == "error" and status["code"] in ("CANCELLED", "UNAVAILABLE"), status
+    connection.close()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(server.url + "api", timeout=30)
+    assert server.process.wait(timeout=60) == 0
+    server.log.close()
+
+
+def test_with_tls_files_the_studio_is_https(tmp_path):
+    import ssl
+    import subprocess
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for name in ("ca", "server"):
+        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-out", f"{name}.key")
+    openssl("req", "-x509", "-new", "-key", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=featviz-studio-ca")
+    (tmp_path / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("req", "-new", "-key", "server.key", "-out", "server.csr", "-subj", "/CN=server")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    server = Server(tmp_path, "--tls_cert", str(tmp_path / "server.pem"),
+                    "--tls_key", str(tmp_path / "server.key"))
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        status, reply = post(server.url, "Visualizer/ListModels", {}, context=context)
+        assert status == 200 and len(reply["models"]) == 2
+        with pytest.raises(OSError):  # No plain HTTP on the HTTPS port.
+            post("http" + server.url[5:], "Visualizer/ListModels", {})
+    finally:
+        assert server.stop() == 0

@@ -270,3 +270,18 @@ def test_a_hostile_class_name_is_shown_as_text(server, browser):
     assert css(browser, 'img[src="x"]') == []
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text
+
+
+def test_a_model_is_uploaded_from_the_page(server, browser):
+    # Last: it adds a model to the module's server.
+    visit(browser, server.url + "#/models")
+    until(browser, lambda d: css(d, "#upload-file"), "the upload form")
+    css(browser, "#upload-file")[0].send_keys(str(server.models / "mnist_classifier.pt"))
+    css(browser, "#upload-card")[0].send_keys(str(server.models / "mnist_classifier.card.json"))
+    css(browser, "#upload-name")[0].send_keys("page_upload")
+    css(browser, ".upload button[type=submit]")[0].click()
+    until(browser, lambda d: "now serving page_upload" in css(d, "#upload-result")[0].text,
+          "the upload's answer")
+    shoot(browser, "upload")
+    status, model = post(server.url, "Visualizer/GetModel", {"name": "page_upload"})
+    assert status == 200 and model["path"] == "page_upload/1/model.pt"
