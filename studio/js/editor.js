@@ -170,8 +170,10 @@ function showError(check, source, error) {
 function complete(text, layers, list, changed) {
   clear(list);
   const before = text.value.slice(0, text.selectionStart);
-  const word = /[A-Za-z0-9_.]*$/.exec(before)[0];
-  if (!word || !/\(\s*[A-Za-z0-9_.]*$/.test(before)) return;
+  // The layer path being typed as the first argument: anything up to a
+  // separator (a path needing quotes, "block-1", is completed quoted).
+  const word = /[^\s(),'"]*$/.exec(before)[0];
+  if (!word || !/\(\s*[^\s(),'"]*$/.test(before)) return;
   const hits = layers.filter(l => l.path.startsWith(word) && l.path !== word).slice(0, 8);
   for (const layer of hits) {
     list.appendChild(el("li", {}, el("button", {type: "button", className: "completion",

@@ -1,7 +1,9 @@
 """Starts a real featviz-server with its studio on free loopback ports, for
-the browser and gateway tests: the models of the repository's models/ plus a
-copy of mnist_classifier whose card names a class as markup
-(`<img src=x onerror=alert(1)>`), and the MNIST test set as its dataset.
+the browser and gateway tests: the repository's mnist_classifier, a copy of
+it whose card names a class as markup (`<img src=x onerror=alert(1)>`), the
+test model odd_names (layers `features.block-1`, `features.block-2`: paths
+the objective syntax must quote; from $FEATVIZ_TEST_MODELS_DIR, which ctest's
+make_test_models fills), and the MNIST test set as its dataset.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ STUDIO = re.compile(r"^featviz-server studio on (https?://\S+/)$")
 
 
 def model_dir(base: Path) -> Path:
-    """mnist_classifier and `hostile_names` (the same network, a hostile class)."""
+    """mnist_classifier, `hostile_names` (the same network, a hostile class)
+    and odd_names."""
     models = base / "models"
     models.mkdir()
     src = Path(os.environ.get("FEATVIZ_MODELS_DIR", REPO / "models"))
@@ -37,6 +40,11 @@ def model_dir(base: Path) -> Path:
     card["description"] = "a class named as markup: " + HOSTILE
     card["classes"] = [HOSTILE] + [str(i) for i in range(1, 10)]
     (models / "hostile_names.card.json").write_text(json.dumps(card))
+    test_models = Path(os.environ.get("FEATVIZ_TEST_MODELS_DIR", REPO / "build/test_models"))
+    if not (test_models / "odd_names.pt").is_file():
+        raise RuntimeError(f"no odd_names.pt in {test_models}: run ctest -R make_test_models")
+    for suffix in (".pt", ".card.json"):
+        shutil.copy(test_models / f"odd_names{suffix}", models / f"odd_names{suffix}")
     return models
 
 

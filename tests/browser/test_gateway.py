@@ -71,7 +71,8 @@ def test_docs_name_every_api_path(open_server):
 def test_a_unary_call_answers_the_message_as_json(open_server):
     status, body = post(open_server.url, "Visualizer/ListModels", {})
     assert status == 200
-    assert [m["name"] for m in body["models"]] == ["hostile_names", "mnist_classifier"]
+    assert [m["name"] for m in body["models"]] == ["hostile_names", "mnist_classifier",
+                                                   "odd_names"]
     assert body["models"][1]["input"]["height"] == "28"  # int64 as a JSON string
 
 
@@ -102,7 +103,7 @@ def test_tokens_roles_and_quotas_apply_as_over_grpc(token_server):
     status, reply = post(url, "Visualizer/ListModels", {}, token="wrong-token-0123456789")
     assert status == 401
     status, reply = post(url, "Visualizer/ListModels", {}, token=ALICE)
-    assert status == 200 and len(reply["models"]) == 2
+    assert status == 200 and len(reply["models"]) == 3
     status, reply = post(url, "Visualizer/LoadModel", {"path": "x.pt"}, token=ALICE)
     assert (status, reply["code"]) == (403, "PERMISSION_DENIED")
     status, reply = post(url, "Visualizer/SubmitJob",
@@ -281,7 +282,7 @@ def test_with_tls_files_the_studio_is_https(tmp_path):
         assert server.url.startswith("https://127.0.0.1:")
         context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
         status, reply = post(server.url, "Visualizer/ListModels", {}, context=context)
-        assert status == 200 and len(reply["models"]) == 2
+        assert status == 200 and len(reply["models"]) == 3
         with pytest.raises(OSError):  # No plain HTTP on the HTTPS port.
             post("http" + server.url[5:], "Visualizer/ListModels", {})
     finally:

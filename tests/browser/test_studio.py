@@ -48,8 +48,13 @@ def browser():
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
                 "--disable-dev-shm-usage", "--window-size=1440,1000"):
         options.add_argument(arg)
+    (OUT / "downloads").mkdir(parents=True, exist_ok=True)
+    options.add_experimental_option("prefs", {
+        "download.default_directory": str(OUT / "downloads"),
+        "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-    OUT.mkdir(parents=True, exist_ok=True)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {
+        "behavior": "allow", "downloadPath": str(OUT / "downloads")})
     yield driver
     driver.quit()
 
@@ -94,9 +99,9 @@ def errors(driver) -> list[str]:
 
 def test_the_model_list_loads(server, browser):
     visit(browser, server.url + "#/models")
-    until(browser, lambda d: len(css(d, "#models .model-row")) == 2, "the model rows")
+    until(browser, lambda d: len(css(d, "#models .model-row")) == 3, "the model rows")
     names = [e.text for e in css(browser, "#models .model-name")]
-    assert names == ["hostile_names", "mnist_classifier"]
+    assert names == ["hostile_names", "mnist_classifier", "odd_names"]
     row = css(browser, '#models .model-row[data-model="mnist_classifier"]')[0]
     assert "1 × 28 × 28" in row.text and "10 classes" in row.text
     shoot(browser, "models")
@@ -202,6 +207,75 @@ def test_a_layer_sheet_renders_every_unit_and_the_second_visit_is_cached(server,
     assert {e.get_attribute("data-state") for e in css(browser, "#sheet .unit")} == {"cached"}
 
 
+def test_layer_paths_that_need_quotes_work_in_the_tree_sheet_and_editor(server, browser):
+    visit(browser, server.url + "#/model/odd_names")
+    until(browser, state(browser, "#view", "ready"), "the model page")
+    nested = css(browser, '#layers li[data-layer="features"] > ul > li[data-layer="features.block-1"]')
+    assert nested and "[1, 8, 16, 16] · 8 units" in nested[0].text
+    assert css(browser, '#layers li[data-layer="rarely"] .untappable')
+    visit(browser, server.url + "#/model/odd_names/layer/features.block-1?steps=8")
+    until(browser, lambda d: len(css(d, "#sheet .unit img")) == 8, "the sheet of a dashed layer")
+    visit(browser, server.url + "#/editor?model=odd_names&objective=")
+    until(browser, lambda d: css(d, "#objective"), "the editor")
+    box = css(browser, "#objective")[0]
+    box.clear()
+    box.send_keys("channel(features.block-")
+    until(browser, lambda d: css(d, "#completions .completion"), "a completion")
+    css(browser, "#completions .completion")[0].click()
+    box.send_keys(", 2)")
+    until(browser, state(browser, "#check", "ok"), "the quoted path to pass")
+    assert box.get_attribute("value") == "channel('features.block-1', 2)"
+
+
+def test_presets_fill_the_objective_and_the_editor_links_the_render(server, browser):
+    visit(browser, server.url + "#/editor?model=mnist_classifier&objective=")
+    until(browser, lambda d: css(d, '.preset[data-preset="joint"]'), "the presets")
+    css(browser, '.preset[data-preset="diversity"]')[0].click()
+    box = css(browser, "#objective")[0]
+    assert box.get_attribute("value") == "channel(conv1, 0) + 0.5 * diversity(conv1)"
+    assert css(browser, "#opt-batch")[0].get_attribute("value") == "4"
+    until(browser, state(browser, "#check", "ok"), "the preset to pass")
+    link = css(browser, "#render")[0].get_attribute("href")
+    assert "#/render?model=mnist_classifier&objective=" in link and "batch=4" in link
+
+
+def test_the_npy_download_holds_the_images(server, browser):
+    import numpy as np
+    visit(browser, server.url + "#/render?model=mnist_classifier&objective=logit(4)"
+          "&steps=8&batch=3&seed=2")
+    until(browser, state(browser, "#render-status", "done"), "the render")
+    target = OUT / "downloads" / "featviz-images.npy"
+    target.unlink(missing_ok=True)
+    css(browser, 'a[download="featviz-images.npy"]')[0].click()
+    until(browser, lambda d: target.is_file() and target.stat().st_size == 128 + 3 * 28 * 28 * 4,
+          "the downloaded file")
+    images = np.load(target)
+    assert images.shape == (3, 1, 28, 28) and images.dtype == np.float32
+    assert 0 <= images.min() and images.max() <= 1
+
+
+@pytest.mark.parametrize("width,height", [(1280, 760), (2560, 1300)])
+def test_pages_fit_a_laptop_and_a_wide_monitor(server, browser, width, height):
+    browser.set_window_size(width, height)
+    try:
+        for name, route in (("render", "#/render?model=mnist_classifier&objective="
+                             "channel(conv2%2C%203)%20-%200.05%20*%20tv()&steps=96&every=8"
+                             "&batch=2&seed=11"),
+                            ("unit", "#/unit/mnist_classifier/conv2/3?steps=48"),
+                            ("editor", "#/editor?model=mnist_classifier"),
+                            ("jobs", "#/jobs")):
+            visit(browser, server.url + route)
+            until(browser, state(browser, "#view", "ready"), route)
+            if name in ("render", "unit"):
+                until(browser, state(browser, "#render-status", "done"), "the render")
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, (route, overflow)
+            shoot(browser, f"{name}-{width}")
+    finally:
+        browser.set_window_size(1440, 1000)
+
+
 def test_a_job_is_cancelled_from_the_render_page(server, browser):
     visit(browser, server.url + "#/render?model=mnist_classifier&objective=" +
           urllib.parse.quote("channel(conv2, 5) - 0.05 * tv()") +
@@ -245,7 +319,7 @@ def test_a_server_with_tokens_refuses_the_page_without_one(token_server, browser
     shoot(browser, "tokens-refused")
     css(browser, "#token")[0].send_keys(TOKEN)
     css(browser, "#token-save")[0].click()
-    until(browser, lambda d: len(css(d, "#models .model-row")) == 2, "the models with a token")
+    until(browser, lambda d: len(css(d, "#models .model-row")) == 3, "the models with a token")
     # The token is in sessionStorage, never in the address.
     assert TOKEN not in browser.current_url
     assert browser.execute_script("return sessionStorage.getItem('featviz.token')") == TOKEN
