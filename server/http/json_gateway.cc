@@ -53,13 +53,12 @@ absl::StatusOr<std::unique_ptr<pb::Message>> ParseRequest(
     return message;
   }
   pb::util::JsonParseOptions options;
-  const pb::util::Status status =
-      pb::util::JsonStringToMessage(pb::StringPiece(json.data(), json.size()),
-                                    message.get(), options);
+  const pb::util::Status status = pb::util::JsonStringToMessage(
+      pb::StringPiece(json.data(), json.size()), message.get(), options);
   if (!status.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "request body is not a JSON ", type->full_name(), ": ",
-        std::string(status.message())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("request body is not a JSON ", type->full_name(), ": ",
+                     std::string(status.message())));
   }
   return message;
 }
@@ -89,11 +88,21 @@ std::string Escape(absl::string_view text) {
   std::string out;
   for (const char c : text) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           out += absl::StrCat("\\u00", absl::Hex(c, absl::kZeroPad2));
@@ -109,21 +118,34 @@ std::string Escape(absl::string_view text) {
 
 int HttpStatusFor(grpc::StatusCode code) {
   switch (code) {
-    case grpc::StatusCode::OK: return 200;
+    case grpc::StatusCode::OK:
+      return 200;
     case grpc::StatusCode::INVALID_ARGUMENT:
-    case grpc::StatusCode::OUT_OF_RANGE: return 400;
-    case grpc::StatusCode::UNAUTHENTICATED: return 401;
-    case grpc::StatusCode::PERMISSION_DENIED: return 403;
-    case grpc::StatusCode::NOT_FOUND: return 404;
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return 400;
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return 401;
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return 403;
+    case grpc::StatusCode::NOT_FOUND:
+      return 404;
     case grpc::StatusCode::ALREADY_EXISTS:
-    case grpc::StatusCode::ABORTED: return 409;
-    case grpc::StatusCode::FAILED_PRECONDITION: return 412;
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return 429;
-    case grpc::StatusCode::CANCELLED: return 499;
-    case grpc::StatusCode::UNIMPLEMENTED: return 501;
-    case grpc::StatusCode::UNAVAILABLE: return 503;
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return 504;
-    default: return 500;
+    case grpc::StatusCode::ABORTED:
+      return 409;
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return 412;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return 429;
+    case grpc::StatusCode::CANCELLED:
+      return 499;
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return 501;
+    case grpc::StatusCode::UNAVAILABLE:
+      return 503;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return 504;
+    default:
+      return 500;
   }
 }
 
@@ -189,8 +211,8 @@ std::unique_ptr<Call> StartCall(grpc::GenericStub& stub,
     call->context.AddMetadata("authorization", std::string(authorization));
   }
   call->response_type = method.output_type();
-  const std::string path = absl::StrCat("/", method.service()->full_name(),
-                                        "/", method.name());
+  const std::string path =
+      absl::StrCat("/", method.service()->full_name(), "/", method.name());
   call->rpc = stub.PrepareCall(&call->context, path, &call->queue);
   call->Do([&](void* tag) { call->rpc->StartCall(tag); });
   return call;
@@ -221,9 +243,10 @@ absl::StatusOr<const pb::MethodDescriptor*> JsonGateway::Find(
     absl::string_view path) const {
   const std::vector<absl::string_view> parts = absl::StrSplit(path, '/');
   if (parts.size() != 2 || !services_.count(std::string(parts[0]))) {
-    return absl::NotFoundError(absl::StrCat(
-        "no method '", path, "': paths are /api/SERVICE/METHOD with SERVICE one of ",
-        absl::StrJoin(services_, ", "), " (GET /api lists them)"));
+    return absl::NotFoundError(
+        absl::StrCat("no method '", path,
+                     "': paths are /api/SERVICE/METHOD with SERVICE one of ",
+                     absl::StrJoin(services_, ", "), " (GET /api lists them)"));
   }
   const pb::MethodDescriptor* method =
       pb::DescriptorPool::generated_pool()->FindMethodByName(
@@ -248,15 +271,14 @@ std::string JsonGateway::Describe() const {
     first_service = false;
     for (int i = 0; i < service->method_count(); ++i) {
       const pb::MethodDescriptor* method = service->method(i);
-      absl::StrAppend(
-          &json, i == 0 ? "" : ",", "{\"name\":\"", method->name(),
-          "\",\"path\":\"/api/", name, "/", method->name(),
-          "\",\"request\":\"", method->input_type()->full_name(),
-          "\",\"response\":\"", method->output_type()->full_name(),
-          "\",\"clientStreaming\":",
-          method->client_streaming() ? "true" : "false",
-          ",\"serverStreaming\":",
-          method->server_streaming() ? "true" : "false", "}");
+      absl::StrAppend(&json, i == 0 ? "" : ",", "{\"name\":\"", method->name(),
+                      "\",\"path\":\"/api/", name, "/", method->name(),
+                      "\",\"request\":\"", method->input_type()->full_name(),
+                      "\",\"response\":\"", method->output_type()->full_name(),
+                      "\",\"clientStreaming\":",
+                      method->client_streaming() ? "true" : "false",
+                      ",\"serverStreaming\":",
+                      method->server_streaming() ? "true" : "false", "}");
     }
     json += "]}";
   }
@@ -286,10 +308,10 @@ JsonReply JsonGateway::CallUpload(const pb::MethodDescriptor& method,
   const pb::FieldDescriptor* chunk =
       method.input_type()->FindFieldByName("chunk");
   if (chunk == nullptr || chunk->type() != pb::FieldDescriptor::TYPE_BYTES) {
-    return {grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                         absl::StrCat(method.full_name(),
-                                      " takes no file upload")),
-            ""};
+    return {
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     absl::StrCat(method.full_name(), " takes no file upload")),
+        ""};
   }
   absl::StatusOr<std::unique_ptr<pb::Message>> first =
       ParseRequest(method.input_type(), header_json);
@@ -371,11 +393,10 @@ grpc::Status JsonGateway::Stream::Pump(const EventSink& sink,
     std::string json = "{";
     bool first = true;
     for (const auto& [key, value] : metadata) {
-      absl::StrAppend(&json, first ? "" : ",", "\"",
-                      Escape(absl::string_view(key.data(), key.size())),
-                      "\":\"",
-                      Escape(absl::string_view(value.data(), value.size())),
-                      "\"");
+      absl::StrAppend(
+          &json, first ? "" : ",", "\"",
+          Escape(absl::string_view(key.data(), key.size())), "\":\"",
+          Escape(absl::string_view(value.data(), value.size())), "\"");
       first = false;
     }
     json += "}";

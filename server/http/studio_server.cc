@@ -27,8 +27,8 @@ constexpr char kContentSecurityPolicy[] =
 
 void ReplyError(httplib::Response& res, const grpc::Status& status,
                 int http_status = 0) {
-  res.status = http_status != 0 ? http_status
-                                : HttpStatusFor(status.error_code());
+  res.status =
+      http_status != 0 ? http_status : HttpStatusFor(status.error_code());
   res.set_header("Cache-Control", "no-store");
   res.set_content(ErrorJson(status), "application/json");
 }
@@ -39,8 +39,7 @@ void ReplyError(httplib::Response& res, const absl::Status& status) {
 }
 
 bool IsLoopbackHost(absl::string_view host) {
-  return host == "localhost" || host == "::1" ||
-         absl::StartsWith(host, "127.");
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
 }
 
 // "HOST:PORT" or "[V6]:PORT" as host and port.
@@ -57,8 +56,8 @@ absl::StatusOr<std::pair<std::string, int>> SplitAddress(
   }
   absl::string_view host = address.substr(0, colon);
   if (absl::ConsumePrefix(&host, "[") && !absl::ConsumeSuffix(&host, "]")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--http_listen: unbalanced '[' in '", address, "'"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--http_listen: unbalanced '[' in '", address, "'"));
   }
   if (host.empty()) {
     return absl::InvalidArgumentError(
@@ -98,20 +97,20 @@ absl::StatusOr<StudioServerPtr> StudioServer::Create(StudioOptions options,
         o.tls_cert.c_str(), o.tls_key.c_str(),
         o.tls_client_ca.empty() ? nullptr : o.tls_client_ca.c_str());
     if (!https->is_valid()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--http_listen: the TLS files (--tls_cert ", o.tls_cert,
-          ", --tls_key ", o.tls_key,
-          o.tls_client_ca.empty() ? "" : ", --tls_client_ca ",
-          o.tls_client_ca, ") do not load"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--http_listen: the TLS files (--tls_cert ", o.tls_cert,
+                       ", --tls_key ", o.tls_key,
+                       o.tls_client_ca.empty() ? "" : ", --tls_client_ca ",
+                       o.tls_client_ca, ") do not load"));
     }
     studio->http_ = std::move(https);
   } else {
     studio->http_ = std::make_unique<httplib::Server>();
   }
   studio->Route();
-  studio->port_ = port == 0 ? studio->http_->bind_to_any_port(host)
-                            : (studio->http_->bind_to_port(host, port) ? port
-                                                                       : -1);
+  studio->port_ = port == 0
+                      ? studio->http_->bind_to_any_port(host)
+                      : (studio->http_->bind_to_port(host, port) ? port : -1);
   if (studio->port_ <= 0) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on --http_listen '", o.listen, "'"));
@@ -175,19 +174,19 @@ void StudioServer::Route() {
       {"Referrer-Policy", "no-referrer"},
       {"X-Frame-Options", "DENY"},
   });
-  http.set_exception_handler(
-      [](const httplib::Request& req, httplib::Response& res,
-         std::exception_ptr error) {
-        std::string what = "unknown exception";
-        try {
-          std::rethrow_exception(error);
-        } catch (const std::exception& e) {
-          what = e.what();
-        } catch (...) {
-        }
-        spdlog::error("studio: {} {}: {}", req.method, req.path, what);
-        ReplyError(res, grpc::Status(grpc::StatusCode::INTERNAL, what));
-      });
+  http.set_exception_handler([](const httplib::Request& req,
+                                httplib::Response& res,
+                                std::exception_ptr error) {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    spdlog::error("studio: {} {}: {}", req.method, req.path, what);
+    ReplyError(res, grpc::Status(grpc::StatusCode::INTERNAL, what));
+  });
   if (!options_.studio_dir.empty()) {
     http.set_mount_point("/", options_.studio_dir);
   }
