@@ -63,7 +63,9 @@ function jobTable(jobs, refresh) {
 function statsTable(s) {
   const row = (k, v) => el("tr", {}, el("th", {}, k), el("td", {}, String(v)));
   return el("table", {className: "stats"},
-    row("queued jobs", s.queuedJobs), row("running jobs", s.runningJobs),
+    row("queued jobs", s.queuedJobs),
+    row("queue by priority", (s.queueDepth || []).map(q => q.priority + ": " + q.jobs).join(", ") || "empty"),
+    row("running jobs", s.runningJobs),
     row("submitted", s.jobsSubmitted), row("succeeded", s.jobsSucceeded),
     row("failed", s.jobsFailed), row("cancelled", s.jobsCancelled),
     row("expired", s.jobsExpired),

@@ -105,25 +105,31 @@ async function fillUnit(cell, model, kind, layer, unit, steps, signal) {
                    seed: "0", optimizer: {steps: String(steps)}, output: {png: true}};
   try {
     cell.dataset.state = "queued";
-    let job = await call("Visualizer/SubmitJob", {request}, signal);
-    const cached = job.cached;
-    while (job.state === "JOB_STATE_QUEUED" || job.state === "JOB_STATE_RUNNING") {
-      await new Promise(resolve => setTimeout(resolve, POLL_MS));
-      job = await call("Visualizer/GetJob", {id: job.id}, signal);
-    }
-    if (job.state !== "JOB_STATE_SUCCEEDED") {
+    const job = await call("Visualizer/SubmitJob", {request}, signal);
+    const done = await jobResult(job, signal);
+    if (!done.result) {
       cell.dataset.state = "failed";
-      cell.title = job.errorMessage || job.state;
+      cell.title = done.errorMessage || done.state;
       return;
     }
-    const full = await call("Visualizer/GetJob", {id: job.id, includeResult: true}, signal);
-    cell.insertBefore(png(full.result.png[0], {className: "pixelated", alt: "unit " + unit}),
+    cell.insertBefore(png(done.result.png[0], {className: "pixelated", alt: "unit " + unit}),
                       cell.firstChild);
-    cell.dataset.state = cached ? "cached" : "done";
+    cell.dataset.state = job.cached ? "cached" : "done";
   } catch (error) {
     if (error.name !== "AbortError") {
       cell.dataset.state = "failed";
       cell.title = error.message;
     }
   }
+}
+
+// A job once it has ended, with its result when it succeeded: its state is
+// asked for every POLL_MS (no connection is held open meanwhile).
+export async function jobResult(job, signal) {
+  while (job.state === "JOB_STATE_QUEUED" || job.state === "JOB_STATE_RUNNING") {
+    await new Promise(resolve => setTimeout(resolve, POLL_MS));
+    job = await call("Visualizer/GetJob", {id: job.id}, signal);
+  }
+  if (job.state !== "JOB_STATE_SUCCEEDED") return job;
+  return call("Visualizer/GetJob", {id: job.id, includeResult: true}, signal);
 }

@@ -4,6 +4,7 @@
 import {call} from "./api.js";
 import {el, append, clear, png, errorBox, href} from "./dom.js";
 import {runRender} from "./render.js";
+import {jobResult} from "./model.js";
 import {layerText} from "./editor.js";
 
 export async function unitPage(view, route, signal) {
@@ -108,25 +109,50 @@ async function attribute(section, model, layer, unit, classes, signal) {
   }
 }
 
-// The circuit of a class at a layer: its top detector units, their maps on
-// an example image of the class.
+// The circuit of a class at a layer (the figure of `featviz circuits`): the
+// class's own picture, an example image of the class, and its top detector
+// units, each with its picture and its map over the example. The renders
+// are the server's jobs (seed 0, so a second visit comes from its cache).
 export async function circuitPage(view, route, signal) {
   const [, name, layer, cls] = route.parts;
+  const steps = route.params.get("steps") || "128";
   const model = await call("Visualizer/GetModel", {name}, signal);
   const classes = model.classNames || [];
-  const r = await call("Circuits/FindCircuit", {model: name, layer, classes: [cls],
-                                                topK: 6, skipRenders: true}, signal);
+  const r = await call("Circuits/FindCircuit", {model: name, layer, classes: [cls], topK: 6,
+      render: {seed: "0", optimizer: {steps}}}, signal);
   const c = (r.classes || [])[0] || {};
+  const picture = (jobId, alt) => {
+    const slot = el("span", {className: "job-picture", dataset: {state: "queued"}});
+    if (jobId) {
+      jobResult({id: jobId, state: "JOB_STATE_QUEUED"}, signal).then(job => {
+        if (job.result && job.result.png && job.result.png.length) {
+          slot.appendChild(png(job.result.png[0], {className: "pixelated", alt}));
+          slot.dataset.state = "done";
+        } else {
+          slot.dataset.state = "failed";
+          slot.title = job.errorMessage || job.state;
+        }
+      }).catch(error => { if (error.name !== "AbortError") slot.dataset.state = "failed"; });
+    }
+    return slot;
+  };
+  const className = classes[Number(cls)] !== undefined ? classes[Number(cls)] : cls;
   append(view,
     el("h1", {}, el("a", {href: href("model", name)}, name), " · circuit of class ",
-       el("span", {className: "class-name"}, classes[Number(cls)] !== undefined ? classes[Number(cls)] : cls),
-       " at " + layer),
-    el("p", {}, el("a", {href: "#/render?model=" + encodeURIComponent(name) + "&objective=" +
-                              encodeURIComponent("logit(" + cls + ")") + "&seed=0"}, "render the class")),
-    c.examplePng ? el("figure", {}, png(c.examplePng, {className: "pixelated big"}),
-                      el("figcaption", {}, "example image #" + c.exampleIndex)) : null,
+       el("span", {className: "class-name"}, className), " at " + layer),
+    el("p", {className: "meta"}, "dataset " + r.dataset + " · scored on " + c.imagesScored +
+       " images of the class · ", el("a", {href: "#/render?model=" + encodeURIComponent(name) +
+           "&objective=" + encodeURIComponent("logit(" + cls + ")") + "&seed=0&steps=" + steps},
+           "render the class")),
+    el("div", {className: "circuit"},
+      el("figure", {className: "cell"}, picture(c.classJobId, "logit " + cls),
+         el("figcaption", {}, "logit(" + cls + ")")),
+      c.examplePng ? el("figure", {className: "cell"}, png(c.examplePng, {className: "pixelated"}),
+                        el("figcaption", {}, "example #" + c.exampleIndex)) : null),
+    el("h2", {}, "Top detector units"),
     el("div", {className: "grid", id: "detectors"}, (c.detectors || []).map(d =>
-      el("figure", {className: "cell"},
+      el("figure", {className: "cell detector"},
+         picture(d.jobId, "unit " + d.channel),
          d.activationPng ? png(d.activationPng, {className: "pixelated"}) : null,
          el("figcaption", {}, el("a", {href: href("unit", name, layer, d.channel)}, "unit " + d.channel),
             " · score " + Number(d.score).toPrecision(3))))));

@@ -190,7 +190,10 @@ def test_a_unit_page_shows_top_examples(server, browser):
     browser.set_window_size(1440, 1000)
     # One click to the circuit of the class the unit feeds most.
     css(browser, "#attribution a")[0].click()
-    until(browser, lambda d: len(css(d, "#detectors figure")) >= 1, "the class circuit")
+    until(browser, lambda d: len(css(d, "#detectors figure")) == 6, "the class circuit")
+    until(browser, lambda d: all(e.get_attribute("data-state") == "done"
+                                 for e in css(d, ".job-picture")), "the circuit's pictures")
+    assert len(css(browser, ".job-picture img")) == 7  # the class and six units
     shoot(browser, "circuit")
 
 
