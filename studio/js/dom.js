@@ -1,6 +1,6 @@
 // Building the page. Every text, and every name that comes from a model, a
-// card, a layer, a dataset or a user, goes in as a text node: nothing here
-// parses markup (no innerHTML anywhere in the studio).
+// card, a layer, a dataset or a user, goes in as a text node; no property
+// or call of this page parses HTML from a string.
 
 // el("a", {href: "#/models", className: "x", onclick: f}, "text", child...)
 export function el(tag, props, ...children) {

@@ -362,3 +362,15 @@ def test_a_model_is_uploaded_from_the_page(server, browser):
     shoot(browser, "upload")
     status, model = post(server.url, "Visualizer/GetModel", {"name": "page_upload"})
     assert status == 200 and model["path"] == "page_upload/1/model.pt"
+
+
+def test_the_studio_never_parses_markup_from_strings():
+    """Names go in as text nodes: no API of the page's sources parses HTML
+    or runs strings as code, and nothing is fetched from another origin."""
+    sources = list((REPO / "studio").rglob("*.js")) + [REPO / "studio/index.html"]
+    assert len(sources) >= 10
+    for path in sources:
+        text = path.read_text()
+        for needle in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
+                       "eval(", "new Function", "http://", "https://"):
+            assert needle not in text, f"{path.name} uses {needle}"
