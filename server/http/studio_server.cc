@@ -38,6 +38,15 @@ void ReplyError(httplib::Response& res, const absl::Status& status) {
                                std::string(status.message())));
 }
 
+grpc::Status BodyTooLarge(int64_t bytes, int64_t max_bytes) {
+  return grpc::Status(
+      grpc::StatusCode::RESOURCE_EXHAUSTED,
+      absl::StrCat("request body of ", bytes,
+                   " bytes is over the server's largest message "
+                   "(--max_message_bytes ",
+                   max_bytes, ")"));
+}
+
 bool IsLoopbackHost(absl::string_view host) {
   return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
 }
@@ -190,6 +199,27 @@ void StudioServer::Route() {
   if (!options_.studio_dir.empty()) {
     http.set_mount_point("/", options_.studio_dir);
   }
+  // Before any byte of the body is read: a JSON request declaring more
+  // than the largest message is refused here, not buffered (the payload
+  // limit above is an upload's, which is larger).
+  http.set_pre_routing_handler([this](const httplib::Request& req,
+                                      httplib::Response& res) {
+    constexpr absl::string_view kApi = "/api/";
+    if (req.method != "POST" || !absl::StartsWith(req.path, kApi)) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    const absl::StatusOr<const google::protobuf::MethodDescriptor*> method =
+        gateway_.Find(absl::string_view(req.path).substr(kApi.size()));
+    int64_t declared = 0;
+    if (!method.ok() || (*method)->client_streaming() ||
+        !absl::SimpleAtoi(req.get_header_value("Content-Length"), &declared) ||
+        declared <= options_.max_body_bytes) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    res.set_header("Connection", "close");
+    ReplyError(res, BodyTooLarge(declared, options_.max_body_bytes), 413);
+    return httplib::Server::HandlerResponse::Handled;
+  });
 
   http.Get("/api", [this](const httplib::Request&, httplib::Response& res) {
     res.set_header("Cache-Control", "no-store");
@@ -223,14 +253,11 @@ void StudioServer::Route() {
       return;
     }
     if (static_cast<int64_t>(req.body.size()) > options_.max_body_bytes) {
-      return ReplyError(
-          res,
-          grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       absl::StrCat("request body of ", req.body.size(),
-                                    " bytes is over the server's largest "
-                                    "message (--max_message_bytes ",
-                                    options_.max_body_bytes, ")")),
-          413);
+      // A chunked body declares no length: it is checked once read.
+      return ReplyError(res,
+                        BodyTooLarge(static_cast<int64_t>(req.body.size()),
+                                     options_.max_body_bytes),
+                        413);
     }
     if (!method.server_streaming()) {
       const JsonReply reply =

@@ -287,3 +287,19 @@ def test_with_tls_files_the_studio_is_https(tmp_path):
             post("http" + server.url[5:], "Visualizer/ListModels", {})
     finally:
         assert server.stop() == 0
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(token_server):
+    parts = urllib.parse.urlsplit(token_server.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    connection.putrequest("POST", "/api/featviz.v1.Visualizer/ListModels")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(10**12))  # and not one byte sent
+    connection.putheader("Authorization", f"Bearer {ALICE}")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413
+    reply = json.loads(response.read())
+    assert reply["code"] == "RESOURCE_EXHAUSTED"
+    assert "--max_message_bytes 1000000" in reply["message"]
+    connection.close()
