@@ -65,6 +65,18 @@ def until(driver, condition, what: str):
                          ).until(condition, f"waiting for {what}")
 
 
+def click(driver, selector: str, what: str) -> None:
+    """Clicks the element at `selector` once it is there; a page that
+    redraws it meanwhile (the jobs page refreshes) is waited out."""
+    def clicked(d):
+        found = css(d, selector)
+        if not found or not found[0].is_enabled():
+            return False
+        found[0].click()
+        return True
+    until(driver, clicked, what)
+
+
 def visit(driver, url: str) -> None:
     """Loads `url` afresh (not as a hash change of the page shown), so that
     no state of the previous page can be mistaken for the new one's."""
@@ -288,9 +300,7 @@ def test_a_job_is_cancelled_from_the_render_page(server, browser):
     until(browser, lambda d: number(d, "#frames", "count") >= 4, "four preview frames")
     shoot(browser, "render-in-progress")
     job = css(browser, "#render-job")[0].get_attribute("data-job")
-    until(browser, lambda d: any(e.is_enabled() for e in css(d, "#cancel")),
-          "the cancel button")
-    css(browser, "#cancel")[0].click()
+    click(browser, "#cancel", "the cancel button")
     until(browser, state(browser, "#render-status", "cancelled"), "the page to say so")
     status, reply = post(server.url, "Visualizer/WatchJob", {"id": job})
     status, record = post(server.url, "Visualizer/GetJob", {"id": job})
@@ -306,7 +316,7 @@ def test_a_job_is_cancelled_from_the_jobs_page(server, browser):
     row = f'#job-table tr[data-job="{job["id"]}"]'
     until(browser, lambda d: css(d, row + " .cancel-job"), "the job's cancel button")
     shoot(browser, "jobs")
-    css(browser, row + " .cancel-job")[0].click()
+    click(browser, row + " .cancel-job", "the job's cancel button")
     until(browser, state(browser, row, "cancelled"), "the row to say cancelled")
     status, record = post(server.url, "Visualizer/GetJob", {"id": job["id"]})
     assert record["state"] == "JOB_STATE_CANCELLED"
@@ -341,7 +351,7 @@ def test_a_hostile_class_name_is_shown_as_text(server, browser):
     assert HOSTILE in css(browser, ".description")[0].text
     shoot(browser, "hostile-class")
     # In a render's class probabilities too.
-    visit(browser, server.url + "#/render?model=hostile_names&objective=logit(0)&steps=8&seed=1")
+    visit(browser, server.url + "#/render?model=hostile_names&objective=logit(0)&steps=64&seed=1")
     until(browser, state(browser, "#render-status", "done"), "the render")
     assert HOSTILE in [e.text for e in css(browser, "#grid .class-name")]
     assert css(browser, 'img[src="x"]') == []
