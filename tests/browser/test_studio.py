@@ -323,6 +323,18 @@ def test_a_job_is_cancelled_from_the_jobs_page(server, browser):
     assert "submitted" in css(browser, "#stats")[0].text
 
 
+def test_a_job_page_shows_its_state_and_result(server, browser):
+    status, job = post(server.url, "Visualizer/SubmitJob", {"request": {
+        "model": "mnist_classifier", "objectiveText": "logit(6)", "seed": "4",
+        "image": {"batch": "2"}, "optimizer": {"steps": "32"}}})
+    assert status == 200
+    visit(browser, server.url + "#/job/" + job["id"])
+    until(browser, state(browser, "#job-state", "succeeded"), "the job's end")
+    until(browser, lambda d: len(css(d, "#grid img.result-image")) == 2, "its images")
+    assert "32 / 32 steps" in css(browser, "#job-state")[0].text
+    assert not css(browser, "#cancel")[0].is_enabled()
+
+
 def test_a_server_with_tokens_refuses_the_page_without_one(token_server, browser):
     visit(browser, token_server.url + "#/models")
     until(browser, state(browser, "#view", "error"), "the refusal")
