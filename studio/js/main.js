@@ -1,7 +1,7 @@
 // featviz studio: a single page app; the hash is the route and carries the
 // request, so that an address is a permalink to the same view.
 import {setToken, token} from "./api.js";
-import {clear, errorBox} from "./dom.js";
+import {clear, el, errorBox} from "./dom.js";
 import {modelsPage} from "./models.js";
 import {modelPage, layerSheetPage} from "./model.js";
 import {editorPage} from "./editor.js";
@@ -51,6 +51,11 @@ async function show() {
   } catch (error) {
     if (error.name === "AbortError") return;
     view.appendChild(errorBox(error));
+    if (error.status === 401 || error.status === 403) {
+      view.appendChild(el("p", {className: "meta"}, error.status === 401
+          ? "Paste your token in the Token box above: it is kept for this tab only."
+          : "Your token's role does not allow this; ask the server's operator."));
+    }
     view.dataset.state = "error";
     if (error.status) view.dataset.httpStatus = String(error.status);
   }
