@@ -18,7 +18,7 @@
 #include "core/torch_status.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 
 #ifndef ABSL_IS_LITTLE_ENDIAN
 #error "featviz.v1 tensors are little-endian; this host would need byte swaps"

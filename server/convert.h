@@ -40,7 +40,7 @@
 #include "core/objective.h"
 #include "core/render.h"
 #include "featviz/v1/featviz.pb.h"
-#include "server/engine_types.h"
+#include "server/engine/engine_types.h"
 #include "server/limits.h"
 
 namespace featviz::server {

@@ -12,8 +12,8 @@
 #include "core/torch_status.h"
 #include "server/chunked_upload.h"
 #include "server/circuits_convert.h"
-#include "server/names.h"
-#include "server/staging.h"
+#include "server/engine/names.h"
+#include "server/engine/staging.h"
 
 namespace featviz::server {
 namespace fs = std::filesystem;

@@ -25,8 +25,8 @@
 #include "core/param.h"
 #include "server/circuits_convert.h"
 #include "server/convert.h"
-#include "server/dataset_registry.h"
-#include "server/engine_types.h"
+#include "server/engine/dataset_registry.h"
+#include "server/engine/engine_types.h"
 
 namespace featviz::server {
 

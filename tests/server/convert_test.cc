@@ -6,7 +6,7 @@
 
 #include <gtest/gtest.h>
 
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 
 namespace featviz::server {
 namespace {

@@ -1,4 +1,4 @@
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 
 #include <unistd.h>
 
@@ -19,10 +19,10 @@
 #include "core/operator_policy.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
-#include "server/engine_types.h"
-#include "server/model_warm_up.h"
-#include "server/names.h"
-#include "server/staging.h"
+#include "server/engine/engine_types.h"
+#include "server/engine/model_warm_up.h"
+#include "server/engine/names.h"
+#include "server/engine/staging.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {

@@ -1,4 +1,4 @@
-#include "server/engine_types.h"
+#include "server/engine/engine_types.h"
 
 #include <algorithm>
 #include <exception>
@@ -13,7 +13,7 @@
 #include "core/image.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
-#include "server/heap_bytes.h"
+#include "server/engine/heap_bytes.h"
 
 namespace featviz::server {
 namespace {

@@ -3,8 +3,8 @@
 // (server/convert.h) turns them into featviz.v1 messages and back. Nothing
 // here includes a protobuf header: a test or another front end can drive the
 // engine without one.
-#ifndef FEATVIZ_SERVER_ENGINE_TYPES_H_
-#define FEATVIZ_SERVER_ENGINE_TYPES_H_
+#ifndef FEATVIZ_SERVER_ENGINE_ENGINE_TYPES_H_
+#define FEATVIZ_SERVER_ENGINE_ENGINE_TYPES_H_
 
 #include <cstdint>
 #include <functional>
@@ -81,7 +81,7 @@ struct RenderPlan {
 };
 
 // Whether a device's copy of a served model version is in memory
-// (server/model_memory.h):
+// (server/engine/model_memory.h):
 //   kUnloaded -> kLoading -> kLoaded -> (evicted) kUnloaded
 //                        \-> kFailed (the next use loads it again)
 enum class ModelState { kUnloaded, kLoading, kLoaded, kFailed };
@@ -259,7 +259,7 @@ struct JobResult {
   double compute_seconds = 0;
 
   // The heap it takes, object included: every string, array and PNG at its
-  // allocated size, as glibc's malloc counts it (server/heap_bytes.h). What
+  // allocated size, as glibc's malloc counts it (server/engine/heap_bytes.h). What
   // the result store budgets (plus its own bookkeeping per result).
   int64_t bytes() const;
 };
@@ -394,4 +394,4 @@ absl::Status Prefixed(absl::string_view prefix, const absl::Status& status);
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_ENGINE_TYPES_H_
+#endif  // FEATVIZ_SERVER_ENGINE_ENGINE_TYPES_H_

@@ -1,4 +1,4 @@
-#include "server/job_manager.h"
+#include "server/engine/job_manager.h"
 
 #include <algorithm>
 #include <utility>
@@ -9,7 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
-#include "server/heap_bytes.h"
+#include "server/engine/heap_bytes.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -29,7 +29,7 @@ std::string Outcome(const absl::Status& status, bool cached) {
 
 // The heap a job record takes once its job is over (its tensors dropped),
 // with its entries in records_ and finished_: an estimate from the sizes of
-// what it holds (server/heap_bytes.h).
+// what it holds (server/engine/heap_bytes.h).
 int64_t RecordBytes(const JobRecord& job) {
   int64_t total = HeapChunk(static_cast<int64_t>(sizeof(JobRecord)) + 16) +
                   MapNodeBytes(sizeof(std::pair<const uint64_t, JobRecordPtr>)) +
