@@ -29,8 +29,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -53,6 +51,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/files.h"
 #include "core/operator_policy.h"
 #include "core/status_macros.h"
 #include "server/auth.h"
@@ -372,14 +371,9 @@ std::string ListeningAddress(const std::string& listen, int port) {
 
 absl::StatusOr<std::string> ReadFile(const std::string& flag,
                                     const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("--", flag, ": cannot read '", path, "'"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+  absl::StatusOr<std::string> text = core::ReadFile(path);
+  if (!text.ok()) return core::Prefixed(absl::StrCat("--", flag), text.status());
+  return text;
 }
 
 // True for addresses only this machine can reach: 127.0.0.0/8, ::1,

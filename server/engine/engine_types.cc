@@ -187,19 +187,6 @@ absl::string_view ModelStateName(ModelState state) {
   return "unknown";
 }
 
-absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
-  if (status.ok()) return status;
-  absl::Status prefixed(status.code(),
-                        absl::StrCat(prefix, ": ", status.message()));
-  // Payloads say more than the text (core::RefusedOperator's operator,
-  // which the registry counts); they travel on.
-  status.ForEachPayload(
-      [&prefixed](absl::string_view type_url, const absl::Cord& payload) {
-        prefixed.SetPayload(type_url, payload);
-      });
-  return prefixed;
-}
-
 bool IsFinal(JobState state) {
   return state == JobState::kSucceeded || state == JobState::kFailed ||
          state == JobState::kCancelled || state == JobState::kExpired;

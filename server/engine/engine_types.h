@@ -22,6 +22,7 @@
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/render.h"
+#include "core/status_macros.h"
 
 namespace featviz::server {
 
@@ -388,9 +389,8 @@ struct EngineStats {
   int64_t dataset_budget_bytes = 0;
 };
 
-// `status` with `prefix` and ": " in front of its message, code and payloads
-// kept.
-absl::Status Prefixed(absl::string_view prefix, const absl::Status& status);
+// core::Prefixed: `status` with `prefix` and ": " in front, payloads kept.
+using core::Prefixed;
 
 }  // namespace featviz::server
 
