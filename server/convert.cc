@@ -43,9 +43,7 @@ constexpr double kMaxRotateDegrees = 360.0;
 constexpr int kMaxTransformValues = 1024;
 constexpr int kMaxTransforms = 64;
 
-std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
+using wire::ShapeText;
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
@@ -738,60 +736,6 @@ v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
   // and each precision its own.
   canonical.set_precision(core::PrecisionName(plan.precision));
   return canonical;
-}
-
-absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor,
-                                           absl::string_view field) {
-  if (tensor.dtype() != v1::Tensor::DTYPE_FLOAT32) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ".dtype must be DTYPE_FLOAT32, got ",
-        v1::Tensor::DType_IsValid(tensor.dtype())
-            ? v1::Tensor::DType_Name(tensor.dtype())
-            : absl::StrCat(tensor.dtype())));
-  }
-  if (tensor.shape_size() == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ".shape must have at least one dimension, got []"));
-  }
-  // Shapes come from the wire: multiply without overflowing.
-  const uint64_t have = tensor.data().size();
-  uint64_t need = sizeof(float);
-  bool overflow = false;
-  for (int64_t dim : tensor.shape()) {
-    if (dim <= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".shape must have positive dimensions, got ",
-                       ShapeText(tensor.shape())));
-    }
-    overflow = overflow || __builtin_mul_overflow(
-                               need, static_cast<uint64_t>(dim), &need);
-  }
-  if (overflow || need != have) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ".data has ", have, " bytes, but shape ",
-        ShapeText(tensor.shape()), " of float32 needs ",
-        overflow ? "more bytes than fit in 64 bits" : absl::StrCat(need)));
-  }
-  try {
-    const std::vector<int64_t> shape(tensor.shape().begin(),
-                                     tensor.shape().end());
-    at::Tensor out = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
-    std::memcpy(out.data_ptr<float>(), tensor.data().data(),
-                tensor.data().size());
-    return out;
-  } catch (const std::exception& e) {
-    return core::TorchError(e, absl::StrCat("decoding ", field));
-  }
-}
-
-v1::Tensor TensorToProto(const at::Tensor& tensor) {
-  v1::Tensor out;
-  const at::Tensor t = tensor.detach().to(at::kCPU, at::kFloat).contiguous();
-  for (int64_t dim : t.sizes()) out.add_shape(dim);
-  out.set_dtype(v1::Tensor::DTYPE_FLOAT32);
-  out.set_data(reinterpret_cast<const char*>(t.data_ptr<float>()),
-               static_cast<size_t>(t.numel()) * sizeof(float));
-  return out;
 }
 
 namespace {

@@ -40,6 +40,7 @@
 #include "core/objective.h"
 #include "core/render.h"
 #include "featviz/v1/featviz.pb.h"
+#include "proto/tensor_codec.h"
 #include "server/engine/engine_types.h"
 #include "server/limits.h"
 
@@ -89,12 +90,10 @@ inline constexpr double kDefaultLr = 0.05;
 inline constexpr double kDefaultMacoLr = 0.5;
 double DefaultLr(core::ParamKind kind);
 
-// A float32 tensor from the wire: dtype, shape and byte length are checked;
-// errors name `field`. The result is a CPU float tensor that owns its data.
-absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor,
-                                           absl::string_view field);
-// Any numeric tensor as float32 little-endian bytes in C order.
-v1::Tensor TensorToProto(const at::Tensor& tensor);
+// Tensors in and out (proto/tensor_codec.h, shared with the CLI): a
+// request's tensor is checked with its field named.
+using wire::TensorFromProto;
+using wire::TensorToProto;
 
 // A hosted model as the API describes it.
 v1::Model ModelToProto(const ModelSummary& model);

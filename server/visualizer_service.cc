@@ -24,6 +24,7 @@
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "server/convert.h"
+#include "server/engine/page_token.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -33,7 +34,9 @@ namespace {
 // stream stays in step order; the result is never dropped), so a client that
 // does not read cannot make the server hold every preview PNG.
 constexpr size_t kMaxPendingEvents = 64;
-constexpr absl::string_view kPageTokenPrefix = "after:";
+// ListModels pages run in name order: a token holds the last model listed,
+// "name@version".
+constexpr absl::string_view kPageList = "models";
 constexpr absl::Duration kStatsLogEvery = absl::Seconds(30);
 // How often freed heap pages are handed back to the system (malloc_trim).
 constexpr absl::Duration kTrimEvery = absl::Seconds(5);
@@ -510,18 +513,16 @@ absl::Status VisualizerService::ListModelsPage(
   // The token holds the last model listed, "name@version".
   std::optional<std::pair<std::string, std::string>> after;
   if (!request.page_token().empty()) {
-    std::string decoded;
-    absl::string_view rest;
-    if (!absl::WebSafeBase64Unescape(request.page_token(), &decoded) ||
-        !absl::StartsWith(decoded, kPageTokenPrefix) ||
-        decoded.find('@') == std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("page_token '", request.page_token(),
-                       "' is not a token this server issued"));
-    }
-    rest = decoded;
-    rest.remove_prefix(kPageTokenPrefix.size());
+    absl::StatusOr<std::string> position =
+        PagePosition(kPageList, request.page_token());
+    if (!position.ok()) return position.status();
+    const absl::string_view rest = *position;
     const size_t at = rest.rfind('@');
+    if (at == absl::string_view::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_token '", request.page_token().substr(0, 80),
+                       "' is not a token this server issued for ", kPageList));
+    }
     after.emplace(std::string(rest.substr(0, at)),
                   std::string(rest.substr(at + 1)));
   }
@@ -536,8 +537,8 @@ absl::Status VisualizerService::ListModelsPage(
     if (request.page_size() > 0 &&
         response.models_size() == request.page_size()) {
       const v1::Model& last = response.models(response.models_size() - 1);
-      response.set_next_page_token(absl::WebSafeBase64Escape(absl::StrCat(
-          kPageTokenPrefix, last.name(), "@", last.version())));
+      response.set_next_page_token(
+          PageToken(kPageList, absl::StrCat(last.name(), "@", last.version())));
       break;
     }
     *response.add_models() = ModelToProto(model);
