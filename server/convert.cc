@@ -466,7 +466,8 @@ absl::StatusOr<core::Precision> RequestPrecision(const std::string& text,
 
 absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
                                                const ModelRegistry& models,
-                                               const Limits& limits) {
+                                               const Limits& limits,
+                                               const DatasetRegistry* datasets) {
   RenderPlan plan;
   if (request.model().size() > kMaxNameBytes) {
     return absl::InvalidArgumentError(
@@ -497,10 +498,6 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   const v1::ImageSpec& image = request.image();
   core::ParamOptions& param = plan.options.param;
   plan.maco_dataset = image.maco_dataset();
-  plan.parameterisation_open =
-      image.parameterization() == v1::PARAMETERIZATION_UNSPECIFIED &&
-      image.decay_power() == 0 && !image.has_init_image() &&
-      image.maco_dataset().empty();
   switch (image.parameterization()) {
     case v1::PARAMETERIZATION_UNSPECIFIED:
     case v1::PARAMETERIZATION_FFT:
@@ -586,6 +583,34 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         PlanInitImage(image.init_image(), param.channels, size, param.batch));
   }
 
+  // The default parameterisation, where the request leaves every choice
+  // open (no kind, FFT decay, start image or MaCo dataset): MaCo for a gray
+  // model when exactly one hosted dataset fits it, decided here once (an
+  // upload landing before RenderInputs fetches the prior must not make the
+  // request ambiguous).
+  const bool parameterisation_open =
+      image.parameterization() == v1::PARAMETERIZATION_UNSPECIFIED &&
+      image.decay_power() == 0 && !image.has_init_image() &&
+      image.maco_dataset().empty();
+  if (parameterisation_open && datasets != nullptr && card.channels == 1 &&
+      param.channels == 1) {
+    DatasetNeed need;
+    need.model = card.name;
+    need.channels = 1;
+    need.height = card.height;
+    need.width = card.width;
+    const std::vector<core::DatasetPtr> fitting = datasets->Fitting(need);
+    if (fitting.size() == 1) {
+      param.kind = core::ParamKind::kMaco;
+      plan.maco_dataset = fitting.front()->name;
+    }
+  }
+  if (param.kind != core::ParamKind::kMaco && !plan.maco_dataset.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "image.maco_dataset is set to '", plan.maco_dataset.substr(0, 80),
+        "', but the parameterization is not MaCo"));
+  }
+
   // objective, now that the batch is known
   FEATVIZ_ASSIGN_OR_RETURN(plan.objective,
                            PlanObjective(request, *plan.model, param.batch));
@@ -608,7 +633,6 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         "optimizer.steps is 0, meaning ", kDefaultSteps,
         ", more than this server's max_steps ", limits.max_steps));
   }
-  plan.lr_is_default = optimizer.lr() == 0;
   if (optimizer.lr() == 0) {
     plan.options.lr = DefaultLr(param.kind);
   } else if (!(optimizer.lr() > 0 && optimizer.lr() <= kMaxLr)) {
@@ -617,6 +641,19 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
                      DefaultLr(param.kind), "), got ", optimizer.lr()));
   } else {
     plan.options.lr = optimizer.lr();
+  }
+
+  // reference tensors, for the objective's reference(k) terms
+  if (request.references_size() > kMaxReferenceTensors) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("references must hold at most ", kMaxReferenceTensors,
+                     " tensors, got ", request.references_size()));
+  }
+  for (int k = 0; k < request.references_size(); ++k) {
+    FEATVIZ_ASSIGN_OR_RETURN(
+        at::Tensor reference,
+        TensorFromProto(request.references(k), absl::StrCat("references[", k, "]")));
+    plan.reference_tensors.push_back(std::move(reference));
   }
 
   // seed and output
@@ -686,11 +723,12 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
 
 absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
                                       const ModelRegistry& models,
-                                      const Limits& limits) {
+                                      const Limits& limits,
+                                      const DatasetRegistry* datasets) {
   // Validation runs LibTorch (the init image's checks) on gRPC's threads:
   // its exceptions end here, as the request's error.
   try {
-    return PlanRenderUnguarded(request, models, limits);
+    return PlanRenderUnguarded(request, models, limits, datasets);
   } catch (const std::exception& e) {
     return core::TorchError(e, "validating the request");
   }
@@ -710,32 +748,6 @@ v1::Parameterization ParameterizationToProto(core::ParamKind kind) {
 
 double DefaultLr(core::ParamKind kind) {
   return kind == core::ParamKind::kMaco ? kDefaultMacoLr : kDefaultLr;
-}
-
-v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
-                                   const RenderPlan& plan) {
-  v1::RenderRequest canonical = request;
-  canonical.set_model(absl::StrCat(plan.model_name, "@", plan.model_version));
-  canonical.clear_owner();
-  canonical.clear_priority();
-  canonical.clear_queue_timeout_seconds();
-  canonical.set_objective_text(plan.objective.ToString());  // Drops the tree.
-  const core::ParamOptions& param = plan.options.param;
-  v1::ImageSpec* image = canonical.mutable_image();
-  image->set_parameterization(ParameterizationToProto(param.kind));
-  if (image->size() == 0 && param.height == param.width) {
-    image->set_size(param.height);
-  }
-  image->set_batch(param.batch);
-  image->set_decay_power(param.decay_power);
-  canonical.mutable_optimizer()->set_steps(plan.options.steps);
-  canonical.mutable_optimizer()->set_lr(plan.options.lr);
-  canonical.mutable_output()->set_progress_every(plan.options.progress_every);
-  if (plan.seed.has_value()) canonical.set_seed(*plan.seed);
-  // The precision used, so that "" and the server's default are one entry
-  // and each precision its own.
-  canonical.set_precision(core::PrecisionName(plan.precision));
-  return canonical;
 }
 
 namespace {
@@ -831,19 +843,6 @@ v1::Model ModelToProto(const ModelSummary& model) {
 
 v1::Model ModelToProto(const core::Model& model) {
   return ModelToProto(Summarize(model));
-}
-
-std::string CacheKey(const v1::RenderRequest& request, const RenderPlan& plan) {
-  if (!plan.seed.has_value()) return "";
-  std::string bytes;
-  {
-    google::protobuf::io::StringOutputStream stream(&bytes);
-    google::protobuf::io::CodedOutputStream coded(&stream);
-    coded.SetSerializationDeterministic(true);
-    CanonicalRequest(request, plan).SerializeToCodedStream(&coded);
-  }
-  return absl::StrCat(plan.model_hash, "/", core::Sha256Hex(bytes), "/",
-                      *plan.seed, "/", plan.linear_mode);
 }
 
 // ---------------------------------------- the job engine's types

@@ -420,9 +420,10 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
   // admin may.
   FEATVIZ_ASSIGN_OR_RETURN(std::string owner,
                            auth_.OwnerOf(caller, request.owner()));
-  absl::StatusOr<RenderPlan> plan = PlanRender(request, models_, limits_);
+  absl::StatusOr<RenderPlan> plan =
+      PlanRender(request, models_, limits_, datasets_);
   if (!plan.ok()) return plan.status();
-  FEATVIZ_RETURN_IF_ERROR(inputs_->Resolve(request, *plan));
+  FEATVIZ_RETURN_IF_ERROR(inputs_->Resolve(*plan));
   OwnerQuota quota;
   if (auth_.checks_tokens()) {
     const Quotas& quotas = caller.quotas;
@@ -440,7 +441,7 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
     quota.max_running = quotas.max_running;
   }
   if (!plan->seed.has_value()) plan->options.seed = RandomSeed();
-  std::string cache_key = CacheKey(request, *plan);
+  std::string cache_key = CacheKey(*plan);
   return jobs_->Submit(*std::move(plan), std::move(cache_key), std::move(owner),
                        std::move(watcher), quota);
 }

@@ -10,10 +10,10 @@
 // (worker.h) take queued jobs, report their progress and end them. A job's
 // watchers hear its progress events and exactly one final call.
 //
-// Result cache: a request that gives a seed is keyed by the model's content
-// hash and the SHA-256 of its canonical form (CanonicalRequest), so an
-// identical request is answered with the stored result of the first,
-// without running.
+// Result cache: a request that gives a seed is keyed by its plan
+// (CacheKey, engine_types.h: the model's content hash and the SHA-256 of
+// everything in the plan that shapes the result), so an equivalent request
+// is answered with the stored result of the first, without running.
 #ifndef FEATVIZ_SERVER_ENGINE_JOB_MANAGER_H_
 #define FEATVIZ_SERVER_ENGINE_JOB_MANAGER_H_
 
