@@ -997,6 +997,22 @@ v1::ListJobsResponse JobPageToProto(const JobPage& page) {
   return out;
 }
 
+ModelQuery ModelQueryFromProto(const v1::ListModelsRequest& request) {
+  ModelQuery query;
+  query.page_size = request.page_size();
+  query.page_token = request.page_token();
+  return query;
+}
+
+v1::ListModelsResponse ModelPageToProto(const ModelPage& page) {
+  v1::ListModelsResponse out;
+  for (const ModelSummary& model : page.models) {
+    *out.add_models() = ModelToProto(model);
+  }
+  out.set_next_page_token(page.next_page_token);
+  return out;
+}
+
 v1::ServerStats StatsToProto(const EngineStats& stats) {
   v1::ServerStats out;
   for (const auto& [priority, jobs] : stats.queue_depth) {

@@ -124,6 +124,9 @@ v1::Tensor ArrayToProto(const HostArray& array);
 // page as the response.
 absl::StatusOr<JobQuery> JobQueryFromProto(const v1::ListJobsRequest& request);
 v1::ListJobsResponse JobPageToProto(const JobPage& page);
+// ListModels, likewise.
+ModelQuery ModelQueryFromProto(const v1::ListModelsRequest& request);
+v1::ListModelsResponse ModelPageToProto(const ModelPage& page);
 
 v1::ServerStats StatsToProto(const EngineStats& stats);
 

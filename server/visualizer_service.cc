@@ -24,7 +24,6 @@
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "server/convert.h"
-#include "server/engine/page_token.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -34,9 +33,6 @@ namespace {
 // stream stays in step order; the result is never dropped), so a client that
 // does not read cannot make the server hold every preview PNG.
 constexpr size_t kMaxPendingEvents = 64;
-// ListModels pages run in name order: a token holds the last model listed,
-// "name@version".
-constexpr absl::string_view kPageList = "models";
 constexpr absl::Duration kStatsLogEvery = absl::Seconds(30);
 // How often freed heap pages are handed back to the system (malloc_trim).
 constexpr absl::Duration kTrimEvery = absl::Seconds(5);
@@ -507,43 +503,9 @@ void VisualizerService::LogStatsLoop() {
 absl::Status VisualizerService::ListModelsPage(
     const v1::ListModelsRequest& request,
     v1::ListModelsResponse& response) const {
-  if (request.page_size() < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "page_size must be >= 0 (0 means all), got ", request.page_size()));
-  }
-  // The token holds the last model listed, "name@version".
-  std::optional<std::pair<std::string, std::string>> after;
-  if (!request.page_token().empty()) {
-    absl::StatusOr<std::string> position =
-        PagePosition(kPageList, request.page_token());
-    if (!position.ok()) return position.status();
-    const absl::string_view rest = *position;
-    const size_t at = rest.rfind('@');
-    if (at == absl::string_view::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("page_token '", request.page_token().substr(0, 80),
-                       "' is not a token this server issued for ", kPageList));
-    }
-    after.emplace(std::string(rest.substr(0, at)),
-                  std::string(rest.substr(at + 1)));
-  }
-  auto listed = [&](const ModelSummary& model) {
-    if (!after.has_value()) return false;
-    const std::string& name = model.card.name;
-    if (name != after->first) return name < after->first;
-    return !VersionLess(after->second, model.card.version);
-  };
-  for (const ModelSummary& model : models_.List()) {
-    if (listed(model)) continue;
-    if (request.page_size() > 0 &&
-        response.models_size() == request.page_size()) {
-      const v1::Model& last = response.models(response.models_size() - 1);
-      response.set_next_page_token(
-          PageToken(kPageList, absl::StrCat(last.name(), "@", last.version())));
-      break;
-    }
-    *response.add_models() = ModelToProto(model);
-  }
+  FEATVIZ_ASSIGN_OR_RETURN(const ModelPage page,
+                           models_.Page(ModelQueryFromProto(request)));
+  response = ModelPageToProto(page);
   return absl::OkStatus();
 }
 

@@ -327,6 +327,18 @@ struct JobPage {
   std::string next_page_token;  // "" on the last page.
 };
 
+// A page of served model versions (ModelRegistry::Page), in name order,
+// then version (oldest first).
+struct ModelQuery {
+  int32_t page_size = 0;   // 0: every version.
+  std::string page_token;  // A previous page's next_page_token.
+};
+
+struct ModelPage {
+  std::vector<ModelSummary> models;
+  std::string next_page_token;  // "" on the last page.
+};
+
 // One worker's figures.
 struct DeviceStats {
   std::string device;

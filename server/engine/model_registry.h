@@ -143,6 +143,9 @@ class ModelRegistry {
   // Every served version, sorted by name, then version (oldest first), with
   // its copies' states.
   std::vector<ModelSummary> List() const;
+  // One page of List(). InvalidArgument naming the field for a negative
+  // page_size or a page_token this registry did not give.
+  absl::StatusOr<ModelPage> Page(const ModelQuery& query) const;
   // Served versions.
   size_t size() const;
   // Each device's model memory: budget, bytes held, copies by state, loads
