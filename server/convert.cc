@@ -464,11 +464,9 @@ absl::StatusOr<core::Precision> RequestPrecision(const std::string& text,
   return precision;
 }
 
-absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
-                                               const ModelRegistry& models,
-                                               const Limits& limits,
-                                               const DatasetRegistry* datasets) {
-  RenderPlan plan;
+// The model the request names, from the registry's kept summaries.
+absl::Status PlanModel(const v1::RenderRequest& request,
+                       const ModelRegistry& models, RenderPlan& plan) {
   if (request.model().size() > kMaxNameBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("model must be at most ", kMaxNameBytes,
@@ -493,9 +491,14 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   plan.model_name = card.name;
   plan.model_version = card.version;
   plan.model_hash = plan.model->content_hash;
+  return absl::OkStatus();
+}
 
-  // image
-  const v1::ImageSpec& image = request.image();
+// image: parameterisation, size, batch, colour, decay and start image, then
+// the default parameterisation where the request leaves it open.
+absl::Status PlanImage(const v1::ImageSpec& image, const Limits& limits,
+                       const DatasetRegistry* datasets, RenderPlan& plan) {
+  const core::ModelCard& card = plan.model->card;
   core::ParamOptions& param = plan.options.param;
   plan.maco_dataset = image.maco_dataset();
   switch (image.parameterization()) {
@@ -610,18 +613,13 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         "image.maco_dataset is set to '", plan.maco_dataset.substr(0, 80),
         "', but the parameterization is not MaCo"));
   }
+  return absl::OkStatus();
+}
 
-  // objective, now that the batch is known
-  FEATVIZ_ASSIGN_OR_RETURN(plan.objective,
-                           PlanObjective(request, *plan.model, param.batch));
-
-  // transforms
-  FEATVIZ_ASSIGN_OR_RETURN(plan.options.transforms,
-                           PlanTransforms(request.transforms(), size, limits,
-                                          plan.model->IsTokenModel()));
-
-  // optimizer
-  const v1::Optimizer& optimizer = request.optimizer();
+// optimizer: steps, and lr once the parameterisation is known.
+absl::Status PlanOptimizer(const v1::Optimizer& optimizer,
+                           const Limits& limits, RenderPlan& plan) {
+  const core::ParamOptions& param = plan.options.param;
   if (optimizer.steps() < 0 || optimizer.steps() > limits.max_steps) {
     return OutsideRange("optimizer.steps", 1, limits.max_steps,
                         absl::StrCat(kDefaultSteps), optimizer.steps());
@@ -642,8 +640,12 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   } else {
     plan.options.lr = optimizer.lr();
   }
+  return absl::OkStatus();
+}
 
-  // reference tensors, for the objective's reference(k) terms
+// reference tensors, for the objective's reference(k) terms.
+absl::Status PlanReferences(const v1::RenderRequest& request,
+                            RenderPlan& plan) {
   if (request.references_size() > kMaxReferenceTensors) {
     return absl::InvalidArgumentError(
         absl::StrCat("references must hold at most ", kMaxReferenceTensors,
@@ -655,8 +657,12 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         TensorFromProto(request.references(k), absl::StrCat("references[", k, "]")));
     plan.reference_tensors.push_back(std::move(reference));
   }
+  return absl::OkStatus();
+}
 
-  // seed and output
+// seed, output and precision.
+absl::Status PlanOutput(const v1::RenderRequest& request, const Limits& limits,
+                        RenderPlan& plan) {
   if (request.has_seed()) {
     plan.seed = request.seed();
     plan.options.seed = request.seed();
@@ -690,8 +696,12 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
     // The server's bf16 default does not apply to this model.
     plan.precision = core::Precision::kFloat32;
   }
+  return absl::OkStatus();
+}
 
-  // scheduling
+// scheduling: priority, owner, queue timeout.
+absl::Status PlanScheduling(const v1::RenderRequest& request,
+                            RenderPlan& plan) {
   if (request.priority() < kMinPriority || request.priority() > kMaxPriority) {
     return absl::InvalidArgumentError(
         absl::StrCat("priority must be in [", kMinPriority, ", ", kMaxPriority,
@@ -706,7 +716,34 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         "] (0 means the server's default), got ", timeout));
   }
   if (timeout > 0) plan.queue_timeout = absl::Seconds(timeout);
+  return absl::OkStatus();
+}
 
+absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
+                                               const ModelRegistry& models,
+                                               const Limits& limits,
+                                               const DatasetRegistry* datasets) {
+  RenderPlan plan;
+  FEATVIZ_RETURN_IF_ERROR(PlanModel(request, models, plan));
+  FEATVIZ_RETURN_IF_ERROR(PlanImage(request.image(), limits, datasets, plan));
+  const core::ParamOptions& param = plan.options.param;
+  const ImageSize size{param.height, param.width};
+  // objective, now that the batch is known
+  FEATVIZ_ASSIGN_OR_RETURN(plan.objective,
+                           PlanObjective(request, *plan.model, param.batch));
+
+  // transforms
+  FEATVIZ_ASSIGN_OR_RETURN(plan.options.transforms,
+                           PlanTransforms(request.transforms(), size, limits,
+                                          plan.model->IsTokenModel()));
+  FEATVIZ_RETURN_IF_ERROR(PlanOptimizer(request.optimizer(), limits, plan));
+  FEATVIZ_RETURN_IF_ERROR(PlanReferences(request, plan));
+  FEATVIZ_RETURN_IF_ERROR(PlanOutput(request, limits, plan));
+  FEATVIZ_RETURN_IF_ERROR(PlanScheduling(request, plan));
+
+  // The result must fit in one message.
+  const core::ModelCard& card = plan.model->card;
+  const v1::ImageSpec& image = request.image();
   const int64_t bound = ResultBytesBound(plan, card.channels);
   if (bound > limits.max_message_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
