@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <map>
 
@@ -16,6 +15,7 @@
 #include "absl/time/clock.h"
 #include "client/circuits_client.h"
 #include "client/progress_bar.h"
+#include "core/files.h"
 #include "core/image.h"
 #include "core/status_macros.h"
 
@@ -25,27 +25,6 @@ namespace v1 = featviz::v1;
 namespace fs = std::filesystem;
 
 namespace {
-
-absl::Status WriteBytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream file(path, std::ios::binary);
-  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  file.close();
-  if (!file) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot write ", path.string()));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status MakeDirs(const fs::path& dir) {
-  std::error_code error;
-  fs::create_directories(dir, error);
-  if (error) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "cannot create directory ", dir.string(), ": ", error.message()));
-  }
-  return absl::OkStatus();
-}
 
 // A PNG as a [3, H, W] image (gray repeated), for mixed contact sheets.
 absl::StatusOr<at::Tensor> Rgb(const std::string& png) {
@@ -216,7 +195,7 @@ absl::Status RunCircuits(VisualizerClient& client,
     results[job.id()] = &job.result();
   }
 
-  FEATVIZ_RETURN_IF_ERROR(MakeDirs(options.out_dir));
+  FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(options.out_dir));
   const int64_t columns = 1 + 2 * options.top;
   std::vector<at::Tensor> all_tiles;
   std::vector<std::string> all_labels;
@@ -282,8 +261,8 @@ absl::Status RunCircuits(VisualizerClient& client,
       sheet, (fs::path(options.out_dir) / "circuits.png").string()));
   doc["find_seconds"] = find_seconds;
   doc["total_seconds"] = total_seconds;
-  FEATVIZ_RETURN_IF_ERROR(WriteBytes(fs::path(options.out_dir) / "circuits.json",
-                                     doc.dump(2) + "\n"));
+  FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
+      (fs::path(options.out_dir) / "circuits.json").string(), doc.dump(2) + "\n"));
   if (options.json) {
     std::fprintf(out, "%s\n", doc.dump(2).c_str());
     return absl::OkStatus();
@@ -395,7 +374,7 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
   }
 
   const fs::path root(options.out_dir);
-  FEATVIZ_RETURN_IF_ERROR(MakeDirs(root));
+  FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(root.string()));
   std::string index = absl::StrCat(
       "<h1>Atlas of ", Html(model.name()), "</h1>\n<p>version ",
       Html(model.version()), ", content hash <code>",
@@ -407,7 +386,7 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
     const AtlasLayer& layer = layers[l];
     const std::string path = layer.layer.path();
     const fs::path dir = root / path;
-    FEATVIZ_RETURN_IF_ERROR(MakeDirs(dir));
+    FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(dir.string()));
     std::vector<const Unit*> mine;
     for (const Unit& unit : units) {
       if (unit.layer == l) mine.push_back(&unit);
@@ -445,7 +424,7 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
         sheet.size(2), "\">\n<h2>Units</h2>\n<div class=\"units\">\n");
     for (const Unit* unit : mine) {
       const std::string png = absl::StrCat("unit_", unit->index, ".png");
-      FEATVIZ_RETURN_IF_ERROR(WriteBytes(dir / png, unit->result.png(0)));
+      FEATVIZ_RETURN_IF_ERROR(core::WriteFile((dir / png).string(), unit->result.png(0)));
       absl::StrAppend(&page, "<a class=\"unit\" href=\"unit_", unit->index,
                       ".html\"><img class=\"px\" src=\"", png, "\" alt=\"unit ",
                       unit->index, "\">", unit->index, "</a>\n");
@@ -490,7 +469,7 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
         absl::StrAppend(&body, "<h2>Top dataset examples</h2>\n<div class=\"examples\">\n");
         for (int i = 0; i < ex->png_size(); ++i) {
           const std::string name = absl::StrCat("unit_", unit->index, "_ex", i, ".png");
-          FEATVIZ_RETURN_IF_ERROR(WriteBytes(dir / name, ex->png(i)));
+          FEATVIZ_RETURN_IF_ERROR(core::WriteFile((dir / name).string(), ex->png(i)));
           absl::StrAppendFormat(
               &body,
               "<figure><img class=\"px\" src=\"%s\" alt=\"example %d\">"
@@ -506,13 +485,13 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
                         " at each step (with transforms)</p>\n",
                         CurveSvg(r.terms(0).trace()), "\n");
       }
-      FEATVIZ_RETURN_IF_ERROR(WriteBytes(
-          dir / absl::StrCat("unit_", unit->index, ".html"),
+      FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
+          (dir / absl::StrCat("unit_", unit->index, ".html")).string(),
           Page(absl::StrCat(model.name(), " ", path, " ", unit->index), body)));
     }
     absl::StrAppend(&page, "</div>\n");
-    FEATVIZ_RETURN_IF_ERROR(WriteBytes(
-        dir / "index.html", Page(absl::StrCat(model.name(), " ", path), page)));
+    FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
+        (dir / "index.html").string(), Page(absl::StrCat(model.name(), " ", path), page)));
     absl::StrAppend(&index, "<h2><a href=\"", Html(path), "/index.html\">",
                     Html(path), "</a></h2>\n<p>", Html(layer.layer.kind()), ", ",
                     layer.layer.channels(), " units</p>\n<a href=\"", Html(path),
@@ -521,7 +500,7 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
                     std::min<int64_t>(sheet.size(2), 960), "\"></a>\n");
   }
   FEATVIZ_RETURN_IF_ERROR(
-      WriteBytes(root / "index.html", Page(absl::StrCat("Atlas of ", model.name()), index)));
+      core::WriteFile((root / "index.html").string(), Page(absl::StrCat("Atlas of ", model.name()), index)));
   const double total_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   std::fprintf(out,
                "atlas of %s: %zu unit%s in %zu layer%s, rendered in %.1f s, "

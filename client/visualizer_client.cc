@@ -2,15 +2,15 @@
 
 #include <chrono>
 #include <cstdlib>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <optional>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "core/files.h"
+#include "core/status_macros.h"
 
 namespace featviz::client {
 
@@ -18,16 +18,16 @@ namespace v1 = featviz::v1;
 
 namespace {
 
-absl::StatusOr<std::string> ReadPem(absl::string_view what,
+// A TLS file named by `flag`; InvalidArgument (a usage error) naming the
+// flag and the file.
+absl::StatusOr<std::string> ReadPem(absl::string_view flag,
                                     const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  absl::StatusOr<std::string> pem = core::ReadFile(path);
+  if (!pem.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, ": cannot read '", path, "'"));
+        core::Prefixed(flag, pem.status()).message());
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+  return pem;
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
@@ -60,14 +60,11 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
 
 absl::StatusOr<std::string> ResolveToken(const std::string& token_file) {
   if (!token_file.empty()) {
-    std::ifstream in(token_file);
-    if (!in) {
-      return absl::NotFoundError(
-          absl::StrCat("--token_file: cannot read '", token_file, "'"));
-    }
-    std::string line;
-    std::getline(in, line);
-    return std::string(absl::StripAsciiWhitespace(line));
+    absl::StatusOr<std::string> text = core::ReadFile(token_file);
+    if (!text.ok()) return core::Prefixed("--token_file", text.status());
+    // The first line.
+    return std::string(absl::StripAsciiWhitespace(
+        absl::string_view(*text).substr(0, text->find('\n'))));
   }
   const char* env = std::getenv("FEATVIZ_TOKEN");
   if (env != nullptr) return std::string(absl::StripAsciiWhitespace(env));
