@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "client/chunked_send.h"
 #include "client/json.h"
 #include "core/files.h"
@@ -61,15 +60,8 @@ absl::StatusOr<v1::UploadModelResponse> UploadModel(
 
   auto stub = v1::Visualizer::NewStub(client.channel());
   grpc::ClientContext context;
-  if (!client.options().token.empty()) {
-    context.AddMetadata("authorization", "Bearer " + client.options().token);
-  }
-  if (client.options().call_timeout > absl::ZeroDuration()) {
-    // Loading a large model takes a while: ten times the call deadline.
-    context.set_deadline(std::chrono::system_clock::now() +
-                         absl::ToChronoMilliseconds(
-                             client.options().call_timeout * 10));
-  }
+  // Loading a large model takes a while: ten times the call deadline.
+  client.Prepare(context, client.options().call_timeout * 10);
   v1::UploadModelResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::UploadModelRequest>> writer =
       stub->UploadModel(&context, &response);
@@ -79,12 +71,7 @@ absl::StatusOr<v1::UploadModelResponse> UploadModel(
   header.set_sha256(core::Sha256Hex(*model));
   header.set_card_json(card);
   SendChunks(*writer, header, *model, options.chunk_bytes);
-  const grpc::Status status = writer->Finish();
-  if (!status.ok()) {
-    return absl::Status(
-        static_cast<absl::StatusCode>(status.error_code()),
-        absl::StrReplaceAll(status.error_message(), {{"\n", "; "}}));
-  }
+  FEATVIZ_RETURN_IF_ERROR(client.FromGrpc(writer->Finish()));
   return response;
 }
 
