@@ -49,6 +49,16 @@ std::string FileSafe(const std::string& text) {
   return out;
 }
 
+// Writes `bytes` into `dir` as `name` and adds the path to `files` (the
+// JSON's list of what a command wrote).
+absl::Status WriteListed(const std::string& dir, const std::string& name,
+                         const std::string& bytes, json& files) {
+  const std::string path = JoinPath(dir, name);
+  FEATVIZ_RETURN_IF_ERROR(core::WriteFile(path, bytes));
+  files.push_back(path);
+  return absl::OkStatus();
+}
+
 // The images the options name; a slice that names no dataset reads the one
 // the server finds fitting the model (it refuses to guess between several).
 v1::ImageInput DatasetInput(const DatasetSliceOptions& slice) {
@@ -126,12 +136,11 @@ absl::Status RunActivations(VisualizerClient& client,
       const int64_t index = response.indices_size() > i / channels
                                 ? response.indices(i / channels)
                                 : i / channels;
-      const std::string path = JoinPath(
+      FEATVIZ_RETURN_IF_ERROR(WriteListed(
           options.out_dir,
           absl::StrFormat("%s_%d_image%d.png", FileSafe(acts.layer()),
-                          acts.channels(i % channels), index));
-      FEATVIZ_RETURN_IF_ERROR(core::WriteFile(path, acts.overlay_png(i)));
-      pngs.push_back(path);
+                          acts.channels(i % channels), index),
+          acts.overlay_png(i), pngs));
     }
     files["overlays"] = std::move(pngs);
   }
@@ -193,10 +202,9 @@ absl::Status RunAttribute(VisualizerClient& client,
     for (int i = 0; i < response.gradcam_png_size(); ++i) {
       const int64_t index =
           i < response.indices_size() ? response.indices(i) : i;
-      const std::string path = JoinPath(
-          options.out_dir, absl::StrFormat("gradcam_image%d.png", index));
-      FEATVIZ_RETURN_IF_ERROR(core::WriteFile(path, response.gradcam_png(i)));
-      files.push_back(path);
+      FEATVIZ_RETURN_IF_ERROR(WriteListed(
+          options.out_dir, absl::StrFormat("gradcam_image%d.png", index),
+          response.gradcam_png(i), files));
     }
   }
   if (options.json) {
@@ -332,12 +340,11 @@ absl::Status RunTop(VisualizerClient& client, const TopCommandOptions& options,
     FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(options.out_dir));
     for (const v1::UnitExamples& unit : response.units()) {
       for (int r = 0; r < unit.png_size(); ++r) {
-        const std::string path = JoinPath(
-            options.out_dir, absl::StrFormat("%s_%d_top%d.png",
-                                             FileSafe(response.layer()),
-                                             unit.channel(), r + 1));
-        FEATVIZ_RETURN_IF_ERROR(core::WriteFile(path, unit.png(r)));
-        files.push_back(path);
+        FEATVIZ_RETURN_IF_ERROR(WriteListed(
+            options.out_dir,
+            absl::StrFormat("%s_%d_top%d.png", FileSafe(response.layer()),
+                            unit.channel(), r + 1),
+            unit.png(r), files));
       }
     }
   }
