@@ -20,6 +20,7 @@
 #include "core/image.h"
 #include "core/objective.h"
 #include "core/status_macros.h"
+#include "proto/tensor_codec.h"
 
 namespace featviz::client {
 
@@ -209,12 +210,7 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
       return absl::InvalidArgumentError(
           absl::StrCat("--reference: ", reference.status().message()));
     }
-    v1::Tensor* t = request.add_references();
-    const at::Tensor r = reference->contiguous();
-    for (int64_t d : r.sizes()) t->add_shape(d);
-    t->set_dtype(v1::Tensor::DTYPE_FLOAT32);
-    t->set_data(reinterpret_cast<const char*>(r.data_ptr<float>()),
-                static_cast<size_t>(r.numel()) * sizeof(float));
+    *request.add_references() = wire::TensorToProto(*reference);
   }
   image->set_batch(options.batch);
   image->set_decay_power(options.decay);

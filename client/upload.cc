@@ -20,12 +20,12 @@ namespace fs = std::filesystem;
 namespace v1 = featviz::v1;
 
 // The bytes of `path`; an error says which of the upload's files it is
-// ("cannot read model: cannot read 'm.pt'").
+// ("model: cannot read 'm.pt'").
 absl::StatusOr<std::string> ReadUploadFile(const std::string& path,
                                            absl::string_view what) {
   absl::StatusOr<std::string> bytes = core::ReadFile(path);
   if (!bytes.ok()) {
-    return core::Prefixed(absl::StrCat("cannot read ", what), bytes.status());
+    return core::Prefixed(what, bytes.status());
   }
   return bytes;
 }
