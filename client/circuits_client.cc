@@ -1,12 +1,9 @@
 #include "client/circuits_client.h"
 
 #include <algorithm>
-#include <chrono>
 #include <map>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "client/chunked_send.h"
 #include "client/proto_convert.h"
@@ -22,17 +19,6 @@ namespace {
 constexpr absl::Duration kMinAnalysisTimeout = absl::Minutes(5);
 constexpr absl::Duration kPollEvery = absl::Milliseconds(250);
 
-absl::Status FromGrpc(const grpc::Status& status, const std::string& address) {
-  if (status.ok()) return absl::OkStatus();
-  std::string message = absl::StrReplaceAll(status.error_message(),
-                                            {{"\r\n", "; "}, {"\n", "; "}});
-  const auto code = static_cast<absl::StatusCode>(status.error_code());
-  if (code == absl::StatusCode::kUnavailable) {
-    message = absl::StrCat(message, " (server ", address, ")");
-  }
-  return absl::Status(code, message);
-}
-
 bool Finished(v1::JobState state) {
   return state == v1::JOB_STATE_SUCCEEDED || state == v1::JOB_STATE_FAILED ||
          state == v1::JOB_STATE_CANCELLED || state == v1::JOB_STATE_EXPIRED;
@@ -45,47 +31,49 @@ CircuitsClient::CircuitsClient(VisualizerClient& visualizer)
       circuits_(v1::Circuits::NewStub(visualizer.channel())),
       jobs_(v1::Visualizer::NewStub(visualizer.channel())) {}
 
-void CircuitsClient::SetDeadline(grpc::ClientContext& context) const {
-  // The same bearer token as the Visualizer's calls (plain metadata).
-  if (!visualizer_.options().token.empty()) {
-    context.AddMetadata("authorization", "Bearer " + visualizer_.options().token);
-  }
-  const absl::Duration timeout =
-      std::max(visualizer_.options().call_timeout, kMinAnalysisTimeout);
-  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+void CircuitsClient::Prepare(grpc::ClientContext& context) const {
+  // The same bearer token as the Visualizer's calls, and a deadline long
+  // enough for an analysis.
+  visualizer_.Prepare(context, std::max(visualizer_.options().call_timeout,
+                                        kMinAnalysisTimeout));
 }
 
-#define FEATVIZ_CIRCUITS_CALL(stub, Method, Request, Response)           \
-  absl::StatusOr<v1::Response> CircuitsClient::Method(                  \
-      const v1::Request& request) {                                     \
-    grpc::ClientContext context;                                        \
-    SetDeadline(context);                                               \
-    v1::Response response;                                              \
-    absl::Status status = FromGrpc(                                     \
-        stub->Method(&context, request, &response), visualizer_.address()); \
-    if (!status.ok()) return status;                                    \
-    return response;                                                    \
-  }
+template <typename Stub, typename Request, typename Response>
+absl::StatusOr<Response> CircuitsClient::Call(
+    Stub& stub, UnaryMethod<Stub, Request, Response> method,
+    const Request& request) {
+  return CallUnary(
+      stub, method, request,
+      [this](grpc::ClientContext& context) { Prepare(context); },
+      [this](const grpc::Status& status) {
+        return visualizer_.FromGrpc(status);
+      });
+}
 
-FEATVIZ_CIRCUITS_CALL(circuits_, ComputeActivations, ComputeActivationsRequest,
-                      ComputeActivationsResponse)
-FEATVIZ_CIRCUITS_CALL(circuits_, Attribute, AttributeRequest, AttributeResponse)
-FEATVIZ_CIRCUITS_CALL(circuits_, FindCircuit, FindCircuitRequest,
-                      FindCircuitResponse)
-FEATVIZ_CIRCUITS_CALL(circuits_, TopExamples, TopExamplesRequest,
-                      TopExamplesResponse)
-#undef FEATVIZ_CIRCUITS_CALL
+absl::StatusOr<v1::ComputeActivationsResponse>
+CircuitsClient::ComputeActivations(
+    const v1::ComputeActivationsRequest& request) {
+  return Call(*circuits_, &v1::Circuits::Stub::ComputeActivations, request);
+}
+
+absl::StatusOr<v1::AttributeResponse> CircuitsClient::Attribute(
+    const v1::AttributeRequest& request) {
+  return Call(*circuits_, &v1::Circuits::Stub::Attribute, request);
+}
+
+absl::StatusOr<v1::FindCircuitResponse> CircuitsClient::FindCircuit(
+    const v1::FindCircuitRequest& request) {
+  return Call(*circuits_, &v1::Circuits::Stub::FindCircuit, request);
+}
+
+absl::StatusOr<v1::TopExamplesResponse> CircuitsClient::TopExamples(
+    const v1::TopExamplesRequest& request) {
+  return Call(*circuits_, &v1::Circuits::Stub::TopExamples, request);
+}
 
 absl::StatusOr<v1::ListDatasetsResponse> CircuitsClient::ListDatasets() {
-  grpc::ClientContext context;
-  SetDeadline(context);
-  v1::ListDatasetsResponse response;
-  absl::Status status =
-      FromGrpc(circuits_->ListDatasets(&context, v1::ListDatasetsRequest(),
-                                       &response),
-               visualizer_.address());
-  if (!status.ok()) return status;
-  return response;
+  return Call(*circuits_, &v1::Circuits::Stub::ListDatasets,
+              v1::ListDatasetsRequest());
 }
 
 absl::StatusOr<v1::Dataset> CircuitsClient::UploadDataset(
@@ -94,41 +82,28 @@ absl::StatusOr<v1::Dataset> CircuitsClient::UploadDataset(
   header.set_size_bytes(static_cast<int64_t>(bytes.size()));
   header.set_sha256(core::Sha256Hex(bytes));
   grpc::ClientContext context;
-  SetDeadline(context);
+  Prepare(context);
   v1::Dataset dataset;
   std::unique_ptr<grpc::ClientWriter<v1::UploadDatasetRequest>> writer =
       circuits_->UploadDataset(&context, &dataset);
   SendChunks(*writer, header, bytes, chunk_bytes);
-  absl::Status status = FromGrpc(writer->Finish(), visualizer_.address());
+  absl::Status status = visualizer_.FromGrpc(writer->Finish());
   if (!status.ok()) return status;
   return dataset;
 }
 
 absl::StatusOr<v1::DeleteDatasetResponse> CircuitsClient::DeleteDataset(
     const std::string& name) {
-  grpc::ClientContext context;
-  SetDeadline(context);
   v1::DeleteDatasetRequest request;
   request.set_name(name);
-  v1::DeleteDatasetResponse response;
-  absl::Status status =
-      FromGrpc(circuits_->DeleteDataset(&context, request, &response),
-               visualizer_.address());
-  if (!status.ok()) return status;
-  return response;
+  return Call(*circuits_, &v1::Circuits::Stub::DeleteDataset, request);
 }
 
 absl::StatusOr<v1::Job> CircuitsClient::SubmitJob(
     const v1::RenderRequest& request) {
-  grpc::ClientContext context;
-  SetDeadline(context);
   v1::SubmitJobRequest submit;
   *submit.mutable_request() = request;
-  v1::Job job;
-  absl::Status status = FromGrpc(jobs_->SubmitJob(&context, submit, &job),
-                                 visualizer_.address());
-  if (!status.ok()) return status;
-  return job;
+  return Call(*jobs_, &v1::Visualizer::Stub::SubmitJob, submit);
 }
 
 absl::StatusOr<v1::Job> CircuitsClient::GetJob(const std::string& id,

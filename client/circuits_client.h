@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "client/rpc_call.h"
 #include "client/visualizer_client.h"
 #include "featviz/v1/circuits.grpc.pb.h"
 #include "featviz/v1/featviz.grpc.pb.h"
@@ -56,8 +57,15 @@ class CircuitsClient {
       const std::function<void(size_t, size_t)>& on_progress);
 
  private:
-  // The deadline and the client's bearer token.
-  void SetDeadline(grpc::ClientContext& context) const;
+  // The client's bearer token and the deadline of an analysis: the call
+  // deadline, but at least five minutes.
+  void Prepare(grpc::ClientContext& context) const;
+  // One unary call of `stub` (Prepare'd, mapped by the VisualizerClient's
+  // FromGrpc).
+  template <typename Stub, typename Request, typename Response>
+  absl::StatusOr<Response> Call(Stub& stub,
+                                UnaryMethod<Stub, Request, Response> method,
+                                const Request& request);
 
   VisualizerClient& visualizer_;
   std::unique_ptr<featviz::v1::Circuits::Stub> circuits_;

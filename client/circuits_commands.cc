@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 
@@ -12,10 +12,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "client/atlas_page.h"
 #include "client/circuits_client.h"
 #include "client/progress_bar.h"
+#include "core/files.h"
 #include "core/image.h"
 #include "core/status_macros.h"
 
@@ -26,32 +27,24 @@ namespace fs = std::filesystem;
 
 namespace {
 
-absl::Status WriteBytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream file(path, std::ios::binary);
-  file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  file.close();
-  if (!file) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot write ", path.string()));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status MakeDirs(const fs::path& dir) {
-  std::error_code error;
-  fs::create_directories(dir, error);
-  if (error) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "cannot create directory ", dir.string(), ": ", error.message()));
-  }
-  return absl::OkStatus();
-}
-
 // A PNG as a [3, H, W] image (gray repeated), for mixed contact sheets.
 absl::StatusOr<at::Tensor> Rgb(const std::string& png) {
   FEATVIZ_ASSIGN_OR_RETURN(at::Tensor image, core::DecodePng(png));
   if (image.size(0) == 1) image = image.expand({3, image.size(1), image.size(2)});
   return image.contiguous();
+}
+
+// A contact sheet of `circuits`: `columns` labelled tiles a row, on dark
+// gray.
+absl::StatusOr<at::Tensor> CircuitsSheet(const std::vector<at::Tensor>& tiles,
+                                         const std::vector<std::string>& labels,
+                                         int64_t columns) {
+  core::GridOptions grid;
+  grid.columns = columns;
+  grid.scale = 4;
+  grid.labels = labels;
+  grid.background = 0.15f;
+  return core::MakeGrid(at::stack(tiles), grid);
 }
 
 v1::RenderRequest BaseRender(const std::string& model, int64_t steps,
@@ -63,84 +56,6 @@ v1::RenderRequest BaseRender(const std::string& model, int64_t steps,
   request.mutable_output()->set_png(true);
   return request;
 }
-
-std::string Html(absl::string_view text) {
-  return absl::StrReplaceAll(text, {{"&", "&amp;"},
-                                    {"<", "&lt;"},
-                                    {">", "&gt;"},
-                                    {"\"", "&quot;"}});
-}
-
-// A loss curve: `trace` as an SVG polyline with its range marked.
-std::string CurveSvg(const google::protobuf::RepeatedField<float>& trace) {
-  if (trace.empty()) return "<p>no trace</p>";
-  constexpr double kW = 360, kH = 140, kPad = 28;
-  const auto [lo_it, hi_it] = std::minmax_element(trace.begin(), trace.end());
-  double lo = *lo_it, hi = *hi_it;
-  if (hi - lo < 1e-12) hi = lo + 1;
-  std::string points;
-  for (int i = 0; i < trace.size(); ++i) {
-    const double x = kPad + (kW - 2 * kPad) * i / std::max(1, trace.size() - 1);
-    const double y = kH - kPad - (kH - 2 * kPad) * (trace[i] - lo) / (hi - lo);
-    absl::StrAppendFormat(&points, "%.1f,%.1f ", x, y);
-  }
-  return absl::StrFormat(
-      "<svg class=\"curve\" width=\"%.0f\" height=\"%.0f\" "
-      "viewBox=\"0 0 %.0f %.0f\">"
-      "<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" "
-      "fill=\"none\" stroke=\"#ccc\"/>"
-      "<polyline fill=\"none\" stroke=\"#c0392b\" stroke-width=\"1.5\" "
-      "points=\"%s\"/>"
-      "<text x=\"2\" y=\"%.0f\" font-size=\"10\">%.3g</text>"
-      "<text x=\"2\" y=\"%.0f\" font-size=\"10\">%.3g</text>"
-      "<text x=\"%.0f\" y=\"%.0f\" font-size=\"10\">step</text></svg>",
-      kW, kH, kW, kH, kPad, kPad, kW - 2 * kPad, kH - 2 * kPad, points,
-      kPad + 4, hi, kH - kPad, lo, kW / 2, kH - 6);
-}
-
-constexpr char kStyle[] = R"(<style>
-body { font-family: sans-serif; margin: 24px; color: #222; }
-img.px { image-rendering: pixelated; }
-.units { display: flex; flex-wrap: wrap; gap: 8px; }
-.unit { text-align: center; font-size: 12px; }
-.unit img { width: 84px; height: 84px; display: block; border: 1px solid #ddd; }
-.examples { display: flex; flex-wrap: wrap; gap: 10px; }
-.examples figure { margin: 0; text-align: center; font-size: 12px; }
-.examples img { width: 84px; height: 84px; display: block; }
-table.stats td { padding: 2px 10px; }
-nav a { margin-right: 12px; }
-</style>)";
-
-// Marks on <body> how many images loaded, for tests and curious readers.
-constexpr char kImageCheck[] = R"(<script>
-window.addEventListener('load', function () {
-  var images = Array.prototype.slice.call(document.images);
-  var ok = images.filter(function (i) { return i.complete && i.naturalWidth > 0; });
-  document.body.setAttribute('data-images', ok.length + '/' + images.length);
-});
-</script>)";
-
-std::string Page(const std::string& title, const std::string& body) {
-  return absl::StrCat("<!doctype html>\n<html><head><meta charset=\"utf-8\">"
-                      "<title>",
-                      Html(title), "</title>", kStyle, kImageCheck,
-                      "</head>\n<body>\n", body, "\n</body></html>\n");
-}
-
-// A layer of the atlas and the objective each of its units renders.
-struct AtlasLayer {
-  v1::Layer layer;
-  bool spatial = false;
-  // The first convolution: a channel mean of a linear filter on the image is
-  // maximised by a flat image, so its units render as the centre neuron.
-  bool first_conv = false;
-  std::string Objective(int64_t unit) const {
-    if (spatial && !first_conv) {
-      return absl::StrCat("channel(", layer.path(), ", ", unit, ")");
-    }
-    return absl::StrCat("neuron(", layer.path(), ", ", unit, ")");
-  }
-};
 
 std::vector<AtlasLayer> AtlasLayers(const v1::Model& model,
                                     const std::vector<std::string>& wanted) {
@@ -216,7 +131,7 @@ absl::Status RunCircuits(VisualizerClient& client,
     results[job.id()] = &job.result();
   }
 
-  FEATVIZ_RETURN_IF_ERROR(MakeDirs(options.out_dir));
+  FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(options.out_dir));
   const int64_t columns = 1 + 2 * options.top;
   std::vector<at::Tensor> all_tiles;
   std::vector<std::string> all_labels;
@@ -258,12 +173,7 @@ absl::Status RunCircuits(VisualizerClient& client,
            {"job", d.job_id()},
            {"example_activation", d.example_activation()}});
     }
-    core::GridOptions grid;
-    grid.columns = columns;
-    grid.scale = 4;
-    grid.labels = labels;
-    grid.background = 0.15f;
-    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor row, core::MakeGrid(at::stack(tiles), grid));
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor row, CircuitsSheet(tiles, labels, columns));
     FEATVIZ_RETURN_IF_ERROR(core::WritePng(
         row, (fs::path(options.out_dir) / absl::StrCat("class_", c.class_index(), ".png"))
                  .string()));
@@ -271,19 +181,14 @@ absl::Status RunCircuits(VisualizerClient& client,
     all_labels.insert(all_labels.end(), labels.begin(), labels.end());
     doc["classes"].push_back(std::move(entry));
   }
-  core::GridOptions grid;
-  grid.columns = columns;
-  grid.scale = 4;
-  grid.labels = all_labels;
-  grid.background = 0.15f;
   FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet,
-                           core::MakeGrid(at::stack(all_tiles), grid));
+                           CircuitsSheet(all_tiles, all_labels, columns));
   FEATVIZ_RETURN_IF_ERROR(core::WritePng(
       sheet, (fs::path(options.out_dir) / "circuits.png").string()));
   doc["find_seconds"] = find_seconds;
   doc["total_seconds"] = total_seconds;
-  FEATVIZ_RETURN_IF_ERROR(WriteBytes(fs::path(options.out_dir) / "circuits.json",
-                                     doc.dump(2) + "\n"));
+  FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
+      (fs::path(options.out_dir) / "circuits.json").string(), doc.dump(2) + "\n"));
   if (options.json) {
     std::fprintf(out, "%s\n", doc.dump(2).c_str());
     return absl::OkStatus();
@@ -306,51 +211,36 @@ absl::Status RunCircuits(VisualizerClient& client,
   return absl::OkStatus();
 }
 
-absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& options,
-                      std::FILE* out, std::FILE* err) {
-  CircuitsClient circuits(client);
-  const absl::Time start = absl::Now();
-  FEATVIZ_ASSIGN_OR_RETURN(v1::Model model, client.GetModel(options.model));
-  const std::vector<AtlasLayer> layers = AtlasLayers(model, options.layers);
-  if (layers.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model ", options.model,
-        " has no convolutional or linear layers (nor token layers of linear "
-        "units)",
-        options.layers.empty() ? "" : " among --layers"));
-  }
-  // The examples' dataset, asked of the server before any render: the one
-  // named, else the one that fits the model (several: the user must name
-  // one; none: the pages go without examples). The pass it makes for the
-  // first layer is cached for the examples below.
-  absl::StatusOr<std::string> dataset;
-  {
-    v1::TopExamplesRequest probe;
-    probe.set_model(options.model);
-    probe.set_layer(layers.front().layer.path());
-    probe.set_dataset(options.dataset);
-    probe.set_top_n(1);
-    absl::StatusOr<v1::TopExamplesResponse> found = circuits.TopExamples(probe);
-    if (found.ok()) {
-      dataset = found->dataset();
-    } else if (options.dataset.empty() &&
-               absl::IsFailedPrecondition(found.status())) {
-      dataset = found.status();
-      std::fprintf(err, "atlas: %s; pages will have no dataset examples\n",
-                   std::string(found.status().message()).c_str());
-    } else {
-      return found.status();
-    }
-  }
+namespace {
 
-  // Every unit's render, `window` jobs in flight at a time.
-  struct Unit {
-    size_t layer;
-    int64_t index;
-    std::string objective;
-    v1::RenderResult result;
-  };
-  std::vector<Unit> units;
+// The dataset of the atlas's examples, asked of the server before any
+// render: the one named, else the one that fits the model (several: the
+// user must name one; none: the pages go without examples, which `err`
+// says). The pass it makes for `first_layer` is cached for the examples.
+absl::StatusOr<std::optional<std::string>> AtlasDataset(
+    CircuitsClient& circuits, const AtlasCommandOptions& options,
+    const std::string& first_layer, std::FILE* err) {
+  v1::TopExamplesRequest probe;
+  probe.set_model(options.model);
+  probe.set_layer(first_layer);
+  probe.set_dataset(options.dataset);
+  probe.set_top_n(1);
+  absl::StatusOr<v1::TopExamplesResponse> found = circuits.TopExamples(probe);
+  if (found.ok()) return found->dataset();
+  if (options.dataset.empty() && absl::IsFailedPrecondition(found.status())) {
+    std::fprintf(err, "atlas: %s; pages will have no dataset examples\n",
+                 std::string(found.status().message()).c_str());
+    return std::nullopt;
+  }
+  return found.status();
+}
+
+// Every unit of `layers` rendered as a job, `options.window` jobs in flight
+// at a time, with a progress line on `err`.
+absl::StatusOr<std::vector<AtlasUnit>> RenderAtlasUnits(
+    CircuitsClient& circuits, const AtlasCommandOptions& options,
+    const std::vector<AtlasLayer>& layers, std::FILE* err) {
+  std::vector<AtlasUnit> units;
   for (size_t l = 0; l < layers.size(); ++l) {
     for (int64_t u = 0; u < layers[l].layer.channels(); ++u) {
       units.push_back({l, u, layers[l].Objective(u), {}});
@@ -378,158 +268,135 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
     done = end;
   }
   progress.Finish();
-  const double render_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  return units;
+}
 
-  // Top dataset examples, one cached pass per layer on the server.
+// Each layer's top dataset examples (one cached pass per layer on the
+// server); none without a dataset.
+absl::StatusOr<std::vector<v1::TopExamplesResponse>> AtlasExamples(
+    CircuitsClient& circuits, const AtlasCommandOptions& options,
+    const std::vector<AtlasLayer>& layers,
+    const std::optional<std::string>& dataset) {
   std::vector<v1::TopExamplesResponse> examples(layers.size());
-  if (dataset.ok()) {
-    for (size_t l = 0; l < layers.size(); ++l) {
-      v1::TopExamplesRequest request;
-      request.set_model(options.model);
-      request.set_layer(layers[l].layer.path());
-      request.set_dataset(*dataset);
-      request.set_top_n(static_cast<int32_t>(options.examples));
-      request.set_png(true);
-      FEATVIZ_ASSIGN_OR_RETURN(examples[l], circuits.TopExamples(request));
-    }
-  }
-
-  const fs::path root(options.out_dir);
-  FEATVIZ_RETURN_IF_ERROR(MakeDirs(root));
-  std::string index = absl::StrCat(
-      "<h1>Atlas of ", Html(model.name()), "</h1>\n<p>version ",
-      Html(model.version()), ", content hash <code>",
-      Html(model.content_hash().substr(0, 12)), "</code>; ", units.size(),
-      " units rendered", options.steps > 0 ? absl::StrCat(" with ", options.steps, " steps") : "",
-      ", seed ", options.seed, dataset.ok() ? absl::StrCat("; dataset examples from <b>", Html(*dataset), "</b>") : "",
-      ".</p>\n");
+  if (!dataset.has_value()) return examples;
   for (size_t l = 0; l < layers.size(); ++l) {
-    const AtlasLayer& layer = layers[l];
-    const std::string path = layer.layer.path();
-    const fs::path dir = root / path;
-    FEATVIZ_RETURN_IF_ERROR(MakeDirs(dir));
-    std::vector<const Unit*> mine;
-    for (const Unit& unit : units) {
-      if (unit.layer == l) mine.push_back(&unit);
-    }
-    // Contact sheet.
-    std::vector<at::Tensor> tiles;
-    std::vector<std::string> labels;
-    for (const Unit* unit : mine) {
-      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor tile, Rgb(unit->result.png(0)));
-      tiles.push_back(tile);
-      labels.push_back(absl::StrCat(unit->index));
-    }
-    core::GridOptions grid;
-    grid.columns = std::min<int64_t>(16, tiles.size());
-    grid.scale = 3;
-    grid.labels = labels;
-    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(at::stack(tiles), grid));
-    FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, (dir / "sheet.png").string()));
+    v1::TopExamplesRequest request;
+    request.set_model(options.model);
+    request.set_layer(layers[l].layer.path());
+    request.set_dataset(*dataset);
+    request.set_top_n(static_cast<int32_t>(options.examples));
+    request.set_png(true);
+    FEATVIZ_ASSIGN_OR_RETURN(examples[l], circuits.TopExamples(request));
+  }
+  return examples;
+}
 
-    const std::string what = layer.spatial && !layer.first_conv
-                                 ? "channel (spatial mean)"
-                                 : layer.spatial ? "neuron at the centre of the map"
-                                                 : "neuron";
-    std::string page = absl::StrCat(
-        "<nav><a href=\"../index.html\">atlas</a></nav>\n<h1>",
-        Html(model.name()), " / ", Html(path), "</h1>\n<p>", Html(layer.layer.kind()),
-        ", output [", absl::StrJoin(layer.layer.output_shape(), ", "), "]; each unit's ",
-        what, " maximised.",
-        layer.first_conv
-            ? " (The first convolution reads the image directly: the spatial mean "
-              "of its linear filter is maximised by a flat image, so the centre "
-              "neuron shows the filter instead.)"
-            : "",
-        "</p>\n<img class=\"px\" src=\"sheet.png\" alt=\"contact sheet\" width=\"",
-        sheet.size(2), "\">\n<h2>Units</h2>\n<div class=\"units\">\n");
-    for (const Unit* unit : mine) {
-      const std::string png = absl::StrCat("unit_", unit->index, ".png");
-      FEATVIZ_RETURN_IF_ERROR(WriteBytes(dir / png, unit->result.png(0)));
-      absl::StrAppend(&page, "<a class=\"unit\" href=\"unit_", unit->index,
-                      ".html\"><img class=\"px\" src=\"", png, "\" alt=\"unit ",
-                      unit->index, "\">", unit->index, "</a>\n");
+// `unit`'s examples in `examples`; null when it has none.
+const v1::UnitExamples* ExamplesOf(const v1::TopExamplesResponse& examples,
+                                   int64_t unit) {
+  const v1::UnitExamples* found = nullptr;
+  for (const v1::UnitExamples& e : examples.units()) {
+    if (e.channel() == unit) found = &e;
+  }
+  return found;
+}
 
-      // The unit's page.
-      const v1::RenderResult& r = unit->result;
-      std::string body = absl::StrCat(
-          "<nav><a href=\"../index.html\">atlas</a><a href=\"index.html\">",
-          Html(path), "</a>",
-          unit->index > 0 ? absl::StrCat("<a href=\"unit_", unit->index - 1, ".html\">&larr; ", unit->index - 1, "</a>") : "",
-          unit->index + 1 < layer.layer.channels() ? absl::StrCat("<a href=\"unit_", unit->index + 1, ".html\">", unit->index + 1, " &rarr;</a>") : "",
-          "</nav>\n<h1>", Html(path), " unit ", unit->index, "</h1>\n",
-          "<p>objective <code>", Html(r.objective()), "</code>, seed ", r.seed(),
-          ", ", r.steps(), " steps</p>\n<img class=\"px\" src=\"", png,
-          "\" width=\"224\" height=\"224\" alt=\"visualisation\">\n");
-      // Statistics: the unit on its own picture and on the dataset.
-      absl::StrAppend(&body, "<h2>Activation statistics</h2>\n<table class=\"stats\">");
-      absl::StrAppendFormat(&body, "<tr><td>objective on the picture</td><td>%.4g</td></tr>",
-                            r.final_total());
-      for (const v1::LayerStats& stats : r.layer_stats()) {
-        if (stats.layer() != path || stats.mean().shape_size() != 2) continue;
-        const int64_t k = stats.mean().shape(1);
-        if (unit->index < k) {
-          const float* mean = reinterpret_cast<const float*>(stats.mean().data().data());
-          const float* max = reinterpret_cast<const float*>(stats.max().data().data());
-          absl::StrAppendFormat(&body,
-                                "<tr><td>mean / max on the picture</td><td>%.4g / %.4g</td></tr>",
-                                mean[unit->index], max[unit->index]);
-        }
-      }
-      const v1::UnitExamples* ex = nullptr;
-      for (const v1::UnitExamples& e : examples[l].units()) {
-        if (e.channel() == unit->index) ex = &e;
-      }
-      if (ex != nullptr && ex->values_size() > 0) {
-        absl::StrAppendFormat(&body,
-                              "<tr><td>max over %s (top example)</td><td>%.4g</td></tr>",
-                              Html(*dataset), ex->values(0));
-      }
-      absl::StrAppend(&body, "</table>\n");
-      if (ex != nullptr) {
-        absl::StrAppend(&body, "<h2>Top dataset examples</h2>\n<div class=\"examples\">\n");
-        for (int i = 0; i < ex->png_size(); ++i) {
-          const std::string name = absl::StrCat("unit_", unit->index, "_ex", i, ".png");
-          FEATVIZ_RETURN_IF_ERROR(WriteBytes(dir / name, ex->png(i)));
-          absl::StrAppendFormat(
-              &body,
-              "<figure><img class=\"px\" src=\"%s\" alt=\"example %d\">"
-              "<figcaption>#%d %s<br>%.3g</figcaption></figure>\n",
-              name, ex->indices(i), ex->indices(i),
-              ex->labels(i) >= 0 ? absl::StrCat("label ", ex->labels(i)) : "",
-              ex->values(i));
-        }
-        absl::StrAppend(&body, "</div>\n");
-      }
-      if (r.terms_size() > 0) {
-        absl::StrAppend(&body, "<h2>Loss curve</h2>\n<p>", Html(r.terms(0).term()),
-                        " at each step (with transforms)</p>\n",
-                        CurveSvg(r.terms(0).trace()), "\n");
-      }
-      FEATVIZ_RETURN_IF_ERROR(WriteBytes(
-          dir / absl::StrCat("unit_", unit->index, ".html"),
-          Page(absl::StrCat(model.name(), " ", path, " ", unit->index), body)));
+// A layer's folder, `dir`: its contact sheet (sheet.png), each unit's
+// picture, examples and page, and its index.html. The sheet's width in
+// pixels, for the atlas's index.
+absl::StatusOr<int64_t> WriteAtlasLayer(
+    const fs::path& dir, const v1::Model& model, const AtlasLayer& layer,
+    const std::vector<const AtlasUnit*>& units,
+    const v1::TopExamplesResponse& examples, const std::string& dataset) {
+  FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(dir.string()));
+  std::vector<at::Tensor> tiles;
+  std::vector<std::string> labels;
+  for (const AtlasUnit* unit : units) {
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor tile, Rgb(unit->result.png(0)));
+    tiles.push_back(tile);
+    labels.push_back(absl::StrCat(unit->index));
+  }
+  core::GridOptions grid;
+  grid.columns = std::min<int64_t>(16, tiles.size());
+  grid.scale = 3;
+  grid.labels = labels;
+  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(at::stack(tiles), grid));
+  FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, (dir / "sheet.png").string()));
+  const int64_t sheet_width = sheet.size(2);
+
+  for (const AtlasUnit* unit : units) {
+    FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
+        (dir / AtlasUnitPng(unit->index)).string(), unit->result.png(0)));
+    const v1::UnitExamples* mine = ExamplesOf(examples, unit->index);
+    for (int i = 0; mine != nullptr && i < mine->png_size(); ++i) {
+      FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
+          (dir / AtlasExamplePng(unit->index, i)).string(), mine->png(i)));
     }
-    absl::StrAppend(&page, "</div>\n");
-    FEATVIZ_RETURN_IF_ERROR(WriteBytes(
-        dir / "index.html", Page(absl::StrCat(model.name(), " ", path), page)));
-    absl::StrAppend(&index, "<h2><a href=\"", Html(path), "/index.html\">",
-                    Html(path), "</a></h2>\n<p>", Html(layer.layer.kind()), ", ",
-                    layer.layer.channels(), " units</p>\n<a href=\"", Html(path),
-                    "/index.html\"><img class=\"px\" src=\"", Html(path),
-                    "/sheet.png\" alt=\"", Html(path), "\" width=\"",
-                    std::min<int64_t>(sheet.size(2), 960), "\"></a>\n");
+    FEATVIZ_ASSIGN_OR_RETURN(
+        const std::string page,
+        AtlasUnitPage(model, layer, *unit, mine, dataset));
+    FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
+        (dir / AtlasUnitHtml(unit->index)).string(), page));
   }
   FEATVIZ_RETURN_IF_ERROR(
-      WriteBytes(root / "index.html", Page(absl::StrCat("Atlas of ", model.name()), index)));
+      core::WriteFile((dir / "index.html").string(),
+                      AtlasLayerPage(model, layer, sheet_width, units)));
+  return sheet_width;
+}
+
+}  // namespace
+
+absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& options,
+                      std::FILE* out, std::FILE* err) {
+  CircuitsClient circuits(client);
+  const absl::Time start = absl::Now();
+  FEATVIZ_ASSIGN_OR_RETURN(v1::Model model, client.GetModel(options.model));
+  const std::vector<AtlasLayer> layers = AtlasLayers(model, options.layers);
+  if (layers.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", options.model,
+        " has no convolutional or linear layers (nor token layers of linear "
+        "units)",
+        options.layers.empty() ? "" : " among --layers"));
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(
+      const std::optional<std::string> dataset,
+      AtlasDataset(circuits, options, layers.front().layer.path(), err));
+  FEATVIZ_ASSIGN_OR_RETURN(const std::vector<AtlasUnit> units,
+                           RenderAtlasUnits(circuits, options, layers, err));
+  const double render_seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  FEATVIZ_ASSIGN_OR_RETURN(
+      const std::vector<v1::TopExamplesResponse> examples,
+      AtlasExamples(circuits, options, layers, dataset));
+
+  const fs::path root(options.out_dir);
+  FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(root.string()));
+  std::vector<std::string> entries;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    std::vector<const AtlasUnit*> mine;
+    for (const AtlasUnit& unit : units) {
+      if (unit.layer == l) mine.push_back(&unit);
+    }
+    FEATVIZ_ASSIGN_OR_RETURN(
+        const int64_t sheet_width,
+        WriteAtlasLayer(root / layers[l].layer.path(), model, layers[l], mine,
+                        examples[l], dataset.value_or("")));
+    entries.push_back(AtlasIndexEntry(layers[l], sheet_width));
+  }
+  AtlasSummary summary;
+  summary.units = units.size();
+  summary.steps = options.steps;
+  summary.seed = options.seed;
+  summary.dataset = dataset;
+  FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
+      (root / "index.html").string(), AtlasIndexPage(model, summary, entries)));
   const double total_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   std::fprintf(out,
                "atlas of %s: %zu unit%s in %zu layer%s, rendered in %.1f s, "
                "site written to %s in %.1f s\n",
                model.name().c_str(), units.size(), units.size() == 1 ? "" : "s",
                layers.size(), layers.size() == 1 ? "" : "s", render_seconds,
-               (std::filesystem::path(options.out_dir) / "index.html").c_str(),
-               total_seconds);
+               (root / "index.html").c_str(), total_seconds);
   return absl::OkStatus();
 }
 

@@ -16,9 +16,11 @@
 #include "client/result_images.h"
 #include "client/table.h"
 #include "core/bands.h"
+#include "core/files.h"
 #include "core/image.h"
 #include "core/objective.h"
 #include "core/status_macros.h"
+#include "proto/tensor_codec.h"
 
 namespace featviz::client {
 
@@ -208,12 +210,7 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
       return absl::InvalidArgumentError(
           absl::StrCat("--reference: ", reference.status().message()));
     }
-    v1::Tensor* t = request.add_references();
-    const at::Tensor r = reference->contiguous();
-    for (int64_t d : r.sizes()) t->add_shape(d);
-    t->set_dtype(v1::Tensor::DTYPE_FLOAT32);
-    t->set_data(reinterpret_cast<const char*>(r.data_ptr<float>()),
-                static_cast<size_t>(r.numel()) * sizeof(float));
+    *request.add_references() = wire::TensorToProto(*reference);
   }
   image->set_batch(options.batch);
   image->set_decay_power(options.decay);
@@ -266,7 +263,7 @@ absl::Status FollowRender(VisualizerClient& client,
       term_weights.push_back(t.weight);
     }
   }
-  FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.previews));
+  FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(options.previews));
 
   nlohmann::ordered_json files = nlohmann::ordered_json::object();
   std::vector<std::string> previews;
@@ -284,7 +281,7 @@ absl::Status FollowRender(VisualizerClient& client,
           const std::string path =
               JoinPath(options.previews,
                        absl::StrFormat("step_%05d.png", progress.step()));
-          FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, progress.preview_png()));
+          FEATVIZ_RETURN_IF_ERROR(core::WriteFile(path, progress.preview_png()));
           previews.push_back(path);
           return absl::OkStatus();
         },
@@ -349,17 +346,17 @@ absl::Status FollowRender(VisualizerClient& client,
     files["npy"] = options.npy;
   }
   if (!options.png_dir.empty()) {
-    FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.png_dir));
+    FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(options.png_dir));
     std::vector<std::string> pngs;
     for (int b = 0; b < result.png_size(); ++b) {
       const std::string path =
           JoinPath(options.png_dir, absl::StrFormat("image_%d.png", b));
-      FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, result.png(b)));
+      FEATVIZ_RETURN_IF_ERROR(core::WriteFile(path, result.png(b)));
       pngs.push_back(path);
       if (b < result.band_png_size()) {
         const std::string bands = JoinPath(
             options.png_dir, absl::StrFormat("image_%d.bands.png", b));
-        FEATVIZ_RETURN_IF_ERROR(WriteBytes(bands, result.band_png(b)));
+        FEATVIZ_RETURN_IF_ERROR(core::WriteFile(bands, result.band_png(b)));
         pngs.push_back(bands);
       }
     }

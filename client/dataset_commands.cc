@@ -1,9 +1,7 @@
 #include "client/dataset_commands.h"
 
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <system_error>
 #include <utility>
 
@@ -13,6 +11,7 @@
 #include "client/circuits_client.h"
 #include "client/json.h"
 #include "core/dataset.h"
+#include "core/files.h"
 #include "core/npy.h"
 #include "core/status_macros.h"
 
@@ -24,16 +23,6 @@ namespace v1 = featviz::v1;
 
 constexpr absl::string_view kImagesSuffix = "-images-idx3-ubyte";
 constexpr absl::string_view kLabelsSuffix = "-labels-idx1-ubyte";
-
-absl::StatusOr<std::string> ReadAll(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
-  }
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return std::move(bytes).str();
-}
 
 // A folder as core reads a server's datasets, packed as images.npy (+
 // labels.npy) in an .npz.
@@ -89,14 +78,15 @@ absl::StatusOr<PackedDataset> PackDataset(const std::string& path) {
         ": give an .npy or .npz file, an IDX3 image file (*",
         kImagesSuffix, "[.gz]) or a folder of PNGs (one subfolder per class)"));
   }
-  FEATVIZ_ASSIGN_OR_RETURN(packed.bytes, ReadAll(p));
+  FEATVIZ_ASSIGN_OR_RETURN(packed.bytes, core::ReadFile(path));
   if (packed.format == v1::DATASET_FORMAT_IDX) {
     std::string labels_name = file;
     labels_name.replace(labels_name.find(std::string(kImagesSuffix)),
                         kImagesSuffix.size(), std::string(kLabelsSuffix));
     const fs::path labels = p.parent_path() / labels_name;
     if (fs::exists(labels, error)) {
-      FEATVIZ_ASSIGN_OR_RETURN(std::string label_bytes, ReadAll(labels));
+      FEATVIZ_ASSIGN_OR_RETURN(std::string label_bytes,
+                               core::ReadFile(labels.string()));
       packed.labels_bytes = static_cast<int64_t>(label_bytes.size());
       packed.bytes += label_bytes;
     }

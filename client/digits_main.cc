@@ -14,6 +14,7 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "core/digits.h"
+#include "core/files.h"
 #include "core/image.h"
 
 ABSL_FLAG(int64_t, per_class, 100, "Images of each digit");
@@ -45,9 +46,11 @@ int main(int argc, char** argv) {
   for (int64_t i = 0; i < d.size(); ++i) {
     const int64_t label = d.labels[i].item<int64_t>();
     const std::filesystem::path dir = out / d.class_names[label];
-    std::filesystem::create_directories(dir);
-    absl::Status status = featviz::core::WritePng(
-        d.images[i], (dir / absl::StrFormat("%05d.png", i)).string());
+    absl::Status status = featviz::core::MakeDirectories(dir.string());
+    if (status.ok()) {
+      status = featviz::core::WritePng(
+          d.images[i], (dir / absl::StrFormat("%05d.png", i)).string());
+    }
     if (!status.ok()) {
       std::fprintf(stderr, "featviz-digits: %s\n", status.ToString().c_str());
       return 1;

@@ -360,6 +360,10 @@ struct Outcome {
   absl::Status status;
 };
 Outcome Usage(std::string message) { return {std::move(message), {}}; }
+// A usage error saying `status`'s message.
+Outcome Usage(const absl::Status& status) {
+  return Usage(std::string(status.message()));
+}
 Outcome Done(absl::Status status) { return {"", std::move(status)}; }
 
 struct Command {
@@ -474,6 +478,22 @@ Outcome RunCancelCommand(const Invocation& in) {
   return Done(RunJob(in.client, in.operands[0], true, Json(), stdout));
 }
 
+// A usage error for an objective that does not parse, or that has '*'
+// (every unit of a layer), which only `featviz render` takes: "featviz
+// <command_does> one objective; ...".
+std::optional<Outcome> RefuseUnitTemplate(const std::string& objective,
+                                          absl::string_view command_does) {
+  absl::StatusOr<std::optional<UnitTemplate>> units =
+      FindUnitTemplate(objective);
+  if (!units.ok()) return Usage(units.status());
+  if (units->has_value()) {
+    return Usage(absl::StrCat("featviz ", command_does,
+                              " one objective; '*' (every unit of a layer) "
+                              "works with featviz render"));
+  }
+  return std::nullopt;
+}
+
 // `render` with '*' in the objective: a layer's units at once.
 Outcome RunUnitRenderCommand(const Invocation& in,
                              const RenderCommandOptions& options) {
@@ -489,7 +509,7 @@ Outcome RunUnitRenderCommand(const Invocation& in,
   if (!plan.ok()) {
     if (absl::IsInvalidArgument(plan.status()) ||
         absl::IsOutOfRange(plan.status())) {
-      return Usage(std::string(plan.status().message()));
+      return Usage(plan.status());
     }
     return Done(plan.status());
   }
@@ -498,38 +518,35 @@ Outcome RunUnitRenderCommand(const Invocation& in,
 
 Outcome RunRenderCommand(const Invocation& in) {
   absl::StatusOr<RenderCommandOptions> options = RenderOptions(in);
-  if (!options.ok()) return Usage(std::string(options.status().message()));
+  if (!options.ok()) return Usage(options.status());
   absl::StatusOr<std::optional<UnitTemplate>> units =
       FindUnitTemplate(options->objective);
-  if (!units.ok()) return Usage(std::string(units.status().message()));
+  if (!units.ok()) return Usage(units.status());
   if (units->has_value() || in.args.flags.count("units") > 0) {
     return RunUnitRenderCommand(in, *options);
   }
   absl::StatusOr<featviz::v1::RenderRequest> request =
       BuildRenderRequest(*options);
-  if (!request.ok()) return Usage(std::string(request.status().message()));
+  if (!request.ok()) return Usage(request.status());
   return Done(RunRender(in.client, *options, *request, stdout, stderr));
 }
 
 Outcome RunCompareCommand(const Invocation& in) {
   absl::StatusOr<RenderCommandOptions> options = RenderOptions(in);
-  if (!options.ok()) return Usage(std::string(options.status().message()));
+  if (!options.ok()) return Usage(options.status());
   options->model = in.operands[0];
   options->objective = in.operands[2];
   if (in.args.flags.count("out") == 0) options->out = "compare.png";
-  absl::StatusOr<std::optional<UnitTemplate>> units =
-      FindUnitTemplate(options->objective);
-  if (!units.ok()) return Usage(std::string(units.status().message()));
-  if (units->has_value()) {
-    return Usage(
-        "featviz compare renders one objective; '*' (every unit of a layer) "
-        "works with featviz render");
+  if (std::optional<Outcome> refused =
+          RefuseUnitTemplate(options->objective, "compare renders");
+      refused.has_value()) {
+    return *refused;
   }
   for (const std::string& model : {in.operands[0], in.operands[1]}) {
     options->model = ModelVersionRef(model);
     absl::StatusOr<featviz::v1::RenderRequest> request =
         BuildRenderRequest(*options);
-    if (!request.ok()) return Usage(std::string(request.status().message()));
+    if (!request.ok()) return Usage(request.status());
   }
   return Done(RunCompare(in.client, *options,
                          {in.operands[0], in.operands[1]}, stdout, stderr));
@@ -537,25 +554,22 @@ Outcome RunCompareCommand(const Invocation& in) {
 
 Outcome RunSubmitCommand(const Invocation& in) {
   absl::StatusOr<RenderCommandOptions> options = RenderOptions(in);
-  if (!options.ok()) return Usage(std::string(options.status().message()));
-  absl::StatusOr<std::optional<UnitTemplate>> units =
-      FindUnitTemplate(options->objective);
-  if (!units.ok()) return Usage(std::string(units.status().message()));
-  if (units->has_value()) {
-    return Usage(
-        "featviz submit queues one objective; '*' (every unit of a layer) "
-        "works with featviz render");
+  if (!options.ok()) return Usage(options.status());
+  if (std::optional<Outcome> refused =
+          RefuseUnitTemplate(options->objective, "submit queues");
+      refused.has_value()) {
+    return *refused;
   }
   absl::StatusOr<featviz::v1::RenderRequest> request =
       BuildRenderRequest(*options);
-  if (!request.ok()) return Usage(std::string(request.status().message()));
+  if (!request.ok()) return Usage(request.status());
   return Done(RunSubmit(in.client, *request, absl::GetFlag(FLAGS_owner),
                         absl::GetFlag(FLAGS_priority), Json(), stdout));
 }
 
 Outcome RunWatchCommand(const Invocation& in) {
   absl::StatusOr<RenderCommandOptions> options = RenderOptions(in);
-  if (!options.ok()) return Usage(std::string(options.status().message()));
+  if (!options.ok()) return Usage(options.status());
   if (options->scale < 0 || options->columns < 0) {
     return Usage("--scale and --columns must not be negative");
   }
@@ -567,7 +581,7 @@ Outcome RunJobsCommand(const Invocation& in) {
                                 absl::GetFlag(FLAGS_state), Json(), stdout);
   if (absl::IsInvalidArgument(status) &&
       absl::StartsWith(status.message(), "--state")) {
-    return Usage(std::string(status.message()));
+    return Usage(status);
   }
   return Done(status);
 }
@@ -608,10 +622,10 @@ Outcome RunActivationsCommand(const Invocation& in) {
   if (options.layer.empty()) return Usage("featviz activations needs --layer");
   absl::StatusOr<std::vector<int64_t>> channels =
       Integers("channels", absl::GetFlag(FLAGS_channels));
-  if (!channels.ok()) return Usage(std::string(channels.status().message()));
+  if (!channels.ok()) return Usage(channels.status());
   options.channels = *channels;
   absl::StatusOr<DatasetSliceOptions> slice = SliceOptions();
-  if (!slice.ok()) return Usage(std::string(slice.status().message()));
+  if (!slice.ok()) return Usage(slice.status());
   options.images = *slice;
   options.npy = absl::GetFlag(FLAGS_npy);
   options.out_dir = OutDir(in);
@@ -626,7 +640,7 @@ Outcome RunAttributeCommand(const Invocation& in) {
   options.layer = absl::GetFlag(FLAGS_layer);
   if (options.layer.empty()) return Usage("featviz attribute needs --layer");
   absl::StatusOr<DatasetSliceOptions> slice = SliceOptions();
-  if (!slice.ok()) return Usage(std::string(slice.status().message()));
+  if (!slice.ok()) return Usage(slice.status());
   options.images = *slice;
   if (absl::GetFlag(FLAGS_top_k) != 0) options.top_k = absl::GetFlag(FLAGS_top_k);
   if (options.top_k < 1) return Usage("--top_k must be >= 1");
@@ -642,7 +656,7 @@ Outcome RunTopCommand(const Invocation& in) {
   if (options.layer.empty()) return Usage("featviz top needs --layer");
   absl::StatusOr<std::vector<int64_t>> channels =
       Integers("channels", absl::GetFlag(FLAGS_channels));
-  if (!channels.ok()) return Usage(std::string(channels.status().message()));
+  if (!channels.ok()) return Usage(channels.status());
   options.channels = *channels;
   options.dataset = absl::GetFlag(FLAGS_dataset);
   if (absl::GetFlag(FLAGS_top_n) != 0) options.top_n = absl::GetFlag(FLAGS_top_n);
@@ -672,7 +686,7 @@ Outcome RunCircuitsCommand(const Invocation& in) {
   options.json = Json();
   absl::StatusOr<std::vector<int64_t>> classes =
       Integers("classes", absl::GetFlag(FLAGS_classes));
-  if (!classes.ok()) return Usage(std::string(classes.status().message()));
+  if (!classes.ok()) return Usage(classes.status());
   options.classes = *classes;
   if (options.top < 1 || options.examples < 1 || options.steps < 0) {
     return Usage("--top_k, --examples_per_class must be >= 1 and --steps >= 0");
@@ -717,7 +731,7 @@ Outcome RunBenchCommand(const Invocation& in) {
   options.sequential = absl::GetFlag(FLAGS_sequential);
   options.json = Json();
   if (absl::Status valid = ValidateBenchOptions(options); !valid.ok()) {
-    return Usage(std::string(valid.message()));
+    return Usage(valid);
   }
   return Done(RunBench(in.client, options, stdout, stderr));
 }

@@ -20,6 +20,7 @@
 #include "client/result_images.h"
 #include "client/table.h"
 #include "core/bands.h"
+#include "core/files.h"
 #include "core/image.h"
 #include "core/objective.h"
 #include "core/status_macros.h"
@@ -317,7 +318,7 @@ absl::Status RunUnitRender(VisualizerClient& client,
     }
   }
   if (!options.png_dir.empty()) {
-    FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.png_dir));
+    FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(options.png_dir));
     std::vector<std::string> pngs;
     for (size_t k = 0; k < results.size(); ++k) {
       for (size_t i = 0; i < plan.chunks[k].size(); ++i) {
@@ -326,12 +327,12 @@ absl::Status RunUnitRender(VisualizerClient& client,
         const int64_t unit = plan.chunks[k][i];
         const std::string path =
             JoinPath(options.png_dir, absl::StrFormat("unit_%d.png", unit));
-        FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, results[k].png(b)));
+        FEATVIZ_RETURN_IF_ERROR(core::WriteFile(path, results[k].png(b)));
         pngs.push_back(path);
         if (b < results[k].band_png_size()) {
           const std::string bands = JoinPath(
               options.png_dir, absl::StrFormat("unit_%d.bands.png", unit));
-          FEATVIZ_RETURN_IF_ERROR(WriteBytes(bands, results[k].band_png(b)));
+          FEATVIZ_RETURN_IF_ERROR(core::WriteFile(bands, results[k].band_png(b)));
           pngs.push_back(bands);
         }
       }

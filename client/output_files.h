@@ -1,5 +1,5 @@
-// The files the CLI writes: directories made on the way, bytes written
-// whole, errors that name the path (PermissionDenied).
+// Paths of the files the CLI writes. The writing itself is core/files.h's
+// (core::WriteFile, core::MakeDirectories): errors that name the path.
 #ifndef FEATVIZ_CLIENT_OUTPUT_FILES_H_
 #define FEATVIZ_CLIENT_OUTPUT_FILES_H_
 
@@ -9,12 +9,9 @@
 
 namespace featviz::client {
 
-// Makes `dir` and its parents; nothing for an empty `dir`.
-absl::Status MakeDirectories(const std::string& dir);
-// Makes the directory a file is to be written into.
+// Makes the directory a file is to be written into (core::MakeDirectories
+// of its parent; nothing for a bare file name).
 absl::Status MakeParent(const std::string& path);
-// Writes `bytes` to `path`, replacing it.
-absl::Status WriteBytes(const std::string& path, const std::string& bytes);
 // "dir/name" ("out/" and "out" give the same path).
 std::string JoinPath(const std::string& dir, const std::string& name);
 

@@ -9,6 +9,7 @@
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "core/transform.h"
+#include "proto/tensor_codec.h"
 
 namespace featviz::client {
 
@@ -82,32 +83,7 @@ std::string ParameterizationText(v1::Parameterization kind) {
 }
 
 absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor) {
-  if (tensor.dtype() != v1::Tensor::DTYPE_FLOAT32) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor dtype ", v1::Tensor::DType_Name(tensor.dtype()),
-                     " is not DTYPE_FLOAT32"));
-  }
-  std::vector<int64_t> shape(tensor.shape().begin(), tensor.shape().end());
-  int64_t count = 1;
-  for (int64_t d : shape) {
-    if (d < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensor shape ", ShapeToString(tensor.shape()), " has a negative dimension"));
-    }
-    count *= d;
-  }
-  if (tensor.data().size() != static_cast<size_t>(count) * sizeof(float)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tensor of shape ", ShapeToString(tensor.shape()), " needs ",
-        count * sizeof(float), " bytes, got ", tensor.data().size()));
-  }
-  at::Tensor out = at::empty(shape, at::kFloat);
-  if (count > 0) {
-    // The wire format is little-endian, as is every host we build for.
-    std::memcpy(out.data_ptr<float>(), tensor.data().data(),
-                tensor.data().size());
-  }
-  return out;
+  return wire::TensorFromProto(tensor, "tensor", wire::Dims::kAny);
 }
 
 absl::StatusOr<std::vector<std::vector<float>>> MatrixFromProto(
@@ -128,7 +104,7 @@ absl::StatusOr<std::vector<std::vector<float>>> MatrixFromProto(
 
 std::string ShapeToString(
     const google::protobuf::RepeatedField<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  return wire::ShapeText(shape);
 }
 
 std::string ModelStateName(v1::ModelState state) {

@@ -15,6 +15,7 @@
 #include "client/proto_convert.h"
 #include "client/result_images.h"
 #include "client/table.h"
+#include "core/files.h"
 #include "core/image.h"
 #include "core/status_macros.h"
 
@@ -46,6 +47,16 @@ std::string FileSafe(const std::string& text) {
     }
   }
   return out;
+}
+
+// Writes `bytes` into `dir` as `name` and adds the path to `files` (the
+// JSON's list of what a command wrote).
+absl::Status WriteListed(const std::string& dir, const std::string& name,
+                         const std::string& bytes, json& files) {
+  const std::string path = JoinPath(dir, name);
+  FEATVIZ_RETURN_IF_ERROR(core::WriteFile(path, bytes));
+  files.push_back(path);
+  return absl::OkStatus();
 }
 
 // The images the options name; a slice that names no dataset reads the one
@@ -118,19 +129,18 @@ absl::Status RunActivations(VisualizerClient& client,
     files["npy"] = options.npy;
   }
   if (!options.out_dir.empty()) {
-    FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.out_dir));
+    FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(options.out_dir));
     const int channels = acts.channels_size();
     json pngs = json::array();
     for (int i = 0; i < acts.overlay_png_size() && channels > 0; ++i) {
       const int64_t index = response.indices_size() > i / channels
                                 ? response.indices(i / channels)
                                 : i / channels;
-      const std::string path = JoinPath(
+      FEATVIZ_RETURN_IF_ERROR(WriteListed(
           options.out_dir,
           absl::StrFormat("%s_%d_image%d.png", FileSafe(acts.layer()),
-                          acts.channels(i % channels), index));
-      FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, acts.overlay_png(i)));
-      pngs.push_back(path);
+                          acts.channels(i % channels), index),
+          acts.overlay_png(i), pngs));
     }
     files["overlays"] = std::move(pngs);
   }
@@ -188,14 +198,13 @@ absl::Status RunAttribute(VisualizerClient& client,
                            circuits.Attribute(request));
   json files = json::array();
   if (!options.out_dir.empty()) {
-    FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.out_dir));
+    FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(options.out_dir));
     for (int i = 0; i < response.gradcam_png_size(); ++i) {
       const int64_t index =
           i < response.indices_size() ? response.indices(i) : i;
-      const std::string path = JoinPath(
-          options.out_dir, absl::StrFormat("gradcam_image%d.png", index));
-      FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, response.gradcam_png(i)));
-      files.push_back(path);
+      FEATVIZ_RETURN_IF_ERROR(WriteListed(
+          options.out_dir, absl::StrFormat("gradcam_image%d.png", index),
+          response.gradcam_png(i), files));
     }
   }
   if (options.json) {
@@ -328,15 +337,14 @@ absl::Status RunTop(VisualizerClient& client, const TopCommandOptions& options,
                            circuits.TopExamples(request));
   json files = json::array();
   if (!options.out_dir.empty()) {
-    FEATVIZ_RETURN_IF_ERROR(MakeDirectories(options.out_dir));
+    FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(options.out_dir));
     for (const v1::UnitExamples& unit : response.units()) {
       for (int r = 0; r < unit.png_size(); ++r) {
-        const std::string path = JoinPath(
-            options.out_dir, absl::StrFormat("%s_%d_top%d.png",
-                                             FileSafe(response.layer()),
-                                             unit.channel(), r + 1));
-        FEATVIZ_RETURN_IF_ERROR(WriteBytes(path, unit.png(r)));
-        files.push_back(path);
+        FEATVIZ_RETURN_IF_ERROR(WriteListed(
+            options.out_dir,
+            absl::StrFormat("%s_%d_top%d.png", FileSafe(response.layer()),
+                            unit.channel(), r + 1),
+            unit.png(r), files));
       }
     }
   }

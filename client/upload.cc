@@ -2,17 +2,16 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <memory>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_replace.h"
 #include "client/chunked_send.h"
 #include "client/json.h"
+#include "core/files.h"
 #include "core/sha256.h"
+#include "core/status_macros.h"
 
 namespace featviz::client {
 namespace {
@@ -20,20 +19,22 @@ namespace {
 namespace fs = std::filesystem;
 namespace v1 = featviz::v1;
 
-absl::StatusOr<std::string> ReadAll(const std::string& path,
-                                    const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", what, " ", path));
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
+// The bytes of `path`; an error says which of the upload's files it is
+// ("model: cannot read 'm.pt'").
+absl::StatusOr<std::string> ReadUploadFile(const std::string& path,
+                                           absl::string_view what) {
+  absl::StatusOr<std::string> bytes = core::ReadFile(path);
+  if (!bytes.ok()) {
+    return core::Prefixed(what, bytes.status());
+  }
+  return bytes;
 }
 
 }  // namespace
 
 absl::StatusOr<v1::UploadModelResponse> UploadModel(
     VisualizerClient& client, const UploadOptions& options) {
-  absl::StatusOr<std::string> model = ReadAll(options.model_path, "model");
+  absl::StatusOr<std::string> model = ReadUploadFile(options.model_path, "model");
   if (!model.ok()) return model.status();
   std::string card_path = options.card_path;
   if (card_path.empty()) {
@@ -43,7 +44,7 @@ absl::StatusOr<v1::UploadModelResponse> UploadModel(
   }
   std::string card;
   if (!card_path.empty()) {
-    absl::StatusOr<std::string> read = ReadAll(card_path, "card");
+    absl::StatusOr<std::string> read = ReadUploadFile(card_path, "card");
     if (!read.ok()) return read.status();
     card = *std::move(read);
   }
@@ -59,15 +60,8 @@ absl::StatusOr<v1::UploadModelResponse> UploadModel(
 
   auto stub = v1::Visualizer::NewStub(client.channel());
   grpc::ClientContext context;
-  if (!client.options().token.empty()) {
-    context.AddMetadata("authorization", "Bearer " + client.options().token);
-  }
-  if (client.options().call_timeout > absl::ZeroDuration()) {
-    // Loading a large model takes a while: ten times the call deadline.
-    context.set_deadline(std::chrono::system_clock::now() +
-                         absl::ToChronoMilliseconds(
-                             client.options().call_timeout * 10));
-  }
+  // Loading a large model takes a while: ten times the call deadline.
+  client.Prepare(context, client.options().call_timeout * 10);
   v1::UploadModelResponse response;
   std::unique_ptr<grpc::ClientWriter<v1::UploadModelRequest>> writer =
       stub->UploadModel(&context, &response);
@@ -77,12 +71,7 @@ absl::StatusOr<v1::UploadModelResponse> UploadModel(
   header.set_sha256(core::Sha256Hex(*model));
   header.set_card_json(card);
   SendChunks(*writer, header, *model, options.chunk_bytes);
-  const grpc::Status status = writer->Finish();
-  if (!status.ok()) {
-    return absl::Status(
-        static_cast<absl::StatusCode>(status.error_code()),
-        absl::StrReplaceAll(status.error_message(), {{"\n", "; "}}));
-  }
+  FEATVIZ_RETURN_IF_ERROR(client.FromGrpc(writer->Finish()));
   return response;
 }
 

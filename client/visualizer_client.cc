@@ -2,15 +2,15 @@
 
 #include <chrono>
 #include <cstdlib>
-#include <fstream>
 #include <limits>
-#include <sstream>
 #include <optional>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "core/files.h"
+#include "core/status_macros.h"
 
 namespace featviz::client {
 
@@ -18,16 +18,38 @@ namespace v1 = featviz::v1;
 
 namespace {
 
-absl::StatusOr<std::string> ReadPem(absl::string_view what,
+// A TLS file named by `flag`; InvalidArgument (a usage error) naming the
+// flag and the file.
+absl::StatusOr<std::string> ReadPem(absl::string_view flag,
                                     const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
+  absl::StatusOr<std::string> pem = core::ReadFile(path);
+  if (!pem.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(what, ": cannot read '", path, "'"));
+        core::Prefixed(flag, pem.status()).message());
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+  return pem;
+}
+
+// A server that hands back the same page token forever must not hang us.
+constexpr int kMaxPages = 10000;
+
+// Every item of a paged List call: `list(request)` again with each
+// next_page_token until a page has none; `items(page)` is the page's
+// repeated field of them. `method` names the call in the error.
+template <typename Item, typename Request, typename List, typename Items>
+absl::StatusOr<std::vector<Item>> AllPages(Request request, const List& list,
+                                           const Items& items,
+                                           absl::string_view method) {
+  std::vector<Item> all;
+  for (int page = 0; page < kMaxPages; ++page) {
+    auto response = list(request);
+    if (!response.ok()) return response.status();
+    for (Item& item : *items(*response)) all.push_back(std::move(item));
+    if (response->next_page_token().empty()) return all;
+    request.set_page_token(response->next_page_token());
+  }
+  return absl::InternalError(
+      absl::StrCat(method, ": the server never ended its pages"));
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
@@ -60,14 +82,11 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(
 
 absl::StatusOr<std::string> ResolveToken(const std::string& token_file) {
   if (!token_file.empty()) {
-    std::ifstream in(token_file);
-    if (!in) {
-      return absl::NotFoundError(
-          absl::StrCat("--token_file: cannot read '", token_file, "'"));
-    }
-    std::string line;
-    std::getline(in, line);
-    return std::string(absl::StripAsciiWhitespace(line));
+    absl::StatusOr<std::string> text = core::ReadFile(token_file);
+    if (!text.ok()) return core::Prefixed("--token_file", text.status());
+    // The first line.
+    return std::string(absl::StripAsciiWhitespace(
+        absl::string_view(*text).substr(0, text->find('\n'))));
   }
   const char* env = std::getenv("FEATVIZ_TOKEN");
   if (env != nullptr) return std::string(absl::StripAsciiWhitespace(env));
@@ -154,71 +173,56 @@ void VisualizerClient::Prepare(grpc::ClientContext& context,
                        absl::ToChronoMilliseconds(timeout));
 }
 
+template <typename Request, typename Response>
+absl::StatusOr<Response> VisualizerClient::Call(
+    v1::Visualizer::Stub& stub,
+    UnaryMethod<v1::Visualizer::Stub, Request, Response> method,
+    const Request& request, absl::Duration timeout) {
+  return CallUnary(
+      stub, method, request,
+      [this, timeout](grpc::ClientContext& context) {
+        Prepare(context, timeout);
+      },
+      [this](const grpc::Status& status) { return FromGrpc(status); });
+}
+
 absl::StatusOr<v1::ServerStats> VisualizerClient::GetServerStats() {
-  grpc::ClientContext context;
-  Prepare(context, options_.call_timeout);
-  v1::ServerStats stats;
-  absl::Status status = FromGrpc(
-      stub_->GetServerStats(&context, v1::GetServerStatsRequest(), &stats));
-  if (!status.ok()) return status;
-  return stats;
+  return Call(*stub_, &v1::Visualizer::Stub::GetServerStats,
+              v1::GetServerStatsRequest(), options_.call_timeout);
 }
 
 absl::StatusOr<std::vector<v1::Model>> VisualizerClient::ListModels() {
-  std::vector<v1::Model> models;
-  v1::ListModelsRequest request;
-  // A server that hands back the same token forever must not hang us.
-  for (int page = 0; page < 10000; ++page) {
-    grpc::ClientContext context;
-    Prepare(context, options_.call_timeout);
-    v1::ListModelsResponse response;
-    absl::Status status =
-        FromGrpc(stub_->ListModels(&context, request, &response));
-    if (!status.ok()) return status;
-    for (v1::Model& model : *response.mutable_models()) {
-      models.push_back(std::move(model));
-    }
-    if (response.next_page_token().empty()) return models;
-    request.set_page_token(response.next_page_token());
-  }
-  return absl::InternalError("ListModels: the server never ended its pages");
+  return AllPages<v1::Model>(
+      v1::ListModelsRequest(),
+      [this](const v1::ListModelsRequest& request) {
+        return Call(*stub_, &v1::Visualizer::Stub::ListModels, request,
+                    options_.call_timeout);
+      },
+      [](v1::ListModelsResponse& page) { return page.mutable_models(); },
+      "ListModels");
 }
 
 absl::StatusOr<v1::Model> VisualizerClient::GetModel(const std::string& name) {
-  grpc::ClientContext context;
-  Prepare(context, options_.call_timeout);
   v1::GetModelRequest request;
   request.set_name(name);
-  v1::Model model;
-  absl::Status status = FromGrpc(stub_->GetModel(&context, request, &model));
-  if (!status.ok()) return status;
-  return model;
+  return Call(*stub_, &v1::Visualizer::Stub::GetModel, request,
+              options_.call_timeout);
 }
 
 absl::StatusOr<v1::Job> VisualizerClient::GetJob(const std::string& id,
                                                  bool include_result) {
-  grpc::ClientContext context;
-  Prepare(context, options_.call_timeout);
   v1::GetJobRequest request;
   request.set_id(id);
   request.set_include_result(include_result);
-  v1::Job job;
-  absl::Status status =
-      FromGrpc(StubForJob(id)->GetJob(&context, request, &job));
-  if (!status.ok()) return status;
-  return job;
+  return Call(*StubForJob(id), &v1::Visualizer::Stub::GetJob, request,
+              options_.call_timeout);
 }
 
 absl::StatusOr<v1::Job> VisualizerClient::CancelJob(const std::string& id) {
-  grpc::ClientContext context;
-  Prepare(context, options_.call_timeout);
   v1::CancelJobRequest request;
   request.set_id(id);
-  v1::Job job;
-  absl::Status status =
-      FromGrpc(StubForJob(id)->CancelJob(&context, request, &job));
-  if (!status.ok()) return status;
-  return job;
+  return Call(*StubForJob(id), &v1::Visualizer::Stub::CancelJob, request,
+              options_.call_timeout);
 }
 
 absl::StatusOr<v1::RenderResult> VisualizerClient::Render(
@@ -280,74 +284,50 @@ absl::StatusOr<v1::RenderResult> VisualizerClient::ReadStream(
 
 absl::StatusOr<v1::Job> VisualizerClient::SubmitJob(
     const v1::RenderRequest& request) {
-  grpc::ClientContext context;
-  Prepare(context, options_.call_timeout);
   v1::SubmitJobRequest submit;
   *submit.mutable_request() = request;
-  v1::Job job;
-  absl::Status status = FromGrpc(stub_->SubmitJob(&context, submit, &job));
-  if (!status.ok()) return status;
-  return job;
+  return Call(*stub_, &v1::Visualizer::Stub::SubmitJob, submit,
+              options_.call_timeout);
 }
 
 absl::StatusOr<std::vector<v1::Job>> VisualizerClient::ListJobs(
     const std::string& owner, v1::JobState state) {
-  std::vector<v1::Job> jobs;
   v1::ListJobsRequest request;
   request.set_owner(owner);
   request.set_state(state);
-  // A server that hands back the same token forever must not hang us.
-  for (int page = 0; page < 10000; ++page) {
-    grpc::ClientContext context;
-    Prepare(context, options_.call_timeout);
-    v1::ListJobsResponse response;
-    absl::Status status =
-        FromGrpc(stub_->ListJobs(&context, request, &response));
-    if (!status.ok()) return status;
-    for (v1::Job& job : *response.mutable_jobs()) jobs.push_back(std::move(job));
-    if (response.next_page_token().empty()) return jobs;
-    request.set_page_token(response.next_page_token());
-  }
-  return absl::InternalError("ListJobs: the server never ended its pages");
+  return AllPages<v1::Job>(
+      request,
+      [this](const v1::ListJobsRequest& page_request) {
+        return Call(*stub_, &v1::Visualizer::Stub::ListJobs, page_request,
+                    options_.call_timeout);
+      },
+      [](v1::ListJobsResponse& page) { return page.mutable_jobs(); },
+      "ListJobs");
 }
 
 absl::StatusOr<v1::LoadModelResponse> VisualizerClient::LoadModel(
     const std::string& path) {
-  grpc::ClientContext context;
-  Prepare(context, options_.render_timeout);
   v1::LoadModelRequest request;
   request.set_path(path);
-  v1::LoadModelResponse response;
-  absl::Status status = FromGrpc(stub_->LoadModel(&context, request, &response));
-  if (!status.ok()) return status;
-  return response;
+  return Call(*stub_, &v1::Visualizer::Stub::LoadModel, request,
+              options_.render_timeout);
 }
 
 absl::StatusOr<v1::UnloadModelResponse> VisualizerClient::UnloadModel(
     const std::string& name, const std::string& version) {
-  grpc::ClientContext context;
-  Prepare(context, options_.render_timeout);
   v1::UnloadModelRequest request;
   request.set_name(name);
   request.set_version(version);
-  v1::UnloadModelResponse response;
-  absl::Status status =
-      FromGrpc(stub_->UnloadModel(&context, request, &response));
-  if (!status.ok()) return status;
-  return response;
+  return Call(*stub_, &v1::Visualizer::Stub::UnloadModel, request,
+              options_.render_timeout);
 }
 
 absl::StatusOr<v1::ReloadModelResponse> VisualizerClient::ReloadModel(
     const std::string& name) {
-  grpc::ClientContext context;
-  Prepare(context, options_.render_timeout);
   v1::ReloadModelRequest request;
   request.set_name(name);
-  v1::ReloadModelResponse response;
-  absl::Status status =
-      FromGrpc(stub_->ReloadModel(&context, request, &response));
-  if (!status.ok()) return status;
-  return response;
+  return Call(*stub_, &v1::Visualizer::Stub::ReloadModel, request,
+              options_.render_timeout);
 }
 
 }  // namespace featviz::client

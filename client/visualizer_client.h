@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "client/rpc_call.h"
 #include "featviz/v1/featviz.grpc.pb.h"
 
 namespace featviz::client {
@@ -111,6 +112,14 @@ class VisualizerClient {
   // The channel, for stubs of the server's other services (Circuits).
   const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
 
+  // For calls on channel() by other stubs (CircuitsClient, the upload
+  // stream), so that every call is made and reported alike:
+  // Sets the deadline (none when `timeout` <= 0) and the token.
+  void Prepare(grpc::ClientContext& context, absl::Duration timeout) const;
+  // The call's status in absl terms (messages on one line), with the
+  // server's address where the server could not be reached.
+  absl::Status FromGrpc(const grpc::Status& status) const;
+
  private:
   VisualizerClient(std::string address, ClientOptions options,
                    std::shared_ptr<grpc::ChannelCredentials> credentials,
@@ -121,17 +130,18 @@ class VisualizerClient {
   // named after the id's '@', or the balanced one for ids naming none.
   featviz::v1::Visualizer::Stub* StubForJob(const std::string& id);
 
+  // One unary call of `stub` (Prepare'd with `timeout`, mapped by FromGrpc).
+  template <typename Request, typename Response>
+  absl::StatusOr<Response> Call(
+      featviz::v1::Visualizer::Stub& stub,
+      UnaryMethod<featviz::v1::Visualizer::Stub, Request, Response> method,
+      const Request& request, absl::Duration timeout);
+
   // Reads a Render or WatchJob stream to its result (see Render).
   absl::StatusOr<featviz::v1::RenderResult> ReadStream(
       grpc::ClientContext& context,
       grpc::ClientReader<featviz::v1::RenderEvent>& reader,
       const ProgressCallback& on_progress, std::string* job_id);
-
-  // The call's status in absl terms, with the server's address where the
-  // server could not be reached.
-  absl::Status FromGrpc(const grpc::Status& status) const;
-  // Sets the deadline (none when `timeout` <= 0) and the token.
-  void Prepare(grpc::ClientContext& context, absl::Duration timeout) const;
 
   const std::string address_;
   const ClientOptions options_;

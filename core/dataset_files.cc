@@ -1,11 +1,9 @@
 #include "core/dataset_files.h"
 
 #include <filesystem>
-#include <fstream>
 #include <algorithm>
 #include <map>
 #include <memory>
-#include <sstream>
 #include <system_error>
 #include <utility>
 
@@ -13,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/files.h"
 #include "core/image.h"
 #include "core/mnist.h"
 #include "core/npy.h"
@@ -132,25 +131,6 @@ absl::StatusOr<std::shared_ptr<Dataset>> Assemble(const at::Tensor& images,
     dataset->labels = at::full({n}, -1, at::kLong);
   }
   return dataset;
-}
-
-absl::StatusOr<std::string> ReadBytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path.string()));
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  if (!in && !in.eof()) {
-    return absl::DataLossError(absl::StrCat("cannot read ", path.string()));
-  }
-  return bytes.str();
-}
-
-absl::Status WriteBytes(const fs::path& path, absl::string_view bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path.string()));
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -304,17 +284,17 @@ absl::Status WriteDatasetDir(const Dataset& dataset, const std::string& dir) {
   const bool exact = at::equal(PixelsToFloat(bytes), dataset.images);
   FEATVIZ_ASSIGN_OR_RETURN(std::string images,
                            EncodeNpy(exact ? bytes : dataset.images));
-  FEATVIZ_RETURN_IF_ERROR(WriteBytes(root / kImagesFile, images));
+  FEATVIZ_RETURN_IF_ERROR(WriteFile((root / kImagesFile).string(), images));
   if (dataset.labelled()) {
     FEATVIZ_ASSIGN_OR_RETURN(std::string labels, EncodeNpy(dataset.labels));
-    FEATVIZ_RETURN_IF_ERROR(WriteBytes(root / kLabelsFile, labels));
+    FEATVIZ_RETURN_IF_ERROR(WriteFile((root / kLabelsFile).string(), labels));
   }
   nlohmann::json meta;
   meta["source"] = dataset.source;
   meta["owner"] = dataset.owner;
   meta["uploaded"] = dataset.uploaded;
   meta["class_names"] = dataset.class_names;
-  return WriteBytes(root / kMetaFile, meta.dump(2) + "\n");
+  return WriteFile((root / kMetaFile).string(), meta.dump(2) + "\n");
 }
 
 bool IsArrayDatasetDir(const std::string& dir) {
@@ -331,7 +311,7 @@ absl::StatusOr<DatasetPtr> ReadDatasetDir(const std::string& dir,
   bool uploaded = false;
   std::vector<std::string> class_names;
   if (fs::exists(root / kMetaFile, error)) {
-    FEATVIZ_ASSIGN_OR_RETURN(std::string text, ReadBytes(root / kMetaFile));
+    FEATVIZ_ASSIGN_OR_RETURN(std::string text, ReadFile((root / kMetaFile).string()));
     const nlohmann::json meta = nlohmann::json::parse(text, nullptr, false);
     const auto bad = [&](absl::string_view what) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -358,14 +338,14 @@ absl::StatusOr<DatasetPtr> ReadDatasetDir(const std::string& dir,
       }
     }
   }
-  FEATVIZ_ASSIGN_OR_RETURN(std::string image_bytes, ReadBytes(root / kImagesFile));
+  FEATVIZ_ASSIGN_OR_RETURN(std::string image_bytes, ReadFile((root / kImagesFile).string()));
   absl::StatusOr<at::Tensor> images = DecodeNpy(image_bytes);
   if (!images.ok()) return In((root / kImagesFile).string(), images.status());
   image_bytes = std::string();
   at::Tensor labels;
   if (fs::exists(root / kLabelsFile, error)) {
     FEATVIZ_ASSIGN_OR_RETURN(std::string label_bytes,
-                             ReadBytes(root / kLabelsFile));
+                             ReadFile((root / kLabelsFile).string()));
     absl::StatusOr<at::Tensor> read = DecodeNpy(label_bytes);
     if (!read.ok()) return In((root / kLabelsFile).string(), read.status());
     labels = *std::move(read);

@@ -6,9 +6,7 @@
 #include <malloc.h>
 #endif
 
-#include <fstream>
 #include <limits>
-#include <sstream>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
@@ -19,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/files.h"
 #include "core/torch_status.h"
 
 #ifdef FEATVIZ_WITH_CUDA
@@ -100,11 +99,8 @@ bool CpuInfoHasNativeBf16(absl::string_view cpuinfo) {
 PrecisionFacts PrecisionFactsFor(const std::vector<c10::Device>& devices) {
   PrecisionFacts facts;
   facts.cpu_device = false;
-  std::ifstream file("/proc/cpuinfo");
-  if (file) {
-    std::stringstream text;
-    text << file.rdbuf();
-    facts.cpu_native_bf16 = CpuInfoHasNativeBf16(text.str());
+  if (absl::StatusOr<std::string> text = ReadFile("/proc/cpuinfo"); text.ok()) {
+    facts.cpu_native_bf16 = CpuInfoHasNativeBf16(*text);
   }
   for (const c10::Device& device : devices) {
     if (!device.is_cuda()) {

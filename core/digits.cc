@@ -3,11 +3,12 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
-#include <fstream>
 #include <iterator>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/files.h"
+#include "core/status_macros.h"
 
 #define STB_TRUETYPE_IMPLEMENTATION
 #define STBTT_STATIC
@@ -45,10 +46,8 @@ absl::StatusOr<at::Tensor> Glyph(const stbtt_fontinfo& font, int digit) {
 
 absl::StatusOr<DatasetPtr> DrawDigits(int64_t per_class, uint64_t seed,
                                       const std::string& font_path) {
-  std::ifstream in(font_path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", font_path));
-  const std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
-                                         std::istreambuf_iterator<char>());
+  FEATVIZ_ASSIGN_OR_RETURN(const std::string file, ReadFile(font_path));
+  const std::vector<unsigned char> bytes(file.begin(), file.end());
   stbtt_fontinfo font;
   if (bytes.size() < 12 ||
       !stbtt_InitFont(&font, bytes.data(),

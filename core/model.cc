@@ -13,7 +13,6 @@
 #include <atomic>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <optional>
 #include <set>
@@ -24,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
+#include "core/files.h"
 #include "core/invariant_conv.h"
 #include "core/invariant_linear.h"
 #include "core/operator_policy.h"
@@ -697,11 +697,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& path,
                                                    const c10::Device& device,
                                                    const std::string& name,
                                                    const std::string& version) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read model ", path));
-  std::stringstream bytes;
-  bytes << in.rdbuf();
-  const std::string content = bytes.str();
+  absl::StatusOr<std::string> read = ReadFile(path);
+  if (!read.ok()) return Prefixed("model", read.status());
+  const std::string content = *std::move(read);
 
   std::filesystem::path card_path(path);
   card_path.replace_extension(".card.json");

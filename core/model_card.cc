@@ -1,12 +1,12 @@
 #include "core/model_card.h"
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/files.h"
+#include "core/status_macros.h"
 
 namespace featviz::core {
 namespace {
@@ -307,11 +307,8 @@ absl::StatusOr<ModelCard> ModelCard::Parse(absl::string_view text) {
 }
 
 absl::StatusOr<ModelCard> ModelCard::Load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  absl::StatusOr<ModelCard> card = Parse(buffer.str());
+  FEATVIZ_ASSIGN_OR_RETURN(const std::string text, ReadFile(path));
+  absl::StatusOr<ModelCard> card = Parse(text);
   if (!card.ok()) {
     return absl::Status(card.status().code(),
                         absl::StrCat(path, ": ", card.status().message()));

@@ -5,6 +5,28 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/cord.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+namespace featviz::core {
+
+// `status` with `prefix` and ": " in front of its message, code and payloads
+// kept (a payload can say more than the text: core::RefusedOperator's
+// operator, which the registry counts); OK stays OK.
+inline absl::Status Prefixed(absl::string_view prefix,
+                             const absl::Status& status) {
+  if (status.ok()) return status;
+  absl::Status prefixed(status.code(),
+                        absl::StrCat(prefix, ": ", status.message()));
+  status.ForEachPayload(
+      [&prefixed](absl::string_view type_url, const absl::Cord& payload) {
+        prefixed.SetPayload(type_url, payload);
+      });
+  return prefixed;
+}
+
+}  // namespace featviz::core
 
 // Evaluates `expr` (an absl::Status) and returns it from the enclosing
 // function when it is not OK.

@@ -1,7 +1,5 @@
 #include "server/auth.h"
 
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -10,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/files.h"
+#include "core/status_macros.h"
 
 namespace featviz::server {
 namespace {
@@ -169,14 +169,9 @@ absl::StatusOr<TokenTable> ParseTokens(absl::string_view text,
 }
 
 absl::StatusOr<TokenTable> ReadTokensFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot read tokens file '", path, "'"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return ParseTokens(text.str(), path);
+  absl::StatusOr<std::string> text = core::ReadFile(path);
+  if (!text.ok()) return core::Prefixed("tokens file", text.status());
+  return ParseTokens(*text, path);
 }
 
 Role RequiredRole(absl::string_view method) {

@@ -17,7 +17,7 @@
 #include "core/dataset.h"
 #include "core/model.h"
 #include "featviz/v1/circuits.pb.h"
-#include "server/dataset_registry.h"
+#include "server/engine/dataset_registry.h"
 
 namespace featviz::server {
 

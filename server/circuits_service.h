@@ -30,9 +30,9 @@
 #include "featviz/v1/circuits.grpc.pb.h"
 #include "server/authenticator.h"
 #include "server/circuits_convert.h"
-#include "server/dataset_registry.h"
+#include "server/engine/dataset_registry.h"
 #include "server/limits.h"
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 #include "server/upload_ledger.h"
 
 namespace featviz::server {

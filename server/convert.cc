@@ -18,7 +18,7 @@
 #include "core/torch_status.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 
 #ifndef ABSL_IS_LITTLE_ENDIAN
 #error "featviz.v1 tensors are little-endian; this host would need byte swaps"
@@ -43,9 +43,7 @@ constexpr double kMaxRotateDegrees = 360.0;
 constexpr int kMaxTransformValues = 1024;
 constexpr int kMaxTransforms = 64;
 
-std::string ShapeText(const google::protobuf::RepeatedField<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
+using wire::ShapeText;
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
@@ -466,10 +464,9 @@ absl::StatusOr<core::Precision> RequestPrecision(const std::string& text,
   return precision;
 }
 
-absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
-                                               const ModelRegistry& models,
-                                               const Limits& limits) {
-  RenderPlan plan;
+// The model the request names, from the registry's kept summaries.
+absl::Status PlanModel(const v1::RenderRequest& request,
+                       const ModelRegistry& models, RenderPlan& plan) {
   if (request.model().size() > kMaxNameBytes) {
     return absl::InvalidArgumentError(
         absl::StrCat("model must be at most ", kMaxNameBytes,
@@ -494,15 +491,16 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   plan.model_name = card.name;
   plan.model_version = card.version;
   plan.model_hash = plan.model->content_hash;
+  return absl::OkStatus();
+}
 
-  // image
-  const v1::ImageSpec& image = request.image();
+// image: parameterisation, size, batch, colour, decay and start image, then
+// the default parameterisation where the request leaves it open.
+absl::Status PlanImage(const v1::ImageSpec& image, const Limits& limits,
+                       const DatasetRegistry* datasets, RenderPlan& plan) {
+  const core::ModelCard& card = plan.model->card;
   core::ParamOptions& param = plan.options.param;
   plan.maco_dataset = image.maco_dataset();
-  plan.parameterisation_open =
-      image.parameterization() == v1::PARAMETERIZATION_UNSPECIFIED &&
-      image.decay_power() == 0 && !image.has_init_image() &&
-      image.maco_dataset().empty();
   switch (image.parameterization()) {
     case v1::PARAMETERIZATION_UNSPECIFIED:
     case v1::PARAMETERIZATION_FFT:
@@ -588,17 +586,40 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         PlanInitImage(image.init_image(), param.channels, size, param.batch));
   }
 
-  // objective, now that the batch is known
-  FEATVIZ_ASSIGN_OR_RETURN(plan.objective,
-                           PlanObjective(request, *plan.model, param.batch));
+  // The default parameterisation, where the request leaves every choice
+  // open (no kind, FFT decay, start image or MaCo dataset): MaCo for a gray
+  // model when exactly one hosted dataset fits it, decided here once (an
+  // upload landing before RenderInputs fetches the prior must not make the
+  // request ambiguous).
+  const bool parameterisation_open =
+      image.parameterization() == v1::PARAMETERIZATION_UNSPECIFIED &&
+      image.decay_power() == 0 && !image.has_init_image() &&
+      image.maco_dataset().empty();
+  if (parameterisation_open && datasets != nullptr && card.channels == 1 &&
+      param.channels == 1) {
+    DatasetNeed need;
+    need.model = card.name;
+    need.channels = 1;
+    need.height = card.height;
+    need.width = card.width;
+    const std::vector<core::DatasetPtr> fitting = datasets->Fitting(need);
+    if (fitting.size() == 1) {
+      param.kind = core::ParamKind::kMaco;
+      plan.maco_dataset = fitting.front()->name;
+    }
+  }
+  if (param.kind != core::ParamKind::kMaco && !plan.maco_dataset.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "image.maco_dataset is set to '", plan.maco_dataset.substr(0, 80),
+        "', but the parameterization is not MaCo"));
+  }
+  return absl::OkStatus();
+}
 
-  // transforms
-  FEATVIZ_ASSIGN_OR_RETURN(plan.options.transforms,
-                           PlanTransforms(request.transforms(), size, limits,
-                                          plan.model->IsTokenModel()));
-
-  // optimizer
-  const v1::Optimizer& optimizer = request.optimizer();
+// optimizer: steps, and lr once the parameterisation is known.
+absl::Status PlanOptimizer(const v1::Optimizer& optimizer,
+                           const Limits& limits, RenderPlan& plan) {
+  const core::ParamOptions& param = plan.options.param;
   if (optimizer.steps() < 0 || optimizer.steps() > limits.max_steps) {
     return OutsideRange("optimizer.steps", 1, limits.max_steps,
                         absl::StrCat(kDefaultSteps), optimizer.steps());
@@ -610,7 +631,6 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         "optimizer.steps is 0, meaning ", kDefaultSteps,
         ", more than this server's max_steps ", limits.max_steps));
   }
-  plan.lr_is_default = optimizer.lr() == 0;
   if (optimizer.lr() == 0) {
     plan.options.lr = DefaultLr(param.kind);
   } else if (!(optimizer.lr() > 0 && optimizer.lr() <= kMaxLr)) {
@@ -620,8 +640,29 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   } else {
     plan.options.lr = optimizer.lr();
   }
+  return absl::OkStatus();
+}
 
-  // seed and output
+// reference tensors, for the objective's reference(k) terms.
+absl::Status PlanReferences(const v1::RenderRequest& request,
+                            RenderPlan& plan) {
+  if (request.references_size() > kMaxReferenceTensors) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("references must hold at most ", kMaxReferenceTensors,
+                     " tensors, got ", request.references_size()));
+  }
+  for (int k = 0; k < request.references_size(); ++k) {
+    FEATVIZ_ASSIGN_OR_RETURN(
+        at::Tensor reference,
+        TensorFromProto(request.references(k), absl::StrCat("references[", k, "]")));
+    plan.reference_tensors.push_back(std::move(reference));
+  }
+  return absl::OkStatus();
+}
+
+// seed, output and precision.
+absl::Status PlanOutput(const v1::RenderRequest& request, const Limits& limits,
+                        RenderPlan& plan) {
   if (request.has_seed()) {
     plan.seed = request.seed();
     plan.options.seed = request.seed();
@@ -655,8 +696,12 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
     // The server's bf16 default does not apply to this model.
     plan.precision = core::Precision::kFloat32;
   }
+  return absl::OkStatus();
+}
 
-  // scheduling
+// scheduling: priority, owner, queue timeout.
+absl::Status PlanScheduling(const v1::RenderRequest& request,
+                            RenderPlan& plan) {
   if (request.priority() < kMinPriority || request.priority() > kMaxPriority) {
     return absl::InvalidArgumentError(
         absl::StrCat("priority must be in [", kMinPriority, ", ", kMaxPriority,
@@ -671,7 +716,34 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
         "] (0 means the server's default), got ", timeout));
   }
   if (timeout > 0) plan.queue_timeout = absl::Seconds(timeout);
+  return absl::OkStatus();
+}
 
+absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
+                                               const ModelRegistry& models,
+                                               const Limits& limits,
+                                               const DatasetRegistry* datasets) {
+  RenderPlan plan;
+  FEATVIZ_RETURN_IF_ERROR(PlanModel(request, models, plan));
+  FEATVIZ_RETURN_IF_ERROR(PlanImage(request.image(), limits, datasets, plan));
+  const core::ParamOptions& param = plan.options.param;
+  const ImageSize size{param.height, param.width};
+  // objective, now that the batch is known
+  FEATVIZ_ASSIGN_OR_RETURN(plan.objective,
+                           PlanObjective(request, *plan.model, param.batch));
+
+  // transforms
+  FEATVIZ_ASSIGN_OR_RETURN(plan.options.transforms,
+                           PlanTransforms(request.transforms(), size, limits,
+                                          plan.model->IsTokenModel()));
+  FEATVIZ_RETURN_IF_ERROR(PlanOptimizer(request.optimizer(), limits, plan));
+  FEATVIZ_RETURN_IF_ERROR(PlanReferences(request, plan));
+  FEATVIZ_RETURN_IF_ERROR(PlanOutput(request, limits, plan));
+  FEATVIZ_RETURN_IF_ERROR(PlanScheduling(request, plan));
+
+  // The result must fit in one message.
+  const core::ModelCard& card = plan.model->card;
+  const v1::ImageSpec& image = request.image();
   const int64_t bound = ResultBytesBound(plan, card.channels);
   if (bound > limits.max_message_bytes) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -688,11 +760,12 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
 
 absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
                                       const ModelRegistry& models,
-                                      const Limits& limits) {
+                                      const Limits& limits,
+                                      const DatasetRegistry* datasets) {
   // Validation runs LibTorch (the init image's checks) on gRPC's threads:
   // its exceptions end here, as the request's error.
   try {
-    return PlanRenderUnguarded(request, models, limits);
+    return PlanRenderUnguarded(request, models, limits, datasets);
   } catch (const std::exception& e) {
     return core::TorchError(e, "validating the request");
   }
@@ -712,86 +785,6 @@ v1::Parameterization ParameterizationToProto(core::ParamKind kind) {
 
 double DefaultLr(core::ParamKind kind) {
   return kind == core::ParamKind::kMaco ? kDefaultMacoLr : kDefaultLr;
-}
-
-v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
-                                   const RenderPlan& plan) {
-  v1::RenderRequest canonical = request;
-  canonical.set_model(absl::StrCat(plan.model_name, "@", plan.model_version));
-  canonical.clear_owner();
-  canonical.clear_priority();
-  canonical.clear_queue_timeout_seconds();
-  canonical.set_objective_text(plan.objective.ToString());  // Drops the tree.
-  const core::ParamOptions& param = plan.options.param;
-  v1::ImageSpec* image = canonical.mutable_image();
-  image->set_parameterization(ParameterizationToProto(param.kind));
-  if (image->size() == 0 && param.height == param.width) {
-    image->set_size(param.height);
-  }
-  image->set_batch(param.batch);
-  image->set_decay_power(param.decay_power);
-  canonical.mutable_optimizer()->set_steps(plan.options.steps);
-  canonical.mutable_optimizer()->set_lr(plan.options.lr);
-  canonical.mutable_output()->set_progress_every(plan.options.progress_every);
-  if (plan.seed.has_value()) canonical.set_seed(*plan.seed);
-  // The precision used, so that "" and the server's default are one entry
-  // and each precision its own.
-  canonical.set_precision(core::PrecisionName(plan.precision));
-  return canonical;
-}
-
-absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor,
-                                           absl::string_view field) {
-  if (tensor.dtype() != v1::Tensor::DTYPE_FLOAT32) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ".dtype must be DTYPE_FLOAT32, got ",
-        v1::Tensor::DType_IsValid(tensor.dtype())
-            ? v1::Tensor::DType_Name(tensor.dtype())
-            : absl::StrCat(tensor.dtype())));
-  }
-  if (tensor.shape_size() == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(field, ".shape must have at least one dimension, got []"));
-  }
-  // Shapes come from the wire: multiply without overflowing.
-  const uint64_t have = tensor.data().size();
-  uint64_t need = sizeof(float);
-  bool overflow = false;
-  for (int64_t dim : tensor.shape()) {
-    if (dim <= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ".shape must have positive dimensions, got ",
-                       ShapeText(tensor.shape())));
-    }
-    overflow = overflow || __builtin_mul_overflow(
-                               need, static_cast<uint64_t>(dim), &need);
-  }
-  if (overflow || need != have) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ".data has ", have, " bytes, but shape ",
-        ShapeText(tensor.shape()), " of float32 needs ",
-        overflow ? "more bytes than fit in 64 bits" : absl::StrCat(need)));
-  }
-  try {
-    const std::vector<int64_t> shape(tensor.shape().begin(),
-                                     tensor.shape().end());
-    at::Tensor out = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
-    std::memcpy(out.data_ptr<float>(), tensor.data().data(),
-                tensor.data().size());
-    return out;
-  } catch (const std::exception& e) {
-    return core::TorchError(e, absl::StrCat("decoding ", field));
-  }
-}
-
-v1::Tensor TensorToProto(const at::Tensor& tensor) {
-  v1::Tensor out;
-  const at::Tensor t = tensor.detach().to(at::kCPU, at::kFloat).contiguous();
-  for (int64_t dim : t.sizes()) out.add_shape(dim);
-  out.set_dtype(v1::Tensor::DTYPE_FLOAT32);
-  out.set_data(reinterpret_cast<const char*>(t.data_ptr<float>()),
-               static_cast<size_t>(t.numel()) * sizeof(float));
-  return out;
 }
 
 namespace {
@@ -887,19 +880,6 @@ v1::Model ModelToProto(const ModelSummary& model) {
 
 v1::Model ModelToProto(const core::Model& model) {
   return ModelToProto(Summarize(model));
-}
-
-std::string CacheKey(const v1::RenderRequest& request, const RenderPlan& plan) {
-  if (!plan.seed.has_value()) return "";
-  std::string bytes;
-  {
-    google::protobuf::io::StringOutputStream stream(&bytes);
-    google::protobuf::io::CodedOutputStream coded(&stream);
-    coded.SetSerializationDeterministic(true);
-    CanonicalRequest(request, plan).SerializeToCodedStream(&coded);
-  }
-  return absl::StrCat(plan.model_hash, "/", core::Sha256Hex(bytes), "/",
-                      *plan.seed, "/", plan.linear_mode);
 }
 
 // ---------------------------------------- the job engine's types
@@ -1050,6 +1030,22 @@ absl::StatusOr<JobQuery> JobQueryFromProto(const v1::ListJobsRequest& request) {
 v1::ListJobsResponse JobPageToProto(const JobPage& page) {
   v1::ListJobsResponse out;
   for (const JobSnapshot& job : page.jobs) *out.add_jobs() = JobToProto(job);
+  out.set_next_page_token(page.next_page_token);
+  return out;
+}
+
+ModelQuery ModelQueryFromProto(const v1::ListModelsRequest& request) {
+  ModelQuery query;
+  query.page_size = request.page_size();
+  query.page_token = request.page_token();
+  return query;
+}
+
+v1::ListModelsResponse ModelPageToProto(const ModelPage& page) {
+  v1::ListModelsResponse out;
+  for (const ModelSummary& model : page.models) {
+    *out.add_models() = ModelToProto(model);
+  }
   out.set_next_page_token(page.next_page_token);
   return out;
 }

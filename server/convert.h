@@ -3,10 +3,14 @@
 // core::Objective and core::RenderOptions); the engine's jobs, progress,
 // results and figures (engine_types.h) become featviz.v1 messages; and
 // absl::Status becomes grpc::Status. Nothing else in the Visualizer service
-// reads or writes featviz.v1 messages field by field, except the payload of
-// reference tensors, which RenderInputs decodes (PlanRender records in the
-// plan every choice the request left open, so that RenderInputs does not
-// read the request's options again).
+// reads or writes featviz.v1 messages field by field.
+//
+// A render is planned once: PlanRender reads every field of the request
+// (reference tensors decoded), sets every default once (the parameterisation
+// a request leaves open included, then the learning rate for it) and hands
+// on a RenderPlan; RenderInputs fetches what the plan names (MaCo's prior,
+// reference images) without reading the request; the result cache's key is
+// CacheKey(plan) (server/engine/engine_types.h).
 //
 // Status codes of request errors; every message names the field and the
 // value, e.g. "optimizer.steps must be in [1, 10000], got 1000000000":
@@ -40,7 +44,9 @@
 #include "core/objective.h"
 #include "core/render.h"
 #include "featviz/v1/featviz.pb.h"
-#include "server/engine_types.h"
+#include "proto/tensor_codec.h"
+#include "server/engine/dataset_registry.h"
+#include "server/engine/engine_types.h"
 #include "server/limits.h"
 
 namespace featviz::server {
@@ -52,23 +58,25 @@ inline constexpr size_t kMaxNameBytes = 256;
 // Longest error message sent to a client; longer ones are cut.
 inline constexpr size_t kMaxStatusMessageBytes = 2048;
 
+// Most tensors RenderRequest.references may hold (each is checked when the
+// request is planned, referenced or not).
+inline constexpr int kMaxReferenceTensors = 1024;
+
 // Bounds of RenderRequest.priority.
 inline constexpr int kMinPriority = -10;
 inline constexpr int kMaxPriority = 10;
 
 // Validates `request` against `limits` and the hosted models and converts
 // it. Errors use the codes listed at the top of this file; the model field
-// also FAILED_PRECONDITION for a version being unloaded.
+// also FAILED_PRECONDITION for a version being unloaded. `datasets` (may be
+// null: none hosted) decides the default parameterisation of a request that
+// leaves it open (docs/quality.md): MaCo from the one hosted dataset that
+// fits a one-channel model's gray stimuli, at MaCo's learning rate when lr
+// is unset; FFT otherwise.
 absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
                                       const ModelRegistry& models,
-                                      const Limits& limits);
-
-// `request` in the one form that every equivalent request shares, for the
-// result cache: the objective as canonical text, every default filled in from
-// `plan` (PlanRender's result for it), and the scheduling fields (owner,
-// priority, queue timeout) cleared. Serialize it deterministically to compare.
-v1::RenderRequest CanonicalRequest(const v1::RenderRequest& request,
-                                   const RenderPlan& plan);
+                                      const Limits& limits,
+                                      const DatasetRegistry* datasets = nullptr);
 
 // The structured objective in core's terms, checked for what the proto can
 // express but core cannot (unset kinds, non-finite weights, x without y).
@@ -89,21 +97,15 @@ inline constexpr double kDefaultLr = 0.05;
 inline constexpr double kDefaultMacoLr = 0.5;
 double DefaultLr(core::ParamKind kind);
 
-// A float32 tensor from the wire: dtype, shape and byte length are checked;
-// errors name `field`. The result is a CPU float tensor that owns its data.
-absl::StatusOr<at::Tensor> TensorFromProto(const v1::Tensor& tensor,
-                                           absl::string_view field);
-// Any numeric tensor as float32 little-endian bytes in C order.
-v1::Tensor TensorToProto(const at::Tensor& tensor);
+// Tensors in and out (proto/tensor_codec.h, shared with the CLI): a
+// request's tensor is checked with its field named.
+using wire::TensorFromProto;
+using wire::TensorToProto;
 
 // A hosted model as the API describes it.
 v1::Model ModelToProto(const ModelSummary& model);
 v1::Model ModelToProto(const core::Model& model);
 
-// The result cache's key of `request` (PlanRender's result `plan`): the
-// model's content hash, the SHA-256 of CanonicalRequest and the seed. Only
-// requests that give a seed are reproducible, so only they have one ("").
-std::string CacheKey(const v1::RenderRequest& request, const RenderPlan& plan);
 
 // ---------------------------------------- the job engine's types (engine_types.h)
 
@@ -122,6 +124,9 @@ v1::Tensor ArrayToProto(const HostArray& array);
 // page as the response.
 absl::StatusOr<JobQuery> JobQueryFromProto(const v1::ListJobsRequest& request);
 v1::ListJobsResponse JobPageToProto(const JobPage& page);
+// ListModels, likewise.
+ModelQuery ModelQueryFromProto(const v1::ListModelsRequest& request);
+v1::ListModelsResponse ModelPageToProto(const ModelPage& page);
 
 v1::ServerStats StatsToProto(const EngineStats& stats);
 

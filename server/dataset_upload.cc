@@ -1,19 +1,18 @@
 #include "server/dataset_upload.h"
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/dataset_files.h"
+#include "core/files.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
 #include "server/chunked_upload.h"
 #include "server/circuits_convert.h"
-#include "server/names.h"
-#include "server/staging.h"
+#include "server/engine/names.h"
+#include "server/engine/staging.h"
 
 namespace featviz::server {
 namespace fs = std::filesystem;
@@ -111,14 +110,12 @@ class DatasetUploadReactor final
   }
 
   absl::StatusOr<core::DatasetPtr> Decode(const fs::path& file) {
-    std::string bytes;
-    {
-      std::ifstream in(file, std::ios::binary);
-      std::ostringstream read;
-      read << in.rdbuf();
-      if (!in) return absl::InternalError("cannot read the staged upload");
-      bytes = std::move(read).str();
+    absl::StatusOr<std::string> read = core::ReadFile(file.string());
+    if (!read.ok()) {
+      return absl::InternalError(absl::StrCat("the staged upload: ",
+                                              read.status().message()));
     }
+    std::string bytes = *std::move(read);
     // Only the decoded dataset is kept.
     std::error_code ignored;
     fs::remove(file, ignored);

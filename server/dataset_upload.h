@@ -16,7 +16,7 @@
 #include "absl/status/status.h"
 #include "featviz/v1/circuits.pb.h"
 #include "server/auth.h"
-#include "server/dataset_registry.h"
+#include "server/engine/dataset_registry.h"
 #include "server/upload_ledger.h"
 
 namespace featviz::server {

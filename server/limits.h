@@ -61,7 +61,7 @@ struct Limits {
   // Bytes of models each device may hold (parameters and buffers of the
   // copies loaded); 0: no budget, every model stays loaded on every device.
   // With one, models are loaded on first use and the least recently used
-  // idle ones unloaded to make room (server/model_memory.h).
+  // idle ones unloaded to make room (server/engine/model_memory.h).
   int64_t model_memory_bytes = 0;
   // How long a model load waits for models in use to be let go when the
   // budget is full of them, before the job (or upload, or analysis) fails

@@ -29,8 +29,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -53,15 +51,16 @@
 #include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "core/files.h"
 #include "core/operator_policy.h"
 #include "core/status_macros.h"
 #include "server/auth.h"
 #include "server/http/studio_server.h"
 #include "server/limits.h"
 #include "server/metrics.h"
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 #include "server/circuits_service.h"
-#include "server/dataset_registry.h"
+#include "server/engine/dataset_registry.h"
 #include "server/visualizer_service.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -380,14 +379,9 @@ std::string ListeningAddress(const std::string& listen, int port) {
 
 absl::StatusOr<std::string> ReadFile(const std::string& flag,
                                     const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("--", flag, ": cannot read '", path, "'"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+  absl::StatusOr<std::string> text = core::ReadFile(path);
+  if (!text.ok()) return core::Prefixed(absl::StrCat("--", flag), text.status());
+  return text;
 }
 
 // True for addresses only this machine can reach: 127.0.0.0/8, ::1,
@@ -530,10 +524,12 @@ absl::StatusOr<http::StudioServerPtr> StartStudio(const std::string& listen,
   return studio;
 }
 
-absl::Status Serve() {
-  FEATVIZ_ASSIGN_OR_RETURN(Limits limits, LimitsFromFlags());
-  FEATVIZ_ASSIGN_OR_RETURN(const std::vector<c10::Device> devices,
-                           ParseDevices(absl::GetFlag(FLAGS_devices)));
+// Process-wide settings from the flags, before any model is loaded: the
+// default precision (`limits.step.precision` for --precision auto), host
+// memory, OpenBLAS's threads, how linear layers and convolutions are
+// computed, and which operators a model may use.
+absl::Status ConfigureProcess(Limits& limits,
+                              const std::vector<c10::Device>& devices) {
   if (absl::GetFlag(FLAGS_precision) == "auto") {
     std::string why;
     limits.step.precision =
@@ -587,30 +583,118 @@ absl::Status Serve() {
   }
   // Before the registry loads the repository: every load is checked.
   core::SetOperatorPolicy(*std::move(operators));
-  const double grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);
+  return absl::OkStatus();
+}
+
+// The flags of serving itself (drain, connections, replica name, polling).
+struct ServeFlags {
+  double grace_seconds = 0;
+  double max_age_seconds = 0;
+  std::string advertise;
+  double poll_seconds = 0;
+};
+
+absl::StatusOr<ServeFlags> ReadServeFlags() {
+  ServeFlags flags;
+  flags.grace_seconds = absl::GetFlag(FLAGS_shutdown_grace_seconds);
+  const double grace_seconds = flags.grace_seconds;
   if (!(grace_seconds >= 0)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--shutdown_grace_seconds must be >= 0, got ", grace_seconds));
   }
-  const double max_age_seconds =
-      absl::GetFlag(FLAGS_max_connection_age_seconds);
+  flags.max_age_seconds = absl::GetFlag(FLAGS_max_connection_age_seconds);
+  const double max_age_seconds = flags.max_age_seconds;
   if (!(max_age_seconds >= 0) || max_age_seconds > INT_MAX / 1000) {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_connection_age_seconds must be in [0, ",
                      INT_MAX / 1000, "], got ", max_age_seconds));
   }
-  const std::string advertise_flag = absl::GetFlag(FLAGS_advertise_address);
+  flags.advertise = absl::GetFlag(FLAGS_advertise_address);
+  const std::string& advertise_flag = flags.advertise;
   if (absl::StrContains(advertise_flag, "@") ||
       absl::StrContains(advertise_flag, "/")) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--advertise_address must be HOST or HOST:PORT, got '", advertise_flag,
         "'"));
   }
-  const double poll_seconds = absl::GetFlag(FLAGS_model_poll_seconds);
+  flags.poll_seconds = absl::GetFlag(FLAGS_model_poll_seconds);
+  const double poll_seconds = flags.poll_seconds;
   if (!(poll_seconds >= 0) || !std::isfinite(poll_seconds)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--model_poll_seconds must be >= 0 (0 = off), got ", poll_seconds));
   }
+  return flags;
+}
+
+// The bearer tokens of --tokens_file; null (and a warning) without one.
+absl::StatusOr<AuthorizerPtr> LoadTokens(const std::string& listen) {
+  AuthorizerPtr auth;
+  const std::string tokens_file = absl::GetFlag(FLAGS_tokens_file);
+  if (tokens_file.empty()) {
+    spdlog::warn(
+        "no --tokens_file: OPEN ACCESS. Anyone who reaches {} may render, "
+        "see and cancel any job and call the admin RPCs; jobs are owned by "
+        "the request's owner, the client certificate's name or the caller's "
+        "address. Give --tokens_file on a shared machine.",
+        listen);
+  } else {
+    FEATVIZ_ASSIGN_OR_RETURN(auth, Authorizer::Create(tokens_file));
+    spdlog::info("tokens: {} clients from {}", auth->size(), tokens_file);
+  }
+  return auth;
+}
+
+// The gRPC server with both services, health and reflection, listening;
+// `port` is the port bound.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpc(
+    const std::string& listen,
+    const std::shared_ptr<grpc::ServerCredentials>& credentials,
+    double max_age_seconds, const Limits& limits, grpc::Service* service,
+    grpc::Service* circuits, int& port) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(listen, credentials, &port);
+  if (max_age_seconds > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(max_age_seconds * 1000));
+  }
+  builder.RegisterService(service);
+  builder.RegisterService(circuits);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(limits.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(limits.max_message_bytes));
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on '", listen, "'"));
+  }
+  return server;
+}
+
+// Blocks until SIGTERM or SIGINT and returns its number; each SIGHUP in
+// between re-reads the tokens (`auth`; null: none to re-read).
+int WaitForStop(Authorizer* auth) {
+  int signal_number = WaitForSignal();
+  while (signal_number == SIGHUP) {
+    if (auth == nullptr) {
+      spdlog::info("SIGHUP: no --tokens_file to re-read");
+    } else if (absl::Status reloaded = auth->Reload(); reloaded.ok()) {
+      spdlog::info("SIGHUP: tokens re-read, {} clients", auth->size());
+    } else {
+      spdlog::error("SIGHUP: kept the tokens in use: {}",
+                    reloaded.ToString());
+    }
+    signal_number = WaitForSignal();
+  }
+  return signal_number;
+}
+
+absl::Status Serve() {
+  FEATVIZ_ASSIGN_OR_RETURN(Limits limits, LimitsFromFlags());
+  FEATVIZ_ASSIGN_OR_RETURN(const std::vector<c10::Device> devices,
+                           ParseDevices(absl::GetFlag(FLAGS_devices)));
+  FEATVIZ_RETURN_IF_ERROR(ConfigureProcess(limits, devices));
+  FEATVIZ_ASSIGN_OR_RETURN(const ServeFlags flags, ReadServeFlags());
   // The models once per device: each device's worker runs its own copies,
   // within the device's budget when there is one.
   ModelRegistryOptions registry_options;
@@ -630,19 +714,7 @@ absl::Status Serve() {
   const std::string listen = absl::GetFlag(FLAGS_listen);
   FEATVIZ_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
                            ListenCredentials(listen));
-  AuthorizerPtr auth;
-  const std::string tokens_file = absl::GetFlag(FLAGS_tokens_file);
-  if (tokens_file.empty()) {
-    spdlog::warn(
-        "no --tokens_file: OPEN ACCESS. Anyone who reaches {} may render, "
-        "see and cancel any job and call the admin RPCs; jobs are owned by "
-        "the request's owner, the client certificate's name or the caller's "
-        "address. Give --tokens_file on a shared machine.",
-        listen);
-  } else {
-    FEATVIZ_ASSIGN_OR_RETURN(auth, Authorizer::Create(tokens_file));
-    spdlog::info("tokens: {} clients from {}", auth->size(), tokens_file);
-  }
+  FEATVIZ_ASSIGN_OR_RETURN(AuthorizerPtr auth, LoadTokens(listen));
   // Declared before the service: jobs still end (and are observed) while
   // the service shuts down.
   Metrics metrics;
@@ -677,8 +749,8 @@ absl::Status Serve() {
             return service->SubmitRender(context, request);
           },
           limits, circuit_limits, &authenticator, service->upload_ledger()));
-  if (poll_seconds > 0) {
-    registry->StartPolling(absl::Seconds(poll_seconds));
+  if (flags.poll_seconds > 0) {
+    registry->StartPolling(absl::Seconds(flags.poll_seconds));
   }
   // The endpoint reads the service: it stops before the service goes.
   absl::Cleanup stop_metrics = [&metrics] { metrics.Stop(); };
@@ -695,28 +767,15 @@ absl::Status Serve() {
     metrics_address = ListeningAddress(metrics_listen, metrics_port);
   }
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(listen, credentials, &port);
-  if (max_age_seconds > 0) {
-    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
-                               static_cast<int>(max_age_seconds * 1000));
-  }
-  builder.RegisterService(service.get());
-  builder.RegisterService(circuits.get());
-  builder.SetMaxReceiveMessageSize(static_cast<int>(limits.max_message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(limits.max_message_bytes));
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on '", listen, "'"));
-  }
+  FEATVIZ_ASSIGN_OR_RETURN(
+      std::unique_ptr<grpc::Server> server,
+      StartGrpc(listen, credentials, flags.max_age_seconds, limits,
+                service.get(), circuits.get(), port));
   // Job ids name the replica from here on, before health says SERVING (a
   // job accepted in the instant before gets a plain id, which works on its
   // replica but cannot be routed).
-  const std::string advertised = AdvertisedAddress(advertise_flag, port);
+  const std::string advertised = AdvertisedAddress(flags.advertise, port);
   if (!advertised.empty()) service->SetReplica(advertised);
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus("", true);
@@ -756,26 +815,15 @@ absl::Status Serve() {
   }
   std::fflush(stdout);
 
-  int signal_number = WaitForSignal();
-  while (signal_number == SIGHUP) {
-    if (auth == nullptr) {
-      spdlog::info("SIGHUP: no --tokens_file to re-read");
-    } else if (absl::Status reloaded = auth->Reload(); reloaded.ok()) {
-      spdlog::info("SIGHUP: tokens re-read, {} clients", auth->size());
-    } else {
-      spdlog::error("SIGHUP: kept the tokens in use: {}",
-                    reloaded.ToString());
-    }
-    signal_number = WaitForSignal();
-  }
+  const int signal_number = WaitForStop(auth.get());
 
   spdlog::info("signal {}: draining, running renders may go on for {}s",
-               signal_number, grace_seconds);
+               signal_number, flags.grace_seconds);
   health->Shutdown();  // Everything NOT_SERVING, and it stays so.
   if (studio != nullptr) studio->StopAccepting();
   registry->StopPolling();
   circuits->Shutdown();
-  service->Shutdown(absl::Now() + absl::Seconds(grace_seconds));
+  service->Shutdown(absl::Now() + absl::Seconds(flags.grace_seconds));
   server->Shutdown(absl::ToChronoTime(absl::Now() + kSendGrace));
   server->Wait();
   if (studio != nullptr) studio->Stop();

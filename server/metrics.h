@@ -17,8 +17,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "server/job_manager.h"
-#include "server/model_registry.h"
+#include "server/engine/job_manager.h"
+#include "server/engine/model_registry.h"
 
 struct MHD_Daemon;
 

@@ -119,55 +119,28 @@ absl::StatusOr<RenderInputs::MacoPrior> RenderInputs::Prior(
   return cached.prior;
 }
 
-core::DatasetPtr RenderInputs::DefaultMacoDataset(
-    const RenderPlan& plan) const {
-  // Only where the request leaves every parameterisation choice open: no
-  // kind, no FFT decay, no start image (MaCo would keep only its phase).
-  if (!plan.parameterisation_open) return nullptr;
-  if (plan.model->card.channels != 1 || plan.options.param.channels != 1) {
-    return nullptr;
-  }
-  // Decided once: an upload landing between this and the prior's lookup
-  // must not turn the request into an ambiguous one.
-  std::vector<core::DatasetPtr> fitting =
-      datasets_.Fitting(RenderNeed(plan.model->card, 1));
-  return fitting.size() == 1 ? fitting.front() : nullptr;
-}
-
-absl::Status RenderInputs::Resolve(const v1::RenderRequest& request,
-                                   RenderPlan& plan) {
+absl::Status RenderInputs::Resolve(RenderPlan& plan) {
   // On gRPC's threads: LibTorch's exceptions end here, as the request's
   // error.
   try {
-    return ResolveUnguarded(request, plan);
+    return ResolveUnguarded(plan);
   } catch (const std::exception& e) {
     return core::TorchError(e, "resolving the render's inputs");
   }
 }
 
-absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
-                                            RenderPlan& plan) {
+absl::Status RenderInputs::ResolveUnguarded(RenderPlan& plan) {
   core::ParamOptions& param = plan.options.param;
-  std::string maco_dataset = plan.maco_dataset;
-  if (core::DatasetPtr dataset = DefaultMacoDataset(plan)) {
-    param.kind = core::ParamKind::kMaco;
-    maco_dataset = plan.maco_dataset = dataset->name;
-    if (plan.lr_is_default) plan.options.lr = DefaultLr(param.kind);
-  }
   if (param.kind == core::ParamKind::kMaco) {
     FEATVIZ_ASSIGN_OR_RETURN(
         MacoPrior prior,
-        Prior(maco_dataset,
+        Prior(plan.maco_dataset,
               RenderNeed(plan.model->card, param.channels), param.height,
               param.width));
     param.magnitude = prior.magnitude;
     param.magnitude_source = prior.source;
     param.tone_gain = prior.tone.gain;
     param.tone_offset = prior.tone.offset;
-  } else if (!plan.maco_dataset.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "image.maco_dataset is set to '", plan.maco_dataset,
-        "', but the parameterization is not MaCo"));
   }
   for (const core::WeightedTerm& wt : plan.objective.terms()) {
     const core::Term& term = wt.term;
@@ -179,15 +152,13 @@ absl::Status RenderInputs::ResolveUnguarded(const v1::RenderRequest& request,
     std::string what;
     if (ref.source == core::ReferenceImage::Source::kTensor) {
       what = absl::StrCat("references[", ref.index, "]");
-      if (ref.index >= request.references_size()) {
+      if (ref.index >= static_cast<int64_t>(plan.reference_tensors.size())) {
         return absl::OutOfRangeError(absl::StrCat(
             "objective: ", term.ToString(), " needs ", what,
-            ", but the request has ", request.references_size(),
+            ", but the request has ", plan.reference_tensors.size(),
             " reference tensors"));
       }
-      FEATVIZ_ASSIGN_OR_RETURN(
-          image, TensorFromProto(request.references(static_cast<int>(ref.index)),
-                                 what));
+      image = plan.reference_tensors[static_cast<size_t>(ref.index)];
     } else {
       DatasetNeed need =
           RenderNeed(plan.model->card, plan.model->card.channels);

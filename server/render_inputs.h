@@ -25,8 +25,8 @@
 #include "core/param.h"
 #include "server/circuits_convert.h"
 #include "server/convert.h"
-#include "server/dataset_registry.h"
-#include "server/engine_types.h"
+#include "server/engine/dataset_registry.h"
+#include "server/engine/engine_types.h"
 
 namespace featviz::server {
 
@@ -42,24 +42,20 @@ class RenderInputs {
   RenderInputs(const RenderInputs&) = delete;
   RenderInputs& operator=(const RenderInputs&) = delete;
 
-  // Completes `plan` (PlanRender's result for `request`). First the
-  // default parameterisation by model kind (docs/quality.md): a request for
-  // a one-channel model that leaves the parameterisation, decay, start
-  // image and MaCo dataset unset, on a server hosting exactly one dataset
-  // that fits the model's input, is rendered with MaCo from that dataset
-  // (magnitude and tone), at MaCo's default learning rate when lr is unset;
-  // any other stays FFT. Then, for a MaCo plan, options.param.magnitude and
-  // magnitude_source (image.maco_dataset: a dataset's name, "1/f", or empty
+  // Fetches what `plan` (PlanRender's result) names, without reading the
+  // request again: for a MaCo plan, options.param.magnitude, tone and
+  // magnitude_source (plan.maco_dataset: a dataset's name, "1/f", or empty
   // for the one hosted dataset whose images fit the model with the
   // stimuli's channel count, else 1/f); for every reference term,
-  // options.references (dataset(i) without a name: the one dataset that
-  // fits the model, a gray one included for an RGB model). Errors name the
-  // field: NOT_FOUND an unknown dataset; OUT_OF_RANGE a dataset index or
-  // reference(k) beyond what there is; INVALID_ARGUMENT a reference of
-  // another shape than the model's input, a MaCo dataset with another
-  // channel count, or several datasets fitting where none is named;
-  // FAILED_PRECONDITION a dataset(i) reference when none fits.
-  absl::Status Resolve(const v1::RenderRequest& request, RenderPlan& plan);
+  // options.references (reference(k): plan.reference_tensors[k];
+  // dataset(i) without a name: the one dataset that fits the model, a gray
+  // one included for an RGB model). Errors name the field: NOT_FOUND an
+  // unknown dataset; OUT_OF_RANGE a dataset index or reference(k) beyond
+  // what there is; INVALID_ARGUMENT a reference of another shape than the
+  // model's input, a MaCo dataset with another channel count, or several
+  // datasets fitting where none is named; FAILED_PRECONDITION a dataset(i)
+  // reference when none fits.
+  absl::Status Resolve(RenderPlan& plan);
 
   // What a MaCo render holds fixed: the magnitude spectrum and the tone of
   // a dataset's pictures (core::MacoTone; neutral for 1/f), with the source
@@ -79,11 +75,7 @@ class RenderInputs {
                                   int64_t width);
 
  private:
-  absl::Status ResolveUnguarded(const v1::RenderRequest& request,
-                                RenderPlan& plan);
-  // The dataset whose spectrum a request that leaves the parameterisation
-  // open defaults to MaCo with; null when it keeps the default (FFT).
-  core::DatasetPtr DefaultMacoDataset(const RenderPlan& plan) const;
+  absl::Status ResolveUnguarded(RenderPlan& plan);
 
   const DatasetRegistry empty_;
   const DatasetRegistry& datasets_;  // The one given, or empty_.

@@ -8,8 +8,8 @@
 #include "core/model_card.h"
 #include "core/status_macros.h"
 #include "server/convert.h"
-#include "server/names.h"
-#include "server/staging.h"
+#include "server/engine/names.h"
+#include "server/engine/staging.h"
 
 namespace featviz::server {
 namespace fs = std::filesystem;

@@ -23,7 +23,7 @@
 #include "featviz/v1/featviz.pb.h"
 #include "server/auth.h"
 #include "server/chunked_upload.h"
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 #include "server/upload_ledger.h"
 
 namespace featviz::server {

@@ -33,7 +33,6 @@ namespace {
 // stream stays in step order; the result is never dropped), so a client that
 // does not read cannot make the server hold every preview PNG.
 constexpr size_t kMaxPendingEvents = 64;
-constexpr absl::string_view kPageTokenPrefix = "after:";
 constexpr absl::Duration kStatsLogEvery = absl::Seconds(30);
 // How often freed heap pages are handed back to the system (malloc_trim).
 constexpr absl::Duration kTrimEvery = absl::Seconds(5);
@@ -418,9 +417,9 @@ absl::StatusOr<VisualizerService::Admitted> VisualizerService::Admit(
   FEATVIZ_ASSIGN_OR_RETURN(admitted.owner,
                            auth_.OwnerOf(caller, request.owner()));
   FEATVIZ_ASSIGN_OR_RETURN(admitted.plan,
-                           PlanRender(request, models_, limits_));
+                           PlanRender(request, models_, limits_, datasets_));
   RenderPlan& plan = admitted.plan;
-  FEATVIZ_RETURN_IF_ERROR(inputs_->Resolve(request, plan));
+  FEATVIZ_RETURN_IF_ERROR(inputs_->Resolve(plan));
   if (auth_.checks_tokens()) {
     const Quotas& quotas = caller.quotas;
     if (quotas.max_image_steps.has_value()) {
@@ -445,7 +444,7 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
   FEATVIZ_ASSIGN_OR_RETURN(Admitted admitted, Admit(caller, request));
   RenderPlan& plan = admitted.plan;
   if (!plan.seed.has_value()) plan.options.seed = RandomSeed();
-  std::string cache_key = CacheKey(request, plan);
+  std::string cache_key = CacheKey(plan);
   return jobs_->Submit(std::move(plan), std::move(cache_key),
                        std::move(admitted.owner), std::move(watcher),
                        admitted.quota);
@@ -512,45 +511,9 @@ void VisualizerService::LogStatsLoop() {
 absl::Status VisualizerService::ListModelsPage(
     const v1::ListModelsRequest& request,
     v1::ListModelsResponse& response) const {
-  if (request.page_size() < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "page_size must be >= 0 (0 means all), got ", request.page_size()));
-  }
-  // The token holds the last model listed, "name@version".
-  std::optional<std::pair<std::string, std::string>> after;
-  if (!request.page_token().empty()) {
-    std::string decoded;
-    absl::string_view rest;
-    if (!absl::WebSafeBase64Unescape(request.page_token(), &decoded) ||
-        !absl::StartsWith(decoded, kPageTokenPrefix) ||
-        decoded.find('@') == std::string::npos) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("page_token '", request.page_token(),
-                       "' is not a token this server issued"));
-    }
-    rest = decoded;
-    rest.remove_prefix(kPageTokenPrefix.size());
-    const size_t at = rest.rfind('@');
-    after.emplace(std::string(rest.substr(0, at)),
-                  std::string(rest.substr(at + 1)));
-  }
-  auto listed = [&](const ModelSummary& model) {
-    if (!after.has_value()) return false;
-    const std::string& name = model.card.name;
-    if (name != after->first) return name < after->first;
-    return !VersionLess(after->second, model.card.version);
-  };
-  for (const ModelSummary& model : models_.List()) {
-    if (listed(model)) continue;
-    if (request.page_size() > 0 &&
-        response.models_size() == request.page_size()) {
-      const v1::Model& last = response.models(response.models_size() - 1);
-      response.set_next_page_token(absl::WebSafeBase64Escape(absl::StrCat(
-          kPageTokenPrefix, last.name(), "@", last.version())));
-      break;
-    }
-    *response.add_models() = ModelToProto(model);
-  }
+  FEATVIZ_ASSIGN_OR_RETURN(const ModelPage page,
+                           models_.Page(ModelQueryFromProto(request)));
+  response = ModelPageToProto(page);
   return absl::OkStatus();
 }
 

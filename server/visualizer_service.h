@@ -38,13 +38,13 @@
 #include "featviz/v1/featviz.grpc.pb.h"
 #include "server/auth.h"
 #include "server/authenticator.h"
-#include "server/dataset_registry.h"
-#include "server/job_manager.h"
+#include "server/engine/dataset_registry.h"
+#include "server/engine/job_manager.h"
 #include "server/limits.h"
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 #include "server/render_inputs.h"
 #include "server/upload.h"
-#include "server/worker.h"
+#include "server/engine/worker.h"
 
 namespace featviz::server {
 

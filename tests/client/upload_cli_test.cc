@@ -118,7 +118,7 @@ TEST_F(UploadCliTest, AReaderMayNotUploadAndABadFileIsRefused) {
 
   r = Run("uploader", {"upload", Scratch() + "/missing.pt"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_TRUE(absl::StrContains(r.err, "cannot read model")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "model: cannot read '")) << r.err;
 }
 
 }  // namespace

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "core/model.h"
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 
 namespace featviz::fuzz {
 

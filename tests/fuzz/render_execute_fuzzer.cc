@@ -37,7 +37,7 @@
 #include "featviz/v1/featviz.pb.h"
 #include "server/convert.h"
 #include "server/limits.h"
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 #include "tests/fuzz/mnist_registry.h"
 #include "spdlog/spdlog.h"
 

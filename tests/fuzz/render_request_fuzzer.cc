@@ -16,7 +16,7 @@
 #include "featviz/v1/featviz.pb.h"
 #include "server/convert.h"
 #include "server/limits.h"
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 #include "tests/fuzz/mnist_registry.h"
 #include "spdlog/spdlog.h"
 
@@ -65,9 +65,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             plan->priority <= featviz::server::kMaxPriority,
         "priority");
   Check(!plan->objective.terms().empty(), "objective");
-  const featviz::v1::RenderRequest canonical =
-      featviz::server::CanonicalRequest(request, *plan);
-  std::string bytes;
-  Check(canonical.SerializeToString(&bytes), "canonical request serialises");
+  // Every accepted plan has a cache key once it has a seed (the server
+  // draws one when the request gives none).
+  featviz::server::RenderPlan seeded = *std::move(plan);
+  if (!seeded.seed.has_value()) seeded.seed = 0;
+  Check(!featviz::server::CacheKey(seeded).empty(), "a seeded plan's cache key");
   return 0;
 }

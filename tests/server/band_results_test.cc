@@ -14,8 +14,8 @@
 #include "core/image.h"
 #include "core/render.h"
 #include "server/convert.h"
-#include "server/engine_types.h"
-#include "server/model_registry.h"
+#include "server/engine/engine_types.h"
+#include "server/engine/model_registry.h"
 
 namespace featviz::server {
 namespace {

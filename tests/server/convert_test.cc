@@ -6,7 +6,8 @@
 
 #include <gtest/gtest.h>
 
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
+#include "server/render_inputs.h"
 
 namespace featviz::server {
 namespace {
@@ -199,6 +200,71 @@ TEST_F(ConvertTest, ModelToProtoNamesEveryClassAndLayer) {
   EXPECT_EQ(proto.input().mean_size(), 1);
   EXPECT_EQ(proto.device(), "cpu");
   EXPECT_GT(proto.memory_bytes(), 0);
+}
+
+}  // namespace
+}  // namespace featviz::server
+
+namespace featviz::server {
+namespace {
+
+// The result cache's key comes from the plan (its inputs resolved, as the
+// service does): requests that plan alike share it whoever sends them, and
+// anything that changes the picture changes it.
+TEST_F(ConvertTest, TheCacheKeyComesFromThePlanNotTheRequest) {
+  RenderInputs inputs(nullptr);
+  auto key = [&](const v1::RenderRequest& request) {
+    absl::StatusOr<RenderPlan> plan = PlanRender(request, *registry_, limits_);
+    EXPECT_TRUE(plan.ok()) << plan.status();
+    if (!plan.ok()) return std::string("error");
+    const absl::Status resolved = inputs.Resolve(*plan);
+    EXPECT_TRUE(resolved.ok()) << resolved;
+    return CacheKey(*plan);
+  };
+  v1::RenderRequest base = Request("channel(conv2, 5) - 0.01 * tv()");
+  base.set_seed(7);
+  const std::string k = key(base);
+  ASSERT_FALSE(k.empty());
+
+  v1::RenderRequest same = base;
+  same.set_owner("someone else");
+  same.set_priority(3);
+  same.set_queue_timeout_seconds(5);
+  same.mutable_optimizer()->set_lr(kDefaultLr);  // The default, spelled out.
+  same.set_objective_text("channel(conv2,5)-0.01*tv()");
+  EXPECT_EQ(key(same), k) << "the same plan, asked for differently";
+
+  v1::RenderRequest other_lr = base;
+  other_lr.mutable_optimizer()->set_lr(0.051);
+  EXPECT_NE(key(other_lr), k);
+  v1::RenderRequest other_seed = base;
+  other_seed.set_seed(8);
+  EXPECT_NE(key(other_seed), k);
+
+  // A reference tensor's bytes are part of the plan, not just its shape.
+  v1::RenderRequest inverted = Request("inversion(conv2, reference(0))");
+  inverted.set_seed(7);
+  *inverted.add_references() = TensorToProto(at::zeros({1, 28, 28}));
+  v1::RenderRequest inverted_other = inverted;
+  *inverted_other.mutable_references(0) =
+      TensorToProto(at::zeros({1, 28, 28}).index_put_({0, 3, 3}, 1.0));
+  EXPECT_NE(key(inverted), key(inverted_other));
+
+  v1::RenderRequest unseeded = base;
+  unseeded.clear_seed();
+  EXPECT_EQ(key(unseeded), "") << "only a seeded render is reproducible";
+}
+
+TEST_F(ConvertTest, ReferenceTensorsAreCheckedWhenTheRequestIsPlanned) {
+  v1::RenderRequest request = Request("logit(1)");
+  v1::Tensor* bad = request.add_references();
+  bad->set_dtype(v1::Tensor::DTYPE_FLOAT32);
+  bad->add_shape(2);
+  bad->set_data("abc");
+  const absl::Status status = PlanRender(request, *registry_, limits_).status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(status.message(),
+            "references[0].data has 3 bytes, but shape [2] of float32 needs 8");
 }
 
 }  // namespace

@@ -2,7 +2,7 @@
 // gets (only one of the model's shape), uploads reserved, published to disk
 // and loaded again, deleted by their owner only, and readers that outlive a
 // deletion.
-#include "server/dataset_registry.h"
+#include "server/engine/dataset_registry.h"
 
 #include <unistd.h>
 
@@ -17,7 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/dataset.h"
-#include "server/staging.h"
+#include "server/engine/staging.h"
 
 namespace featviz::server {
 namespace {

@@ -20,10 +20,10 @@
 #include "absl/time/time.h"
 #include "core/model.h"
 #include "core/objective.h"
-#include "server/engine_types.h"
-#include "server/job_manager.h"
-#include "server/model_registry.h"
-#include "server/worker.h"
+#include "server/engine/engine_types.h"
+#include "server/engine/job_manager.h"
+#include "server/engine/model_registry.h"
+#include "server/engine/worker.h"
 #include "tests/core/test_paths.h"
 
 namespace featviz::server {

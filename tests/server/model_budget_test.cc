@@ -17,7 +17,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 #include "tests/server/model_repo.h"
 
 namespace featviz::server {

@@ -1,7 +1,7 @@
 // The model repository in process: layout, versions, path confinement,
 // load/unload/reload while models are in use, polling, and the memory an
 // unload frees.
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 
 #include <unistd.h>
 

@@ -19,8 +19,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
 #include "core/render.h"
-#include "server/engine_types.h"
-#include "server/result_store.h"
+#include "server/engine/engine_types.h"
+#include "server/engine/result_store.h"
 
 namespace featviz::server {
 namespace {

@@ -1,4 +1,4 @@
-#include "server/result_store.h"
+#include "server/engine/result_store.h"
 
 #include <memory>
 #include <optional>

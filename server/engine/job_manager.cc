@@ -1,4 +1,4 @@
-#include "server/job_manager.h"
+#include "server/engine/job_manager.h"
 
 #include <algorithm>
 #include <utility>
@@ -9,7 +9,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
-#include "server/heap_bytes.h"
+#include "server/engine/heap_bytes.h"
+#include "server/engine/page_token.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -17,7 +18,9 @@ namespace {
 
 constexpr int32_t kDefaultPageSize = 100;
 constexpr int32_t kMaxPageSize = 1000;
-constexpr absl::string_view kPageTokenPrefix = "jobs-before:";
+// ListJobs pages run from the newest job down: a token holds the sequence
+// number of the last job listed.
+constexpr absl::string_view kPageList = "jobs";
 // How often ExpireQueued also drops expired results.
 constexpr absl::Duration kSweepEvery = absl::Seconds(1);
 
@@ -29,7 +32,7 @@ std::string Outcome(const absl::Status& status, bool cached) {
 
 // The heap a job record takes once its job is over (its tensors dropped),
 // with its entries in records_ and finished_: an estimate from the sizes of
-// what it holds (server/heap_bytes.h).
+// what it holds (server/engine/heap_bytes.h).
 int64_t RecordBytes(const JobRecord& job) {
   int64_t total = HeapChunk(static_cast<int64_t>(sizeof(JobRecord)) + 16) +
                   MapNodeBytes(sizeof(std::pair<const uint64_t, JobRecordPtr>)) +
@@ -332,14 +335,13 @@ absl::StatusOr<JobPage> JobManager::List(const JobQuery& query) const {
                                 : std::min(query.page_size, kMaxPageSize);
   uint64_t before = UINT64_MAX;
   if (!query.page_token.empty()) {
-    std::string decoded;
-    if (!absl::WebSafeBase64Unescape(query.page_token, &decoded) ||
-        !absl::StartsWith(decoded, kPageTokenPrefix) ||
-        !absl::SimpleAtoi(absl::StripPrefix(decoded, kPageTokenPrefix),
-                          &before)) {
+    absl::StatusOr<std::string> position =
+        PagePosition(kPageList, query.page_token);
+    if (!position.ok()) return position.status();
+    if (!absl::SimpleAtoi(*position, &before)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("page_token '", query.page_token,
-                       "' is not a token this server issued"));
+          absl::StrCat("page_token '", query.page_token.substr(0, 80),
+                       "' is not a token this server issued for ", kPageList));
     }
   }
   std::vector<JobRecordPtr> page;
@@ -364,8 +366,8 @@ absl::StatusOr<JobPage> JobManager::List(const JobQuery& query) const {
   JobPage response;
   for (const JobRecordPtr& job : page) response.jobs.push_back(Snapshot(*job));
   if (more && !page.empty()) {
-    response.next_page_token = absl::WebSafeBase64Escape(
-        absl::StrCat(kPageTokenPrefix, page.back()->seq));
+    response.next_page_token =
+        PageToken(kPageList, absl::StrCat(page.back()->seq));
   }
   return response;
 }

@@ -25,8 +25,8 @@
 //
 // The worker runs on its own CUDA stream (core::WorkerStream) and copies
 // results back through pinned memory (core::HostCopies).
-#ifndef FEATVIZ_SERVER_WORKER_H_
-#define FEATVIZ_SERVER_WORKER_H_
+#ifndef FEATVIZ_SERVER_ENGINE_WORKER_H_
+#define FEATVIZ_SERVER_ENGINE_WORKER_H_
 
 #include <atomic>
 #include <cstdint>
@@ -44,8 +44,8 @@
 #include "core/device.h"
 #include "core/render.h"
 #include "core/step_graph.h"
-#include "server/job_manager.h"
-#include "server/model_registry.h"
+#include "server/engine/job_manager.h"
+#include "server/engine/model_registry.h"
 
 namespace featviz::server {
 
@@ -153,4 +153,4 @@ class Worker {
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_WORKER_H_
+#endif  // FEATVIZ_SERVER_ENGINE_WORKER_H_

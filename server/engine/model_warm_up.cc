@@ -1,4 +1,4 @@
-#include "server/model_warm_up.h"
+#include "server/engine/model_warm_up.h"
 
 #include <ATen/ATen.h>
 

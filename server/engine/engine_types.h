@@ -3,8 +3,8 @@
 // (server/convert.h) turns them into featviz.v1 messages and back. Nothing
 // here includes a protobuf header: a test or another front end can drive the
 // engine without one.
-#ifndef FEATVIZ_SERVER_ENGINE_TYPES_H_
-#define FEATVIZ_SERVER_ENGINE_TYPES_H_
+#ifndef FEATVIZ_SERVER_ENGINE_ENGINE_TYPES_H_
+#define FEATVIZ_SERVER_ENGINE_ENGINE_TYPES_H_
 
 #include <cstdint>
 #include <functional>
@@ -22,6 +22,7 @@
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/render.h"
+#include "core/status_macros.h"
 
 namespace featviz::server {
 
@@ -44,16 +45,16 @@ struct RenderPlan {
   // Defaults filled in (steps, lr, sizes, progress_every); options.seed is
   // meaningful only when `seed` is set.
   core::RenderOptions options;
-  // What the request left to the server, recorded once by PlanRender so
-  // that no later stage (RenderInputs) reads the wire request's fields
-  // again: whether options.lr is the default for the parameterisation
-  // (optimizer.lr was 0), whether every parameterisation choice is open (no
-  // kind, FFT decay, start image or MaCo dataset: MaCo may then be picked
-  // from the one hosted dataset that fits), and the MaCo dataset: the one
-  // named, or the one RenderInputs picked for an open request.
-  bool lr_is_default = false;
-  bool parameterisation_open = false;
+  // The hosted dataset MaCo's prior comes from: the one the request named
+  // ("1/f" for none), or the one PlanRender picked for a request that left
+  // the parameterisation open; empty for a MaCo render that leaves it to
+  // RenderInputs (the one dataset that fits, else 1/f) and for FFT and pixel
+  // renders.
   std::string maco_dataset;
+  // The request's reference tensors (RenderRequest.references), decoded and
+  // checked once by PlanRender; RenderInputs puts the ones the objective's
+  // reference(k) terms name into options.references.
+  std::vector<at::Tensor> reference_tensors;
   // The request's seed; unset when the server is to pick one.
   std::optional<uint64_t> seed;
   // What the result carries.
@@ -69,7 +70,7 @@ struct RenderPlan {
   // the cache key.
   std::string linear_mode;
   // The steps' arithmetic: the request's precision or the server's default
-  // (Limits::step.precision). Part of the cache key (CanonicalRequest) and
+  // (Limits::step.precision). Part of the cache key (CacheKey) and
   // of the batch key: jobs of different precisions never share a step.
   core::Precision precision = core::Precision::kFloat32;
   // Scheduling, as requested: the owner ("" means the caller's address), the
@@ -81,7 +82,7 @@ struct RenderPlan {
 };
 
 // Whether a device's copy of a served model version is in memory
-// (server/model_memory.h):
+// (server/engine/model_memory.h):
 //   kUnloaded -> kLoading -> kLoaded -> (evicted) kUnloaded
 //                        \-> kFailed (the next use loads it again)
 enum class ModelState { kUnloaded, kLoading, kLoaded, kFailed };
@@ -259,7 +260,7 @@ struct JobResult {
   double compute_seconds = 0;
 
   // The heap it takes, object included: every string, array and PNG at its
-  // allocated size, as glibc's malloc counts it (server/heap_bytes.h). What
+  // allocated size, as glibc's malloc counts it (server/engine/heap_bytes.h). What
   // the result store budgets (plus its own bookkeeping per result).
   int64_t bytes() const;
 };
@@ -326,6 +327,18 @@ struct JobPage {
   std::string next_page_token;  // "" on the last page.
 };
 
+// A page of served model versions (ModelRegistry::Page), in name order,
+// then version (oldest first).
+struct ModelQuery {
+  int32_t page_size = 0;   // 0: every version.
+  std::string page_token;  // A previous page's next_page_token.
+};
+
+struct ModelPage {
+  std::vector<ModelSummary> models;
+  std::string next_page_token;  // "" on the last page.
+};
+
 // One worker's figures.
 struct DeviceStats {
   std::string device;
@@ -388,10 +401,18 @@ struct EngineStats {
   int64_t dataset_budget_bytes = 0;
 };
 
-// `status` with `prefix` and ": " in front of its message, code and payloads
-// kept.
-absl::Status Prefixed(absl::string_view prefix, const absl::Status& status);
+// The result cache's key of a complete plan (PlanRender's, its inputs
+// resolved): the model's content hash, the SHA-256 of everything in the plan
+// that shapes the result (model version, objective, parameterisation and
+// its prior's bytes, start and reference images' bytes, sizes, transforms,
+// optimiser, output, precision, band display), the seed and the linear
+// mode. Who asked, the priority and the queue timeout are not part of it.
+// Only plans with a seed are reproducible, so only they have a key ("").
+std::string CacheKey(const RenderPlan& plan);
+
+// core::Prefixed: `status` with `prefix` and ": " in front, payloads kept.
+using core::Prefixed;
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_ENGINE_TYPES_H_
+#endif  // FEATVIZ_SERVER_ENGINE_ENGINE_TYPES_H_

@@ -9,8 +9,8 @@
 //   3. first in, first out within one owner and priority.
 // So one owner's 10,000-job sweep cannot starve another owner's single job,
 // and owners with equal costs take turns.
-#ifndef FEATVIZ_SERVER_SCHEDULER_H_
-#define FEATVIZ_SERVER_SCHEDULER_H_
+#ifndef FEATVIZ_SERVER_ENGINE_SCHEDULER_H_
+#define FEATVIZ_SERVER_ENGINE_SCHEDULER_H_
 
 #include <cstdint>
 #include <functional>
@@ -157,4 +157,4 @@ class Scheduler {
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_SCHEDULER_H_
+#endif  // FEATVIZ_SERVER_ENGINE_SCHEDULER_H_

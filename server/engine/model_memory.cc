@@ -1,4 +1,4 @@
-#include "server/model_memory.h"
+#include "server/engine/model_memory.h"
 
 #include <algorithm>
 #include <utility>

@@ -5,8 +5,8 @@
 // first-use work: the graph executor's plan, the kernels' setup (oneDNN on
 // the CPU; cuDNN and cuBLAS handles, module loading on CUDA) and the
 // allocator's first blocks.
-#ifndef FEATVIZ_SERVER_MODEL_WARM_UP_H_
-#define FEATVIZ_SERVER_MODEL_WARM_UP_H_
+#ifndef FEATVIZ_SERVER_ENGINE_MODEL_WARM_UP_H_
+#define FEATVIZ_SERVER_ENGINE_MODEL_WARM_UP_H_
 
 #include "absl/status/status.h"
 #include "core/model.h"
@@ -20,4 +20,4 @@ absl::Status WarmUp(const core::Model& model);
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_MODEL_WARM_UP_H_
+#endif  // FEATVIZ_SERVER_ENGINE_MODEL_WARM_UP_H_

@@ -1,4 +1,4 @@
-#include "server/engine_types.h"
+#include "server/engine/engine_types.h"
 
 #include <algorithm>
 #include <exception>
@@ -8,12 +8,15 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/device.h"
 #include "core/heatmap.h"
 #include "core/image.h"
+#include "core/sha256.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
-#include "server/heap_bytes.h"
+#include "server/engine/heap_bytes.h"
 
 namespace featviz::server {
 namespace {
@@ -187,17 +190,84 @@ absl::string_view ModelStateName(ModelState state) {
   return "unknown";
 }
 
-absl::Status Prefixed(absl::string_view prefix, const absl::Status& status) {
-  if (status.ok()) return status;
-  absl::Status prefixed(status.code(),
-                        absl::StrCat(prefix, ": ", status.message()));
-  // Payloads say more than the text (core::RefusedOperator's operator,
-  // which the registry counts); they travel on.
-  status.ForEachPayload(
-      [&prefixed](absl::string_view type_url, const absl::Cord& payload) {
-        prefixed.SetPayload(type_url, payload);
-      });
-  return prefixed;
+namespace {
+
+// Feeds a plan's fields into a SHA-256, each as "name=<length>:<value>;" so
+// that no two different plans feed the same bytes.
+class PlanHasher {
+ public:
+  void Text(absl::string_view name, absl::string_view value) {
+    hash_.Update(absl::StrCat(name, "=", value.size(), ":"));
+    hash_.Update(value);
+    hash_.Update(";");
+  }
+  // Every double exactly (17 significant digits round-trip).
+  void Number(absl::string_view name, double value) {
+    Text(name, absl::StrFormat("%.17g", value));
+  }
+  void Tensor(absl::string_view name, const at::Tensor& tensor) {
+    if (!tensor.defined()) {
+      Text(name, "none");
+      return;
+    }
+    const at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+    Text(name, absl::StrCat(c10::toString(t.scalar_type()), "[",
+                            absl::StrJoin(t.sizes(), ","), "]"));
+    hash_.Update(absl::string_view(static_cast<const char*>(t.data_ptr()),
+                                   t.numel() * t.element_size()));
+  }
+  std::string HexDigest() { return hash_.HexDigest(); }
+
+ private:
+  core::Sha256 hash_;
+};
+
+}  // namespace
+
+std::string CacheKey(const RenderPlan& plan) {
+  if (!plan.seed.has_value()) return "";
+  PlanHasher h;
+  h.Text("model", absl::StrCat(plan.model_name, "@", plan.model_version));
+  h.Text("objective", plan.objective.ToString());
+  const core::RenderOptions& o = plan.options;
+  const core::ParamOptions& p = o.param;
+  h.Text("param", core::ParamKindName(p.kind));
+  h.Number("batch", p.batch);
+  h.Number("channels", p.channels);
+  h.Number("height", p.height);
+  h.Number("width", p.width);
+  h.Number("decay_power", p.decay_power);
+  h.Number("decorrelate", p.decorrelate);
+  h.Number("init_std", p.init_std);
+  h.Tensor("init_image", p.init_image);
+  h.Tensor("magnitude", p.magnitude);
+  h.Text("magnitude_source", p.magnitude_source);
+  h.Number("tone_gain", p.tone_gain);
+  h.Tensor("tone_offset", p.tone_offset);
+  h.Text("maco_dataset", plan.maco_dataset);
+  if (!o.transforms.has_value()) {
+    h.Text("transforms", "model default");
+  } else {
+    h.Number("transforms", static_cast<double>(o.transforms->size()));
+    for (const core::Transform& t : *o.transforms) {
+      h.Text("transform", t.ToString());
+      h.Number("pixels", static_cast<double>(t.pixels));
+      for (double v : t.values) h.Number("value", v);
+    }
+  }
+  h.Number("lr", o.lr);
+  h.Number("steps", static_cast<double>(o.steps));
+  h.Number("progress_every", static_cast<double>(o.progress_every));
+  h.Number("progress_images", o.progress_images);
+  for (const auto& [key, image] : o.references) h.Tensor(key, image);
+  h.Text("precision", core::PrecisionName(plan.precision));
+  h.Number("tensor", plan.tensor);
+  h.Number("png", plan.png);
+  h.Number("preview_png", plan.preview_png);
+  h.Text("composite", absl::StrJoin(plan.display.composite, ","));
+  for (const std::string& name : plan.display.names) h.Text("band", name);
+  return absl::StrCat(plan.model_hash, "/", h.HexDigest(), "/", *plan.seed,
+                      "/", plan.linear_mode);
 }
 
 bool IsFinal(JobState state) {

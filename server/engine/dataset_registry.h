@@ -11,8 +11,8 @@
 // frees it. Requests that name no dataset get one through Pick, which
 // chooses only among datasets whose images fit the model's input.
 // Thread-safe.
-#ifndef FEATVIZ_SERVER_DATASET_REGISTRY_H_
-#define FEATVIZ_SERVER_DATASET_REGISTRY_H_
+#ifndef FEATVIZ_SERVER_ENGINE_DATASET_REGISTRY_H_
+#define FEATVIZ_SERVER_ENGINE_DATASET_REGISTRY_H_
 
 #include <cstdint>
 #include <filesystem>
@@ -162,4 +162,4 @@ std::string ImageShape(const core::Dataset& dataset);
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_DATASET_REGISTRY_H_
+#endif  // FEATVIZ_SERVER_ENGINE_DATASET_REGISTRY_H_

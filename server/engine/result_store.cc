@@ -1,11 +1,11 @@
-#include "server/result_store.h"
+#include "server/engine/result_store.h"
 
 #include <algorithm>
 #include <cmath>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "server/heap_bytes.h"
+#include "server/engine/heap_bytes.h"
 
 namespace featviz::server {
 

@@ -5,8 +5,8 @@
 // characters inline; a vector allocates its capacity). Elsewhere they are a
 // close estimate, which is all a budget needs; tests compare them with the
 // allocator's own count (mallinfo2).
-#ifndef FEATVIZ_SERVER_HEAP_BYTES_H_
-#define FEATVIZ_SERVER_HEAP_BYTES_H_
+#ifndef FEATVIZ_SERVER_ENGINE_HEAP_BYTES_H_
+#define FEATVIZ_SERVER_ENGINE_HEAP_BYTES_H_
 
 #include <cstdint>
 #include <string>
@@ -56,4 +56,4 @@ constexpr int64_t HashNodeBytes(int64_t value_size) {
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_HEAP_BYTES_H_
+#endif  // FEATVIZ_SERVER_ENGINE_HEAP_BYTES_H_

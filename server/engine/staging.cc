@@ -1,4 +1,4 @@
-#include "server/staging.h"
+#include "server/engine/staging.h"
 
 #include <unistd.h>
 

@@ -10,12 +10,12 @@
 // (worker.h) take queued jobs, report their progress and end them. A job's
 // watchers hear its progress events and exactly one final call.
 //
-// Result cache: a request that gives a seed is keyed by the model's content
-// hash and the SHA-256 of its canonical form (CanonicalRequest), so an
-// identical request is answered with the stored result of the first,
-// without running.
-#ifndef FEATVIZ_SERVER_JOB_MANAGER_H_
-#define FEATVIZ_SERVER_JOB_MANAGER_H_
+// Result cache: a request that gives a seed is keyed by its plan
+// (CacheKey, engine_types.h: the model's content hash and the SHA-256 of
+// everything in the plan that shapes the result), so an equivalent request
+// is answered with the stored result of the first, without running.
+#ifndef FEATVIZ_SERVER_ENGINE_JOB_MANAGER_H_
+#define FEATVIZ_SERVER_ENGINE_JOB_MANAGER_H_
 
 #include <atomic>
 #include <cstdint>
@@ -33,9 +33,9 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "server/engine_types.h"
-#include "server/result_store.h"
-#include "server/scheduler.h"
+#include "server/engine/engine_types.h"
+#include "server/engine/result_store.h"
+#include "server/engine/scheduler.h"
 
 namespace featviz::server {
 
@@ -267,4 +267,4 @@ using JobManagerPtr = std::unique_ptr<JobManager>;
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_JOB_MANAGER_H_
+#endif  // FEATVIZ_SERVER_ENGINE_JOB_MANAGER_H_

@@ -2,7 +2,7 @@
 // served model versions are in memory, loaded on first use and unloaded,
 // least recently used first, when a load needs room and they are idle
 // (the scheme of Ray Serve's model multiplexing; the admin RPCs above it,
-// server/model_registry.h, are Triton's explicit model control).
+// server/engine/model_registry.h, are Triton's explicit model control).
 //
 // Each copy is a slot with a state (ModelState):
 //
@@ -27,8 +27,8 @@
 // up to Options::wait, and then fails ResourceExhausted naming the budget
 // and the copies in use. A copy larger than the whole budget is refused at
 // once (ResourceExhausted). Thread-safe.
-#ifndef FEATVIZ_SERVER_MODEL_MEMORY_H_
-#define FEATVIZ_SERVER_MODEL_MEMORY_H_
+#ifndef FEATVIZ_SERVER_ENGINE_MODEL_MEMORY_H_
+#define FEATVIZ_SERVER_ENGINE_MODEL_MEMORY_H_
 
 #include <cstdint>
 #include <functional>
@@ -44,7 +44,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "core/model.h"
-#include "server/engine_types.h"
+#include "server/engine/engine_types.h"
 
 namespace featviz::server {
 
@@ -176,4 +176,4 @@ using ModelMemoryPtr = std::shared_ptr<ModelMemory>;
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_MODEL_MEMORY_H_
+#endif  // FEATVIZ_SERVER_ENGINE_MODEL_MEMORY_H_

@@ -1,4 +1,4 @@
-#include "server/dataset_registry.h"
+#include "server/engine/dataset_registry.h"
 
 #include <algorithm>
 #include <system_error>
@@ -8,7 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "core/dataset_files.h"
 #include "core/status_macros.h"
-#include "server/staging.h"
+#include "server/engine/staging.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {

@@ -1,4 +1,4 @@
-#include "server/model_registry.h"
+#include "server/engine/model_registry.h"
 
 #include <unistd.h>
 
@@ -19,10 +19,11 @@
 #include "core/operator_policy.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
-#include "server/engine_types.h"
-#include "server/model_warm_up.h"
-#include "server/names.h"
-#include "server/staging.h"
+#include "server/engine/engine_types.h"
+#include "server/engine/model_warm_up.h"
+#include "server/engine/names.h"
+#include "server/engine/page_token.h"
+#include "server/engine/staging.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -360,6 +361,47 @@ std::vector<ModelSummary> ModelRegistry::List() const {
   list.reserve(entries.size());
   for (const EntryPtr& entry : entries) list.push_back(Described(*entry));
   return list;
+}
+
+absl::StatusOr<ModelPage> ModelRegistry::Page(const ModelQuery& query) const {
+  // Pages run in name order: a token holds the last version listed,
+  // "name@version".
+  constexpr absl::string_view kPageList = "models";
+  if (query.page_size < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "page_size must be >= 0 (0 means all), got ", query.page_size));
+  }
+  std::optional<std::pair<std::string, std::string>> after;
+  if (!query.page_token.empty()) {
+    FEATVIZ_ASSIGN_OR_RETURN(const std::string position,
+                             PagePosition(kPageList, query.page_token));
+    const size_t at = position.rfind('@');
+    if (at == std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_token '", query.page_token.substr(0, 80),
+                       "' is not a token this server issued for ", kPageList));
+    }
+    after.emplace(position.substr(0, at), position.substr(at + 1));
+  }
+  auto listed = [&](const ModelSummary& model) {
+    if (!after.has_value()) return false;
+    const std::string& name = model.card.name;
+    if (name != after->first) return name < after->first;
+    return !VersionLess(after->second, model.card.version);
+  };
+  ModelPage page;
+  for (ModelSummary& model : List()) {
+    if (listed(model)) continue;
+    if (query.page_size > 0 &&
+        static_cast<int32_t>(page.models.size()) == query.page_size) {
+      const core::ModelCard& last = page.models.back().card;
+      page.next_page_token =
+          PageToken(kPageList, absl::StrCat(last.name, "@", last.version));
+      break;
+    }
+    page.models.push_back(std::move(model));
+  }
+  return page;
 }
 
 size_t ModelRegistry::size() const {

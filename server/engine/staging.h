@@ -2,8 +2,8 @@
 // `<root>/.uploads/<unique>` on the same file system as their destination,
 // so that publishing is one rename and a failed upload leaves nothing where
 // scans look (they skip names starting with '.').
-#ifndef FEATVIZ_SERVER_STAGING_H_
-#define FEATVIZ_SERVER_STAGING_H_
+#ifndef FEATVIZ_SERVER_ENGINE_STAGING_H_
+#define FEATVIZ_SERVER_ENGINE_STAGING_H_
 
 #include <filesystem>
 
@@ -22,4 +22,4 @@ void RemoveStagingDir(const std::filesystem::path& staged);
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_STAGING_H_
+#endif  // FEATVIZ_SERVER_ENGINE_STAGING_H_

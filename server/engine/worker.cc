@@ -1,4 +1,4 @@
-#include "server/worker.h"
+#include "server/engine/worker.h"
 
 #include <algorithm>
 #include <deque>
@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/batch.h"
 #include "core/torch_status.h"
-#include "server/engine_types.h"
+#include "server/engine/engine_types.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {

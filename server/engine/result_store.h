@@ -13,8 +13,8 @@
 //
 // Time is passed in (`now`) rather than read from a clock, so that callers
 // decide what "now" is and tests need not sleep.
-#ifndef FEATVIZ_SERVER_RESULT_STORE_H_
-#define FEATVIZ_SERVER_RESULT_STORE_H_
+#ifndef FEATVIZ_SERVER_ENGINE_RESULT_STORE_H_
+#define FEATVIZ_SERVER_ENGINE_RESULT_STORE_H_
 
 #include <cstdint>
 #include <deque>
@@ -31,7 +31,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "server/engine_types.h"
+#include "server/engine/engine_types.h"
 
 namespace featviz::server {
 
@@ -212,4 +212,4 @@ class ResultStore {
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_RESULT_STORE_H_
+#endif  // FEATVIZ_SERVER_ENGINE_RESULT_STORE_H_

@@ -22,10 +22,10 @@
 // or a Reload that finds its file gone or changed; registering loads it
 // once on the first device, which gives its summary (card, layers, hash,
 // bytes), kept for as long as it is served. In memory, each device copy is
-// a slot of that device's ModelMemory (server/model_memory.h): without a
+// a slot of that device's ModelMemory (server/engine/model_memory.h): without a
 // budget (memory_bytes 0) every copy is loaded at registration and stays
 // loaded, as before budgets; with one, copies are loaded on first use
-// (Resolve, Acquire), warmed up (server/model_warm_up.h) before they are
+// (Resolve, Acquire), warmed up (server/engine/model_warm_up.h) before they are
 // ready, and the least recently used idle ones are unloaded when a load
 // needs room. Describe, List and the summary a render is planned from never
 // load anything.
@@ -35,8 +35,8 @@
 // Unload takes the model out of service at once (new jobs are refused;
 // queued jobs fail when a worker picks them up) and then waits until the
 // last running job lets go, when its memory is freed.
-#ifndef FEATVIZ_SERVER_MODEL_REGISTRY_H_
-#define FEATVIZ_SERVER_MODEL_REGISTRY_H_
+#ifndef FEATVIZ_SERVER_ENGINE_MODEL_REGISTRY_H_
+#define FEATVIZ_SERVER_ENGINE_MODEL_REGISTRY_H_
 
 #include <torch/script.h>
 
@@ -57,8 +57,8 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "core/model.h"
-#include "server/engine_types.h"
-#include "server/model_memory.h"
+#include "server/engine/engine_types.h"
+#include "server/engine/model_memory.h"
 
 namespace featviz::server {
 
@@ -143,6 +143,9 @@ class ModelRegistry {
   // Every served version, sorted by name, then version (oldest first), with
   // its copies' states.
   std::vector<ModelSummary> List() const;
+  // One page of List(). InvalidArgument naming the field for a negative
+  // page_size or a page_token this registry did not give.
+  absl::StatusOr<ModelPage> Page(const ModelQuery& query) const;
   // Served versions.
   size_t size() const;
   // Each device's model memory: budget, bytes held, copies by state, loads
@@ -328,4 +331,4 @@ class ModelRegistry {
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_MODEL_REGISTRY_H_
+#endif  // FEATVIZ_SERVER_ENGINE_MODEL_REGISTRY_H_

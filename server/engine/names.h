@@ -1,8 +1,8 @@
 // The names clients give what they upload (a model, a dataset): 1 to 64 of
 // [A-Za-z0-9_-], so a name is always one safe path component (no
 // separators, no leading dot, nothing the shell or a URL must quote).
-#ifndef FEATVIZ_SERVER_NAMES_H_
-#define FEATVIZ_SERVER_NAMES_H_
+#ifndef FEATVIZ_SERVER_ENGINE_NAMES_H_
+#define FEATVIZ_SERVER_ENGINE_NAMES_H_
 
 #include <string>
 
@@ -34,4 +34,4 @@ inline absl::Status CheckName(absl::string_view what, absl::string_view name) {
 
 }  // namespace featviz::server
 
-#endif  // FEATVIZ_SERVER_NAMES_H_
+#endif  // FEATVIZ_SERVER_ENGINE_NAMES_H_
