@@ -28,6 +28,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -208,7 +209,8 @@ ABSL_FLAG(std::string, http_listen, "",
           "plain HTTP on loopback only unless --insecure; port 0 picks one. "
           "Empty: none");
 ABSL_FLAG(std::string, studio_dir, "",
-          "The studio's files; empty: this source tree's studio/");
+          "The studio's files; empty: <prefix>/share/featviz/studio beside "
+          "the binary, else this source tree's studio/");
 ABSL_FLAG(std::string, advertise_address, "",
           "Address clients reach this replica at, HOST or HOST:PORT (no port: "
           "the port bound). When set, job ids end in @ADDRESS so that clients "
@@ -498,6 +500,23 @@ int WaitForSignal() {
   return byte;
 }
 
+// Where the studio's files are when --studio_dir is not given: installed
+// beside the binary (<prefix>/share/featviz/studio, as the container image
+// has them), else this source tree's studio/.
+std::string DefaultStudioDir() {
+  std::error_code error;
+  const std::filesystem::path exe =
+      std::filesystem::read_symlink("/proc/self/exe", error);
+  if (!error) {
+    const std::filesystem::path installed =
+        exe.parent_path().parent_path() / "share" / "featviz" / "studio";
+    if (std::filesystem::exists(installed / "index.html", error)) {
+      return installed.string();
+    }
+  }
+  return FEATVIZ_STUDIO_SOURCE_DIR;
+}
+
 // The studio's HTTP(S) listener on `listen`, over `server`'s services, with
 // the gRPC listener's TLS files and limits.
 absl::StatusOr<http::StudioServerPtr> StartStudio(const std::string& listen,
@@ -506,7 +525,7 @@ absl::StatusOr<http::StudioServerPtr> StartStudio(const std::string& listen,
   http::StudioOptions options;
   options.listen = listen;
   options.studio_dir = absl::GetFlag(FLAGS_studio_dir);
-  if (options.studio_dir.empty()) options.studio_dir = FEATVIZ_STUDIO_SOURCE_DIR;
+  if (options.studio_dir.empty()) options.studio_dir = DefaultStudioDir();
   options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
