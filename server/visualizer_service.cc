@@ -366,6 +366,12 @@ VisualizerService::VisualizerService(ModelRegistry* models,
       jobs_(std::make_unique<JobManager>(
           ManagerOptions(limits, std::move(options.on_job_end)))),
       datasets_(options.datasets),
+      fitting_datasets_(
+          options.datasets == nullptr
+              ? FittingDatasets()
+              : [datasets = options.datasets](const DatasetNeed& need) {
+                  return datasets->Fitting(need);
+                }),
       inputs_(std::make_unique<RenderInputs>(options.datasets)) {}
 
 absl::StatusOr<Identity> VisualizerService::Caller(
@@ -417,7 +423,7 @@ absl::StatusOr<JobRecordPtr> VisualizerService::Submit(
   FEATVIZ_ASSIGN_OR_RETURN(std::string owner,
                            auth_.OwnerOf(caller, request.owner()));
   absl::StatusOr<RenderPlan> plan =
-      PlanRender(request, models_, limits_, datasets_);
+      PlanRender(request, models_, limits_, fitting_datasets_);
   if (!plan.ok()) return plan.status();
   FEATVIZ_RETURN_IF_ERROR(inputs_->Resolve(*plan));
   OwnerQuota quota;
