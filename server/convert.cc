@@ -497,7 +497,8 @@ absl::Status PlanModel(const v1::RenderRequest& request,
 // image: parameterisation, size, batch, colour, decay and start image, then
 // the default parameterisation where the request leaves it open.
 absl::Status PlanImage(const v1::ImageSpec& image, const Limits& limits,
-                       const DatasetRegistry* datasets, RenderPlan& plan) {
+                       const FittingDatasets& fitting_datasets,
+                       RenderPlan& plan) {
   const core::ModelCard& card = plan.model->card;
   core::ParamOptions& param = plan.options.param;
   plan.maco_dataset = image.maco_dataset();
@@ -595,14 +596,14 @@ absl::Status PlanImage(const v1::ImageSpec& image, const Limits& limits,
       image.parameterization() == v1::PARAMETERIZATION_UNSPECIFIED &&
       image.decay_power() == 0 && !image.has_init_image() &&
       image.maco_dataset().empty();
-  if (parameterisation_open && datasets != nullptr && card.channels == 1 &&
+  if (parameterisation_open && fitting_datasets && card.channels == 1 &&
       param.channels == 1) {
     DatasetNeed need;
     need.model = card.name;
     need.channels = 1;
     need.height = card.height;
     need.width = card.width;
-    const std::vector<core::DatasetPtr> fitting = datasets->Fitting(need);
+    const std::vector<core::DatasetPtr> fitting = fitting_datasets(need);
     if (fitting.size() == 1) {
       param.kind = core::ParamKind::kMaco;
       plan.maco_dataset = fitting.front()->name;
@@ -722,7 +723,7 @@ absl::Status PlanScheduling(const v1::RenderRequest& request,
 absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
                                                const ModelRegistry& models,
                                                const Limits& limits,
-                                               const DatasetRegistry* datasets) {
+                                               const FittingDatasets& datasets) {
   RenderPlan plan;
   FEATVIZ_RETURN_IF_ERROR(PlanModel(request, models, plan));
   FEATVIZ_RETURN_IF_ERROR(PlanImage(request.image(), limits, datasets, plan));
@@ -761,7 +762,7 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
 absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
                                       const ModelRegistry& models,
                                       const Limits& limits,
-                                      const DatasetRegistry* datasets) {
+                                      const FittingDatasets& datasets) {
   // Validation runs LibTorch (the init image's checks) on gRPC's threads:
   // its exceptions end here, as the request's error.
   try {

@@ -29,9 +29,11 @@
 #define FEATVIZ_SERVER_CONVERT_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <grpcpp/support/status.h>
@@ -66,17 +68,21 @@ inline constexpr int kMaxReferenceTensors = 1024;
 inline constexpr int kMinPriority = -10;
 inline constexpr int kMaxPriority = 10;
 
+// The hosted datasets whose images fit `need` (DatasetRegistry::Fitting).
+using FittingDatasets =
+    std::function<std::vector<core::DatasetPtr>(const DatasetNeed& need)>;
+
 // Validates `request` against `limits` and the hosted models and converts
 // it. Errors use the codes listed at the top of this file; the model field
-// also FAILED_PRECONDITION for a version being unloaded. `datasets` (may be
-// null: none hosted) decides the default parameterisation of a request that
+// also FAILED_PRECONDITION for a version being unloaded. `datasets` (empty:
+// none hosted) decides the default parameterisation of a request that
 // leaves it open (docs/quality.md): MaCo from the one hosted dataset that
 // fits a one-channel model's gray stimuli, at MaCo's learning rate when lr
 // is unset; FFT otherwise.
 absl::StatusOr<RenderPlan> PlanRender(const v1::RenderRequest& request,
                                       const ModelRegistry& models,
                                       const Limits& limits,
-                                      const DatasetRegistry* datasets = nullptr);
+                                      const FittingDatasets& datasets = nullptr);
 
 // The structured objective in core's terms, checked for what the proto can
 // express but core cannot (unset kinds, non-finite weights, x without y).

@@ -366,6 +366,12 @@ VisualizerService::VisualizerService(ModelRegistry* models,
       jobs_(std::make_unique<JobManager>(
           ManagerOptions(limits, std::move(options.on_job_end)))),
       datasets_(options.datasets),
+      fitting_datasets_(
+          options.datasets == nullptr
+              ? FittingDatasets()
+              : [datasets = options.datasets](const DatasetNeed& need) {
+                  return datasets->Fitting(need);
+                }),
       inputs_(std::make_unique<RenderInputs>(options.datasets)) {}
 
 absl::StatusOr<Identity> VisualizerService::Caller(
@@ -417,7 +423,7 @@ absl::StatusOr<VisualizerService::Admitted> VisualizerService::Admit(
   FEATVIZ_ASSIGN_OR_RETURN(admitted.owner,
                            auth_.OwnerOf(caller, request.owner()));
   FEATVIZ_ASSIGN_OR_RETURN(admitted.plan,
-                           PlanRender(request, models_, limits_, datasets_));
+                           PlanRender(request, models_, limits_, fitting_datasets_));
   RenderPlan& plan = admitted.plan;
   FEATVIZ_RETURN_IF_ERROR(inputs_->Resolve(plan));
   if (auth_.checks_tokens()) {

@@ -202,6 +202,8 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   const Authenticator& auth_;  // options.authenticator, or open_access_.
   JobManagerPtr jobs_;
   const DatasetRegistry* const datasets_;  // options.datasets; may be null.
+  // datasets_->Fitting for PlanRender (empty without datasets).
+  const FittingDatasets fitting_datasets_;
   // MaCo magnitudes and reference images of accepted requests.
   std::unique_ptr<RenderInputs> inputs_;
   std::vector<WorkerPtr> workers_;
