@@ -44,13 +44,7 @@ ResolvedImages Gather(const core::Dataset& dataset,
 }  // namespace
 
 DatasetNeed NeedOf(const core::Model& model) {
-  const core::ModelCard& card = model.card();
-  DatasetNeed need;
-  need.model = card.name;
-  need.channels = card.channels;
-  need.height = card.height;
-  need.width = card.width;
-  return need;
+  return NeedOf(model.card(), model.card().channels);
 }
 
 absl::StatusOr<ResolvedImages> ResolveImages(const v1::ImageInput& input,

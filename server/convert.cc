@@ -598,12 +598,8 @@ absl::Status PlanImage(const v1::ImageSpec& image, const Limits& limits,
       image.maco_dataset().empty();
   if (parameterisation_open && fitting_datasets && card.channels == 1 &&
       param.channels == 1) {
-    DatasetNeed need;
-    need.model = card.name;
-    need.channels = 1;
-    need.height = card.height;
-    need.width = card.width;
-    const std::vector<core::DatasetPtr> fitting = fitting_datasets(need);
+    const std::vector<core::DatasetPtr> fitting =
+        fitting_datasets(NeedOf(card, 1));
     if (fitting.size() == 1) {
       param.kind = core::ParamKind::kMaco;
       plan.maco_dataset = fitting.front()->name;

@@ -33,17 +33,6 @@ absl::StatusOr<at::Tensor> ModelInput(at::Tensor image,
   return image;
 }
 
-// What a model's render needs of a dataset: its input with `channels`
-// channels (the stimuli's, which may be gray for an RGB model).
-DatasetNeed RenderNeed(const core::ModelCard& card, int64_t channels) {
-  DatasetNeed need;
-  need.model = card.name;
-  need.channels = channels;
-  need.height = card.height;
-  need.width = card.width;
-  return need;
-}
-
 }  // namespace
 
 RenderInputs::RenderInputs(const DatasetRegistry* datasets)
@@ -135,7 +124,7 @@ absl::Status RenderInputs::ResolveUnguarded(RenderPlan& plan) {
     FEATVIZ_ASSIGN_OR_RETURN(
         MacoPrior prior,
         Prior(plan.maco_dataset,
-              RenderNeed(plan.model->card, param.channels), param.height,
+              NeedOf(plan.model->card, param.channels), param.height,
               param.width));
     param.magnitude = prior.magnitude;
     param.magnitude_source = prior.source;
@@ -161,7 +150,7 @@ absl::Status RenderInputs::ResolveUnguarded(RenderPlan& plan) {
       image = plan.reference_tensors[static_cast<size_t>(ref.index)];
     } else {
       DatasetNeed need =
-          RenderNeed(plan.model->card, plan.model->card.channels);
+          NeedOf(plan.model->card, plan.model->card.channels);
       need.gray_for_rgb = true;  // As ModelInput takes them.
       absl::StatusOr<core::DatasetPtr> dataset =
           ref.dataset.empty()

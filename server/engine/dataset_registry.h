@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "core/dataset.h"
+#include "core/model_card.h"
 
 namespace featviz::server {
 
@@ -68,6 +69,18 @@ struct DatasetNeed {
   // Only datasets with labels (FindCircuit).
   bool labelled = false;
 };
+
+// What a model of `card` needs of a dataset: its input's size, with
+// `channels` channels (the model's own, or 1 for the gray stimuli of an RGB
+// model).
+inline DatasetNeed NeedOf(const core::ModelCard& card, int64_t channels) {
+  DatasetNeed need;
+  need.model = card.name;
+  need.channels = channels;
+  need.height = card.height;
+  need.width = card.width;
+  return need;
+}
 
 class DatasetRegistry;
 using DatasetRegistryPtr = std::unique_ptr<DatasetRegistry>;

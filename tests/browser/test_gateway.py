@@ -167,6 +167,25 @@ def test_render_streams_server_sent_events(open_server):
     assert got[-1][0] == "end"
 
 
+def open_long_render(url: str):
+    """A Render of 10000 steps streamed over its own connection: the
+    connection, the response and the stream's first event (its metadata)."""
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    connection.request("POST", "/api/featviz.v1.Visualizer/Render", json.dumps({
+        "model": "mnist_classifier", "objectiveText": "channel(conv1, 2)",
+        "image": {"batch": "8"}, "optimizer": {"steps": "10000"}}),
+        {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    first = b""
+    while response.status == 200 and b"\n\n" not in first:
+        chunk = response.read1(4096)
+        if not chunk:
+            break
+        first += chunk
+    return connection, response, first
+
+
 def test_a_refused_render_is_a_plain_http_error(open_server):
     status, reply = post(open_server.url, "Visualizer/Render",
                          {"model": "mnist_classifier", "objectiveText": "logit(42)"})
@@ -175,17 +194,8 @@ def test_a_refused_render_is_a_plain_http_error(open_server):
 
 
 def test_a_browser_that_goes_away_cancels_its_render(open_server):
-    parts = urllib.parse.urlsplit(open_server.url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-    connection.request("POST", "/api/featviz.v1.Visualizer/Render", json.dumps({
-        "model": "mnist_classifier", "objectiveText": "channel(conv1, 2)",
-        "image": {"batch": "8"}, "optimizer": {"steps": "10000"}}),
-        {"Content-Type": "application/json"})
-    response = connection.getresponse()
+    connection, response, first = open_long_render(open_server.url)
     assert response.status == 200
-    first = b""
-    while b"\n\n" not in first:
-        first += response.read1(4096)
     job_id = events(first.decode())[0][1]["featviz-job-id"]
     connection.sock.close()
     connection.close()
@@ -252,16 +262,7 @@ def test_no_cors_and_a_content_security_policy(open_server):
 def test_sigterm_ends_open_streams_and_stops_accepting(tmp_path):
     import signal
     server = Server(tmp_path, "--shutdown_grace_seconds", "0")
-    parts = urllib.parse.urlsplit(server.url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-    connection.request("POST", "/api/featviz.v1.Visualizer/Render", json.dumps({
-        "model": "mnist_classifier", "objectiveText": "channel(conv1, 2)",
-        "image": {"batch": "8"}, "optimizer": {"steps": "10000"}}),
-        {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    first = b""
-    while b"\n\n" not in first:
-        first += response.read1(4096)
+    connection, response, first = open_long_render(server.url)
     assert events(first.decode())[0][0] == "metadata"
     server.process.send_signal(signal.SIGTERM)
     # The stream ends with the render's end: cancelled by the drain.
