@@ -40,6 +40,7 @@ const std::vector<std::pair<std::string, Role>>& Table() {
       {"/featviz.v1.Circuits/Attribute", Role::kUser},
       {"/featviz.v1.Circuits/FindCircuit", Role::kUser},
       {"/featviz.v1.Circuits/TopExamples", Role::kUser},
+      {"/featviz.v1.Circuits/LabelUnits", Role::kUser},
       // The owner check (or admin) follows in the handler.
       {"/featviz.v1.Circuits/UploadDataset", Role::kUploader},
       {"/featviz.v1.Circuits/DeleteDataset", Role::kUploader},

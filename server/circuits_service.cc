@@ -10,6 +10,7 @@
 #include "core/objective.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
+#include "core/unit_labels.h"
 #include "server/convert.h"
 #include "server/dataset_upload.h"
 #include "spdlog/spdlog.h"
@@ -20,6 +21,10 @@ namespace {
 constexpr int64_t kDefaultTopK = 3;
 constexpr int64_t kDefaultExamplesPerClass = 64;
 constexpr int64_t kDefaultTopN = 9;
+// LabelUnits: top examples a unit's class shares are counted over, and the
+// classes listed by attribution.
+constexpr int64_t kDefaultLabelTopN = 100;
+constexpr int64_t kAttributionClasses = 3;
 
 std::vector<int64_t> Int64s(const google::protobuf::RepeatedField<int64_t>& f) {
   return std::vector<int64_t>(f.begin(), f.end());
@@ -36,6 +41,14 @@ absl::StatusOr<core::LayerInfo> LayerWithChannels(const core::Model& model,
         absl::StrCat("layer: ", path, " has no channels"));
   }
   return layer;
+}
+
+// The cache key of `layer` of `model` on `dataset`.
+std::string CacheKey(const core::Model& model, const core::Dataset& dataset,
+                     const std::string& layer) {
+  return absl::StrCat(model.content_hash().empty() ? model.card().name
+                                                   : model.content_hash(),
+                      "\n", dataset.name, "\n", layer);
 }
 
 }  // namespace
@@ -288,6 +301,14 @@ grpc::ServerUnaryReactor* CircuitsService::TopExamples(
   });
 }
 
+grpc::ServerUnaryReactor* CircuitsService::LabelUnits(
+    grpc::CallbackServerContext* context, const v1::LabelUnitsRequest* request,
+    v1::LabelUnitsResponse* response) {
+  return Defer(context, "LabelUnits", [this, request, response] {
+    return DoLabelUnits(*request, *response);
+  });
+}
+
 absl::Status CircuitsService::DoComputeActivations(
     const v1::ComputeActivationsRequest& request,
     v1::ComputeActivationsResponse& response) {
@@ -478,13 +499,10 @@ absl::Status CircuitsService::DoFindCircuit(
   return absl::OkStatus();
 }
 
-absl::StatusOr<at::Tensor> CircuitsService::CachedUnitValues(
-    const core::Model& model, const core::DatasetPtr& dataset,
-    const std::string& layer, bool& cached) {
-  const std::string key =
-      absl::StrCat(model.content_hash().empty() ? model.card().name
-                                                : model.content_hash(),
-                   "\n", dataset->name, "\n", layer);
+absl::StatusOr<at::Tensor> CircuitsService::Cached(
+    const std::string& key, const core::DatasetPtr& dataset,
+    const std::function<absl::StatusOr<at::Tensor>()>& compute,
+    bool& cached) {
   for (auto it = cache_.begin(); it != cache_.end(); ++it) {
     if (it->key != key) continue;
     if (it->dataset.lock() != dataset) {
@@ -496,13 +514,35 @@ absl::StatusOr<at::Tensor> CircuitsService::CachedUnitValues(
     return cache_.front().values;
   }
   cached = false;
-  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor values,
-                           core::UnitValues(model, dataset->images, layer));
+  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor values, compute());
   cache_.push_front({key, dataset, values});
   while (static_cast<int64_t>(cache_.size()) > limits_.cache_entries) {
     cache_.pop_back();
   }
   return values;
+}
+
+absl::StatusOr<at::Tensor> CircuitsService::CachedUnitValues(
+    const core::Model& model, const core::DatasetPtr& dataset,
+    const std::string& layer, bool& cached) {
+  return Cached(
+      CacheKey(model, *dataset, layer), dataset,
+      [&] { return core::UnitValues(model, dataset->images, layer); }, cached);
+}
+
+absl::StatusOr<at::Tensor> CircuitsService::CachedClassAttribution(
+    const core::Model& model, const core::DatasetPtr& dataset,
+    const std::string& layer, bool& cached) {
+  return Cached(
+      absl::StrCat(CacheKey(model, *dataset, layer), "\nclass attribution"),
+      dataset,
+      [&] {
+        return core::ClassAttributionScores(
+            model, dataset->images, dataset->labels,
+            static_cast<int64_t>(dataset->class_names.size()), layer,
+            kDefaultExamplesPerClass);
+      },
+      cached);
 }
 
 absl::Status CircuitsService::DoTopExamples(
@@ -554,6 +594,130 @@ absl::Status CircuitsService::DoTopExamples(
         FEATVIZ_ASSIGN_OR_RETURN(*out->add_png(),
                                  core::EncodePng(images[unit.indices[i]]));
       }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CircuitsService::DoLabelUnits(const v1::LabelUnitsRequest& request,
+                                           v1::LabelUnitsResponse& response) {
+  // Held for the whole call: an unload waits for it.
+  FEATVIZ_ASSIGN_OR_RETURN(const SharedModel held, FindModel(request.model()));
+  const core::Model* model = held.get();
+  FEATVIZ_ASSIGN_OR_RETURN(const core::LayerInfo layer,
+                           LayerWithChannels(*model, request.layer()));
+  for (int i = 0; i < request.channels_size(); ++i) {
+    if (request.channels(i) < 0 || request.channels(i) >= layer.channels) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "channels[", i, "]: channel ", request.channels(i),
+          " out of range for layer ", request.layer(), " with ",
+          layer.channels, " channels"));
+    }
+  }
+  // A server whose --max_top_n is below 100 counts over its limit.
+  const int64_t n = request.top_n() == 0
+                        ? std::min(kDefaultLabelTopN, limits_.max_top_n)
+                        : request.top_n();
+  if (n < 1 || n > limits_.max_top_n) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "top_n must be in [1, ", limits_.max_top_n, "], got ", request.top_n()));
+  }
+  if (request.limit() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "limit must be >= 0 (0: every unit), got ", request.limit()));
+  }
+  DatasetNeed need = NeedOf(*model);
+  need.labelled = true;
+  absl::StatusOr<core::DatasetPtr> dataset =
+      datasets_->Pick(request.dataset(), need, "dataset");
+  if (!dataset.ok()) return dataset.status();
+  if (!(*dataset)->labelled()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "dataset: ", (*dataset)->name,
+        " has no labels; unit labels count the classes of each unit's top "
+        "examples"));
+  }
+  FEATVIZ_RETURN_IF_ERROR(
+      Prefixed("dataset", core::CheckImagesFit(*model, (*dataset)->images)));
+  const std::vector<std::string>& names = (*dataset)->class_names;
+  const int64_t classes = static_cast<int64_t>(names.size());
+  if (request.has_label() &&
+      (request.label() < 0 || request.label() >= classes)) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "label: class ", request.label(), " out of range for dataset ",
+        (*dataset)->name, " with ", classes, " classes"));
+  }
+
+  bool values_cached = false;
+  FEATVIZ_ASSIGN_OR_RETURN(
+      at::Tensor values,
+      CachedUnitValues(*model, *dataset, request.layer(), values_cached));
+  absl::StatusOr<std::vector<core::UnitClassSelectivity>> units =
+      core::ClassSelectivity(values, (*dataset)->labels, classes,
+                             Int64s(request.channels()), n);
+  if (!units.ok()) return Prefixed("dataset", units.status());
+  // Attribution needs logits that the dataset's labels name; without them
+  // the units are labelled by their top examples alone.
+  at::Tensor attribution;
+  bool attribution_cached = true;
+  if (model->shape().num_classes == classes) {
+    FEATVIZ_ASSIGN_OR_RETURN(
+        attribution, CachedClassAttribution(*model, *dataset, request.layer(),
+                                            attribution_cached));
+  }
+
+  if (request.has_label()) {
+    const int64_t wanted = request.label();
+    // Units with none of the class among their top examples are not
+    // selective for it at all.
+    units->erase(std::remove_if(units->begin(), units->end(),
+                                [&](const core::UnitClassSelectivity& u) {
+                                  return u.FractionOf(wanted) == 0;
+                                }),
+                 units->end());
+    std::stable_sort(units->begin(), units->end(),
+                     [&](const core::UnitClassSelectivity& a,
+                         const core::UnitClassSelectivity& b) {
+                       return a.FractionOf(wanted) > b.FractionOf(wanted);
+                     });
+    if (request.limit() > 0 &&
+        static_cast<int64_t>(units->size()) > request.limit()) {
+      units->resize(request.limit());
+    }
+  }
+
+  SetModelIdentity(*model, response);
+  response.set_layer(request.layer());
+  response.set_dataset((*dataset)->name);
+  response.set_top_n(std::min<int64_t>(n, values.size(0)));
+  response.set_cached(values_cached && attribution_cached);
+  for (const core::UnitClassSelectivity& unit : *units) {
+    v1::UnitLabel* out = response.add_units();
+    out->set_channel(unit.channel);
+    for (const core::ClassCount& c : unit.classes) {
+      v1::ClassShare* share = out->add_classes();
+      share->set_class_index(c.class_index);
+      share->set_class_name(names[c.class_index]);
+      share->set_count(c.count);
+      share->set_fraction(c.fraction);
+    }
+    out->set_selectivity(unit.selectivity);
+    const core::ClassCount& first = unit.classes.front();
+    out->set_label(core::UnitLabelText(names[first.class_index], first.fraction,
+                                       unit.top_n));
+    if (!attribution.defined()) continue;
+    const at::Tensor scores = attribution.select(1, unit.channel);
+    auto [top, index] =
+        scores.topk(std::min<int64_t>(kAttributionClasses, classes));
+    for (int64_t i = 0; i < top.size(0); ++i) {
+      // A class the unit pushes down (or not at all: a unit that never
+      // fires past its ReLU scores 0 everywhere) is not one it feeds.
+      if (top[i].item<double>() <= 0) break;
+      const int64_t c = index[i].item<int64_t>();
+      v1::ClassAttribution* a = out->add_attribution();
+      a->set_class_index(c);
+      a->set_class_name(names[c]);
+      a->set_score(top[i].item<double>());
     }
   }
   return absl::OkStatus();

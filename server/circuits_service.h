@@ -1,6 +1,6 @@
 // The featviz.v1.Circuits service: datasets (listed, uploaded, deleted),
 // activation maps, attribution, detector circuits and top dataset examples
-// (see proto/featviz/v1/circuits.proto). Analyses are forward/backward
+// and unit labels (see proto/featviz/v1/circuits.proto). Analyses are forward/backward
 // passes over real images; they run one at a time on the service's own
 // analysis thread (not on gRPC's callback threads), on the first device's
 // models, and a bounded number may wait. The renders of FindCircuit go
@@ -44,9 +44,11 @@ struct CircuitLimits {
   // Images one ComputeActivations/Attribute request may name, and images of
   // each class FindCircuit may score on.
   int64_t max_images = 1024;
-  // Most examples per unit TopExamples returns.
+  // Most examples per unit TopExamples returns, and LabelUnits counts over
+  // (its default, 100, must stay within it).
   int64_t max_top_n = 100;
-  // (model, dataset, layer) passes TopExamples keeps.
+  // (model, dataset, layer) passes TopExamples and LabelUnits keep (unit
+  // values and class attributions each take an entry).
   int64_t cache_entries = 32;
   // Largest dataset UploadDataset accepts, in bytes (256 MiB;
   // --max_dataset_bytes).
@@ -104,6 +106,10 @@ class CircuitsService final : public v1::Circuits::CallbackService {
       grpc::CallbackServerContext* context,
       const v1::TopExamplesRequest* request,
       v1::TopExamplesResponse* response) override;
+  grpc::ServerUnaryReactor* LabelUnits(
+      grpc::CallbackServerContext* context,
+      const v1::LabelUnitsRequest* request,
+      v1::LabelUnitsResponse* response) override;
   grpc::ServerReadReactor<v1::UploadDatasetRequest>* UploadDataset(
       grpc::CallbackServerContext* context, v1::Dataset* response) override;
   grpc::ServerUnaryReactor* DeleteDataset(
@@ -144,6 +150,8 @@ class CircuitsService final : public v1::Circuits::CallbackService {
                              v1::FindCircuitResponse& response);
   absl::Status DoTopExamples(const v1::TopExamplesRequest& request,
                              v1::TopExamplesResponse& response);
+  absl::Status DoLabelUnits(const v1::LabelUnitsRequest& request,
+                            v1::LabelUnitsResponse& response);
 
   // The model `name` names ("name" or "name@version"), held by the caller
   // while it uses it.
@@ -154,6 +162,17 @@ class CircuitsService final : public v1::Circuits::CallbackService {
                                               const core::DatasetPtr& dataset,
                                               const std::string& layer,
                                               bool& cached);
+  // [classes, K] mean gradient x activation of `layer`'s units for each
+  // class's logit over images of the class (core::ClassAttributionScores),
+  // cached as CachedUnitValues. Analysis thread only.
+  absl::StatusOr<at::Tensor> CachedClassAttribution(
+      const core::Model& model, const core::DatasetPtr& dataset,
+      const std::string& layer, bool& cached);
+  // The cache's entry for `key` on `dataset`, or `compute`'s result, kept.
+  absl::StatusOr<at::Tensor> Cached(
+      const std::string& key, const core::DatasetPtr& dataset,
+      const std::function<absl::StatusOr<at::Tensor>()>& compute,
+      bool& cached);
 
   const ModelRegistry* const models_;
   DatasetRegistry* const datasets_;
@@ -165,7 +184,7 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   UploadLedger own_uploads_;
   UploadLedger& uploads_;  // The one given, or own_uploads_.
 
-  // One pass's unit values. The dataset is held weakly (a deleted one is
+  // One pass's unit values (or class attributions). The dataset is held weakly (a deleted one is
   // freed) and compared on a hit, so that a dataset uploaded again under
   // the same name never gets the old one's values.
   struct CacheEntry {
