@@ -1,5 +1,6 @@
 """The Circuits service from Python through the generated stubs: a researcher
-asks which MNIST digits excite a conv2 channel and which channels feed a class.
+asks which MNIST digits excite a conv2 channel and which channels feed a class,
+and through featviz_client which units are labelled by which digits.
 
 Uses the same environment as test_client.py, plus the MNIST test set in
 ../shared/data/mnist as the server's dataset directory.
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from featviz.v1 import circuits_pb2, circuits_pb2_grpc
+from featviz_client import Client, FeatvizError
 
 REPO = Path(__file__).resolve().parents[2]
 MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -24,7 +26,7 @@ READY = re.compile(r"^featviz-server listening on (\S+:\d+)$")
 
 
 @pytest.fixture(scope="module")
-def circuits():
+def server_address():
     binary = os.environ.get("FEATVIZ_SERVER_BIN", str(REPO / "build/server/featviz-server"))
     models = os.environ.get("FEATVIZ_MODELS_DIR", str(REPO / "models"))
     if not MNIST.is_dir():
@@ -35,11 +37,16 @@ def circuits():
     try:
         match = READY.match(server.stdout.readline().strip())
         assert match, "featviz-server did not print its listening line"
-        with grpc.insecure_channel(match.group(1)) as channel:
-            yield circuits_pb2_grpc.CircuitsStub(channel)
+        yield match.group(1)
     finally:
         server.terminate()
         assert server.wait(timeout=60) == 0
+
+
+@pytest.fixture(scope="module")
+def circuits(server_address):
+    with grpc.insecure_channel(server_address) as channel:
+        yield circuits_pb2_grpc.CircuitsStub(channel)
 
 
 def test_top_examples_are_sorted_and_labelled(circuits):
@@ -69,3 +76,27 @@ def test_attribution_of_a_class_and_a_precise_error(circuits):
                 dataset="mnist", indices=[12345]))))
     assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
     assert "input.dataset.indices[0]" in error.value.details()
+
+
+def test_unit_labels_name_the_classes_of_the_top_examples(server_address):
+    with Client(server_address) as featviz:
+        labels = featviz.label_units("mnist_classifier", "conv2")
+        assert labels.layers == ["conv2"] and labels.dataset == "mnist"
+        assert labels.top_n == 100 and len(labels) == 32
+        for unit in labels:
+            assert abs(sum(c.fraction for c in unit.classes) - 1) < 1e-9
+            assert 0 <= unit.selectivity <= 1
+            top = unit.classes[0]
+            assert unit.label == (f"fires on {top.class_name}s: "
+                                  f"{round(100 * top.fraction)} % of its top 100")
+            assert len(unit.attribution) <= 3
+            assert all(a.score > 0 for a in unit.attribution)
+        # Every layer but the logits, then the units most selective for 7.
+        sevens = featviz.label_units("mnist_classifier", label=7, limit=5)
+        assert "fc2" not in sevens.layers and "conv2" in sevens.layers
+        assert len(sevens) == 5
+        shares = [u.share(7) for u in sevens]
+        assert shares == sorted(shares, reverse=True) and shares[-1] > 0
+        with pytest.raises(FeatvizError) as error:
+            featviz.label_units("mnist_classifier", "conv2", label=10)
+        assert "label" in str(error.value)

@@ -15,10 +15,14 @@ from featviz_client.circuits import (
     Attribution,
     Circuit,
     ClassCircuit,
+    ClassScore,
+    ClassShare,
     Dataset,
     Detector,
     TopExamples,
     UnitExamples,
+    UnitLabel,
+    UnitLabels,
 )
 from featviz_client.client import (
     Client,
@@ -32,9 +36,10 @@ from featviz_client.models import ModelCopy, ModelStatus
 from featviz_client.multi_render import Comparison, UnitRender
 
 __all__ = [
-    "Activations", "Attribution", "Circuit", "ClassCircuit", "Client", "Comparison",
+    "Activations", "Attribution", "Circuit", "ClassCircuit", "ClassScore", "ClassShare",
+    "Client", "Comparison",
     "Dataset", "Detector", "FeatvizError", "ModelCopy", "ModelStatus", "Progress",
     "RenderResult", "TermOutcome",
-    "TopExamples", "UnitExamples", "UnitRender", "band_sheet", "composite", "grid",
+    "TopExamples", "UnitExamples", "UnitLabel", "UnitLabels", "UnitRender", "band_sheet", "composite", "grid",
     "hwc", "to_pil",
 ]

@@ -1,8 +1,9 @@
 """Results of the featviz.v1.Circuits service as numpy: datasets, activation
-maps, attribution scores, detector circuits and top dataset examples.
+maps, attribution scores, detector circuits, top dataset examples and unit
+labels.
 
-`Client.datasets()`, `activations()`, `attribute()`, `find_circuit()` and
-`top_examples()` return these; tensors are float32 numpy arrays, index lists
+`Client.datasets()`, `activations()`, `attribute()`, `find_circuit()`,
+`top_examples()` and `label_units()` return these; tensors are float32 numpy arrays, index lists
 int64 arrays, PNGs bytes.
 """
 
@@ -177,3 +178,76 @@ class TopExamples:
     dataset: str
     units: list[UnitExamples]
     cached: bool
+
+
+@dataclass(frozen=True)
+class ClassShare:
+    """One class's share of a unit's top examples."""
+
+    class_index: int
+    class_name: str
+    count: int
+    """Top examples of the class."""
+    fraction: float
+    """count / top_n."""
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One class's attribution score for a unit: the mean gradient x
+    activation of the unit for the class's logit over images of the class."""
+
+    class_index: int
+    class_name: str
+    score: float
+
+
+@dataclass
+class UnitLabel:
+    """A unit's automatic label (LabelUnits; docs/trust.md, "Unit labels")."""
+
+    layer: str
+    channel: int
+    label: str
+    """"fires on 7s: 82 % of its top 100"."""
+    selectivity: float
+    """Class selectivity index in [0, 1]: 0 when the top examples' classes
+    are spread as the dataset's are, 1 when they are all one class."""
+    classes: list[ClassShare]
+    """The classes of its top examples, largest share first."""
+    attribution: list[ClassScore]
+    """The classes it feeds most (at most 3), highest first; empty for a
+    model without class logits."""
+
+    def share(self, class_index: int) -> float:
+        """The fraction of its top examples of class `class_index`."""
+        for c in self.classes:
+            if c.class_index == class_index:
+                return c.fraction
+        return 0.0
+
+
+@dataclass
+class UnitLabels:
+    """label_units' answer: the units of `layers`, in channel order per
+    layer, or with a label sorted by their share of it."""
+
+    model: str
+    model_version: str
+    model_hash: str
+    dataset: str
+    top_n: int
+    """Top examples each unit's shares are over."""
+    layers: list[str]
+    units: list[UnitLabel]
+    cached: bool
+    """True when every layer's dataset pass was already cached."""
+
+    def __iter__(self):
+        return iter(self.units)
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __getitem__(self, index: int) -> UnitLabel:
+        return self.units[index]
