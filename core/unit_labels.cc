@@ -91,7 +91,7 @@ absl::StatusOr<std::vector<UnitClassSelectivity>> ClassSelectivity(
     const at::Tensor picked =
         values.to(at::kCPU, at::kFloat)
             .index_select(1, at::tensor(wanted, at::kLong));
-    const at::Tensor top = std::get<1>(picked.topk(k, /*dim=*/0));
+    auto [top_values, top] = picked.topk(k, /*dim=*/0);
     const at::Tensor top_labels = cpu_labels.index_select(0, top.flatten())
                                       .view({k, -1})
                                       .contiguous();
@@ -102,6 +102,7 @@ absl::StatusOr<std::vector<UnitClassSelectivity>> ClassSelectivity(
       UnitClassSelectivity unit;
       unit.channel = wanted[u];
       unit.top_n = k;
+      unit.max_value = top_values[0][static_cast<int64_t>(u)].item<float>();
       const int64_t* count = counts.data_ptr<int64_t>();
       for (int64_t c = 0; c < num_classes; ++c) {
         if (count[c] == 0) continue;
@@ -174,8 +175,10 @@ absl::StatusOr<at::Tensor> ClassAttributionScores(const Model& model,
 }
 
 std::string UnitLabelText(const std::string& class_name, double fraction,
-                          int64_t top_n) {
-  return absl::StrFormat("fires on %ss: %d %% of its top %d", class_name,
+                          int64_t top_n, float max_value) {
+  return absl::StrFormat("%s %ss: %d %% of its top %d",
+                         max_value > 0 ? "fires on" : "never fires; closest on",
+                         class_name,
                          static_cast<int>(std::lround(100 * fraction)), top_n);
 }
 

@@ -41,6 +41,10 @@ struct UnitClassSelectivity {
   double selectivity = 0;
   // Top examples counted: top_n, or the dataset's size when smaller.
   int64_t top_n = 0;
+  // The unit's highest value on the dataset. At most 0: the unit never
+  // fires (past a ReLU), and its top examples are only the images that
+  // come closest.
+  float max_value = 0;
 
   // The share of `class_index` in the top examples (0 when none).
   double FractionOf(int64_t class_index) const;
@@ -74,9 +78,11 @@ absl::StatusOr<at::Tensor> ClassAttributionScores(const Model& model,
                                                   int64_t per_class);
 
 // "fires on 7s: 82 % of its top 100" for a unit whose largest share is
-// `fraction` of `top_n` examples of class `class_name`.
+// `fraction` of `top_n` examples of class `class_name`; for a unit that
+// never fires (`max_value` <= 0), "never fires; closest on 7s: 71 % of its
+// top 100", so that the label does not claim what the unit does not do.
 std::string UnitLabelText(const std::string& class_name, double fraction,
-                          int64_t top_n);
+                          int64_t top_n, float max_value = 1);
 
 }  // namespace featviz::core
 

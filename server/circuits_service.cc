@@ -704,7 +704,7 @@ absl::Status CircuitsService::DoLabelUnits(const v1::LabelUnitsRequest& request,
     out->set_selectivity(unit.selectivity);
     const core::ClassCount& first = unit.classes.front();
     out->set_label(core::UnitLabelText(names[first.class_index], first.fraction,
-                                       unit.top_n));
+                                       unit.top_n, unit.max_value));
     if (!attribution.defined()) continue;
     const at::Tensor scores = attribution.select(1, unit.channel);
     auto [top, index] =

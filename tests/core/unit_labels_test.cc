@@ -29,6 +29,7 @@ TEST(ClassSelectivity, CountsTheClassesOfEachUnitsTopExamples) {
   EXPECT_EQ(zero.classes[0].count, 2);
   EXPECT_DOUBLE_EQ(zero.classes[0].fraction, 1.0);
   EXPECT_DOUBLE_EQ(zero.selectivity, 1.0);
+  EXPECT_FLOAT_EQ(zero.max_value, 9.f);
   EXPECT_DOUBLE_EQ(zero.FractionOf(1), 0.0);
 }
 
@@ -84,6 +85,8 @@ TEST(ClassSelectivity, RefusesBadShapesLabelsAndChannels) {
 TEST(UnitLabelText, SaysTheClassItsShareAndTheTopN) {
   EXPECT_EQ(UnitLabelText("7", 0.82, 100), "fires on 7s: 82 % of its top 100");
   EXPECT_EQ(UnitLabelText("cat", 0.5, 8), "fires on cats: 50 % of its top 8");
+  EXPECT_EQ(UnitLabelText("7", 0.71, 100, -1.07f),
+            "never fires; closest on 7s: 71 % of its top 100");
 }
 
 }  // namespace
