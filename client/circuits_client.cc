@@ -71,6 +71,11 @@ absl::StatusOr<v1::TopExamplesResponse> CircuitsClient::TopExamples(
   return Call(*circuits_, &v1::Circuits::Stub::TopExamples, request);
 }
 
+absl::StatusOr<v1::LabelUnitsResponse> CircuitsClient::LabelUnits(
+    const v1::LabelUnitsRequest& request) {
+  return Call(*circuits_, &v1::Circuits::Stub::LabelUnits, request);
+}
+
 absl::StatusOr<v1::ListDatasetsResponse> CircuitsClient::ListDatasets() {
   return Call(*circuits_, &v1::Circuits::Stub::ListDatasets,
               v1::ListDatasetsRequest());

@@ -35,6 +35,8 @@ class CircuitsClient {
       const featviz::v1::FindCircuitRequest& request);
   absl::StatusOr<featviz::v1::TopExamplesResponse> TopExamples(
       const featviz::v1::TopExamplesRequest& request);
+  absl::StatusOr<featviz::v1::LabelUnitsResponse> LabelUnits(
+      const featviz::v1::LabelUnitsRequest& request);
   // Sends `bytes` with `header` (whose size_bytes and sha256 this fills in)
   // in pieces of `chunk_bytes`; the hosted dataset (UploadDataset).
   absl::StatusOr<featviz::v1::Dataset> UploadDataset(

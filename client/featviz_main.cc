@@ -4,6 +4,7 @@
 //   featviz models
 //   featviz render mnist_classifier 'prob(3)' --steps 256      # render.png
 //   featviz top mnist_classifier --layer conv2 --channels 5 --json
+//   featviz units mnist_classifier --label 7
 //   featviz submit mnist_classifier 'logit(7)'  &&  featviz watch ID
 //
 // --server is any gRPC target; one naming several replicas
@@ -15,6 +16,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -38,6 +40,7 @@
 #include "client/circuits_commands.h"
 #include "client/commands.h"
 #include "client/dataset_commands.h"
+#include "client/label_commands.h"
 #include "client/multi_render.h"
 #include "client/progress_bar.h"
 #include "client/rpc_commands.h"
@@ -134,16 +137,22 @@ ABSL_FLAG(int64_t, seed_base, 0,
 ABSL_FLAG(bool, sequential, false,
           "bench: the same jobs one after another from one thread");
 
-ABSL_FLAG(std::string, layer, "", "circuits: the layer whose channels detect");
+ABSL_FLAG(std::string, layer, "",
+          "circuits: the layer whose channels detect; units: the layer to "
+          "label (every conv and linear layer but the logits when empty)");
 ABSL_FLAG(int64_t, top_k, 0,
           "circuits: detector channels per class (3); attribute: channels "
           "printed (10) (old name --top)");
 ABSL_FLAG(int64_t, top_n, 0,
-          "top, atlas: dataset examples per unit (top 9, atlas 8)");
+          "top, atlas, units: dataset examples per unit (top 9, atlas 8, "
+          "units 100)");
+ABSL_FLAG(int64_t, limit, 0,
+          "units --label: at most this many units; 0: every unit");
 ABSL_FLAG(int64_t, examples_per_class, 0,
           "circuits: images of each class to score on (64)");
 ABSL_FLAG(std::string, dataset, "",
-          "circuits, atlas, top, activations, attribute: a dataset the server "
+          "circuits, atlas, top, units, activations, attribute: a dataset the "
+          "server "
           "hosts; default: the one whose images fit the model (the server "
           "refuses to guess between several)");
 ABSL_FLAG(int64_t, examples, 0,
@@ -160,7 +169,8 @@ ABSL_FLAG(int64_t, start, 0, "activations, attribute: first dataset image");
 ABSL_FLAG(int64_t, count, 0,
           "activations, attribute: dataset images from --start (1)");
 ABSL_FLAG(int64_t, label, -1,
-          "activations, attribute: only images of this class; -1: any");
+          "activations, attribute: only images of this class; -1: any; units: "
+          "the units most selective for this class");
 ABSL_FLAG(std::string, owner, "",
           "submit: the job's owner (fair share); jobs: only this owner's");
 ABSL_FLAG(int32_t, priority, 0, "submit: priority in [-10, 10]");
@@ -207,6 +217,11 @@ circuits:
   attribute MODEL 'TARGET' --layer L
                                   L's channels ranked by contribution to TARGET
   top MODEL --layer L             the dataset images that excite each unit most
+  units MODEL [--label K]         automatic unit labels: the classes of each
+                                  unit's top examples ("fires on 7s: 82 % of
+                                  its top 100"), its selectivity, the classes
+                                  it feeds; --label K: the units most
+                                  selective for K
   circuits MODEL --layer L --out_dir DIR
                                   per class: its visualisation, its top-k
                                   detector channels in L with their
@@ -266,6 +281,8 @@ circuits options:
                --label C
   top:         --layer L  --channels 'a,b'  --dataset NAME  --top_n N (9)
                --out_dir DIR (the example images)
+  units:       --layer L (every conv and linear layer but the logits)
+               --label K  --limit N (0: all)  --top_n N (100)  --dataset NAME
   circuits:    --layer L  --top_k K (3)  --out_dir DIR  --dataset NAME
                --examples_per_class N (64)  --classes 'a,b'  --steps N  --seed N (0)
   atlas:       --out_dir DIR  --dataset NAME  --top_n N (8)  --layers 'a,b'
@@ -668,6 +685,32 @@ Outcome RunTopCommand(const Invocation& in) {
   return Done(RunTop(in.client, options, stdout));
 }
 
+Outcome RunUnitsCommand(const Invocation& in) {
+  UnitsCommandOptions options;
+  options.model = in.operands[0];
+  options.layer = absl::GetFlag(FLAGS_layer);
+  options.dataset = absl::GetFlag(FLAGS_dataset);
+  // Any value given is the server's to judge (a negative class is refused
+  // by name there).
+  if (in.args.flags.count("label") > 0) options.label = absl::GetFlag(FLAGS_label);
+  options.top_n = absl::GetFlag(FLAGS_top_n);
+  options.limit = absl::GetFlag(FLAGS_limit);
+  constexpr int64_t kMaxInt32 = std::numeric_limits<int32_t>::max();
+  if (in.args.flags.count("top_n") > 0 &&
+      (options.top_n < 1 || options.top_n > kMaxInt32)) {
+    return Usage(absl::StrCat("--top_n must be >= 1, got ", options.top_n));
+  }
+  if (options.limit < 0 || options.limit > kMaxInt32) {
+    return Usage(absl::StrCat("--limit must be >= 0 (0: every unit), got ",
+                              options.limit));
+  }
+  if (options.limit != 0 && !options.label.has_value()) {
+    return Usage("--limit needs --label (the units most selective for it)");
+  }
+  options.json = Json();
+  return Done(RunUnits(in.client, options, stdout));
+}
+
 Outcome RunCircuitsCommand(const Invocation& in) {
   CircuitsCommandOptions options;
   options.model = in.operands[0];
@@ -827,6 +870,13 @@ const std::vector<Command>& Commands() {
        1, 1,
        {"json", "layer", "channels", "dataset", "top_n", "out_dir", "out"},
        RunTopCommand},
+      {"units", "featviz units MODEL [--layer L] [--label K] [options]",
+       "automatic unit labels on a labelled dataset: the classes of each "
+       "unit's top examples (\"fires on 7s: 82 % of its top 100\"), a class "
+       "selectivity index in [0, 1], the classes it feeds most by "
+       "attribution; --label K lists the units most selective for class K",
+       1, 1, {"json", "layer", "label", "limit", "top_n", "dataset"},
+       RunUnitsCommand},
       {"circuits", "featviz circuits MODEL --layer L --out_dir DIR",
        "per class: its visualisation, its top-k detector channels in L with "
        "their visualisations and activation maps",
