@@ -58,7 +58,14 @@ img.px { image-rendering: pixelated; }
 .examples { display: flex; flex-wrap: wrap; gap: 10px; }
 .examples figure { margin: 0; text-align: center; font-size: 12px; }
 .examples img { width: 84px; height: 84px; display: block; }
-table.stats td { padding: 2px 10px; }
+table.stats td, table.stats th { padding: 2px 10px; text-align: left; }
+.badge { display: inline-block; padding: 1px 6px; border-radius: 3px;
+         color: #fff; font-size: 12px; }
+.badge.ok { background: #27864a; }
+.badge.flag { background: #b03a2e; }
+.label { font-size: 15px; }
+.trust { display: flex; flex-wrap: wrap; gap: 32px; align-items: flex-start; }
+.unit .caption { display: block; max-width: 84px; overflow-wrap: anywhere; }
 nav a { margin-right: 12px; }
 </style>)";
 
@@ -83,7 +90,6 @@ std::string Page(const std::string& title, const std::string& body) {
 // dataset (its top example's value).
 absl::StatusOr<std::string> StatisticsRows(const AtlasLayer& layer,
                                            const AtlasUnit& unit,
-                                           const v1::UnitExamples* examples,
                                            const std::string& dataset) {
   const v1::RenderResult& r = unit.result;
   std::string rows = absl::StrFormat(
@@ -106,30 +112,134 @@ absl::StatusOr<std::string> StatisticsRows(const AtlasLayer& layer,
           mean[0][index], max[0][index]);
     }
   }
-  if (examples != nullptr && examples->values_size() > 0) {
+  const v1::Exemplars& exemplars = r.exemplars();
+  if (exemplars.examples_size() > 0) {
     absl::StrAppendFormat(
         &rows, "<tr><td>max over %s (top example)</td><td>%.4g</td></tr>",
-        Html(dataset), examples->values(0));
+        Html(dataset), exemplars.examples(0).value());
   }
   return rows;
 }
 
-// The unit's top dataset examples, each with its index, label and value.
+// The unit's top dataset examples, each with its activation map, index,
+// label and value.
 std::string ExampleFigures(const AtlasUnit& unit,
-                           const v1::UnitExamples& examples) {
-  std::string out = "<h2>Top dataset examples</h2>\n<div class=\"examples\">\n";
-  for (int i = 0; i < examples.png_size(); ++i) {
+                           const v1::Exemplars& exemplars) {
+  std::string out = absl::StrCat(
+      "<h2>Top dataset examples</h2>\n<p>The images of <b>",
+      Html(exemplars.dataset()), "</b> with the highest value of <code>",
+      Html(exemplars.unit()),
+      "</code>, each with the unit's map over it.</p>\n"
+      "<div class=\"examples\">\n");
+  for (int i = 0; i < exemplars.examples_size(); ++i) {
+    const v1::Exemplar& e = exemplars.examples(i);
     absl::StrAppendFormat(
         &out,
-        "<figure><img class=\"px\" src=\"%s\" alt=\"example %d\">"
+        "<figure><img class=\"px\" src=\"%s\" alt=\"example %d\">%s"
         "<figcaption>#%d %s<br>%.3g</figcaption></figure>\n",
-        AtlasExamplePng(unit.index, i), examples.indices(i),
-        examples.indices(i),
-        examples.labels(i) >= 0 ? absl::StrCat("label ", examples.labels(i))
-                                : "",
-        examples.values(i));
+        AtlasExamplePng(unit.index, i), e.index(),
+        e.activation_png().empty()
+            ? ""
+            : absl::StrFormat("<img class=\"px\" src=\"%s\" alt=\"map %d\">",
+                              AtlasExampleMapPng(unit.index, i), e.index()),
+        e.index(), e.label() >= 0 ? absl::StrCat("label ", e.label()) : "",
+        e.value());
   }
   absl::StrAppend(&out, "</div>\n");
+  return out;
+}
+
+std::string PathBadgeText(const v1::PathSimilarity& p) {
+  return absl::StrFormat(
+      "<span class=\"badge %s\" title=\"path similarity, threshold "
+      "%.2f\">%.2f %s</span>",
+      p.reliable() ? "ok" : "flag", p.threshold(), p.score(),
+      p.reliable() ? "reliable" : "flagged");
+}
+
+// The path-similarity score of the picture as a coloured badge; empty
+// without one.
+std::string PathBadge(const v1::RenderResult& r) {
+  if (r.path_similarity_size() == 0) return "";
+  return PathBadgeText(r.path_similarity(0));
+}
+
+// The unit's label: its top examples' classes and the classes it feeds.
+std::string LabelSection(const v1::UnitLabel& label) {
+  std::string out = absl::StrCat("<h2>Label</h2>\n<p class=\"label\">",
+                                 Html(label.label()), "</p>\n<p>");
+  absl::StrAppendFormat(&out, "class selectivity %.2f", label.selectivity());
+  std::vector<std::string> shares;
+  for (const v1::ClassShare& c : label.classes()) {
+    if (shares.size() == 4) break;
+    shares.push_back(absl::StrFormat("%s %.0f %%", Html(c.class_name()),
+                                     100 * c.fraction()));
+  }
+  if (!shares.empty()) {
+    absl::StrAppend(&out, "; top examples' classes: ", absl::StrJoin(shares, ", "));
+  }
+  std::vector<std::string> feeds;
+  for (const v1::ClassAttribution& c : label.attribution()) {
+    feeds.push_back(absl::StrFormat("%s (%+.3g)", Html(c.class_name()), c.score()));
+  }
+  if (!feeds.empty()) {
+    absl::StrAppend(&out, "; feeds most (attribution): ", absl::StrJoin(feeds, ", "));
+  }
+  absl::StrAppend(&out, ".</p>\n");
+  return out;
+}
+
+// The picture's path similarity, layer by layer.
+std::string PathSection(const v1::PathSimilarity& p) {
+  std::string out = absl::StrCat(
+      "<h2>Path similarity</h2>\n<p>", PathBadgeText(p), " ",
+      p.reliable()
+          ? "The picture reaches the unit along a path like the one its top "
+            "dataset examples take."
+          : "The picture reaches the unit along a path its top dataset "
+            "examples do not take: believe the examples over the picture.",
+      absl::StrFormat(" Threshold %.2f; 0 is as similar as random dataset "
+                      "images, 1 as similar as the top examples are to each "
+                      "other (docs/trust.md).</p>\n",
+                      p.threshold()),
+      "<table class=\"stats\"><tr><th>layer</th><th>score</th><th>picture</th>"
+      "<th>top examples</th><th>random images</th></tr>\n");
+  for (const v1::LayerPathSimilarity& l : p.layers()) {
+    absl::StrAppendFormat(&out,
+                          "<tr><td>%s</td><td>%.2f</td><td>%.2f</td><td>%.2f</td>"
+                          "<td>%.2f</td></tr>\n",
+                          Html(l.layer()), l.score(), l.similarity(),
+                          l.natural_similarity(), l.random_similarity());
+  }
+  absl::StrAppend(&out, "</table>\n");
+  return out;
+}
+
+// The top exemplar beside its accentuated picture.
+std::string AccentSection(const AtlasUnit& unit) {
+  const v1::RenderResult& a = unit.accentuated;
+  const v1::Exemplars& exemplars = unit.result.exemplars();
+  if (a.png_size() == 0 || exemplars.examples_size() == 0) return "";
+  std::string out =
+      "<h2>Accentuated exemplar</h2>\n<p>The top example, changed to raise "
+      "the unit while staying close to it: what in this image the unit "
+      "responds to.</p>\n<div class=\"examples\">\n";
+  absl::StrAppendFormat(
+      &out,
+      "<figure><img class=\"px\" src=\"%s\" alt=\"seed\">"
+      "<figcaption>seed #%d</figcaption></figure>\n",
+      AtlasExamplePng(unit.index, 0), exemplars.examples(0).index());
+  std::string caption = "accentuated";
+  if (a.accentuation_size() > 0) {
+    const v1::AccentuationOutcome& o = a.accentuation(0);
+    caption = absl::StrFormat("accentuated<br>%.3g &rarr; %.3g<br>RMS %.3f",
+                              o.seed_value(), o.value(), o.pixel_distance());
+  }
+  absl::StrAppendFormat(
+      &out,
+      "<figure><img class=\"px\" src=\"%s\" alt=\"accentuated\">"
+      "<figcaption>%s</figcaption></figure>\n</div>\n",
+      AtlasAccentPng(unit.index), caption);
   return out;
 }
 
@@ -148,6 +258,14 @@ std::string AtlasUnitPng(int64_t unit) {
 
 std::string AtlasExamplePng(int64_t unit, int example) {
   return absl::StrCat("unit_", unit, "_ex", example, ".png");
+}
+
+std::string AtlasExampleMapPng(int64_t unit, int example) {
+  return absl::StrCat("unit_", unit, "_ex", example, "_map.png");
+}
+
+std::string AtlasAccentPng(int64_t unit) {
+  return absl::StrCat("unit_", unit, "_accent.png");
 }
 
 std::string AtlasUnitHtml(int64_t unit) {
@@ -203,12 +321,32 @@ std::string AtlasLayerPage(const v1::Model& model, const AtlasLayer& layer,
             "neuron shows the filter instead.)"
           : "",
       "</p>\n<img class=\"px\" src=\"sheet.png\" alt=\"contact sheet\" width=\"",
-      sheet_width, "\">\n<h2>Units</h2>\n<div class=\"units\">\n");
+      sheet_width, "\">\n<h2>Units</h2>\n");
+  int checked = 0, reliable = 0;
+  for (const AtlasUnit* unit : units) {
+    if (unit->result.path_similarity_size() == 0) continue;
+    ++checked;
+    if (unit->result.path_similarity(0).reliable()) ++reliable;
+  }
+  if (checked > 0) {
+    absl::StrAppend(
+        &body, "<p>Under each unit: its picture's path-similarity score (",
+        reliable, " of ", checked,
+        " reliable; red: flagged, believe the unit's dataset examples over its "
+        "picture) and the class most of its top examples belong to.</p>\n");
+  }
+  absl::StrAppend(&body, "<div class=\"units\">\n");
   for (const AtlasUnit* unit : units) {
     absl::StrAppend(&body, "<a class=\"unit\" href=\"",
                     AtlasUnitHtml(unit->index), "\"><img class=\"px\" src=\"",
                     AtlasUnitPng(unit->index), "\" alt=\"unit ", unit->index,
-                    "\">", unit->index, "</a>\n");
+                    "\">", unit->index, " ", PathBadge(unit->result));
+    if (unit->label.has_value() && unit->label->classes_size() > 0) {
+      const v1::ClassShare& top = unit->label->classes(0);
+      absl::StrAppendFormat(&body, "<span class=\"caption\">%s %.0f %%</span>",
+                            Html(top.class_name()), 100 * top.fraction());
+    }
+    absl::StrAppend(&body, "</a>\n");
   }
   absl::StrAppend(&body, "</div>\n");
   return Page(absl::StrCat(model.name(), " ", path), body);
@@ -217,7 +355,6 @@ std::string AtlasLayerPage(const v1::Model& model, const AtlasLayer& layer,
 absl::StatusOr<std::string> AtlasUnitPage(const v1::Model& model,
                                           const AtlasLayer& layer,
                                           const AtlasUnit& unit,
-                                          const v1::UnitExamples* examples,
                                           const std::string& dataset) {
   const std::string& path = layer.layer.path();
   const v1::RenderResult& r = unit.result;
@@ -236,11 +373,18 @@ absl::StatusOr<std::string> AtlasUnitPage(const v1::Model& model,
       "<p>objective <code>", Html(r.objective()), "</code>, seed ", r.seed(),
       ", ", r.steps(), " steps</p>\n<img class=\"px\" src=\"", AtlasUnitPng(u),
       "\" width=\"224\" height=\"224\" alt=\"visualisation\">\n");
+  if (unit.label.has_value()) absl::StrAppend(&body, LabelSection(*unit.label));
+  if (r.path_similarity_size() > 0) {
+    absl::StrAppend(&body, PathSection(r.path_similarity(0)));
+  }
+  absl::StrAppend(&body, AccentSection(unit));
   FEATVIZ_ASSIGN_OR_RETURN(const std::string stats,
-                           StatisticsRows(layer, unit, examples, dataset));
+                           StatisticsRows(layer, unit, dataset));
   absl::StrAppend(&body, "<h2>Activation statistics</h2>\n<table class=\"stats\">",
                   stats, "</table>\n");
-  if (examples != nullptr) absl::StrAppend(&body, ExampleFigures(unit, *examples));
+  if (r.exemplars().examples_size() > 0) {
+    absl::StrAppend(&body, ExampleFigures(unit, r.exemplars()));
+  }
   if (r.terms_size() > 0) {
     absl::StrAppend(&body, "<h2>Loss curve</h2>\n<p>", Html(r.terms(0).term()),
                     " at each step (with transforms)</p>\n",

@@ -27,12 +27,19 @@ struct AtlasLayer {
 };
 
 // A unit of the atlas: unit `index` of the atlas's layer number `layer`,
-// and its render.
+// its render and what says how far to believe it (docs/trust.md). With a
+// dataset, `result` carries the unit's exemplars and the picture's path
+// similarity (RenderRequest.trust).
 struct AtlasUnit {
   size_t layer = 0;
   int64_t index = 0;
   std::string objective;
   featviz::v1::RenderResult result;
+  // The unit's label (Circuits.LabelUnits); unset without a labelled dataset.
+  std::optional<featviz::v1::UnitLabel> label;
+  // The unit's top exemplar accentuated (RenderRequest.accentuate); empty
+  // (no png) without a dataset.
+  featviz::v1::RenderResult accentuated;
 };
 
 // What the index says of the whole atlas.
@@ -47,6 +54,9 @@ struct AtlasSummary {
 // The files a unit's pages name, in its layer's folder.
 std::string AtlasUnitPng(int64_t unit);                  // unit_<u>.png
 std::string AtlasExamplePng(int64_t unit, int example);  // unit_<u>_ex<i>.png
+// unit_<u>_ex<i>_map.png: the unit's activation map over example i.
+std::string AtlasExampleMapPng(int64_t unit, int example);
+std::string AtlasAccentPng(int64_t unit);  // unit_<u>_accent.png
 std::string AtlasUnitHtml(int64_t unit);                 // unit_<u>.html
 
 // index.html: the summary, then `entries` (AtlasIndexEntry's, in order).
@@ -64,14 +74,16 @@ std::string AtlasLayerPage(const featviz::v1::Model& model,
                            const AtlasLayer& layer, int64_t sheet_width,
                            const std::vector<const AtlasUnit*>& units);
 
-// <layer>/unit_<u>.html: the unit's picture, its statistics (on the picture,
-// from the result's layer_stats; the top example's value on `dataset`), its
-// top dataset `examples` (null: none) and the loss curve. InvalidArgument
-// for layer statistics that are not [batch, channels] float32 tensors.
-absl::StatusOr<std::string> AtlasUnitPage(
-    const featviz::v1::Model& model, const AtlasLayer& layer,
-    const AtlasUnit& unit, const featviz::v1::UnitExamples* examples,
-    const std::string& dataset);
+// <layer>/unit_<u>.html: the unit's picture, its label, the picture's
+// path-similarity score, its accentuated top exemplar, its statistics (on
+// the picture, from the result's layer_stats; the top example's value on
+// `dataset`), its exemplars with their activation maps and the loss curve.
+// InvalidArgument for layer statistics that are not [batch, channels]
+// float32 tensors.
+absl::StatusOr<std::string> AtlasUnitPage(const featviz::v1::Model& model,
+                                          const AtlasLayer& layer,
+                                          const AtlasUnit& unit,
+                                          const std::string& dataset);
 
 }  // namespace featviz::client
 

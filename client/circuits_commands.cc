@@ -235,70 +235,127 @@ absl::StatusOr<std::optional<std::string>> AtlasDataset(
   return found.status();
 }
 
-// Every unit of `layers` rendered as a job, `options.window` jobs in flight
-// at a time, with a progress line on `err`.
-absl::StatusOr<std::vector<AtlasUnit>> RenderAtlasUnits(
-    CircuitsClient& circuits, const AtlasCommandOptions& options,
-    const std::vector<AtlasLayer>& layers, std::FILE* err) {
-  std::vector<AtlasUnit> units;
-  for (size_t l = 0; l < layers.size(); ++l) {
-    for (int64_t u = 0; u < layers[l].layer.channels(); ++u) {
-      units.push_back({l, u, layers[l].Objective(u), {}});
-    }
-  }
+// `requests` run as jobs, `window` in flight at a time, with a progress
+// line on `err` ("atlas: K/N `what`"); their results, in order.
+absl::StatusOr<std::vector<v1::RenderResult>> RunAtlasJobs(
+    CircuitsClient& circuits, const std::vector<v1::RenderRequest>& requests,
+    size_t window, const char* what, std::FILE* err) {
+  std::vector<v1::RenderResult> results(requests.size());
   size_t done = 0;
-  CountProgress progress(err, ProgressModeFor(err), "atlas", "units rendered");
-  for (size_t begin = 0; begin < units.size(); begin += options.window) {
-    const size_t end = std::min(units.size(), begin + options.window);
+  CountProgress progress(err, ProgressModeFor(err), "atlas", what);
+  for (size_t begin = 0; begin < requests.size(); begin += window) {
+    const size_t end = std::min(requests.size(), begin + window);
     std::vector<std::string> ids;
     for (size_t i = begin; i < end; ++i) {
-      v1::RenderRequest request =
-          BaseRender(options.model, options.steps, options.seed);
-      request.set_objective_text(units[i].objective);
-      FEATVIZ_ASSIGN_OR_RETURN(v1::Job job, circuits.SubmitJob(request));
+      FEATVIZ_ASSIGN_OR_RETURN(v1::Job job, circuits.SubmitJob(requests[i]));
       ids.push_back(job.id());
     }
     FEATVIZ_ASSIGN_OR_RETURN(
         std::vector<v1::Job> jobs,
         circuits.WaitForJobs(ids, [&](size_t d, size_t) {
           progress.Update(static_cast<int64_t>(done + d),
-                          static_cast<int64_t>(units.size()));
+                          static_cast<int64_t>(requests.size()));
         }));
-    for (size_t i = begin; i < end; ++i) units[i].result = jobs[i - begin].result();
+    for (size_t i = begin; i < end; ++i) results[i] = jobs[i - begin].result();
     done = end;
   }
   progress.Finish();
+  return results;
+}
+
+// Every unit of `layers` rendered as a job; with a dataset, each render also
+// brings the unit's exemplars and its picture's path similarity
+// (RenderRequest.trust).
+absl::StatusOr<std::vector<AtlasUnit>> RenderAtlasUnits(
+    CircuitsClient& circuits, const AtlasCommandOptions& options,
+    const std::vector<AtlasLayer>& layers,
+    const std::optional<std::string>& dataset, std::FILE* err) {
+  std::vector<AtlasUnit> units;
+  std::vector<v1::RenderRequest> requests;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    for (int64_t u = 0; u < layers[l].layer.channels(); ++u) {
+      AtlasUnit& unit = units.emplace_back();
+      unit.layer = l;
+      unit.index = u;
+      unit.objective = layers[l].Objective(u);
+      v1::RenderRequest& request = requests.emplace_back(
+          BaseRender(options.model, options.steps, options.seed));
+      request.set_objective_text(unit.objective);
+      if (dataset.has_value()) {
+        v1::TrustSpec* trust = request.mutable_trust();
+        trust->set_exemplars(static_cast<int32_t>(options.examples));
+        trust->set_path_similarity(true);
+        trust->set_dataset(*dataset);
+      }
+    }
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(
+      std::vector<v1::RenderResult> results,
+      RunAtlasJobs(circuits, requests, options.window, "units rendered", err));
+  for (size_t i = 0; i < units.size(); ++i) units[i].result = std::move(results[i]);
   return units;
 }
 
-// Each layer's top dataset examples (one cached pass per layer on the
-// server); none without a dataset.
-absl::StatusOr<std::vector<v1::TopExamplesResponse>> AtlasExamples(
-    CircuitsClient& circuits, const AtlasCommandOptions& options,
-    const std::vector<AtlasLayer>& layers,
-    const std::optional<std::string>& dataset) {
-  std::vector<v1::TopExamplesResponse> examples(layers.size());
-  if (!dataset.has_value()) return examples;
-  for (size_t l = 0; l < layers.size(); ++l) {
-    v1::TopExamplesRequest request;
-    request.set_model(options.model);
-    request.set_layer(layers[l].layer.path());
-    request.set_dataset(*dataset);
-    request.set_top_n(static_cast<int32_t>(options.examples));
-    request.set_png(true);
-    FEATVIZ_ASSIGN_OR_RETURN(examples[l], circuits.TopExamples(request));
+// Each unit's top exemplar accentuated (RenderRequest.accentuate), for the
+// units that have exemplars.
+absl::Status AccentuateAtlasUnits(CircuitsClient& circuits,
+                                  const AtlasCommandOptions& options,
+                                  const std::string& dataset,
+                                  std::vector<AtlasUnit>& units, std::FILE* err) {
+  std::vector<v1::RenderRequest> requests;
+  std::vector<size_t> which;
+  for (size_t i = 0; i < units.size(); ++i) {
+    const v1::Exemplars& exemplars = units[i].result.exemplars();
+    if (exemplars.examples_size() == 0) continue;
+    v1::RenderRequest& request = requests.emplace_back(
+        BaseRender(options.model, options.steps, options.seed));
+    request.set_objective_text(units[i].objective);
+    v1::DatasetImage* seed =
+        request.mutable_accentuate()->mutable_image()->mutable_dataset_image();
+    seed->set_dataset(dataset);
+    seed->set_index(exemplars.examples(0).index());
+    which.push_back(i);
   }
-  return examples;
+  FEATVIZ_ASSIGN_OR_RETURN(
+      std::vector<v1::RenderResult> results,
+      RunAtlasJobs(circuits, requests, options.window, "exemplars accentuated",
+                   err));
+  for (size_t k = 0; k < which.size(); ++k) {
+    units[which[k]].accentuated = std::move(results[k]);
+  }
+  return absl::OkStatus();
 }
 
-// `unit`'s examples in `examples`; null when it has none.
-const v1::UnitExamples* ExamplesOf(const v1::TopExamplesResponse& examples,
-                                   int64_t unit) {
-  const v1::UnitExamples* found = nullptr;
-  for (const v1::UnitExamples& e : examples.units()) {
-    if (e.channel() == unit) found = &e;
+// Each unit's label (Circuits.LabelUnits, one call per layer). A dataset
+// without labels gives none, which `err` says once.
+absl::Status LabelAtlasUnits(CircuitsClient& circuits,
+                             const AtlasCommandOptions& options,
+                             const std::vector<AtlasLayer>& layers,
+                             const std::string& dataset,
+                             std::vector<AtlasUnit>& units, std::FILE* err) {
+  for (size_t l = 0; l < layers.size(); ++l) {
+    v1::LabelUnitsRequest request;
+    request.set_model(options.model);
+    request.set_layer(layers[l].layer.path());
+    request.set_dataset(dataset);
+    absl::StatusOr<v1::LabelUnitsResponse> labels = circuits.LabelUnits(request);
+    if (absl::IsFailedPrecondition(labels.status())) {
+      std::fprintf(err, "atlas: %s; pages will have no unit labels\n",
+                   std::string(labels.status().message()).c_str());
+      return absl::OkStatus();
+    }
+    if (!labels.ok()) return labels.status();
+    std::map<int64_t, const v1::UnitLabel*> by_channel;
+    for (const v1::UnitLabel& label : labels->units()) {
+      by_channel[label.channel()] = &label;
+    }
+    for (AtlasUnit& unit : units) {
+      if (unit.layer != l) continue;
+      auto it = by_channel.find(unit.index);
+      if (it != by_channel.end()) unit.label = *it->second;
+    }
   }
-  return found;
+  return absl::OkStatus();
 }
 
 // A layer's folder, `dir`: its contact sheet (sheet.png), each unit's
@@ -306,8 +363,7 @@ const v1::UnitExamples* ExamplesOf(const v1::TopExamplesResponse& examples,
 // pixels, for the atlas's index.
 absl::StatusOr<int64_t> WriteAtlasLayer(
     const fs::path& dir, const v1::Model& model, const AtlasLayer& layer,
-    const std::vector<const AtlasUnit*>& units,
-    const v1::TopExamplesResponse& examples, const std::string& dataset) {
+    const std::vector<const AtlasUnit*>& units, const std::string& dataset) {
   FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(dir.string()));
   std::vector<at::Tensor> tiles;
   std::vector<std::string> labels;
@@ -327,14 +383,24 @@ absl::StatusOr<int64_t> WriteAtlasLayer(
   for (const AtlasUnit* unit : units) {
     FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
         (dir / AtlasUnitPng(unit->index)).string(), unit->result.png(0)));
-    const v1::UnitExamples* mine = ExamplesOf(examples, unit->index);
-    for (int i = 0; mine != nullptr && i < mine->png_size(); ++i) {
+    const v1::Exemplars& exemplars = unit->result.exemplars();
+    for (int i = 0; i < exemplars.examples_size(); ++i) {
+      const v1::Exemplar& e = exemplars.examples(i);
       FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
-          (dir / AtlasExamplePng(unit->index, i)).string(), mine->png(i)));
+          (dir / AtlasExamplePng(unit->index, i)).string(), e.png()));
+      if (!e.activation_png().empty()) {
+        FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
+            (dir / AtlasExampleMapPng(unit->index, i)).string(),
+            e.activation_png()));
+      }
     }
-    FEATVIZ_ASSIGN_OR_RETURN(
-        const std::string page,
-        AtlasUnitPage(model, layer, *unit, mine, dataset));
+    if (unit->accentuated.png_size() > 0) {
+      FEATVIZ_RETURN_IF_ERROR(
+          core::WriteFile((dir / AtlasAccentPng(unit->index)).string(),
+                          unit->accentuated.png(0)));
+    }
+    FEATVIZ_ASSIGN_OR_RETURN(const std::string page,
+                             AtlasUnitPage(model, layer, *unit, dataset));
     FEATVIZ_RETURN_IF_ERROR(core::WriteFile(
         (dir / AtlasUnitHtml(unit->index)).string(), page));
   }
@@ -362,12 +428,16 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
   FEATVIZ_ASSIGN_OR_RETURN(
       const std::optional<std::string> dataset,
       AtlasDataset(circuits, options, layers.front().layer.path(), err));
-  FEATVIZ_ASSIGN_OR_RETURN(const std::vector<AtlasUnit> units,
-                           RenderAtlasUnits(circuits, options, layers, err));
-  const double render_seconds = absl::ToDoubleSeconds(absl::Now() - start);
   FEATVIZ_ASSIGN_OR_RETURN(
-      const std::vector<v1::TopExamplesResponse> examples,
-      AtlasExamples(circuits, options, layers, dataset));
+      std::vector<AtlasUnit> units,
+      RenderAtlasUnits(circuits, options, layers, dataset, err));
+  if (dataset.has_value()) {
+    FEATVIZ_RETURN_IF_ERROR(
+        AccentuateAtlasUnits(circuits, options, *dataset, units, err));
+    FEATVIZ_RETURN_IF_ERROR(
+        LabelAtlasUnits(circuits, options, layers, *dataset, units, err));
+  }
+  const double render_seconds = absl::ToDoubleSeconds(absl::Now() - start);
 
   const fs::path root(options.out_dir);
   FEATVIZ_RETURN_IF_ERROR(core::MakeDirectories(root.string()));
@@ -380,7 +450,7 @@ absl::Status RunAtlas(VisualizerClient& client, const AtlasCommandOptions& optio
     FEATVIZ_ASSIGN_OR_RETURN(
         const int64_t sheet_width,
         WriteAtlasLayer(root / layers[l].layer.path(), model, layers[l], mine,
-                        examples[l], dataset.value_or("")));
+                        dataset.value_or("")));
     entries.push_back(AtlasIndexEntry(layers[l], sheet_width));
   }
   AtlasSummary summary;

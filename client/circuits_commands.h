@@ -12,7 +12,11 @@
 //       of every fully connected layer (through the job engine, batched) and
 //       writes a static site: DIR/index.html, a page per layer with its
 //       contact sheet, and a page per unit with its visualisation, top
-//       dataset examples, activation statistics and the loss curve.
+//       dataset examples, activation statistics and the loss curve. With a
+//       dataset every unit page also says how far to believe its picture
+//       (docs/trust.md): the examples' activation maps, the picture's
+//       path-similarity score, the unit's label (a labelled dataset) and its
+//       top example accentuated.
 #ifndef FEATVIZ_CLIENT_CIRCUITS_COMMANDS_H_
 #define FEATVIZ_CLIENT_CIRCUITS_COMMANDS_H_
 
