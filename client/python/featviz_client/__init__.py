@@ -21,6 +21,7 @@ from featviz_client.circuits import (
     UnitExamples,
 )
 from featviz_client.client import (
+    AccentuationOutcome,
     Client,
     FeatvizError,
     Progress,
@@ -32,7 +33,7 @@ from featviz_client.models import ModelCopy, ModelStatus
 from featviz_client.multi_render import Comparison, UnitRender
 
 __all__ = [
-    "Activations", "Attribution", "Circuit", "ClassCircuit", "Client", "Comparison",
+    "AccentuationOutcome", "Activations", "Attribution", "Circuit", "ClassCircuit", "Client", "Comparison",
     "Dataset", "Detector", "FeatvizError", "ModelCopy", "ModelStatus", "Progress",
     "RenderResult", "TermOutcome",
     "TopExamples", "UnitExamples", "UnitRender", "band_sheet", "composite", "grid",
