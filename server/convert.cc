@@ -616,27 +616,33 @@ absl::Status PlanImage(const v1::ImageSpec& image, const Limits& limits,
   return absl::OkStatus();
 }
 
-// optimizer: steps, and lr once the parameterisation is known.
+// optimizer: steps, and lr once the parameterisation is known (and whether
+// the render is an accentuation, whose defaults are its own).
 absl::Status PlanOptimizer(const v1::Optimizer& optimizer,
                            const Limits& limits, RenderPlan& plan) {
   const core::ParamOptions& param = plan.options.param;
+  const bool accentuation = plan.accentuation.has_value();
+  const int64_t default_steps =
+      accentuation ? kDefaultAccentuationSteps : kDefaultSteps;
+  const double default_lr =
+      accentuation ? kDefaultAccentuationLr : DefaultLr(param.kind);
   if (optimizer.steps() < 0 || optimizer.steps() > limits.max_steps) {
     return OutsideRange("optimizer.steps", 1, limits.max_steps,
-                        absl::StrCat(kDefaultSteps), optimizer.steps());
+                        absl::StrCat(default_steps), optimizer.steps());
   }
-  plan.options.steps = optimizer.steps() == 0 ? kDefaultSteps : optimizer.steps();
+  plan.options.steps = optimizer.steps() == 0 ? default_steps : optimizer.steps();
   if (plan.options.steps > limits.max_steps) {
     // Only when a server's max_steps is below the default.
     return absl::InvalidArgumentError(absl::StrCat(
-        "optimizer.steps is 0, meaning ", kDefaultSteps,
+        "optimizer.steps is 0, meaning ", default_steps,
         ", more than this server's max_steps ", limits.max_steps));
   }
   if (optimizer.lr() == 0) {
-    plan.options.lr = DefaultLr(param.kind);
+    plan.options.lr = default_lr;
   } else if (!(optimizer.lr() > 0 && optimizer.lr() <= kMaxLr)) {
     return absl::InvalidArgumentError(
         absl::StrCat("optimizer.lr must be in (0, ", kMaxLr, "] (0 means ",
-                     DefaultLr(param.kind), "), got ", optimizer.lr()));
+                     default_lr, "), got ", optimizer.lr()));
   } else {
     plan.options.lr = optimizer.lr();
   }

@@ -109,8 +109,14 @@ double DefaultLr(core::ParamKind kind);
 // inversion_l2(layer, REF)), measured on the bundled classifier; and the
 // largest weight a request may ask for.
 inline constexpr double kDefaultAccentuationPixelWeight = 4.0;
-inline constexpr double kDefaultAccentuationLayerWeight = 1.0;
+inline constexpr double kDefaultAccentuationLayerWeight = 4.0;
 inline constexpr double kMaxAccentuationWeight = 1e6;
+// An accentuation's optimizer when the request leaves steps and lr 0:
+// fewer, smaller steps than a render from noise, because the RMS distance
+// pulls back with the same strength however close the picture is, so a
+// long run drifts away from the seed (docs/trust.md).
+inline constexpr int64_t kDefaultAccentuationSteps = 64;
+inline constexpr double kDefaultAccentuationLr = 0.02;
 // The parameterisation an accentuation gets when the request leaves it
 // open: one that starts exactly from the seed image (MaCo keeps a fixed
 // spectrum magnitude, so it cannot).
