@@ -97,7 +97,7 @@ def test_hostile_accentuation_values_are_refused_by_name(featviz):
                        accentuate_layer="conv9", steps=2)
     assert "accentuate.layer" in str(err.value)
     with pytest.raises(FeatvizError) as err:
-        featviz.render(MODEL, "channel(conv2, 2)", accentuate=5000, steps=2)
+        featviz.render(MODEL, "channel(conv2, 2)", accentuate=20000, steps=2)
     assert err.value.code == "OUT_OF_RANGE"
     with pytest.raises(ValueError, match="accentuate"):
         featviz.render(MODEL, "channel(conv2, 2)", accentuate="12", steps=2)

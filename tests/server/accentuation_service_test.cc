@@ -240,7 +240,7 @@ TEST_F(AccentuationServiceTest, RefusesWhatItCannotStartFromNamingTheField) {
   ExpectError(RenderAll(*stub_, negative).status, StatusCode::INVALID_ARGUMENT,
               "accentuate.image.dataset_image.index");
 
-  ExpectError(RenderAll(*stub_, Accentuate(2000, "", 0)).status,
+  ExpectError(RenderAll(*stub_, Accentuate(20000, "", 0)).status,
               StatusCode::OUT_OF_RANGE, "accentuate.image");
 
   v1::RenderRequest tensor = Accentuate(0, "", 0);
@@ -285,9 +285,9 @@ TEST_F(AccentuationServiceTest, ResolvesAPixelReferenceInTheObjective) {
   ASSERT_EQ(outcome.result->terms_size(), 2);
   EXPECT_GT(outcome.result->terms(1).final_value(), 0);
 
-  request.set_objective_text("channel(conv2, 5) - 2 * l2(dataset(mnist, 5000))");
+  request.set_objective_text("channel(conv2, 5) - 2 * l2(dataset(mnist, 20000))");
   ExpectError(RenderAll(*stub_, request).status, StatusCode::OUT_OF_RANGE,
-              "l2(dataset(mnist, 5000))");
+              "l2(dataset(mnist, 20000))");
 }
 
 }  // namespace
