@@ -159,6 +159,15 @@ absl::Status RenderInputs::ResolveAccentuation(RenderPlan& plan) {
     seed = seed.expand({param.channels, seed.size(1), seed.size(2)});
   }
   seed = seed.to(at::kFloat).contiguous();
+  // It becomes the start image, which must be in [0, 1] as
+  // image.init_image must (a request reference is checked only for shape).
+  const at::Tensor bad = seed.isnan().logical_or(seed < 0).logical_or(seed > 1);
+  if (bad.any().item<bool>()) {
+    const int64_t at = bad.flatten().nonzero()[0][0].item<int64_t>();
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " must hold values in [0, 1], found ",
+                     seed.flatten()[at].item<float>(), " at element ", at));
+  }
   plan.options.references[ref.ToString()] = seed;
   param.init_image = seed;
   plan.options.accentuation_seed = seed;

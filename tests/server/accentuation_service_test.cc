@@ -252,6 +252,13 @@ TEST_F(AccentuationServiceTest, RefusesWhatItCannotStartFromNamingTheField) {
   ExpectError(RenderAll(*stub_, tensor).status, StatusCode::OUT_OF_RANGE,
               "accentuate.image.request_index 1");
 
+  std::vector<float> bright(784, 0.5f);
+  bright[17] = 2.0f;
+  *tensor.mutable_references(0) = FloatTensor({1, 28, 28}, bright);
+  tensor.mutable_accentuate()->mutable_image()->set_request_index(0);
+  ExpectError(RenderAll(*stub_, tensor).status, StatusCode::INVALID_ARGUMENT,
+              "accentuate.image reference(0) must hold values in [0, 1]");
+
   v1::RenderRequest unknown = Accentuate(3, "conv9", 0);
   ExpectError(RenderAll(*stub_, unknown).status, StatusCode::INVALID_ARGUMENT,
               "accentuate.layer");
