@@ -6,7 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "client/json.h"
@@ -18,6 +20,7 @@
 #include "core/bands.h"
 #include "core/files.h"
 #include "core/image.h"
+#include "core/npy.h"
 #include "core/objective.h"
 #include "core/status_macros.h"
 #include "proto/tensor_codec.h"
@@ -147,6 +150,101 @@ absl::Status RunLayers(VisualizerClient& client, const std::string& model,
   return absl::OkStatus();
 }
 
+namespace {
+
+// --accentuate: "dataset:IDX", "dataset:NAME:IDX" or an .npy file (added to
+// the request's references).
+absl::Status AddAccentuation(const RenderCommandOptions& options,
+                             v1::RenderRequest& request) {
+  if (options.accentuate.empty()) {
+    if (!options.accentuate_layer.empty() || options.accentuate_weight != 0) {
+      return absl::InvalidArgumentError(
+          "--accentuate_layer and --accentuate_weight need --accentuate");
+    }
+    return absl::OkStatus();
+  }
+  if (!std::isfinite(options.accentuate_weight) ||
+      options.accentuate_weight < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--accentuate_weight must be a finite number >= 0 (0: the server's "
+        "default), got ",
+        options.accentuate_weight));
+  }
+  v1::Accentuation* accentuate = request.mutable_accentuate();
+  accentuate->set_layer(options.accentuate_layer);
+  accentuate->set_weight(options.accentuate_weight);
+  const std::string& spec = options.accentuate;
+  if (absl::StartsWith(spec, "dataset:")) {
+    const std::vector<std::string> parts = absl::StrSplit(spec, ':');
+    int64_t index = -1;
+    if (parts.size() < 2 || parts.size() > 3 ||
+        !absl::SimpleAtoi(parts.back(), &index) || index < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--accentuate must be dataset:IDX, dataset:NAME:IDX or an .npy "
+          "file, got '",
+          spec, "'"));
+    }
+    v1::DatasetImage* image =
+        accentuate->mutable_image()->mutable_dataset_image();
+    if (parts.size() == 3) image->set_dataset(parts[1]);
+    image->set_index(index);
+    return absl::OkStatus();
+  }
+  absl::StatusOr<std::string> bytes = core::ReadFile(spec);
+  if (!bytes.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--accentuate: ", bytes.status().message()));
+  }
+  absl::StatusOr<at::Tensor> seed = core::DecodeNpy(*bytes);
+  if (!seed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--accentuate ", spec, ": ", seed.status().message()));
+  }
+  if (seed->scalar_type() != at::kFloat ||
+      !(seed->dim() == 3 || (seed->dim() == 4 && seed->size(0) == 1))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--accentuate ", spec, " must hold float32 [C, H, W] or [1, C, H, W], "
+        "got ", core::NumpyTypeName(seed->scalar_type()), " ",
+        c10::str(seed->sizes())));
+  }
+  accentuate->mutable_image()->set_request_index(request.references_size());
+  *request.add_references() = wire::TensorToProto(*seed);
+  return absl::OkStatus();
+}
+
+// The accentuation lines of a summary: what the unit did, and how far each
+// picture moved from its seed (--accentuate).
+std::string AccentuationLines(const RenderCommandOptions& options,
+                              const v1::RenderResult& result) {
+  std::string seed = "its seed";
+  if (absl::StartsWith(options.accentuate, "dataset:")) {
+    const std::vector<std::string> parts =
+        absl::StrSplit(options.accentuate, ':');
+    seed = parts.size() == 3
+               ? absl::StrCat("image ", parts[2], " of dataset ", parts[1])
+               : absl::StrCat("dataset image ", parts.back());
+  } else if (!options.accentuate.empty()) {
+    seed = options.accentuate;
+  }
+  std::string lines;
+  for (int b = 0; b < result.accentuation_size(); ++b) {
+    const v1::AccentuationOutcome& a = result.accentuation(b);
+    const std::string factor =
+        a.seed_value() > 0
+            ? absl::StrFormat(" (x%.3g)", a.value() / a.seed_value())
+            : std::string();
+    absl::StrAppendFormat(
+        &lines,
+        "accentuation%s: unit %.4g -> %.4g%s, pixel RMS distance %.3g from "
+        "%s\n",
+        result.accentuation_size() > 1 ? absl::StrCat(" ", b) : "",
+        a.seed_value(), a.value(), factor, a.pixel_distance(), seed);
+  }
+  return lines;
+}
+
+}  // namespace
+
 absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
     const RenderCommandOptions& options) {
   if (options.model.empty()) {
@@ -212,6 +310,7 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
     }
     *request.add_references() = wire::TensorToProto(*reference);
   }
+  FEATVIZ_RETURN_IF_ERROR(AddAccentuation(options, request));
   image->set_batch(options.batch);
   image->set_decay_power(options.decay);
   absl::StatusOr<v1::Transforms> transforms =
@@ -441,6 +540,7 @@ absl::Status FollowRender(VisualizerClient& client,
             written.empty()
                 ? ""
                 : absl::StrCat("; wrote ", absl::StrJoin(written, ", "))));
+  Print(out, AccentuationLines(options, result));
   return absl::OkStatus();
 }
 

@@ -48,6 +48,15 @@ struct RenderCommandOptions {
   // PNG files sent as RenderRequest.references: reference(k) of the
   // objective is the k-th.
   std::vector<std::string> references;
+  // Feature accentuation (RenderRequest.accentuate): the seed image,
+  // "dataset:IDX" (the model's hosted dataset), "dataset:NAME:IDX", or a
+  // float32 .npy file of [C, H, W] or [1, C, H, W] in [0, 1] (sent as one
+  // more reference tensor); empty: an ordinary render.
+  std::string accentuate;
+  // Where the picture is kept close to the seed: "" for the pixels, or a
+  // layer path; and the keep-close weight, 0 for the server's default.
+  std::string accentuate_layer;
+  double accentuate_weight = 0;
   int64_t batch = 1;        // Images rendered together.
   int64_t seed = -1;        // Negative: the server picks one and reports it.
   double lr = 0;            // 0: the server's default (0.05).

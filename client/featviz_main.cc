@@ -75,6 +75,16 @@ ABSL_FLAG(std::string, maco_dataset, "",
 ABSL_FLAG(std::vector<std::string>, reference, {},
           "Comma-separated PNG files sent as reference images: reference(k) "
           "in the objective is the k-th (inversion, caricature)");
+ABSL_FLAG(std::string, accentuate, "",
+          "Feature accentuation: start from this real image and raise the "
+          "objective's unit while staying close to it: dataset:IDX, "
+          "dataset:NAME:IDX, or a float32 .npy of [C, H, W] in [0, 1]");
+ABSL_FLAG(std::string, accentuate_layer, "",
+          "With --accentuate: keep the picture close to the seed in this "
+          "layer's activations instead of its pixels");
+ABSL_FLAG(double, accentuate_weight, 0,
+          "With --accentuate: weight of the keep-close term; 0: the server's "
+          "default (docs/trust.md)");
 ABSL_FLAG(std::string, transparency, "",
           "MaCo: grid PNG of the transparency maps");
 ABSL_FLAG(int64_t, height, 0,
@@ -253,6 +263,9 @@ render and submit options (watch takes the output ones):
   --parameterization fft|pixel|maco  --batch N (batch size)
   --maco_dataset NAME|1/f  --transparency FILE (MaCo's map)
   --reference a.png,b.png (reference(0), reference(1) of the objective)
+  --accentuate dataset:IDX|dataset:NAME:IDX|seed.npy (feature accentuation:
+    start from that image, stay close to it)  --accentuate_layer L (close in
+    L's activations, not pixels)  --accentuate_weight W (0: the default)
   --seed N  --lr X  --decay_power X  --progress_every N
   --precision fp32|bf16|tf32 (the steps' arithmetic; default: the server's)
   --transforms default|none|'pad(2), jitter(1), scale(0.9, 1.1), rotate(-5, 5)'
@@ -294,7 +307,8 @@ Old spellings still work, with a note on stderr: --param, --decay,
 objectives: neuron(conv2, 5)  channel(conv2, 5)  conv2:5  layer(conv2)
   channel('0', 3) (quoted layer paths)  output(age, 2) (a model output)
   logit(7)  prob(7)  direction(fc1, [...])  diversity(conv2)  alignment(conv2)
-  tv()  l1()  l2()  any term with batch=i (image i of the batch);
+  tv()  l1()  l2()  l2(dataset(12)) (distance to an image's pixels)
+  any term with batch=i (image i of the batch);
   inversion(conv2, dataset(mnist, 17))  inversion_l2(conv2, reference(0))
   caricature(conv2, dataset(3)) (a reference image: a hosted dataset's, or
   --reference's k-th);
@@ -323,7 +337,7 @@ const std::set<std::string>& RenderFlags() {
       "batch", "seed", "lr", "precision",
       "decay_power", "transforms", "progress_every", "out", "npy", "png_dir",
       "preview_dir", "labels", "scale", "columns", "maco_dataset", "reference",
-      "transparency"};
+      "transparency", "accentuate", "accentuate_layer", "accentuate_weight"};
   return *flags;
 }
 // What `featviz compare` takes: the render options that apply to both.
@@ -435,6 +449,9 @@ absl::StatusOr<RenderCommandOptions> RenderOptions(const Invocation& in) {
   options.previews = absl::GetFlag(FLAGS_preview_dir);
   options.maco_dataset = absl::GetFlag(FLAGS_maco_dataset);
   options.references = absl::GetFlag(FLAGS_reference);
+  options.accentuate = absl::GetFlag(FLAGS_accentuate);
+  options.accentuate_layer = absl::GetFlag(FLAGS_accentuate_layer);
+  options.accentuate_weight = absl::GetFlag(FLAGS_accentuate_weight);
   options.transparency = absl::GetFlag(FLAGS_transparency);
   const std::string labels = absl::GetFlag(FLAGS_labels);
   if (!labels.empty()) options.labels = absl::StrSplit(labels, ',');

@@ -205,6 +205,15 @@ absl::StatusOr<json> RenderResultToJson(
   };
   out["warnings"] = std::vector<std::string>(result.warnings().begin(),
                                              result.warnings().end());
+  if (result.accentuation_size() > 0) {
+    json accentuation = json::array();
+    for (const v1::AccentuationOutcome& a : result.accentuation()) {
+      accentuation.push_back({{"seed_value", DoubleToJson(a.seed_value())},
+                              {"value", DoubleToJson(a.value())},
+                              {"pixel_distance", DoubleToJson(a.pixel_distance())}});
+    }
+    out["accentuation"] = std::move(accentuation);
+  }
   if (!result.maco_magnitude().empty()) {
     out["maco_magnitude"] = result.maco_magnitude();
     out["transparency_maps"] = result.transparency_png_size();

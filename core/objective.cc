@@ -213,6 +213,8 @@ enum class Arg {
   kConstant,
   kOutput,
   kReference,
+  // l2's one argument: a constant or a reference image.
+  kConstantOrReference,
 };
 
 struct Signature {
@@ -260,7 +262,12 @@ constexpr Signature kSignatures[] = {
      "alignment(layer[, decay])"},
     {"tv", TermKind::kTotalVariation, 0, 0, {}, "tv()"},
     {"l1", TermKind::kL1, 0, 1, {Arg::kConstant}, "l1([c])"},
-    {"l2", TermKind::kL2, 0, 1, {Arg::kConstant}, "l2([c])"},
+    {"l2",
+     TermKind::kL2,
+     0,
+     1,
+     {Arg::kConstantOrReference},
+     "l2([c]) or l2(dataset(name, i) or reference(k))"},
     {"output",
      TermKind::kOutput,
      2,
@@ -325,6 +332,8 @@ const char* ArgDescription(Arg arg) {
       return "output name";
     case Arg::kReference:
       return "reference image";
+    case Arg::kConstantOrReference:
+      return "constant or reference image";
   }
   return "argument";
 }
@@ -732,6 +741,20 @@ class Parser {
       }
       case Arg::kReference: {
         FEATVIZ_ASSIGN_OR_RETURN(term.reference, ReadReference());
+        return absl::OkStatus();
+      }
+      case Arg::kConstantOrReference: {
+        const Token& start = Peek();
+        if (start.kind == TokenKind::kPath &&
+            (start.text == "dataset" || start.text == "reference")) {
+          FEATVIZ_ASSIGN_OR_RETURN(term.reference, ReadReference());
+          term.pixel_reference = true;
+          return absl::OkStatus();
+        }
+        FEATVIZ_ASSIGN_OR_RETURN(
+            term.param,
+            ReadSignedNumber("constant (or a reference image: "
+                             "dataset(name, i) or reference(k))"));
         return absl::OkStatus();
       }
     }
@@ -1175,6 +1198,13 @@ absl::Status ValidateTerm(const Term& term, const ModelShape& model,
             absl::StrCat(TermKindName(term.kind), " constant ",
                          FormatNumber(*term.param), " is not finite"));
       }
+      if (term.pixel_reference && term.param.has_value()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "l2 takes a constant or a reference image, not both; got ",
+            FormatNumber(*term.param), " and ", term.reference.ToString()));
+      }
+      // Whether the reference exists and has the images' shape is checked
+      // where it is resolved (RenderSession::Create).
       break;
     case TermKind::kOutput: {
       const OutputInfo* output = nullptr;
@@ -1340,8 +1370,11 @@ bool Term::operator==(const Term& other) const {
       return index == other.index;
     case TermKind::kAlignment:
     case TermKind::kL1:
-    case TermKind::kL2:
       return param == other.param;
+    case TermKind::kL2:
+      if (pixel_reference != other.pixel_reference) return false;
+      return pixel_reference ? reference == other.reference
+                             : param == other.param;
     case TermKind::kDiversity:
     case TermKind::kTotalVariation:
       return true;
@@ -1357,7 +1390,8 @@ bool Term::operator==(const Term& other) const {
 
 bool Term::UsesReference() const {
   return kind == TermKind::kInversion || kind == TermKind::kInversionL2 ||
-         kind == TermKind::kCaricature;
+         kind == TermKind::kCaricature ||
+         (kind == TermKind::kL2 && pixel_reference);
 }
 
 std::string ReferenceImage::ToString() const {
@@ -1416,8 +1450,14 @@ std::string Term::ToString() const {
     case TermKind::kTotalVariation:
       break;
     case TermKind::kL1:
-    case TermKind::kL2:
       if (param.has_value()) args.push_back(FormatNumber(*param));
+      break;
+    case TermKind::kL2:
+      if (pixel_reference) {
+        args.push_back(reference.ToString());
+      } else if (param.has_value()) {
+        args.push_back(FormatNumber(*param));
+      }
       break;
     case TermKind::kInversion:
     case TermKind::kInversionL2:
@@ -1628,6 +1668,12 @@ Objective TotalVariation() {
 Objective L1() { return Objective(MakeTerm(TermKind::kL1)); }
 
 Objective L2() { return Objective(MakeTerm(TermKind::kL2)); }
+Objective L2(ReferenceImage reference) {
+  Term term = MakeTerm(TermKind::kL2);
+  term.reference = std::move(reference);
+  term.pixel_reference = true;
+  return Objective(std::move(term));
+}
 
 namespace {
 Objective ReferenceTerm(TermKind kind, std::string layer,
@@ -1662,6 +1708,19 @@ ReferenceImage TensorReference(int64_t index) {
   reference.source = ReferenceImage::Source::kTensor;
   reference.index = index;
   return reference;
+}
+
+std::optional<size_t> UnitTermIndex(const Objective& objective) {
+  for (size_t i = 0; i < objective.terms().size(); ++i) {
+    const WeightedTerm& wt = objective.terms()[i];
+    const TermKind kind = wt.term.kind;
+    if (wt.weight > 0 &&
+        (kind == TermKind::kNeuron || kind == TermKind::kChannel ||
+         kind == TermKind::kLogit || kind == TermKind::kProb)) {
+      return i;
+    }
+  }
+  return std::nullopt;
 }
 
 Objective ForBatch(Objective objective, int64_t batch_index) {

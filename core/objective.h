@@ -35,6 +35,9 @@
 //                              activations (for interpolations)
 //   tv(), l1([c]), l2([c])     image regularisers: total variation, mean |x-c|,
 //                              root mean square of (x-c); c defaults to 0.5
+//   l2(REF)                    root mean square of (x - the reference image's
+//                              pixels): how far the picture is from a real
+//                              image (feature accentuation keeps it close)
 //   inversion(layer, REF)      feature inversion: cosine similarity of the
 //                              image's activations at `layer` (all of them,
 //                              flattened) with the reference image's
@@ -89,7 +92,7 @@ enum class TermKind {
 // The function name of a term kind in the text syntax ("neuron", "tv", ...).
 const char* TermKindName(TermKind kind);
 
-// The reference image of an inversion or caricature term.
+// The reference image of an inversion, caricature or l2(REF) term.
 struct ReferenceImage {
   enum class Source { kDataset, kTensor };
   Source source = Source::kTensor;
@@ -132,8 +135,13 @@ struct Term {
   std::optional<double> param;
   // Only this image of the batch; every image when unset.
   std::optional<int64_t> batch;
-  // inversion, inversion_l2, caricature: the image to compare with.
+  // inversion, inversion_l2, caricature, and l2 when pixel_reference is
+  // set: the image to compare with.
   ReferenceImage reference;
+  // l2 only: compare with `reference`'s pixels (l2(REF)) instead of the
+  // constant `param`. A flag rather than an optional `reference` because
+  // every other reference term always has one.
+  bool pixel_reference = false;
 
   bool operator==(const Term& other) const;
   bool operator!=(const Term& other) const { return !(*this == other); }
@@ -143,7 +151,8 @@ struct Term {
 
   // True for terms that read a layer's activations (not logit/prob/regularisers).
   bool UsesLayer() const;
-  // True for inversion, inversion_l2 and caricature (they need `reference`).
+  // True for inversion, inversion_l2 and caricature, and for l2(REF): they
+  // need `reference` (its activations at `layer`, or for l2 its pixels).
   bool UsesReference() const;
 };
 
@@ -231,6 +240,8 @@ Objective Alignment(std::string layer);
 Objective TotalVariation();
 Objective L1();
 Objective L2();
+// l2(REF): the root mean square distance to a reference image's pixels.
+Objective L2(ReferenceImage reference);
 Objective Inversion(std::string layer, ReferenceImage reference);
 Objective InversionL2(std::string layer, ReferenceImage reference);
 Objective Caricature(std::string layer, ReferenceImage reference);
@@ -239,6 +250,11 @@ ReferenceImage DatasetReference(std::string dataset, int64_t index);
 ReferenceImage TensorReference(int64_t index);
 // The same objective restricted to one image of the batch (every term).
 Objective ForBatch(Objective objective, int64_t batch_index);
+
+// The objective's unit, as feature accentuation reports it: the index of
+// its first term of positive weight that measures a neuron, channel, logit
+// or prob; nullopt when it has none.
+std::optional<size_t> UnitTermIndex(const Objective& objective);
 
 }  // namespace featviz::core
 

@@ -216,11 +216,23 @@ absl::StatusOr<ObjectiveValue> EvaluateObjective(
         }
         mean = summed;
       } else {
-        at::Tensor v =
-            term.UsesReference()
-                ? AgainstReference(term, taps.activations.at(term.layer),
-                                   references[t])
-                : PerImage(term, taps, images);
+        at::Tensor v;
+        if (term.kind == TermKind::kL2 && term.UsesReference()) {
+          // The floor keeps the gradient finite where the picture equals
+          // its reference (an accentuation's first step): sqrt's slope is
+          // infinite at 0, and 0 * inf is NaN.
+          v = (images - references[t].to(images.scalar_type()))
+                  .pow(2)
+                  .flatten(1)
+                  .mean(1)
+                  .add(1e-12)
+                  .sqrt();
+        } else if (term.UsesReference()) {
+          v = AgainstReference(term, taps.activations.at(term.layer),
+                               references[t]);
+        } else {
+          v = PerImage(term, taps, images);
+        }
         if (term.batch.has_value()) v = v.narrow(0, *term.batch, 1);
         summed = v.sum();
         mean = v.mean();
@@ -232,6 +244,25 @@ absl::StatusOr<ObjectiveValue> EvaluateObjective(
     return ObjectiveValue{at::stack(values), total};
   } catch (const std::exception& e) {
     return TorchError(e, "evaluating the objective");
+  }
+}
+
+absl::StatusOr<at::Tensor> UnitValues(const Term& term, const Taps& taps) {
+  const bool unit = term.kind == TermKind::kNeuron ||
+                    term.kind == TermKind::kChannel ||
+                    term.kind == TermKind::kLogit || term.kind == TermKind::kProb;
+  if (!unit) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        term.ToString(), " is not a neuron, channel, logit or prob term"));
+  }
+  if (term.UsesLayer() && !taps.activations.count(term.layer)) {
+    return absl::InternalError(
+        absl::StrCat("layer ", term.layer, " was not tapped"));
+  }
+  try {
+    return PerImage(term, taps, at::Tensor());
+  } catch (const std::exception& e) {
+    return TorchError(e, absl::StrCat("measuring ", term.ToString()));
   }
 }
 

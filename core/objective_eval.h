@@ -44,8 +44,9 @@ absl::StatusOr<ObjectiveValue> EvaluateObjective(const Objective& objective,
 
 // One entry per term of an objective, in order: for an inversion,
 // inversion_l2 or caricature term the reference image's activations at the
-// term's layer ([1, ...], the layer's shape for one image), undefined for
-// every other term.
+// term's layer ([1, ...], the layer's shape for one image); for l2(REF) the
+// reference image itself ([1, C, H, W], the images' shape for one image);
+// undefined for every other term.
 using ReferenceActivations = std::vector<at::Tensor>;
 
 // As above, with the reference activations the objective's reference terms
@@ -53,6 +54,11 @@ using ReferenceActivations = std::vector<at::Tensor>;
 absl::StatusOr<ObjectiveValue> EvaluateObjective(
     const Objective& objective, const Taps& taps, const at::Tensor& images,
     const ReferenceActivations& references);
+
+// Per-image values [B] of one neuron, channel, logit or prob term (the
+// unit UnitTermIndex picks), ignoring its batch restriction: what feature
+// accentuation reports for each image. `taps` must hold the term's layer.
+absl::StatusOr<at::Tensor> UnitValues(const Term& term, const Taps& taps);
 
 }  // namespace featviz::core
 

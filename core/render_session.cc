@@ -18,6 +18,39 @@ namespace {
 
 std::atomic<uint64_t> next_job_id{1};
 
+// l2(REF)'s reference: the image itself, [1, C, H, W] on the model's
+// device, which must have the stimuli's shape (`param`, sizes filled) or be
+// one gray channel of it.
+absl::StatusOr<at::Tensor> PixelReference(const Model& model, const Term& term,
+                                          const at::Tensor& image,
+                                          const ParamOptions& param) {
+  const at::Tensor one =
+      image.defined() && image.dim() == 4 && image.size(0) == 1
+          ? image.squeeze(0)
+          : image;
+  if (!one.defined() || one.dim() != 3 ||
+      (one.size(0) != param.channels && one.size(0) != 1) ||
+      one.size(1) != param.height || one.size(2) != param.width) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "reference image ", term.reference.ToString(), " of ",
+        term.ToString(), " has shape ",
+        image.defined() ? c10::str(image.sizes()) : "none",
+        ", expected the images' [", param.channels, ", ", param.height, ", ",
+        param.width, "]"));
+  }
+  try {
+    if (!at::isfinite(one).all().item<bool>()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("reference image ", term.reference.ToString(),
+                       " has non-finite pixels"));
+    }
+    return one.unsqueeze(0).to(model.device(), at::kFloat).detach();
+  } catch (const std::exception& e) {
+    return TorchError(e, absl::StrCat("reading reference image ",
+                                      term.reference.ToString()));
+  }
+}
+
 // The activations of every reference term's reference image at its layer,
 // one forward pass per distinct image (no gradient, no transforms).
 absl::StatusOr<ReferenceActivations> ComputeReferences(
@@ -27,7 +60,8 @@ absl::StatusOr<ReferenceActivations> ComputeReferences(
   ReferenceActivations activations(terms.size());
   // Reference text -> the layers its terms read.
   std::map<std::string, std::vector<std::string>> layers;
-  for (const WeightedTerm& wt : terms) {
+  for (size_t t = 0; t < terms.size(); ++t) {
+    const WeightedTerm& wt = terms[t];
     if (!wt.term.UsesReference()) continue;
     const std::string key = wt.term.reference.ToString();
     auto it = options.references.find(key);
@@ -35,6 +69,12 @@ absl::StatusOr<ReferenceActivations> ComputeReferences(
       return absl::InvalidArgumentError(absl::StrCat(
           "reference image ", key, " of ", wt.term.ToString(),
           " was not given"));
+    }
+    if (wt.term.kind == TermKind::kL2) {
+      FEATVIZ_ASSIGN_OR_RETURN(
+          activations[t],
+          PixelReference(model, wt.term, it->second, options.param));
+      continue;
     }
     const ModelCard& card = model.card();
     const at::Tensor& image = it->second;
@@ -74,7 +114,8 @@ absl::StatusOr<ReferenceActivations> ComputeReferences(
     }
     for (size_t t = 0; t < terms.size(); ++t) {
       const Term& term = terms[t].term;
-      if (term.UsesReference() && term.reference.ToString() == key) {
+      if (term.UsesReference() && term.kind != TermKind::kL2 &&
+          term.reference.ToString() == key) {
         activations[t] = taps.activations.at(term.layer).detach();
       }
     }
@@ -116,6 +157,19 @@ absl::Status CheckOptions(const ModelCard& card, RenderOptions& options) {
             ? "; colour stimuli cannot be shown to a one-channel model"
             : "; only one-channel (gray) stimuli can stand in for its "
               "channels"));
+  }
+  const at::Tensor& seed = options.accentuation_seed;
+  if (seed.defined()) {
+    const bool fits =
+        (seed.dim() == 3 || (seed.dim() == 4 && seed.size(0) == 1)) &&
+        (seed.size(-3) == p.channels || seed.size(-3) == 1) &&
+        seed.size(-2) == p.height && seed.size(-1) == p.width;
+    if (!fits) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "accentuation seed has shape ", c10::str(seed.sizes()),
+          ", expected the images' [", p.channels, ", ", p.height, ", ",
+          p.width, "]"));
+    }
   }
   return absl::OkStatus();
 }
@@ -298,10 +352,52 @@ absl::StatusOr<RenderResult> RenderSession::Finish() {
     result.final_total = total.data_ptr<double>()[0];
     result.warnings = ProbSaturationWarnings(state_.objective, result.probs,
                                              model_.card().log_probs);
+    if (options_.accentuation_seed.defined()) {
+      FEATVIZ_ASSIGN_OR_RETURN(result.accentuation,
+                               MeasureAccentuation(taps, images));
+    }
   } catch (const std::exception& e) {
     return TorchError(e, "measuring the final images");
   }
   return result;
+}
+
+absl::StatusOr<std::vector<AccentuationOutcome>>
+RenderSession::MeasureAccentuation(const Taps& taps, const at::Tensor& images) {
+  const int64_t batch = images.size(0);
+  at::Tensor seed = options_.accentuation_seed;
+  if (seed.dim() == 3) seed = seed.unsqueeze(0);
+  seed = seed.to(images.device(), images.scalar_type());
+  // Per image: the RMS over its pixels (a gray seed broadcast over colour
+  // stimuli).
+  const at::Tensor distance =
+      (images - seed).pow(2).flatten(1).mean(1).to(at::kCPU, at::kDouble);
+  std::vector<AccentuationOutcome> outcomes(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) {
+    outcomes[b].pixel_distance = std::sqrt(distance[b].item<double>());
+  }
+  const std::optional<size_t> unit = UnitTermIndex(state_.objective);
+  if (!unit.has_value()) return outcomes;
+  const Term& term = state_.objective.terms()[*unit].term;
+  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor values, UnitValues(term, taps));
+  const ModelCard& card = model_.card();
+  at::Tensor seed_input = seed.expand({1, images.size(1), images.size(2),
+                                       images.size(3)});
+  if (seed_input.size(2) != card.height || seed_input.size(3) != card.width) {
+    seed_input = ApplyTransforms({}, seed_input, generator_, card.height,
+                                 card.width);
+  }
+  std::vector<std::string> layers;
+  if (term.UsesLayer()) layers.push_back(term.layer);
+  FEATVIZ_ASSIGN_OR_RETURN(Taps seed_taps, model_.Forward(seed_input, layers));
+  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor seed_values, UnitValues(term, seed_taps));
+  const double seed_value = seed_values.to(at::kCPU, at::kDouble)[0].item<double>();
+  values = values.to(at::kCPU, at::kDouble);
+  for (int64_t b = 0; b < batch; ++b) {
+    outcomes[b].seed_value = seed_value;
+    outcomes[b].value = values[b].item<double>();
+  }
+  return outcomes;
 }
 
 std::vector<std::string> ProbSaturationWarnings(const Objective& objective,

@@ -47,6 +47,11 @@ struct RenderOptions {
   // three-channel model). Each is put through the model once, when the
   // session is created, untransformed.
   std::map<std::string, at::Tensor> references;
+  // Feature accentuation: the seed image the pictures start from, [C, H, W]
+  // (or [1, C, H, W]) of the stimuli's shape in [0, 1]. When defined,
+  // Finish() fills RenderResult::accentuation (one more forward pass, of
+  // the seed); undefined, nothing is measured.
+  at::Tensor accentuation_seed;
 };
 
 struct ProgressEvent {
@@ -62,6 +67,16 @@ struct LayerStats {
   std::string layer;
   at::Tensor mean;  // [B, C] spatial mean of each channel (or the neuron).
   at::Tensor max;   // [B, C] spatial max.
+};
+
+// What feature accentuation did to one image of the batch.
+struct AccentuationOutcome {
+  // The objective's unit (UnitTermIndex) on the seed image and on the
+  // final picture; both 0 when the objective has no unit.
+  double seed_value = 0;
+  double value = 0;
+  // Root mean square of (picture - seed) over the image's pixels.
+  double pixel_distance = 0;
 };
 
 struct RenderResult {
@@ -91,6 +106,8 @@ struct RenderResult {
   // What the user should know about the result, one sentence each: a
   // prob(c) term whose softmax saturated (ProbSaturationWarnings).
   std::vector<std::string> warnings;
+  // RenderOptions::accentuation_seed: one per image; empty otherwise.
+  std::vector<AccentuationOutcome> accentuation;
 };
 
 // Above this probability a prob(c) term has saturated: its gradient,
@@ -147,6 +164,10 @@ class RenderSession {
 
  private:
   RenderSession(const Model& model, RenderOptions options);
+  // RenderResult::accentuation from the final images and their taps (which
+  // hold the objective's layers); one more forward pass, of the seed.
+  absl::StatusOr<std::vector<AccentuationOutcome>> MeasureAccentuation(
+      const Taps& taps, const at::Tensor& images);
 
   const Model& model_;
   RenderOptions options_;

@@ -347,7 +347,7 @@ absl::StatusOr<core::ReferenceImage> ReferenceFromProto(
   }
   return absl::InvalidArgumentError(absl::StrCat(
       field, " must be set (dataset_image or request_index) for an "
-             "inversion, inversion_l2 or caricature term"));
+             "inversion, inversion_l2, caricature or l2(REF) term"));
 }
 
 absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
@@ -416,6 +416,9 @@ absl::StatusOr<core::Objective> ObjectiveFromProto(const v1::Objective& tree) {
     term.vector.assign(t.vector().begin(), t.vector().end());
     if (t.has_param()) term.param = t.param();
     if (t.has_batch()) term.batch = t.batch();
+    // l2 compares with a reference image when one is given (l2(REF)).
+    term.pixel_reference =
+        term.kind == core::TermKind::kL2 && t.has_reference();
     if (term.UsesReference()) {
       FEATVIZ_ASSIGN_OR_RETURN(
           term.reference,
@@ -613,30 +616,132 @@ absl::Status PlanImage(const v1::ImageSpec& image, const Limits& limits,
   return absl::OkStatus();
 }
 
-// optimizer: steps, and lr once the parameterisation is known.
+// optimizer: steps, and lr once the parameterisation is known (and whether
+// the render is an accentuation, whose defaults are its own).
 absl::Status PlanOptimizer(const v1::Optimizer& optimizer,
                            const Limits& limits, RenderPlan& plan) {
   const core::ParamOptions& param = plan.options.param;
+  const bool accentuation = plan.accentuation.has_value();
+  const int64_t default_steps =
+      accentuation ? kDefaultAccentuationSteps : kDefaultSteps;
+  const double default_lr =
+      accentuation ? kDefaultAccentuationLr : DefaultLr(param.kind);
   if (optimizer.steps() < 0 || optimizer.steps() > limits.max_steps) {
     return OutsideRange("optimizer.steps", 1, limits.max_steps,
-                        absl::StrCat(kDefaultSteps), optimizer.steps());
+                        absl::StrCat(default_steps), optimizer.steps());
   }
-  plan.options.steps = optimizer.steps() == 0 ? kDefaultSteps : optimizer.steps();
+  plan.options.steps = optimizer.steps() == 0 ? default_steps : optimizer.steps();
   if (plan.options.steps > limits.max_steps) {
     // Only when a server's max_steps is below the default.
     return absl::InvalidArgumentError(absl::StrCat(
-        "optimizer.steps is 0, meaning ", kDefaultSteps,
+        "optimizer.steps is 0, meaning ", default_steps,
         ", more than this server's max_steps ", limits.max_steps));
   }
   if (optimizer.lr() == 0) {
-    plan.options.lr = DefaultLr(param.kind);
+    plan.options.lr = default_lr;
   } else if (!(optimizer.lr() > 0 && optimizer.lr() <= kMaxLr)) {
     return absl::InvalidArgumentError(
         absl::StrCat("optimizer.lr must be in (0, ", kMaxLr, "] (0 means ",
-                     DefaultLr(param.kind), "), got ", optimizer.lr()));
+                     default_lr, "), got ", optimizer.lr()));
   } else {
     plan.options.lr = optimizer.lr();
   }
+  return absl::OkStatus();
+}
+
+// accentuate: the seed, the keep-close term added to the objective, and a
+// parameterisation that can start from the seed. After PlanImage and
+// PlanObjective, before PlanOptimizer (whose default lr depends on the
+// parameterisation). The seed's pixels are RenderInputs' to fetch.
+absl::Status PlanAccentuation(const v1::RenderRequest& request,
+                              RenderPlan& plan) {
+  if (!request.has_accentuate()) return absl::OkStatus();
+  const v1::Accentuation& accentuate = request.accentuate();
+  const core::ModelCard& card = plan.model->card;
+  core::ParamOptions& param = plan.options.param;
+  if (accentuate.image().source_case() == v1::ReferenceImage::SOURCE_NOT_SET) {
+    return absl::InvalidArgumentError(
+        "accentuate.image must be set (dataset_image or request_index): "
+        "accentuation starts from a real image");
+  }
+  FEATVIZ_ASSIGN_OR_RETURN(
+      core::ReferenceImage seed,
+      ReferenceFromProto(accentuate.image(), "accentuate.image"));
+  if (seed.source == core::ReferenceImage::Source::kTensor &&
+      seed.index >= request.references_size()) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "accentuate.image.request_index ", seed.index,
+        " is beyond the request's ", request.references_size(),
+        " reference tensors"));
+  }
+  const double w = accentuate.weight();
+  if (!std::isfinite(w) || w < 0 || w > kMaxAccentuationWeight) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "accentuate.weight must be finite and in (0, ", kMaxAccentuationWeight,
+        "] (0 takes the default), got ", w));
+  }
+  if (accentuate.layer().size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("accentuate.layer must be at most ", kMaxNameBytes,
+                     " bytes, got ", accentuate.layer().size()));
+  }
+  const v1::ImageSpec& image = request.image();
+  if (image.has_init_image()) {
+    return absl::InvalidArgumentError(
+        "accentuate and image.init_image are both set; an accentuation "
+        "starts from its seed image (accentuate.image), so leave "
+        "image.init_image unset");
+  }
+  switch (image.parameterization()) {
+    case v1::PARAMETERIZATION_UNSPECIFIED:
+      // PlanImage may have picked MaCo for an open request.
+      param.kind = kAccentuationParam;
+      plan.maco_dataset.clear();
+      break;
+    case v1::PARAMETERIZATION_MACO:
+      return absl::InvalidArgumentError(
+          "accentuate needs a parameterisation that starts from the seed "
+          "image, but image.parameterization is PARAMETERIZATION_MACO (it "
+          "keeps a fixed spectrum magnitude, so it cannot hold a real "
+          "image); ask for PARAMETERIZATION_FFT or PARAMETERIZATION_PIXEL, "
+          "or leave it unspecified");
+    default:
+      break;
+  }
+  if (param.height != card.height || param.width != card.width) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "accentuate: the images are ", param.height, "x", param.width,
+        ", but a seed image has the model's input size ", card.height, "x",
+        card.width, "; leave image.size, height and width 0"));
+  }
+  if (!core::UnitTermIndex(plan.objective).has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "accentuate needs a unit to accentuate: a neuron, channel, logit or "
+        "prob term of positive weight, but the objective is ",
+        plan.objective.ToString().substr(0, 200)));
+  }
+  if (static_cast<int64_t>(plan.objective.terms().size()) >=
+      core::kMaxObjectiveTerms) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "accentuate adds a term to the objective, which already has the "
+        "most terms allowed (", core::kMaxObjectiveTerms, ")"));
+  }
+  core::Objective keep_close;
+  if (accentuate.layer().empty()) {
+    keep_close = -(w == 0 ? kDefaultAccentuationPixelWeight : w) *
+                 core::L2(seed);
+  } else {
+    keep_close = (w == 0 ? kDefaultAccentuationLayerWeight : w) *
+                 core::InversionL2(accentuate.layer(), seed);
+    const absl::Status layer =
+        keep_close.Validate(plan.model->Shape(), param.batch);
+    if (!layer.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("accentuate.layer: ", layer.message()));
+    }
+  }
+  plan.objective = plan.objective + keep_close;
+  plan.accentuation = std::move(seed);
   return absl::OkStatus();
 }
 
@@ -728,6 +833,7 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   // objective, now that the batch is known
   FEATVIZ_ASSIGN_OR_RETURN(plan.objective,
                            PlanObjective(request, *plan.model, param.batch));
+  FEATVIZ_RETURN_IF_ERROR(PlanAccentuation(request, plan));
 
   // transforms
   FEATVIZ_ASSIGN_OR_RETURN(plan.options.transforms,
@@ -999,6 +1105,12 @@ v1::RenderResult ResultToProto(const JobResult& result) {
   out.set_maco_magnitude(result.maco_magnitude);
   out.set_parameterization(ParameterizationToProto(result.parameterization));
   for (const std::string& warning : result.warnings) out.add_warnings(warning);
+  for (const core::AccentuationOutcome& a : result.accentuation) {
+    v1::AccentuationOutcome* outcome = out.add_accentuation();
+    outcome->set_seed_value(a.seed_value);
+    outcome->set_value(a.value);
+    outcome->set_pixel_distance(a.pixel_distance);
+  }
   for (const LayerSummary& stats : result.layer_stats) {
     v1::LayerStats* s = out.add_layer_stats();
     s->set_layer(stats.layer);

@@ -103,6 +103,25 @@ inline constexpr double kDefaultLr = 0.05;
 inline constexpr double kDefaultMacoLr = 0.5;
 double DefaultLr(core::ParamKind kind);
 
+// Feature accentuation (RenderRequest.accentuate; docs/trust.md, "Feature
+// accentuation"): the keep-close term's weight when the request leaves it
+// 0, for the pixels (-w * l2(REF)) and for a layer (+w *
+// inversion_l2(layer, REF)), measured on the bundled classifier; and the
+// largest weight a request may ask for.
+inline constexpr double kDefaultAccentuationPixelWeight = 4.0;
+inline constexpr double kDefaultAccentuationLayerWeight = 4.0;
+inline constexpr double kMaxAccentuationWeight = 1e6;
+// An accentuation's optimizer when the request leaves steps and lr 0:
+// fewer, smaller steps than a render from noise, because the RMS distance
+// pulls back with the same strength however close the picture is, so a
+// long run drifts away from the seed (docs/trust.md).
+inline constexpr int64_t kDefaultAccentuationSteps = 64;
+inline constexpr double kDefaultAccentuationLr = 0.02;
+// The parameterisation an accentuation gets when the request leaves it
+// open: one that starts exactly from the seed image (MaCo keeps a fixed
+// spectrum magnitude, so it cannot).
+inline constexpr core::ParamKind kAccentuationParam = core::ParamKind::kFft;
+
 // Tensors in and out (proto/tensor_codec.h, shared with the CLI): a
 // request's tensor is checked with its field named.
 using wire::TensorFromProto;

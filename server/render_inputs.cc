@@ -108,6 +108,72 @@ absl::StatusOr<RenderInputs::MacoPrior> RenderInputs::Prior(
   return cached.prior;
 }
 
+absl::StatusOr<at::Tensor> RenderInputs::ResolveReference(
+    const core::ReferenceImage& ref, const RenderPlan& plan,
+    const std::string& field) {
+  at::Tensor image;
+  std::string what;
+  if (ref.source == core::ReferenceImage::Source::kTensor) {
+    what = absl::StrCat("references[", ref.index, "]");
+    if (ref.index >= static_cast<int64_t>(plan.reference_tensors.size())) {
+      return absl::OutOfRangeError(absl::StrCat(
+          field, " needs ", what, ", but the request has ",
+          plan.reference_tensors.size(), " reference tensors"));
+    }
+    image = plan.reference_tensors[static_cast<size_t>(ref.index)];
+  } else {
+    DatasetNeed need = NeedOf(plan.model->card, plan.model->card.channels);
+    need.gray_for_rgb = true;  // As ModelInput takes them.
+    absl::StatusOr<core::DatasetPtr> dataset =
+        ref.dataset.empty() ? datasets_.Pick("", need, field)
+                            : datasets_.Find(ref.dataset);
+    if (!dataset.ok()) {
+      if (ref.dataset.empty()) return dataset.status();
+      return Prefixed(field, dataset.status());
+    }
+    if (ref.index >= (*dataset)->size()) {
+      return absl::OutOfRangeError(absl::StrCat(
+          field, ": index ", ref.index, " is beyond dataset ",
+          (*dataset)->name, " of ", (*dataset)->size(), " images"));
+    }
+    what = absl::StrCat("image ", ref.index, " of dataset ", (*dataset)->name);
+    image = (*dataset)->images[ref.index];
+  }
+  return ModelInput(image, plan.model->card, what);
+}
+
+absl::Status RenderInputs::ResolveAccentuation(RenderPlan& plan) {
+  const core::ReferenceImage& ref = *plan.accentuation;
+  const std::string field = absl::StrCat("accentuate.image ", ref.ToString());
+  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor seed,
+                           ResolveReference(ref, plan, field));
+  core::ParamOptions& param = plan.options.param;
+  // A gray seed stands for every channel of colour stimuli; colour cannot
+  // become gray stimuli without choosing how.
+  if (seed.size(0) != param.channels) {
+    if (seed.size(0) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " has ", seed.size(0), " channels, but the stimuli have ",
+          param.channels, " (image.color); ask for the model's colour"));
+    }
+    seed = seed.expand({param.channels, seed.size(1), seed.size(2)});
+  }
+  seed = seed.to(at::kFloat).contiguous();
+  // It becomes the start image, which must be in [0, 1] as
+  // image.init_image must (a request reference is checked only for shape).
+  const at::Tensor bad = seed.isnan().logical_or(seed < 0).logical_or(seed > 1);
+  if (bad.any().item<bool>()) {
+    const int64_t at = bad.flatten().nonzero()[0][0].item<int64_t>();
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " must hold values in [0, 1], found ",
+                     seed.flatten()[at].item<float>(), " at element ", at));
+  }
+  plan.options.references[ref.ToString()] = seed;
+  param.init_image = seed;
+  plan.options.accentuation_seed = seed;
+  return absl::OkStatus();
+}
+
 absl::Status RenderInputs::Resolve(RenderPlan& plan) {
   // On gRPC's threads: LibTorch's exceptions end here, as the request's
   // error.
@@ -131,48 +197,18 @@ absl::Status RenderInputs::ResolveUnguarded(RenderPlan& plan) {
     param.tone_gain = prior.tone.gain;
     param.tone_offset = prior.tone.offset;
   }
+  if (plan.accentuation.has_value()) {
+    FEATVIZ_RETURN_IF_ERROR(ResolveAccentuation(plan));
+  }
   for (const core::WeightedTerm& wt : plan.objective.terms()) {
     const core::Term& term = wt.term;
     if (!term.UsesReference()) continue;
-    const core::ReferenceImage& ref = term.reference;
-    const std::string key = ref.ToString();
+    const std::string key = term.reference.ToString();
     if (plan.options.references.count(key)) continue;
-    at::Tensor image;
-    std::string what;
-    if (ref.source == core::ReferenceImage::Source::kTensor) {
-      what = absl::StrCat("references[", ref.index, "]");
-      if (ref.index >= static_cast<int64_t>(plan.reference_tensors.size())) {
-        return absl::OutOfRangeError(absl::StrCat(
-            "objective: ", term.ToString(), " needs ", what,
-            ", but the request has ", plan.reference_tensors.size(),
-            " reference tensors"));
-      }
-      image = plan.reference_tensors[static_cast<size_t>(ref.index)];
-    } else {
-      DatasetNeed need =
-          NeedOf(plan.model->card, plan.model->card.channels);
-      need.gray_for_rgb = true;  // As ModelInput takes them.
-      absl::StatusOr<core::DatasetPtr> dataset =
-          ref.dataset.empty()
-              ? datasets_.Pick("", need,
-                               absl::StrCat("objective: ", term.ToString()))
-              : datasets_.Find(ref.dataset);
-      if (!dataset.ok()) {
-        if (ref.dataset.empty()) return dataset.status();
-        return Prefixed(absl::StrCat("objective: ", term.ToString()),
-                        dataset.status());
-      }
-      if (ref.index >= (*dataset)->size()) {
-        return absl::OutOfRangeError(absl::StrCat(
-            "objective: ", term.ToString(), ": index ", ref.index,
-            " is beyond dataset ", (*dataset)->name, " of ",
-            (*dataset)->size(), " images"));
-      }
-      what = absl::StrCat("image ", ref.index, " of dataset ", (*dataset)->name);
-      image = (*dataset)->images[ref.index];
-    }
-    FEATVIZ_ASSIGN_OR_RETURN(image, ModelInput(image, plan.model->card, what));
-    plan.options.references[key] = image;
+    FEATVIZ_ASSIGN_OR_RETURN(
+        plan.options.references[key],
+        ResolveReference(term.reference, plan,
+                         absl::StrCat("objective: ", term.ToString())));
   }
   return absl::OkStatus();
 }

@@ -1,8 +1,9 @@
 // What a render needs beyond its own request, resolved when it is accepted:
 // MaCo's fixed magnitude spectrum (estimated from a hosted dataset once per
 // dataset, channel count and image size, then cached; the 1/f default when
-// no dataset fits the model) and the reference images of inversion and
-// caricature terms (the request's own tensors, or hosted dataset images).
+// no dataset fits the model), the reference images of inversion,
+// caricature and l2(REF) terms (the request's own tensors, or hosted
+// dataset images), and a feature accentuation's seed image.
 // A request that names no dataset gets only one whose images fit the model
 // (DatasetRegistry::Pick).
 #ifndef FEATVIZ_SERVER_RENDER_INPUTS_H_
@@ -76,6 +77,15 @@ class RenderInputs {
 
  private:
   absl::Status ResolveUnguarded(RenderPlan& plan);
+  // A reference image's pixels, [C, H, W] at the model's input (C the
+  // model's channels, or 1 for an RGB model): plan.reference_tensors[k] or
+  // a hosted dataset's image. `field` starts every error.
+  absl::StatusOr<at::Tensor> ResolveReference(const core::ReferenceImage& ref,
+                                              const RenderPlan& plan,
+                                              const std::string& field);
+  // plan.accentuation's seed into options.references, the start image and
+  // options.accentuation_seed, at the stimuli's channels.
+  absl::Status ResolveAccentuation(RenderPlan& plan);
 
   const DatasetRegistry empty_;
   const DatasetRegistry& datasets_;  // The one given, or empty_.

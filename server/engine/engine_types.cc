@@ -260,6 +260,11 @@ std::string CacheKey(const RenderPlan& plan) {
   h.Number("progress_every", static_cast<double>(o.progress_every));
   h.Number("progress_images", o.progress_images);
   for (const auto& [key, image] : o.references) h.Tensor(key, image);
+  // An accentuation's result carries its outcome, which the same objective
+  // and start image without `accentuate` do not.
+  if (o.accentuation_seed.defined()) {
+    h.Tensor("accentuation_seed", o.accentuation_seed);
+  }
   h.Text("precision", core::PrecisionName(plan.precision));
   h.Number("tensor", plan.tensor);
   h.Number("png", plan.png);
@@ -309,6 +314,8 @@ int64_t JobResult::bytes() const {
   total += HeapBytes(png) + HeapBytes(band_png) + HeapBytes(band_names) +
            HeapBytes(transparency_png) + HeapBytes(composite) +
            HeapBytes(warnings);
+  total += HeapChunk(static_cast<int64_t>(accentuation.capacity() *
+                                          sizeof(core::AccentuationOutcome)));
   total += HeapBytes(logits) + HeapBytes(probs);
   total += HeapChunk(
       static_cast<int64_t>(layer_stats.capacity() * sizeof(LayerSummary)));
@@ -381,6 +388,7 @@ absl::StatusOr<JobResult> MakeJobResult(const core::RenderResult& result,
   }
   out.parameterization = result.parameterization;
   out.warnings = result.warnings;
+  out.accentuation = result.accentuation;
   out.seed = result.seed;
   out.steps = result.steps;
   out.transforms = result.transforms;

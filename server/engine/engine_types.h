@@ -55,6 +55,11 @@ struct RenderPlan {
   // checked once by PlanRender; RenderInputs puts the ones the objective's
   // reference(k) terms name into options.references.
   std::vector<at::Tensor> reference_tensors;
+  // RenderRequest.accentuate: the seed image. PlanRender has added the
+  // keep-close term to `objective`; RenderInputs resolves the seed into
+  // options.references, options.param.init_image (every image starts from
+  // it) and options.accentuation_seed. Unset: an ordinary render.
+  std::optional<core::ReferenceImage> accentuation;
   // The request's seed; unset when the server is to pick one.
   std::optional<uint64_t> seed;
   // What the result carries.
@@ -251,6 +256,9 @@ struct JobResult {
   core::ParamKind parameterization = core::ParamKind::kFft;
   // core::RenderResult::warnings: what the user should know about it.
   std::vector<std::string> warnings;
+  // core::RenderResult::accentuation: one per image when the request asked
+  // for feature accentuation (RenderPlan::options.accentuation_seed).
+  std::vector<core::AccentuationOutcome> accentuation;
   uint64_t seed = 0;
   int64_t steps = 0;
   std::string transforms;  // The transform set, as text.

@@ -20,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/image.h"
 #include "tests/client/process.h"
 
 namespace featviz::testing {
@@ -224,6 +225,62 @@ TEST_F(CliTest, PipedRenderPrintsASummaryAndAProgressLinePerTenth) {
   const std::vector<std::string> progress = Lines(r.err);
   ASSERT_EQ(progress.size(), 10u) << r.err;
   EXPECT_TRUE(absl::StrContains(progress.back(), "32/32")) << r.err;
+}
+
+// --accentuate sends an .npy seed as a reference tensor and prints what the
+// accentuation did; the JSON carries it too.
+TEST_F(CliTest, RenderAccentuatesAnNpySeedAndPrintsTheOutcome) {
+  const std::string dir = ScratchDir("accentuate");
+  // A plus sign: a horizontal and a vertical stroke.
+  at::Tensor seed = at::zeros({1, 28, 28});
+  seed.narrow(1, 13, 3).narrow(2, 6, 16).fill_(1.0);
+  seed.narrow(2, 13, 3).narrow(1, 6, 16).fill_(1.0);
+  const std::string path = dir + "/seed.npy";
+  ASSERT_TRUE(core::WriteNpy(seed, path).ok());
+  const CommandResult r =
+      Run({"render", "mnist_classifier", "logit(4)", "--accentuate", path,
+           "--seed", "1", "--out="});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::vector<std::string> lines = Lines(r.out);
+  ASSERT_EQ(lines.size(), 2u) << r.out;
+  EXPECT_TRUE(absl::StrContains(lines[0], "logit(4) - 4 * l2(reference(0))"))
+      << r.out;
+  EXPECT_TRUE(absl::StartsWith(lines[1], "accentuation: unit ")) << r.out;
+  EXPECT_TRUE(absl::StrContains(lines[1], "pixel RMS distance")) << r.out;
+  EXPECT_TRUE(absl::StrContains(lines[1], path)) << r.out;
+
+  const CommandResult j =
+      Run({"render", "mnist_classifier", "logit(4)", "--accentuate", path,
+           "--accentuate_layer", "conv1", "--seed", "1", "--json", "--out="});
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  const json report = json::parse(j.out);
+  EXPECT_TRUE(absl::StrContains(report["objective"].get<std::string>(),
+                                "4 * inversion_l2(conv1, reference(0))"))
+      << j.out;
+  ASSERT_EQ(report["accentuation"].size(), 1u) << j.out;
+  EXPECT_GT(report["accentuation"][0]["value"].get<double>(),
+            report["accentuation"][0]["seed_value"].get<double>());
+  EXPECT_GT(report["accentuation"][0]["pixel_distance"].get<double>(), 0);
+
+  // Usage errors before anything is sent; the server names its field.
+  EXPECT_EQ(Run({"render", "mnist_classifier", "logit(4)", "--accentuate",
+                 "dataset:x", "--out="})
+                .exit_code,
+            2);
+  EXPECT_EQ(Run({"render", "mnist_classifier", "logit(4)",
+                 "--accentuate_weight", "2", "--out="})
+                .exit_code,
+            2);
+  const CommandResult bad =
+      Run({"render", "mnist_classifier", "logit(4)", "--accentuate", path,
+           "--accentuate_weight", "-1", "--out="});
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
+  EXPECT_TRUE(absl::StrContains(bad.err, "--accentuate_weight")) << bad.err;
+  const CommandResult layer =
+      Run({"render", "mnist_classifier", "logit(4)", "--accentuate", path,
+           "--accentuate_layer", "conv9", "--out="});
+  EXPECT_EQ(layer.exit_code, 1) << layer.err;
+  EXPECT_TRUE(absl::StrContains(layer.err, "accentuate.layer")) << layer.err;
 }
 
 // Issue 27: the progress line ended at one total, the summary printed

@@ -147,6 +147,56 @@ TEST_F(ConvertTest, ObjectiveTreeBecomesTheSameObjectiveAsItsText) {
                 "2 * neuron(conv2, 3, 1, 2) - 0.5 * l2(0.25, batch=0)"));
 }
 
+TEST_F(ConvertTest, AnL2TermWithAReferenceIsL2OfThatImage) {
+  v1::Objective tree;
+  v1::WeightedTerm* l2 = tree.add_terms();
+  l2->set_weight(-2);
+  l2->mutable_term()->set_kind(v1::TERM_KIND_L2);
+  v1::DatasetImage* image =
+      l2->mutable_term()->mutable_reference()->mutable_dataset_image();
+  image->set_dataset("mnist");
+  image->set_index(3);
+  absl::StatusOr<core::Objective> objective = ObjectiveFromProto(tree);
+  ASSERT_TRUE(objective.ok()) << objective.status();
+  EXPECT_EQ(*objective, *core::Objective::Parse("-2 * l2(dataset(mnist, 3))"));
+  // Without one it is the l2 it always was.
+  l2->mutable_term()->clear_reference();
+  EXPECT_EQ(*ObjectiveFromProto(tree), *core::Objective::Parse("-2 * l2()"));
+}
+
+TEST_F(ConvertTest, AnAccentuationAddsItsKeepCloseTermAndItsDefaults) {
+  v1::RenderRequest request = Request("channel(conv2, 2)");
+  request.mutable_accentuate()->mutable_image()->mutable_dataset_image()
+      ->set_index(12);
+  absl::StatusOr<RenderPlan> plan = PlanRender(request, *registry_, limits_);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->objective.ToString(),
+            "channel(conv2, 2) - 4 * l2(dataset(12))");
+  EXPECT_EQ(plan->options.param.kind, core::ParamKind::kFft);
+  EXPECT_EQ(plan->options.steps, kDefaultAccentuationSteps);
+  EXPECT_EQ(plan->options.lr, kDefaultAccentuationLr);
+  ASSERT_TRUE(plan->accentuation.has_value());
+  EXPECT_EQ(plan->accentuation->ToString(), "dataset(12)");
+
+  request.mutable_accentuate()->set_layer("conv1");
+  request.mutable_accentuate()->set_weight(0.5);
+  request.mutable_optimizer()->set_steps(10);
+  request.mutable_image()->set_parameterization(v1::PARAMETERIZATION_PIXEL);
+  plan = PlanRender(request, *registry_, limits_);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->objective.ToString(),
+            "channel(conv2, 2) + 0.5 * inversion_l2(conv1, dataset(12))");
+  EXPECT_EQ(plan->options.param.kind, core::ParamKind::kPixel);
+  EXPECT_EQ(plan->options.steps, 10);
+
+  // An ordinary render is planned as it was.
+  plan = PlanRender(Request("channel(conv2, 2)"), *registry_, limits_);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(plan->accentuation.has_value());
+  EXPECT_EQ(plan->objective.ToString(), "channel(conv2, 2)");
+  EXPECT_EQ(plan->options.steps, 256);
+}
+
 TEST_F(ConvertTest, TokenTermsCrossTheWireAndBadOnesAreNamed) {
   v1::Objective tree;
   v1::Term* neuron = tree.add_terms()->mutable_term();

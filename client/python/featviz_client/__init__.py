@@ -25,6 +25,7 @@ from featviz_client.circuits import (
     UnitLabels,
 )
 from featviz_client.client import (
+    AccentuationOutcome,
     Client,
     FeatvizError,
     Progress,
@@ -36,8 +37,8 @@ from featviz_client.models import ModelCopy, ModelStatus
 from featviz_client.multi_render import Comparison, UnitRender
 
 __all__ = [
-    "Activations", "Attribution", "Circuit", "ClassCircuit", "ClassScore", "ClassShare",
-    "Client", "Comparison",
+    "AccentuationOutcome", "Activations", "Attribution", "Circuit", "ClassCircuit",
+    "ClassScore", "ClassShare", "Client", "Comparison",
     "Dataset", "Detector", "FeatvizError", "ModelCopy", "ModelStatus", "Progress",
     "RenderResult", "TermOutcome",
     "TopExamples", "UnitExamples", "UnitLabel", "UnitLabels", "UnitRender", "band_sheet", "composite", "grid",

@@ -114,6 +114,23 @@ class TermOutcome:
     final_value: float
 
 
+@dataclass(frozen=True)
+class AccentuationOutcome:
+    """What feature accentuation did to one image (docs/trust.md): the
+    objective's unit (its first positive neuron, channel, logit or prob
+    term) on the seed image and on the picture, and the root mean square
+    pixel distance between them (images in [0, 1])."""
+
+    seed_value: float
+    value: float
+    pixel_distance: float
+
+    @property
+    def factor(self) -> float:
+        """value / seed_value (nan when the seed's value is not positive)."""
+        return self.value / self.seed_value if self.seed_value > 0 else float("nan")
+
+
 @dataclass
 class RenderResult:
     """The outcome of `Client.render`.
@@ -186,6 +203,10 @@ class RenderResult:
     band_png: list[bytes] = field(default_factory=list)
     """With `composite` (and png): one PNG per image, a gray panel per band
     labelled with its name (see `band_grid`)."""
+
+    accentuation: list[AccentuationOutcome] = field(default_factory=list)
+    """With `accentuate=`: one per image, how far the picture moved from its
+    seed and how much it raised the unit. Empty otherwise."""
 
     @property
     def images_hwc(self) -> Optional[np.ndarray]:
@@ -435,6 +456,9 @@ class Client:
                init_image: Optional[np.ndarray] = None,
                maco_dataset: Optional[str] = None,
                references: Sequence[np.ndarray] = (),
+               accentuate: Union[int, tuple, np.ndarray, None] = None,
+               accentuate_layer: str = "",
+               accentuate_weight: float = 0.0,
                png: bool = True,
                tensor: bool = True,
                progress_every: Optional[int] = None,
@@ -463,7 +487,16 @@ class Client:
         (1.0). `init_image` is float32 [C, H, W] or [B, C, H, W] in [0, 1].
         `references` are float32 [C, H, W] images at the model's input
         size: `reference(k)` in the objective (inversion, inversion_l2,
-        caricature) is the k-th; `dataset(name, i)` names a hosted image.
+        caricature, l2) is the k-th; `dataset(name, i)` names a hosted image.
+        `accentuate` asks for feature accentuation (docs/trust.md): every
+        image starts from a real image and raises the objective's unit while
+        a term keeps it close to that image: an int i (image i of the
+        model's hosted dataset), a ("dataset", i) pair, or a float32
+        [C, H, W] array in [0, 1] (sent as one more reference). It is kept
+        close in the pixels, or in `accentuate_layer`'s activations, with
+        weight `accentuate_weight` (0: the server's default);
+        `RenderResult.accentuation` says how far each picture moved and how
+        much the unit rose.
         `precision` is the steps' arithmetic: "fp32", "bf16" (convolutions
         and matrix products in bfloat16; the final statistics stay float32),
         "tf32" (CUDA servers started with --precision tf32), or None for the
@@ -499,7 +532,9 @@ class Client:
                              seed=seed, lr=lr, precision=precision,
                              decay_power=decay_power,
                              transforms=transforms, init_image=init_image,
-                             maco_dataset=maco_dataset, references=references, png=png,
+                             maco_dataset=maco_dataset, references=references,
+                             accentuate=accentuate, accentuate_layer=accentuate_layer,
+                             accentuate_weight=accentuate_weight, png=png,
                              tensor=tensor, progress_every=progress_every,
                              preview=preview, **deprecated))
         request = self._render_request(
@@ -507,7 +542,9 @@ class Client:
             parameterization=parameterization, seed=seed, lr=lr,
             precision=precision, decay_power=decay_power, transforms=transforms,
             init_image=init_image, maco_dataset=maco_dataset,
-            references=references, png=png, tensor=tensor,
+            references=references, accentuate=accentuate,
+            accentuate_layer=accentuate_layer, accentuate_weight=accentuate_weight,
+            png=png, tensor=tensor,
             progress_every=progress_every, preview=preview,
             deprecated=deprecated, caller="render")
         call = self._stub.Render(request, timeout=timeout, metadata=self._metadata)
@@ -595,6 +632,9 @@ class Client:
                init_image: Optional[np.ndarray] = None,
                maco_dataset: Optional[str] = None,
                references: Sequence[np.ndarray] = (),
+               accentuate: Union[int, tuple, np.ndarray, None] = None,
+               accentuate_layer: str = "",
+               accentuate_weight: float = 0.0,
                png: bool = True,
                tensor: bool = True,
                progress_every: Optional[int] = None,
@@ -613,7 +653,9 @@ class Client:
             parameterization=parameterization, seed=seed, lr=lr,
             precision=precision, decay_power=decay_power, transforms=transforms,
             init_image=init_image, maco_dataset=maco_dataset,
-            references=references, png=png, tensor=tensor,
+            references=references, accentuate=accentuate,
+            accentuate_layer=accentuate_layer, accentuate_weight=accentuate_weight,
+            png=png, tensor=tensor,
             progress_every=progress_every, preview=preview,
             deprecated=deprecated, caller="submit")
         request.owner = owner
@@ -998,7 +1040,9 @@ class Client:
                         parameterization, seed, lr, decay_power, transforms,
                         init_image, png, tensor, progress_every, preview,
                         deprecated, caller, maco_dataset=None,
-                        references=(), precision=None) -> "featviz_pb2.RenderRequest":
+                        references=(), precision=None, accentuate=None,
+                        accentuate_layer="",
+                        accentuate_weight=0.0) -> "featviz_pb2.RenderRequest":
         for old, new in _DEPRECATED_RENDER_ARGS.items():
             if old not in deprecated:
                 continue
@@ -1033,6 +1077,10 @@ class Client:
             request.image.maco_dataset = maco_dataset
         for k, reference in enumerate(references):
             request.references.append(_to_tensor(reference, f"references[{k}]"))
+        if accentuate is not None:
+            _accentuation(request, accentuate, accentuate_layer, accentuate_weight)
+        elif accentuate_layer or accentuate_weight:
+            raise ValueError("accentuate_layer and accentuate_weight need accentuate=")
         request.transforms.CopyFrom(_transforms(transforms))
         if lr is not None:
             request.optimizer.lr = lr
@@ -1111,6 +1159,27 @@ def _objective_tree(spec: ObjectiveSpec) -> "featviz_pb2.Objective":
             else:
                 setattr(weighted.term, key, value)
     return tree
+
+
+def _accentuation(request: "featviz_pb2.RenderRequest", seed, layer: str,
+                  weight: float) -> None:
+    """Fills request.accentuate: `seed` an int (an image of the model's
+    dataset), a (dataset, index) pair, or an array sent as one more
+    reference tensor."""
+    accentuate = request.accentuate
+    accentuate.layer = layer or ""
+    accentuate.weight = float(weight)
+    if isinstance(seed, np.ndarray):
+        accentuate.image.request_index = len(request.references)
+        request.references.append(_to_tensor(seed, "accentuate"))
+    elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        accentuate.image.dataset_image.index = int(seed)
+    elif isinstance(seed, tuple) and len(seed) == 2:
+        accentuate.image.dataset_image.dataset = str(seed[0])
+        accentuate.image.dataset_image.index = int(seed[1])
+    else:
+        raise ValueError("accentuate must be a dataset index, a (dataset, index) pair "
+                         f"or a float32 [C, H, W] array, not {type(seed).__name__}")
 
 
 def _reference(spec) -> "featviz_pb2.ReferenceImage":
@@ -1236,6 +1305,8 @@ def _render_result(result: "featviz_pb2.RenderResult") -> RenderResult:
         composite=list(result.composite),
         band_names=list(result.band_names),
         band_png=list(result.band_png),
+        accentuation=[AccentuationOutcome(a.seed_value, a.value, a.pixel_distance)
+                      for a in result.accentuation],
     )
 
 
