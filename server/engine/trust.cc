@@ -30,12 +30,16 @@ std::string ValuesKey(const core::Term& unit) {
   return unit.layer;
 }
 
-// [B, K]: each channel's mean over the positions (tokens, sequence) of a
-// channels-first activation; a flat layer's as it is.
+// [B, K]: each channel's maximum over the positions (tokens, sequence) of
+// a channels-first activation, as a unit's value is taken (core::
+// UnitValues); a flat layer's as it is. Not the mean: the spatial mean of a
+// convolution's output is linear in the image's mean pixel, so it measures
+// the background's brightness (MNIST's black, a picture's grey) more than
+// any feature (docs/trust.md).
 at::Tensor ChannelProfile(const at::Tensor& activation) {
   const at::Tensor a = activation.detach().to(at::kCPU, at::kDouble);
   if (a.dim() <= 2) return a.reshape({a.size(0), -1});
-  return a.flatten(2).mean(2);
+  return std::get<0>(a.flatten(2).max(2));
 }
 
 std::vector<double> Row(const at::Tensor& matrix, int64_t i) {
