@@ -22,7 +22,11 @@ from featviz_client.circuits import (
 )
 from featviz_client.client import (
     Client,
+    Exemplar,
+    Exemplars,
     FeatvizError,
+    LayerPathSimilarity,
+    PathSimilarity,
     Progress,
     RenderResult,
     TermOutcome,
@@ -33,7 +37,8 @@ from featviz_client.multi_render import Comparison, UnitRender
 
 __all__ = [
     "Activations", "Attribution", "Circuit", "ClassCircuit", "Client", "Comparison",
-    "Dataset", "Detector", "FeatvizError", "ModelCopy", "ModelStatus", "Progress",
+    "Dataset", "Detector", "Exemplar", "Exemplars", "FeatvizError",
+    "LayerPathSimilarity", "ModelCopy", "ModelStatus", "PathSimilarity", "Progress",
     "RenderResult", "TermOutcome",
     "TopExamples", "UnitExamples", "UnitRender", "band_sheet", "composite", "grid",
     "hwc", "to_pil",
