@@ -260,6 +260,17 @@ std::vector<std::pair<std::string, int64_t>> PathLayers(
     }
     out.emplace_back(layer.path, -1);
   }
+  // A class unit's last layer is, in most classifiers, the class output
+  // itself: the class's own value leaves its profile, as a unit's own
+  // channel leaves its layer's.
+  if (by_class && !out.empty()) {
+    const core::LayerInfo* last = model.Layer(out.back().first);
+    if (last != nullptr && last->layout == core::LayerLayout::kFlat &&
+        last->channels == model.shape().num_classes &&
+        last->channels >= 4 && unit.index < last->channels) {
+      out.back().second = unit.index;
+    }
+  }
   return out;
 }
 

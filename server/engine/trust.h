@@ -46,7 +46,9 @@ absl::Status AddTrust(const core::Model& model, const RenderPlan& plan,
 // The layers a unit's path is compared at: every tappable layer with
 // channels before the unit's layer in model order (not its ancestors), then
 // the unit's layer with the unit's channel left out (second: that channel,
-// -1 for none). A class unit: every tappable layer with channels.
+// -1 for none). A class unit: every tappable layer with channels, the
+// class left out of the last when that is a flat layer as wide as the
+// class output (the logits themselves).
 std::vector<std::pair<std::string, int64_t>> PathLayers(
     const core::Model& model, const core::Term& unit);
 

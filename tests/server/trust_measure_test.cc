@@ -1,0 +1,127 @@
+// The pieces of the path similarity check and the cache of dataset passes,
+// in process (server/engine/trust.h, unit_values_cache.h).
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/dataset.h"
+#include "core/model.h"
+#include "core/objective.h"
+#include "server/engine/engine_types.h"
+#include "server/engine/trust.h"
+#include "server/engine/unit_values_cache.h"
+#include "tests/core/test_paths.h"
+
+namespace featviz::server {
+namespace {
+
+using ::featviz::testing::MnistModel;
+
+TEST(Spearman, IsOneForTheSameOrderAndMinusOneForTheReverse) {
+  EXPECT_DOUBLE_EQ(Spearman({1, 2, 3, 4}, {10, 20, 30, 1000}), 1.0);
+  EXPECT_DOUBLE_EQ(Spearman({1, 2, 3, 4}, {4, 3, 2, 1}), -1.0);
+}
+
+TEST(Spearman, GivesTiesTheirMeanRankAndConstantsZero) {
+  // Ranks (0.5, 0.5, 2, 3) against (0, 1, 2, 3).
+  EXPECT_NEAR(Spearman({5, 5, 6, 7}, {1, 2, 3, 4}), 0.9486832980505138, 1e-12);
+  EXPECT_EQ(Spearman({1, 1, 1}, {1, 2, 3}), 0.0);
+  EXPECT_EQ(Spearman({1}, {1}), 0.0);
+  EXPECT_EQ(Spearman({1, 2}, {1, 2, 3}), 0.0);
+}
+
+TEST(TrustUnitsOf, TakesEachImagesFirstPositiveUnitTerm) {
+  absl::StatusOr<core::Objective> objective = core::Objective::Parse(
+      "-0.1 * tv() + neuron(conv2, 3, batch=1) + channel(conv1, 2) + logit(4)");
+  ASSERT_TRUE(objective.ok()) << objective.status();
+  absl::StatusOr<std::vector<core::Term>> units = TrustUnitsOf(*objective, 2);
+  ASSERT_TRUE(units.ok()) << units.status();
+  EXPECT_EQ((*units)[0].ToString(), "channel(conv1, 2)");
+  EXPECT_EQ((*units)[1].ToString(), "channel(conv2, 3)");
+}
+
+TEST(TrustUnitsOf, RefusesAnObjectiveWithoutAUnitNamingIt) {
+  for (const char* text : {"tv()", "-1 * logit(3)", "layer(conv2)",
+                           "channel(conv2, 1, batch=1)"}) {
+    absl::StatusOr<core::Objective> objective = core::Objective::Parse(text);
+    ASSERT_TRUE(objective.ok()) << text;
+    absl::StatusOr<std::vector<core::Term>> units =
+        TrustUnitsOf(*objective, 1);
+    EXPECT_EQ(units.status().code(), absl::StatusCode::kInvalidArgument)
+        << text;
+    EXPECT_NE(units.status().message().find("has no unit"), std::string::npos)
+        << units.status();
+  }
+}
+
+class UnitValuesCacheTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<core::ModelPtr> model = core::Model::Load(MnistModel());
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = *std::move(model);
+  }
+  core::DatasetPtr Dataset(const std::string& name, int64_t n, float level) {
+    auto d = std::make_shared<core::Dataset>();
+    d->name = name;
+    d->images = at::full({n, 1, 28, 28}, level);
+    d->images[0].fill_(1.0f);
+    d->labels = at::full({n}, -1, at::kLong);
+    return d;
+  }
+  core::ModelPtr model_;
+};
+
+TEST_F(UnitValuesCacheTest, KeepsAPassAndComputesAReplacedDatasetAgain) {
+  UnitValuesCache cache(2);
+  core::DatasetPtr a = Dataset("a", 4, 0.1f);
+  bool cached = true;
+  absl::StatusOr<at::Tensor> first = cache.Get(*model_, a, "conv2", cached);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(cached);
+  EXPECT_EQ(first->sizes(), (std::vector<int64_t>{4, 32}));
+  absl::StatusOr<at::Tensor> again = cache.Get(*model_, a, "conv2", cached);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(cached);
+  EXPECT_TRUE(at::equal(*first, *again));
+
+  // Another dataset object under the same name: not the old values.
+  core::DatasetPtr replaced = Dataset("a", 3, 0.2f);
+  absl::StatusOr<at::Tensor> other =
+      cache.Get(*model_, replaced, "conv2", cached);
+  ASSERT_TRUE(other.ok());
+  EXPECT_FALSE(cached);
+  EXPECT_EQ(other->size(0), 3);
+
+  absl::StatusOr<at::Tensor> logits =
+      cache.Get(*model_, replaced, kLogitsKey, cached);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_EQ(logits->sizes(), (std::vector<int64_t>{3, 10}));
+  ASSERT_TRUE(cache.Get(*model_, replaced, "conv1", cached).ok());
+  EXPECT_EQ(cache.size(), 2);  // Bounded: the oldest went.
+}
+
+TEST_F(UnitValuesCacheTest, PathLayersAreTheEarlierLayersAndTheUnitsOwn) {
+  core::Term unit;
+  unit.kind = core::TermKind::kChannel;
+  unit.layer = "conv2";
+  unit.index = 5;
+  EXPECT_EQ(PathLayers(*model_, unit),
+            (std::vector<std::pair<std::string, int64_t>>{{"conv1", -1},
+                                                          {"conv2", 5}}));
+  unit.layer = "conv1";
+  EXPECT_EQ(PathLayers(*model_, unit),
+            (std::vector<std::pair<std::string, int64_t>>{{"conv1", 5}}));
+  core::Term logit;
+  logit.kind = core::TermKind::kLogit;
+  logit.index = 3;
+  EXPECT_EQ(PathLayers(*model_, logit),
+            (std::vector<std::pair<std::string, int64_t>>{
+                {"conv1", -1}, {"conv2", -1}, {"fc1", -1}, {"fc2", 3}}));
+}
+
+}  // namespace
+}  // namespace featviz::server
