@@ -57,6 +57,43 @@ TEST(TrustUnitsOf, RefusesAnObjectiveWithoutAUnitNamingIt) {
   }
 }
 
+TEST(TrustCacheKey, TrustSettingsAndTheDatasetEnterTheKeyOnlyWhenAsked) {
+  RenderPlan plan;
+  plan.model_name = "mnist_classifier";
+  plan.model_version = "1";
+  plan.model_hash = "abc";
+  plan.seed = 7;
+  plan.trust.dataset_name = "mnist";  // Named, but nothing asked.
+  const std::string plain = CacheKey(plan);
+  plan.trust.dataset_name.clear();
+  EXPECT_EQ(CacheKey(plan), plain);
+
+  auto mnist = std::make_shared<core::Dataset>();
+  mnist->name = "mnist";
+  mnist->images = at::zeros({10, 1, 28, 28});
+  plan.trust.dataset = mnist;
+  core::Term unit;
+  unit.layer = "conv2";
+  unit.index = 5;
+  plan.trust.units = {unit};
+  plan.trust.exemplars = 5;
+  const std::string five = CacheKey(plan);
+  EXPECT_NE(five, plain);
+  plan.trust.exemplars = 6;
+  EXPECT_NE(CacheKey(plan), five);
+  plan.trust.exemplars = 5;
+  plan.trust.path_similarity = true;
+  const std::string checked = CacheKey(plan);
+  EXPECT_NE(checked, five);
+  auto bigger = std::make_shared<core::Dataset>(*mnist);
+  bigger->images = at::zeros({11, 1, 28, 28});
+  plan.trust.dataset = bigger;
+  EXPECT_NE(CacheKey(plan), checked);
+  plan.trust.dataset = mnist;
+  plan.trust.units[0].index = 6;
+  EXPECT_NE(CacheKey(plan), checked);
+}
+
 class UnitValuesCacheTest : public ::testing::Test {
  protected:
   void SetUp() override {
