@@ -162,20 +162,37 @@ absl::StatusOr<std::vector<PathScore>> PathSimilarity(
   std::vector<int64_t> natural = top.front().indices;
   natural.insert(natural.end(), random.begin(), random.end());
   at::NoGradGuard no_grad;
-  FEATVIZ_ASSIGN_OR_RETURN(
-      core::Taps on_natural,
-      model.Forward(Gather(dataset.images, natural).to(model.device()), paths,
-                    core::Model::ForwardOutputs::kTapsOnly));
-  FEATVIZ_ASSIGN_OR_RETURN(
-      core::Taps on_pictures,
-      model.Forward(pictures.detach().to(model.device(), at::kFloat), paths,
-                    core::Model::ForwardOutputs::kTapsOnly));
+  // Profiles [N, K] per layer, a few images at a time: every path layer's
+  // activations of 96 images at once would take gigabytes on a large model.
+  auto profiles = [&](const at::Tensor& images)
+      -> absl::StatusOr<std::vector<at::Tensor>> {
+    constexpr int64_t kChunk = 16;
+    std::vector<std::vector<at::Tensor>> parts(layers.size());
+    for (int64_t start = 0; start < images.size(0); start += kChunk) {
+      const int64_t n = std::min(kChunk, images.size(0) - start);
+      FEATVIZ_ASSIGN_OR_RETURN(
+          core::Taps taps,
+          model.Forward(images.narrow(0, start, n).to(model.device(), at::kFloat),
+                        paths, core::Model::ForwardOutputs::kTapsOnly));
+      for (size_t l = 0; l < layers.size(); ++l) {
+        parts[l].push_back(DropChannel(
+            ChannelProfile(taps.activations.at(layers[l].first)),
+            layers[l].second));
+      }
+    }
+    std::vector<at::Tensor> out;
+    for (const std::vector<at::Tensor>& p : parts) out.push_back(at::cat(p));
+    return out;
+  };
+  FEATVIZ_ASSIGN_OR_RETURN(const std::vector<at::Tensor> on_natural,
+                           profiles(Gather(dataset.images, natural)));
+  FEATVIZ_ASSIGN_OR_RETURN(const std::vector<at::Tensor> on_pictures,
+                           profiles(pictures.detach()));
   const int64_t n_top = static_cast<int64_t>(top.front().indices.size());
-  for (const auto& [path, drop] : layers) {
-    const at::Tensor nat =
-        DropChannel(ChannelProfile(on_natural.activations.at(path)), drop);
-    const at::Tensor pic =
-        DropChannel(ChannelProfile(on_pictures.activations.at(path)), drop);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const std::string& path = layers[l].first;
+    const at::Tensor& nat = on_natural[l];
+    const at::Tensor& pic = on_pictures[l];
     const std::vector<LayerPathScore> layer_scores =
         CompareLayer(path, nat.narrow(0, 0, n_top),
                      nat.narrow(0, n_top, nat.size(0) - n_top), pic);
