@@ -12,12 +12,18 @@
 
 namespace featviz::server {
 
-UnitValuesCache::UnitValuesCache(int64_t max_entries)
-    : max_entries_(std::max<int64_t>(1, max_entries)) {}
+UnitValuesCache::UnitValuesCache(int64_t max_entries, int64_t max_bytes)
+    : max_entries_(std::max<int64_t>(1, max_entries)),
+      max_bytes_(max_bytes) {}
 
 int64_t UnitValuesCache::size() const {
   absl::MutexLock lock(&mu_);
   return static_cast<int64_t>(entries_.size());
+}
+
+int64_t UnitValuesCache::bytes() const {
+  absl::MutexLock lock(&mu_);
+  return bytes_;
 }
 
 absl::StatusOr<at::Tensor> UnitValuesCache::Get(
@@ -31,7 +37,9 @@ absl::StatusOr<at::Tensor> UnitValuesCache::Get(
     for (auto it = entries_.begin(); it != entries_.end(); ++it) {
       if (it->key != key) continue;
       if (it->dataset.lock() != dataset) {
-        entries_.erase(it);  // A dataset since deleted (or replaced).
+        // A dataset since deleted (or replaced).
+        bytes_ -= static_cast<int64_t>(it->values.nbytes());
+        entries_.erase(it);
         break;
       }
       entries_.splice(entries_.begin(), entries_, it);
@@ -45,9 +53,17 @@ absl::StatusOr<at::Tensor> UnitValuesCache::Get(
   FEATVIZ_ASSIGN_OR_RETURN(at::Tensor values,
                            ComputeUnitValues(model, dataset->images, layer));
   absl::MutexLock lock(&mu_);
-  entries_.remove_if([&](const Entry& e) { return e.key == key; });
+  entries_.remove_if([&](const Entry& e) {
+    if (e.key != key) return false;
+    bytes_ -= static_cast<int64_t>(e.values.nbytes());
+    return true;
+  });
   entries_.push_front({key, dataset, values});
-  while (static_cast<int64_t>(entries_.size()) > max_entries_) {
+  bytes_ += static_cast<int64_t>(values.nbytes());
+  while (entries_.size() > 1 &&
+         (static_cast<int64_t>(entries_.size()) > max_entries_ ||
+          bytes_ > max_bytes_)) {
+    bytes_ -= static_cast<int64_t>(entries_.back().values.nbytes());
     entries_.pop_back();
   }
   return values;

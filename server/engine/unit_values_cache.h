@@ -30,8 +30,11 @@ inline constexpr char kProbsKey[] = "<probs>";
 
 class UnitValuesCache {
  public:
-  // Keeps at most `max_entries` (>= 1; less is taken as 1) [N, K] tensors.
-  explicit UnitValuesCache(int64_t max_entries = 32);
+  // Keeps at most `max_entries` (>= 1; less is taken as 1) [N, K] tensors
+  // of at most `max_bytes` in all (the newest is kept even when it alone is
+  // larger: its caller holds it anyway).
+  explicit UnitValuesCache(int64_t max_entries = 32,
+                           int64_t max_bytes = int64_t{256} << 20);
 
   UnitValuesCache(const UnitValuesCache&) = delete;
   UnitValuesCache& operator=(const UnitValuesCache&) = delete;
@@ -47,8 +50,9 @@ class UnitValuesCache {
                                  const core::DatasetPtr& dataset,
                                  const std::string& layer, bool& cached);
 
-  // Entries held.
+  // Entries held, and their bytes.
   int64_t size() const;
+  int64_t bytes() const;
 
  private:
   struct Entry {
@@ -58,8 +62,10 @@ class UnitValuesCache {
   };
 
   const int64_t max_entries_;
+  const int64_t max_bytes_;
   mutable absl::Mutex mu_;
   std::list<Entry> entries_ ABSL_GUARDED_BY(mu_);  // Most recent first.
+  int64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // The [N, K] values `Get` keeps, computed without the cache.

@@ -139,6 +139,21 @@ TEST_F(UnitValuesCacheTest, KeepsAPassAndComputesAReplacedDatasetAgain) {
   EXPECT_EQ(logits->sizes(), (std::vector<int64_t>{3, 10}));
   ASSERT_TRUE(cache.Get(*model_, replaced, "conv1", cached).ok());
   EXPECT_EQ(cache.size(), 2);  // Bounded: the oldest went.
+  EXPECT_EQ(cache.bytes(), (3 * 10 + 3 * 16) * 4);  // logits, conv1
+}
+
+TEST_F(UnitValuesCacheTest, KeepsWithinItsBytesButAlwaysTheNewest) {
+  UnitValuesCache cache(8, /*max_bytes=*/4 * 32 * 4);  // One conv2 pass.
+  core::DatasetPtr a = Dataset("a", 4, 0.1f);
+  bool cached = false;
+  ASSERT_TRUE(cache.Get(*model_, a, "conv2", cached).ok());
+  ASSERT_TRUE(cache.Get(*model_, a, "conv1", cached).ok());
+  EXPECT_EQ(cache.size(), 1);  // conv2's went to make room.
+  ASSERT_TRUE(cache.Get(*model_, a, "conv1", cached).ok());
+  EXPECT_TRUE(cached);
+  UnitValuesCache tiny(8, /*max_bytes=*/1);
+  ASSERT_TRUE(tiny.Get(*model_, a, "conv2", cached).ok());
+  EXPECT_EQ(tiny.size(), 1);
 }
 
 TEST_F(UnitValuesCacheTest, PathLayersAreTheEarlierLayersAndTheUnitsOwn) {
