@@ -53,11 +53,15 @@ absl::StatusOr<at::Tensor> UnitValuesCache::Get(
   FEATVIZ_ASSIGN_OR_RETURN(at::Tensor values,
                            ComputeUnitValues(model, dataset->images, layer));
   absl::MutexLock lock(&mu_);
-  entries_.remove_if([&](const Entry& e) {
-    if (e.key != key) return false;
-    bytes_ -= static_cast<int64_t>(e.values.nbytes());
-    return true;
-  });
+  // Another caller may have put it there meanwhile.
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (it->key != key) {
+      ++it;
+      continue;
+    }
+    bytes_ -= static_cast<int64_t>(it->values.nbytes());
+    it = entries_.erase(it);
+  }
   entries_.push_front({key, dataset, values});
   bytes_ += static_cast<int64_t>(values.nbytes());
   while (entries_.size() > 1 &&
