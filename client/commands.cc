@@ -1,9 +1,11 @@
 #include "client/commands.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/numbers.h"
@@ -110,7 +112,64 @@ std::string LayoutText(const v1::Layer& layer) {
                       layer.grid_height(), "x", layer.grid_width(), " patches");
 }
 
+// x.png -> x.exemplars.png (as core::BandSheetPath).
+std::string ExemplarSheetPath(const std::string& path) {
+  if (absl::EndsWithIgnoreCase(path, ".png")) {
+    return absl::StrCat(path.substr(0, path.size() - 4), ".exemplars.png");
+  }
+  return absl::StrCat(path, ".exemplars.png");
+}
+
+// A contact sheet of a render's exemplars: a row of the dataset images,
+// each labelled with its index, the unit's value and its label, and under
+// it a row of the unit's activation maps over them (when there are maps).
+absl::Status WriteExemplarSheet(const v1::Exemplars& exemplars,
+                                const std::string& path, int64_t scale) {
+  std::vector<at::Tensor> cells;
+  core::GridOptions grid;
+  const int n = exemplars.examples_size();
+  bool maps = true;
+  for (const v1::Exemplar& e : exemplars.examples()) {
+    maps = maps && !e.activation_png().empty();
+  }
+  for (const v1::Exemplar& e : exemplars.examples()) {
+    FEATVIZ_ASSIGN_OR_RETURN(at::Tensor image, core::DecodePng(e.png()));
+    if (image.size(0) == 1) image = image.repeat({3, 1, 1});
+    cells.push_back(image.narrow(0, 0, 3));
+    grid.labels.push_back(absl::StrFormat(
+        "#%d %.3g%s", e.index(), e.value(),
+        e.label() >= 0 ? absl::StrCat(" (", e.label(), ")") : ""));
+  }
+  if (maps) {
+    for (const v1::Exemplar& e : exemplars.examples()) {
+      FEATVIZ_ASSIGN_OR_RETURN(at::Tensor map,
+                               core::DecodePng(e.activation_png()));
+      if (map.size(0) == 1) map = map.repeat({3, 1, 1});
+      cells.push_back(map.narrow(0, 0, 3));
+      grid.labels.push_back("map");
+    }
+  }
+  const at::Tensor stacked = at::stack(cells);
+  const core::GridOptions layout =
+      SheetLayout(n, stacked.size(3), scale, n);
+  grid.columns = n;
+  grid.scale = layout.scale;
+  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor sheet, core::MakeGrid(stacked, grid));
+  FEATVIZ_RETURN_IF_ERROR(MakeParent(path));
+  return core::WritePng(sheet, path);
+}
+
 }  // namespace
+
+std::string PathSimilarityLine(const v1::PathSimilarity& p) {
+  std::vector<std::string> layers;
+  for (const v1::LayerPathSimilarity& l : p.layers()) {
+    layers.push_back(absl::StrFormat("%s %.2f", l.layer(), l.score()));
+  }
+  return absl::StrFormat("path similarity %.2f (%s, threshold %g): %s",
+                         p.score(), p.reliable() ? "reliable" : "FLAGGED",
+                         p.threshold(), absl::StrJoin(layers, ", "));
+}
 
 absl::Status RunLayers(VisualizerClient& client, const std::string& model,
                        bool json, std::FILE* out) {
@@ -325,6 +384,16 @@ absl::StatusOr<v1::RenderRequest> BuildRenderRequest(
   request.set_precision(options.precision);
   request.mutable_optimizer()->set_steps(options.steps);
   if (options.seed >= 0) request.set_seed(static_cast<uint64_t>(options.seed));
+  // Range checks are the server's (trust.exemplars names the bound); a
+  // value past int32 would wrap, so it is refused here.
+  if (options.exemplars < 0 || options.exemplars > INT32_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--exemplars must be in [0, 64], got ", options.exemplars));
+  }
+  request.mutable_trust()->set_exemplars(
+      static_cast<int32_t>(options.exemplars));
+  request.mutable_trust()->set_path_similarity(options.path_similarity);
+  request.mutable_trust()->set_dataset(options.trust_dataset);
   v1::OutputSpec* output = request.mutable_output();
   output->set_tensor(!options.out.empty() || !options.npy.empty());
   output->set_png(!options.png_dir.empty() || !options.transparency.empty());
@@ -429,6 +498,14 @@ absl::Status FollowRender(VisualizerClient& client,
     FEATVIZ_RETURN_IF_ERROR(MakeParent(options.out));
     FEATVIZ_RETURN_IF_ERROR(core::WritePng(sheet, options.out));
     files["out"] = options.out;
+    if (result.has_exemplars() && result.exemplars().examples_size() > 0) {
+      // Beside the pictures, the unit's dataset examples: x.png ->
+      // x.exemplars.png.
+      const std::string path = ExemplarSheetPath(options.out);
+      FEATVIZ_RETURN_IF_ERROR(
+          WriteExemplarSheet(result.exemplars(), path, options.scale));
+      files["exemplars"] = path;
+    }
     if (HasBands(result)) {
       // Beside the composite, every band on its own: x.png -> x.bands.png.
       FEATVIZ_ASSIGN_OR_RETURN(
@@ -498,7 +575,16 @@ absl::Status FollowRender(VisualizerClient& client,
                                    probs[b][top[b]]));
   }
   std::vector<std::string> written;
-  for (const char* key : {"out", "bands", "npy", "transparency"}) {
+  // One line per picture: whether its path through the network looks like
+  // that of the natural images that drive its unit.
+  for (int b = 0; b < result.path_similarity_size(); ++b) {
+    Print(out, absl::StrCat(result.path_similarity_size() > 1
+                                ? absl::StrCat("image ", b, ": ")
+                                : "",
+                            PathSimilarityLine(result.path_similarity(b)),
+                            "\n"));
+  }
+  for (const char* key : {"out", "exemplars", "bands", "npy", "transparency"}) {
     if (files.contains(key)) written.push_back(files[key].get<std::string>());
   }
   if (files.contains("png")) {

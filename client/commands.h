@@ -64,6 +64,12 @@ struct RenderCommandOptions {
   double decay = 0;         // FFT decay power; 0: the server's (1.0).
   std::string transforms = "default";  // "default", "none", or a list.
   int64_t progress_every = 0;          // 0: the server's default (16).
+  // RenderRequest.trust (docs/trust.md): dataset examples of the unit shown
+  // beside the pictures (0: none; at most 64), the path similarity check,
+  // and the hosted dataset they come from ("": the one that fits).
+  int64_t exemplars = 0;
+  bool path_similarity = false;
+  std::string trust_dataset;
 
   // Outputs; empty means not written.
   std::string out;       // Labelled grid PNG of all images.
@@ -82,6 +88,10 @@ struct RenderCommandOptions {
   // Progress on `err`: a bar on a terminal, a line per 10 % on a pipe.
   ProgressMode progress = ProgressMode::kOff;
 };
+
+// One picture's path similarity (docs/trust.md) as a line: "path
+// similarity 0.82 (reliable, threshold 0.5): conv1 0.91, conv2 0.73".
+std::string PathSimilarityLine(const featviz::v1::PathSimilarity& p);
 
 // The request `options` describe. InvalidArgument naming the option for
 // values the server need not see (bad --param, --transforms, --labels count,

@@ -72,6 +72,15 @@ ABSL_FLAG(std::string, parameterization, "",
 ABSL_FLAG(std::string, maco_dataset, "",
           "MaCo: the hosted dataset whose spectrum magnitude the images keep "
           "('1/f' for the default); empty: the server's choice");
+ABSL_FLAG(int64_t, exemplars, 0,
+          "Dataset examples of the objective's unit to show beside the "
+          "pictures (0 to 64; with --out, written to x.exemplars.png)");
+ABSL_FLAG(bool, path_similarity, false,
+          "Check each picture's path through the network against the "
+          "natural images that drive its unit (docs/trust.md)");
+ABSL_FLAG(std::string, trust_dataset, "",
+          "The hosted dataset --exemplars and --path_similarity use; empty: "
+          "the one that fits the model");
 ABSL_FLAG(std::vector<std::string>, reference, {},
           "Comma-separated PNG files sent as reference images: reference(k) "
           "in the objective is the k-th (inversion, caricature)");
@@ -268,6 +277,9 @@ render and submit options (watch takes the output ones):
     L's activations, not pixels)  --accentuate_weight W (0: the default)
   --seed N  --lr X  --decay_power X  --progress_every N
   --precision fp32|bf16|tf32 (the steps' arithmetic; default: the server's)
+  --exemplars N (dataset examples of the unit; --out x.png writes
+    x.exemplars.png)  --path_similarity (check each picture against them)
+  --trust_dataset NAME (default: the dataset that fits the model)
   --transforms default|none|'pad(2), jitter(1), scale(0.9, 1.1), rotate(-5, 5)'
   --out FILE (render.png; --out= for none)  --labels 'a,b,c'  --scale N
   --columns N  --npy FILE  --png_dir DIR  --preview_dir DIR
@@ -337,7 +349,8 @@ const std::set<std::string>& RenderFlags() {
       "batch", "seed", "lr", "precision",
       "decay_power", "transforms", "progress_every", "out", "npy", "png_dir",
       "preview_dir", "labels", "scale", "columns", "maco_dataset", "reference",
-      "transparency", "accentuate", "accentuate_layer", "accentuate_weight"};
+      "transparency", "accentuate", "accentuate_layer", "accentuate_weight",
+      "exemplars", "path_similarity", "trust_dataset"};
   return *flags;
 }
 // What `featviz compare` takes: the render options that apply to both.
@@ -453,6 +466,9 @@ absl::StatusOr<RenderCommandOptions> RenderOptions(const Invocation& in) {
   options.accentuate_layer = absl::GetFlag(FLAGS_accentuate_layer);
   options.accentuate_weight = absl::GetFlag(FLAGS_accentuate_weight);
   options.transparency = absl::GetFlag(FLAGS_transparency);
+  options.exemplars = absl::GetFlag(FLAGS_exemplars);
+  options.path_similarity = absl::GetFlag(FLAGS_path_similarity);
+  options.trust_dataset = absl::GetFlag(FLAGS_trust_dataset);
   const std::string labels = absl::GetFlag(FLAGS_labels);
   if (!labels.empty()) options.labels = absl::StrSplit(labels, ',');
   options.scale = absl::GetFlag(FLAGS_scale);

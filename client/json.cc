@@ -192,6 +192,39 @@ absl::StatusOr<json> RenderResultToJson(
        {{"queue_seconds", result.timings().queue_seconds()},
         {"compute_seconds", result.timings().compute_seconds()}}},
   };
+  // RenderRequest.trust: the exemplars without their PNGs (--out writes
+  // them), and each picture's path similarity.
+  if (result.has_exemplars()) {
+    json examples = json::array();
+    for (const v1::Exemplar& e : result.exemplars().examples()) {
+      examples.push_back({{"index", e.index()},
+                          {"value", DoubleToJson(e.value())},
+                          {"label", e.label()}});
+    }
+    out["exemplars"] = {{"dataset", result.exemplars().dataset()},
+                        {"unit", result.exemplars().unit()},
+                        {"cached", result.exemplars().cached()},
+                        {"examples", std::move(examples)}};
+  }
+  if (result.path_similarity_size() > 0) {
+    json checks = json::array();
+    for (const v1::PathSimilarity& p : result.path_similarity()) {
+      json layers = json::array();
+      for (const v1::LayerPathSimilarity& l : p.layers()) {
+        layers.push_back(
+            {{"layer", l.layer()},
+             {"score", DoubleToJson(l.score())},
+             {"similarity", DoubleToJson(l.similarity())},
+             {"natural_similarity", DoubleToJson(l.natural_similarity())},
+             {"random_similarity", DoubleToJson(l.random_similarity())}});
+      }
+      checks.push_back({{"score", DoubleToJson(p.score())},
+                        {"threshold", DoubleToJson(p.threshold())},
+                        {"reliable", p.reliable()},
+                        {"layers", std::move(layers)}});
+    }
+    out["path_similarity"] = std::move(checks);
+  }
   // The objective three ways, each named (ObjectiveFigures): per image on
   // the final images (Σ weight × final_value), per image at the last step
   // with transforms (what the progress line ended at), and summed over the

@@ -147,6 +147,14 @@ absl::StatusOr<UnitRenderPlan> PlanUnitRender(
         "'channel(conv2, *)' or 'neuron(fc1, *)'; got '",
         options.objective, "'"));
   }
+  if (options.exemplars > 0) {
+    // A request's exemplars are its first image's unit's: one row for a
+    // sheet of many units would be another unit's examples under them all.
+    return absl::InvalidArgumentError(
+        "--exemplars applies to a render of one unit; with '*' in the "
+        "objective, render the unit on its own (--path_similarity works "
+        "for every unit)");
+  }
   UnitRenderPlan plan;
   plan.unit_template = *std::move(found);
   const UnitTemplate& t = plan.unit_template;
@@ -239,6 +247,7 @@ absl::Status RunUnitRender(VisualizerClient& client,
   json units = json::array();
   std::vector<std::string> labels;
   std::vector<std::string> rows;
+  std::vector<std::string> path_lines;  // --path_similarity, per unit.
   for (size_t k = 0; k < results.size(); ++k) {
     FEATVIZ_ASSIGN_OR_RETURN(const std::vector<Top> tops, TopClasses(results[k]));
     for (size_t i = 0; i < plan.chunks[k].size(); ++i) {
@@ -247,11 +256,24 @@ absl::Status RunUnitRender(VisualizerClient& client,
           BatchTermValue(results[k], static_cast<int64_t>(i));
       const std::string name = absl::StrCat(t.layer, ":", unit);
       rows.push_back(name);
-      labels.push_back(value.has_value() ? absl::StrFormat("%s %.2f", name, *value)
-                                         : name);
+      std::string label = value.has_value()
+                              ? absl::StrFormat("%s %.2f", name, *value)
+                              : name;
       json entry = {{"unit", unit},
                     {"term", t.Term(unit, static_cast<int64_t>(i))},
                     {"value", value.has_value() ? json(*value) : json(nullptr)}};
+      if (static_cast<int>(i) < results[k].path_similarity_size()) {
+        const v1::PathSimilarity& p =
+            results[k].path_similarity(static_cast<int>(i));
+        // On the sheet: the score, and "!" for a flagged picture.
+        absl::StrAppend(&label, absl::StrFormat(" ps%.2f%s", p.score(),
+                                                p.reliable() ? "" : "!"));
+        entry["path_similarity"] = {{"score", p.score()},
+                                    {"reliable", p.reliable()}};
+        path_lines.push_back(
+            absl::StrCat(name, ": ", PathSimilarityLine(p), "\n"));
+      }
+      labels.push_back(std::move(label));
       if (i < tops.size()) {
         entry["top_class"] = tops[i].index;
         entry["top_class_name"] = ClassName(plan.class_names, tops[i].index);
@@ -364,6 +386,7 @@ absl::Status RunUnitRender(VisualizerClient& client,
     Print(out, report.dump() + "\n");
     return absl::OkStatus();
   }
+  for (const std::string& line : path_lines) Print(out, line);
   std::vector<std::string> written;
   for (const char* key : {"out", "bands", "npy"}) {
     if (files.contains(key)) written.push_back(files[key].get<std::string>());

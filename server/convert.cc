@@ -285,6 +285,17 @@ int64_t ResultBytesBound(const RenderPlan& plan, int64_t channels) {
   }
   bytes += 4 * plan.options.steps *
            static_cast<int64_t>(plan.objective.terms().size());
+  // Exemplars: a dataset image of the model's input size and an RGB overlay
+  // of it each, at worst stored uncompressed; path similarity: a few
+  // numbers per layer and image.
+  const core::ModelCard& card = plan.model->card;
+  const int64_t input = card.channels * card.height * card.width;
+  bytes += plan.trust.exemplars *
+           (4 * input * 9 / 8 + 2 * (card.height + 1024));
+  if (plan.trust.path_similarity) {
+    bytes += p.batch * (1024 + 64 * static_cast<int64_t>(
+                                        plan.model->layers.size()));
+  }
   if (plan.preview_png) {
     // Each progress event's preview is an RGB grid with padding; at worst
     // stored uncompressed.
@@ -821,6 +832,30 @@ absl::Status PlanScheduling(const v1::RenderRequest& request,
   return absl::OkStatus();
 }
 
+// trust: exemplars and path similarity beside the pictures (the dataset is
+// picked by RenderInputs::Resolve).
+absl::Status PlanTrust(const v1::TrustSpec& spec, RenderPlan& plan) {
+  if (spec.exemplars() < 0 || spec.exemplars() > kMaxTrustExemplars) {
+    return OutsideRange("trust.exemplars", 0, kMaxTrustExemplars, "none",
+                        spec.exemplars());
+  }
+  if (spec.dataset().size() > kMaxNameBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("trust.dataset must be at most ", kMaxNameBytes,
+                     " bytes, got ", spec.dataset().size()));
+  }
+  TrustPlan& trust = plan.trust;
+  trust.exemplars = spec.exemplars();
+  trust.path_similarity = spec.path_similarity();
+  trust.dataset_name = spec.dataset();
+  // A dataset named without asking for anything asks for nothing.
+  if (!trust.asked()) return absl::OkStatus();
+  FEATVIZ_ASSIGN_OR_RETURN(
+      trust.units,
+      TrustUnitsOf(plan.objective, plan.options.param.batch));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
                                                const ModelRegistry& models,
                                                const Limits& limits,
@@ -843,6 +878,7 @@ absl::StatusOr<RenderPlan> PlanRenderUnguarded(const v1::RenderRequest& request,
   FEATVIZ_RETURN_IF_ERROR(PlanReferences(request, plan));
   FEATVIZ_RETURN_IF_ERROR(PlanOutput(request, limits, plan));
   FEATVIZ_RETURN_IF_ERROR(PlanScheduling(request, plan));
+  FEATVIZ_RETURN_IF_ERROR(PlanTrust(request.trust(), plan));
 
   // The result must fit in one message.
   const core::ModelCard& card = plan.model->card;
@@ -1122,6 +1158,35 @@ v1::RenderResult ResultToProto(const JobResult& result) {
   out.set_transforms(result.transforms);
   out.set_linear_mode(result.linear_mode);
   out.set_precision(result.precision);
+  if (result.exemplars.has_value()) {
+    const ExemplarSet& set = *result.exemplars;
+    v1::Exemplars* exemplars = out.mutable_exemplars();
+    exemplars->set_dataset(set.dataset);
+    exemplars->set_unit(set.unit);
+    exemplars->set_cached(set.cached);
+    for (const Exemplar& e : set.examples) {
+      v1::Exemplar* x = exemplars->add_examples();
+      x->set_index(e.index);
+      x->set_value(e.value);
+      x->set_label(e.label);
+      x->set_png(e.png);
+      x->set_activation_png(e.activation_png);
+    }
+  }
+  for (const PathScore& score : result.path_similarity) {
+    v1::PathSimilarity* p = out.add_path_similarity();
+    p->set_score(score.score);
+    p->set_threshold(score.threshold);
+    p->set_reliable(score.reliable);
+    for (const LayerPathScore& l : score.layers) {
+      v1::LayerPathSimilarity* layer = p->add_layers();
+      layer->set_layer(l.layer);
+      layer->set_score(l.score);
+      layer->set_similarity(l.similarity);
+      layer->set_natural_similarity(l.natural_similarity);
+      layer->set_random_similarity(l.random_similarity);
+    }
+  }
   out.mutable_timings()->set_queue_seconds(result.queue_seconds);
   out.mutable_timings()->set_compute_seconds(result.compute_seconds);
   return out;

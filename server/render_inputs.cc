@@ -210,6 +210,34 @@ absl::Status RenderInputs::ResolveUnguarded(RenderPlan& plan) {
         ResolveReference(term.reference, plan,
                          absl::StrCat("objective: ", term.ToString())));
   }
+  return ResolveTrust(plan);
+}
+
+absl::Status RenderInputs::ResolveTrust(RenderPlan& plan) const {
+  TrustPlan& trust = plan.trust;
+  if (!trust.asked()) return absl::OkStatus();
+  const core::ModelCard& card = plan.model->card;
+  FEATVIZ_ASSIGN_OR_RETURN(
+      trust.dataset,
+      datasets_.Pick(trust.dataset_name, NeedOf(card, card.channels),
+                     "trust.dataset"));
+  const core::Dataset& dataset = *trust.dataset;
+  const at::Tensor& images = dataset.images;
+  if (images.dim() != 4 || images.size(1) != card.channels ||
+      images.size(2) != card.height || images.size(3) != card.width) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "trust.dataset: ", dataset.name, " holds images of shape ",
+        ImageShape(dataset), ", but model ", card.name, " takes [",
+        card.channels, ", ", card.height, ", ", card.width, "]"));
+  }
+  // Labels that name classes the model does not have are another task's.
+  const int64_t classes = static_cast<int64_t>(plan.model->class_names.size());
+  const int64_t labelled = static_cast<int64_t>(dataset.class_names.size());
+  if (labelled > 0 && classes > 0 && labelled > classes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "trust.dataset: ", dataset.name, " has ", labelled,
+        " classes, more than the ", classes, " of model ", card.name));
+  }
   return absl::OkStatus();
 }
 

@@ -55,7 +55,10 @@ class RenderInputs {
   // what there is; INVALID_ARGUMENT a reference of another shape than the
   // model's input, a MaCo dataset with another channel count, or several
   // datasets fitting where none is named; FAILED_PRECONDITION a dataset(i)
-  // reference when none fits.
+  // reference when none fits. For plan.trust (when asked): the dataset
+  // trust.dataset names (NOT_FOUND when unknown, INVALID_ARGUMENT when its
+  // images or labels do not fit the model), or the one that fits the model
+  // (FAILED_PRECONDITION when none does, INVALID_ARGUMENT when several do).
   absl::Status Resolve(RenderPlan& plan);
 
   // What a MaCo render holds fixed: the magnitude spectrum and the tone of
@@ -86,6 +89,8 @@ class RenderInputs {
   // plan.accentuation's seed into options.references, the start image and
   // options.accentuation_seed, at the stimuli's channels.
   absl::Status ResolveAccentuation(RenderPlan& plan);
+  // plan.trust's dataset: the one named, or the one that fits the model.
+  absl::Status ResolveTrust(RenderPlan& plan) const;
 
   const DatasetRegistry empty_;
   const DatasetRegistry& datasets_;  // The one given, or empty_.

@@ -323,10 +323,14 @@ absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
   }
   VisualizerServicePtr service(
       new VisualizerService(models, limits, std::move(options)));
+  // One cache of dataset passes for every device's renders (their values
+  // are on the host whatever device computed them).
+  auto unit_values = std::make_shared<UnitValuesCache>();
   for (size_t device = 0; device < models->devices().size(); ++device) {
     WorkerOptions options;
     options.max_batch_images = limits.max_batch_images;
     options.step = limits.step;
+    options.unit_values = unit_values;
     absl::StatusOr<WorkerPtr> worker =
         Worker::Create(device, models, service->jobs_.get(), options);
     if (!worker.ok()) return worker.status();

@@ -271,8 +271,72 @@ std::string CacheKey(const RenderPlan& plan) {
   h.Number("preview_png", plan.preview_png);
   h.Text("composite", absl::StrJoin(plan.display.composite, ","));
   for (const std::string& name : plan.display.names) h.Text("band", name);
+  // Only when asked, so that the keys of renders without trust stay as
+  // they were. The dataset by name and size: a dataset deleted and uploaded
+  // again under its name with other images gets another key when its size
+  // differs (a same-sized replacement is served from the cache until the
+  // result expires).
+  if (plan.trust.asked()) {
+    h.Number("trust.exemplars", static_cast<double>(plan.trust.exemplars));
+    h.Number("trust.path_similarity", plan.trust.path_similarity);
+    for (const core::Term& unit : plan.trust.units) {
+      h.Text("trust.unit", unit.ToString());
+    }
+    h.Text("trust.dataset",
+           plan.trust.dataset == nullptr
+               ? plan.trust.dataset_name
+               : absl::StrCat(plan.trust.dataset->name, "#",
+                              plan.trust.dataset->size()));
+  }
   return absl::StrCat(plan.model_hash, "/", h.HexDigest(), "/", *plan.seed,
                       "/", plan.linear_mode);
+}
+
+namespace {
+
+// Image `b`'s unit under `objective`, if it has one.
+std::optional<core::Term> UnitOfImage(const core::Objective& objective,
+                                      int64_t b) {
+  for (const core::WeightedTerm& wt : objective.terms()) {
+    const core::Term& t = wt.term;
+    if (!(wt.weight > 0) || (t.batch.has_value() && *t.batch != b)) continue;
+    core::Term unit;
+    switch (t.kind) {
+      case core::TermKind::kNeuron:
+      case core::TermKind::kChannel:
+        unit.kind = core::TermKind::kChannel;
+        unit.layer = t.layer;
+        unit.index = t.index;
+        return unit;
+      case core::TermKind::kLogit:
+      case core::TermKind::kProb:
+        unit.kind = t.kind;
+        unit.index = t.index;
+        return unit;
+      default:
+        break;
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<core::Term>> TrustUnitsOf(
+    const core::Objective& objective, int64_t batch) {
+  std::vector<core::Term> units;
+  for (int64_t b = 0; b < batch; ++b) {
+    std::optional<core::Term> unit = UnitOfImage(objective, b);
+    if (!unit.has_value()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "trust: objective ", objective.ToString(), " has no unit",
+          batch > 1 ? absl::StrCat(" for image ", b) : "",
+          " (a neuron, channel, logit or prob term of positive weight) to "
+          "find dataset examples for"));
+    }
+    units.push_back(*std::move(unit));
+  }
+  return units;
 }
 
 bool IsFinal(JobState state) {
@@ -323,6 +387,21 @@ int64_t JobResult::bytes() const {
     total += HeapBytes(s.layer) + HeapBytes(s.mean) + HeapBytes(s.max);
   }
   if (transparency.has_value()) total += HeapBytes(*transparency);
+  if (exemplars.has_value()) {
+    total += HeapBytes(exemplars->dataset) + HeapBytes(exemplars->unit);
+    total += HeapChunk(static_cast<int64_t>(exemplars->examples.capacity() *
+                                            sizeof(Exemplar)));
+    for (const Exemplar& e : exemplars->examples) {
+      total += HeapBytes(e.png) + HeapBytes(e.activation_png);
+    }
+  }
+  total += HeapChunk(
+      static_cast<int64_t>(path_similarity.capacity() * sizeof(PathScore)));
+  for (const PathScore& p : path_similarity) {
+    total += HeapChunk(
+        static_cast<int64_t>(p.layers.capacity() * sizeof(LayerPathScore)));
+    for (const LayerPathScore& l : p.layers) total += HeapBytes(l.layer);
+  }
   return total;
 }
 

@@ -19,6 +19,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "core/bands.h"
+#include "core/dataset.h"
 #include "core/model.h"
 #include "core/objective.h"
 #include "core/render.h"
@@ -27,6 +28,37 @@
 namespace featviz::server {
 
 struct ModelSummary;
+
+// RenderRequest.trust after validation (docs/trust.md): what a render asks
+// to be shown beside its pictures. Nothing of it is computed unless asked().
+struct TrustPlan {
+  // Dataset examples to return, in [0, kMaxTrustExemplars]; 0: none.
+  int64_t exemplars = 0;
+  // Check each picture's path through the network (PathSimilarity).
+  bool path_similarity = false;
+  // The dataset the request named ("" for the one that fits the model), and
+  // the one RenderInputs::Resolve picked: null until then.
+  std::string dataset_name;
+  core::DatasetPtr dataset;
+  // Each image's unit (TrustUnitsOf): a channel term (of a channel or
+  // neuron term: its channel is the unit), or a logit or prob term (the
+  // class). The exemplars are the first image's unit's.
+  std::vector<core::Term> units;
+
+  bool asked() const { return exemplars > 0 || path_similarity; }
+};
+
+// Most exemplars a render may ask for (TrustSpec.exemplars).
+inline constexpr int64_t kMaxTrustExemplars = 64;
+
+// The unit of each of `batch` images under `objective` (TrustPlan::units):
+// the first term of positive weight that reads the image (no batch= or its
+// index) and is a neuron, channel, logit or prob term, as a channel term of
+// the neuron's or channel's layer (its other fields cleared) or the logit or
+// prob term. InvalidArgument naming the objective (and the image) when an
+// image has none.
+absl::StatusOr<std::vector<core::Term>> TrustUnitsOf(
+    const core::Objective& objective, int64_t batch);
 
 // A render request after validation, in core's terms (PlanRender's result).
 struct RenderPlan {
@@ -78,6 +110,8 @@ struct RenderPlan {
   // (Limits::step.precision). Part of the cache key (CacheKey) and
   // of the batch key: jobs of different precisions never share a step.
   core::Precision precision = core::Precision::kFloat32;
+  // RenderRequest.trust. Part of the cache key when asked.
+  TrustPlan trust;
   // Scheduling, as requested: the owner ("" means the caller's address), the
   // priority (checked to be in [-10, 10]) and the queue timeout (unset when
   // the request leaves it to the server).
@@ -226,6 +260,42 @@ struct LayerSummary {
   HostArray max;
 };
 
+// One dataset example beside a render's pictures (TrustPlan::exemplars).
+struct Exemplar {
+  int64_t index = 0;  // In the dataset.
+  float value = 0;    // The unit's value on it (spatial max, logit, prob).
+  int64_t label = -1;
+  std::string png;
+  std::string activation_png;  // The unit's map over it; "" for flat units.
+};
+
+// The exemplars of a render's unit, highest value first.
+struct ExemplarSet {
+  std::string dataset;
+  std::string unit;  // The unit as a term: "channel(conv2, 5)", "logit(7)".
+  std::vector<Exemplar> examples;
+  bool cached = false;  // The dataset pass was already cached.
+};
+
+// Path similarity at one layer (docs/trust.md, "Path similarity").
+struct LayerPathScore {
+  std::string layer;
+  double score = 0;               // In [0, 1].
+  double similarity = 0;          // Spearman, picture vs prototype.
+  double natural_similarity = 0;  // Top examples vs the others' prototype.
+  double random_similarity = 0;   // Random images vs the prototype.
+  // natural - random is large enough for the layer to count in the score.
+  bool informative = false;
+};
+
+// The reliability check of one picture.
+struct PathScore {
+  double score = 0;  // Mean of the informative layers' scores; 0 if none.
+  double threshold = 0;
+  bool reliable = false;  // score >= threshold.
+  std::vector<LayerPathScore> layers;  // Model order.
+};
+
 // A succeeded job's result, everything on the host (images already encoded
 // where the plan asked for PNGs). Shared, never changed once made.
 struct JobResult {
@@ -264,6 +334,10 @@ struct JobResult {
   std::string transforms;  // The transform set, as text.
   std::string linear_mode;  // RenderPlan::linear_mode.
   std::string precision;    // core::PrecisionName of RenderPlan::precision.
+  // RenderPlan::trust: the unit's exemplars (when asked) and one path
+  // similarity per image (when asked); empty otherwise.
+  std::optional<ExemplarSet> exemplars;
+  std::vector<PathScore> path_similarity;
   double queue_seconds = 0;
   double compute_seconds = 0;
 

@@ -11,6 +11,7 @@
 #include "core/batch.h"
 #include "core/torch_status.h"
 #include "server/engine/engine_types.h"
+#include "server/engine/trust.h"
 #include "spdlog/spdlog.h"
 
 namespace featviz::server {
@@ -49,6 +50,9 @@ Worker::Worker(size_t device_index, const ModelRegistry* models,
       models_(*models),
       jobs_(*jobs),
       options_(options),
+      unit_values_(options.unit_values != nullptr
+                       ? options.unit_values
+                       : std::make_shared<UnitValuesCache>()),
       started_(absl::Now()),
       memory_cap_(options.max_batch_images) {}
 
@@ -273,6 +277,16 @@ bool Worker::ReportStep(Running& running) {
   if (!host.ok()) {
     End(running, host.status(), nullptr);
     return false;
+  }
+  // After the steps, on the job's own model copy; a render that does not
+  // ask (plan.trust) gets nothing of it.
+  if (plan.trust.asked()) {
+    const absl::Status trusted =
+        AddTrust(*running.model, plan, result->images, *unit_values_, *host);
+    if (!trusted.ok()) {
+      End(running, trusted, nullptr);
+      return false;
+    }
   }
   End(running, absl::OkStatus(),
       std::make_shared<const JobResult>(*std::move(host)));

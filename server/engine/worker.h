@@ -46,6 +46,7 @@
 #include "core/step_graph.h"
 #include "server/engine/job_manager.h"
 #include "server/engine/model_registry.h"
+#include "server/engine/unit_values_cache.h"
 
 namespace featviz::server {
 
@@ -54,6 +55,10 @@ struct WorkerOptions {
   int64_t max_batch_images = 256;
   // Precision, CUDA graphs and fault injection of the batched step.
   core::StepOptions step;
+  // The dataset passes of renders that ask for exemplars or path similarity
+  // (RenderPlan::trust), shared by the server's workers; null: the worker's
+  // own.
+  std::shared_ptr<UnitValuesCache> unit_values;
 };
 
 class Worker;
@@ -127,6 +132,7 @@ class Worker {
   const ModelRegistry& models_;
   JobManager& jobs_;
   const WorkerOptions options_;
+  const std::shared_ptr<UnitValuesCache> unit_values_;
   const absl::Time started_;
 
   // The worker thread's own state.

@@ -111,5 +111,48 @@ TEST(ResultMemory, TheStoresFigureIsWithinAFifthOfWhatItsResultsTake) {
   EXPECT_NEAR(counted / real, 1.0, 0.2);
 }
 
+TEST(ResultMemory, CountsTheExemplarsAndPathSimilarityOfATrustedRender) {
+  // A render with 16 exemplars (an MNIST image and its RGB overlay each)
+  // and a path similarity per image over four layers.
+  const core::RenderResult render = FakeRender(4, 1, 28, 64, 1, 64, 9);
+  RenderPlan plan;
+  plan.model_name = "mnist_classifier";
+  plan.png = true;
+  std::vector<std::shared_ptr<const JobResult>> kept;
+  constexpr int kResults = 2000;
+  int64_t counted = 0;
+  const size_t before = mallinfo2().uordblks;
+  for (int i = 0; i < kResults; ++i) {
+    absl::StatusOr<JobResult> result = MakeJobResult(render, plan, 0.1, 0.2);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ExemplarSet& set = result->exemplars.emplace();
+    set.dataset = "mnist";
+    set.unit = "channel(conv2, 5)";
+    for (int e = 0; e < 16; ++e) {
+      Exemplar& x = set.examples.emplace_back();
+      x.index = e;
+      x.png = std::string(300 + e, 'p');
+      x.activation_png = std::string(1100 + e, 'a');
+    }
+    set.examples.shrink_to_fit();
+    for (int b = 0; b < 4; ++b) {
+      PathScore& score = result->path_similarity.emplace_back();
+      for (const char* layer : {"conv1", "conv2", "fc1", "features.block3.conv"}) {
+        score.layers.push_back(LayerPathScore{layer, 0.5, 0.5, 0.7, 0.1, true});
+      }
+    }
+    auto stored = std::make_shared<const JobResult>(*std::move(result));
+    counted += stored->bytes();
+    kept.push_back(std::move(stored));
+  }
+  const size_t after = mallinfo2().uordblks;
+  const double real = static_cast<double>(after) - static_cast<double>(before);
+  std::printf("%d trusted results: counted %lld bytes, the heap grew %.0f "
+              "(counted/real %.3f)\n",
+              kResults, static_cast<long long>(counted), real,
+              static_cast<double>(counted) / real);
+  EXPECT_NEAR(static_cast<double>(counted) / real, 1.0, 0.2);
+}
+
 }  // namespace
 }  // namespace featviz::server

@@ -27,7 +27,11 @@ from featviz_client.circuits import (
 from featviz_client.client import (
     AccentuationOutcome,
     Client,
+    Exemplar,
+    Exemplars,
     FeatvizError,
+    LayerPathSimilarity,
+    PathSimilarity,
     Progress,
     RenderResult,
     TermOutcome,
@@ -39,7 +43,8 @@ from featviz_client.multi_render import Comparison, UnitRender
 __all__ = [
     "AccentuationOutcome", "Activations", "Attribution", "Circuit", "ClassCircuit",
     "ClassScore", "ClassShare", "Client", "Comparison",
-    "Dataset", "Detector", "FeatvizError", "ModelCopy", "ModelStatus", "Progress",
+    "Dataset", "Detector", "Exemplar", "Exemplars", "FeatvizError",
+    "LayerPathSimilarity", "ModelCopy", "ModelStatus", "PathSimilarity", "Progress",
     "RenderResult", "TermOutcome",
     "TopExamples", "UnitExamples", "UnitLabel", "UnitLabels", "UnitRender", "band_sheet", "composite", "grid",
     "hwc", "to_pil",

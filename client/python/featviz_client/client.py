@@ -131,6 +131,63 @@ class AccentuationOutcome:
         return self.value / self.seed_value if self.seed_value > 0 else float("nan")
 
 
+@dataclass(frozen=True)
+class Exemplar:
+    """A dataset example beside a picture: its index, the unit's value on it
+    (spatial max, logit or probability), its label (-1 for none), the image
+    as a PNG and the unit's activation map over it (b"" for classes and flat
+    layers)."""
+
+    index: int
+    value: float
+    label: int
+    png: bytes
+    activation_png: bytes
+
+
+@dataclass(frozen=True)
+class Exemplars:
+    """The dataset examples that drive a render's unit most, highest first
+    (render(exemplars=N)). `cached`: the server had the dataset pass."""
+
+    dataset: str
+    unit: str
+    examples: list[Exemplar]
+    cached: bool
+
+
+@dataclass(frozen=True)
+class LayerPathSimilarity:
+    """Path similarity at one layer (docs/trust.md): `score` in [0, 1]
+    places the picture's `similarity` (Spearman with the top examples' mean
+    channel profile) between `random_similarity` (0) and
+    `natural_similarity` (1)."""
+
+    layer: str
+    score: float
+    similarity: float
+    natural_similarity: float
+    random_similarity: float
+
+
+@dataclass(frozen=True)
+class PathSimilarity:
+    """The reliability check of one picture (render(path_similarity=True)):
+    a picture whose path through the network is unlike that of the natural
+    images driving the same unit scores low and is not `reliable`."""
+
+    score: float
+    threshold: float
+    reliable: bool
+    layers: list[LayerPathSimilarity]
+
+    def __str__(self) -> str:
+        verdict = "reliable" if self.reliable else "FLAGGED"
+        per_layer = ", ".join(f"{l.layer} {l.score:.2f}" for l in self.layers)
+        return (f"path similarity {self.score:.2f} ({verdict}, threshold "
+                f"{self.threshold:g}): {per_layer}")
+
+
 @dataclass
 class RenderResult:
     """The outcome of `Client.render`.
@@ -207,6 +264,12 @@ class RenderResult:
     accentuation: list[AccentuationOutcome] = field(default_factory=list)
     """With `accentuate=`: one per image, how far the picture moved from its
     seed and how much it raised the unit. Empty otherwise."""
+
+    exemplars: Optional[Exemplars] = None
+    """With exemplars=N: the dataset examples driving the objective's unit."""
+
+    path_similarity: list[PathSimilarity] = field(default_factory=list)
+    """With path_similarity=True: one check per image (docs/trust.md)."""
 
     @property
     def images_hwc(self) -> Optional[np.ndarray]:
@@ -466,6 +529,9 @@ class Client:
                on_progress: Optional[Callable[[Progress], Any]] = None,
                timeout: Optional[float] = None,
                units: Union[str, int, Sequence[int], None] = None,
+               exemplars: int = 0,
+               path_similarity: bool = False,
+               trust_dataset: str = "",
                **deprecated: Any) -> Union[RenderResult, UnitRender]:
         """Renders images that maximise `objective` on `model`.
 
@@ -509,6 +575,13 @@ class Client:
         term values (and, with `preview`, the final images). `timeout` is the whole render's deadline
         in seconds. The old names `param` and `decay` still work (deprecated).
 
+        Beside the pictures (docs/trust.md): `exemplars` (0 to 64) dataset
+        examples that drive the objective's unit most, with their activation
+        maps (`RenderResult.exemplars`), and with `path_similarity` a check
+        of each picture's path through the network against theirs
+        (`RenderResult.path_similarity`), from the hosted dataset
+        `trust_dataset` ("" for the one that fits the model).
+
         A layer at once: a `*` for the unit in the objective text
         ("channel(conv2, *)", "neuron(fc1, *) - 0.01 * tv()", "conv2:*")
         renders every unit that `units` lists ("all" or None, 3, [3, 5, 9],
@@ -536,7 +609,9 @@ class Client:
                              accentuate=accentuate, accentuate_layer=accentuate_layer,
                              accentuate_weight=accentuate_weight, png=png,
                              tensor=tensor, progress_every=progress_every,
-                             preview=preview, **deprecated))
+                             preview=preview, exemplars=exemplars,
+                             path_similarity=path_similarity,
+                             trust_dataset=trust_dataset, **deprecated))
         request = self._render_request(
             model, objective, steps=steps, size=size, batch=batch,
             parameterization=parameterization, seed=seed, lr=lr,
@@ -546,6 +621,8 @@ class Client:
             accentuate_layer=accentuate_layer, accentuate_weight=accentuate_weight,
             png=png, tensor=tensor,
             progress_every=progress_every, preview=preview,
+            exemplars=exemplars, path_similarity=path_similarity,
+            trust_dataset=trust_dataset,
             deprecated=deprecated, caller="render")
         call = self._stub.Render(request, timeout=timeout, metadata=self._metadata)
         return self._named(self._follow(call, on_progress, preview=preview))
@@ -642,6 +719,9 @@ class Client:
                owner: str = "",
                priority: int = 0,
                timeout: Optional[float] = None,
+               exemplars: int = 0,
+               path_similarity: bool = False,
+               trust_dataset: str = "",
                **deprecated: Any) -> "featviz_pb2.Job":
         """Queues a render (arguments as for `render`) and returns its Job at once.
 
@@ -657,6 +737,8 @@ class Client:
             accentuate_layer=accentuate_layer, accentuate_weight=accentuate_weight,
             png=png, tensor=tensor,
             progress_every=progress_every, preview=preview,
+            exemplars=exemplars, path_similarity=path_similarity,
+            trust_dataset=trust_dataset,
             deprecated=deprecated, caller="submit")
         request.owner = owner
         request.priority = priority
@@ -1041,8 +1123,9 @@ class Client:
                         init_image, png, tensor, progress_every, preview,
                         deprecated, caller, maco_dataset=None,
                         references=(), precision=None, accentuate=None,
-                        accentuate_layer="",
-                        accentuate_weight=0.0) -> "featviz_pb2.RenderRequest":
+                        accentuate_layer="", accentuate_weight=0.0, exemplars=0,
+                        path_similarity=False,
+                        trust_dataset="") -> "featviz_pb2.RenderRequest":
         for old, new in _DEPRECATED_RENDER_ARGS.items():
             if old not in deprecated:
                 continue
@@ -1095,6 +1178,9 @@ class Client:
         request.output.preview_png = preview
         if progress_every is not None:
             request.output.progress_every = progress_every
+        request.trust.exemplars = exemplars
+        request.trust.path_similarity = path_similarity
+        request.trust.dataset = trust_dataset
         return request
 
     def _call(self, method, request, timeout: Optional[float]):
@@ -1307,6 +1393,18 @@ def _render_result(result: "featviz_pb2.RenderResult") -> RenderResult:
         band_png=list(result.band_png),
         accentuation=[AccentuationOutcome(a.seed_value, a.value, a.pixel_distance)
                       for a in result.accentuation],
+        exemplars=(Exemplars(
+            result.exemplars.dataset, result.exemplars.unit,
+            [Exemplar(e.index, e.value, e.label, e.png, e.activation_png)
+             for e in result.exemplars.examples],
+            result.exemplars.cached) if result.HasField("exemplars") else None),
+        path_similarity=[
+            PathSimilarity(p.score, p.threshold, p.reliable,
+                           [LayerPathSimilarity(l.layer, l.score, l.similarity,
+                                                l.natural_similarity,
+                                                l.random_similarity)
+                            for l in p.layers])
+            for p in result.path_similarity],
     )
 
 
