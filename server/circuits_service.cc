@@ -43,20 +43,13 @@ absl::StatusOr<core::LayerInfo> LayerWithChannels(const core::Model& model,
   return layer;
 }
 
-// The cache key of `layer` of `model` on `dataset`.
-std::string CacheKey(const core::Model& model, const core::Dataset& dataset,
-                     const std::string& layer) {
-  return absl::StrCat(model.content_hash().empty() ? model.card().name
-                                                   : model.content_hash(),
-                      "\n", dataset.name, "\n", layer);
-}
-
 }  // namespace
 
 absl::StatusOr<CircuitsServicePtr> CircuitsService::Create(
     const ModelRegistry* models, DatasetRegistry* datasets, SubmitFn submit,
     const Limits& render_limits, const CircuitLimits& limits,
-    const Authenticator* authenticator, UploadLedger* uploads) {
+    const Authenticator* authenticator, UploadLedger* uploads,
+    std::shared_ptr<UnitValuesCache> unit_values) {
   if (models == nullptr || datasets == nullptr || !submit) {
     return absl::InvalidArgumentError(
         "circuits: models, datasets and submit are needed");
@@ -67,7 +60,11 @@ absl::StatusOr<CircuitsServicePtr> CircuitsService::Create(
   }
   return CircuitsServicePtr(
       new CircuitsService(models, datasets, std::move(submit), render_limits,
-                          limits, authenticator, uploads));
+                          limits, authenticator, uploads,
+                          unit_values != nullptr
+                              ? std::move(unit_values)
+                              : std::make_shared<UnitValuesCache>(
+                                    limits.cache_entries)));
 }
 
 CircuitsService::CircuitsService(const ModelRegistry* models,
@@ -75,7 +72,8 @@ CircuitsService::CircuitsService(const ModelRegistry* models,
                                  const Limits& render_limits,
                                  const CircuitLimits& limits,
                                  const Authenticator* authenticator,
-                                 UploadLedger* uploads)
+                                 UploadLedger* uploads,
+                                 std::shared_ptr<UnitValuesCache> unit_values)
     : models_(models),
       datasets_(datasets),
       submit_(std::move(submit)),
@@ -83,6 +81,7 @@ CircuitsService::CircuitsService(const ModelRegistry* models,
       render_limits_(render_limits),
       limits_(limits),
       uploads_(uploads != nullptr ? *uploads : own_uploads_),
+      unit_values_(std::move(unit_values)),
       thread_([this] { AnalysisLoop(); }) {}
 
 CircuitsService::~CircuitsService() {
@@ -499,43 +498,17 @@ absl::Status CircuitsService::DoFindCircuit(
   return absl::OkStatus();
 }
 
-absl::StatusOr<at::Tensor> CircuitsService::Cached(
-    const std::string& key, const core::DatasetPtr& dataset,
-    const std::function<absl::StatusOr<at::Tensor>()>& compute,
-    bool& cached) {
-  for (auto it = cache_.begin(); it != cache_.end(); ++it) {
-    if (it->key != key) continue;
-    if (it->dataset.lock() != dataset) {
-      cache_.erase(it);  // A dataset since deleted (or replaced).
-      break;
-    }
-    cache_.splice(cache_.begin(), cache_, it);
-    cached = true;
-    return cache_.front().values;
-  }
-  cached = false;
-  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor values, compute());
-  cache_.push_front({key, dataset, values});
-  while (static_cast<int64_t>(cache_.size()) > limits_.cache_entries) {
-    cache_.pop_back();
-  }
-  return values;
-}
-
 absl::StatusOr<at::Tensor> CircuitsService::CachedUnitValues(
     const core::Model& model, const core::DatasetPtr& dataset,
     const std::string& layer, bool& cached) {
-  return Cached(
-      CacheKey(model, *dataset, layer), dataset,
-      [&] { return core::UnitValues(model, dataset->images, layer); }, cached);
+  return unit_values_->Get(model, dataset, layer, cached);
 }
 
 absl::StatusOr<at::Tensor> CircuitsService::CachedClassAttribution(
     const core::Model& model, const core::DatasetPtr& dataset,
     const std::string& layer, bool& cached) {
-  return Cached(
-      absl::StrCat(CacheKey(model, *dataset, layer), "\nclass attribution"),
-      dataset,
+  return unit_values_->Get(
+      model, dataset, absl::StrCat(layer, "\nclass attribution"),
       [&] {
         return core::ClassAttributionScores(
             model, dataset->images, dataset->labels,

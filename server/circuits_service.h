@@ -30,6 +30,7 @@
 #include "featviz/v1/circuits.grpc.pb.h"
 #include "server/authenticator.h"
 #include "server/circuits_convert.h"
+#include "server/engine/unit_values_cache.h"
 #include "server/engine/dataset_registry.h"
 #include "server/limits.h"
 #include "server/engine/model_registry.h"
@@ -48,7 +49,8 @@ struct CircuitLimits {
   // (its default, 100, must stay within it).
   int64_t max_top_n = 100;
   // (model, dataset, layer) passes TopExamples and LabelUnits keep (unit
-  // values and class attributions each take an entry).
+  // values and class attributions each take an entry) in a cache of the
+  // service's own, when Create is given none to share.
   int64_t cache_entries = 32;
   // Largest dataset UploadDataset accepts, in bytes (256 MiB;
   // --max_dataset_bytes).
@@ -77,7 +79,8 @@ class CircuitsService final : public v1::Circuits::CallbackService {
       const ModelRegistry* models, DatasetRegistry* datasets, SubmitFn submit,
       const Limits& render_limits, const CircuitLimits& limits = {},
       const Authenticator* authenticator = nullptr,
-      UploadLedger* uploads = nullptr);
+      UploadLedger* uploads = nullptr,
+      std::shared_ptr<UnitValuesCache> unit_values = nullptr);
 
   // Stops the analysis thread (analyses still waiting end UNAVAILABLE) and
   // waits for uploads and deletions in progress.
@@ -125,7 +128,8 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   CircuitsService(const ModelRegistry* models, DatasetRegistry* datasets,
                   SubmitFn submit, const Limits& render_limits,
                   const CircuitLimits& limits,
-                  const Authenticator* authenticator, UploadLedger* uploads);
+                  const Authenticator* authenticator, UploadLedger* uploads,
+                  std::shared_ptr<UnitValuesCache> unit_values);
 
   // Runs `work` on a thread of its own, counted so that the destructor
   // waits for it.
@@ -157,23 +161,17 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   // while it uses it.
   absl::StatusOr<SharedModel> FindModel(const std::string& name) const;
   // [N, K] unit values of `layer` on `dataset`, from the cache or one pass;
-  // `cached` says which. Analysis thread only.
+  // `cached` says which.
   absl::StatusOr<at::Tensor> CachedUnitValues(const core::Model& model,
                                               const core::DatasetPtr& dataset,
                                               const std::string& layer,
                                               bool& cached);
   // [classes, K] mean gradient x activation of `layer`'s units for each
   // class's logit over images of the class (core::ClassAttributionScores),
-  // cached as CachedUnitValues. Analysis thread only.
+  // cached as CachedUnitValues.
   absl::StatusOr<at::Tensor> CachedClassAttribution(
       const core::Model& model, const core::DatasetPtr& dataset,
       const std::string& layer, bool& cached);
-  // The cache's entry for `key` on `dataset`, or `compute`'s result, kept.
-  absl::StatusOr<at::Tensor> Cached(
-      const std::string& key, const core::DatasetPtr& dataset,
-      const std::function<absl::StatusOr<at::Tensor>()>& compute,
-      bool& cached);
-
   const ModelRegistry* const models_;
   DatasetRegistry* const datasets_;
   const SubmitFn submit_;
@@ -184,16 +182,9 @@ class CircuitsService final : public v1::Circuits::CallbackService {
   UploadLedger own_uploads_;
   UploadLedger& uploads_;  // The one given, or own_uploads_.
 
-  // One pass's unit values (or class attributions). The dataset is held weakly (a deleted one is
-  // freed) and compared on a hit, so that a dataset uploaded again under
-  // the same name never gets the old one's values.
-  struct CacheEntry {
-    std::string key;
-    std::weak_ptr<const core::Dataset> dataset;
-    at::Tensor values;
-  };
-  // Least recently used last. Touched only on the analysis thread.
-  std::list<CacheEntry> cache_;
+  // Dataset passes (unit values, class attributions), shared with the
+  // workers' renders when the server gives one (its own otherwise).
+  const std::shared_ptr<UnitValuesCache> unit_values_;
 
   struct Task {
     grpc::ServerUnaryReactor* reactor;

@@ -767,7 +767,8 @@ absl::Status Serve() {
                      const v1::RenderRequest& request) {
             return service->SubmitRender(context, request);
           },
-          limits, circuit_limits, &authenticator, service->upload_ledger()));
+          limits, circuit_limits, &authenticator, service->upload_ledger(),
+          service->unit_values()));
   if (flags.poll_seconds > 0) {
     registry->StartPolling(absl::Seconds(flags.poll_seconds));
   }

@@ -325,7 +325,8 @@ absl::StatusOr<VisualizerServicePtr> VisualizerService::Create(
       new VisualizerService(models, limits, std::move(options)));
   // One cache of dataset passes for every device's renders (their values
   // are on the host whatever device computed them).
-  auto unit_values = std::make_shared<UnitValuesCache>();
+  service->unit_values_ = std::make_shared<UnitValuesCache>();
+  const std::shared_ptr<UnitValuesCache>& unit_values = service->unit_values_;
   for (size_t device = 0; device < models->devices().size(); ++device) {
     WorkerOptions options;
     options.max_batch_images = limits.max_batch_images;

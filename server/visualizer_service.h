@@ -44,6 +44,7 @@
 #include "server/engine/model_registry.h"
 #include "server/render_inputs.h"
 #include "server/upload.h"
+#include "server/engine/unit_values_cache.h"
 #include "server/engine/worker.h"
 
 namespace featviz::server {
@@ -152,6 +153,9 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   // Bytes each client has uploaded; the Circuits service books dataset
   // uploads here too.
   UploadLedger* upload_ledger() { return &uploads_; }
+  // The dataset passes the workers keep (for renders' exemplars and path
+  // similarity), for the circuits service to share.
+  std::shared_ptr<UnitValuesCache> unit_values() const { return unit_values_; }
   // The address clients reach this server at: job ids name it from now on
   // (JobManager::SetReplica).
   void SetReplica(std::string replica) {
@@ -212,6 +216,8 @@ class VisualizerService final : public v1::Visualizer::CallbackService {
   absl::Mutex admin_mu_;
   int admin_calls_ ABSL_GUARDED_BY(admin_mu_) = 0;
   UploadLedger uploads_;
+  // Set once by Create, before any worker starts.
+  std::shared_ptr<UnitValuesCache> unit_values_;
 
   absl::Mutex log_mu_;
   bool log_stop_ ABSL_GUARDED_BY(log_mu_) = false;

@@ -29,9 +29,18 @@ int64_t UnitValuesCache::bytes() const {
 absl::StatusOr<at::Tensor> UnitValuesCache::Get(
     const core::Model& model, const core::DatasetPtr& dataset,
     const std::string& layer, bool& cached) {
+  return Get(
+      model, dataset, layer,
+      [&] { return ComputeUnitValues(model, dataset->images, layer); }, cached);
+}
+
+absl::StatusOr<at::Tensor> UnitValuesCache::Get(
+    const core::Model& model, const core::DatasetPtr& dataset,
+    const std::string& entry,
+    const std::function<absl::StatusOr<at::Tensor>()>& compute, bool& cached) {
   const std::string key = absl::StrCat(
       model.content_hash().empty() ? model.card().name : model.content_hash(),
-      "\n", dataset->name, "\n", layer);
+      "\n", dataset->name, "\n", entry);
   {
     absl::MutexLock lock(&mu_);
     for (auto it = entries_.begin(); it != entries_.end(); ++it) {
@@ -50,8 +59,7 @@ absl::StatusOr<at::Tensor> UnitValuesCache::Get(
   cached = false;
   // A pass over a dataset takes seconds: not under the lock. Two callers
   // missing the same key at once both compute it; the values are the same.
-  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor values,
-                           ComputeUnitValues(model, dataset->images, layer));
+  FEATVIZ_ASSIGN_OR_RETURN(at::Tensor values, compute());
   absl::MutexLock lock(&mu_);
   // Another caller may have put it there meanwhile.
   for (auto it = entries_.begin(); it != entries_.end();) {

@@ -50,6 +50,15 @@ class UnitValuesCache {
                                  const core::DatasetPtr& dataset,
                                  const std::string& layer, bool& cached);
 
+  // The same for any other per-(model, dataset) pass (the circuits
+  // service's class attributions): `entry` names it beside the layers'
+  // paths, and `compute` makes it on a miss, without the lock held.
+  absl::StatusOr<at::Tensor> Get(
+      const core::Model& model, const core::DatasetPtr& dataset,
+      const std::string& entry,
+      const std::function<absl::StatusOr<at::Tensor>()>& compute,
+      bool& cached);
+
   // Entries held, and their bytes.
   int64_t size() const;
   int64_t bytes() const;
