@@ -1,6 +1,7 @@
 #include "client/atlas_page.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -52,6 +53,7 @@ std::string CurveSvg(const google::protobuf::RepeatedField<float>& trace) {
 constexpr char kStyle[] = R"(<style>
 body { font-family: sans-serif; margin: 24px; color: #222; }
 img.px { image-rendering: pixelated; }
+img.sheet { max-width: 100%; height: auto; }
 .units { display: flex; flex-wrap: wrap; gap: 8px; }
 .unit { text-align: center; font-size: 12px; }
 .unit img { width: 84px; height: 84px; display: block; border: 1px solid #ddd; }
@@ -149,11 +151,15 @@ std::string ExampleFigures(const AtlasUnit& unit,
   return out;
 }
 
+// Two decimals, rounded down: a flagged 0.496 reads 0.49, never the
+// threshold 0.50.
+double Floor2(double x) { return std::floor(x * 100 + 1e-9) / 100; }
+
 std::string PathBadgeText(const v1::PathSimilarity& p) {
   return absl::StrFormat(
       "<span class=\"badge %s\" title=\"path similarity, threshold "
       "%.2f\">%.2f %s</span>",
-      p.reliable() ? "ok" : "flag", p.threshold(), p.score(),
+      p.reliable() ? "ok" : "flag", p.threshold(), Floor2(p.score()),
       p.reliable() ? "reliable" : "flagged");
 }
 
@@ -208,7 +214,7 @@ std::string PathSection(const v1::PathSimilarity& p) {
     absl::StrAppendFormat(&out,
                           "<tr><td>%s</td><td>%.2f</td><td>%.2f</td><td>%.2f</td>"
                           "<td>%.2f</td></tr>\n",
-                          Html(l.layer()), l.score(), l.similarity(),
+                          Html(l.layer()), Floor2(l.score()), l.similarity(),
                           l.natural_similarity(), l.random_similarity());
   }
   absl::StrAppend(&out, "</table>\n");
@@ -238,8 +244,12 @@ std::string AccentSection(const AtlasUnit& unit) {
   absl::StrAppendFormat(
       &out,
       "<figure><img class=\"px\" src=\"%s\" alt=\"accentuated\">"
-      "<figcaption>%s</figcaption></figure>\n</div>\n",
-      AtlasAccentPng(unit.index), caption);
+      "<figcaption>%s</figcaption></figure>\n"
+      "<figure><img class=\"px\" src=\"%s\" alt=\"change\">"
+      "<figcaption>change: <span style=\"color:#c0392b\">added</span>, "
+      "<span style=\"color:#2e86c1\">removed</span></figcaption></figure>\n"
+      "</div>\n",
+      AtlasAccentPng(unit.index), caption, AtlasChangePng(unit.index));
   return out;
 }
 
@@ -266,6 +276,10 @@ std::string AtlasExampleMapPng(int64_t unit, int example) {
 
 std::string AtlasAccentPng(int64_t unit) {
   return absl::StrCat("unit_", unit, "_accent.png");
+}
+
+std::string AtlasChangePng(int64_t unit) {
+  return absl::StrCat("unit_", unit, "_change.png");
 }
 
 std::string AtlasUnitHtml(int64_t unit) {
@@ -320,7 +334,7 @@ std::string AtlasLayerPage(const v1::Model& model, const AtlasLayer& layer,
             "of its linear filter is maximised by a flat image, so the centre "
             "neuron shows the filter instead.)"
           : "",
-      "</p>\n<img class=\"px\" src=\"sheet.png\" alt=\"contact sheet\" width=\"",
+      "</p>\n<img class=\"px sheet\" src=\"sheet.png\" alt=\"contact sheet\" width=\"",
       sheet_width, "\">\n<h2>Units</h2>\n");
   int checked = 0, reliable = 0;
   for (const AtlasUnit* unit : units) {
@@ -343,7 +357,7 @@ std::string AtlasLayerPage(const v1::Model& model, const AtlasLayer& layer,
                     "\">", unit->index, " ", PathBadge(unit->result));
     if (unit->label.has_value() && unit->label->classes_size() > 0) {
       const v1::ClassShare& top = unit->label->classes(0);
-      absl::StrAppendFormat(&body, "<span class=\"caption\">%s %.0f %%</span>",
+      absl::StrAppendFormat(&body, "<span class=\"caption\">%s: %.0f %%</span>",
                             Html(top.class_name()), 100 * top.fraction());
     }
     absl::StrAppend(&body, "</a>\n");

@@ -57,6 +57,8 @@ std::string AtlasExamplePng(int64_t unit, int example);  // unit_<u>_ex<i>.png
 // unit_<u>_ex<i>_map.png: the unit's activation map over example i.
 std::string AtlasExampleMapPng(int64_t unit, int example);
 std::string AtlasAccentPng(int64_t unit);  // unit_<u>_accent.png
+// unit_<u>_change.png: the accentuated picture minus its seed.
+std::string AtlasChangePng(int64_t unit);
 std::string AtlasUnitHtml(int64_t unit);                 // unit_<u>.html
 
 // index.html: the summary, then `entries` (AtlasIndexEntry's, in order).

@@ -358,6 +358,26 @@ absl::Status LabelAtlasUnits(CircuitsClient& circuits,
   return absl::OkStatus();
 }
 
+// What accentuation changed: the seed dimmed, with red where the picture
+// is brighter than its seed and blue where it is darker, scaled to the
+// largest change. [3, H, W] in [0, 1].
+absl::StatusOr<at::Tensor> ChangeImage(const std::string& seed_png,
+                                       const std::string& picture_png) {
+  FEATVIZ_ASSIGN_OR_RETURN(const at::Tensor seed, Rgb(seed_png));
+  FEATVIZ_ASSIGN_OR_RETURN(const at::Tensor picture, Rgb(picture_png));
+  if (seed.sizes() != picture.sizes()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "accentuated picture ", c10::str(picture.sizes()),
+        " differs in size from its seed ", c10::str(seed.sizes())));
+  }
+  const at::Tensor diff = (picture - seed).mean(0);
+  const double scale = std::max(diff.abs().max().item<double>(), 1e-6);
+  const at::Tensor base = 0.3 * seed.mean(0);
+  const at::Tensor added = diff.clamp_min(0) / scale;
+  const at::Tensor removed = (-diff).clamp_min(0) / scale;
+  return at::stack({base + added, base, base + removed}).clamp(0, 1).contiguous();
+}
+
 // A layer's folder, `dir`: its contact sheet (sheet.png), each unit's
 // picture, examples and page, and its index.html. The sheet's width in
 // pixels, for the atlas's index.
@@ -394,10 +414,15 @@ absl::StatusOr<int64_t> WriteAtlasLayer(
             e.activation_png()));
       }
     }
-    if (unit->accentuated.png_size() > 0) {
+    if (unit->accentuated.png_size() > 0 && exemplars.examples_size() > 0) {
       FEATVIZ_RETURN_IF_ERROR(
           core::WriteFile((dir / AtlasAccentPng(unit->index)).string(),
                           unit->accentuated.png(0)));
+      FEATVIZ_ASSIGN_OR_RETURN(
+          const at::Tensor change,
+          ChangeImage(exemplars.examples(0).png(), unit->accentuated.png(0)));
+      FEATVIZ_RETURN_IF_ERROR(
+          core::WritePng(change, (dir / AtlasChangePng(unit->index)).string()));
     }
     FEATVIZ_ASSIGN_OR_RETURN(const std::string page,
                              AtlasUnitPage(model, layer, *unit, dataset));

@@ -155,6 +155,7 @@ TEST(AtlasPage, UnitPageSaysHowFarToBelieveThePicture) {
       *page, "<tr><td>conv1</td><td>0.12</td><td>0.60</td><td>0.70</td><td>0.10</td></tr>"))
       << *page;
   EXPECT_TRUE(absl::StrContains(*page, "src=\"unit_2_accent.png\"")) << *page;
+  EXPECT_TRUE(absl::StrContains(*page, "src=\"unit_2_change.png\"")) << *page;
   EXPECT_TRUE(absl::StrContains(*page, "3.5 &rarr; 9.25<br>RMS 0.061")) << *page;
   EXPECT_TRUE(absl::StrContains(*page, "src=\"unit_2_ex1_map.png\"")) << *page;
   EXPECT_TRUE(absl::StrContains(*page, "#41 label 7<br>2.5")) << *page;
@@ -164,7 +165,7 @@ TEST(AtlasPage, UnitPageSaysHowFarToBelieveThePicture) {
   EXPECT_TRUE(absl::StrContains(layer, "(1 of 2 reliable;")) << layer;
   EXPECT_TRUE(absl::StrContains(layer, "class=\"badge flag\"")) << layer;
   EXPECT_TRUE(absl::StrContains(layer, "class=\"badge ok\"")) << layer;
-  EXPECT_TRUE(absl::StrContains(layer, "<span class=\"caption\">&lt;b&gt;7 82 %</span>"))
+  EXPECT_TRUE(absl::StrContains(layer, "<span class=\"caption\">&lt;b&gt;7: 82 %</span>"))
       << layer;
 }
 

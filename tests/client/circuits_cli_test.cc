@@ -206,13 +206,33 @@ TEST_F(CircuitsCliTest, AtlasWritesASiteThatChromiumLoads) {
   EXPECT_TRUE(absl::StrContains(r.out, "26 units in 2 layers")) << r.out;
   for (const std::string file :
        {"index.html", "conv1/index.html", "conv1/sheet.png", "conv1/unit_15.html",
-        "conv1/unit_15.png", "conv1/unit_15_ex3.png", "fc2/unit_9.html"}) {
+        "conv1/unit_15.png", "conv1/unit_15_ex3.png", "fc2/unit_9.html",
+        // Beside every picture (docs/trust.md): the examples' activation
+        // maps, the top example accentuated and what that changed.
+        "conv1/unit_15_ex3_map.png", "conv1/unit_15_accent.png",
+        "conv1/unit_15_change.png", "fc2/unit_9_accent.png"}) {
     EXPECT_TRUE(fs::exists(dir + "/" + file)) << file;
   }
   const std::string unit = ReadFileOrEmpty(dir + "/fc2/unit_3.html");
   EXPECT_TRUE(absl::StrContains(unit, "neuron(fc2, 3)")) << unit;
   EXPECT_TRUE(absl::StrContains(unit, "<polyline")) << "loss curve";
   EXPECT_TRUE(absl::StrContains(unit, "Top dataset examples"));
+  // Per unit: exemplars, label, reliability score, accentuated exemplar.
+  for (const std::string page : {"conv1/unit_15.html", "fc2/unit_3.html"}) {
+    const std::string html = ReadFileOrEmpty(dir + "/" + page);
+    EXPECT_TRUE(absl::StrContains(html, "<h2>Label</h2>")) << page;
+    EXPECT_TRUE(absl::StrContains(html, "of its top 100</p>")) << page;
+    EXPECT_TRUE(absl::StrContains(html, "<h2>Path similarity</h2>")) << page;
+    EXPECT_TRUE(std::regex_search(
+        html, std::regex("class=\"badge (ok|flag)\"[^>]*>[01]\\.[0-9][0-9] "
+                         "(reliable|flagged)</span>")))
+        << page;
+    EXPECT_TRUE(absl::StrContains(html, "<h2>Accentuated exemplar</h2>")) << page;
+  }
+  // fc2's neurons are the class logits: the label says which digit.
+  EXPECT_TRUE(absl::StrContains(unit, "fires on 3s:")) << unit;
+  EXPECT_TRUE(absl::StrContains(ReadFileOrEmpty(dir + "/conv1/index.html"),
+                                " reliable; red: flagged"));
 
   if (access(kChromium, X_OK) != 0) {
     GTEST_SKIP() << "no " << kChromium << " (scripts/setup installs chromium)";
