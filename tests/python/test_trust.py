@@ -56,6 +56,10 @@ def test_exemplars_and_path_similarity_come_with_the_picture(client):
     assert check.reliable == (check.score >= check.threshold)
     assert [l.layer for l in check.layers] == ["conv1", "conv2"]
     assert str(check).startswith("path similarity ")
+    # Shown as the CLI's x.exemplars.png: the images, then their maps.
+    sheet = ex.grid(scale=2)
+    assert sheet.width >= 3 * 56 and sheet.height >= 2 * 56
+    assert sheet.getpixel((0, 0)) == (255, 255, 255)  # the sheet's margin
 
 
 def test_a_render_without_trust_has_none_and_bad_values_are_named(client):

@@ -155,6 +155,40 @@ class Exemplars:
     examples: list[Exemplar]
     cached: bool
 
+    def grid(self, **options):
+        """The exemplars as one contact sheet (a PIL image): a row of the
+        images labelled `#index value (label)`, and under it, for a unit on a
+        spatial layer, a row of the unit's activation map over each, as the
+        CLI's x.exemplars.png. `options` are `featviz_client.grid`'s."""
+        if not self.examples:
+            raise ValueError("no exemplars to show")
+        rgb = [_images.from_png(e.png) for e in self.examples]
+        rgb = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in rgb]
+        labels = [f"#{e.index} {e.value:.3g}" + (f" ({e.label})" if e.label >= 0 else "")
+                  for e in self.examples]
+        maps = [e.activation_png for e in self.examples if e.activation_png]
+        if len(maps) == len(self.examples):
+            rgb += [_images.from_png(m)[:3] for m in maps]
+            labels += ["map"] * len(maps)
+        options.setdefault("columns", len(self.examples))
+        return _images.grid(np.stack(rgb), labels, **options)
+
+    def show(self, path: Union[str, Path, None] = None, **options):
+        """`grid()`, written to `path` (a PNG) when given, displayed in
+        IPython/Jupyter otherwise; returns it."""
+        image = self.grid(**options)
+        if path is not None:
+            image.save(str(path), format="PNG")
+        else:
+            try:
+                from IPython import get_ipython
+                from IPython.display import display
+            except ImportError:
+                return image
+            if get_ipython() is not None:
+                display(image)
+        return image
+
 
 @dataclass(frozen=True)
 class LayerPathSimilarity:
