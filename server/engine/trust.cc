@@ -226,20 +226,29 @@ absl::StatusOr<ExemplarSet> Exemplars(const core::Model& model,
   FEATVIZ_ASSIGN_OR_RETURN(std::vector<core::TopUnitExamples> top,
                            core::TopUnits(values, {unit.index}, k));
   const std::vector<int64_t>& indices = top.front().indices;
-  // The unit's map over each exemplar, for a spatial layer.
+  // The unit's map over each exemplar, for a spatial layer and for a token
+  // layer whose tokens form a patch grid (the grid's tokens, laid out).
   at::Tensor maps;
   const core::LayerInfo* layer =
       IsClassUnit(unit) ? nullptr : model.Layer(unit.layer);
-  if (layer != nullptr && layer->layout == core::LayerLayout::kSpatial &&
-      !indices.empty()) {
+  const bool spatial =
+      layer != nullptr && layer->layout == core::LayerLayout::kSpatial;
+  const bool grid = layer != nullptr &&
+                    layer->layout == core::LayerLayout::kTokens &&
+                    layer->grid_h > 0 && layer->grid_w > 0;
+  if ((spatial || grid) && !indices.empty()) {
     at::NoGradGuard no_grad;
     FEATVIZ_ASSIGN_OR_RETURN(
         core::Taps taps,
         model.Forward(Gather(dataset->images, indices).to(model.device()),
                       {unit.layer}, core::Model::ForwardOutputs::kTapsOnly));
-    maps = taps.activations.at(unit.layer)
-               .select(1, unit.index)
-               .to(at::kCPU, at::kFloat);
+    // Token layers come as [B, D, T]: the unit's row, then the grid.
+    maps = taps.activations.at(unit.layer).select(1, unit.index);
+    if (grid) {
+      maps = maps.narrow(1, layer->token_prefix, layer->grid_h * layer->grid_w)
+                 .reshape({maps.size(0), layer->grid_h, layer->grid_w});
+    }
+    maps = maps.to(at::kCPU, at::kFloat);
   }
   const int64_t* labels = dataset->labels.data_ptr<int64_t>();
   for (size_t i = 0; i < indices.size(); ++i) {
