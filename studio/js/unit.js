@@ -1,4 +1,5 @@
-// One unit of a layer: its pictures (a diverse batch), the dataset images
+// One unit of a layer: its label, its pictures (a diverse batch) each with
+// its path-similarity badge, one accentuated exemplar, the dataset images
 // that excite it most with its activation map over each, its attribution to
 // every class, and one click to the circuit of a class.
 import {call} from "./api.js";
@@ -6,6 +7,7 @@ import {el, append, clear, png, errorBox, href} from "./dom.js";
 import {runRender} from "./render.js";
 import {jobResult} from "./model.js";
 import {layerText} from "./editor.js";
+import {unitLabel, trustFor, addBadges, pathSimilarityNote, accentuate} from "./trust.js";
 
 export async function unitPage(view, route, signal) {
   const [, name, layerPath, unitText] = route.parts;
@@ -17,7 +19,10 @@ export async function unitPage(view, route, signal) {
   const kind = layer.layout === "flat" ? "neuron" : "channel";
   const term = `${kind}(${layerText(layerPath)}, ${unit})`;
   const objective = `${term} + 0.5 * diversity(${layerText(layerPath)})`;
+  const label = el("section", {id: "label", dataset: {state: "loading"}});
   const pictures = el("section", {id: "pictures"}, el("h2", {}, "Pictures"));
+  const accentuation = el("section", {id: "accentuation", dataset: {state: "loading"}},
+                          el("h2", {}, "Accentuated top example"));
   const examples = el("section", {id: "examples", dataset: {state: "loading"}},
                       el("h2", {}, "Top dataset examples"));
   const attribution = el("section", {id: "attribution", dataset: {state: "loading"}},
@@ -31,23 +36,70 @@ export async function unitPage(view, route, signal) {
        unit > 0 ? [" · ", el("a", {href: href("unit", name, layerPath, unit - 1)}, "← unit " + (unit - 1))] : null,
        unit + 1 < Number(layer.channels)
            ? [" · ", el("a", {href: href("unit", name, layerPath, unit + 1)}, "unit " + (unit + 1) + " →")] : null),
-    el("div", {className: "unit-page"}, pictures, el("div", {}, examples, attribution)));
+    label,
+    el("div", {className: "unit-page"}, pictures,
+       el("div", {}, accentuation, examples, attribution)));
   const steps = route.params.get("steps") || "128";
-  // Three jobs of the page run at once; each shows its own error.
+  const top = call("Circuits/TopExamples",
+                   {model: name, layer: layerPath, channels: [String(unit)], topN: 8, png: true},
+                   signal);
+  top.catch(() => {});  // Each section that uses it shows its error.
+  // The page's jobs run at once; each shows its own error.
   await Promise.all([
-    runRender(pictures, {model: name, objectiveText: objective, seed: "0",
-                         image: {batch: "4"}, optimizer: {steps},
-                         output: {png: true, previewPng: true}},
-              model, signal, {noFilmstrip: true}),
-    topExamples(examples, name, layerPath, unit, classes, signal),
+    unitLabel(label, name, layerPath, unit, signal),
+    pictureBatch(pictures, name, objective, steps, model, signal),
+    topExamples(examples, top, name, layerPath, unit, classes, signal),
+    accentuateTop(accentuation, top, name, term, signal),
     attribute(attribution, name, layerPath, unit, classes, signal),
   ]);
 }
 
-async function topExamples(section, model, layer, unit, classes, signal) {
+// The diverse batch, with the path-similarity check when a hosted dataset
+// fits the model (else the pictures alone, and a note why).
+async function pictureBatch(section, name, objective, steps, model, signal) {
+  const request = {model: name, objectiveText: objective, seed: "0",
+                   image: {batch: "4"}, optimizer: {steps},
+                   output: {png: true, previewPng: true}};
+  const {trust, why} = await trustFor(request, signal);
+  if (trust) request.trust = trust;
+  const result = await runRender(section, request, model, signal, {noFilmstrip: true});
+  if (!result) return;
+  const grid = section.querySelector("#grid");
+  if (trust && grid) {
+    addBadges(grid, result.pathSimilarity);
+    grid.after(pathSimilarityNote());
+  } else if (grid) {
+    grid.after(el("p", {className: "meta trust-note"}, "No path-similarity check: " +
+                      (why && why.message ? why.message : "no dataset fits this model")));
+  }
+}
+
+async function accentuateTop(section, top, model, term, signal) {
+  let reply;
   try {
-    const top = await call("Circuits/TopExamples",
-                           {model, layer, channels: [String(unit)], topN: 8, png: true}, signal);
+    reply = await top;
+  } catch (error) {
+    if (error.name === "AbortError") return;
+    section.appendChild(el("p", {className: "meta"}, "No top example to accentuate."));
+    section.dataset.state = "none";
+    return;
+  }
+  const u = (reply.units || [])[0] || {};
+  const index = (u.indices || [])[0];
+  if (index === undefined) {
+    section.appendChild(el("p", {className: "meta"}, "No top example to accentuate."));
+    section.dataset.state = "none";
+    return;
+  }
+  section.appendChild(el("p", {className: "meta"},
+      "The unit's objective from its top example, kept close to it: what the unit " +
+      "wants more of in this image."));
+  await accentuate(section, model, term, reply.dataset, index, (u.png || [])[0], signal);
+}
+
+async function topExamples(section, topReply, model, layer, unit, classes, signal) {
+  try {
+    const top = await topReply;
     const u = (top.units || [])[0] || {};
     const indices = u.indices || [];
     let overlays = [];

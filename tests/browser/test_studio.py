@@ -7,6 +7,7 @@ to $FEATVIZ_BROWSER_OUT (default build/tests/browser).
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from pathlib import Path
 
@@ -197,7 +198,23 @@ def test_a_unit_page_shows_top_examples(server, browser):
     assert len(css(browser, "#pictures #grid img")) == 4
     until(browser, state(browser, "#attribution", "done"), "the attribution")
     assert len(css(browser, "#attribution tr")) == 11
-    browser.set_window_size(1440, 1500)
+    # How far to believe the pictures: the label, a path-similarity badge
+    # under each picture, and the accentuated top example.
+    until(browser, state(browser, "#label", "done"), "the unit's label")
+    assert "of its top" in css(browser, "#label-text")[0].text
+    assert "class selectivity" in css(browser, "#label")[0].text
+    until(browser, lambda d: len(css(d, "#pictures .trust-badge")) == 4, "the badges")
+    badges = [e.text for e in css(browser, "#pictures .trust-badge")]
+    assert all(re.fullmatch(r"[01]\.\d\d (reliable|flagged)", b) for b in badges), badges
+    assert "conv2" in css(browser, "#pictures .trust-badge")[0].get_attribute("title")
+    assert css(browser, "#pictures .trust-note")
+    until(browser, state(browser, "#accentuation", "done"), "the accentuated example")
+    assert browser.execute_script(
+        "const i = document.getElementById('accentuated'); return i.complete && i.naturalWidth") > 0
+    assert re.search(r"-?\d+\.\d+ on the seed → -?\d+\.\d+ on the picture.* · pixel distance \d\.\d+",
+                     css(browser, "#accentuation-outcome")[0].text)
+    assert len(css(browser, "#accentuation img")) == 2  # the seed and the picture
+    browser.set_window_size(1440, 1900)
     shoot(browser, "unit")
     browser.set_window_size(1440, 1000)
     # One click to the circuit of the class the unit feeds most.
@@ -207,6 +224,19 @@ def test_a_unit_page_shows_top_examples(server, browser):
                                  for e in css(d, ".job-picture")), "the circuit's pictures")
     assert len(css(browser, ".job-picture img")) == 7  # the class and six units
     shoot(browser, "circuit")
+
+
+def test_a_unit_page_without_a_fitting_dataset_shows_its_pictures_alone(server, browser):
+    # odd_names takes 16 x 16 images: the MNIST set fits none of its units.
+    visit(browser, server.url + "#/unit/odd_names/features.block-1/0?steps=8")
+    until(browser, state(browser, "#view", "ready"), "the unit page")
+    assert state(browser, "#render-status", "done")(browser)
+    assert len(css(browser, "#pictures #grid img")) == 4
+    assert css(browser, "#pictures .trust-badge") == []
+    assert "No path-similarity check" in css(browser, "#pictures .trust-note")[0].text
+    assert css(browser, "#label")[0].get_attribute("data-state") == "none"
+    shoot(browser, "unit-no-dataset")
+    assert errors(browser) == []
 
 
 def test_a_layer_sheet_renders_every_unit_and_the_second_visit_is_cached(server, browser):
@@ -366,6 +396,15 @@ def test_a_hostile_class_name_is_shown_as_text(server, browser):
     visit(browser, server.url + "#/render?model=hostile_names&objective=logit(0)&steps=64&seed=1")
     until(browser, state(browser, "#render-status", "done"), "the render")
     assert HOSTILE in [e.text for e in css(browser, "#grid .class-name")]
+    assert css(browser, 'img[src="x"]') == []
+    with pytest.raises(NoAlertPresentException):
+        browser.switch_to.alert.text
+    # On a unit page, with its label (named by the dataset's classes) and
+    # its attribution table (by the model's).
+    visit(browser, server.url + "#/unit/hostile_names/conv2/3?steps=8")
+    until(browser, state(browser, "#view", "ready"), "the unit page")
+    assert "of its top" in css(browser, "#label-text")[0].text
+    assert HOSTILE in [e.text for e in css(browser, "#attribution .class-name")]
     assert css(browser, 'img[src="x"]') == []
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text
