@@ -7,49 +7,20 @@ Uses the same environment as test_client.py.
 
 from __future__ import annotations
 
-import gzip
-import os
-import re
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from featviz_client import AccentuationOutcome, Client, FeatvizError
+from mnist_server import serving_mnist, mnist_digit as digit
 
-REPO = Path(__file__).resolve().parents[2]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
-READY = re.compile(r"^featviz-server listening on (\S+:\d+)$")
 MODEL = "mnist_classifier"
 
 
 @pytest.fixture(scope="module")
 def featviz():
-    binary = os.environ.get("FEATVIZ_SERVER_BIN", str(REPO / "build/server/featviz-server"))
-    models = os.environ.get("FEATVIZ_MODELS_DIR", str(REPO / "models"))
-    if not MNIST.is_dir():
-        pytest.fail(f"no MNIST test set at {MNIST}")
-    server = subprocess.Popen(
-        [binary, "--listen", "127.0.0.1:0", "--model_dir", models, "--dataset_dir", str(MNIST)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        match = READY.match(server.stdout.readline().strip())
-        assert match, "featviz-server did not print its listening line"
-        with Client(match.group(1)) as client:
-            yield client
-    finally:
-        server.terminate()
-        assert server.wait(timeout=60) == 0
-
-
-def digit(index: int) -> np.ndarray:
-    """MNIST test image `index` as float32 [1, 28, 28] in [0, 1]."""
-    with gzip.open(MNIST / "t10k-images-idx3-ubyte.gz", "rb") as f:
-        data = f.read()
-    pixels = np.frombuffer(data, dtype=np.uint8, count=28 * 28,
-                           offset=16 + 28 * 28 * index)
-    return (pixels.reshape(1, 28, 28) / 255.0).astype(np.float32)
+    with serving_mnist() as address, Client(address) as client:
+        yield client
 
 
 def test_accentuating_a_dataset_image_raises_the_unit_near_the_seed(featviz):

@@ -8,10 +8,6 @@ Uses the same environment as test_client.py, plus the MNIST test set in
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,28 +15,13 @@ import pytest
 
 from featviz.v1 import circuits_pb2, circuits_pb2_grpc
 from featviz_client import Client, FeatvizError
-
-REPO = Path(__file__).resolve().parents[2]
-MNIST = REPO.parent / "shared" / "data" / "mnist"
-READY = re.compile(r"^featviz-server listening on (\S+:\d+)$")
+from mnist_server import serving_mnist
 
 
 @pytest.fixture(scope="module")
 def server_address():
-    binary = os.environ.get("FEATVIZ_SERVER_BIN", str(REPO / "build/server/featviz-server"))
-    models = os.environ.get("FEATVIZ_MODELS_DIR", str(REPO / "models"))
-    if not MNIST.is_dir():
-        pytest.fail(f"no MNIST test set at {MNIST}")
-    server = subprocess.Popen(
-        [binary, "--listen", "127.0.0.1:0", "--model_dir", models, "--dataset_dir", str(MNIST)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        match = READY.match(server.stdout.readline().strip())
-        assert match, "featviz-server did not print its listening line"
-        yield match.group(1)
-    finally:
-        server.terminate()
-        assert server.wait(timeout=60) == 0
+    with serving_mnist() as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
