@@ -18,6 +18,7 @@
 #include "core/model.h"
 #include "featviz/v1/featviz.grpc.pb.h"
 #include "tests/server/server_process.h"
+#include "tests/server/shared_server.h"
 #include "tests/server/test_client.h"
 
 namespace featviz::testing {
@@ -35,34 +36,18 @@ using grpc::StatusCode;
 constexpr double kMinFactor = 1.5;
 constexpr double kMaxPixelDistance = 0.2;
 
-class AccentuationServiceTest : public ::testing::Test {
+class AccentuationServiceTest : public SharedServerTest<AccentuationServiceTest> {
+ public:
+  static std::vector<std::string> ServerFlags() { return MnistServerFlags(); }
+
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start({"--dataset_dir=" FEATVIZ_MNIST_DIR});
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = server->release();
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
   void SetUp() override {
     ASSERT_NE(server_, nullptr);
     stub_ = server_->NewStub();
   }
 
-  static ServerProcess* server_;
   std::unique_ptr<v1::Visualizer::Stub> stub_;
 };
-ServerProcess* AccentuationServiceTest::server_ = nullptr;
-
-void ExpectError(const grpc::Status& status, StatusCode code,
-                 const std::string& text) {
-  EXPECT_EQ(status.error_code(), code) << status.error_message();
-  EXPECT_TRUE(absl::StrContains(status.error_message(), text))
-      << "'" << status.error_message() << "' should name '" << text << "'";
-}
 
 // The unit and its seed, by rule rather than by hand: the conv2 channel
 // with the highest median response over the first 64 test digits (conv2 is

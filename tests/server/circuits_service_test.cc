@@ -12,6 +12,7 @@
 #include "core/image.h"
 #include "featviz/v1/circuits.grpc.pb.h"
 #include "tests/server/server_process.h"
+#include "tests/server/shared_server.h"
 #include "tests/server/test_client.h"
 
 namespace featviz::testing {
@@ -19,29 +20,20 @@ namespace {
 
 using grpc::StatusCode;
 
-class CircuitsServiceTest : public ::testing::Test {
+class CircuitsServiceTest : public SharedServerTest<CircuitsServiceTest> {
+ public:
+  static std::vector<std::string> ServerFlags() { return MnistServerFlags(); }
+
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start({"--dataset_dir=" FEATVIZ_MNIST_DIR});
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = server->release();
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
   void SetUp() override {
     ASSERT_NE(server_, nullptr);
     circuits_ = v1::Circuits::NewStub(server_->channel());
     jobs_ = server_->NewStub();
   }
 
-  static ServerProcess* server_;
   std::unique_ptr<v1::Circuits::Stub> circuits_;
   std::unique_ptr<v1::Visualizer::Stub> jobs_;
 };
-ServerProcess* CircuitsServiceTest::server_ = nullptr;
 
 v1::ImageInput DatasetIndices(std::vector<int64_t> indices) {
   v1::ImageInput input;
@@ -51,13 +43,6 @@ v1::ImageInput DatasetIndices(std::vector<int64_t> indices) {
 }
 
 // The status's code and whether its message contains `field`.
-void ExpectError(const grpc::Status& status, StatusCode code,
-                 const std::string& text) {
-  EXPECT_EQ(status.error_code(), code) << status.error_message();
-  EXPECT_TRUE(absl::StrContains(status.error_message(), text))
-      << "'" << status.error_message() << "' should name '" << text << "'";
-}
-
 TEST_F(CircuitsServiceTest, ListsTheMnistTestSet) {
   grpc::ClientContext context;
   v1::ListDatasetsResponse response;

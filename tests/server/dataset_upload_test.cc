@@ -30,6 +30,7 @@
 #include "featviz/v1/circuits.grpc.pb.h"
 #include "tests/server/model_repo.h"
 #include "tests/server/server_process.h"
+#include "tests/server/shared_server.h"
 #include "tests/server/test_client.h"
 
 namespace featviz::testing {
@@ -140,14 +141,6 @@ Outcome Send(v1::Circuits::Stub& stub, const Upload& upload) {
   writer->WritesDone();
   outcome.status = writer->Finish();
   return outcome;
-}
-
-void ExpectError(const grpc::Status& status, StatusCode code,
-                 const std::string& text, const std::string& what = "") {
-  EXPECT_EQ(status.error_code(), code) << what << ": " << status.error_message();
-  EXPECT_TRUE(absl::StrContains(status.error_message(), text))
-      << what << ": '" << status.error_message() << "' should say '" << text
-      << "'";
 }
 
 // Every file and directory under `root`, hidden ones too.

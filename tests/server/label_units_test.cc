@@ -21,6 +21,7 @@
 #include "core/sha256.h"
 #include "featviz/v1/circuits.grpc.pb.h"
 #include "tests/server/server_process.h"
+#include "tests/server/shared_server.h"
 #include "tests/server/test_client.h"
 
 namespace featviz::testing {
@@ -28,18 +29,11 @@ namespace {
 
 using grpc::StatusCode;
 
-class LabelUnitsTest : public ::testing::Test {
+class LabelUnitsTest : public SharedServerTest<LabelUnitsTest> {
+ public:
+  static std::vector<std::string> ServerFlags() { return MnistServerFlags(); }
+
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start({"--dataset_dir=" FEATVIZ_MNIST_DIR});
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = server->release();
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
   void SetUp() override {
     ASSERT_NE(server_, nullptr);
     circuits_ = v1::Circuits::NewStub(server_->channel());
@@ -51,23 +45,14 @@ class LabelUnitsTest : public ::testing::Test {
     return circuits_->LabelUnits(&context, request, &response);
   }
 
-  static ServerProcess* server_;
   std::unique_ptr<v1::Circuits::Stub> circuits_;
 };
-ServerProcess* LabelUnitsTest::server_ = nullptr;
 
 v1::LabelUnitsRequest Request(const std::string& layer) {
   v1::LabelUnitsRequest request;
   request.set_model(kModel);
   request.set_layer(layer);
   return request;
-}
-
-void ExpectError(const grpc::Status& status, StatusCode code,
-                 const std::string& text) {
-  EXPECT_EQ(status.error_code(), code) << status.error_message();
-  EXPECT_TRUE(absl::StrContains(status.error_message(), text))
-      << "'" << status.error_message() << "' should name '" << text << "'";
 }
 
 TEST_F(LabelUnitsTest, LabelsEveryUnitByTheClassesOfItsTopHundred) {

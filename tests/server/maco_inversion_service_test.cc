@@ -12,6 +12,7 @@
 #include "core/mnist.h"
 #include "featviz/v1/featviz.grpc.pb.h"
 #include "tests/server/server_process.h"
+#include "tests/server/shared_server.h"
 #include "tests/server/test_client.h"
 
 namespace featviz::testing {
@@ -19,34 +20,18 @@ namespace {
 
 using grpc::StatusCode;
 
-class MacoInversionServiceTest : public ::testing::Test {
+class MacoInversionServiceTest : public SharedServerTest<MacoInversionServiceTest> {
+ public:
+  static std::vector<std::string> ServerFlags() { return MnistServerFlags(); }
+
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start({"--dataset_dir=" FEATVIZ_MNIST_DIR});
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = server->release();
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
   void SetUp() override {
     ASSERT_NE(server_, nullptr);
     stub_ = server_->NewStub();
   }
 
-  static ServerProcess* server_;
   std::unique_ptr<v1::Visualizer::Stub> stub_;
 };
-ServerProcess* MacoInversionServiceTest::server_ = nullptr;
-
-void ExpectError(const grpc::Status& status, StatusCode code,
-                 const std::string& text) {
-  EXPECT_EQ(status.error_code(), code) << status.error_message();
-  EXPECT_TRUE(absl::StrContains(status.error_message(), text))
-      << "'" << status.error_message() << "' should name '" << text << "'";
-}
 
 float Cosine(const std::vector<float>& a, const std::vector<float>& b) {
   double dot = 0, na = 0, nb = 0;

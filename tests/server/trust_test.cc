@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "featviz/v1/circuits.grpc.pb.h"
 #include "tests/server/server_process.h"
+#include "tests/server/shared_server.h"
 #include "tests/server/test_client.h"
 
 namespace featviz::testing {
@@ -27,30 +28,23 @@ constexpr char kFooled[] = "mnist_fooled";
 // The channel make_fooled_model.py wires the side path into.
 constexpr int kFooledChannel = 0;
 
-class TrustTest : public ::testing::Test {
+class TrustTest : public SharedServerTest<TrustTest> {
+ public:
+  static std::vector<std::string> ServerFlags() {
+    return {"--model_dir=" FEATVIZ_TEST_MODELS_DIR "/trust",
+            "--dataset_dir=" FEATVIZ_MNIST_DIR};
+  }
+
  protected:
-  static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start({"--model_dir=" FEATVIZ_TEST_MODELS_DIR "/trust",
-                              "--dataset_dir=" FEATVIZ_MNIST_DIR});
-    ASSERT_TRUE(server.ok()) << server.status();
-    server_ = server->release();
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
   void SetUp() override {
     ASSERT_NE(server_, nullptr);
     stub_ = server_->NewStub();
     circuits_ = v1::Circuits::NewStub(server_->channel());
   }
 
-  static ServerProcess* server_;
   std::unique_ptr<v1::Visualizer::Stub> stub_;
   std::unique_ptr<v1::Circuits::Stub> circuits_;
 };
-ServerProcess* TrustTest::server_ = nullptr;
 
 // A seeded render of `objective` with PNGs.
 v1::RenderRequest Request(const std::string& model,
@@ -63,13 +57,6 @@ v1::RenderRequest Request(const std::string& model,
   request.mutable_image()->set_parameterization(param);
   request.mutable_output()->set_tensor(false);
   return request;
-}
-
-void ExpectError(const grpc::Status& status, StatusCode code,
-                 const std::string& text) {
-  EXPECT_EQ(status.error_code(), code) << status.error_message();
-  EXPECT_TRUE(absl::StrContains(status.error_message(), text))
-      << "'" << status.error_message() << "' should name '" << text << "'";
 }
 
 void WritePng(const std::string& name, const std::string& png) {
