@@ -1710,10 +1710,15 @@ ReferenceImage TensorReference(int64_t index) {
   return reference;
 }
 
-std::optional<size_t> UnitTermIndex(const Objective& objective) {
+std::optional<size_t> UnitTermIndex(const Objective& objective,
+                                    std::optional<int64_t> image) {
   for (size_t i = 0; i < objective.terms().size(); ++i) {
     const WeightedTerm& wt = objective.terms()[i];
     const TermKind kind = wt.term.kind;
+    if (image.has_value() && wt.term.batch.has_value() &&
+        *wt.term.batch != *image) {
+      continue;
+    }
     if (wt.weight > 0 &&
         (kind == TermKind::kNeuron || kind == TermKind::kChannel ||
          kind == TermKind::kLogit || kind == TermKind::kProb)) {

@@ -251,10 +251,13 @@ ReferenceImage TensorReference(int64_t index);
 // The same objective restricted to one image of the batch (every term).
 Objective ForBatch(Objective objective, int64_t batch_index);
 
-// The objective's unit, as feature accentuation reports it: the index of
-// its first term of positive weight that measures a neuron, channel, logit
-// or prob; nullopt when it has none.
-std::optional<size_t> UnitTermIndex(const Objective& objective);
+// The objective's unit: the index of its first term of positive weight that
+// measures a neuron, channel, logit or prob; nullopt when it has none. With
+// `image`, only terms that read that image of the batch count (no `batch`,
+// or that index): the unit a render's trust measures give each image. Feature
+// accentuation reports the objective's unit, whatever image it reads.
+std::optional<size_t> UnitTermIndex(const Objective& objective,
+                                    std::optional<int64_t> image = std::nullopt);
 
 }  // namespace featviz::core
 

@@ -294,30 +294,22 @@ std::string CacheKey(const RenderPlan& plan) {
 
 namespace {
 
-// Image `b`'s unit under `objective`, if it has one.
+// Image `b`'s unit under `objective` (core::UnitTermIndex), as the term
+// the trust measures read: a neuron is represented by its whole channel.
 std::optional<core::Term> UnitOfImage(const core::Objective& objective,
                                       int64_t b) {
-  for (const core::WeightedTerm& wt : objective.terms()) {
-    const core::Term& t = wt.term;
-    if (!(wt.weight > 0) || (t.batch.has_value() && *t.batch != b)) continue;
-    core::Term unit;
-    switch (t.kind) {
-      case core::TermKind::kNeuron:
-      case core::TermKind::kChannel:
-        unit.kind = core::TermKind::kChannel;
-        unit.layer = t.layer;
-        unit.index = t.index;
-        return unit;
-      case core::TermKind::kLogit:
-      case core::TermKind::kProb:
-        unit.kind = t.kind;
-        unit.index = t.index;
-        return unit;
-      default:
-        break;
-    }
+  const std::optional<size_t> index = core::UnitTermIndex(objective, b);
+  if (!index.has_value()) return std::nullopt;
+  const core::Term& t = objective.terms()[*index].term;
+  core::Term unit;
+  unit.index = t.index;
+  if (t.kind == core::TermKind::kLogit || t.kind == core::TermKind::kProb) {
+    unit.kind = t.kind;
+  } else {
+    unit.kind = core::TermKind::kChannel;
+    unit.layer = t.layer;
   }
-  return std::nullopt;
+  return unit;
 }
 
 }  // namespace
