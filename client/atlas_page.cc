@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -254,6 +255,36 @@ std::string AccentSection(const AtlasUnit& unit) {
 }
 
 }  // namespace
+
+std::vector<AtlasLayer> AtlasLayers(const v1::Model& model,
+                                    const std::vector<std::string>& wanted) {
+  std::vector<AtlasLayer> out;
+  bool seen_conv = false;
+  for (const v1::Layer& layer : model.layers()) {
+    const bool conv = absl::StrContains(layer.kind(), "Conv") &&
+                      layer.output_shape_size() == 4;
+    const bool linear = layer.kind() == "Linear" && layer.output_shape_size() == 2;
+    // A transformer's or mixer's linear layers over tokens: their units are
+    // features, rendered as the mean over the tokens.
+    const bool tokens = layer.kind() == "Linear" && layer.layout() == "tokens";
+    // Any other layer with channels, when --layers names it.
+    const bool named =
+        layer.tappable() && layer.channels() > 0 &&
+        std::find(wanted.begin(), wanted.end(), layer.path()) != wanted.end();
+    if (!conv && !linear && !tokens && !named) continue;
+    AtlasLayer entry;
+    entry.layer = layer;
+    entry.spatial = conv || layer.output_shape_size() >= 3;
+    entry.first_conv = conv && !seen_conv;
+    seen_conv = seen_conv || conv;
+    if (!wanted.empty() &&
+        std::find(wanted.begin(), wanted.end(), layer.path()) == wanted.end()) {
+      continue;
+    }
+    out.push_back(std::move(entry));
+  }
+  return out;
+}
 
 std::string AtlasLayer::Objective(int64_t unit) const {
   if (spatial && !first_conv) {

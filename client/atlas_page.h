@@ -26,6 +26,13 @@ struct AtlasLayer {
   std::string Objective(int64_t unit) const;
 };
 
+// The layers of `model` an atlas shows: every convolution (spatial output)
+// and linear layer (flat, or over tokens), in model order, and any other
+// layer with channels that `wanted` names; only those `wanted` names when it
+// is not empty.
+std::vector<AtlasLayer> AtlasLayers(const featviz::v1::Model& model,
+                                    const std::vector<std::string>& wanted);
+
 // A unit of the atlas: unit `index` of the atlas's layer number `layer`,
 // its render and what says how far to believe it (docs/trust.md). With a
 // dataset, `result` carries the unit's exemplars and the picture's path

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "client/atlas_page.h"
 #include "client/circuits_client.h"
 #include "client/table.h"
 #include "core/status_macros.h"
@@ -79,16 +80,10 @@ struct RankedUnit {
 std::vector<std::string> UnitLayers(const v1::Model& model) {
   std::vector<std::string> out;
   int last_logits_wide = -1;
-  for (const v1::Layer& layer : model.layers()) {
-    const bool conv = absl::StrContains(layer.kind(), "Conv") &&
-                      layer.output_shape_size() == 4;
-    const bool linear =
-        layer.kind() == "Linear" &&
-        (layer.output_shape_size() == 2 || layer.layout() == "tokens");
-    if (!(conv || linear) || !layer.tappable() || layer.channels() < 1) {
-      continue;
-    }
-    if (!model.logits_output().empty() && linear &&
+  for (const AtlasLayer& entry : AtlasLayers(model, {})) {
+    const v1::Layer& layer = entry.layer;
+    if (!layer.tappable() || layer.channels() < 1) continue;
+    if (!model.logits_output().empty() && layer.kind() == "Linear" &&
         layer.channels() == model.class_names_size()) {
       last_logits_wide = static_cast<int>(out.size());
     }
