@@ -131,6 +131,22 @@ class AccentuationOutcome:
         return self.value / self.seed_value if self.seed_value > 0 else float("nan")
 
 
+def _show(image, path: Union[str, Path, None]):
+    """Writes `image` (a PIL image) to `path` as a PNG when given, displays it
+    when running in IPython/Jupyter otherwise; returns it."""
+    if path is not None:
+        image.save(str(path), format="PNG")
+        return image
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return image
+    if get_ipython() is not None:
+        display(image)
+    return image
+
+
 @dataclass(frozen=True)
 class Exemplar:
     """A dataset example beside a picture: its index, the unit's value on it
@@ -177,17 +193,7 @@ class Exemplars:
         """`grid()`, written to `path` (a PNG) when given, displayed in
         IPython/Jupyter otherwise; returns it."""
         image = self.grid(**options)
-        if path is not None:
-            image.save(str(path), format="PNG")
-        else:
-            try:
-                from IPython import get_ipython
-                from IPython.display import display
-            except ImportError:
-                return image
-            if get_ipython() is not None:
-                display(image)
-        return image
+        return _show(image, path)
 
 
 @dataclass(frozen=True)
@@ -378,17 +384,7 @@ class RenderResult:
         displays it when running in IPython/Jupyter, and returns it (a PIL
         image). `options` as for `grid`."""
         image = self.grid(**options)
-        if path is not None:
-            image.save(str(path), format="PNG")
-        else:
-            try:
-                from IPython import get_ipython
-                from IPython.display import display
-            except ImportError:
-                return image
-            if get_ipython() is not None:
-                display(image)
-        return image
+        return _show(image, path)
 
     @property
     def objective_per_image(self) -> float:
