@@ -112,14 +112,6 @@ std::string LayoutText(const v1::Layer& layer) {
                       layer.grid_height(), "x", layer.grid_width(), " patches");
 }
 
-// x.png -> x.exemplars.png (as core::BandSheetPath).
-std::string ExemplarSheetPath(const std::string& path) {
-  if (absl::EndsWithIgnoreCase(path, ".png")) {
-    return absl::StrCat(path.substr(0, path.size() - 4), ".exemplars.png");
-  }
-  return absl::StrCat(path, ".exemplars.png");
-}
-
 // A contact sheet of a render's exemplars: a row of the dataset images,
 // each labelled with its index, the unit's value and its label, and under
 // it a row of the unit's activation maps over them (when there are maps).
@@ -501,7 +493,7 @@ absl::Status FollowRender(VisualizerClient& client,
     if (result.has_exemplars() && result.exemplars().examples_size() > 0) {
       // Beside the pictures, the unit's dataset examples: x.png ->
       // x.exemplars.png.
-      const std::string path = ExemplarSheetPath(options.out);
+      const std::string path = core::SiblingPngPath(options.out, "exemplars");
       FEATVIZ_RETURN_IF_ERROR(
           WriteExemplarSheet(result.exemplars(), path, options.scale));
       files["exemplars"] = path;

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/files.h"
 #include "core/image.h"
 #include "core/status_macros.h"
 #include "core/torch_status.h"
@@ -137,10 +138,7 @@ absl::StatusOr<at::Tensor> BandSheet(const at::Tensor& images,
 }
 
 std::string BandSheetPath(const std::string& path) {
-  if (absl::EndsWithIgnoreCase(path, ".png")) {
-    return absl::StrCat(path.substr(0, path.size() - 4), ".bands.png");
-  }
-  return absl::StrCat(path, ".bands.png");
+  return SiblingPngPath(path, "bands");
 }
 
 }  // namespace featviz::core

@@ -5,6 +5,7 @@
 #include <sstream>
 #include <system_error>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace featviz::core {
@@ -45,6 +46,13 @@ absl::Status MakeDirectories(const std::string& dir) {
         "cannot create directory '", dir, "': ", error.message()));
   }
   return absl::OkStatus();
+}
+
+std::string SiblingPngPath(const std::string& path, absl::string_view kind) {
+  const std::string stem = absl::EndsWithIgnoreCase(path, ".png")
+                               ? path.substr(0, path.size() - 4)
+                               : path;
+  return absl::StrCat(stem, ".", kind, ".png");
 }
 
 }  // namespace featviz::core

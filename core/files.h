@@ -26,6 +26,10 @@ absl::Status WriteFile(const std::string& path, absl::string_view bytes);
 // there. PermissionDenied "cannot create directory '<dir>': <why>".
 absl::Status MakeDirectories(const std::string& dir);
 
+// The file beside the picture at `path` that holds its `kind` ("bands",
+// "exemplars"): "x.png" -> "x.<kind>.png" ("x" -> "x.<kind>.png").
+std::string SiblingPngPath(const std::string& path, absl::string_view kind);
+
 }  // namespace featviz::core
 
 #endif  // FEATVIZ_CORE_FILES_H_
