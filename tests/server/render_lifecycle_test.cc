@@ -125,12 +125,13 @@ TEST(RenderLifecycleTest, RenderBeyondAFullQueueIsRefusedNamingTheLimit) {
 }
 
 TEST(RenderLifecycleTest, SigtermDrainsThenCancelsRunningRendersAndExitsZero) {
-  auto server = StartServer(
-      {"--max_batch_images=1", "--shutdown_grace_seconds=20"});
+  auto server = StartServer({"--max_batch_images=1",
+                             "--shutdown_grace_seconds=20", kEndlessMaxSteps});
   ASSERT_NE(server, nullptr);
   auto stub = server->NewStub();
 
-  OpenRender running(*stub, LongRequest());
+  // Endless: 10000 steps finished within the 20 s grace on a fast CPU.
+  OpenRender running(*stub, LongRequest(kEndlessSteps));
   ASSERT_TRUE(running.ReadProgress(1));
   OpenRender waiting(*stub, LongRequest());
   EXPECT_NE(waiting.WaitUntilAccepted(), "");
@@ -152,8 +153,8 @@ TEST(RenderLifecycleTest, SigtermDrainsThenCancelsRunningRendersAndExitsZero) {
   EXPECT_EQ(CheckHealth(server->channel(), "").serving, Health::NOT_SERVING);
 
   // The running render is still in its grace period (20 s, so that a loaded
-  // machine gets here within it; it cannot finish 10000 steps in it): new
-  // ones are refused.
+  // machine gets here within it; it cannot finish its steps in it): new ones
+  // are refused.
   const RenderOutcome refused = RenderAll(*stub, TextRequest("logit(3)", 8), 30);
   EXPECT_EQ(refused.status.error_code(), StatusCode::UNAVAILABLE);
   EXPECT_EQ(refused.status.error_message(), "server is shutting down");

@@ -4,6 +4,7 @@
 #define FEATVIZ_TESTS_SERVER_TEST_CLIENT_H_
 
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -36,10 +37,15 @@ inline v1::RenderRequest TextRequest(const std::string& objective,
   return request;
 }
 
-// A render that would take minutes on this model (10000 steps of two
-// 224x224 images), so it is still running whenever a test looks.
-inline v1::RenderRequest LongRequest() {
-  v1::RenderRequest request = TextRequest("logit(3)", 10000);
+// A render of two 224x224 images that is still running whenever a test
+// looks: 10000 steps, the default max_steps, take 20 s on a fast CPU. A test
+// that needs it to outlast a longer wait asks for kEndlessSteps from a
+// server started with kEndlessMaxSteps: hours on any machine (and its
+// loss curve, 4 bytes a step, still fits a result message).
+inline constexpr int64_t kEndlessSteps = 10000000;
+inline constexpr char kEndlessMaxSteps[] = "--max_steps=10000000";
+inline v1::RenderRequest LongRequest(int64_t steps = 10000) {
+  v1::RenderRequest request = TextRequest("logit(3)", steps);
   request.mutable_image()->set_size(224);
   request.mutable_image()->set_batch(2);
   request.mutable_output()->set_tensor(false);
