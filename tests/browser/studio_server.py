@@ -48,6 +48,11 @@ def model_dir(base: Path) -> Path:
     return models
 
 
+# Steps of a render that must still be running when a test acts on it:
+# hours on any machine, where 10000 take 20 s on a fast CPU.
+ENDLESS_STEPS = 10_000_000
+
+
 class Server:
     """featviz-server --http_listen 127.0.0.1:0; `url` is the studio's."""
 
@@ -60,7 +65,10 @@ class Server:
         self.process = subprocess.Popen(
             [binary, "--listen", "127.0.0.1:0", "--http_listen", "127.0.0.1:0",
              "--model_dir", str(self.models), "--dataset_dir", str(MNIST),
-             "--studio_dir", str(REPO / "studio"), *extra],
+             "--studio_dir", str(REPO / "studio"),
+             # Room for ENDLESS_STEPS, a render no machine finishes while a
+             # test looks at it.
+             "--max_steps", str(ENDLESS_STEPS), *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         lines: queue.Queue = queue.Queue()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from studio_server import REPO, Server, events, post
+from studio_server import ENDLESS_STEPS, REPO, Server, events, post
 
 ALICE = "alice-studio-0123456789-token"    # user, max_image_steps=1000
 UPLOADER = "ulla-studio-0123456789-token"  # uploader
@@ -84,7 +84,7 @@ def test_a_unary_call_answers_the_message_as_json(open_server):
      404, "NOT_FOUND", "conv9"),
     ("Visualizer/SubmitJob", {"request": {"model": "mnist_classifier",
                                           "objectiveText": "logit(3)",
-                                          "optimizer": {"steps": "99999"}}},
+                                          "optimizer": {"steps": "99999999"}}},
      400, "INVALID_ARGUMENT", "steps"),
     ("Visualizer/GetJob", {"id": "job-404"}, 404, "NOT_FOUND", "job-404"),
     ("Visualizer/NoSuchMethod", {}, 404, "NOT_FOUND", "NoSuchMethod"),
@@ -168,13 +168,13 @@ def test_render_streams_server_sent_events(open_server):
 
 
 def open_long_render(url: str):
-    """A Render of 10000 steps streamed over its own connection: the
+    """A Render of ENDLESS_STEPS streamed over its own connection: the
     connection, the response and the stream's first event (its metadata)."""
     parts = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
     connection.request("POST", "/api/featviz.v1.Visualizer/Render", json.dumps({
         "model": "mnist_classifier", "objectiveText": "channel(conv1, 2)",
-        "image": {"batch": "8"}, "optimizer": {"steps": "10000"}}),
+        "image": {"batch": "8"}, "optimizer": {"steps": str(ENDLESS_STEPS)}}),
         {"Content-Type": "application/json"})
     response = connection.getresponse()
     first = b""

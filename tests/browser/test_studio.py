@@ -19,7 +19,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from studio_server import HOSTILE, REPO, Server, post
+from studio_server import ENDLESS_STEPS, HOSTILE, REPO, Server, post
 
 OUT = Path(os.environ.get("FEATVIZ_BROWSER_OUT", REPO / "build/tests/browser"))
 TOKEN = "bob-studio-0123456789-token"
@@ -340,7 +340,7 @@ def test_a_job_is_cancelled_from_the_render_page(server, browser):
 def test_a_job_is_cancelled_from_the_jobs_page(server, browser):
     status, job = post(server.url, "Visualizer/SubmitJob", {"request": {
         "model": "mnist_classifier", "objectiveText": "channel(conv1, 4)",
-        "image": {"batch": "8"}, "optimizer": {"steps": "10000"}}})
+        "image": {"batch": "8"}, "optimizer": {"steps": str(ENDLESS_STEPS)}}})
     assert status == 200
     visit(browser, server.url + "#/jobs")
     row = f'#job-table tr[data-job="{job["id"]}"]'
