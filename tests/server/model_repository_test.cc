@@ -178,9 +178,12 @@ TEST(ModelRepositoryTest, UnloadLetsTheRunningJobFinishFailsQueuedRefusesNew) {
   ASSERT_NE(server, nullptr);
   auto stub = server->NewStub();
 
-  // A: running on version 2 while it is unloaded.
+  // A: running on version 2 while it is unloaded. It must outlast the
+  // submissions below until one is refused (milliseconds); the most steps a
+  // server allows take seconds on the fastest CPU (1500 took one).
+  constexpr int64_t kSteps = 10000;
   v1::RenderRequest long_request = Quick("mnist@2");
-  long_request.mutable_optimizer()->set_steps(1500);
+  long_request.mutable_optimizer()->set_steps(kSteps);
   long_request.mutable_output()->set_progress_every(1);
   absl::Notification running;
   std::atomic<int64_t> last_step{0};
@@ -209,7 +212,7 @@ TEST(ModelRepositoryTest, UnloadLetsTheRunningJobFinishFailsQueuedRefusesNew) {
   ASSERT_TRUE(Submit(*stub, Quick("mnist@2"), &b).ok());
   EXPECT_EQ(b.state(), v1::JOB_STATE_QUEUED);
 
-  const bool a_still_running = last_step.load() < 1500;
+  const bool a_still_running = last_step.load() < kSteps;
   std::atomic<bool> unload_returned{false};
   absl::Time unload_time;
   grpc::Status unload_status;
@@ -249,7 +252,7 @@ TEST(ModelRepositoryTest, UnloadLetsTheRunningJobFinishFailsQueuedRefusesNew) {
   // A ran to its end on the version it started with.
   ASSERT_TRUE(a.status.ok()) << a.status.error_message();
   ASSERT_TRUE(a.result.has_value());
-  EXPECT_EQ(a.result->steps(), 1500);
+  EXPECT_EQ(a.result->steps(), kSteps);
   EXPECT_EQ(a.result->model_version(), "2");
   ASSERT_TRUE(unload_status.ok()) << unload_status.error_message();
   ASSERT_EQ(unloaded.models_size(), 1);
@@ -263,7 +266,7 @@ TEST(ModelRepositoryTest, UnloadLetsTheRunningJobFinishFailsQueuedRefusesNew) {
   ASSERT_TRUE(stub->ListJobs(&context, list, &jobs).ok());
   bool found_a = false;
   for (const v1::Job& job : jobs.jobs()) {
-    if (job.model_version() != "2" || job.total_steps() != 1500) continue;
+    if (job.model_version() != "2" || job.total_steps() != kSteps) continue;
     found_a = true;
     EXPECT_LE(absl::FromUnixSeconds(job.end_time().seconds()), unload_time);
   }
