@@ -9,6 +9,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/analysis.h"
 #include "core/heatmap.h"
 #include "core/image.h"
@@ -141,15 +142,37 @@ at::Tensor DropChannel(const at::Tensor& profile, int64_t channel) {
                  1);
 }
 
+// Each of `layers`' channel profiles (ChannelProfile, every channel) of
+// `images` on `model`, a few images at a time: every path layer's
+// activations of many images at once would take gigabytes on a large model.
+absl::StatusOr<std::vector<at::Tensor>> Profiles(
+    const core::Model& model, const std::vector<std::string>& layers,
+    const at::Tensor& images) {
+  constexpr int64_t kChunk = 16;
+  at::NoGradGuard no_grad;
+  std::vector<std::vector<at::Tensor>> parts(layers.size());
+  for (int64_t start = 0; start < images.size(0); start += kChunk) {
+    const int64_t n = std::min(kChunk, images.size(0) - start);
+    FEATVIZ_ASSIGN_OR_RETURN(
+        core::Taps taps,
+        model.Forward(images.narrow(0, start, n).to(model.device(), at::kFloat),
+                      layers, core::Model::ForwardOutputs::kTapsOnly));
+    for (size_t l = 0; l < layers.size(); ++l) {
+      parts[l].push_back(ChannelProfile(taps.activations.at(layers[l])));
+    }
+  }
+  std::vector<at::Tensor> out;
+  for (const std::vector<at::Tensor>& p : parts) out.push_back(at::cat(p));
+  return out;
+}
+
 absl::StatusOr<std::vector<PathScore>> PathSimilarity(
-    const core::Model& model, const core::Dataset& dataset,
+    const core::Model& model, const core::DatasetPtr& dataset,
     const core::Term& unit, const at::Tensor& values,
-    const at::Tensor& pictures) {
+    const at::Tensor& pictures, UnitValuesCache& cache) {
   const int64_t n = std::min<int64_t>(kPathTopExamples, values.size(0));
   FEATVIZ_ASSIGN_OR_RETURN(std::vector<core::TopUnitExamples> top,
                            core::TopUnits(values, {unit.index}, n));
-  const std::vector<int64_t> random =
-      RandomIndices(dataset.size(), kPathRandomExamples);
   const std::vector<std::pair<std::string, int64_t>> layers =
       PathLayers(model, unit);
   std::vector<std::string> paths;
@@ -159,43 +182,40 @@ absl::StatusOr<std::vector<PathScore>> PathSimilarity(
   for (PathScore& s : scores) s.threshold = kPathSimilarityThreshold;
   if (paths.empty()) return scores;  // Nothing to compare: unreliable.
 
-  std::vector<int64_t> natural = top.front().indices;
-  natural.insert(natural.end(), random.begin(), random.end());
-  at::NoGradGuard no_grad;
-  // Profiles [N, K] per layer, a few images at a time: every path layer's
-  // activations of 96 images at once would take gigabytes on a large model.
-  auto profiles = [&](const at::Tensor& images)
-      -> absl::StatusOr<std::vector<at::Tensor>> {
-    constexpr int64_t kChunk = 16;
-    std::vector<std::vector<at::Tensor>> parts(layers.size());
-    for (int64_t start = 0; start < images.size(0); start += kChunk) {
-      const int64_t n = std::min(kChunk, images.size(0) - start);
-      FEATVIZ_ASSIGN_OR_RETURN(
-          core::Taps taps,
-          model.Forward(images.narrow(0, start, n).to(model.device(), at::kFloat),
-                        paths, core::Model::ForwardOutputs::kTapsOnly));
-      for (size_t l = 0; l < layers.size(); ++l) {
-        parts[l].push_back(DropChannel(
-            ChannelProfile(taps.activations.at(layers[l].first)),
-            layers[l].second));
-      }
-    }
-    std::vector<at::Tensor> out;
-    for (const std::vector<at::Tensor>& p : parts) out.push_back(at::cat(p));
-    return out;
-  };
-  FEATVIZ_ASSIGN_OR_RETURN(const std::vector<at::Tensor> on_natural,
-                           profiles(Gather(dataset.images, natural)));
   FEATVIZ_ASSIGN_OR_RETURN(const std::vector<at::Tensor> on_pictures,
-                           profiles(pictures.detach()));
-  const int64_t n_top = static_cast<int64_t>(top.front().indices.size());
+                           Profiles(model, paths, pictures.detach()));
+  FEATVIZ_ASSIGN_OR_RETURN(
+      const std::vector<at::Tensor> on_top,
+      Profiles(model, paths, Gather(dataset->images, top.front().indices)));
+  // The random images' profiles are the same for every unit whose path has
+  // these layers (a layer's units in an atlas): one cache entry, the
+  // layers' profiles side by side [m, sum K], split by the pictures' widths.
+  bool cached = false;
+  FEATVIZ_ASSIGN_OR_RETURN(
+      const at::Tensor random_joined,
+      cache.Get(
+          model, dataset,
+          absl::StrCat("<path random ", kPathRandomExamples, ">",
+                       absl::StrJoin(paths, ",")),
+          [&]() -> absl::StatusOr<at::Tensor> {
+            FEATVIZ_ASSIGN_OR_RETURN(
+                const std::vector<at::Tensor> on_random,
+                Profiles(model, paths,
+                         Gather(dataset->images,
+                                RandomIndices(dataset->size(),
+                                              kPathRandomExamples))));
+            return at::cat(on_random, 1);
+          },
+          cached));
+  std::vector<int64_t> widths;
+  for (const at::Tensor& p : on_pictures) widths.push_back(p.size(1));
+  const std::vector<at::Tensor> on_random = random_joined.split_with_sizes(widths, 1);
   for (size_t l = 0; l < layers.size(); ++l) {
-    const std::string& path = layers[l].first;
-    const at::Tensor& nat = on_natural[l];
-    const at::Tensor& pic = on_pictures[l];
+    const auto& [path, drop] = layers[l];
     const std::vector<LayerPathScore> layer_scores =
-        CompareLayer(path, nat.narrow(0, 0, n_top),
-                     nat.narrow(0, n_top, nat.size(0) - n_top), pic);
+        CompareLayer(path, DropChannel(on_top[l], drop),
+                     DropChannel(on_random[l], drop),
+                     DropChannel(on_pictures[l], drop));
     for (int64_t i = 0; i < b; ++i) {
       scores[static_cast<size_t>(i)].layers.push_back(layer_scores[i]);
     }
@@ -363,8 +383,8 @@ absl::Status AddTrust(const core::Model& model, const RenderPlan& plan,
                                  values_of(*units[key], cached));
         FEATVIZ_ASSIGN_OR_RETURN(
             std::vector<PathScore> scores,
-            PathSimilarity(model, *trust.dataset, *units[key], values,
-                           Gather(images, indices)));
+            PathSimilarity(model, trust.dataset, *units[key], values,
+                           Gather(images, indices), cache));
         for (size_t i = 0; i < indices.size(); ++i) {
           result.path_similarity[static_cast<size_t>(indices[i])] =
               std::move(scores[i]);

@@ -175,5 +175,55 @@ TEST_F(UnitValuesCacheTest, PathLayersAreTheEarlierLayersAndTheUnitsOwn) {
                 {"conv1", -1}, {"conv2", -1}, {"fc1", -1}, {"fc2", 3}}));
 }
 
+// The random images' profiles are one cache entry per set of path layers:
+// a second unit of the same layer reads them (and its layer's values) from
+// the cache, and its scores are those a fresh cache gives.
+TEST_F(UnitValuesCacheTest, PathBaselineIsComputedOncePerLayer) {
+  at::manual_seed(3);
+  auto noise = std::make_shared<core::Dataset>();
+  noise->name = "noise";
+  noise->images = at::rand({100, 1, 28, 28});
+  noise->labels = at::full({100}, -1, at::kLong);
+  const at::Tensor pictures = at::rand({2, 1, 28, 28});
+  auto check = [&](UnitValuesCache& cache, const std::string& layer,
+                   int64_t index) {
+    RenderPlan plan;
+    plan.trust.path_similarity = true;
+    plan.trust.dataset = noise;
+    core::Term unit;
+    unit.kind = core::TermKind::kChannel;
+    unit.layer = layer;
+    unit.index = index;
+    plan.trust.units = {unit, unit};
+    JobResult result;
+    const absl::Status status =
+        AddTrust(*model_, plan, pictures, cache, result);
+    EXPECT_TRUE(status.ok()) << status;
+    return result.path_similarity;
+  };
+  UnitValuesCache cache;
+  check(cache, "conv2", 5);
+  EXPECT_EQ(cache.size(), 2);  // conv2's values and the baseline.
+  const std::vector<PathScore> seven = check(cache, "conv2", 7);
+  EXPECT_EQ(cache.size(), 2);
+  UnitValuesCache fresh;
+  const std::vector<PathScore> seven_fresh = check(fresh, "conv2", 7);
+  ASSERT_EQ(seven.size(), 2u);
+  ASSERT_EQ(seven_fresh.size(), 2u);
+  for (size_t i = 0; i < seven.size(); ++i) {
+    EXPECT_EQ(seven[i].score, seven_fresh[i].score);
+    ASSERT_EQ(seven[i].layers.size(), 2u);
+    for (size_t l = 0; l < seven[i].layers.size(); ++l) {
+      EXPECT_EQ(seven[i].layers[l].layer, seven_fresh[i].layers[l].layer);
+      EXPECT_EQ(seven[i].layers[l].random_similarity,
+                seven_fresh[i].layers[l].random_similarity);
+      EXPECT_EQ(seven[i].layers[l].similarity,
+                seven_fresh[i].layers[l].similarity);
+    }
+  }
+  check(cache, "conv1", 2);  // Another path: its own baseline.
+  EXPECT_EQ(cache.size(), 4);
+}
+
 }  // namespace
 }  // namespace featviz::server
