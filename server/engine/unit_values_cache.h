@@ -2,7 +2,7 @@
 // dataset: one pass over every image, kept for the next request about the
 // same (model, dataset, layer). Dataset examples beside a render
 // (TrustSpec.exemplars), its path similarity and the TopExamples analysis
-// read them. Bounded (least recently used entries go first) and
+// read them; other per-(model, dataset) passes are kept beside them. Bounded (least recently used entries go first) and
 // thread-safe: workers and the analysis thread share one.
 #ifndef FEATVIZ_SERVER_ENGINE_UNIT_VALUES_CACHE_H_
 #define FEATVIZ_SERVER_ENGINE_UNIT_VALUES_CACHE_H_
@@ -51,8 +51,9 @@ class UnitValuesCache {
                                  const std::string& layer, bool& cached);
 
   // The same for any other per-(model, dataset) pass (the circuits
-  // service's class attributions): `entry` names it beside the layers'
-  // paths, and `compute` makes it on a miss, without the lock held.
+  // service's class attributions, path similarity's random baseline):
+  // `entry` names it beside the layers' paths, and `compute` makes it on a
+  // miss, without the lock held.
   absl::StatusOr<at::Tensor> Get(
       const core::Model& model, const core::DatasetPtr& dataset,
       const std::string& entry,
