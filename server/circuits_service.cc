@@ -43,6 +43,21 @@ absl::StatusOr<core::LayerInfo> LayerWithChannels(const core::Model& model,
   return layer;
 }
 
+// Checks that every one of `channels` (the request's field "channels") is a
+// channel of `layer`, found at `path`.
+absl::Status CheckChannels(const core::LayerInfo& layer, const std::string& path,
+                           const google::protobuf::RepeatedField<int64_t>& channels) {
+  for (int i = 0; i < channels.size(); ++i) {
+    if (channels.Get(i) < 0 || channels.Get(i) >= layer.channels) {
+      return absl::OutOfRangeError(absl::StrCat(
+          "channels[", i, "]: channel ", channels.Get(i),
+          " out of range for layer ", path, " with ", layer.channels,
+          " channels"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<CircuitsServicePtr> CircuitsService::Create(
@@ -525,14 +540,8 @@ absl::Status CircuitsService::DoTopExamples(
   const core::Model* model = held.get();
   FEATVIZ_ASSIGN_OR_RETURN(const core::LayerInfo layer,
                            LayerWithChannels(*model, request.layer()));
-  for (int i = 0; i < request.channels_size(); ++i) {
-    if (request.channels(i) < 0 || request.channels(i) >= layer.channels) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "channels[", i, "]: channel ", request.channels(i),
-          " out of range for layer ", request.layer(), " with ",
-          layer.channels, " channels"));
-    }
-  }
+  FEATVIZ_RETURN_IF_ERROR(
+      CheckChannels(layer, request.layer(), request.channels()));
   const int64_t n = request.top_n() == 0 ? kDefaultTopN : request.top_n();
   if (n < 1 || n > limits_.max_top_n) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -579,14 +588,8 @@ absl::Status CircuitsService::DoLabelUnits(const v1::LabelUnitsRequest& request,
   const core::Model* model = held.get();
   FEATVIZ_ASSIGN_OR_RETURN(const core::LayerInfo layer,
                            LayerWithChannels(*model, request.layer()));
-  for (int i = 0; i < request.channels_size(); ++i) {
-    if (request.channels(i) < 0 || request.channels(i) >= layer.channels) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "channels[", i, "]: channel ", request.channels(i),
-          " out of range for layer ", request.layer(), " with ",
-          layer.channels, " channels"));
-    }
-  }
+  FEATVIZ_RETURN_IF_ERROR(
+      CheckChannels(layer, request.layer(), request.channels()));
   // A server whose --max_top_n is below 100 counts over its limit.
   const int64_t n = request.top_n() == 0
                         ? std::min(kDefaultLabelTopN, limits_.max_top_n)
