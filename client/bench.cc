@@ -25,6 +25,7 @@
 #include "client/commands.h"
 #include "client/progress_bar.h"
 #include "client/proto_convert.h"
+#include "client/table.h"
 #include "core/status_macros.h"
 #include "featviz/v1/featviz.grpc.pb.h"
 
@@ -319,8 +320,7 @@ absl::Status RunBench(VisualizerClient& client, const BenchOptions& options,
       report["server_stats"] = StatsToJson(*stats);
       report["server_stats"]["cache_hits"] = cache_hits;
     }
-    const std::string text = report.dump() + "\n";
-    std::fwrite(text.data(), 1, text.size(), out);
+    Print(out, report.dump() + "\n");
     return absl::OkStatus();
   }
 
@@ -369,7 +369,7 @@ absl::Status RunBench(VisualizerClient& client, const BenchOptions& options,
                             d.image_steps_per_second(), d.steps_total());
     }
   }
-  std::fwrite(text.data(), 1, text.size(), out);
+  Print(out, text);
   return absl::OkStatus();
 }
 

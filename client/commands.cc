@@ -33,10 +33,6 @@ namespace v1 = featviz::v1;
 
 namespace {
 
-void Print(std::FILE* out, const std::string& text) {
-  std::fwrite(text.data(), 1, text.size(), out);
-}
-
 // The state of every device's copy: "loaded" with one device,
 // "cuda:0:loaded,cuda:1:unloaded" with several.
 std::string StatesText(const v1::Model& m) {

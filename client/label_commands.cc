@@ -21,10 +21,6 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-void Print(std::FILE* out, const std::string& text) {
-  std::fwrite(text.data(), 1, text.size(), out);
-}
-
 // "7 (0.121), 9 (0.0532), 4 (0.011)".
 std::string AttributionText(const v1::UnitLabel& unit) {
   std::vector<std::string> parts;

@@ -37,10 +37,6 @@ namespace {
 // total and the top class: cells this wide keep such a label readable.
 constexpr int64_t kMinCompareCellPixels = 256;
 
-void Print(std::FILE* out, const std::string& text) {
-  std::fwrite(text.data(), 1, text.size(), out);
-}
-
 std::string ClassName(const std::vector<std::string>& names, int64_t index) {
   return index >= 0 && index < static_cast<int64_t>(names.size())
              ? names[index]

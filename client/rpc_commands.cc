@@ -26,10 +26,6 @@ using json = nlohmann::ordered_json;
 
 namespace {
 
-void Print(std::FILE* out, const std::string& text) {
-  std::fwrite(text.data(), 1, text.size(), out);
-}
-
 absl::Status PrintMessageJson(const google::protobuf::Message& message,
                               std::FILE* out) {
   FEATVIZ_ASSIGN_OR_RETURN(json doc, MessageToJson(message));

@@ -47,4 +47,8 @@ std::string HumanBytes(int64_t bytes) {
   return absl::StrFormat("%.2f GiB", b / (1024.0 * 1024 * 1024));
 }
 
+void Print(std::FILE* out, const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), out);
+}
+
 }  // namespace featviz::client

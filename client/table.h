@@ -1,9 +1,10 @@
-// Plain-text tables for the CLI: left-aligned columns two spaces apart, an
-// upper-case header row, no trailing spaces.
+// Plain text for the CLI: tables (left-aligned columns two spaces apart, an
+// upper-case header row, no trailing spaces), sizes, and writing it out.
 #ifndef FEATVIZ_CLIENT_TABLE_H_
 #define FEATVIZ_CLIENT_TABLE_H_
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,9 @@ std::string FormatTable(const std::vector<std::string>& header,
 
 // `bytes` for people: "812 B", "3.4 KiB", "12.0 MiB", "1.50 GiB".
 std::string HumanBytes(int64_t bytes);
+
+// Writes `text` to `out` as it is (no format string, NULs included).
+void Print(std::FILE* out, const std::string& text);
 
 }  // namespace featviz::client
 
