@@ -1394,6 +1394,11 @@ bool Term::UsesReference() const {
          (kind == TermKind::kL2 && pixel_reference);
 }
 
+bool Term::IsUnit() const {
+  return kind == TermKind::kNeuron || kind == TermKind::kChannel ||
+         kind == TermKind::kLogit || kind == TermKind::kProb;
+}
+
 std::string ReferenceImage::ToString() const {
   if (source == Source::kTensor) return absl::StrCat("reference(", index, ")");
   if (dataset.empty()) return absl::StrCat("dataset(", index, ")");
@@ -1714,16 +1719,11 @@ std::optional<size_t> UnitTermIndex(const Objective& objective,
                                     std::optional<int64_t> image) {
   for (size_t i = 0; i < objective.terms().size(); ++i) {
     const WeightedTerm& wt = objective.terms()[i];
-    const TermKind kind = wt.term.kind;
     if (image.has_value() && wt.term.batch.has_value() &&
         *wt.term.batch != *image) {
       continue;
     }
-    if (wt.weight > 0 &&
-        (kind == TermKind::kNeuron || kind == TermKind::kChannel ||
-         kind == TermKind::kLogit || kind == TermKind::kProb)) {
-      return i;
-    }
+    if (wt.weight > 0 && wt.term.IsUnit()) return i;
   }
   return std::nullopt;
 }

@@ -154,6 +154,9 @@ struct Term {
   // True for inversion, inversion_l2 and caricature, and for l2(REF): they
   // need `reference` (its activations at `layer`, or for l2 its pixels).
   bool UsesReference() const;
+  // True for one unit's value: neuron, channel, logit and prob (what
+  // exemplars, path similarity and accentuation are about).
+  bool IsUnit() const;
 };
 
 struct WeightedTerm {

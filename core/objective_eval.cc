@@ -248,10 +248,7 @@ absl::StatusOr<ObjectiveValue> EvaluateObjective(
 }
 
 absl::StatusOr<at::Tensor> UnitValues(const Term& term, const Taps& taps) {
-  const bool unit = term.kind == TermKind::kNeuron ||
-                    term.kind == TermKind::kChannel ||
-                    term.kind == TermKind::kLogit || term.kind == TermKind::kProb;
-  if (!unit) {
+  if (!term.IsUnit()) {
     return absl::InvalidArgumentError(absl::StrCat(
         term.ToString(), " is not a neuron, channel, logit or prob term"));
   }
