@@ -18,19 +18,22 @@ namespace {
 
 std::atomic<uint64_t> next_job_id{1};
 
+// Whether `image` is one stimulus of `param`'s shape (sizes filled), [C, H,
+// W] or [1, C, H, W], or one gray channel of it: what l2(REF)'s reference
+// and an accentuation's seed must be.
+bool IsOneStimulus(const at::Tensor& image, const ParamOptions& param) {
+  return image.defined() &&
+         (image.dim() == 3 || (image.dim() == 4 && image.size(0) == 1)) &&
+         (image.size(-3) == param.channels || image.size(-3) == 1) &&
+         image.size(-2) == param.height && image.size(-1) == param.width;
+}
+
 // l2(REF)'s reference: the image itself, [1, C, H, W] on the model's
-// device, which must have the stimuli's shape (`param`, sizes filled) or be
-// one gray channel of it.
+// device (IsOneStimulus).
 absl::StatusOr<at::Tensor> PixelReference(const Model& model, const Term& term,
                                           const at::Tensor& image,
                                           const ParamOptions& param) {
-  const at::Tensor one =
-      image.defined() && image.dim() == 4 && image.size(0) == 1
-          ? image.squeeze(0)
-          : image;
-  if (!one.defined() || one.dim() != 3 ||
-      (one.size(0) != param.channels && one.size(0) != 1) ||
-      one.size(1) != param.height || one.size(2) != param.width) {
+  if (!IsOneStimulus(image, param)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "reference image ", term.reference.ToString(), " of ",
         term.ToString(), " has shape ",
@@ -39,12 +42,13 @@ absl::StatusOr<at::Tensor> PixelReference(const Model& model, const Term& term,
         param.width, "]"));
   }
   try {
-    if (!at::isfinite(one).all().item<bool>()) {
+    if (!at::isfinite(image).all().item<bool>()) {
       return absl::InvalidArgumentError(
           absl::StrCat("reference image ", term.reference.ToString(),
                        " has non-finite pixels"));
     }
-    return one.unsqueeze(0).to(model.device(), at::kFloat).detach();
+    const at::Tensor one = image.dim() == 3 ? image.unsqueeze(0) : image;
+    return one.to(model.device(), at::kFloat).detach();
   } catch (const std::exception& e) {
     return TorchError(e, absl::StrCat("reading reference image ",
                                       term.reference.ToString()));
@@ -160,11 +164,7 @@ absl::Status CheckOptions(const ModelCard& card, RenderOptions& options) {
   }
   const at::Tensor& seed = options.accentuation_seed;
   if (seed.defined()) {
-    const bool fits =
-        (seed.dim() == 3 || (seed.dim() == 4 && seed.size(0) == 1)) &&
-        (seed.size(-3) == p.channels || seed.size(-3) == 1) &&
-        seed.size(-2) == p.height && seed.size(-1) == p.width;
-    if (!fits) {
+    if (!IsOneStimulus(seed, p)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "accentuation seed has shape ", c10::str(seed.sizes()),
           ", expected the images' [", p.channels, ", ", p.height, ", ",
