@@ -13,19 +13,13 @@
 #include "core/objective.h"
 #include "core/objective_eval.h"
 #include "core/render.h"
+#include "tests/core/mnist_model.h"
 #include "tests/core/test_paths.h"
 
 namespace featviz::core {
 namespace {
 
-const Model& Mnist() {
-  static const Model* model = [] {
-    absl::StatusOr<ModelPtr> m = Model::Load(featviz::testing::MnistModel());
-    EXPECT_TRUE(m.ok()) << m.status();
-    return m.ok() ? m->release() : nullptr;
-  }();
-  return *model;
-}
+using ::featviz::testing::Mnist;
 
 TEST(PixelReference, ParsesAndPrintsBackCanonically) {
   for (const char* text :

@@ -7,19 +7,12 @@
 #include <gtest/gtest.h>
 
 #include "core/render.h"
-#include "tests/core/test_paths.h"
+#include "tests/core/mnist_model.h"
 
 namespace featviz::core {
 namespace {
 
-const Model& Mnist() {
-  static const Model* model = [] {
-    absl::StatusOr<ModelPtr> m = Model::Load(featviz::testing::MnistModel());
-    EXPECT_TRUE(m.ok()) << m.status();
-    return m.ok() ? m->release() : nullptr;
-  }();
-  return *model;
-}
+using ::featviz::testing::Mnist;
 
 struct JobSpec {
   std::string objective;

@@ -5,22 +5,15 @@
 #include <gtest/gtest.h>
 
 #include "core/mnist.h"
+#include "tests/core/mnist_model.h"
 #include "tests/core/test_paths.h"
 
 namespace featviz::core {
 namespace {
 
 using ::featviz::testing::MnistDir;
-using ::featviz::testing::MnistModel;
 
-const Model& Mnist() {
-  static const Model* model = [] {
-    absl::StatusOr<ModelPtr> m = Model::Load(MnistModel());
-    EXPECT_TRUE(m.ok()) << m.status();
-    return m.ok() ? m->release() : nullptr;
-  }();
-  return *model;
-}
+using ::featviz::testing::Mnist;
 
 RenderOptions Quick(int64_t steps, int64_t batch = 1, uint64_t seed = 0) {
   RenderOptions o;
