@@ -39,14 +39,6 @@ constexpr double kMaxPixelDistance = 0.2;
 class AccentuationServiceTest : public SharedServerTest<AccentuationServiceTest> {
  public:
   static std::vector<std::string> ServerFlags() { return MnistServerFlags(); }
-
- protected:
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr);
-    stub_ = server_->NewStub();
-  }
-
-  std::unique_ptr<v1::Visualizer::Stub> stub_;
 };
 
 // The unit and its seed, by rule rather than by hand: the conv2 channel

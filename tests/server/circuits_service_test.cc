@@ -23,16 +23,6 @@ using grpc::StatusCode;
 class CircuitsServiceTest : public SharedServerTest<CircuitsServiceTest> {
  public:
   static std::vector<std::string> ServerFlags() { return MnistServerFlags(); }
-
- protected:
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr);
-    circuits_ = v1::Circuits::NewStub(server_->channel());
-    jobs_ = server_->NewStub();
-  }
-
-  std::unique_ptr<v1::Circuits::Stub> circuits_;
-  std::unique_ptr<v1::Visualizer::Stub> jobs_;
 };
 
 v1::ImageInput DatasetIndices(std::vector<int64_t> indices) {
@@ -268,7 +258,7 @@ TEST_F(CircuitsServiceTest, FindCircuitScoresDetectorsAndQueuesTheirRenders) {
       v1::GetJobRequest get_request;
       get_request.set_id(id);
       get_request.set_include_result(true);
-      ASSERT_TRUE(jobs_->GetJob(&get, get_request, &job).ok());
+      ASSERT_TRUE(stub_->GetJob(&get, get_request, &job).ok());
       if (job.state() == v1::JOB_STATE_SUCCEEDED || job.state() == v1::JOB_STATE_FAILED) break;
       absl::SleepFor(absl::Milliseconds(100));
     }

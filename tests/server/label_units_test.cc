@@ -34,18 +34,11 @@ class LabelUnitsTest : public SharedServerTest<LabelUnitsTest> {
   static std::vector<std::string> ServerFlags() { return MnistServerFlags(); }
 
  protected:
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr);
-    circuits_ = v1::Circuits::NewStub(server_->channel());
-  }
-
   grpc::Status Label(const v1::LabelUnitsRequest& request,
                      v1::LabelUnitsResponse& response) {
     grpc::ClientContext context;
     return circuits_->LabelUnits(&context, request, &response);
   }
-
-  std::unique_ptr<v1::Circuits::Stub> circuits_;
 };
 
 v1::LabelUnitsRequest Request(const std::string& layer) {

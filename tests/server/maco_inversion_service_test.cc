@@ -23,14 +23,6 @@ using grpc::StatusCode;
 class MacoInversionServiceTest : public SharedServerTest<MacoInversionServiceTest> {
  public:
   static std::vector<std::string> ServerFlags() { return MnistServerFlags(); }
-
- protected:
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr);
-    stub_ = server_->NewStub();
-  }
-
-  std::unique_ptr<v1::Visualizer::Stub> stub_;
 };
 
 float Cosine(const std::vector<float>& a, const std::vector<float>& b) {

@@ -13,6 +13,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
+#include "featviz/v1/circuits.grpc.pb.h"
+#include "featviz/v1/featviz.grpc.pb.h"
 #include "tests/server/server_process.h"
 
 namespace featviz::testing {
@@ -23,10 +25,17 @@ namespace featviz::testing {
 //    public:
 //     static std::vector<std::string> ServerFlags() { return {...}; }
 //   };
-// Each test's SetUp checks server_ (null when it failed to start).
+// Each test's SetUp checks server_ (null when it failed to start) and
+// connects stub_ (Visualizer) and circuits_ (Circuits) to it.
 template <typename Suite>
 class SharedServerTest : public ::testing::Test {
  protected:
+  void SetUp() override {
+    ASSERT_NE(server_, nullptr);
+    stub_ = server_->NewStub();
+    circuits_ = v1::Circuits::NewStub(server_->channel());
+  }
+
   static void SetUpTestSuite() {
     absl::StatusOr<std::unique_ptr<ServerProcess>> server =
         ServerProcess::Start(Suite::ServerFlags());
@@ -39,6 +48,8 @@ class SharedServerTest : public ::testing::Test {
   }
 
   static inline ServerProcess* server_ = nullptr;
+  std::unique_ptr<v1::Visualizer::Stub> stub_;
+  std::unique_ptr<v1::Circuits::Stub> circuits_;
 };
 
 // The flags of a server hosting the bundled models and the MNIST test set.

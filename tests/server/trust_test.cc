@@ -34,16 +34,6 @@ class TrustTest : public SharedServerTest<TrustTest> {
     return {"--model_dir=" FEATVIZ_TEST_MODELS_DIR "/trust",
             "--dataset_dir=" FEATVIZ_MNIST_DIR};
   }
-
- protected:
-  void SetUp() override {
-    ASSERT_NE(server_, nullptr);
-    stub_ = server_->NewStub();
-    circuits_ = v1::Circuits::NewStub(server_->channel());
-  }
-
-  std::unique_ptr<v1::Visualizer::Stub> stub_;
-  std::unique_ptr<v1::Circuits::Stub> circuits_;
 };
 
 // A seeded render of `objective` with PNGs.
