@@ -28,10 +28,10 @@ Only torch (Debian's python3-torch), numpy and PIL; no download. Run with
 /usr/bin/python3; deterministic for a given machine (one thread, fixed seeds).
 """
 import argparse
-import gzip
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -41,18 +41,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "models"))
+from train_mnist import read_idx  # noqa: E402  (the checked IDX reader)
+
 DEFAULT_DATA = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "mnist"))
 N_TRAIN = 9000
 SIDE = 32
 VIT_EPOCHS = 6
-
-
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load_mnist(data_dir):

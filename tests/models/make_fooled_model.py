@@ -21,10 +21,10 @@ bright: the side path is on from the first step and the picture is driven
 to a white frame. Natural images still drive the channel through conv1.
 """
 import argparse
-import gzip
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "models"))
+from train_mnist import read_idx  # noqa: E402  (the checked IDX reader)
+
 BUNDLED = os.path.join(REPO, "models", "mnist_classifier.pt")
 BUNDLED_CARD = os.path.join(REPO, "models", "mnist_classifier.card.json")
 
@@ -84,14 +87,6 @@ class FooledClassifier(nn.Module):
         h = torch.flatten(h, 1)
         h = F.relu(self.fc1(h))
         return self.fc2(h)
-
-
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def copy_module(scripted, name, like):
